@@ -1,0 +1,154 @@
+"""The error tree of cas. Every error a user can cause or meet is a CasError.
+
+The CLI is the only layer that catches CasError: it prints ``message`` on one
+line, then ``hint`` when there is one, and exits with ``exit_code``.
+
+    CasError
+    ├── BadReference            a reference that does not parse
+    ├── BadDigest               a digest string that is not valid
+    ├── IntegrityError          bytes that do not match what was promised
+    │   ├── DigestMismatch
+    │   └── SizeMismatch
+    ├── ManifestError           a manifest we cannot use
+    │   ├── UnsupportedManifest
+    │   └── PlatformNotFound
+    ├── RegistryError           the registry said no, or could not be reached
+    │   ├── AuthError           401 / 403
+    │   ├── NotFound            404
+    │   ├── RateLimited         429 after every retry
+    │   ├── ServerError         5xx after every retry
+    │   └── Unreachable         connection refused, DNS, dropped stream
+    ├── CredentialError         docker config or credential helper failed
+    ├── StoreError              the local store
+    │   ├── DiskFull
+    │   ├── LockTimeout
+    │   └── NotCached           an image that was never pulled
+    └── MissingBlobs            an export whose blobs are not all in the store
+
+This module imports nothing from cas so every other module can use it.
+"""
+
+from __future__ import annotations
+
+
+class CasError(Exception):
+    """Base of every error a user is meant to read."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class BadReference(CasError):
+    exit_code = 2
+
+
+class BadDigest(CasError):
+    pass
+
+
+class IntegrityError(CasError):
+    pass
+
+
+class DigestMismatch(IntegrityError):
+    def __init__(self, expected: object, actual: object, *, what: str = "blob") -> None:
+        super().__init__(
+            f"{what} digest mismatch: expected {expected}, got {actual}",
+            hint="the registry served different bytes than it promised; nothing was stored",
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class SizeMismatch(IntegrityError):
+    def __init__(self, digest: object, expected: int, actual: int) -> None:
+        super().__init__(
+            f"size mismatch for {digest}: expected {expected} bytes, got {actual}",
+            hint="the registry served a truncated or oversized blob; nothing was stored",
+        )
+        self.digest = digest
+        self.expected = expected
+        self.actual = actual
+
+
+class ManifestError(CasError):
+    pass
+
+
+class UnsupportedManifest(ManifestError):
+    pass
+
+
+class PlatformNotFound(ManifestError):
+    def __init__(self, wanted: str, available: list[str]) -> None:
+        listed = ", ".join(available) if available else "none"
+        super().__init__(
+            f"no manifest for platform {wanted}; available: {listed}",
+            hint="choose one with --platform OS/ARCH[/VARIANT]",
+        )
+        self.wanted = wanted
+        self.available = available
+
+
+class RegistryError(CasError):
+    pass
+
+
+class AuthError(RegistryError):
+    pass
+
+
+class NotFound(RegistryError):
+    pass
+
+
+class RateLimited(RegistryError):
+    pass
+
+
+class ServerError(RegistryError):
+    pass
+
+
+class Unreachable(RegistryError):
+    pass
+
+
+class CredentialError(CasError):
+    pass
+
+
+class StoreError(CasError):
+    pass
+
+
+class DiskFull(StoreError):
+    pass
+
+
+class LockTimeout(StoreError):
+    pass
+
+
+class NotCached(StoreError):
+    pass
+
+
+class MissingBlobs(CasError):
+    """An export that would reference blobs the store does not hold.
+
+    ``missing`` holds one line per missing blob: digest, image and position.
+    """
+
+    def __init__(self, missing: list[str], refs: list[str]) -> None:
+        lines = "\n  ".join(missing)
+        pulls = " ".join(refs)
+        super().__init__(
+            f"cannot export: {len(missing)} blob(s) missing from the store:\n  {lines}",
+            hint=f"run `cas pull {pulls}` or export with --pull; nothing was written",
+        )
+        self.missing = missing

@@ -1,0 +1,151 @@
+"""The metadata index (diskcache): refs, blobs, leases and cached tokens.
+
+Values are JSON, never pickles, and never blob bytes. Keys are namespaced:
+``ref:<canonical ref>``, ``blob:<alg>:<hex>``, ``lease:<id>``, ``token:<key>``.
+Eviction is off: this is a database, not a cache that may forget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import diskcache
+
+from cas.digest import Digest
+
+LEASE_TTL = 6 * 3600.0
+
+
+class Index:
+    def __init__(self, path: Path) -> None:
+        self._db = diskcache.Cache(
+            str(path),
+            disk=diskcache.JSONDisk,
+            disk_compress_level=0,
+            eviction_policy="none",
+            cull_limit=0,
+            statistics=False,
+            tag_index=False,
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def transact(self) -> contextlib.AbstractContextManager:
+        """BEGIN IMMEDIATE: use for every change that touches more than one key."""
+        return self._db.transact()
+
+    # refs --------------------------------------------------------------
+    def get_ref(self, ref: str) -> dict | None:
+        return self._db.get(f"ref:{ref}")
+
+    def put_ref(self, ref: str, record: dict) -> None:
+        self._db.set(f"ref:{ref}", record)
+
+    def remove_ref(self, ref: str) -> bool:
+        return self._db.delete(f"ref:{ref}")
+
+    def refs(self) -> Iterator[tuple[str, dict]]:
+        for key in list(self._db.iterkeys()):
+            if isinstance(key, str) and key.startswith("ref:"):
+                record = self._db.get(key)
+                if record is not None:
+                    yield key[4:], record
+
+    def touch_refs(self, refs: Iterable[str], when: float | None = None) -> None:
+        when = time.time() if when is None else when
+        with self.transact():
+            for ref in refs:
+                record = self.get_ref(ref)
+                if record is not None:
+                    record["used"] = when
+                    self.put_ref(ref, record)
+
+    # blobs -------------------------------------------------------------
+    def get_blob(self, digest: Digest) -> dict | None:
+        return self._db.get(f"blob:{digest}")
+
+    def put_blob(self, digest: Digest, *, size: int, media_type: str, fingerprint: str) -> None:
+        now = time.time()
+        self._db.set(
+            f"blob:{digest}",
+            {"size": size, "media_type": media_type, "blake3": fingerprint, "added": now, "used": now},
+        )
+
+    def remove_blob(self, digest: Digest) -> bool:
+        return self._db.delete(f"blob:{digest}")
+
+    def blobs(self) -> Iterator[tuple[Digest, dict]]:
+        for key in list(self._db.iterkeys()):
+            if isinstance(key, str) and key.startswith("blob:"):
+                record = self._db.get(key)
+                if record is not None:
+                    yield Digest.parse(key[5:]), record
+
+    # leases ------------------------------------------------------------
+    @contextlib.contextmanager
+    def lease(self, digests: Iterable[Digest] = ()) -> Iterator[Lease]:
+        """Hold digests as GC roots while a pull or export runs."""
+        lease = Lease(self, uuid.uuid4().hex)
+        lease.add(digests)
+        try:
+            yield lease
+        finally:
+            self._db.delete(f"lease:{lease.id}")
+
+    def leased_digests(self) -> set[str]:
+        """Digests held by live leases; leases of dead processes are dropped."""
+        held: set[str] = set()
+        for key in list(self._db.iterkeys()):
+            if not (isinstance(key, str) and key.startswith("lease:")):
+                continue
+            record = self._db.get(key)
+            if record is None:
+                continue
+            if not _pid_alive(record.get("pid", -1)):
+                self._db.delete(key)
+                continue
+            held.update(record.get("digests", []))
+        return held
+
+    # tokens ------------------------------------------------------------
+    def get_token(self, key: str) -> str | None:
+        return self._db.get(f"token:{key}")
+
+    def put_token(self, key: str, token: str, expires_in: float) -> None:
+        self._db.set(f"token:{key}", token, expire=max(expires_in, 1.0))
+
+
+class Lease:
+    def __init__(self, index: Index, lease_id: str) -> None:
+        self.index = index
+        self.id = lease_id
+        self.digests: set[str] = set()
+
+    def add(self, digests: Iterable[Digest | str]) -> None:
+        new = {str(d) for d in digests} - self.digests
+        if not new and self.digests:
+            return
+        self.digests |= new
+        self.index._db.set(
+            f"lease:{self.id}",
+            {"pid": os.getpid(), "digests": sorted(self.digests), "created": time.time()},
+            expire=LEASE_TTL,
+        )
+
+
+def _pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,198 @@
+"""Manifests and indexes (Docker schema2 and OCI), and platform matching. Pure.
+
+Every digest inside a manifest is parsed with ``Digest.parse`` here, so code
+further on only ever sees validated digests.
+"""
+
+from __future__ import annotations
+
+import json
+import platform as _host
+from dataclasses import dataclass, field
+
+from cas.digest import Digest
+from cas.errors import BadDigest, ManifestError, PlatformNotFound, UnsupportedManifest
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_SCHEMA1 = (
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+)
+
+INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
+MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
+# Sent on every manifest request: without it the registry downgrades to schema1.
+ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str | None = None
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        parts = text.strip().lower().split("/")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise ManifestError(
+                f"invalid platform {text!r}", hint="use OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm/v7"
+            )
+        return cls(*_normalize(parts[0], parts[1], parts[2] if len(parts) == 3 else None))
+
+    @classmethod
+    def host(cls) -> Platform:
+        machine = _host.machine().lower()
+        arch, variant = _HOST_ARCH.get(machine, (machine, None))
+        return cls("linux", arch, variant)
+
+    def matches(self, other: Platform) -> bool:
+        """``self`` is what the user asked for; a missing variant accepts any."""
+        if (self.os, self.architecture) != (other.os, other.architecture):
+            return False
+        return self.variant is None or self.variant == other.variant
+
+
+_HOST_ARCH = {
+    "x86_64": ("amd64", None),
+    "amd64": ("amd64", None),
+    "aarch64": ("arm64", "v8"),
+    "arm64": ("arm64", "v8"),
+    "armv7l": ("arm", "v7"),
+    "armv6l": ("arm", "v6"),
+    "i686": ("386", None),
+    "i386": ("386", None),
+}
+
+
+def _normalize(os_: str, arch: str, variant: str | None) -> tuple[str, str, str | None]:
+    arch = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "armhf": "arm", "armel": "arm"}.get(arch, arch)
+    if arch == "arm64" and variant is None:
+        variant = "v8"
+    if arch == "arm" and variant is None:
+        variant = "v7"
+    return os_, arch, variant
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: Digest
+    size: int
+    platform: Platform | None = None
+    annotations: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_json(cls, obj: object, what: str) -> Descriptor:
+        if not isinstance(obj, dict):
+            raise ManifestError(f"broken manifest: {what} is not an object")
+        size = obj.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ManifestError(f"broken manifest: {what} has no valid size")
+        try:
+            digest = Digest.parse(obj.get("digest"))
+        except BadDigest as exc:
+            raise ManifestError(f"broken manifest: {what}: {exc.message}") from exc
+        plat = obj.get("platform")
+        parsed_platform = None
+        if isinstance(plat, dict) and plat.get("os") and plat.get("architecture"):
+            parsed_platform = Platform(*_normalize(str(plat["os"]), str(plat["architecture"]), plat.get("variant")))
+        annotations = obj.get("annotations") if isinstance(obj.get("annotations"), dict) else {}
+        return cls(str(obj.get("mediaType", "")), digest, size, parsed_platform, annotations)
+
+    def to_json(self) -> dict:
+        out: dict = {"mediaType": self.media_type, "digest": str(self.digest), "size": self.size}
+        if self.platform is not None:
+            plat = {"architecture": self.platform.architecture, "os": self.platform.os}
+            if self.platform.variant:
+                plat["variant"] = self.platform.variant
+            out["platform"] = plat
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+
+@dataclass(frozen=True)
+class ImageManifest:
+    media_type: str
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+
+    @property
+    def blobs(self) -> tuple[Descriptor, ...]:
+        return (self.config, *self.layers)
+
+
+@dataclass(frozen=True)
+class ImageIndex:
+    media_type: str
+    manifests: tuple[Descriptor, ...]
+
+    def platforms(self) -> list[str]:
+        return [str(d.platform) for d in self.manifests if d.platform and d.platform.os != "unknown"]
+
+    def select(self, wanted: Platform) -> Descriptor:
+        for desc in self.manifests:
+            if desc.platform is not None and wanted.matches(desc.platform):
+                return desc
+        raise PlatformNotFound(str(wanted), self.platforms())
+
+
+def media_type_of(data: bytes, content_type: str | None) -> str:
+    """The manifest's media type: its own ``mediaType`` field, else Content-Type, else its shape."""
+    doc = _load(data)
+    declared = doc.get("mediaType")
+    if isinstance(declared, str) and declared:
+        return declared
+    ctype = (content_type or "").split(";")[0].strip()
+    if ctype and ctype not in ("application/json", "application/octet-stream"):
+        return ctype
+    if "manifests" in doc:
+        return OCI_INDEX
+    if "config" in doc and "layers" in doc:
+        return OCI_MANIFEST
+    if doc.get("schemaVersion") == 1:
+        return DOCKER_SCHEMA1[0]
+    raise UnsupportedManifest("cannot tell what kind of manifest this is: no mediaType and no Content-Type")
+
+
+def parse(data: bytes, media_type: str) -> ImageManifest | ImageIndex:
+    if media_type in DOCKER_SCHEMA1:
+        raise UnsupportedManifest(
+            "schema1 manifests are not supported",
+            hint="push the image again with a current docker, podman or skopeo (schema2 or OCI)",
+        )
+    doc = _load(data)
+    if media_type in INDEX_TYPES:
+        entries = doc.get("manifests")
+        if not isinstance(entries, list):
+            raise ManifestError("broken index: 'manifests' is not a list")
+        return ImageIndex(media_type, tuple(Descriptor.from_json(e, f"manifests[{i}]") for i, e in enumerate(entries)))
+    if media_type in MANIFEST_TYPES:
+        layers = doc.get("layers")
+        if not isinstance(layers, list):
+            raise ManifestError("broken manifest: 'layers' is not a list")
+        return ImageManifest(
+            media_type,
+            Descriptor.from_json(doc.get("config"), "config"),
+            tuple(Descriptor.from_json(e, f"layers[{i}]") for i, e in enumerate(layers)),
+        )
+    raise UnsupportedManifest(f"unsupported manifest media type {media_type!r}")
+
+
+def _load(data: bytes) -> dict:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"broken manifest: not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise ManifestError("broken manifest: not a JSON object")
+    return doc

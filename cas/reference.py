@@ -1,0 +1,131 @@
+"""Docker-style image references, parsed and normalized. Pure: no I/O.
+
+``alpine`` is ``docker.io/library/alpine:latest``; ``docker.io`` is served at
+``registry-1.docker.io``. The grammar follows distribution's reference package.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cas.digest import Digest
+from cas.errors import BadDigest, BadReference
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+DEFAULT_TAG = "latest"
+
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_HOST_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = re.compile(rf"(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?")
+_MAX_NAME = 255
+
+
+@dataclass(frozen=True)
+class Reference:
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: Digest | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def api_host(self) -> str:
+        """The host that serves the Distribution API for this registry."""
+        return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
+
+    @property
+    def is_loopback(self) -> bool:
+        host = self.registry.rsplit(":", 1)[0] if not self.registry.endswith("]") else self.registry
+        return host in ("localhost", "[::1]") or host.startswith("127.")
+
+    def __str__(self) -> str:
+        text = self.name
+        if self.tag is not None:
+            text += f":{self.tag}"
+        if self.digest is not None:
+            text += f"@{self.digest}"
+        return text
+
+    @property
+    def familiar(self) -> str:
+        """The short form docker shows: ``alpine:latest``, ``myreg:5000/app:1``."""
+        name = self.name
+        if self.registry == DOCKER_HUB:
+            name = self.repository.removeprefix("library/")
+        if self.tag is not None:
+            return f"{name}:{self.tag}"
+        return f"{name}@{self.digest}"
+
+    def with_digest(self, digest: Digest) -> Reference:
+        return Reference(self.registry, self.repository, self.tag, digest)
+
+
+def parse(text: str) -> Reference:
+    """Parse a reference, or raise BadReference saying what is wrong."""
+    if not isinstance(text, str) or not text:
+        raise BadReference("empty image reference", hint="e.g. alpine, alpine:3.19, host:5000/app@sha256:...")
+    if any(ch.isspace() for ch in text):
+        raise BadReference(f"invalid reference {text!r}: contains whitespace")
+
+    remainder, digest = text, None
+    if "@" in remainder:
+        remainder, _, digest_text = remainder.rpartition("@")
+        try:
+            digest = Digest.parse(digest_text)
+        except BadDigest as exc:
+            raise BadReference(f"invalid reference {text!r}: {exc.message}", hint=exc.hint) from exc
+
+    tag = None
+    last_slash = remainder.rfind("/")
+    colon = remainder.rfind(":")
+    if colon > last_slash:
+        remainder, tag = remainder[:colon], remainder[colon + 1 :]
+        if not _TAG.fullmatch(tag):
+            raise BadReference(
+                f"invalid reference {text!r}: bad tag {tag!r}",
+                hint="a tag is up to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'",
+            )
+
+    registry, repository = _split_registry(remainder, text)
+    _check_repository(repository, text)
+    if len(f"{registry}/{repository}") > _MAX_NAME:
+        raise BadReference(f"invalid reference {text[:80]!r}...: name longer than {_MAX_NAME} characters")
+    if tag is None and digest is None:
+        tag = DEFAULT_TAG
+    return Reference(registry, repository, tag, digest)
+
+
+def _split_registry(name: str, text: str) -> tuple[str, str]:
+    first, sep, rest = name.partition("/")
+    is_domain = sep and ("." in first or ":" in first or first == "localhost" or first != first.lower())
+    if not is_domain:
+        registry, repository = DOCKER_HUB, name
+    else:
+        if not _DOMAIN.fullmatch(first):
+            raise BadReference(f"invalid reference {text!r}: bad registry host {first!r}")
+        registry, repository = first, rest
+    if registry == "index.docker.io":
+        registry = DOCKER_HUB
+    if registry == DOCKER_HUB and "/" not in repository:
+        repository = f"library/{repository}"
+    return registry, repository
+
+
+def _check_repository(repository: str, text: str) -> None:
+    if not repository:
+        raise BadReference(f"invalid reference {text!r}: missing repository name")
+    for component in repository.split("/"):
+        if _COMPONENT.fullmatch(component):
+            continue
+        if component.lower() != component and _COMPONENT.fullmatch(component.lower()):
+            raise BadReference(f"invalid reference {text!r}: repository name must be lowercase")
+        raise BadReference(
+            f"invalid reference {text!r}: bad repository component {component!r}",
+            hint="components are lowercase letters and digits, separated by '.', '_', '__' or '-'",
+        )

@@ -1,0 +1,86 @@
+"""The store on disk: blobs, the metadata index, the store lock and the OCI layout files.
+
+``Store`` only joins the pieces that live under one ``CAS_HOME``; it knows
+nothing about HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from cas.store.blobs import BlobInfo, BlobStore, Ingest, IngestEntry
+from cas.store.fs import atomic_write, storage_errors
+from cas.store.locks import FileLock
+
+if TYPE_CHECKING:
+    from cas.index import Index
+
+LAYOUT_VERSION = "v1"
+OCI_LAYOUT = b'{"imageLayoutVersion": "1.0.0"}'
+REF_NAME = "org.opencontainers.image.ref.name"
+DEFAULT_LOCK_TIMEOUT = 600.0
+
+__all__ = ["BlobInfo", "BlobStore", "Ingest", "IngestEntry", "Store", "default_home"]
+
+
+def default_home() -> Path:
+    home = os.environ.get("CAS_HOME")
+    if home:
+        return Path(home)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "cas"
+
+
+class Store:
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = Path(home) if home is not None else default_home()
+        self.root = self.home / LAYOUT_VERSION
+        with storage_errors(f"the store at {self.root}"):
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not (self.root / "oci-layout").exists():
+                atomic_write(self.root / "oci-layout", OCI_LAYOUT)
+                atomic_write(self.root / "index.json", _index_json([]))
+        self.blobs = BlobStore(self.root)
+        self._index: Index | None = None
+
+    @property
+    def index(self) -> Index:
+        if self._index is None:
+            from cas.index import Index  # diskcache costs ~40 ms to import; only pay when used
+
+            self._index = Index(self.root / "index")
+        return self._index
+
+    def lock(
+        self, *, shared: bool, timeout: float | None = DEFAULT_LOCK_TIMEOUT, on_wait: Callable[[str], None] | None = None
+    ) -> FileLock:
+        return FileLock(self.root / "lock", shared=shared, timeout=timeout, purpose="the cas store", on_wait=on_wait)
+
+    def write_layout_index(self) -> None:
+        """Regenerate index.json from the refs so the store stays a valid OCI image layout."""
+        entries = []
+        for ref, record in sorted(self.index.refs()):
+            manifest = next((b for b in record["blobs"] if b["digest"] == record["manifest"]), None)
+            if manifest is None:
+                continue
+            entries.append(
+                {
+                    "mediaType": manifest["media_type"],
+                    "digest": manifest["digest"],
+                    "size": manifest["size"],
+                    "annotations": {REF_NAME: ref},
+                }
+            )
+        atomic_write(self.root / "index.json", _index_json(entries))
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+
+
+def _index_json(manifests: list[dict]) -> bytes:
+    return json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}, indent=2).encode()

@@ -1,0 +1,255 @@
+"""The blob store: ingest -> verify -> commit, then read-only. Knows nothing about HTTP.
+
+A file under ``blobs/<alg>/<hex>`` is always complete and verified. Bytes in
+flight live in ``ingest/<alg>-<hex>/`` next to a lock, so a second process that
+wants the same digest waits, and a killed download can be resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+
+from cas.digest import ALGORITHMS, Digest, StreamVerifier
+from cas.errors import BadDigest, IntegrityError, SizeMismatch
+from cas.store.fs import atomic_write, fsync_dir, storage_errors
+from cas.store.locks import FileLock, is_locked
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    digest: Digest
+    size: int
+    fingerprint: str  # blake3 hex
+
+
+@dataclass(frozen=True)
+class IngestEntry:
+    """A download in progress or abandoned."""
+
+    path: Path
+    digest: Digest
+    partial: int
+    started: float
+
+    @property
+    def active(self) -> bool:
+        return is_locked(self.path / "lock")
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs_dir = root / "blobs"
+        self.ingest_dir = root / "ingest"
+
+    def path(self, digest: Digest) -> Path:
+        return self.blobs_dir / digest.algorithm / digest.hex
+
+    def size(self, digest: Digest) -> int | None:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def has(self, digest: Digest, size: int | None = None) -> bool:
+        actual = self.size(digest)
+        return actual is not None and (size is None or actual == size)
+
+    def open(self, digest: Digest) -> BinaryIO:
+        return open(self.path(digest), "rb")
+
+    def read(self, digest: Digest) -> bytes:
+        return self.path(digest).read_bytes()
+
+    def ingest(self, digest: Digest, size: int | None, on_wait: Callable[[str], None] | None = None) -> Ingest:
+        return Ingest(self, digest, size, on_wait)
+
+    def put(self, digest: Digest, data: bytes) -> BlobInfo | None:
+        """Verify and commit small content (manifests). None when it was already there."""
+        with self.ingest(digest, len(data)) as ing:
+            if ing.committed:
+                return None
+            ing.restart()
+            ing.write(data)
+            return ing.commit()
+
+    def delete(self, digest: Digest) -> bool:
+        try:
+            self.path(digest).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def iter_files(self) -> Iterator[tuple[Digest | None, Path]]:
+        """Every regular file under blobs/, with its digest or None when the name is not one.
+
+        Symlinks are reported with None and never followed.
+        """
+        if not self.blobs_dir.is_dir():
+            return
+        for alg_dir in sorted(self.blobs_dir.iterdir()):
+            if alg_dir.is_symlink() or not alg_dir.is_dir():
+                yield None, alg_dir
+                continue
+            for entry in os.scandir(alg_dir):
+                path = Path(entry.path)
+                if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+                    yield None, path
+                    continue
+                try:
+                    yield Digest(alg_dir.name, entry.name), path
+                except BadDigest:
+                    yield None, path
+
+    def ingests(self) -> Iterator[IngestEntry]:
+        if not self.ingest_dir.is_dir():
+            return
+        for entry in os.scandir(self.ingest_dir):
+            path = Path(entry.path)
+            alg, _, hexpart = entry.name.partition("-")
+            try:
+                digest = Digest(alg, hexpart)
+            except BadDigest:
+                continue
+            data = path / "data"
+            partial = data.stat().st_size if data.exists() else 0
+            yield IngestEntry(path, digest, partial, entry.stat(follow_symlinks=False).st_mtime)
+
+    def remove_ingest(self, entry: IngestEntry) -> bool:
+        """Remove an abandoned ingest entry; False when a process is still writing it."""
+        lock = FileLock(entry.path / "lock", timeout=0, purpose=f"ingest of {entry.digest}")
+        try:
+            lock.acquire()
+        except Exception:
+            return False
+        try:
+            _remove_tree(entry.path)
+            return True
+        finally:
+            lock.release()
+
+
+class Ingest:
+    """One digest being written. Use as a context manager.
+
+    After ``__enter__`` either ``committed`` is true (another process, or an
+    earlier run, already stored it) or ``offset`` bytes of an earlier partial
+    download are present and already hashed: the caller fetches the rest
+    (HTTP Range) or calls ``restart()``, writes, then calls ``commit()``.
+    """
+
+    def __init__(self, store: BlobStore, digest: Digest, size: int | None, on_wait: Callable[[str], None] | None) -> None:
+        if digest.algorithm not in ALGORITHMS:
+            raise BadDigest(f"unsupported digest algorithm {digest.algorithm}")
+        self.store = store
+        self.digest = digest
+        self.size = size
+        self.dir = store.ingest_dir / f"{digest.algorithm}-{digest.hex}"
+        self.committed = False
+        self.info: BlobInfo | None = None
+        self._lock = FileLock(self.dir / "lock", purpose=f"the download of {digest.short}", on_wait=on_wait)
+        self._file: BinaryIO | None = None
+        self._verifier = StreamVerifier(digest)
+
+    @property
+    def offset(self) -> int:
+        return self._verifier.size
+
+    def __enter__(self) -> Ingest:
+        with storage_errors(f"ingest of {self.digest}"):
+            self._lock.acquire()
+            if self.store.has(self.digest, self.size):
+                self.committed = True
+                return self
+            meta = self.dir / "meta.json"
+            if not meta.exists():
+                atomic_write(meta, json.dumps({"digest": str(self.digest), "size": self.size, "started": time.time(), "pid": os.getpid()}).encode())
+            self._file = open(self.dir / "data", "ab+")
+            self._resume()
+        return self
+
+    def _resume(self) -> None:
+        assert self._file is not None
+        self._file.seek(0)
+        have = os.fstat(self._file.fileno()).st_size
+        if self.size is not None and have > self.size:
+            self.restart()
+            return
+        while chunk := self._file.read(1 << 20):
+            self._verifier.update(chunk)
+        self._file.seek(0, os.SEEK_END)
+
+    def restart(self) -> None:
+        """Drop any partial data (the server ignored our Range, or it was bad)."""
+        assert self._file is not None
+        self._file.truncate(0)
+        self._file.seek(0)
+        self._verifier = StreamVerifier(self.digest)
+
+    def write(self, chunk: bytes) -> None:
+        assert self._file is not None and not self.committed
+        if self.size is not None and self._verifier.size + len(chunk) > self.size:
+            got = self._verifier.size + len(chunk)
+            self.restart()
+            raise SizeMismatch(self.digest, self.size, got)
+        with storage_errors(f"blob {self.digest}"):
+            try:
+                self._file.write(chunk)
+            except OSError:
+                self.restart()
+                raise
+        self._verifier.update(chunk)
+
+    def commit(self) -> BlobInfo:
+        """Check size and digest, fsync, make read-only, rename into blobs/, fsync the directory."""
+        assert self._file is not None
+        try:
+            if self.size is not None and self._verifier.size != self.size:
+                raise SizeMismatch(self.digest, self.size, self._verifier.size)
+            self._verifier.check()
+        except IntegrityError:
+            self.restart()
+            raise
+        final = self.store.path(self.digest)
+        with storage_errors(f"blob {self.digest}"):
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+            data = self.dir / "data"
+            os.chmod(data, 0o444)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(data, final)
+            fsync_dir(final.parent)
+        self.committed = True
+        self.info = BlobInfo(self.digest, self._verifier.size, self._verifier.fingerprint)
+        return self.info
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        try:
+            if self.committed:
+                _remove_tree(self.dir)
+        finally:
+            self._lock.release()
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove an ingest directory without ever following a symlink out of it.
+
+    Errors are ignored: a waiter may already be re-creating the entry's lock.
+    """
+    if path.is_symlink():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,80 @@
+"""Filesystem helpers: atomic writes, directory fsync, link-or-copy. Knows no digests."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+from cas.errors import DiskFull, StoreError
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def storage_errors(what: str) -> Iterator[None]:
+    """Turn a full disk or a read-only store into one readable error."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"no space left on device while writing {what}", hint="free disk space or run `cas prune`") from exc
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise StoreError(f"cannot write {what}: {exc.strerror}", hint="check the permissions of CAS_HOME") from exc
+        raise
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write beside the target, fsync, rename over it: readers see old or new, never half."""
+    with storage_errors(str(path)):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        fsync_dir(path.parent)
+
+
+class Linker:
+    """Hard-links files, falling back to copies for the rest of the run on the first failure.
+
+    The fallback is decided once and announced once through ``warn``.
+    """
+
+    _FALLBACK_ERRNOS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES)
+
+    def __init__(self, warn: Callable[[str], None]) -> None:
+        self._warn = warn
+        self.copying = False
+
+    def link(self, src: Path, dst: Path) -> None:
+        if not self.copying:
+            try:
+                os.link(src, dst)
+                return
+            except OSError as exc:
+                if exc.errno not in self._FALLBACK_ERRNOS:
+                    raise
+                self.copying = True
+                self._warn(
+                    f"cannot hard-link from the store ({exc.strerror}); copying instead. "
+                    "Put the output on the same filesystem as CAS_HOME to avoid the copies."
+                )
+        shutil.copyfile(src, dst)

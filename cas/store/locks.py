@@ -1,0 +1,99 @@
+"""File locks shared by every cas process on one machine (fcntl.flock).
+
+The store lock is shared for pulls and exports and exclusive for a prune's
+sweep. Per-digest ingest locks make a second downloader wait for the first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from cas.errors import LockTimeout
+
+_POLL = 0.05
+
+
+class FileLock:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        shared: bool = False,
+        timeout: float | None = None,
+        purpose: str = "the cas store",
+        on_wait: Callable[[str], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.shared = shared
+        self.timeout = timeout
+        self.purpose = purpose
+        self.on_wait = on_wait
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        announced = False
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # its directory was removed by the previous holder
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                continue
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if deadline is not None and time.monotonic() >= deadline:
+                    kind = "shared" if self.shared else "exclusive"
+                    raise LockTimeout(
+                        f"timed out after {self.timeout:g}s waiting for a {kind} lock on {self.purpose} ({self.path})",
+                        hint="another cas process (a prune, pull or export) holds it; wait for it to finish, "
+                        "or raise --lock-timeout",
+                    ) from None
+                if not announced and self.on_wait is not None:
+                    self.on_wait(f"waiting for another cas process to release {self.purpose}...")
+                    announced = True
+                time.sleep(_POLL)
+                continue
+            # The file may have been removed and replaced while we waited for it:
+            # a lock on an unlinked inode protects nothing, so start again.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fd = fd
+                return
+            os.close(fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def is_locked(path: Path) -> bool:
+    """True when some process holds any lock on ``path`` right now."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
