@@ -36,3 +36,18 @@ def human_size(n: float) -> str:
 
 def want_progress(quiet: bool, as_json: bool) -> bool:
     return not quiet and not as_json and sys.stderr.isatty()
+
+
+def ago(then: float, now: float) -> str:
+    seconds = max(0, int(now - then))
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length:
+            return f"{seconds // length}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def table(rows: list[tuple[str, ...]]) -> None:
+    """Plain aligned columns: readable, greppable, and no rich import for a list."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -1,0 +1,301 @@
+"""Pull: the one place where the registry, the store and the index meet.
+
+A pull resolves a reference to one image manifest, downloads only the blobs the
+store lacks (whatever image or registry they first came from), and records the
+ref only after every blob it lists is committed. Content addressed by digest is
+read from the store first: a pull by digest whose blobs are all present makes no
+network request at all.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from cas import manifest as mf
+from cas.digest import Digest, fingerprint_file
+from cas.errors import CasError, ManifestError, UnsupportedManifest
+from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
+from cas.reference import Reference
+from cas.store import DEFAULT_LOCK_TIMEOUT, Store
+
+if TYPE_CHECKING:
+    from cas.index import Lease
+    from cas.registry import Credentials, RegistryClient
+
+CONFIG_TYPES = (mf.OCI_CONFIG, mf.DOCKER_CONFIG)
+LAYER_TYPES = (
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.zstd",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+)
+
+
+class PullObserver:
+    """Progress hooks; the default does nothing. Called from worker threads."""
+
+    def resolved(self, ref: str, blobs: list[Descriptor], missing: list[Descriptor]) -> None: ...
+    def blob_bytes(self, digest: Digest, n: int) -> None: ...
+    def blob_done(self, digest: Digest, downloaded: bool) -> None: ...
+    def waiting(self, message: str) -> None: ...
+
+
+@dataclass
+class PullOptions:
+    platform: Platform | None = None
+    jobs: int = 4
+    insecure: bool = False
+    credentials: Credentials | None = None
+    observer: PullObserver = field(default_factory=PullObserver)
+    lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT
+
+
+@dataclass
+class PullResult:
+    ref: str
+    record: dict
+    downloaded_blobs: int = 0
+    downloaded_bytes: int = 0
+    reused_blobs: int = 0
+    reused_bytes: int = 0
+    manifest_requests: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "ref": self.ref,
+            "digest": self.record["digest"],
+            "manifest": self.record["manifest"],
+            "platform": self.record["platform"],
+            "downloaded_blobs": self.downloaded_blobs,
+            "downloaded_bytes": self.downloaded_bytes,
+            "reused_blobs": self.reused_blobs,
+            "reused_bytes": self.reused_bytes,
+            "manifest_requests": self.manifest_requests,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def pull(store: Store, reference: Reference, options: PullOptions | None = None) -> PullResult:
+    options = options or PullOptions()
+    started = time.monotonic()
+    with store.lock(shared=True, timeout=options.lock_timeout, on_wait=options.observer.waiting):
+        with store.index.lease() as lease, _Session(store, reference, options, lease) as session:
+            result = session.run()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+class _Session:
+    """One reference being pulled: lazily opens the registry client only if the network is needed."""
+
+    def __init__(self, store: Store, reference: Reference, options: PullOptions, lease: Lease) -> None:
+        self.store = store
+        self.ref = reference
+        self.options = options
+        self.lease = lease
+        self._client: RegistryClient | None = None
+        self.result = PullResult(str(reference), {})
+
+    def __enter__(self) -> _Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    @property
+    def client(self) -> RegistryClient:
+        if self._client is None:
+            from cas.registry import RegistryClient  # httpx is imported only when the network is needed
+
+            self._client = RegistryClient(
+                self.ref.api_host,
+                insecure=self.options.insecure,
+                credentials=self.options.credentials,
+                token_cache=self.store.index,
+            )
+        return self._client
+
+    def run(self) -> PullResult:
+        top_digest, top_type, top = self._resolve_top()
+        chain = [(top_digest, top_type, top)]
+        platform = None
+        if isinstance(top, ImageIndex):
+            wanted = self.options.platform or Platform.host()
+            chosen = top.select(wanted)
+            platform = str(chosen.platform)
+            data, media_type = self._manifest_by_digest(chosen.digest)
+            image = mf.parse(data, media_type)
+            if not isinstance(image, ImageManifest):
+                raise UnsupportedManifest(f"{self.ref}: nested index for platform {platform} is not supported")
+            chain.append((chosen.digest, media_type, image))
+        else:
+            image = top
+        manifest_digest, manifest_type, _ = chain[-1]
+        _check_image(image, self.ref)
+
+        manifests = [Descriptor(t, d, self.store.blobs.size(d) or 0) for d, t, _ in chain]
+        blobs = list(image.blobs)
+        self.lease.add([d.digest for d in manifests + blobs])
+        missing = _unique([d for d in blobs if not self.store.blobs.has(d.digest, d.size)])
+        self.options.observer.resolved(str(self.ref), blobs, missing)
+        self._download(missing)
+        counted = {d.digest for d in missing}
+        for desc in _unique(blobs):
+            if desc.digest not in counted:
+                self.result.reused_blobs += 1
+                self.result.reused_bytes += desc.size
+
+        if platform is None:
+            platform = _platform_of_config(self.store.blobs.read(image.config.digest))
+        now = time.time()
+        record = {
+            "ref": str(self.ref),
+            "registry": self.ref.registry,
+            "digest": str(top_digest),
+            "media_type": top_type,
+            "manifest": str(manifest_digest),
+            "config": str(image.config.digest),
+            "platform": platform,
+            "blobs": [{"digest": str(d.digest), "size": d.size, "media_type": d.media_type} for d in manifests + blobs],
+            "size": sum(d.size for d in manifests) + sum(d.size for d in _unique(blobs)),
+            "pulled": now,
+            "used": now,
+        }
+        with self.store.index.transact():
+            self.store.index.put_ref(str(self.ref), record)
+        self.store.write_layout_index()
+        self.result.record = record
+        return self.result
+
+    def _resolve_top(self) -> tuple[Digest, str, ImageIndex | ImageManifest]:
+        if self.ref.digest is not None:
+            data, media_type = self._manifest_by_digest(self.ref.digest)
+            return self.ref.digest, media_type, mf.parse(data, media_type)
+        fetched = self.client.get_manifest(self.ref.repository, self.ref.tag or "latest")
+        self.result.manifest_requests += 1
+        parsed = mf.parse(fetched.data, fetched.media_type)
+        self._commit_manifest(fetched.digest, fetched.data, fetched.media_type)
+        return fetched.digest, fetched.media_type, parsed
+
+    def _manifest_by_digest(self, digest: Digest) -> tuple[bytes, str]:
+        """Immutable content: the store's copy when there is one, else the registry's."""
+        if self.store.blobs.has(digest):
+            data = self.store.blobs.read(digest)
+            record = self.store.index.get_blob(digest)
+            media_type = record["media_type"] if record else mf.media_type_of(data, None)
+            return data, media_type
+        fetched = self.client.get_manifest(self.ref.repository, digest)
+        self.result.manifest_requests += 1
+        self._commit_manifest(digest, fetched.data, fetched.media_type)
+        return fetched.data, fetched.media_type
+
+    def _commit_manifest(self, digest: Digest, data: bytes, media_type: str) -> None:
+        self.lease.add([digest])
+        info = self.store.blobs.put(digest, data)
+        if info is not None:
+            self.store.index.put_blob(digest, size=info.size, media_type=media_type, fingerprint=info.fingerprint)
+
+    def _download(self, missing: list[Descriptor]) -> None:
+        if not missing:
+            return
+        cancelled = threading.Event()
+        jobs = max(1, min(self.options.jobs, len(missing)))
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cas-pull") as pool:
+            futures = [pool.submit(self._fetch_blob, desc, cancelled) for desc in missing]
+            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in done if f.exception() is not None), None)
+            if failed is not None:
+                cancelled.set()
+                for f in pending:
+                    f.cancel()
+                wait(pending)
+                raise failed.exception()  # type: ignore[misc]
+
+    def _fetch_blob(self, desc: Descriptor, cancelled: threading.Event) -> None:
+        observer = self.options.observer
+
+        def on_bytes(n: int) -> None:
+            if cancelled.is_set():
+                raise _Cancelled()
+            observer.blob_bytes(desc.digest, n)
+
+        with self.store.blobs.ingest(desc.digest, desc.size, on_wait=observer.waiting) as ing:
+            if ing.committed:  # another process stored it while we waited
+                self._ensure_blob_record(desc)
+                self._count(reused=desc)
+                observer.blob_done(desc.digest, False)
+                return
+            if ing.offset:
+                observer.blob_bytes(desc.digest, ing.offset)
+            self.client.download_blob(self.ref.repository, desc.digest, ing, on_bytes)
+            info = ing.commit()
+        self.store.index.put_blob(desc.digest, size=info.size, media_type=desc.media_type, fingerprint=info.fingerprint)
+        self._count(downloaded=desc)
+        observer.blob_done(desc.digest, True)
+
+    def _ensure_blob_record(self, desc: Descriptor) -> None:
+        """A process killed between commit and index write leaves a blob with no record; mend it."""
+        if self.store.index.get_blob(desc.digest) is None:
+            with self.store.blobs.open(desc.digest) as fh:
+                fingerprint = fingerprint_file(fh)
+            self.store.index.put_blob(desc.digest, size=desc.size, media_type=desc.media_type, fingerprint=fingerprint)
+
+    _count_lock = threading.Lock()
+
+    def _count(self, *, downloaded: Descriptor | None = None, reused: Descriptor | None = None) -> None:
+        with self._count_lock:
+            if downloaded is not None:
+                self.result.downloaded_blobs += 1
+                self.result.downloaded_bytes += downloaded.size
+            if reused is not None:
+                self.result.reused_blobs += 1
+                self.result.reused_bytes += reused.size
+
+
+class _Cancelled(CasError):
+    def __init__(self) -> None:
+        super().__init__("pull cancelled after another blob failed")
+
+
+def _check_image(image: ImageManifest, ref: Reference) -> None:
+    if image.config.media_type and image.config.media_type not in CONFIG_TYPES:
+        raise UnsupportedManifest(
+            f"{ref} is not a container image: config media type {image.config.media_type!r}",
+            hint="cas caches container images; artifacts such as charts or signatures are not supported",
+        )
+    for position, layer in enumerate(image.layers, 1):
+        if layer.media_type not in LAYER_TYPES:
+            raise UnsupportedManifest(f"{ref}: layer {position} has unsupported media type {layer.media_type!r}")
+
+
+def _platform_of_config(data: bytes) -> str | None:
+    try:
+        config = json.loads(data)
+    except ValueError as exc:
+        raise ManifestError(f"broken image config: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict) or not config.get("os") or not config.get("architecture"):
+        return None
+    return str(Platform(str(config["os"]), str(config["architecture"]), config.get("variant")))
+
+
+def _unique(descs: list[Descriptor]) -> list[Descriptor]:
+    seen: set[Digest] = set()
+    out = []
+    for desc in descs:
+        if desc.digest not in seen:
+            seen.add(desc.digest)
+            out.append(desc)
+    return out

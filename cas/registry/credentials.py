@@ -1,0 +1,197 @@
+"""Registry credentials from the docker CLI's config and its credential helpers. No HTTP.
+
+Lookup order for a registry host (the same file ``docker login`` writes):
+
+1. ``credHelpers[host]``: run ``docker-credential-<name> get``;
+2. ``auths[host]`` when the entry holds credentials (``auth``, ``username``/``password``
+   or ``identitytoken``);
+3. ``credsStore``: run ``docker-credential-<name> get``;
+4. nothing: anonymous.
+
+Keys are compared after ``normalize_registry``: a scheme and path are dropped
+(``https://host:5000/v2/`` is ``host:5000``), and every spelling of Docker Hub
+(``https://index.docker.io/v1/``, ``index.docker.io``, ``registry-1.docker.io``)
+is ``docker.io``. A malformed config or a failing helper is a CredentialError
+that names the file or the helper.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cas.errors import CredentialError
+
+DOCKER_HUB = "docker.io"
+# The key docker login uses for Docker Hub, and what helpers are asked for.
+DOCKER_HUB_KEY = "https://index.docker.io/v1/"
+_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
+HELPER_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A username and password, or an identity (refresh) token. Secrets stay out of repr."""
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    identity_token: str | None = field(default=None, repr=False)
+
+    @property
+    def has_basic(self) -> bool:
+        return bool(self.username) and self.password is not None
+
+
+def normalize_registry(key: str) -> str:
+    """``https://Host:5000/v2/`` -> ``host:5000``; every Docker Hub spelling -> ``docker.io``."""
+    host = key.strip()
+    if "://" in host:
+        host = host.split("://", 1)[1]
+    host = host.split("/", 1)[0].lower()
+    return DOCKER_HUB if host in _HUB_ALIASES else host
+
+
+def config_path() -> Path:
+    """``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``."""
+    directory = os.environ.get("DOCKER_CONFIG")
+    base = Path(directory) if directory else Path.home() / ".docker"
+    return base / "config.json"
+
+
+def lookup_credentials(registry: str) -> Credentials | None:
+    """Credentials for ``registry`` (a host[:port]), or None to go anonymous."""
+    path = config_path()
+    config = _load_config(path)
+    if config is None:
+        return None
+    host = normalize_registry(registry)
+
+    helpers = _section(config, "credHelpers", path)
+    for key, name in helpers.items():
+        if normalize_registry(key) == host:
+            return run_helper(_helper_name(name, f"credHelpers[{key!r}]", path), _helper_key(host))
+
+    auths = _section(config, "auths", path)
+    for key, entry in auths.items():
+        if normalize_registry(key) == host:
+            creds = parse_auth_entry(entry, f"{path}: auths[{key!r}]")
+            if creds is not None:
+                return creds
+
+    store = config.get("credsStore")
+    if store:
+        return run_helper(_helper_name(store, "credsStore", path), _helper_key(host))
+    return None
+
+
+def parse_auth_entry(entry: object, where: str) -> Credentials | None:
+    """One ``auths`` entry; None when it holds no credentials (``{}`` is a helper's marker)."""
+    if not isinstance(entry, dict):
+        raise CredentialError(f"malformed docker config {where}: expected an object")
+    token = entry.get("identitytoken") or None
+    username, password = entry.get("username") or None, entry.get("password")
+    encoded = entry.get("auth")
+    if encoded:
+        if not isinstance(encoded, str):
+            raise CredentialError(f"malformed docker config {where}: 'auth' is not a string")
+        try:
+            decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise CredentialError(
+                f"malformed docker config {where}: 'auth' is not base64 of USER:PASSWORD",
+                hint="run `docker login` again to rewrite it",
+            ) from exc
+        username, sep, password = decoded.partition(":")
+        if not sep or not username:
+            raise CredentialError(
+                f"malformed docker config {where}: 'auth' is not base64 of USER:PASSWORD",
+                hint="run `docker login` again to rewrite it",
+            )
+    if not (username or token):
+        return None
+    for name, value in (("username", username), ("password", password), ("identitytoken", token)):
+        if value is not None and not isinstance(value, str):
+            raise CredentialError(f"malformed docker config {where}: {name!r} is not a string")
+    return Credentials(username, password, token)
+
+
+def run_helper(name: str, server: str) -> Credentials | None:
+    """``docker-credential-<name> get`` with the server on stdin; None when it has nothing."""
+    program = f"docker-credential-{name}"
+    try:
+        proc = subprocess.run(
+            [program, "get"], input=server.encode(), capture_output=True, timeout=HELPER_TIMEOUT, check=False
+        )
+    except FileNotFoundError as exc:
+        raise CredentialError(
+            f"credential helper {program} is not installed (named in {config_path()})",
+            hint=f"install {program}, or remove it from the docker config",
+        ) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise CredentialError(f"credential helper {program} did not answer within {HELPER_TIMEOUT:.0f} s") from exc
+    except OSError as exc:
+        raise CredentialError(f"cannot run credential helper {program}: {exc.strerror or exc}") from exc
+    out = proc.stdout.decode("utf-8", "replace").strip()
+    if proc.returncode != 0:
+        detail = out or proc.stderr.decode("utf-8", "replace").strip()
+        if "credentials not found" in detail.lower():
+            return None
+        raise CredentialError(
+            f"credential helper {program} failed for {server} (exit {proc.returncode}): {detail[:200]}",
+            hint=f"try `{program} get` by hand, or log in again with `docker login`",
+        )
+    try:
+        answer = json.loads(out)
+        username, secret = answer.get("Username"), answer.get("Secret")
+    except (ValueError, AttributeError) as exc:
+        raise CredentialError(f"credential helper {program} printed something that is not JSON credentials") from exc
+    if not isinstance(secret, str) or not secret:
+        return None
+    if username == "<token>":  # the docker convention for an identity token
+        return Credentials(identity_token=secret)
+    if not isinstance(username, str) or not username:
+        raise CredentialError(f"credential helper {program} returned a secret without a Username for {server}")
+    return Credentials(username, secret)
+
+
+def _load_config(path: Path) -> dict | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CredentialError(f"cannot read docker config {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+    if not text.strip():
+        return None
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        raise CredentialError(
+            f"malformed docker config {path}: {exc}", hint="fix or remove the file, then `docker login` again"
+        ) from exc
+    if not isinstance(config, dict):
+        raise CredentialError(f"malformed docker config {path}: expected a JSON object")
+    return config
+
+
+def _section(config: dict, name: str, path: Path) -> dict:
+    value = config.get(name) or {}
+    if not isinstance(value, dict):
+        raise CredentialError(f"malformed docker config {path}: {name!r} is not an object")
+    return value
+
+
+def _helper_name(name: object, where: str, path: Path) -> str:
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("-"):
+        raise CredentialError(f"malformed docker config {path}: {where} is not a helper name: {name!r}")
+    return name
+
+
+def _helper_key(host: str) -> str:
+    """What a helper is asked for: docker login's own key for Docker Hub, the host otherwise."""
+    return DOCKER_HUB_KEY if host == DOCKER_HUB else host

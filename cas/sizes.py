@@ -1,0 +1,70 @@
+"""Parse the sizes and durations users type: ``10GB``, ``500MiB``, ``4096``; ``7d``, ``12h``, ``1h30m``. Pure.
+
+Sizes follow the SI/IEC split: ``KB``/``MB``/``GB``/``TB`` (and ``K``/``M``/``G``/``T``)
+are powers of 1000, ``KiB``/``MiB``/``GiB``/``TiB`` powers of 1024. A plain number is bytes.
+Durations are one or more ``<number><unit>`` parts with units ``s``, ``m``, ``h``, ``d``, ``w``;
+a plain number is seconds. Both raise ``ValueError`` with a message fit for a user.
+"""
+
+from __future__ import annotations
+
+import re
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``text``: ``10GB`` -> 10_000_000_000, ``500MiB`` -> 524_288_000, ``4096`` -> 4096."""
+    match = _SIZE.fullmatch(text or "")
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError(
+            f"invalid size {text!r}: expected a number of bytes, optionally with a unit "
+            "(KB, MB, GB, TB in powers of 1000; KiB, MiB, GiB, TiB in powers of 1024), e.g. 10GB or 500MiB"
+        )
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: ``7d`` -> 604800, ``12h`` -> 43200, ``1h30m`` -> 5400, ``90`` -> 90."""
+    cleaned = (text or "").strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", cleaned):
+        return float(cleaned)
+    parts = _DURATION_PART.findall(cleaned)
+    if not cleaned or not parts or "".join(n + u for n, u in parts) != cleaned:
+        raise ValueError(
+            f"invalid duration {text!r}: expected a number with a unit (s, m, h, d, w), e.g. 7d, 12h, 30m or 1h30m"
+        )
+    return float(sum(float(n) * _DURATION_UNITS[u] for n, u in parts))
+
+
+def format_duration(seconds: float) -> str:
+    """The inverse for messages: 604800 -> ``7d``, 5400 -> ``1h30m``."""
+    seconds = int(round(seconds))
+    if seconds <= 0:
+        return "0s"
+    out = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            out.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(out)

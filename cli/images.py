@@ -1,0 +1,24 @@
+"""cas images: the cached references."""
+
+from __future__ import annotations
+
+import time
+
+from cli import options, output
+
+
+def images(as_json: options.Json = False) -> None:
+    """List cached images with digest, platform, size and when they were pulled."""
+    from cas.images import list_images
+    from cas.store import Store
+
+    rows = list_images(Store())
+    if as_json:
+        output.emit_json(rows)
+        return
+    table = [("REFERENCE", "MANIFEST", "PLATFORM", "SIZE", "PULLED")]
+    for row in rows:
+        table.append(
+            (row["ref"], row["manifest"][7:19], row["platform"] or "-", output.human_size(row["size"]), output.ago(row["pulled"], time.time()))
+        )
+    output.table(table)

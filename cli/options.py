@@ -1,0 +1,41 @@
+"""Options shared by several commands, declared once."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; errors only (plus the summary line).")]
+PlatformOpt = Annotated[
+    Optional[str],
+    typer.Option("--platform", envvar="CAS_PLATFORM", help="OS/ARCH[/VARIANT] to pick from a multi-platform image (default: this host)."),
+]
+Insecure = Annotated[
+    bool, typer.Option("--insecure", help="Use plain HTTP for this registry (loopback registries always use it).")
+]
+Jobs = Annotated[int, typer.Option("--jobs", "-j", min=1, max=32, envvar="CAS_JOBS", help="Blobs downloaded at once.")]
+Username = Annotated[Optional[str], typer.Option("--username", "-u", help="Registry user name (else ~/.docker/config.json).")]
+PasswordStdin = Annotated[bool, typer.Option("--password-stdin", help="Read the registry password or token from stdin.")]
+LockTimeout = Annotated[
+    float, typer.Option("--lock-timeout", min=0, envvar="CAS_LOCK_TIMEOUT", help="Seconds to wait for a prune holding the store.")
+]
+
+
+def read_credentials(username: str | None, password_stdin: bool):
+    """--username with --password-stdin, as docker login takes them; None means look in docker's config."""
+    import sys
+
+    from cas.errors import CasError
+
+    if username is None and not password_stdin:
+        return None
+    if username is None or not password_stdin:
+        raise CasError("--username and --password-stdin go together", hint="echo \"$TOKEN\" | cas pull -u USER --password-stdin REF")
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise CasError("--password-stdin: no password on standard input")
+    from cas.registry import Credentials
+
+    return Credentials(username=username, password=password)

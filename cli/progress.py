@@ -1,0 +1,77 @@
+"""Rich progress bars for pulls: one bar per blob being downloaded, one for the total."""
+
+from __future__ import annotations
+
+import threading
+
+from cas.digest import Digest
+from cas.manifest import Descriptor
+from cas.pull import PullObserver
+from cli import output
+
+
+class QuietObserver(PullObserver):
+    """No bars, but a process waiting on a lock still says why it is stuck."""
+
+    def __enter__(self) -> QuietObserver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def waiting(self, message: str) -> None:
+        output.notice(message)
+
+
+class BarsObserver(QuietObserver):
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        self._tasks: dict[Digest, int] = {}
+        self._total: int | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> BarsObserver:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def resolved(self, ref: str, blobs: list[Descriptor], missing: list[Descriptor]) -> None:
+        with self._lock:
+            if self._total is not None:
+                self._progress.remove_task(self._total)
+            self._total = self._progress.add_task(ref, total=sum(d.size for d in missing) or 1)
+            for desc in missing:
+                self._tasks[desc.digest] = self._progress.add_task(f"  {desc.digest.short}", total=desc.size)
+
+    def blob_bytes(self, digest: Digest, n: int) -> None:
+        task = self._tasks.get(digest)
+        if task is not None:
+            self._progress.advance(task, n)
+        if self._total is not None:
+            self._progress.advance(self._total, n)
+
+    def blob_done(self, digest: Digest, downloaded: bool) -> None:
+        task = self._tasks.pop(digest, None)
+        if task is not None:
+            self._progress.remove_task(task)
+
+    def waiting(self, message: str) -> None:
+        self._progress.console.print(message)
