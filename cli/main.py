@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
@@ -19,12 +20,43 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from cas import __version__
+
+        print(f"cas {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """A content-addressed cache for container images: pull only what is missing, export complete archives.
+
+    The store lives in $CAS_HOME (default: ${XDG_CACHE_HOME:-~/.cache}/cas).
+    """
+
+
 def _register() -> None:
     from cli import images, inspect, pull
 
     app.command("pull")(pull.pull)
     app.command("images")(images.images)
     app.command("inspect")(inspect.inspect)
+
+    from cli import du, prune, rm, verify
+
+    app.command("rm")(rm.rm)
+    app.command("du")(du.du)
+    app.command("prune")(prune.prune)
+    app.command("verify")(verify.verify)
+
+    from cli import export
+
+    app.command("export")(export.export)
 
 
 _register()

@@ -1,0 +1,92 @@
+"""cas export REF... -o FILE|DIR|-: write a complete archive from the store, or nothing at all."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+from cli import options, output
+
+
+class Format(str, Enum):
+    docker_archive = "docker-archive"
+    oci_archive = "oci-archive"
+    oci_dir = "oci-dir"
+
+
+def export(
+    refs: Annotated[list[str], typer.Argument(help="Cached image references: alpine, host:5000/app:1.0, name@sha256:...")],
+    out: Annotated[
+        str, typer.Option("--output", "-o", help="Archive file, '-' for stdout (| docker load), or a directory for oci-dir.")
+    ],
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="docker-archive (docker/podman load), oci-archive, or oci-dir.")] = Format.docker_archive,
+    tag: Annotated[Optional[str], typer.Option("--tag", "-t", help="NAME:TAG to give the one exported image instead of its own name.")] = None,
+    pull: Annotated[bool, typer.Option("--pull", help="First pull the references that are missing or incomplete (only missing blobs are fetched).")] = False,
+    platform: options.PlatformOpt = None,
+    insecure: options.Insecure = False,
+    username: options.Username = None,
+    password_stdin: options.PasswordStdin = False,
+    lock_timeout: options.LockTimeout = 600.0,
+    quiet: options.Quiet = False,
+    as_json: options.Json = False,
+) -> None:
+    """Export cached images as one archive that docker load, podman load and skopeo accept.
+
+    Every manifest, config and layer is checked to be in the store before the first byte is written; if any is missing, nothing is written and each missing digest is named. With -o - the archive goes to stdout: cas export IMG -o - | docker load.
+    """
+    import signal
+    import sys
+    from pathlib import Path
+
+    from cas import reference
+    from cas.export import ExportOptions, UsageError
+    from cas.export import export as run_export
+    from cas.manifest import Platform
+    from cas.store import Store
+
+    parsed = [reference.parse(text) for text in refs]
+    to_stdout = out == "-"
+    if to_stdout and as_json:
+        raise UsageError("--json prints on stdout, where -o - sends the archive", hint="drop --json, or write to a file")
+    opts = ExportOptions(
+        format=fmt.value,
+        tag=tag,
+        platform=Platform.parse(platform) if platform else None,
+        pull=pull,
+        warn=lambda message: output.notice(f"warning: {message}"),
+        on_wait=output.notice,
+        lock_timeout=lock_timeout,
+    )
+    if pull:
+        from cas.pull import PullOptions
+        from cli.progress import BarsObserver, QuietObserver
+
+        credentials = options.read_credentials(username, password_stdin)
+        observer = BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver()
+        opts.pull_options = PullOptions(opts.platform, insecure=insecure, credentials=credentials, observer=observer, lock_timeout=lock_timeout)
+
+    # A SIGTERM unwinds like Ctrl-C, so the temp file beside the target is removed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if to_stdout:
+        sys.stdout.flush()
+    store = Store()
+    try:
+        if opts.pull_options is not None:
+            with opts.pull_options.observer:
+                result = run_export(store, parsed, 1 if to_stdout else Path(out), opts)
+        else:
+            result = run_export(store, parsed, 1 if to_stdout else Path(out), opts)
+    finally:
+        store.close()
+
+    if as_json:
+        output.emit_json(result.to_json())
+    elif not quiet:
+        names = ", ".join(", ".join(image["names"]) or image["ref"] for image in result.images)
+        how = "" if result.format != "oci-dir" or result.linked else " (copied, not linked)"
+        output.notice(
+            f"exported {names} as {result.format}: {result.blobs} blob(s), {output.human_size(result.bytes)} "
+            f"to {result.output}{how} ({result.seconds:.2f}s)"
+        )

@@ -1,0 +1,253 @@
+"""`cas pull` against the real distribution registry, measured on the server side."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from support.tools import wait_until
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _blob_sizes(image, digests) -> int:
+    return sum(b.size for b in image.blobs if b.digest in digests)
+
+
+def _store_is_sound(home: Path) -> list[str]:
+    """Every file under blobs/ hashes to its own name."""
+    checked = []
+    for path in (home / "v1" / "blobs" / "sha256").glob("*"):
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name, f"{path} does not match its name"
+        checked.append(path.name)
+    return checked
+
+
+def test_second_pull_downloads_nothing_and_costs_one_manifest_request(cas, registry, test_images):
+    ref = test_images.ref(registry, "base")
+    first = registry.mark()
+    out = json.loads(cas("pull", "--json", ref).stdout)[0]
+    assert registry.blob_bytes_served(first) == test_images.base.size - test_images.base.manifest_blob.size
+    assert out["downloaded_bytes"] == registry.blob_bytes_served(first)
+
+    second = registry.mark()
+    proc = cas("pull", ref)
+    assert registry.blob_bytes_served(second) == 0
+    assert [r.method for r in registry.requests(second)] == ["GET"]
+    assert len(registry.manifest_requests(second)) == 1
+    assert "downloaded 0 blob(s)" in proc.stderr and "reused 4" in proc.stderr
+
+
+def test_pulling_app_after_base_downloads_only_apps_own_blobs(cas, registry, test_images):
+    cas("pull", test_images.ref(registry, "base"))
+    mark = registry.mark()
+    out = json.loads(cas("pull", "--json", test_images.ref(registry, "app")).stdout)[0]
+    app, base = test_images.app, test_images.base
+    own = set(app.digests) - set(base.digests) - {app.digest}
+    fetched = {r.reference for r in registry.blob_gets(mark)}
+    assert fetched == own
+    assert registry.blob_bytes_served(mark) == _blob_sizes(app, own)
+    assert out["reused_blobs"] == 3 and out["downloaded_blobs"] == len(own)
+
+
+def test_blobs_are_shared_across_registries(cas, registry, basic_registry, test_images):
+    cas("pull", test_images.ref(registry, "dockermedia"))
+    ref = test_images.ref(basic_registry, "dockermedia")
+    mark = basic_registry.mark()
+    cas("pull", "-u", basic_registry.username, "--password-stdin", ref, input=basic_registry.password + "\n")
+    assert basic_registry.blob_bytes_served(mark) == 0
+    served = [r for r in basic_registry.manifest_requests(mark, method="GET") if r.status == 200]
+    assert len(served) == 1
+
+
+def test_warm_pull_by_digest_makes_no_request_at_all(cas, registry, test_images):
+    pushed = test_images.push(registry)["multi"]
+    by_digest = f"{registry.host}/multi@{pushed.digest}"
+    cas("pull", by_digest)
+    mark = registry.mark()
+    proc = cas("pull", "--json", by_digest)
+    assert registry.requests(mark) == []
+    assert json.loads(proc.stdout)[0]["manifest_requests"] == 0
+
+
+def test_multi_platform_index_resolves_to_the_asked_platform(cas, registry, test_images):
+    for name in ("multi", "multidocker"):
+        ref = test_images.ref(registry, name)
+        out = json.loads(cas("pull", "--json", "--platform", "linux/arm64", ref).stdout)[0]
+        child = test_images[name].for_platform("linux/arm64/v8")
+        assert out["platform"] == "linux/arm64/v8"
+        assert out["manifest"] == child.digest
+        assert out["digest"] == test_images[name].digest
+        inspected = json.loads(cas("inspect", "--json", ref).stdout)
+        assert inspected["config"]["architecture"] == "arm64"
+    host = json.loads(cas("pull", "--json", test_images.ref(registry, "multi")).stdout)[0]
+    assert host["platform"] == "linux/amd64"
+
+
+def test_media_types_and_uncompressed_layers(cas, registry, test_images):
+    for name in ("dockermedia", "ocidata"):
+        out = json.loads(cas("pull", "--json", test_images.ref(registry, name)).stdout)[0]
+        assert out["manifest"] == test_images[name].digest
+        info = json.loads(cas("inspect", "--json", test_images.ref(registry, name)).stdout)
+        assert info["media_type"] == test_images[name].media_type
+        assert [l["digest"] for l in info["layers"]] == [b.digest for b in test_images[name].blobs[1:]]
+    _store_is_sound(Path(os.environ["CAS_HOME"]))
+
+
+def test_images_lists_what_was_pulled(cas, registry, test_images):
+    cas("pull", test_images.ref(registry, "base"), test_images.ref(registry, "ocidata"))
+    rows = json.loads(cas("images", "--json").stdout)
+    assert [r["ref"] for r in rows] == [test_images.ref(registry, "base"), test_images.ref(registry, "ocidata")]
+    assert rows[0]["manifest"] == test_images.base.digest and rows[0]["platform"] == "linux/amd64"
+    assert rows[0]["size"] == test_images.base.size
+    table = cas("images").stdout
+    assert "REFERENCE" in table and test_images.ref(registry, "ocidata") in table
+
+
+def test_registry_serving_wrong_bytes_is_an_error_and_nothing_is_committed(cas, cas_home, registry, test_images):
+    layer = test_images.app.blobs[-1]
+    registry.corrupt_blob(layer.digest)
+    proc = cas("pull", test_images.ref(registry, "app"), check=False)
+    assert proc.returncode == 1
+    assert "digest mismatch" in proc.stderr and layer.digest in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 2
+    assert layer.digest.split(":")[1] not in _store_is_sound(cas_home)
+    assert json.loads(cas("images", "--json").stdout) == []
+
+
+def test_sigkill_mid_blob_then_the_next_pull_resumes_and_completes(cas, cas_home, proxy, test_images, registry):
+    test_images.push(registry)
+    ref = f"{proxy.host}/base:latest"
+    proxy.throttle(200_000)
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "cli", "pull", "--jobs", "1", ref],
+        cwd=REPO_ROOT, env={**os.environ, "CAS_HOME": str(cas_home)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    ingest = cas_home / "v1" / "ingest"
+
+    def partial_bytes() -> int:
+        return sum(p.stat().st_size for p in ingest.glob("*/data")) if ingest.exists() else 0
+
+    wait_until(lambda: partial_bytes() > 100_000, timeout=30, what="a partial download")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    kept = partial_bytes()
+    assert kept > 0
+    _store_is_sound(cas_home)
+    assert json.loads(cas("images", "--json").stdout) == []
+
+    proxy.throttle(None)
+    mark = len(proxy.requests)
+    cas("pull", ref)
+    ranged = [r for r in proxy.requests[mark:] if "range" in r.headers]
+    assert ranged and ranged[0].status == 206, "the partial blob was not resumed with a Range request"
+    assert len(_store_is_sound(cas_home)) == len(test_images.base.digests)
+    assert list(ingest.iterdir()) == []
+
+
+def test_two_processes_pulling_at_once_download_each_blob_once(cas_home, proxy, registry, test_images):
+    test_images.push(registry)
+    proxy.throttle(2_000_000)
+    ref = f"{proxy.host}/app:latest"
+    env = {**os.environ, "CAS_HOME": str(cas_home)}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "cli", "pull", "--json", ref], cwd=REPO_ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    gets = [r.path.rsplit("/", 1)[1] for r in proxy.requests if r.kind == "blob" and r.method == "GET"]
+    assert sorted(gets) == sorted(set(gets)), "a blob was downloaded twice"
+    assert set(gets) == set(test_images.app.digests) - {test_images.app.digest}
+    outs = [json.loads(out)[0] for out, _ in results]
+    assert sum(o["downloaded_blobs"] for o in outs) == len(gets)
+
+
+def test_retries_429_and_5xx_then_succeeds(cas, proxy, registry, test_images):
+    test_images.push(registry)
+    proxy.fail_next(503, count=2, pattern=r"/manifests/")
+    proxy.fail_next(429, count=1, retry_after=1)
+    started = time.monotonic()
+    cas("pull", f"{proxy.host}/ocidata:latest")
+    assert time.monotonic() - started >= 1.0, "Retry-After was not honoured"
+    assert proxy.count("manifest") == 3
+    faults = [r.status for r in proxy.requests if r.fault == "status"]
+    assert sorted(faults) == [429, 503, 503]
+
+
+def test_dropped_connection_resumes_with_range(cas, cas_home, proxy, registry, test_images):
+    test_images.push(registry)
+    proxy.drop_after(400_000, times=None)  # every blob response is cut after 400 kB: the ~1 MB layer needs 3 resumes
+    cas("pull", f"{proxy.host}/base:latest")
+    assert sum(r.fault == "drop" for r in proxy.requests) == 2
+    assert any("range" in r.headers and r.status == 206 for r in proxy.requests)
+    assert len(_store_is_sound(cas_home)) == len(test_images.base.digests)
+
+
+def test_token_auth_pull_is_anonymous_and_reuses_the_token(cas, token_registry, token_server, test_images):
+    ref = test_images.ref(token_registry, "base")
+    cas("pull", ref)
+    first = token_server.token_requests
+    assert first >= 1
+    mark = token_registry.mark()
+    cas("pull", ref)
+    assert token_server.token_requests == first, "the cached token was not reused"
+    assert len(token_registry.requests(mark)) == 1
+
+
+def test_basic_auth_from_docker_config(cas, cas_home, basic_registry, test_images):
+    ref = test_images.ref(basic_registry, "ocidata")
+    denied = cas("pull", ref, check=False)
+    assert denied.returncode == 1 and "Traceback" not in denied.stderr
+    assert basic_registry.host in denied.stderr
+    import base64
+
+    token = base64.b64encode(f"{basic_registry.username}:{basic_registry.password}".encode()).decode()
+    config = Path(os.environ["DOCKER_CONFIG"]) / "config.json"
+    config.write_text(json.dumps({"auths": {basic_registry.host: {"auth": token}}}))
+    assert cas("pull", ref).returncode == 0
+    wrong = cas("pull", "-u", basic_registry.username, "--password-stdin", ref, input="wrong\n", check=False)
+    assert wrong.returncode == 1 and "authentication failed" in wrong.stderr
+
+
+def test_user_mistakes_are_one_line_errors_before_any_network(cas, registry):
+    mark = registry.mark()
+    for args, fragment, code in [
+        (["pull", f"{registry.host}/Upper:1"], "lowercase", 2),
+        (["pull", f"{registry.host}/x@sha256:abc"], "64 lowercase hex", 2),
+        (["pull", "--platform", "linux", f"{registry.host}/x"], "invalid platform", 1),
+        (["inspect", f"{registry.host}/never-pulled"], "not in the cache", 1),
+    ]:
+        proc = cas(*args, check=False)
+        assert proc.returncode == code, (args, proc.stderr)
+        assert fragment in proc.stderr and "Traceback" not in proc.stderr
+    assert registry.requests(mark) == []
+
+
+def test_registry_errors_are_one_line(cas, registry):
+    missing = cas("pull", f"{registry.host}/no-such-repo:1", check=False)
+    assert missing.returncode == 1 and "not found" in missing.stderr
+    closed = cas("pull", "127.0.0.1:9/x:1", check=False)
+    assert closed.returncode == 1 and "cannot reach registry 127.0.0.1:9" in closed.stderr
+    for proc in (missing, closed):
+        assert "Traceback" not in proc.stderr
+        assert proc.stderr.startswith("error: ")
+
+
+def test_store_is_an_oci_layout_naming_each_ref(cas, cas_home, registry, test_images):
+    ref = test_images.ref(registry, "base")
+    cas("pull", ref)
+    layout = cas_home / "v1"
+    assert json.loads((layout / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads((layout / "index.json").read_text())
+    [entry] = index["manifests"]
+    assert entry["digest"] == test_images.base.digest
+    assert entry["annotations"]["org.opencontainers.image.ref.name"] == ref
