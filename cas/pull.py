@@ -175,8 +175,10 @@ class _Session:
             "used": now,
         }
         with self.store.index.transact():
+            previous = self.store.index.get_ref(str(self.ref))
             self.store.index.put_ref(str(self.ref), record)
-        self.store.write_layout_index()
+        if previous is None or previous["manifest"] != record["manifest"]:
+            self.store.write_layout_index()  # index.json names each ref's manifest; only a new one changes it
         self.result.record = record
         return self.result
 
