@@ -1,0 +1,392 @@
+"""``FaultProxy``: a streaming reverse proxy on 127.0.0.1 in front of a Registry, with knobs
+for the faults real registries and networks produce.
+
+Why: retries, Range resume, Retry-After, slow links and CDN redirects cannot be tested against
+a well-behaved local registry. The proxy forwards every header (Range, Authorization, ...)
+and body as a stream (blobs are never held whole), and rewrites ``Location`` headers that
+point at the upstream so uploads and redirects still go through it.
+
+Knobs (settable while a test runs; ``reset()`` clears them and the counters):
+- ``throttle(bytes_per_second)``: slow every blob response body.
+- ``drop_after(nbytes, times=1)``: the next ``times`` blob GET responses (200/206) send their
+  headers and ``nbytes`` of body, then the connection is cut (``times=None``: until reset).
+- ``fail_next(status, count=1, pattern=..., retry_after=...)``: answer the next ``count``
+  requests whose path matches the regex ``pattern`` with ``status`` (429 + Retry-After, 5xx).
+- ``redirect_blobs(times=None)``: blob GETs that the upstream would answer 200 get a 307 to
+  ``self.origin``, a second server on another port that serves the same bytes (from the
+  registry's storage) and records the Authorization header it received (``origin.requests``),
+  so a test can assert credentials were NOT forwarded to it. The registry then logs a HEAD
+  (0 bytes) for that blob, and the bytes show up in ``origin.requests`` instead.
+
+Measure what reached the client with the proxy's own counters: when the proxy cuts a
+response, the registry's log still counts what it had pushed into the proxy's socket.
+
+Counts: ``requests`` (one ``ProxiedRequest`` per request), ``count(kind)``, ``bytes_sent(kind)``
+where kind is that of ``registry.classify_path`` (blob, manifest, upload, base, ...).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
+from typing import BinaryIO
+
+from .origin import BlobOrigin
+from .registry import Registry, classify_path
+from .tools import LocalServer
+
+CHUNK = 64 * 1024
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+              "trailers", "transfer-encoding", "upgrade", "expect", "proxy-connection"}
+ERROR_CODES = {429: "TOOMANYREQUESTS", 500: "UNKNOWN", 502: "UNKNOWN", 503: "UNAVAILABLE", 504: "UNKNOWN"}
+
+
+@dataclass
+class ProxiedRequest:
+    """What the proxy saw and did for one request."""
+
+    method: str
+    path: str  # path plus query
+    kind: str
+    headers: dict[str, str]  # request headers as received (lower-case names)
+    status: int = 0  # status sent to the client
+    bytes_sent: int = 0  # response body bytes sent to the client
+    fault: str | None = None  # "status", "drop", "redirect" when a knob acted
+
+
+@dataclass
+class _Failure:
+    status: int
+    count: int
+    pattern: re.Pattern
+    method: str | None
+    retry_after: str | None
+
+
+@dataclass
+class _Knobs:
+    rate: int | None = None
+    drop_bytes: int | None = None
+    drop_left: int | None = 0  # None = every response
+    failures: list[_Failure] = field(default_factory=list)
+    redirect_left: int | None = 0  # None = every blob GET
+
+
+class FaultProxy:
+    """Reverse proxy to ``upstream`` (a Registry); exposes its credentials for convenience."""
+
+    def __init__(self, upstream: Registry) -> None:
+        self.upstream = upstream
+        self.origin = BlobOrigin(upstream)
+        self._lock = threading.Lock()
+        self._knobs = _Knobs()
+        self._log: list[ProxiedRequest] = []
+        self._server: LocalServer | None = None
+
+    # --- lifecycle -------------------------------------------------------------------
+    def start(self) -> FaultProxy:
+        self._server = LocalServer(_ProxyHandler, self, "fault-proxy")
+        self.origin.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        self.origin.stop()
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def host(self) -> str:
+        assert self._server is not None, "proxy not started"
+        return f"127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    @property
+    def username(self) -> str | None:
+        return self.upstream.username
+
+    @property
+    def password(self) -> str | None:
+        return self.upstream.password
+
+    # --- knobs -------------------------------------------------------------------------
+    def throttle(self, bytes_per_second: int | None) -> None:
+        with self._lock:
+            self._knobs.rate = bytes_per_second
+
+    def drop_after(self, nbytes: int, times: int | None = 1) -> None:
+        with self._lock:
+            self._knobs.drop_bytes, self._knobs.drop_left = nbytes, times
+
+    def fail_next(self, status: int, count: int = 1, pattern: str = r"/blobs/sha256:", *,
+                  method: str | None = None, retry_after: int | str | None = None) -> None:
+        """Answer the next ``count`` requests matching ``pattern`` (regex on path+query) with ``status``."""
+        if status == 429 and retry_after is None:
+            retry_after = 1
+        with self._lock:
+            self._knobs.failures.append(_Failure(status, count, re.compile(pattern), method,
+                                                 None if retry_after is None else str(retry_after)))
+
+    def redirect_blobs(self, times: int | None = None) -> None:
+        """307 blob GETs to ``self.origin`` (``times=None``: every one until reset)."""
+        with self._lock:
+            self._knobs.redirect_left = times
+
+    def reset(self) -> None:
+        """Clear every knob and every counter (the origin's too)."""
+        with self._lock:
+            self._knobs = _Knobs()
+            self._log.clear()
+        self.origin.reset()
+
+    # --- counters --------------------------------------------------------------------
+    @property
+    def requests(self) -> list[ProxiedRequest]:
+        with self._lock:
+            return list(self._log)
+
+    def count(self, kind: str | None = None, method: str | None = None) -> int:
+        return sum(1 for r in self.requests if (kind is None or r.kind == kind) and (method is None or r.method == method))
+
+    def bytes_sent(self, kind: str | None = None) -> int:
+        return sum(r.bytes_sent for r in self.requests if kind is None or r.kind == kind)
+
+    # --- used by the handler -------------------------------------------------------------
+    def _record(self, rec: ProxiedRequest) -> None:
+        with self._lock:
+            self._log.append(rec)
+
+    def _take_failure(self, method: str, path: str) -> _Failure | None:
+        with self._lock:
+            for f in self._knobs.failures:
+                if f.count > 0 and f.pattern.search(path) and (f.method is None or f.method == method):
+                    f.count -= 1
+                    return f
+        return None
+
+    def _take(self, attr: str) -> bool:
+        """Use one of the knob's remaining turns (``None`` left = unlimited)."""
+        with self._lock:
+            left = getattr(self._knobs, attr)
+            if left is not None and left <= 0:
+                return False
+            if left is not None:
+                setattr(self._knobs, attr, left - 1)
+            return True
+
+    def _take_drop(self) -> int | None:
+        """Bytes after which to cut this blob response, or None."""
+        nbytes = self._knobs.drop_bytes
+        return nbytes if nbytes is not None and self._take("drop_left") else None
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._proxy()
+
+    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+    def _proxy(self) -> None:
+        proxy: FaultProxy = self.server.owner  # type: ignore[attr-defined]
+        kind = classify_path(self.path)[0]
+        rec = ProxiedRequest(self.command, self.path, kind, {k.lower(): v for k, v in self.headers.items()})
+        proxy._record(rec)
+        try:
+            failure = proxy._take_failure(self.command, self.path)
+            if failure is not None:
+                self._drain_body()
+                rec.fault = "status"
+                self._send_error(rec, failure)
+                return
+            if self.command == "GET" and kind == "blob" and proxy._take("redirect_left"):
+                if self._redirect(proxy, rec):
+                    return
+            self._forward(proxy, rec)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    # --- pieces --------------------------------------------------------------------------
+    def _send_error(self, rec: ProxiedRequest, failure: _Failure) -> None:
+        body = json.dumps({"errors": [{"code": ERROR_CODES.get(failure.status, "UNKNOWN"),
+                                       "message": f"injected {failure.status} by the fault proxy"}]}).encode()
+        self.send_response_only(failure.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if failure.retry_after is not None:
+            self.send_header("Retry-After", failure.retry_after)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+            rec.bytes_sent = len(body)
+        rec.status = failure.status
+
+    def _redirect(self, proxy: FaultProxy, rec: ProxiedRequest) -> bool:
+        """Ask upstream with HEAD (auth is checked there); on 200 answer 307 to the origin."""
+        conn = self._upstream(proxy)
+        try:
+            conn.request("HEAD", self.path, headers=self._forward_headers(proxy))
+            resp = conn.getresponse()
+            resp.read()
+        finally:
+            conn.close()
+        if resp.status != 200:
+            return False  # let the real GET produce the real error
+        digest = classify_path(self.path)[2]
+        location = f"{proxy.origin.url}/blobs/{digest}?expires={int(time.time()) + 600}&sig={secrets.token_hex(8)}"
+        self.send_response_only(307)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        rec.status, rec.fault = 307, "redirect"
+        return True
+
+    def _forward(self, proxy: FaultProxy, rec: ProxiedRequest) -> None:
+        conn = self._upstream(proxy)
+        try:
+            headers = self._forward_headers(proxy)
+            body = self._request_body()
+            conn.request(self.command, self.path, body=body, headers=headers,
+                         encode_chunked=self._is_chunked())
+            resp = conn.getresponse()
+            self._relay(proxy, rec, resp)
+        finally:
+            conn.close()
+
+    def _relay(self, proxy: FaultProxy, rec: ProxiedRequest, resp: http.client.HTTPResponse) -> None:
+        rec.status = resp.status
+        self.send_response_only(resp.status, resp.reason)
+        length = resp.getheader("Content-Length")
+        for name, value in resp.getheaders():
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                continue
+            if lname == "location" and value.startswith(proxy.upstream.url):
+                value = proxy.url + value[len(proxy.upstream.url):]
+            self.send_header(name, value)
+        has_body = self.command != "HEAD" and resp.status not in (204, 304) and resp.status >= 200
+        chunked = has_body and length is None
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        if not has_body:
+            return
+        is_blob_body = rec.kind == "blob" and self.command == "GET" and resp.status in (200, 206)
+        drop = proxy._take_drop() if is_blob_body else None
+        rate = proxy._knobs.rate if rec.kind == "blob" else None
+        chunk = CHUNK if not rate else max(1024, min(CHUNK, rate // 20))
+        started = time.monotonic()
+        while True:
+            data = resp.read1(chunk) if hasattr(resp, "read1") else resp.read(chunk)
+            if not data:
+                break
+            if drop is not None and rec.bytes_sent + len(data) >= drop:
+                data = data[: drop - rec.bytes_sent]
+                self._write(data, chunked)
+                rec.bytes_sent += len(data)
+                rec.fault = "drop"
+                self._cut()
+                return
+            self._write(data, chunked)
+            rec.bytes_sent += len(data)
+            if rate:
+                ahead = rec.bytes_sent / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
+
+    def _write(self, data: bytes, chunked: bool) -> None:
+        if chunked:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self.wfile.write(data)
+
+    def _cut(self) -> None:
+        """End the connection mid-body, as a network failure would."""
+        self.wfile.flush()
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _upstream(self, proxy: FaultProxy) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", proxy.upstream.port, timeout=120)
+
+    def _forward_headers(self, proxy: FaultProxy) -> dict[str, str]:
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "host"}
+        headers["Host"] = proxy.upstream.host
+        return headers
+
+    def _is_chunked(self) -> bool:
+        return "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+
+    def _request_body(self) -> BinaryIO | Iterator[bytes] | None:
+        if self._is_chunked():
+            return self._read_chunked()
+        length = int(self.headers.get("Content-Length") or 0)
+        return _Limited(self.rfile, length) if length else None
+
+    def _read_chunked(self) -> Iterator[bytes]:
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return
+            remaining = size
+            while remaining:
+                data = self.rfile.read(min(CHUNK, remaining))
+                if not data:
+                    return
+                remaining -= len(data)
+                yield data
+            self.rfile.readline()
+
+    def _drain_body(self) -> None:
+        body = self._request_body()
+        if body is None:
+            return
+        if isinstance(body, _Limited):
+            while body.read(CHUNK):
+                pass
+        else:
+            for _ in body:
+                pass
+
+
+class _Limited:
+    """A file-like view of exactly ``length`` bytes of the request body (streamed upstream)."""
+
+    def __init__(self, f: BinaryIO, length: int) -> None:
+        self.f, self.left = f, length
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        n = self.left if n is None or n < 0 else min(n, self.left)
+        data = self.f.read(n)
+        self.left -= len(data)
+        return data
