@@ -21,7 +21,6 @@ import base64
 import binascii
 import json
 import os
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,6 +121,8 @@ def parse_auth_entry(entry: object, where: str) -> Credentials | None:
 
 def run_helper(name: str, server: str) -> Credentials | None:
     """``docker-credential-<name> get`` with the server on stdin; None when it has nothing."""
+    import subprocess  # only when a helper is configured: keeps it off the anonymous pull's start-up
+
     program = f"docker-credential-{name}"
     try:
         proc = subprocess.run(
@@ -180,7 +181,9 @@ def _load_config(path: Path) -> dict | None:
 
 
 def _section(config: dict, name: str, path: Path) -> dict:
-    value = config.get(name) or {}
+    value = config.get(name)
+    if value is None:
+        return {}
     if not isinstance(value, dict):
         raise CredentialError(f"malformed docker config {path}: {name!r} is not an object")
     return value

@@ -1,0 +1,108 @@
+"""How HTTP answers and transport failures become CasErrors, with hints.
+
+Every status the client does not want and every httpx transport error goes
+through here, so the wording users see lives in one place.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from typing import Iterator
+
+import httpx
+
+from cas.errors import AuthError, NotFound, RateLimited, RegistryError, ServerError
+from cas.registry.retry import MAX_RETRY_AFTER, Transient, is_retryable_status, parse_retry_after
+from cas.registry.wire import error_detail
+
+UNREACHABLE_HINT = "check the address, or --insecure for a plain-HTTP registry that is not on loopback"
+TLS_HINT = (
+    "if the registry uses a private CA, point SSL_CERT_FILE at a bundle that includes it; "
+    "for a plain-HTTP registry that is not on loopback use --insecure"
+)
+
+
+def status_error(
+    response: httpx.Response, body: bytes, *, registry: str, repository: str, shown: str, kind: str
+) -> Exception:
+    """The CasError (or Transient, for a retry) for a status we did not want.
+
+    ``kind`` is "manifest" or "blob"; ``shown`` names what was asked for, e.g.
+    ``HOST/REPO:TAG`` or ``blob sha256:... of HOST/REPO``.
+    """
+    status = response.status_code
+    code, detail = error_detail(body)
+    said = f": {detail}" if detail else ""
+    if is_retryable_status(status):
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if status == 429:
+            final: RegistryError = RateLimited(
+                f"registry {registry} is rate limiting us{said}",
+                hint=_rate_hint(retry_after),
+            )
+        else:
+            final = ServerError(
+                f"registry {registry} answered {status} for {shown}{said}",
+                hint="the registry is having trouble; try again later",
+            )
+        return Transient(final, retry_after)
+    if status == 401:  # only from a redirect target: the registry's own 401s end in the auth flow
+        return AuthError(f"{response.url.netloc.decode()} refused {shown} (401){said}")
+    if status == 403:
+        return AuthError(
+            f"access denied to {repository} on {registry}{said}",
+            hint=f"check that your account may pull {repository}; `docker login {registry}` to change accounts",
+        )
+    if status == 404:
+        if kind == "blob" or code == "BLOB_UNKNOWN":
+            return NotFound(f"{shown} not found{said}", hint="the manifest names a blob the registry does not have")
+        return NotFound(
+            f"image {shown} not found{said}",
+            hint="check the repository name and the tag or digest",
+        )
+    return RegistryError(f"registry {registry} answered {status} for {shown}{said}")
+
+
+def _rate_hint(retry_after: float | None) -> str:
+    if retry_after is not None and retry_after > MAX_RETRY_AFTER:
+        return f"the registry asks to wait {retry_after:.0f} s; try again then, or log in for a higher limit"
+    return "try again later, or log in for a higher limit"
+
+
+def describe_transport_error(exc: BaseException) -> tuple[str, str, bool]:
+    """``(reason, hint, retryable)`` for an httpx transport error, from its cause chain."""
+    chain = list(_causes(exc))
+    tls = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
+    text = " ".join(str(e) for e in chain).lower()
+    if tls is not None or "[ssl" in text or "certificate verify" in text:
+        if "wrong_version_number" in text or "record layer" in text or "http request" in text:
+            return "TLS handshake failed: it looks like a plain-HTTP registry", TLS_HINT, False
+        if "certificate" in text:
+            return f"TLS certificate not trusted ({_first_line(tls or exc)})", TLS_HINT, False
+        return f"TLS error ({_first_line(tls or exc)})", TLS_HINT, False
+    if isinstance(exc, httpx.TimeoutException):
+        reason = "connection timed out" if isinstance(exc, httpx.ConnectTimeout) else "timed out"
+        return reason, UNREACHABLE_HINT, True
+    dns_words = ("name or service not known", "name resolution", "nodename nor servname")
+    if any(isinstance(e, socket.gaierror) for e in chain) or any(w in text for w in dns_words):
+        return "cannot resolve the host name", UNREACHABLE_HINT, True
+    if any(isinstance(e, ConnectionRefusedError) for e in chain) or "refused" in text:
+        return "connection refused", UNREACHABLE_HINT, True
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect ({_first_line(exc)})", UNREACHABLE_HINT, True
+    return "connection dropped", UNREACHABLE_HINT, True
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

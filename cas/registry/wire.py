@@ -1,0 +1,55 @@
+"""Pure helpers for the Distribution API's wire format: error bodies, Content-Range, hosts.
+
+No I/O and no httpx, so every function here is tested with plain values.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from cas.reference import Reference
+
+_CONTENT_RANGE = re.compile(r"\s*bytes\s+(?:(\d+)-(\d+)|\*)\s*/\s*(\d+|\*)\s*", re.IGNORECASE)
+
+
+def is_loopback(host: str) -> bool:
+    """``127.x``, ``localhost`` or ``[::1]``, with or without a port."""
+    return Reference(host, "_").is_loopback
+
+
+def error_detail(body: bytes, limit: int = 300) -> tuple[str | None, str]:
+    """The first error code and the messages of a registry error body.
+
+    ``{"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}``
+    gives ``("MANIFEST_UNKNOWN", "manifest unknown")``. Anything else gives
+    ``(None, <the body's text, shortened>)``.
+    """
+    text = body[:4096].decode("utf-8", "replace").strip()
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    errors = doc.get("errors") if isinstance(doc, dict) else None
+    if isinstance(errors, list) and errors and all(isinstance(e, dict) for e in errors):
+        code = errors[0].get("code")
+        messages = [str(e.get("message") or e.get("code") or "") for e in errors]
+        return (str(code) if code else None), "; ".join(m for m in messages if m)[:limit]
+    if isinstance(doc, dict) and isinstance(doc.get("details") or doc.get("error"), str):
+        return None, str(doc.get("details") or doc.get("error"))[:limit]
+    return None, " ".join(text.split())[:limit]
+
+
+def parse_content_range(value: str | None) -> tuple[int | None, int | None, int | None] | None:
+    """``bytes 10-99/100`` -> ``(10, 99, 100)``; ``bytes */100`` -> ``(None, None, 100)``; garbage -> None."""
+    if not value:
+        return None
+    match = _CONTENT_RANGE.fullmatch(value)
+    if not match:
+        return None
+    start, end, total = match.groups()
+    return (
+        int(start) if start is not None else None,
+        int(end) if end is not None else None,
+        int(total) if total != "*" else None,
+    )
