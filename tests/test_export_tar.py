@@ -1,0 +1,127 @@
+"""The tar writer: what Python's tarfile reads back, over files, pipes and the copy fallback."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from cas.export import tarwriter
+from cas.export.tarwriter import TarWriter, TruncatedFile
+
+
+def _write(fd: int, files: dict[str, Path], *, sendfile: bool = True) -> TarWriter:
+    writer = TarWriter(fd)
+    writer.sendfile = sendfile
+    writer.add_bytes("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
+    writer.add_dir("blobs")
+    for name, path in files.items():
+        writer.add_file(name, path, path.stat().st_size)
+    writer.close()
+    return writer
+
+
+@pytest.fixture
+def sources(tmp_path: Path) -> dict[str, Path]:
+    out = {}
+    for i, size in enumerate((0, 1, 511, 512, 513, 3 * (1 << 20) + 7)):
+        path = tmp_path / f"src{i}"
+        path.write_bytes(os.urandom(size))
+        out[f"blobs/sha256/{i:064x}"] = path
+    return out
+
+
+def _check(data: bytes, files: dict[str, Path]) -> None:
+    assert len(data) % 512 == 0 and data.endswith(bytes(1024))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == ["oci-layout", "blobs", *files]
+        assert members[1].isdir()
+        for name, path in files.items():
+            assert tar.extractfile(name).read() == path.read_bytes()
+
+
+@pytest.mark.parametrize("sendfile", [True, False], ids=["sendfile", "copy-loop"])
+def test_regular_file_round_trips(tmp_path: Path, sources: dict[str, Path], sendfile: bool) -> None:
+    out = tmp_path / "out.tar"
+    with open(out, "wb") as fh:
+        writer = _write(fh.fileno(), sources, sendfile=sendfile)
+    assert writer.written == out.stat().st_size
+    _check(out.read_bytes(), sources)
+
+
+def test_pipe_round_trips(sources: dict[str, Path]) -> None:
+    read_end, write_end = os.pipe()
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(read_end, 1 << 16), b"")))
+    reader.start()
+    try:
+        writer = _write(write_end, sources)
+    finally:
+        os.close(write_end)
+        reader.join()
+        os.close(read_end)
+    assert writer.sendfile, "sendfile into a pipe should work on Linux"
+    _check(b"".join(chunks), sources)
+
+
+def test_append_mode_output_falls_back_to_copies(tmp_path: Path, sources: dict[str, Path]) -> None:
+    out = tmp_path / "out.tar"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        _write(fd, sources)
+    finally:
+        os.close(fd)
+    _check(out.read_bytes(), sources)
+
+
+def test_a_file_shorter_than_promised_is_an_error(tmp_path: Path) -> None:
+    src = tmp_path / "short"
+    src.write_bytes(b"x" * 100)
+    with open(tmp_path / "out.tar", "wb") as fh:
+        writer = TarWriter(fh.fileno())
+        with pytest.raises(TruncatedFile, match="ended after 100 of 200 bytes"):
+            writer.add_file("blobs/sha256/" + "a" * 64, src, 200)
+
+
+def test_member_names_are_plain_ustar() -> None:
+    header = tarwriter._header("blobs/sha256/" + "b" * 64, 1234, 0)
+    info = tarfile.TarInfo.frombuf(header, "utf-8", "strict")
+    assert (info.name, info.size, info.mode, info.uid, info.mtime) == ("blobs/sha256/" + "b" * 64, 1234, 0o644, 0, 0)
+    assert header[257:263] == b"ustar\0"
+
+
+def test_huge_member_gets_a_pax_size_record() -> None:
+    size = 9 * (1 << 30)
+    header = tarwriter._header("blobs/sha256/" + "c" * 64, size, 0)
+    assert len(header) == 3 * 512  # pax header, its record block, the ustar header
+    pax = tarfile.TarInfo.frombuf(header[:512], "utf-8", "strict")
+    assert pax.type == tarfile.XHDTYPE
+    record = header[512 : 512 + pax.size]
+    assert record == f"{len(record)} size={size}\n".encode()
+    # tarfile reads the size from the PAX record: feed it the headers and a sparse body
+    body = io.BytesIO(header)
+    tar = tarfile.open(fileobj=_Sparse(body, size), mode="r|")
+    assert next(iter(tar)).size == size
+
+
+class _Sparse(io.RawIOBase):
+    """The given headers followed by zeros: enough for a streaming reader to parse the first member."""
+
+    def __init__(self, head: io.BytesIO, size: int) -> None:
+        self.head = head
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        data = self.head.read(len(buf))
+        n = len(data)
+        buf[:n] = data
+        if n < len(buf):
+            buf[n:] = bytes(len(buf) - n)
+        return len(buf)
