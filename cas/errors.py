@@ -23,7 +23,8 @@ line, then ``hint`` when there is one, and exits with ``exit_code``.
     │   ├── DiskFull
     │   ├── LockTimeout
     │   └── NotCached           an image that was never pulled
-    └── MissingBlobs            an export whose blobs are not all in the store
+    ├── MissingBlobs            an export whose blobs are not all in the store
+    └── Interrupted             Ctrl-C or SIGTERM; exit code 130
 
 This module imports nothing from cas so every other module can use it.
 """
@@ -152,3 +153,10 @@ class MissingBlobs(CasError):
             hint=f"run `cas pull {pulls}` or export with --pull; nothing was written",
         )
         self.missing = missing
+
+
+class Interrupted(CasError):
+    exit_code = 130
+
+    def __init__(self) -> None:
+        super().__init__("interrupted", hint="the store is consistent; run the command again to finish")

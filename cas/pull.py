@@ -217,13 +217,21 @@ class _Session:
         jobs = max(1, min(self.options.jobs, len(missing)))
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cas-pull") as pool:
             futures = [pool.submit(self._fetch_blob, desc, cancelled) for desc in missing]
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+
+            def stop() -> None:
+                """Queued blobs never start; running ones stop at their next chunk, keeping partial data."""
+                cancelled.set()
+                for future in futures:
+                    future.cancel()
+
+            try:
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            except BaseException:  # Ctrl-C or SIGTERM
+                stop()
+                raise
             failed = next((f for f in done if f.exception() is not None), None)
             if failed is not None:
-                cancelled.set()
-                for f in pending:
-                    f.cancel()
-                wait(pending)
+                stop()
                 raise failed.exception()  # type: ignore[misc]
 
     def _fetch_blob(self, desc: Descriptor, cancelled: threading.Event) -> None:

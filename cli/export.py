@@ -36,7 +36,7 @@ def export(
 
     Every manifest, config and layer is checked to be in the store before the first byte is written; if any is missing, nothing is written and each missing digest is named. With -o - the archive goes to stdout: cas export IMG -o - | docker load.
     """
-    import signal
+    import contextlib
     import sys
     from pathlib import Path
 
@@ -67,16 +67,12 @@ def export(
         observer = BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver()
         opts.pull_options = PullOptions(opts.platform, insecure=insecure, credentials=credentials, observer=observer, lock_timeout=lock_timeout)
 
-    # A SIGTERM unwinds like Ctrl-C, so the temp file beside the target is removed.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if to_stdout:
         sys.stdout.flush()
     store = Store()
+    observer = opts.pull_options.observer if opts.pull_options is not None else contextlib.nullcontext()
     try:
-        if opts.pull_options is not None:
-            with opts.pull_options.observer:
-                result = run_export(store, parsed, 1 if to_stdout else Path(out), opts)
-        else:
+        with observer:
             result = run_export(store, parsed, 1 if to_stdout else Path(out), opts)
     finally:
         store.close()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import signal
 import sys
-from typing import Annotated
+from typing import Annotated, Callable
 
 import typer
 
-from cas.errors import CasError
+from cas.errors import CasError, Interrupted
 from cli import output
 
 app = typer.Typer(
@@ -16,6 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts say OS/ARCH[/VARIANT]: brackets are not markup
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -40,37 +43,46 @@ def _root(
     """
 
 
+def _interruptible(command: Callable) -> Callable:
+    """Typer turns Ctrl-C into a silent exit 130; we say what happened instead."""
+
+    @functools.wraps(command)
+    def run(*args: object, **kwargs: object) -> object:
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise Interrupted() from None
+
+    return run
+
+
 def _register() -> None:
-    from cli import images, inspect, pull
+    from cli import du, export, images, inspect, prune, pull, rm, verify
 
-    app.command("pull")(pull.pull)
-    app.command("images")(images.images)
-    app.command("inspect")(inspect.inspect)
-
-    from cli import du, prune, rm, verify
-
-    app.command("rm")(rm.rm)
-    app.command("du")(du.du)
-    app.command("prune")(prune.prune)
-    app.command("verify")(verify.verify)
-
-    from cli import export
-
-    app.command("export")(export.export)
+    for name, command in (
+        ("pull", pull.pull),
+        ("export", export.export),
+        ("images", images.images),
+        ("inspect", inspect.inspect),
+        ("rm", rm.rm),
+        ("du", du.du),
+        ("prune", prune.prune),
+        ("verify", verify.verify),
+    ):
+        app.command(name)(_interruptible(command))
 
 
 _register()
 
 
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C: temp files are removed, partial downloads kept for resuming.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         app()
     except CasError as exc:
         output.error(exc.message, exc.hint)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        output.error("interrupted", "the store is consistent; run the command again to finish")
-        sys.exit(130)
     except BrokenPipeError:
         sys.stderr.close()
         sys.exit(141)

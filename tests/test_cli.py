@@ -1,0 +1,41 @@
+"""The command line as a user meets it: help, version, Ctrl-C, one-line errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = ("pull", "export", "images", "inspect", "rm", "du", "prune", "verify")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(cas, command):
+    proc = cas(command, "--help")
+    assert proc.stdout.startswith(f"Usage: ") and command in proc.stdout
+
+
+def test_version_and_top_level_help(cas):
+    assert cas("--version").stdout.startswith("cas ")
+    top = cas("--help").stdout
+    for command in COMMANDS:
+        assert command in top
+
+
+def test_ctrl_c_and_sigterm_say_interrupted_and_exit_130(cas_home, proxy, registry, test_images):
+    test_images.push(registry)
+    proxy.throttle(50_000)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "pull", f"{proxy.host}/base:latest"], cwd=REPO_ROOT,
+                                env={**os.environ, "CAS_HOME": str(cas_home)}, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        proc.send_signal(sig)
+        started = time.monotonic()
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - started < 5, "the pull did not stop promptly"
+        assert proc.returncode == 130
+        assert err.strip().splitlines() == ["error: interrupted", "hint: the store is consistent; run the command again to finish"]
