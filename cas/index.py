@@ -40,6 +40,41 @@ class Index:
         """BEGIN IMMEDIATE: use for every change that touches more than one key."""
         return self._db.transact()
 
+    def scan(self, *prefixes: str, page: int = 1000) -> Iterator[tuple[str, object]]:
+        """Every live ``(key, value)`` whose key starts with one of ``prefixes``.
+
+        One SQL query per ``page`` rows instead of one per key (``iterkeys`` + ``get``),
+        and no cursor held open between pages, so memory stays bounded and the caller
+        may write to the index while it iterates. Used by gc, du and verify.
+        """
+        db = self._db
+        disk = db._disk
+        now = time.time()
+        last = 0
+        while True:
+            rows = db._sql(
+                "SELECT rowid, key, raw, expire_time, mode, filename, value FROM Cache"
+                " WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                (last, page),
+            ).fetchall()
+            if not rows:
+                return
+            for rowid, key, raw, expire_time, mode, filename, value in rows:
+                last = rowid
+                if expire_time is not None and expire_time < now:
+                    continue
+                name = disk.get(key, raw)
+                if not (isinstance(name, str) and name.startswith(prefixes)):
+                    continue
+                try:
+                    yield name, disk.fetch(mode, filename, value, False)
+                except OSError:  # a large value whose file a concurrent delete removed
+                    continue
+
+    def discard(self, key: str) -> bool:
+        """Delete one entry by its full key (``cas verify --repair`` drops malformed ones)."""
+        return self._db.delete(key)
+
     # refs --------------------------------------------------------------
     def get_ref(self, ref: str) -> dict | None:
         return self._db.get(f"ref:{ref}")
@@ -51,11 +86,9 @@ class Index:
         return self._db.delete(f"ref:{ref}")
 
     def refs(self) -> Iterator[tuple[str, dict]]:
-        for key in list(self._db.iterkeys()):
-            if isinstance(key, str) and key.startswith("ref:"):
-                record = self._db.get(key)
-                if record is not None:
-                    yield key[4:], record
+        for key, record in self.scan("ref:"):
+            if isinstance(record, dict):
+                yield key[4:], record
 
     def touch_refs(self, refs: Iterable[str], when: float | None = None) -> None:
         when = time.time() if when is None else when
@@ -81,11 +114,9 @@ class Index:
         return self._db.delete(f"blob:{digest}")
 
     def blobs(self) -> Iterator[tuple[Digest, dict]]:
-        for key in list(self._db.iterkeys()):
-            if isinstance(key, str) and key.startswith("blob:"):
-                record = self._db.get(key)
-                if record is not None:
-                    yield Digest.parse(key[5:]), record
+        for key, record in self.scan("blob:"):
+            if isinstance(record, dict):
+                yield Digest.parse(key[5:]), record
 
     # leases ------------------------------------------------------------
     @contextlib.contextmanager
@@ -101,11 +132,8 @@ class Index:
     def leased_digests(self) -> set[str]:
         """Digests held by live leases; leases of dead processes are dropped."""
         held: set[str] = set()
-        for key in list(self._db.iterkeys()):
-            if not (isinstance(key, str) and key.startswith("lease:")):
-                continue
-            record = self._db.get(key)
-            if record is None:
+        for key, record in list(self.scan("lease:")):
+            if not isinstance(record, dict):
                 continue
             if not _pid_alive(record.get("pid", -1)):
                 self._db.delete(key)

@@ -60,9 +60,17 @@ class Store:
         return FileLock(self.root / "lock", shared=shared, timeout=timeout, purpose="the cas store", on_wait=on_wait)
 
     def write_layout_index(self) -> None:
-        """Regenerate index.json from the refs so the store stays a valid OCI image layout."""
+        """Regenerate index.json from the refs so the store stays a valid OCI image layout.
+
+        Serialized by its own lock so that the last writer has read the latest refs:
+        without it, two processes could rename their copies in the wrong order.
+        """
+        with FileLock(self.root / "index.json.lock", purpose="the store's index.json"):
+            self._write_layout_index()
+
+    def _write_layout_index(self) -> None:
         entries = []
-        for ref, record in sorted(self.index.refs()):
+        for ref, record in sorted(self.index.refs(), key=lambda item: item[0]):
             manifest = next((b for b in record["blobs"] if b["digest"] == record["manifest"]), None)
             if manifest is None:
                 continue

@@ -1,0 +1,291 @@
+"""``cas verify``: check that the files agree with the index, and optionally mend them.
+
+Modelled on diskcache's ``Cache.check(fix=True)``. By default every indexed blob
+is checked for its size and its blake3 fingerprint (recorded at commit);
+``deep`` re-hashes with the digest's own algorithm as well. Findings:
+
+- ``corrupt``: a blob whose size or hash differs from what was committed;
+- ``missing``: a blob the index or a ref names, with no file;
+- ``orphan``: a file under blobs/ the index does not know: a digest nobody
+  references, a name that is no digest, a directory, a symlink;
+- ``unindexed``: a file a ref needs but with no index record (a process killed
+  between commit and index write);
+- ``stale-ingest``: a download directory no process holds;
+- ``bad-index-entry``: a ``ref:`` or ``blob:`` entry that does not parse;
+- ``needs-pull``: a ref an earlier repair marked, not pulled again since.
+
+``repair`` (under the store lock held exclusively) changes the index first, in
+one transaction: it drops the records of corrupt and missing blobs, marks every
+ref that lists one with ``needs_pull: true`` (the next ``cas pull`` of that ref
+fetches the blobs again and writes a fresh record without the mark), re-indexes
+unindexed blobs whose content hashes to their name, clears the mark of refs
+whose blobs are all back, and drops malformed entries. Then it deletes the corrupt files, the orphans (never following a
+symlink) and the stale ingest entries.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import blake3
+
+from cas import gc
+from cas.digest import Digest, fingerprint_file
+from cas.store import DEFAULT_LOCK_TIMEOUT, Store
+
+_CHUNK = 1 << 20
+_THREADED = 8 << 20  # files above this hash blake3 on every core
+
+
+@dataclass
+class Finding:
+    kind: str  # corrupt, missing, orphan, unindexed, stale-ingest, bad-index-entry, needs-pull
+    what: str  # a digest, a path below the store root, or an index key
+    detail: str
+    refs: list[str] = field(default_factory=list)
+    repaired: str | None = None
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "what": self.what, "detail": self.detail, "refs": self.refs, "repaired": self.repaired}
+
+
+@dataclass
+class Report:
+    deep: bool
+    repair: bool
+    checked_blobs: int = 0
+    checked_bytes: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    needs_pull: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings and not self.errors
+
+    def to_json(self) -> dict:
+        counts: dict[str, int] = defaultdict(int)
+        for f in self.findings:
+            counts[f.kind] += 1
+        return {
+            "ok": self.ok,
+            "deep": self.deep,
+            "repair": self.repair,
+            "checked": {"blobs": self.checked_blobs, "bytes": self.checked_bytes},
+            "counts": dict(counts),
+            "findings": [f.to_json() for f in self.findings],
+            "needs_pull": self.needs_pull,
+            "errors": self.errors,
+        }
+
+
+def verify(
+    store: Store,
+    *,
+    deep: bool = False,
+    repair: bool = False,
+    lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+    on_wait: Callable[[str], None] | None = None,
+    workers: int | None = None,
+) -> Report:
+    """Check every blob; with ``repair``, mend what was found. Shared lock to check, exclusive to repair."""
+    report = Report(deep=deep, repair=repair)
+    with store.lock(shared=not repair, timeout=lock_timeout, on_wait=on_wait):
+        snap = gc.snapshot(store)
+        users: dict[str, list[str]] = defaultdict(list)
+        for image in snap.images.values():
+            for digest, _ in image.blobs:
+                users[digest].append(image.ref)
+        findings = _check_blobs(store, snap, users, deep, report, workers)
+        findings += _check_files(store, snap, users)
+        findings += [
+            Finding("stale-ingest", str(i.path.relative_to(store.root)), f"abandoned download of {i.digest}, {i.partial} bytes")
+            for i in snap.ingests
+            if not i.active
+        ]
+        findings += [Finding("bad-index-entry", key, "index entry that does not parse") for key in snap.bad_keys]
+        findings += _check_refs(snap)
+        report.findings = sorted(findings, key=lambda f: (f.kind, f.what))
+        if repair and report.findings:
+            _repair(store, snap, users, report)
+    return report
+
+
+# checking ------------------------------------------------------------------
+
+
+def _check_blobs(store: Store, snap: gc.Snapshot, users: dict, deep: bool, report: Report, workers: int | None) -> list[Finding]:
+    findings = []
+    jobs = []
+    for digest, record in snap.indexed.items():
+        if digest in snap.files:
+            jobs.append((digest, record))
+        else:
+            findings.append(Finding("missing", digest, "indexed, but no file in blobs/", sorted(users.get(digest, ()))))
+    for digest in users:
+        if digest not in snap.indexed and digest not in snap.files:
+            findings.append(Finding("missing", digest, "listed by a ref, but neither indexed nor in blobs/", sorted(users[digest])))
+
+    def check(job: tuple[str, dict]) -> tuple[str, str | None]:
+        digest, record = job
+        fingerprint = record.get("blake3") if isinstance(record.get("blake3"), str) else None
+        return digest, check_file(store.blobs.path(Digest.parse(digest)), Digest.parse(digest), record["size"], fingerprint, deep)
+
+    with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1), thread_name_prefix="cas-verify") as pool:
+        for start in range(0, len(jobs), 512):  # in batches: pool.map makes every future at once
+            for digest, problem in pool.map(check, jobs[start : start + 512]):
+                report.checked_blobs += 1
+                report.checked_bytes += snap.files[digest]
+                if problem is not None:
+                    findings.append(Finding("corrupt", digest, problem, sorted(users.get(digest, ()))))
+    return findings
+
+
+def check_file(path: Path, digest: Digest, size: int | None, fingerprint: str | None, deep: bool) -> str | None:
+    """None when the file is what was committed; else what is wrong, in words."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return "file vanished while checking"
+    except OSError as exc:
+        return f"cannot open: {exc.strerror}"
+    with os.fdopen(fd, "rb", buffering=0) as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"
+        if size is not None and st.st_size != size:
+            return f"size is {st.st_size} bytes, committed as {size}"
+        fp = blake3.blake3(max_threads=blake3.blake3.AUTO) if st.st_size > _THREADED else blake3.blake3()
+        own = digest.hasher() if deep or fingerprint is None else None
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        while n := fh.readinto(buf):
+            chunk = view[:n]
+            fp.update(chunk)
+            if own is not None:
+                own.update(chunk)
+        if fingerprint is not None and fp.hexdigest() != fingerprint:
+            return f"content changed since commit: blake3 {fp.hexdigest()[:16]}..., recorded {fingerprint[:16]}..."
+        if own is not None and own.hexdigest() != digest.hex:
+            return f"content hashes to {digest.algorithm}:{own.hexdigest()}"
+    return None
+
+
+def _check_files(store: Store, snap: gc.Snapshot, users: dict) -> list[Finding]:
+    findings = []
+    for digest in snap.files:
+        if digest in snap.indexed or digest in snap.leased:  # leased: a pull between commit and index write
+            continue
+        if digest in users:
+            findings.append(Finding("unindexed", digest, "in blobs/ and needed by a ref, but not in the index", sorted(users[digest])))
+        else:
+            findings.append(Finding("orphan", digest, "in blobs/ but not in the index"))
+    for stray in snap.strays:
+        findings.append(Finding("orphan", str(stray.path.relative_to(store.root)), f"{stray.kind} in blobs/"))
+    return findings
+
+
+def _check_refs(snap: gc.Snapshot) -> list[Finding]:
+    """Refs an earlier repair marked: still incomplete, or complete again and only the mark is left."""
+    findings = []
+    for image in snap.images.values():
+        if not image.needs_pull:
+            continue
+        missing = sum(1 for d, _ in image.blobs if d not in snap.files)
+        detail = f"marked needs_pull by verify --repair; {missing} blob(s) missing" if missing else (
+            "marked needs_pull by verify --repair, but every blob is back"
+        )
+        findings.append(Finding("needs-pull", image.ref, detail, [image.ref]))
+    return findings
+
+
+# repairing ---------------------------------------------------------------------
+
+
+def _repair(store: Store, snap: gc.Snapshot, users: dict, report: Report) -> None:
+    index = store.index
+    bad: set[str] = set()
+    reindex: list[tuple[Digest, int, str, str]] = []
+    for f in report.findings:
+        if f.kind in ("corrupt", "missing"):
+            bad.add(f.what)
+        elif f.kind == "unindexed":
+            digest = Digest.parse(f.what)
+            problem = check_file(store.blobs.path(digest), digest, None, None, deep=True)
+            if problem is not None:
+                f.detail += f"; {problem}"
+                bad.add(f.what)
+                continue
+            with open(store.blobs.path(digest), "rb") as fh:
+                fingerprint = fingerprint_file(fh)
+            reindex.append((digest, snap.files[f.what], _media_type(index, users[f.what], f.what), fingerprint))
+    affected = sorted({ref for d in bad for ref in users.get(d, ())})
+    # a marked ref whose blobs are all present, none of them bad: the mark can go
+    complete = [
+        f.what for f in report.findings
+        if f.kind == "needs-pull" and f.what not in affected
+        and all(d in snap.files and d not in bad for d, _ in snap.images[f.what].blobs)
+    ]
+    bad_refs = [k for k in snap.bad_keys if k.startswith("ref:")]
+
+    with index.transact():  # index first
+        for digest in bad:
+            index.remove_blob(Digest.parse(digest))
+        for ref in affected:
+            record = index.get_ref(ref)
+            if record is not None:
+                record["needs_pull"] = True
+                index.put_ref(ref, record)
+        for ref in complete:
+            record = index.get_ref(ref)
+            if record is not None:
+                record.pop("needs_pull", None)
+                index.put_ref(ref, record)
+        for digest, size, media_type, fingerprint in reindex:
+            index.put_blob(digest, size=size, media_type=media_type, fingerprint=fingerprint)
+        for key in snap.bad_keys:
+            index.discard(key)
+    report.needs_pull = sorted(set(affected) | {f.what for f in report.findings if f.kind == "needs-pull"} - set(complete))
+    if bad_refs:
+        store.write_layout_index()
+
+    remover = gc.Remover(store.blobs.blobs_dir)  # files second
+    try:
+        for f in report.findings:
+            if f.kind in ("corrupt", "unindexed") and f.what in bad:
+                remover.remove_blob(Digest.parse(f.what), report.errors)
+                f.repaired = "deleted; " + (f"refs marked needs_pull: {', '.join(f.refs)}" if f.refs else "no ref needed it")
+            elif f.kind == "missing":
+                f.repaired = "index record dropped; " + (f"refs marked needs_pull: {', '.join(f.refs)}" if f.refs else "no ref needed it")
+            elif f.kind == "unindexed":
+                f.repaired = "content verified and re-indexed"
+            elif f.kind == "orphan":
+                path = store.root / f.what if "/" in f.what else store.blobs.path(Digest.parse(f.what))
+                if remover.remove_path(path, report.errors) or not os.path.lexists(path):
+                    f.repaired = "deleted"
+            elif f.kind == "bad-index-entry":
+                f.repaired = "dropped from the index"
+            elif f.kind == "needs-pull":
+                f.repaired = "mark cleared" if f.what in complete else f"still needs `cas pull {f.what}`"
+    finally:
+        remover.close()
+    for entry in snap.ingests:
+        if not entry.active and store.blobs.remove_ingest(entry):
+            for f in report.findings:
+                if f.kind == "stale-ingest" and f.what == str(entry.path.relative_to(store.root)):
+                    f.repaired = "deleted"
+
+
+def _media_type(index, refs: list[str], digest: str) -> str:
+    for ref in refs:
+        record = index.get_ref(ref) or {}
+        for blob in record.get("blobs", []):
+            if isinstance(blob, dict) and blob.get("digest") == digest and isinstance(blob.get("media_type"), str):
+                return blob["media_type"]
+    return "application/octet-stream"

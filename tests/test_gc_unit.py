@@ -1,0 +1,286 @@
+"""Prune and rm on stores built directly through the store API: mark, sweep, policies, safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from cas import gc
+from cas.digest import Digest
+from cas.errors import LockTimeout, NotCached, StoreError
+from cas.store import Store
+from test_lifecycle_support import commit, files_on_disk, images, indexed, store_image
+
+BASE = "127.0.0.1:5000/base:1.0"
+APP = "127.0.0.1:5000/app:1.0"
+OTHER = "127.0.0.1:5000/other:2"
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = Store(tmp_path / "home")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def three(store: Store):
+    """base (layers 1, 2), app (layers 1, 2, 3: shares base's), other (layer 4); used in that order."""
+    imgs = images({"base": [1, 2], "app": [1, 2, 3], "other": [4]})
+    records = {
+        BASE: store_image(store, BASE, imgs["base"], used=1000.0),
+        APP: store_image(store, APP, imgs["app"], used=2000.0),
+        OTHER: store_image(store, OTHER, imgs["other"], used=3000.0),
+    }
+    return records
+
+
+def digests(record: dict) -> set[str]:
+    return {b["digest"] for b in record["blobs"]}
+
+
+def sizes(record: dict) -> dict[str, int]:
+    return {b["digest"]: b["size"] for b in record["blobs"]}
+
+
+def layout_refs(store: Store) -> list[str]:
+    index = json.loads((store.root / "index.json").read_text())
+    return [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]]
+
+
+def test_prune_keeps_everything_referenced(store, three):
+    garbage = commit(store, b"nobody needs me" * 100, "application/octet-stream")
+    before = files_on_disk(store)
+    result = gc.prune(store)
+    assert [d for d, _, _ in result.blobs] == [str(garbage)]
+    assert result.freed_bytes == 1500
+    assert files_on_disk(store) == before - {str(garbage)}
+    assert str(garbage) not in indexed(store)
+    assert result.kept_images == 3 and not result.images
+    # a second prune has nothing left to do
+    again = gc.prune(store)
+    assert again.blobs == [] and again.freed_bytes == 0
+
+
+def test_rm_then_prune_removes_exactly_the_unique_blobs(store, three):
+    unique_to_app = digests(three[APP]) - digests(three[BASE]) - digests(three[OTHER])
+    assert len(unique_to_app) == 3  # manifest, config, layer 3
+    removed = gc.remove_images(store, ["127.0.0.1:5000/app:1.0"])
+    assert [r["ref"] for r in removed] == [APP]
+    assert APP not in layout_refs(store) and BASE in layout_refs(store)
+    # rm frees nothing by itself
+    assert unique_to_app <= files_on_disk(store)
+    result = gc.prune(store)
+    assert {d for d, _, _ in result.blobs} == unique_to_app
+    assert result.freed_bytes == sum(sizes(three[APP])[d] for d in unique_to_app)
+    on_disk = files_on_disk(store)
+    assert not unique_to_app & on_disk
+    assert digests(three[BASE]) | digests(three[OTHER]) <= on_disk
+    assert indexed(store) == on_disk
+
+
+def test_rm_unknown_ref_is_an_error_naming_it_and_removes_nothing(store, three):
+    with pytest.raises(NotCached) as info:
+        gc.remove_images(store, [BASE, "127.0.0.1:5000/nope:1"])
+    assert "127.0.0.1:5000/nope:1" in info.value.message
+    assert store.index.get_ref(BASE) is not None
+
+
+def test_dry_run_changes_nothing_and_predicts_the_real_prune(store, three):
+    commit(store, b"garbage" * 300, "application/octet-stream")
+    gc.remove_images(store, [APP])
+    files, idx, refs = files_on_disk(store), indexed(store), sorted(r for r, _ in store.index.refs())
+    layout = (store.root / "index.json").read_bytes()
+    for policy in (gc.Policy(), gc.Policy(everything=True), gc.Policy(keep_storage=1), gc.Policy(older_than=1)):
+        dry = gc.prune(store, policy, dry_run=True)
+        assert dry.dry_run and dry.freed_bytes > 0
+        assert files_on_disk(store) == files and indexed(store) == idx
+        assert sorted(r for r, _ in store.index.refs()) == refs
+        assert (store.root / "index.json").read_bytes() == layout
+    dry = gc.prune(store, dry_run=True)
+    real = gc.prune(store)
+    assert dry.to_json()["blobs"] == real.to_json()["blobs"]
+    assert dry.freed_bytes == real.freed_bytes
+
+
+def test_keep_storage_evicts_least_recently_used_first_and_keeps_shared(store, three):
+    total = sum(os.path.getsize(store.blobs.path(Digest.parse(d))) for d in files_on_disk(store))
+    unique_base = digests(three[BASE]) - digests(three[APP])  # base's manifest + config only
+    base_only = sum(sizes(three[BASE])[d] for d in unique_base)
+    # room for everything but base's own manifest and config: only base (the LRU) goes
+    result = gc.prune(store, gc.Policy(keep_storage=total - base_only))
+    assert [i.ref for i in result.images] == [BASE]
+    assert {d for d, _, _ in result.blobs} == unique_base
+    on_disk = files_on_disk(store)
+    assert digests(three[APP]) <= on_disk, "a layer shared with a kept image was removed"
+    assert result.kept_bytes == total - base_only <= result.target
+    assert store.index.get_ref(BASE) is None and store.index.get_ref(APP) is not None
+    assert layout_refs(store) == [APP, OTHER]
+
+
+def test_keep_storage_order_follows_last_use_not_name(store, three):
+    store.index.touch_refs([BASE], when=5000.0)  # base is now the most recently used; app the least
+    total = sum(os.path.getsize(store.blobs.path(Digest.parse(d))) for d in files_on_disk(store))
+    result = gc.prune(store, gc.Policy(keep_storage=total - 1))
+    assert [i.ref for i in result.images] == [APP]
+    result = gc.prune(store, gc.Policy(keep_storage=0))
+    assert [i.ref for i in result.images] == [OTHER, BASE]
+    assert files_on_disk(store) == set()
+
+
+def test_keep_storage_that_already_fits_evicts_nothing(store, three):
+    result = gc.prune(store, gc.Policy(keep_storage=10**12))
+    assert result.images == [] and result.blobs == []
+
+
+def test_older_than_evicts_images_unused_that_long(store, three):
+    result = gc.prune(store, gc.Policy(older_than=1500.0), now=3600.0)  # cutoff 2100: base and app
+    assert sorted(i.ref for i in result.images) == [APP, BASE]
+    assert files_on_disk(store) == digests(three[OTHER])
+
+
+def test_all_empties_the_store(store, three, tmp_path):
+    with store.blobs.ingest(Digest.parse("sha256:" + "ab" * 32), 10) as ing:
+        ing.write(b"12345")  # a killed pull: partial data, lock released
+    result = gc.prune(store, gc.Policy(everything=True))
+    assert len(result.images) == 3 and len(result.ingests) == 1
+    assert files_on_disk(store) == set() and indexed(store) == set()
+    assert list(store.index.refs()) == []
+    assert layout_refs(store) == []
+    assert list(store.blobs.ingests()) == []
+    assert result.freed_bytes == sum(r["size"] for r in three.values()) - sum(
+        s for d, s in sizes(three[BASE]).items() if d in digests(three[APP])
+    ) + 5
+
+
+def test_leased_blobs_are_roots(store, three):
+    data = b"being pulled right now" * 50
+    with store.index.lease() as lease:
+        digest = Digest.parse("sha256:" + __import__("hashlib").sha256(data).hexdigest())
+        lease.add([digest])
+        store.blobs.put(digest, data)  # committed; the ref is not written yet
+        gc.remove_images(store, [OTHER])
+        result = gc.prune(store, gc.Policy(everything=True))
+        assert store.blobs.has(digest)
+        assert str(digest) not in {d for d, _, _ in result.blobs}
+    result = gc.prune(store)
+    assert str(digest) in {d for d, _, _ in result.blobs}
+    assert not store.blobs.has(digest)
+
+
+def test_lease_of_a_dead_process_is_not_a_root(store, three):
+    data = b"left by a killed pull" * 10
+    digest = commit(store, data, "application/octet-stream")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from cas.store import Store
+        s = Store({str(store.home)!r})
+        lease = s.index.lease([{str(digest)!r}])
+        lease.__enter__()
+        import os; os._exit(0)   # dies holding the lease record
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+    assert str(digest) not in store.index.leased_digests()
+    gc.prune(store)
+    assert not store.blobs.has(digest)
+
+
+def test_stale_ingest_is_removed_and_active_one_kept(store):
+    stale = Digest.parse("sha256:" + "11" * 32)
+    with store.blobs.ingest(stale, 100) as ing:
+        ing.write(b"x" * 40)
+    active = Digest.parse("sha256:" + "22" * 32)
+    with store.blobs.ingest(active, 100) as ing:
+        ing.write(b"y" * 30)
+        dry = gc.prune(store, dry_run=True)
+        assert [str(i.digest) for i in dry.ingests] == [str(stale)]
+        result = gc.prune(store)
+        assert [str(i.digest) for i in result.ingests] == [str(stale)]
+        assert result.freed_bytes == 40
+        remaining = {str(i.digest) for i in store.blobs.ingests()}
+        assert remaining == {str(active)}
+
+
+def test_prune_never_follows_a_symlink_out_of_the_store(store, three, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    precious = outside / ("ab" * 32)
+    precious.write_bytes(b"not the store's")
+    sha = store.blobs.blobs_dir / "sha256"
+    os.symlink(precious, sha / ("cd" * 32))  # a valid digest name pointing out
+    os.symlink(precious, sha / "not-a-digest")
+    os.symlink(outside, store.blobs.blobs_dir / "sha512")  # a whole algorithm directory pointing out
+    (outside / ("ef" * 64)).write_bytes(b"also not the store's")
+    os.symlink(outside, sha / "dirlink")
+    (sha / "junk").write_bytes(b"junk")
+    (sha / "subdir").mkdir()
+    (sha / "subdir" / "escape").symlink_to(precious)
+
+    dry = gc.prune(store, dry_run=True)
+    assert sorted(s.kind for s in dry.strays) == ["directory", "not a digest"] + ["symlink"] * 4
+    gc.prune(store, gc.Policy(everything=True))
+    assert precious.read_bytes() == b"not the store's"
+    assert (outside / ("ef" * 64)).read_bytes() == b"also not the store's"
+    assert sorted(p.name for p in outside.iterdir()) == sorted([precious.name, "ef" * 64])
+    assert list(sha.iterdir()) == []
+    assert not (store.blobs.blobs_dir / "sha512").exists()
+
+
+def test_crash_after_index_commit_leaves_orphans_the_next_prune_removes(store, three):
+    gc.remove_images(store, [OTHER])
+    victims = digests(three[OTHER])
+    with store.index.transact():  # what a prune killed after its index transaction leaves
+        for d in victims:
+            store.index.remove_blob(Digest.parse(d))
+    assert victims <= files_on_disk(store)
+    result = gc.prune(store)
+    assert {d for d, _, _ in result.blobs} == victims
+    assert all(not indexed for _, _, indexed in result.blobs)
+    assert not victims & files_on_disk(store)
+
+
+def test_prune_waits_for_a_shared_holder_then_times_out_with_advice(store, three):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from cas.store import Store; s = Store(sys.argv[1]); "
+            "l = s.lock(shared=True); l.acquire(); print('held', flush=True); time.sleep(30)",
+            str(store.home),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        notices = []
+        started = time.monotonic()
+        with pytest.raises(LockTimeout) as info:
+            gc.prune(store, gc.Policy(everything=True), lock_timeout=0.5, on_wait=notices.append)
+        assert 0.4 < time.monotonic() - started < 5
+        assert "exclusive lock" in info.value.message and "--lock-timeout" in info.value.hint
+        assert notices and "waiting" in notices[0]
+        assert store.index.get_ref(BASE) is not None  # nothing happened
+        # a dry run needs no lock
+        assert gc.prune(store, gc.Policy(everything=True), dry_run=True).images
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(gc.prune(store, gc.Policy(everything=True), lock_timeout=5).images) == 3
+
+
+def test_malformed_ref_record_stops_prune(store, three):
+    store.index.put_ref("127.0.0.1:5000/broken:1", {"ref": "x"})
+    with pytest.raises(StoreError) as info:
+        gc.prune(store)
+    assert "broken" in info.value.message and "verify --repair" in info.value.hint
+    assert len(files_on_disk(store)) > 0

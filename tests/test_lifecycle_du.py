@@ -1,0 +1,106 @@
+"""cas du: sizes per image, shared vs unique bytes, reclaimable; and the CLI of rm/du/prune."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cas import gc
+from cas.store import Store
+from cas.usage import usage
+from test_lifecycle_support import commit, images, store_image
+
+BASE = "127.0.0.1:5000/base:1.0"
+APP = "127.0.0.1:5000/app:1.0"
+OTHER = "127.0.0.1:5000/other:2"
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = Store(tmp_path / "home")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def three(store: Store):
+    imgs = images({"base": [1, 2], "app": [1, 2, 3], "other": [4]})
+    return {
+        BASE: store_image(store, BASE, imgs["base"], used=1000.0),
+        APP: store_image(store, APP, imgs["app"], used=2000.0),
+        OTHER: store_image(store, OTHER, imgs["other"], used=3000.0),
+    }
+
+
+def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CAS_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_du_splits_each_image_into_unique_and_shared(store, three):
+    report = usage(store)
+    by_ref = {i["ref"]: i for i in report["images"]}
+    shared_layers = {b["digest"]: b["size"] for b in three[BASE]["blobs"][2:]}  # layers 1 and 2
+    for ref, record in three.items():
+        row = by_ref[ref]
+        assert row["size"] == record["size"]
+        expected_shared = sum(shared_layers.values()) if ref in (BASE, APP) else 0
+        assert row["shared"] == expected_shared
+        assert row["unique"] == record["size"] - expected_shared
+    everything = {b["digest"]: b["size"] for r in three.values() for b in r["blobs"]}
+    assert report["total"]["blobs"] == len(everything)
+    assert report["total"]["bytes"] == sum(everything.values())
+    assert report["referenced"]["bytes"] == sum(everything.values())
+    assert report["referenced"]["shared_bytes"] == sum(shared_layers.values())
+    assert report["reclaimable"]["bytes"] == 0
+
+
+def test_du_reclaimable_is_what_prune_frees(store, three):
+    commit(store, b"stray bytes" * 77, "application/octet-stream")
+    gc.remove_images(store, [APP])
+    predicted = usage(store)["reclaimable"]
+    result = gc.prune(store)
+    assert predicted["bytes"] == result.freed_bytes > 0
+    assert predicted["blobs"] == len(result.blobs)
+    assert usage(store)["reclaimable"]["bytes"] == 0
+
+
+def test_cli_rm_du_prune_verify(store, three):
+    home = store.home
+    store.close()
+    du = run_cli(home, "du", "--json")
+    assert du.returncode == 0, du.stderr
+    assert {i["ref"] for i in json.loads(du.stdout)["images"]} == set(three)
+    text = run_cli(home, "du")
+    assert text.returncode == 0 and APP in text.stdout and "reclaimable:" in text.stdout
+
+    bad = run_cli(home, "rm", APP, "127.0.0.1:5000/nope:9")
+    assert bad.returncode == 1
+    assert "127.0.0.1:5000/nope:9" in bad.stderr and "hint:" in bad.stderr
+    ok = run_cli(home, "rm", APP)
+    assert ok.returncode == 0 and f"removed {APP}" in ok.stdout
+
+    dry = run_cli(home, "prune", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "Would free" in dry.stdout and "would remove blob sha256:" in dry.stdout
+    real = run_cli(home, "prune", "--json")
+    assert real.returncode == 0, real.stderr
+    freed = json.loads(real.stdout)["freed"]
+    assert freed["blobs"] == 3 and freed["bytes"] > 0
+
+    keep = run_cli(home, "prune", "--keep-storage", "1KB")
+    assert keep.returncode == 0 and "Freed" in keep.stdout and f"removed image {BASE}" in keep.stdout
+    bad_size = run_cli(home, "prune", "--keep-storage", "lots")
+    assert bad_size.returncode == 2 and "500MiB" in bad_size.stderr
+    bad_age = run_cli(home, "prune", "--older-than", "a week")
+    assert bad_age.returncode == 2 and "7d" in bad_age.stderr
+
+    clean = run_cli(home, "verify")
+    assert clean.returncode == 0 and "ok" in clean.stdout
+    everything = run_cli(home, "prune", "--all", "--json")
+    assert json.loads(everything.stdout)["kept"] == {"images": 0, "blobs": 0, "bytes": 0}

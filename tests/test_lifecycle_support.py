@@ -1,0 +1,88 @@
+"""Helpers for the lifecycle tests (gc, du, verify): stores built directly through the store API.
+
+Named ``test_*`` only to sit inside the lifecycle tests' file pattern; it holds no tests.
+Images come from ``support.images`` (real tar layers, configs and manifests), and their blobs
+are committed and indexed exactly as ``cas.pull`` does: ``BlobStore.put`` then
+``Index.put_blob``, then the ref record of CONTRIBUTING.md, then ``write_layout_index``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from cas.digest import Digest
+from cas.reference import parse
+from cas.store import Store
+from support.images import Image, random_layer
+
+
+def commit(store: Store, data: bytes, media_type: str) -> Digest:
+    digest = Digest.parse(_sha256(data))
+    info = store.blobs.put(digest, data)
+    if info is not None:
+        store.index.put_blob(digest, size=info.size, media_type=media_type, fingerprint=info.fingerprint)
+    return digest
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def store_image(store: Store, ref_text: str, image: Image, *, used: float = 1_700_000_000.0, layout: bool = True) -> dict:
+    """Commit ``image`` and write the ref record a pull would write; return the record."""
+    ref = str(parse(ref_text))
+    blobs = [image.manifest_blob, image.config_blob] + [lay.blob(image.media) for lay in image.layers]
+    for blob in blobs:
+        commit(store, blob.data, blob.media_type)
+    unique = {b.digest: b for b in blobs}
+    record = {
+        "ref": ref,
+        "registry": parse(ref_text).registry,
+        "digest": image.digest,
+        "media_type": image.media_type,
+        "manifest": image.digest,
+        "config": image.config_blob.digest,
+        "platform": image.platform,
+        "blobs": [{"digest": b.digest, "size": b.size, "media_type": b.media_type} for b in blobs],
+        "size": sum(b.size for b in unique.values()),
+        "pulled": used,
+        "used": used,
+    }
+    store.index.put_ref(ref, record)
+    if layout:
+        store.write_layout_index()
+    return record
+
+
+def images(sizes: dict[str, list[int]]) -> dict[str, Image]:
+    """Images from layer specs: each int is a seed for a random layer of ~2 KiB * (1 + seed % 5).
+
+    Equal seeds give equal (shared) layers; the config carries the name so configs differ.
+    """
+    return {
+        name: Image([random_layer(2048 * (1 + seed % 5), seed) for seed in seeds], labels={"name": name})
+        for name, seeds in sizes.items()
+    }
+
+
+def files_on_disk(store: Store) -> set[str]:
+    return {str(d) for d, _ in store.blobs.iter_files() if d is not None}
+
+
+def indexed(store: Store) -> set[str]:
+    return {str(d) for d, _ in store.index.blobs()}
+
+
+def flip_byte(path: Path, offset: int = 100) -> None:
+    """Blobs are 0444: make the file writable, flip one byte, and put the mode back."""
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    os.chmod(path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)

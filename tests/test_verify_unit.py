@@ -1,0 +1,223 @@
+"""cas verify on stores built directly: corrupt, missing, orphan, unindexed, stale ingest; --repair."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cas import gc
+from cas.digest import Digest, of_bytes
+from cas.store import Store
+from cas.verify import verify
+from test_lifecycle_support import commit, files_on_disk, flip_byte, images, indexed, store_image
+
+BASE = "127.0.0.1:5000/base:1.0"
+APP = "127.0.0.1:5000/app:1.0"
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = Store(tmp_path / "home")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def two(store: Store):
+    imgs = images({"base": [1, 2], "app": [1, 2, 3]})
+    return {
+        BASE: store_image(store, BASE, imgs["base"]),
+        APP: store_image(store, APP, imgs["app"]),
+        "images": imgs,
+    }
+
+
+def kinds(report) -> list[tuple[str, str]]:
+    return [(f.kind, f.what) for f in report.findings]
+
+
+def layout_refs(store: Store) -> list[str]:
+    index = json.loads((store.root / "index.json").read_text())
+    return [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]]
+
+
+def test_clean_store_verifies(store, two):
+    for deep in (False, True):
+        report = verify(store, deep=deep)
+        assert report.ok, report.findings
+        assert report.checked_blobs == len(files_on_disk(store))
+
+
+def test_flipped_byte_is_found_named_repaired_and_restored(store, two):
+    shared_layer = two[BASE]["blobs"][2]["digest"]
+    path = store.blobs.path(Digest.parse(shared_layer))
+    flip_byte(path, 200)
+
+    report = verify(store)
+    assert kinds(report) == [("corrupt", shared_layer)]
+    assert report.findings[0].refs == [APP, BASE]
+    assert "blake3" in report.findings[0].detail
+    assert path.exists(), "verify without --repair changed the store"
+
+    repaired = verify(store, repair=True)
+    assert repaired.needs_pull == [APP, BASE]
+    assert repaired.findings[0].repaired.startswith("deleted")
+    assert not path.exists() and shared_layer not in indexed(store)
+    for ref in (APP, BASE):
+        assert store.index.get_ref(ref)["needs_pull"] is True
+    # index.json keeps listing them (the OCI layout spec allows missing blobs); readers get a missing-blob error
+    assert layout_refs(store) == [APP, BASE]
+
+    # still incomplete until the next pull: verify keeps saying so
+    after = verify(store)
+    assert kinds(after) == [("missing", shared_layer), ("needs-pull", APP), ("needs-pull", BASE)]
+    assert not after.ok
+
+    # what the next pull does: commit the blob again and write a fresh record (no needs_pull)
+    imgs = two["images"]
+    store_image(store, BASE, imgs["base"])
+    store_image(store, APP, imgs["app"])
+    assert verify(store, deep=True).ok
+    assert layout_refs(store) == [APP, BASE]
+
+
+def test_repair_clears_the_mark_once_every_blob_is_back(store, two):
+    layer = two[BASE]["blobs"][-1]["digest"]  # shared with app
+    flip_byte(store.blobs.path(Digest.parse(layer)))
+    verify(store, repair=True)
+    store_image(store, APP, two["images"]["app"])  # app pulled again; base not yet
+    report = verify(store)
+    assert kinds(report) == [("needs-pull", BASE)]
+    assert "every blob is back" in report.findings[0].detail
+    repaired = verify(store, repair=True)
+    assert repaired.findings[0].repaired == "mark cleared" and repaired.needs_pull == []
+    assert "needs_pull" not in store.index.get_ref(BASE)
+    assert layout_refs(store) == [APP, BASE]
+    assert verify(store, deep=True).ok
+
+
+def test_truncated_blob_is_corrupt_by_size(store, two):
+    config = two[APP]["config"]
+    path = store.blobs.path(Digest.parse(config))
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as fh:
+        fh.truncate(10)
+    report = verify(store)
+    assert kinds(report) == [("corrupt", config)]
+    assert "size is 10 bytes" in report.findings[0].detail
+    assert report.findings[0].refs == [APP]
+
+
+def test_deep_rehashes_with_the_digests_own_algorithm(store):
+    """A file whose blake3 was recorded from wrong bytes passes the fast check; --deep catches it."""
+    wrong = b"these are not the bytes the name promises"
+    claimed = of_bytes(b"the real content")
+    path = store.blobs.path(claimed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(wrong)
+    import blake3
+
+    store.index.put_blob(claimed, size=len(wrong), media_type="x", fingerprint=blake3.blake3(wrong).hexdigest())
+    assert verify(store).ok
+    deep = verify(store, deep=True)
+    assert kinds(deep) == [("corrupt", str(claimed))]
+    assert str(of_bytes(wrong)) in deep.findings[0].detail
+
+
+def test_missing_blob_is_reported_and_repair_marks_the_ref(store, two):
+    layer3 = two[APP]["blobs"][-1]["digest"]
+    path = store.blobs.path(Digest.parse(layer3))
+    path.unlink()
+    report = verify(store)
+    assert kinds(report) == [("missing", layer3)]
+    assert report.findings[0].refs == [APP]
+    repaired = verify(store, repair=True)
+    assert repaired.needs_pull == [APP]
+    assert store.index.get_ref(APP)["needs_pull"] is True
+    assert not store.index.get_ref(BASE).get("needs_pull")
+    assert layout_refs(store) == [APP, BASE]
+
+
+def test_orphans_and_stale_ingests_are_reported_and_removed(store, two, tmp_path):
+    orphan = of_bytes(b"committed, never indexed")
+    store.blobs.put(orphan, b"committed, never indexed")
+    outside = tmp_path / "precious"
+    outside.write_bytes(b"outside the store")
+    sha = store.blobs.blobs_dir / "sha256"
+    (sha / ("ee" * 32)).symlink_to(outside)
+    (sha / "README").write_text("not a blob")
+    with store.blobs.ingest(Digest.parse("sha256:" + "12" * 32), 50) as ing:
+        ing.write(b"partial")
+
+    report = verify(store)
+    found = kinds(report)
+    assert ("orphan", str(orphan)) in found
+    assert ("orphan", f"blobs/sha256/{'ee' * 32}") in found
+    assert ("orphan", "blobs/sha256/README") in found
+    assert ("stale-ingest", f"ingest/sha256-{'12' * 32}") in found
+    assert len(found) == 4
+
+    repaired = verify(store, repair=True)
+    assert all(f.repaired for f in repaired.findings), repaired.findings
+    assert outside.read_bytes() == b"outside the store"
+    assert verify(store).ok
+    assert store.index.get_ref(BASE) and not store.index.get_ref(BASE).get("needs_pull")
+
+
+def test_unindexed_blob_a_ref_needs_is_reindexed(store, two):
+    config = Digest.parse(two[BASE]["config"])
+    store.index.remove_blob(config)
+    report = verify(store)
+    assert kinds(report) == [("unindexed", str(config))]
+    repaired = verify(store, repair=True)
+    assert repaired.findings[0].repaired == "content verified and re-indexed"
+    assert store.blobs.has(config) and store.index.get_blob(config)["media_type"].endswith("config.v1+json")
+    assert verify(store, deep=True).ok
+
+
+def test_leased_unindexed_blob_is_a_pull_in_progress_not_an_orphan(store):
+    data = b"just committed by a running pull"
+    digest = of_bytes(data)
+    with store.index.lease([digest]):
+        store.blobs.put(digest, data)
+        assert verify(store).ok
+
+
+def test_malformed_entries_are_reported_and_dropped(store, two):
+    store.index.put_ref("127.0.0.1:5000/broken:1", {"nonsense": True})
+    report = verify(store)
+    assert kinds(report) == [("bad-index-entry", "ref:127.0.0.1:5000/broken:1")]
+    verify(store, repair=True)
+    assert store.index.get_ref("127.0.0.1:5000/broken:1") is None
+    assert verify(store).ok
+    gc.prune(store)  # prune refused while it was there
+
+
+def test_cli_verify_exit_codes_and_json(store, two):
+    home = store.home
+    layer = two[APP]["blobs"][-1]["digest"]
+    flip_byte(store.blobs.path(Digest.parse(layer)))
+    store.close()
+    env = {**os.environ, "CAS_HOME": str(home)}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "cli", "verify", *args], env=env, capture_output=True, text=True, timeout=60)
+
+    found = cli()
+    assert found.returncode == 1
+    assert f"corrupt: {layer}" in found.stdout and APP in found.stdout
+    assert "--repair" in found.stderr
+    as_json = cli("--json", "--deep")
+    assert as_json.returncode == 1
+    body = json.loads(as_json.stdout)
+    assert body["ok"] is False and body["counts"] == {"corrupt": 1} and body["deep"] is True
+    fixed = cli("--repair")
+    assert fixed.returncode == 1 and "repaired: deleted" in fixed.stdout
+    assert f"cas pull {APP}" in fixed.stdout
+    still = cli("--json")
+    assert json.loads(still.stdout)["counts"] == {"missing": 1, "needs-pull": 1}
