@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from harness import CAS, PYTHON, median_ms, peak_rss_kib, timed, verdict
+from harness import CAS, PYTHON, compile_cas, median_ms, peak_rss_kib, timed, verdict
 
 from tests.support import images
 from tests.support.registry import Registry
@@ -46,6 +46,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     skopeo = require("skopeo", "skopeo")
+    compile_cas()
     work = Path(tempfile.mkdtemp(prefix="cas-bench-pull-"))
     try:
         with Registry(work / "registry") as registry:

