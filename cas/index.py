@@ -8,38 +8,81 @@ Eviction is off: this is a database, not a cache that may forget.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
+import sqlite3
 import time
 import uuid
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import diskcache
 
 from cas.digest import Digest
+from cas.errors import DiskFull, StoreError
 
 LEASE_TTL = 6 * 3600.0
+_F = TypeVar("_F", bound=Callable)
+
+
+@contextlib.contextmanager
+def _sqlite_errors(path: Path) -> Iterator[None]:
+    """A full disk or a damaged database becomes one readable error, not a sqlite3 traceback."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        if "full" in str(exc):
+            raise DiskFull(f"no space left on device for the cas index at {path}", hint="free disk space or run `cas prune`") from exc
+        raise StoreError(
+            f"the cas index at {path} cannot be used: {exc}",
+            hint="check free space and permissions of CAS_HOME; `cas verify` reports damage",
+        ) from exc
+
+
+def _guarded(method: _F) -> _F:
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def generate(self: Index, *args: object, **kwargs: object) -> Iterator:
+            with _sqlite_errors(self.path):
+                yield from method(self, *args, **kwargs)
+
+        return generate  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def call(self: Index, *args: object, **kwargs: object) -> object:
+        with _sqlite_errors(self.path):
+            return method(self, *args, **kwargs)
+
+    return call  # type: ignore[return-value]
 
 
 class Index:
     def __init__(self, path: Path) -> None:
-        self._db = diskcache.Cache(
-            str(path),
-            disk=diskcache.JSONDisk,
-            disk_compress_level=0,
-            eviction_policy="none",
-            cull_limit=0,
-            statistics=False,
-            tag_index=False,
-        )
+        self.path = path
+        with _sqlite_errors(path):
+            self._db = diskcache.Cache(
+                str(path),
+                disk=diskcache.JSONDisk,
+                disk_compress_level=0,
+                eviction_policy="none",
+                cull_limit=0,
+                statistics=False,
+                tag_index=False,
+            )
 
+    @_guarded
     def close(self) -> None:
         self._db.close()
 
-    def transact(self) -> contextlib.AbstractContextManager:
+    @contextlib.contextmanager
+    def transact(self) -> Iterator[None]:
         """BEGIN IMMEDIATE: use for every change that touches more than one key."""
-        return self._db.transact()
+        with _sqlite_errors(self.path), self._db.transact():
+            yield
 
+    @_guarded
     def scan(self, *prefixes: str, page: int = 1000) -> Iterator[tuple[str, object]]:
         """Every live ``(key, value)`` whose key starts with one of ``prefixes``.
 
@@ -71,25 +114,31 @@ class Index:
                 except OSError:  # a large value whose file a concurrent delete removed
                     continue
 
+    @_guarded
     def discard(self, key: str) -> bool:
         """Delete one entry by its full key (``cas verify --repair`` drops malformed ones)."""
         return self._db.delete(key)
 
     # refs --------------------------------------------------------------
+    @_guarded
     def get_ref(self, ref: str) -> dict | None:
         return self._db.get(f"ref:{ref}")
 
+    @_guarded
     def put_ref(self, ref: str, record: dict) -> None:
         self._db.set(f"ref:{ref}", record)
 
+    @_guarded
     def remove_ref(self, ref: str) -> bool:
         return self._db.delete(f"ref:{ref}")
 
+    @_guarded
     def refs(self) -> Iterator[tuple[str, dict]]:
         for key, record in self.scan("ref:"):
             if isinstance(record, dict):
                 yield key[4:], record
 
+    @_guarded
     def touch_refs(self, refs: Iterable[str], when: float | None = None) -> None:
         when = time.time() if when is None else when
         with self.transact():
@@ -100,9 +149,11 @@ class Index:
                     self.put_ref(ref, record)
 
     # blobs -------------------------------------------------------------
+    @_guarded
     def get_blob(self, digest: Digest) -> dict | None:
         return self._db.get(f"blob:{digest}")
 
+    @_guarded
     def put_blob(self, digest: Digest, *, size: int, media_type: str, fingerprint: str) -> None:
         now = time.time()
         self._db.set(
@@ -110,9 +161,11 @@ class Index:
             {"size": size, "media_type": media_type, "blake3": fingerprint, "added": now, "used": now},
         )
 
+    @_guarded
     def remove_blob(self, digest: Digest) -> bool:
         return self._db.delete(f"blob:{digest}")
 
+    @_guarded
     def blobs(self) -> Iterator[tuple[Digest, dict]]:
         for key, record in self.scan("blob:"):
             if isinstance(record, dict):
@@ -127,8 +180,10 @@ class Index:
         try:
             yield lease
         finally:
-            self._db.delete(f"lease:{lease.id}")
+            with _sqlite_errors(self.path):
+                self._db.delete(f"lease:{lease.id}")
 
+    @_guarded
     def leased_digests(self) -> set[str]:
         """Digests held by live leases; leases of dead processes are dropped."""
         held: set[str] = set()
@@ -141,10 +196,17 @@ class Index:
             held.update(record.get("digests", []))
         return held
 
+    @_guarded
+    def put_lease(self, lease_id: str, digests: Iterable[str]) -> None:
+        record = {"pid": os.getpid(), "digests": sorted(digests), "created": time.time()}
+        self._db.set(f"lease:{lease_id}", record, expire=LEASE_TTL)
+
     # tokens ------------------------------------------------------------
+    @_guarded
     def get_token(self, key: str) -> str | None:
         return self._db.get(f"token:{key}")
 
+    @_guarded
     def put_token(self, key: str, token: str, expires_in: float) -> None:
         self._db.set(f"token:{key}", token, expire=max(expires_in, 1.0))
 
@@ -160,11 +222,7 @@ class Lease:
         if not new and self.digests:
             return
         self.digests |= new
-        self.index._db.set(
-            f"lease:{self.id}",
-            {"pid": os.getpid(), "digests": sorted(self.digests), "created": time.time()},
-            expire=LEASE_TTL,
-        )
+        self.index.put_lease(self.id, self.digests)
 
 
 def _pid_alive(pid: object) -> bool:
