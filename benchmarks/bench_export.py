@@ -24,17 +24,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness import CAS, PYTHON, compile_cas, peak_rss_kib, timed
 
-from tests.support import images  # noqa: E402
-from tests.support.registry import Registry  # noqa: E402
-from tests.support.tools import require  # noqa: E402
+from tests.support import images
+from tests.support.registry import Registry
+from tests.support.tools import require
 
-VENV = ROOT / ".venv" / "bin"
 # The same export without the CLI layer: what cas.export itself costs, start-up included.
 LIBRARY_EXPORT = (
     "import sys\n"
@@ -46,28 +43,6 @@ LIBRARY_EXPORT = (
 )
 
 
-def timed(cmd: list[str], *, env: dict[str, str] | None = None, stdout=subprocess.DEVNULL) -> float:
-    """Wall seconds of one child process; raises if it fails."""
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE)
-    elapsed = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"`{' '.join(cmd)}` exited {proc.returncode}:\n{proc.stderr.decode(errors='replace')}")
-    return elapsed
-
-
-def peak_rss_kib(cmd: list[str], env: dict[str, str], scratch: Path) -> int:
-    """Peak RSS of ``cmd`` as GNU time reports it.
-
-    Not wait4/getrusage from here: subprocess starts children with vfork, and Linux then
-    charges this (large) benchmark process's RSS to the child's ru_maxrss.
-    """
-    gnu_time = require("time", "time", prefer=["/usr/bin/time"])
-    report = scratch / "rss.txt"
-    timed([gnu_time, "-f", "%M", "-o", str(report), *cmd], env=env)
-    return int(report.read_text().split()[-1])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=9)
@@ -76,11 +51,10 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()
 
-    cas = str(VENV / "cas")
-    python = str(VENV / "python")
     skopeo = require("skopeo", "skopeo")
     cat = require("cat", "coreutils")
     sync = require("sync", "coreutils")
+    compile_cas()
     work = Path(tempfile.mkdtemp(prefix="cas-bench-export-"))
     try:
         with Registry(work / "registry") as registry:
@@ -94,7 +68,7 @@ def main() -> int:
             del big, small  # the benchmark process stays small
 
             env = dict(os.environ, CAS_HOME=str(work / "home"))
-            subprocess.run([cas, "pull", "-q", big_ref, small_ref], env=env, check=True)
+            subprocess.run([CAS, "pull", "-q", big_ref, small_ref], env=env, check=True)
             layout = work / "oci"
             subprocess.run(
                 [skopeo, "copy", "-q", "--src-tls-verify=false", f"docker://{big_ref}", f"oci:{layout}:big"], check=True
@@ -108,20 +82,20 @@ def main() -> int:
             for _ in range(args.runs):
                 for target in out.iterdir():
                     target.unlink()
-                results["cas"].append(timed([cas, "export", "-q", big_ref, "-o", str(out / "cas.tar")], env=env))
-                results["cas --version"].append(timed([cas, "--version"], env=env))
-                results["cas library"].append(timed([python, "-c", LIBRARY_EXPORT, big_ref, str(out / "lib.tar")], env=env))
+                results["cas"].append(timed([CAS, "export", "-q", big_ref, "-o", str(out / "cas.tar")], env=env))
+                results["cas --version"].append(timed([CAS, "--version"], env=env))
+                results["cas library"].append(timed([PYTHON, "-c", LIBRARY_EXPORT, big_ref, str(out / "lib.tar")], env=env))
                 results["skopeo"].append(
                     timed([skopeo, "copy", "-q", f"oci:{layout}:big", f"docker-archive:{out / 'skopeo.tar'}:{big_ref}"])
                 )
-                start = timed([python, "-c", "pass"])
+                start = timed([PYTHON, "-c", "pass"])
                 with open(out / "floor.tar", "wb") as fh:
                     copy = timed([cat, *blob_files], stdout=fh)
                 results["floor"].append(start + copy)
                 results["floor+fsync"].append(start + copy + timed([sync, str(out / "floor.tar")]))
             rss = {
-                "big": peak_rss_kib([cas, "export", "-q", big_ref, "-o", str(out / "rss.tar")], env, work),
-                "small": peak_rss_kib([cas, "export", "-q", small_ref, "-o", str(out / "rss.tar")], env, work),
+                "big": peak_rss_kib([CAS, "export", "-q", big_ref, "-o", str(out / "rss.tar")], env, work),
+                "small": peak_rss_kib([CAS, "export", "-q", small_ref, "-o", str(out / "rss.tar")], env, work),
             }
 
         med = {name: statistics.median(values) for name, values in results.items()}

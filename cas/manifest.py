@@ -146,6 +146,38 @@ class ImageIndex:
         raise PlatformNotFound(str(wanted), self.platforms())
 
 
+_OCI_LAYER_OF_DOCKER = {
+    "application/vnd.docker.image.rootfs.diff.tar": "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+}
+CONVERTED_FROM = "dev.cas.converted-from"
+
+
+def oci_view(image: ImageManifest, source: Digest) -> bytes | None:
+    """An OCI manifest naming the same config and layer blobs as a Docker schema2 one.
+
+    OCI-layout readers (skopeo's ``oci:`` transport) skip index entries with Docker
+    media types, so the store lists this view instead; the blobs are shared, only
+    the small manifest differs. None when the image already is OCI.
+    """
+    if image.media_type != DOCKER_MANIFEST:
+        return None
+
+    def oci(desc: Descriptor, media_type: str) -> dict:
+        return {"mediaType": media_type, "digest": str(desc.digest), "size": desc.size}
+
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": oci(image.config, OCI_CONFIG),
+        "layers": [oci(layer, _OCI_LAYER_OF_DOCKER.get(layer.media_type, layer.media_type)) for layer in image.layers],
+        "annotations": {CONVERTED_FROM: str(source)},
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
 def media_type_of(data: bytes, content_type: str | None) -> str:
     """The manifest's media type: its own ``mediaType`` field, else Content-Type, else its shape."""
     doc = _load(data)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cas import manifest as mf
-from cas.digest import Digest, fingerprint_file
+from cas.digest import Digest, fingerprint_file, of_bytes
 from cas.errors import CasError, ManifestError, UnsupportedManifest
 from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
 from cas.reference import Reference
@@ -143,9 +143,14 @@ class _Session:
             chain.append((chosen.digest, media_type, image))
         else:
             image = top
-        manifest_digest, manifest_type, _ = chain[-1]
+        manifest_digest, _, _ = chain[-1]
         _check_image(image, self.ref)
 
+        layout_view = mf.oci_view(image, manifest_digest)
+        if layout_view is not None:
+            view_digest = of_bytes(layout_view)
+            self._commit_manifest(view_digest, layout_view, mf.OCI_MANIFEST)
+            chain.insert(-1, (view_digest, mf.OCI_MANIFEST, None))
         manifests = [Descriptor(t, d, self.store.blobs.size(d) or 0) for d, t, _ in chain]
         blobs = list(image.blobs)
         self.lease.add([d.digest for d in manifests + blobs])
@@ -169,6 +174,7 @@ class _Session:
             "manifest": str(manifest_digest),
             "config": str(image.config.digest),
             "platform": platform,
+            "layout_manifest": str(view_digest) if layout_view is not None else None,
             "blobs": [{"digest": str(d.digest), "size": d.size, "media_type": d.media_type} for d in manifests + blobs],
             "size": sum(d.size for d in manifests) + sum(d.size for d in _unique(blobs)),
             "pulled": now,

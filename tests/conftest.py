@@ -29,6 +29,8 @@ cas itself: ``cas_home`` (function) is a fresh directory set as ``CAS_HOME`` (an
 ``DOCKER_CONFIG``, so the host's docker credentials never leak in); ``cas(*args, input=None,
 check=True, env=None, text=True, timeout=300)`` runs ``python -m cli ARGS`` with them and
 returns a CompletedProcess (stdout is bytes when ``text=False``, e.g. ``export -o -``).
+``store`` (function) is an empty ``cas.store.Store`` in ``tmp_path / "home"``, closed after
+the test (stores built by hand: test_lifecycle_support.py, test_export_plan.py).
 """
 
 from __future__ import annotations
@@ -209,3 +211,12 @@ def cas(cas_home):
                    env=full_env, text=text, timeout=timeout, cwd=REPO_ROOT)
 
     return run_cas
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    from cas.store import Store  # here, not at the top: the support tests run without importing cas
+
+    s = Store(tmp_path / "home")
+    yield s
+    s.close()

@@ -16,7 +16,7 @@ COMMANDS = ("pull", "export", "images", "inspect", "rm", "du", "prune", "verify"
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(cas, command):
     proc = cas(command, "--help")
-    assert proc.stdout.startswith(f"Usage: ") and command in proc.stdout
+    assert proc.stdout.startswith("Usage: ") and command in proc.stdout
 
 
 def test_version_and_top_level_help(cas):

@@ -84,13 +84,6 @@ APP_LAYERS = BASE_LAYERS + [{"app/main": b"print('hi')\n"}]
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    s = Store(tmp_path / "home")
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def out_dir(tmp_path: Path) -> Path:
     d = tmp_path / "out"
     d.mkdir()

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
@@ -16,30 +15,12 @@ from cas import gc
 from cas.digest import Digest
 from cas.errors import LockTimeout, NotCached, StoreError
 from cas.store import Store
-from test_lifecycle_support import commit, files_on_disk, images, indexed, store_image
-
-BASE = "127.0.0.1:5000/base:1.0"
-APP = "127.0.0.1:5000/app:1.0"
-OTHER = "127.0.0.1:5000/other:2"
-
-
-@pytest.fixture
-def store(tmp_path: Path):
-    s = Store(tmp_path / "home")
-    yield s
-    s.close()
+from test_lifecycle_support import APP, BASE, OTHER, commit, files_on_disk, indexed, store_three
 
 
 @pytest.fixture
 def three(store: Store):
-    """base (layers 1, 2), app (layers 1, 2, 3: shares base's), other (layer 4); used in that order."""
-    imgs = images({"base": [1, 2], "app": [1, 2, 3], "other": [4]})
-    records = {
-        BASE: store_image(store, BASE, imgs["base"], used=1000.0),
-        APP: store_image(store, APP, imgs["app"], used=2000.0),
-        OTHER: store_image(store, OTHER, imgs["other"], used=3000.0),
-    }
-    return records
+    return store_three(store)
 
 
 def digests(record: dict) -> set[str]:

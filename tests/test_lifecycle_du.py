@@ -13,28 +13,12 @@ import pytest
 from cas import gc
 from cas.store import Store
 from cas.usage import usage
-from test_lifecycle_support import commit, images, store_image
-
-BASE = "127.0.0.1:5000/base:1.0"
-APP = "127.0.0.1:5000/app:1.0"
-OTHER = "127.0.0.1:5000/other:2"
-
-
-@pytest.fixture
-def store(tmp_path: Path):
-    s = Store(tmp_path / "home")
-    yield s
-    s.close()
+from test_lifecycle_support import APP, BASE, commit, store_three
 
 
 @pytest.fixture
 def three(store: Store):
-    imgs = images({"base": [1, 2], "app": [1, 2, 3], "other": [4]})
-    return {
-        BASE: store_image(store, BASE, imgs["base"], used=1000.0),
-        APP: store_image(store, APP, imgs["app"], used=2000.0),
-        OTHER: store_image(store, OTHER, imgs["other"], used=3000.0),
-    }
+    return store_three(store)
 
 
 def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess:

@@ -168,8 +168,8 @@ def test_flipped_byte_is_found_named_repaired_and_pulled_back(
     assert clean_dockerd.run(app).stdout == "hello from app\n"
 
 
-# Not dockermedia: index.json lists it with its Docker media type (what its manifest is), and
-# skopeo's oci: transport only considers OCI-typed entries ("no descriptor found"); see README.
+# Images with Docker media types are listed through an OCI view of their manifest (other digest):
+# tests/test_pull.py::test_docker_media_images_are_readable_from_the_store_as_oci covers them.
 @pytest.mark.parametrize("name", ["base", "app", "multi", "ocidata"])
 def test_store_is_an_oci_layout_skopeo_copies_from(name, cas, cas_home, registry, test_images, skopeo, tmp_path):
     ref = test_images.ref(registry, name)

@@ -4,6 +4,7 @@ Named ``test_*`` only to sit inside the lifecycle tests' file pattern; it holds 
 Images come from ``support.images`` (real tar layers, configs and manifests), and their blobs
 are committed and indexed exactly as ``cas.pull`` does: ``BlobStore.put`` then
 ``Index.put_blob``, then the ref record of CONTRIBUTING.md, then ``write_layout_index``.
+The empty store itself is the ``store`` fixture of conftest.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from cas.digest import Digest
 from cas.reference import parse
 from cas.store import Store
 from support.images import Image, random_layer
+
+BASE = "127.0.0.1:5000/base:1.0"
+APP = "127.0.0.1:5000/app:1.0"
+OTHER = "127.0.0.1:5000/other:2"
 
 
 def commit(store: Store, data: bytes, media_type: str) -> Digest:
@@ -66,6 +71,19 @@ def images(sizes: dict[str, list[int]]) -> dict[str, Image]:
     return {
         name: Image([random_layer(2048 * (1 + seed % 5), seed) for seed in seeds], labels={"name": name})
         for name, seeds in sizes.items()
+    }
+
+
+def store_three(store: Store) -> dict[str, dict]:
+    """base (layers 1, 2), app (layers 1, 2, 3: shares base's), other (layer 4); used in that order.
+
+    Returns ref -> the ref record ``store_image`` wrote.
+    """
+    imgs = images({"base": [1, 2], "app": [1, 2, 3], "other": [4]})
+    return {
+        BASE: store_image(store, BASE, imgs["base"], used=1000.0),
+        APP: store_image(store, APP, imgs["app"], used=2000.0),
+        OTHER: store_image(store, OTHER, imgs["other"], used=3000.0),
     }
 
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -267,3 +268,27 @@ def test_full_disk_is_a_one_line_error_and_the_store_stays_sound(cas, tmp_path, 
         _store_is_sound(small)
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+@pytest.mark.parametrize("name", ["dockermedia", "multidocker"])
+def test_docker_media_images_are_readable_from_the_store_as_oci(name, cas, cas_home, registry, test_images, skopeo, tmp_path):
+    """skopeo's oci: transport skips Docker-typed index entries, so the store lists an OCI view."""
+    ref = test_images.ref(registry, name)
+    cas("pull", ref)
+    image = test_images[name].for_platform("linux/amd64") if name == "multidocker" else test_images[name]
+    [entry] = json.loads((cas_home / "v1" / "index.json").read_text())["manifests"]
+    assert entry["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    view = json.loads((cas_home / "v1" / "blobs" / "sha256" / entry["digest"][7:]).read_bytes())
+    assert view["annotations"]["dev.cas.converted-from"] == image.digest
+    assert [view["config"]["digest"]] + [l["digest"] for l in view["layers"]] == image.digests[1:]
+
+    out = tmp_path / "out"
+    skopeo.copy(f"oci:{cas_home / 'v1'}:{ref}", f"oci:{out}:copy", extra=("--preserve-digests",))
+    for digest in image.digests[1:]:
+        assert (out / "blobs" / "sha256" / digest[7:]).read_bytes() == (cas_home / "v1" / "blobs" / "sha256" / digest[7:]).read_bytes()
+    export = tmp_path / "x.tar"
+    cas("export", ref, "-o", export)
+    with tarfile.open(export) as tar:  # the export still carries the registry's own manifest
+        exported = json.load(tar.extractfile("index.json"))["manifests"]
+        assert [m["digest"] for m in exported] == [image.digest]
+        assert f"blobs/sha256/{entry['digest'][7:]}" not in tar.getnames()

@@ -24,6 +24,7 @@ from cas.registry.auth import (
 )
 from cas.registry.credentials import Credentials
 from cas.registry.retry import Transient
+from support.fakes import DictTokenCache
 
 HOST = "reg.example"
 
@@ -97,19 +98,6 @@ def test_token_cache_keys():
 
 
 # --- the flow, against an in-memory registry ---------------------------------------------------
-
-
-class DictTokenCache:
-    def __init__(self) -> None:
-        self.tokens: dict[str, str] = {}
-        self.puts: list[tuple[str, str, float]] = []
-
-    def get_token(self, key: str) -> str | None:
-        return self.tokens.get(key)
-
-    def put_token(self, key: str, token: str, expires_in: float) -> None:
-        self.puts.append((key, token, expires_in))
-        self.tokens[key] = token
 
 
 class FakeRegistry:

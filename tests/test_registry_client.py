@@ -6,7 +6,6 @@ the client under test.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 
@@ -18,42 +17,9 @@ from cas.manifest import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from cas.registry import Credentials, RegistryClient
 from cas.store.blobs import BlobStore
 from support import images
+from support.fakes import DictTokenCache, MemorySink
 
 FAST = {"retries": 2, "backoff": 0.01}
-
-
-class MemorySink:
-    """A Sink that keeps the bytes (test blobs are small) and logs restarts."""
-
-    def __init__(self, data: bytes = b"") -> None:
-        self.data = bytearray(data)
-        self.restarts = 0
-
-    @property
-    def offset(self) -> int:
-        return len(self.data)
-
-    def write(self, chunk: bytes) -> None:
-        self.data += chunk
-
-    def restart(self) -> None:
-        self.data.clear()
-        self.restarts += 1
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + hashlib.sha256(self.data).hexdigest()
-
-
-class DictTokenCache:
-    def __init__(self) -> None:
-        self.tokens: dict[str, str] = {}
-
-    def get_token(self, key: str) -> str | None:
-        return self.tokens.get(key)
-
-    def put_token(self, key: str, token: str, expires_in: float) -> None:
-        self.tokens[key] = token
 
 
 @pytest.fixture()

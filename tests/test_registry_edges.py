@@ -19,6 +19,7 @@ from cas import manifest
 from cas.digest import Digest
 from cas.errors import ManifestError, RegistryError, UnsupportedManifest, Unreachable
 from cas.registry import Credentials, RegistryClient
+from support.fakes import MemorySink
 
 FAST = {"retries": 2, "backoff": 0.001}
 BLOB = bytes(range(256)) * 400  # 102400 bytes
@@ -93,23 +94,6 @@ def canned(tmp_path, monkeypatch):
     yield make
     for server in servers:
         server.stop()
-
-
-class MemorySink:
-    def __init__(self, data: bytes = b"") -> None:
-        self.data = bytearray(data)
-        self.restarts = 0
-
-    @property
-    def offset(self) -> int:
-        return len(self.data)
-
-    def write(self, chunk: bytes) -> None:
-        self.data += chunk
-
-    def restart(self) -> None:
-        self.data.clear()
-        self.restarts += 1
 
 
 def manifest_answer(body: bytes, content_type: str = manifest.OCI_MANIFEST, digest: str | None = "auto") -> Callable:

@@ -15,26 +15,10 @@ from cas.digest import Digest
 from cas.errors import AuthError, RateLimited, ServerError, Unreachable
 from cas.registry import Credentials, RegistryClient
 from support import images
+from support.fakes import MemorySink
 from support.tools import free_port
 
 FAST = {"retries": 3, "backoff": 0.01}
-
-
-class MemorySink:
-    def __init__(self, data: bytes = b"") -> None:
-        self.data = bytearray(data)
-        self.restarts = 0
-
-    @property
-    def offset(self) -> int:
-        return len(self.data)
-
-    def write(self, chunk: bytes) -> None:
-        self.data += chunk
-
-    def restart(self) -> None:
-        self.data.clear()
-        self.restarts += 1
 
 
 @pytest.fixture()

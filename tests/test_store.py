@@ -12,18 +12,10 @@ import time
 
 import pytest
 
-from cas.digest import Digest, of_bytes
+from cas.digest import of_bytes
 from cas.errors import DigestMismatch, DiskFull, LockTimeout, SizeMismatch
-from cas.store import Store
 from cas.store.fs import Linker, storage_errors
 from cas.store.locks import FileLock
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "home")
-    yield s
-    s.close()
 
 
 def _write(store, data, digest=None, size=None):

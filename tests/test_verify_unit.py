@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,17 +13,7 @@ from cas import gc
 from cas.digest import Digest, of_bytes
 from cas.store import Store
 from cas.verify import verify
-from test_lifecycle_support import commit, files_on_disk, flip_byte, images, indexed, store_image
-
-BASE = "127.0.0.1:5000/base:1.0"
-APP = "127.0.0.1:5000/app:1.0"
-
-
-@pytest.fixture
-def store(tmp_path: Path):
-    s = Store(tmp_path / "home")
-    yield s
-    s.close()
+from test_lifecycle_support import APP, BASE, files_on_disk, flip_byte, images, indexed, store_image
 
 
 @pytest.fixture

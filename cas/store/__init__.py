@@ -71,7 +71,8 @@ class Store:
     def _write_layout_index(self) -> None:
         entries = []
         for ref, record in sorted(self.index.refs(), key=lambda item: item[0]):
-            manifest = next((b for b in record["blobs"] if b["digest"] == record["manifest"]), None)
+            listed = record.get("layout_manifest") or record["manifest"]  # the OCI view of a Docker manifest
+            manifest = next((b for b in record["blobs"] if b["digest"] == listed), None)
             if manifest is None:
                 continue
             entries.append(
