@@ -30,6 +30,7 @@ def list_images(store: Store) -> list[dict]:
                 "size": record["size"],
                 "pulled": record["pulled"],
                 "used": record["used"],
+                "needs_pull": bool(record.get("needs_pull")),  # set by `cas verify --repair`
             }
         )
     return sorted(rows, key=lambda row: row["ref"])

@@ -16,9 +16,10 @@ def images(as_json: options.Json = False) -> None:
     if as_json:
         output.emit_json(rows)
         return
-    table = [("REFERENCE", "MANIFEST", "PLATFORM", "SIZE", "PULLED")]
+    table = [("REFERENCE", "MANIFEST", "PLATFORM", "SIZE", "PULLED", "")]
     for row in rows:
+        note = "needs pull (cas verify --repair removed blobs)" if row["needs_pull"] else ""
         table.append(
-            (row["ref"], row["manifest"][7:19], row["platform"] or "-", output.human_size(row["size"]), output.ago(row["pulled"], time.time()))
+            (row["ref"], row["manifest"][7:19], row["platform"] or "-", output.human_size(row["size"]), output.ago(row["pulled"], time.time()), note)
         )
     output.table(table)
