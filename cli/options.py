@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; errors only (plus the summary line).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only: no progress bars, no summary.")]
 PlatformOpt = Annotated[
     Optional[str],
     typer.Option("--platform", envvar="CAS_PLATFORM", help="OS/ARCH[/VARIANT] to pick from a multi-platform image (default: this host)."),

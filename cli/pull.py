@@ -39,7 +39,7 @@ def pull(
             opts = PullOptions(wanted, jobs, insecure, credentials, observer, lock_timeout)
             result = run_pull(store, ref, opts)
             results.append(result)
-            if not as_json:
+            if not (as_json or quiet):
                 output.notice(summary(result))
     if as_json:
         output.emit_json([r.to_json() for r in results])

@@ -1,5 +1,6 @@
 """The command line as a user meets it: help, version, Ctrl-C, one-line errors."""
 
+import json
 import os
 import signal
 import subprocess
@@ -39,3 +40,14 @@ def test_ctrl_c_and_sigterm_say_interrupted_and_exit_130(cas_home, proxy, regist
         assert time.monotonic() - started < 5, "the pull did not stop promptly"
         assert proc.returncode == 130
         assert err.strip().splitlines() == ["error: interrupted", "hint: the store is consistent; run the command again to finish"]
+
+
+def test_quiet_pull_prints_nothing_and_json_is_only_json(cas, registry, test_images):
+    ref = test_images.ref(registry, "ocidata")
+    quiet = cas("pull", "-q", ref)
+    assert quiet.stdout == "" and quiet.stderr == ""
+    loud = cas("pull", ref)
+    assert loud.stdout == "" and loud.stderr.startswith(f"{ref}: ") and "reused 3" in loud.stderr
+    as_json = cas("pull", "--json", ref)
+    assert as_json.stderr == ""
+    assert json.loads(as_json.stdout)[0]["reused_blobs"] == 3
