@@ -129,64 +129,70 @@ class _Session:
         return self._client
 
     def run(self) -> PullResult:
-        top_digest, top_type, top = self._resolve_top()
-        chain = [(top_digest, top_type, top)]
-        platform = None
-        if isinstance(top, ImageIndex):
-            wanted = self.options.platform or Platform.host()
-            chosen = top.select(wanted)
-            platform = str(chosen.platform)
-            data, media_type = self._manifest_by_digest(chosen.digest)
-            image = mf.parse(data, media_type)
-            if not isinstance(image, ImageManifest):
-                raise UnsupportedManifest(f"{self.ref}: nested index for platform {platform} is not supported")
-            chain.append((chosen.digest, media_type, image))
-        else:
-            image = top
-        manifest_digest, _, _ = chain[-1]
+        chain, image, platform = self._resolve()
         _check_image(image, self.ref)
-
-        layout_view = mf.oci_view(image, manifest_digest)
-        if layout_view is not None:
-            view_digest = of_bytes(layout_view)
-            self._commit_manifest(view_digest, layout_view, mf.OCI_MANIFEST)
-            chain.insert(-1, (view_digest, mf.OCI_MANIFEST, None))
-        manifests = [Descriptor(t, d, self.store.blobs.size(d) or 0) for d, t, _ in chain]
+        view = self._commit_oci_view(image, chain[-1][0])
+        listed = [*chain[:-1], view, chain[-1]] if view is not None else chain
+        manifests = [Descriptor(media_type, digest, self.store.blobs.size(digest) or 0) for digest, media_type in listed]
         blobs = list(image.blobs)
         self.lease.add([d.digest for d in manifests + blobs])
-        missing = _unique([d for d in blobs if not self.store.blobs.has(d.digest, d.size)])
-        self.options.observer.resolved(str(self.ref), blobs, missing)
-        self._download(missing)
-        counted = {d.digest for d in missing}
-        for desc in _unique(blobs):
-            if desc.digest not in counted:
-                self.result.reused_blobs += 1
-                self.result.reused_bytes += desc.size
-
+        self._fetch_missing(blobs)
         if platform is None:
             platform = _platform_of_config(self.store.blobs.read(image.config.digest))
-        now = time.time()
         record = {
             "ref": str(self.ref),
             "registry": self.ref.registry,
-            "digest": str(top_digest),
-            "media_type": top_type,
-            "manifest": str(manifest_digest),
+            "digest": str(chain[0][0]),
+            "media_type": chain[0][1],
+            "manifest": str(chain[-1][0]),
             "config": str(image.config.digest),
             "platform": platform,
-            "layout_manifest": str(view_digest) if layout_view is not None else None,
+            "layout_manifest": str(view[0]) if view is not None else None,
             "blobs": [{"digest": str(d.digest), "size": d.size, "media_type": d.media_type} for d in manifests + blobs],
             "size": sum(d.size for d in manifests) + sum(d.size for d in _unique(blobs)),
-            "pulled": now,
-            "used": now,
         }
+        self.result.record = self._save(record)
+        return self.result
+
+    def _resolve(self) -> tuple[list[tuple[Digest, str]], ImageManifest, str | None]:
+        """The reference down to one image manifest: [(index,) manifest] digests, the image, its platform."""
+        top_digest, top_type, top = self._resolve_top()
+        if isinstance(top, ImageManifest):
+            return [(top_digest, top_type)], top, None
+        chosen = top.select(self.options.platform or Platform.host())
+        data, media_type = self._manifest_by_digest(chosen.digest)
+        image = mf.parse(data, media_type)
+        if not isinstance(image, ImageManifest):
+            raise UnsupportedManifest(f"{self.ref}: nested index for platform {chosen.platform} is not supported")
+        return [(top_digest, top_type), (chosen.digest, media_type)], image, str(chosen.platform)
+
+    def _commit_oci_view(self, image: ImageManifest, manifest: Digest) -> tuple[Digest, str] | None:
+        """For a Docker manifest, the OCI view that index.json lists (see cas.manifest.oci_view)."""
+        view = mf.oci_view(image, manifest)
+        if view is None:
+            return None
+        digest = of_bytes(view)
+        self._commit_manifest(digest, view, mf.OCI_MANIFEST)
+        return digest, mf.OCI_MANIFEST
+
+    def _fetch_missing(self, blobs: list[Descriptor]) -> None:
+        missing = _unique([d for d in blobs if not self.store.blobs.has(d.digest, d.size)])
+        self.options.observer.resolved(str(self.ref), blobs, missing)
+        self._download(missing)
+        fetched = {d.digest for d in missing}
+        for desc in _unique(blobs):
+            if desc.digest not in fetched:
+                self._count(reused=desc)
+
+    def _save(self, record: dict) -> dict:
+        """Record the ref, now that every blob it lists is committed."""
+        record["pulled"] = record["used"] = time.time()
         with self.store.index.transact():
-            previous = self.store.index.get_ref(str(self.ref))
-            self.store.index.put_ref(str(self.ref), record)
+            previous = self.store.index.get_ref(record["ref"])
+            self.store.index.put_ref(record["ref"], record)
         if previous is None or previous["manifest"] != record["manifest"]:
             self.store.write_layout_index()  # index.json names each ref's manifest; only a new one changes it
-        self.result.record = record
-        return self.result
+        return record
 
     def _resolve_top(self) -> tuple[Digest, str, ImageIndex | ImageManifest]:
         if self.ref.digest is not None:
