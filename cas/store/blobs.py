@@ -73,6 +73,8 @@ class BlobStore:
 
     def put(self, digest: Digest, data: bytes) -> BlobInfo | None:
         """Verify and commit small content (manifests). None when it was already there."""
+        if self.has(digest, len(data)):  # blobs are visible only once complete: no ingest entry needed
+            return None
         with self.ingest(digest, len(data)) as ing:
             if ing.committed:
                 return None
