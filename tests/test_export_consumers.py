@@ -269,9 +269,8 @@ def test_export_path_imports_no_http_client(cas_home, registry, test_images, cas
     cas("pull", app)
     probe = (
         "import sys\n"
-        "from cli.main import main\n"
-        f"sys.argv = ['cas', 'export', '-q', {app!r}, '-o', {str(tmp_path / 'x.tar')!r}]\n"
-        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "from cli.main import app\n"  # main() ends the process; run the typer app itself
+        f"app(args=['export', '-q', {app!r}, '-o', {str(tmp_path / 'x.tar')!r}], standalone_mode=False)\n"
         "print(sorted(m for m in ('httpx', 'httpcore', 'ssl', 'cas.pull', 'cas.registry') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
