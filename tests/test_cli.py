@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.tools import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ("pull", "export", "images", "inspect", "rm", "du", "prune", "verify")
@@ -31,9 +32,11 @@ def test_ctrl_c_and_sigterm_say_interrupted_and_exit_130(cas_home, proxy, regist
     test_images.push(registry)
     proxy.throttle(50_000)
     for sig in (signal.SIGINT, signal.SIGTERM):
+        home = cas_home / sig.name  # a fresh store each time: the signal must land mid-download
         proc = subprocess.Popen([sys.executable, "-m", "cli", "pull", f"{proxy.host}/base:latest"], cwd=REPO_ROOT,
-                                env={**os.environ, "CAS_HOME": str(cas_home)}, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)
+                                env={**os.environ, "CAS_HOME": str(home)}, stderr=subprocess.PIPE, text=True)
+        wait_until(lambda: any(p.stat().st_size for p in (home / "v1" / "ingest").glob("*/data")),
+                   timeout=30, what="a download in progress")
         proc.send_signal(sig)
         started = time.monotonic()
         _, err = proc.communicate(timeout=30)
