@@ -60,12 +60,10 @@ def export(
         lock_timeout=lock_timeout,
     )
     if pull:
-        from cas.pull import PullOptions
-        from cli.progress import BarsObserver, QuietObserver
-
-        credentials = options.read_credentials(username, password_stdin)
-        observer = BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver()
-        opts.pull_options = PullOptions(opts.platform, insecure=insecure, credentials=credentials, observer=observer, lock_timeout=lock_timeout)
+        opts.pull_options = options.pull_options(
+            platform, insecure=insecure, username=username, password_stdin=password_stdin,
+            lock_timeout=lock_timeout, quiet=quiet, as_json=as_json,
+        )
 
     if to_stdout:
         sys.stdout.flush()

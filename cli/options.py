@@ -39,3 +39,30 @@ def read_credentials(username: str | None, password_stdin: bool):
     from cas.registry import Credentials
 
     return Credentials(username=username, password=password)
+
+
+def pull_options(
+    platform: str | None,
+    *,
+    jobs: int = 4,
+    insecure: bool,
+    username: str | None,
+    password_stdin: bool,
+    lock_timeout: float,
+    quiet: bool,
+    as_json: bool,
+):
+    """The PullOptions that `cas pull` and `cas export --pull` build from the same flags."""
+    from cas.manifest import Platform
+    from cas.pull import PullOptions
+    from cli import output
+    from cli.progress import BarsObserver, QuietObserver
+
+    return PullOptions(
+        platform=Platform.parse(platform) if platform else None,
+        jobs=jobs,
+        insecure=insecure,
+        credentials=read_credentials(username, password_stdin),
+        observer=BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver(),
+        lock_timeout=lock_timeout,
+    )

@@ -22,21 +22,18 @@ def pull(
 ) -> None:
     """Pull images into the store, downloading only the blobs it does not hold yet."""
     from cas import reference
-    from cas.manifest import Platform
-    from cas.pull import PullOptions
     from cas.pull import pull as run_pull
     from cas.store import Store
-    from cli.progress import BarsObserver, QuietObserver
 
     parsed = [reference.parse(text) for text in refs]  # every reference is checked before any network call
-    wanted = Platform.parse(platform) if platform else None
-    credentials = options.read_credentials(username, password_stdin)
-    observer = BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver()
+    opts = options.pull_options(
+        platform, jobs=jobs, insecure=insecure, username=username, password_stdin=password_stdin,
+        lock_timeout=lock_timeout, quiet=quiet, as_json=as_json,
+    )
     store = Store()
     results = []
-    with observer:
+    with opts.observer:
         for ref in parsed:
-            opts = PullOptions(wanted, jobs, insecure, credentials, observer, lock_timeout)
             result = run_pull(store, ref, opts)
             results.append(result)
             if not (as_json or quiet):
