@@ -76,7 +76,7 @@ def test_a_plain_http_pull_builds_no_tls_context_and_imports_no_ui(registry, tmp
         "import cas.registry.transport as transport\n"
         f"with RegistryClient({registry.host!r}) as c:\n"
         "    digest = str(c.get_manifest('cas-test/api', '1').digest)\n"
-        "print(json.dumps({'digest': digest, 'tls': transport._tls_context is not None, 'loads': loads,\n"
+        "print(json.dumps({'digest': digest, 'tls': bool(transport._tls_contexts), 'loads': loads,\n"
         "    'rich': 'rich' in sys.modules, 'typer': 'typer' in sys.modules}))\n",
         env={"DOCKER_CONFIG": str(tmp_path)},
     )

@@ -2,8 +2,8 @@
 
 ``httpx.Client()`` loads the certifi bundle at construction (about 90 ms),
 even for a plain-http registry on loopback. This transport keeps one pooled
-``httpx.HTTPTransport`` per (scheme, proxy) and creates the https one, with
-the process-wide verified context, on first use. The plain-http pool gets a
+``httpx.HTTPTransport`` per (scheme, proxy), and per host for https, and creates
+an https one, with that registry's verified context, on first use. The plain-http pool gets a
 context with no CA loaded, so it fails closed if it were ever asked for TLS.
 
 Proxies come from the usual environment variables (HTTPS_PROXY, HTTP_PROXY,
@@ -18,27 +18,69 @@ made. A recv returns what is there, so small answers are not slowed down.
 
 from __future__ import annotations
 
+import os
 import ssl
 import threading
 import urllib.request
+from pathlib import Path
 
 import httpx
 
+from cas.errors import RegistryError
 from cas.registry.wire import is_loopback
 
 READ_SIZE = 1 << 20
 
+CERTS_DIRS = ("/etc/docker/certs.d", "/etc/containers/certs.d")  # $CAS_CERTS_DIRS overrides (":"-separated)
+
 _tls_lock = threading.Lock()
-_tls_context: ssl.SSLContext | None = None
+_tls_contexts: dict[str, ssl.SSLContext] = {}
 
 
-def tls_context() -> ssl.SSLContext:
-    """The verified client context: SSL_CERT_FILE / SSL_CERT_DIR when set, else certifi. Built once."""
-    global _tls_context
+def tls_context(netloc: str) -> ssl.SSLContext:
+    """The verified client context for one registry ("host" or "host:port"), built once per process.
+
+    Trust is what docker trusts: the system store (or SSL_CERT_FILE / SSL_CERT_DIR),
+    certifi only when the system has no store, plus the registry's own certs.d
+    directory: ``*.crt`` are extra CAs, ``NAME.cert`` + ``NAME.key`` a client certificate.
+    """
     with _tls_lock:
-        if _tls_context is None:
-            _tls_context = httpx.create_ssl_context()
-        return _tls_context
+        context = _tls_contexts.get(netloc)
+        if context is None:
+            context = _tls_contexts[netloc] = _build_context(netloc)
+        return context
+
+
+def _build_context(netloc: str) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    paths = ssl.get_default_verify_paths()
+    if not any(p and os.path.exists(p) for p in (paths.cafile, paths.capath)):
+        import certifi
+
+        context.load_verify_locations(cafile=certifi.where())
+    for directory in certs_dirs(netloc):
+        for entry in sorted(directory.iterdir()):
+            try:
+                if entry.suffix == ".crt":
+                    context.load_verify_locations(cafile=str(entry))
+                elif entry.suffix == ".cert":
+                    context.load_cert_chain(str(entry), str(entry.with_suffix(".key")))
+            except (OSError, ssl.SSLError) as exc:
+                raise RegistryError(
+                    f"cannot use {entry} for registry {netloc}: {exc}",
+                    hint="certs.d holds CA files NAME.crt and client pairs NAME.cert + NAME.key, in PEM",
+                ) from exc
+    return context
+
+
+def certs_dirs(netloc: str) -> list[Path]:
+    """The certs.d directories that exist for ``netloc`` (docker names them host:port, or host for 443)."""
+    roots = os.environ.get("CAS_CERTS_DIRS")
+    found = []
+    for root in roots.split(":") if roots else CERTS_DIRS:
+        if root and (Path(root) / netloc).is_dir():
+            found.append(Path(root) / netloc)
+    return found
 
 
 def proxy_for(url: httpx.URL) -> str | None:
@@ -57,15 +99,15 @@ class LazyTLSTransport(httpx.BaseTransport):
     def __init__(self) -> None:
         _raise_read_size()
         self._lock = threading.Lock()
-        self._pools: dict[tuple[str, str | None], httpx.HTTPTransport] = {}
+        self._pools: dict[tuple[str, str, str | None], httpx.HTTPTransport] = {}  # https: one per host (its certs.d)
 
     def _pool(self, url: httpx.URL) -> httpx.HTTPTransport:
-        key = (url.scheme, proxy_for(url))
+        key = (url.scheme, _netloc(url) if url.scheme == "https" else "", proxy_for(url))
         with self._lock:
             pool = self._pools.get(key)
             if pool is None:
-                context = tls_context() if url.scheme == "https" or key[1] else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                pool = httpx.HTTPTransport(verify=context, proxy=key[1], trust_env=False)
+                context = tls_context(_netloc(url)) if url.scheme == "https" or key[2] else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                pool = httpx.HTTPTransport(verify=context, proxy=key[2], trust_env=False)
                 self._pools[key] = pool
             return pool
 
@@ -77,6 +119,10 @@ class LazyTLSTransport(httpx.BaseTransport):
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             pool.close()
+
+
+def _netloc(url: httpx.URL) -> str:
+    return url.host if url.port in (None, 443) else f"{url.host}:{url.port}"
 
 
 def _raise_read_size() -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from .pki import Pki
 from .tokenserver import TokenServer
 from .tools import GiveUp, free_port, http_status, require, run, spawn, terminate, wait_until
 
@@ -89,7 +90,11 @@ class Registry:
         username: str = "casuser",
         password: str = "caspassword",
         token_server: TokenServer | None = None,
+        tls: Pki | None = None,
+        client_certs: bool = False,
     ) -> None:
+        """``tls``: serve https with ``tls.server``; ``client_certs``: also require a client
+        certificate signed by ``tls.ca`` (mutual TLS)."""
         if auth not in AUTH_MODES:
             raise ValueError(f"auth must be one of {AUTH_MODES}, not {auth!r}")
         self.workdir = Path(workdir)
@@ -101,6 +106,8 @@ class Registry:
         self.access_log_path = self.workdir / "access.log"  # stdout: one line per request, parsed here
         self.log_path = self.workdir / "registry.log"  # stderr: the JSON app log, for humans
         self.token_server = token_server
+        self.tls = tls
+        self.client_certs = client_certs
         self._own_token_server = False
         self.port: int | None = None
         self._proc = None
@@ -120,7 +127,7 @@ class Registry:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     def start(self, timeout: float = 20) -> Registry:
         binary = require("docker-registry", "docker-registry")
@@ -189,12 +196,23 @@ class Registry:
             f"  addr: 127.0.0.1:{self.port}\n"
             "  secret: cas-test-secret\n"
             "  headers:\n    X-Content-Type-Options: [nosniff]\n"
+            + self._tls_config()
             + auth_yaml
         )
+
+    def _tls_config(self) -> str:
+        if self.tls is None:
+            return ""
+        text = f"  tls:\n    certificate: {self.tls.server.cert}\n    key: {self.tls.server.key}\n"
+        if self.client_certs:
+            text += f"    clientcas:\n      - {self.tls.ca}\n"
+        return text
 
     def _answers(self) -> bool:
         if self._proc is not None and self._proc.poll() is not None:
             raise GiveUp("registry exited")
+        if self.tls is not None:  # our own probe: the handshake answering is enough
+            return _tls_answers(self.port)
         return http_status(f"{self.url}/v2/", timeout=1) in (200, 401)
 
     # --- server-side measurement ---------------------------------------------------------
@@ -324,3 +342,20 @@ def _parse_line(line: bytes) -> LoggedRequest | str | None:
 
 
 __all__ = ["Registry", "LoggedRequest", "classify_path", "AUTH_MODES"]
+
+
+def _tls_answers(port: int) -> bool:
+    import socket
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            with context.wrap_socket(sock):
+                return True
+    except ssl.SSLError:
+        return True  # it speaks TLS (and wants a client certificate)
+    except OSError:
+        return False
