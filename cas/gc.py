@@ -3,7 +3,10 @@
 The order is diskcache's: change the index first (one ``BEGIN IMMEDIATE``
 transaction that re-reads the roots, then forgets the evicted refs and the
 swept blob records), delete files second. A crash in between leaves only files
-that nothing in the index names; the next prune removes them.
+that nothing in the index names; the next prune removes them. The walk of
+``blobs/`` and ``ingest/`` happens before that transaction: under the exclusive
+store lock no file changes, so index writers (``cas rm``, lease clean-up) are
+blocked only while the index itself is re-read and changed.
 
 Roots are the blobs listed by every kept ref record plus every digest held by
 a live lease (a running pull or export). The sweep runs under the store lock
@@ -71,6 +74,7 @@ class Snapshot:
     strays: list[Stray] = field(default_factory=list)
     leased: set[str] = field(default_factory=set)
     ingests: list[IngestEntry] = field(default_factory=list)
+    active: set[Path] = field(default_factory=set)  # paths of the ingests a process holds (one flock test each)
     bad_keys: list[str] = field(default_factory=list)  # ref:/blob: entries that do not parse
 
     def refcounts(self) -> Counter:
@@ -79,9 +83,21 @@ class Snapshot:
             counts.update(d for d, _ in image.blobs)
         return counts
 
+    def stale_ingests(self) -> list[IngestEntry]:
+        """Ingest entries no process held when the snapshot was taken."""
+        return [i for i in self.ingests if i.path not in self.active]
+
 
 def snapshot(store: Store) -> Snapshot:
+    """The index, then the disk."""
     snap = Snapshot()
+    read_index(store, snap)
+    read_disk(store, snap)
+    return snap
+
+
+def read_index(store: Store, snap: Snapshot) -> None:
+    """Refs, blob records and live leases into ``snap``."""
     index = store.index
     for key, value in index.scan("ref:", "blob:"):
         if key.startswith("ref:"):
@@ -101,6 +117,10 @@ def snapshot(store: Store) -> Snapshot:
             else:
                 snap.bad_keys.append(key)
     snap.leased = index.leased_digests()
+
+
+def read_disk(store: Store, snap: Snapshot) -> None:
+    """One walk of ``blobs/`` and ``ingest/`` into ``snap``; each ingest's lock is tested once."""
     for digest, path in store.blobs.iter_files():
         try:
             st = path.lstat()
@@ -109,9 +129,41 @@ def snapshot(store: Store) -> Snapshot:
         if digest is not None:
             snap.files[str(digest)] = st.st_size
         else:
-            snap.strays.append(Stray(path, st.st_size if stat.S_ISREG(st.st_mode) else 0, _kind(st)))
+            snap.strays.append(Stray(path, _stray_size(path, st), _kind(st)))
     snap.ingests = list(store.blobs.ingests())
-    return snap
+    snap.active = {i.path for i in snap.ingests if i.active}
+
+
+def _stray_size(path: Path, st: os.stat_result) -> int:
+    """What removing a stray frees: a file's size, a directory's regular files (never following a link)."""
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    if stat.S_ISDIR(st.st_mode):
+        return _tree_size(None, path)
+    return 0
+
+
+def _tree_size(dir_fd: int | None, name: str | Path) -> int:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError:  # gone, or a symlink swapped in: nothing to count
+        return 0
+    total = 0
+    try:
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        total += _tree_size(fd, entry.name)
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+                except OSError:
+                    continue
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return total
 
 
 def _image(ref: str, record: object) -> Image | None:
@@ -246,7 +298,7 @@ def plan(snap: Snapshot, policy: Policy, *, now: float | None = None, dry_run: b
         images=evicted,
         blobs=blobs,
         strays=list(snap.strays),
-        ingests=[i for i in snap.ingests if not i.active],
+        ingests=snap.stale_ingests(),
         kept_images=len(snap.images) - len(evicted),
         kept_blobs=len(kept),
         kept_bytes=sum(files.get(d, 0) for d in kept),
@@ -276,8 +328,11 @@ def prune(
         return plan(snapshot(store), policy, now=now, dry_run=True)
     with store.lock(shared=False, timeout=lock_timeout, on_wait=on_wait):
         index = store.index
+        snap = Snapshot()
+        read_disk(store, snap)  # outside the transaction: no file changes under the exclusive lock
         with index.transact():  # roots re-read and index changed in one BEGIN IMMEDIATE
-            result = plan(snapshot(store), policy, now=now, dry_run=False)
+            read_index(store, snap)
+            result = plan(snap, policy, now=now, dry_run=False)
             for image in result.images:
                 index.remove_ref(image.ref)
             for digest, _, indexed in result.blobs:
@@ -286,15 +341,20 @@ def prune(
         if result.images:
             store.write_layout_index()
         remover = Remover(store.blobs.blobs_dir)
-        try:
-            for digest, _, _ in result.blobs:
-                remover.remove_blob(Digest.parse(digest), result.errors)
-            for stray in result.strays:
-                remover.remove_path(stray.path, result.errors)
+        try:  # report only what went: a file that could not be removed is in errors, not in freed
+            result.blobs = [b for b in result.blobs if _sweep_blob(remover, b[0], b[0] in snap.files, result.errors)]
+            result.strays = [s for s in result.strays if remover.remove_path(s.path, result.errors)]
         finally:
             remover.close()
         result.ingests = [i for i in result.ingests if store.blobs.remove_ingest(i)]
     return result
+
+
+def _sweep_blob(remover: Remover, digest: str, on_disk: bool, errors: list[str]) -> bool:
+    """Delete a swept blob's file; True when it went (or it had none and dropping its record was all)."""
+    failures = len(errors)
+    removed = remover.remove_blob(Digest.parse(digest), errors)
+    return removed or (not on_disk and len(errors) == failures)
 
 
 def remove_images(store: Store, texts: Iterable[str]) -> list[dict]:
@@ -316,7 +376,8 @@ def remove_images(store: Store, texts: Iterable[str]) -> list[dict]:
             )
         for ref, record in records.items():
             index.remove_ref(ref)
-            removed.append({"ref": ref, "digest": record.get("digest"), "size": record.get("size")})
+            known = record if isinstance(record, dict) else {}  # a malformed record goes too
+            removed.append({"ref": ref, "digest": known.get("digest"), "size": known.get("size")})
     store.write_layout_index()
     return removed
 

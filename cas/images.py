@@ -6,7 +6,7 @@ import json
 
 from cas import manifest as mf
 from cas.digest import Digest
-from cas.errors import NotCached
+from cas.errors import BadDigest, NotCached, StoreError
 from cas.reference import Reference
 from cas.store import Store
 
@@ -18,42 +18,74 @@ def record_of(store: Store, ref: Reference) -> dict:
     return record
 
 
-def list_images(store: Store) -> list[dict]:
+def list_images(store: Store, skipped: list[str] | None = None) -> list[dict]:
+    """One row per cached ref; a record that lacks a field the row needs is left out (its ref added to ``skipped``)."""
     rows = []
     for ref, record in store.index.refs():
-        rows.append(
-            {
-                "ref": ref,
-                "digest": record["digest"],
-                "manifest": record["manifest"],
-                "platform": record.get("platform"),
-                "size": record["size"],
-                "pulled": record["pulled"],
-                "used": record["used"],
-                "needs_pull": bool(record.get("needs_pull")),  # set by `cas verify --repair`
-            }
-        )
+        row = _row(ref, record)
+        if row is not None:
+            rows.append(row)
+        elif skipped is not None:
+            skipped.append(ref)
     return sorted(rows, key=lambda row: row["ref"])
+
+
+def _row(ref: str, record: object) -> dict | None:
+    if not isinstance(record, dict):
+        return None
+    digest, manifest, size = record.get("digest"), record.get("manifest"), record.get("size")
+    pulled, used = record.get("pulled"), record.get("used", record.get("pulled"))
+    if not (isinstance(digest, str) and isinstance(manifest, str) and _is_int(size) and _is_number(pulled) and _is_number(used)):
+        return None
+    return {
+        "ref": ref,
+        "digest": digest,
+        "manifest": manifest,
+        "platform": record.get("platform"),
+        "size": size,
+        "pulled": pulled,
+        "used": used,
+        "needs_pull": bool(record.get("needs_pull")),  # set by `cas verify --repair`
+    }
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def inspect(store: Store, ref: Reference) -> dict:
     """The ref record plus a summary of its manifest and config."""
     record = record_of(store, ref)
-    manifest_digest = Digest.parse(record["manifest"])
-    media_type = next(b["media_type"] for b in record["blobs"] if b["digest"] == record["manifest"])
-    image = mf.parse(store.blobs.read(manifest_digest), media_type)
+    row = _row(str(ref), record)
+    media_type = _listed_media_type(record, row["manifest"]) if row is not None else None
+    try:
+        manifest_digest = Digest.parse(row["manifest"]) if row is not None else None
+    except BadDigest:
+        manifest_digest = None
+    if row is None or media_type is None or manifest_digest is None:
+        raise StoreError(f"the index record of {ref} is malformed", hint=f"run `cas rm {ref}`, then `cas pull {ref}`")
+    image = mf.parse(_read(store, record, ref, manifest_digest, "manifest"), media_type)
     assert isinstance(image, mf.ImageManifest)
-    config = json.loads(store.blobs.read(image.config.digest))
+    try:
+        config = json.loads(_read(store, record, ref, image.config.digest, "config"))
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        config = None
+    if not isinstance(config, dict):
+        raise StoreError(f"the config {image.config.digest} of {ref} is not a JSON object", hint="run `cas verify`")
     runtime = config.get("config") or {}
     return {
-        "ref": record["ref"],
-        "digest": record["digest"],
-        "manifest": record["manifest"],
+        "ref": record.get("ref", row["ref"]),
+        "digest": row["digest"],
+        "manifest": row["manifest"],
         "media_type": media_type,
-        "platform": record.get("platform"),
-        "size": record["size"],
-        "pulled": record["pulled"],
-        "used": record["used"],
+        "platform": row["platform"],
+        "size": row["size"],
+        "pulled": row["pulled"],
+        "used": row["used"],
         "config": {
             "digest": str(image.config.digest),
             "created": config.get("created"),
@@ -67,3 +99,28 @@ def inspect(store: Store, ref: Reference) -> dict:
         },
         "layers": [{"digest": str(l.digest), "size": l.size, "media_type": l.media_type} for l in image.layers],
     }
+
+
+def _listed_media_type(record: dict, digest: str) -> str | None:
+    blobs = record.get("blobs")
+    for blob in blobs if isinstance(blobs, list) else ():
+        if isinstance(blob, dict) and blob.get("digest") == digest and isinstance(blob.get("media_type"), str):
+            return blob["media_type"]
+    return None
+
+
+def _read(store: Store, record: dict, ref: Reference, digest: Digest, what: str) -> bytes:
+    """A manifest or config the ref needs; NotCached when `cas verify --repair` (or anything else) removed it."""
+    if not store.blobs.has(digest):
+        raise _gone(record, ref, digest, what)
+    try:
+        return store.blobs.read(digest)
+    except FileNotFoundError:  # removed between the check and the read (a prune)
+        raise _gone(record, ref, digest, what) from None
+    except OSError as exc:
+        raise StoreError(f"cannot read the {what} {digest} of {ref}: {exc.strerror}", hint="run `cas verify`") from None
+
+
+def _gone(record: dict, ref: Reference, digest: Digest, what: str) -> NotCached:
+    why = "was removed by `cas verify --repair`" if record.get("needs_pull") else "is missing from the store"
+    return NotCached(f"{ref} needs a pull: its {what} {digest} {why}", hint=f"run `cas pull {ref}`")

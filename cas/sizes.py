@@ -56,15 +56,3 @@ def parse_duration(text: str) -> float:
         )
     return float(sum(float(n) * _DURATION_UNITS[u] for n, u in parts))
 
-
-def format_duration(seconds: float) -> str:
-    """The inverse for messages: 604800 -> ``7d``, 5400 -> ``1h30m``."""
-    seconds = int(round(seconds))
-    if seconds <= 0:
-        return "0s"
-    out = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            out.append(f"{seconds // size}{unit}")
-            seconds %= size
-    return "".join(out)

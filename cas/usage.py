@@ -40,7 +40,7 @@ def usage(store: Store) -> dict:
                 "needs_pull": image.needs_pull,
             }
         )
-    active = [i for i in snap.ingests if i.active]
+    active = [i for i in snap.ingests if i.path in snap.active]
     try:
         reclaim = gc.plan(snap, gc.Policy(), dry_run=True)
         reclaimable = {

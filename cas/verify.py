@@ -31,12 +31,12 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import blake3
 
 from cas import gc
-from cas.digest import Digest, fingerprint_file
+from cas.digest import Digest
 from cas.store import DEFAULT_LOCK_TIMEOUT, Store
 
 _CHUNK = 1 << 20
@@ -106,8 +106,7 @@ def verify(
         findings += _check_files(store, snap, users)
         findings += [
             Finding("stale-ingest", str(i.path.relative_to(store.root)), f"abandoned download of {i.digest}, {i.partial} bytes")
-            for i in snap.ingests
-            if not i.active
+            for i in snap.stale_ingests()
         ]
         findings += [Finding("bad-index-entry", key, "index entry that does not parse") for key in snap.bad_keys]
         findings += _check_refs(snap)
@@ -135,7 +134,7 @@ def _check_blobs(store: Store, snap: gc.Snapshot, users: dict, deep: bool, repor
     def check(job: tuple[str, dict]) -> tuple[str, str | None]:
         digest, record = job
         fingerprint = record.get("blake3") if isinstance(record.get("blake3"), str) else None
-        return digest, check_file(store.blobs.path(Digest.parse(digest)), Digest.parse(digest), record["size"], fingerprint, deep)
+        return digest, check_file(store.blobs.path(Digest.parse(digest)), Digest.parse(digest), record["size"], fingerprint, deep).problem
 
     with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1), thread_name_prefix="cas-verify") as pool:
         for start in range(0, len(jobs), 512):  # in batches: pool.map makes every future at once
@@ -147,20 +146,25 @@ def _check_blobs(store: Store, snap: gc.Snapshot, users: dict, deep: bool, repor
     return findings
 
 
-def check_file(path: Path, digest: Digest, size: int | None, fingerprint: str | None, deep: bool) -> str | None:
-    """None when the file is what was committed; else what is wrong, in words."""
+class FileCheck(NamedTuple):
+    problem: str | None  # None when the file is what was committed; else what is wrong, in words
+    fingerprint: str | None = None  # blake3 of the bytes read; None when the check stopped before reading
+
+
+def check_file(path: Path, digest: Digest, size: int | None, fingerprint: str | None, deep: bool) -> FileCheck:
+    """Read the file once: its problem (None when it is what was committed) and its blake3."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
-        return "file vanished while checking"
+        return FileCheck("file vanished while checking")
     except OSError as exc:
-        return f"cannot open: {exc.strerror}"
+        return FileCheck(f"cannot open: {exc.strerror}")
     with os.fdopen(fd, "rb", buffering=0) as fh:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            return "not a regular file"
+            return FileCheck("not a regular file")
         if size is not None and st.st_size != size:
-            return f"size is {st.st_size} bytes, committed as {size}"
+            return FileCheck(f"size is {st.st_size} bytes, committed as {size}")
         fp = blake3.blake3(max_threads=blake3.blake3.AUTO) if st.st_size > _THREADED else blake3.blake3()
         own = digest.hasher() if deep or fingerprint is None else None
         buf = bytearray(_CHUNK)
@@ -170,11 +174,12 @@ def check_file(path: Path, digest: Digest, size: int | None, fingerprint: str | 
             fp.update(chunk)
             if own is not None:
                 own.update(chunk)
-        if fingerprint is not None and fp.hexdigest() != fingerprint:
-            return f"content changed since commit: blake3 {fp.hexdigest()[:16]}..., recorded {fingerprint[:16]}..."
+        actual = fp.hexdigest()
+        if fingerprint is not None and actual != fingerprint:
+            return FileCheck(f"content changed since commit: blake3 {actual[:16]}..., recorded {fingerprint[:16]}...", actual)
         if own is not None and own.hexdigest() != digest.hex:
-            return f"content hashes to {digest.algorithm}:{own.hexdigest()}"
-    return None
+            return FileCheck(f"content hashes to {digest.algorithm}:{own.hexdigest()}", actual)
+    return FileCheck(None, actual)
 
 
 def _check_files(store: Store, snap: gc.Snapshot, users: dict) -> list[Finding]:
@@ -217,14 +222,12 @@ def _repair(store: Store, snap: gc.Snapshot, users: dict, report: Report) -> Non
             bad.add(f.what)
         elif f.kind == "unindexed":
             digest = Digest.parse(f.what)
-            problem = check_file(store.blobs.path(digest), digest, None, None, deep=True)
-            if problem is not None:
-                f.detail += f"; {problem}"
+            checked = check_file(store.blobs.path(digest), digest, None, None, deep=True)  # one read: digest and blake3
+            if checked.problem is not None:
+                f.detail += f"; {checked.problem}"
                 bad.add(f.what)
                 continue
-            with open(store.blobs.path(digest), "rb") as fh:
-                fingerprint = fingerprint_file(fh)
-            reindex.append((digest, snap.files[f.what], _media_type(index, users[f.what], f.what), fingerprint))
+            reindex.append((digest, snap.files[f.what], _media_type(index, users[f.what], f.what), checked.fingerprint))
     affected = sorted({ref for d in bad for ref in users.get(d, ())})
     # a marked ref whose blobs are all present, none of them bad: the mark can go
     complete = [
@@ -275,8 +278,8 @@ def _repair(store: Store, snap: gc.Snapshot, users: dict, report: Report) -> Non
                 f.repaired = "mark cleared" if f.what in complete else f"still needs `cas pull {f.what}`"
     finally:
         remover.close()
-    for entry in snap.ingests:
-        if not entry.active and store.blobs.remove_ingest(entry):
+    for entry in snap.stale_ingests():
+        if store.blobs.remove_ingest(entry):  # False when a download took it up since
             for f in report.findings:
                 if f.kind == "stale-ingest" and f.what == str(entry.path.relative_to(store.root)):
                     f.repaired = "deleted"

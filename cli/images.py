@@ -12,7 +12,13 @@ def images(as_json: options.Json = False) -> None:
     from cas.images import list_images
     from cas.store import Store
 
-    rows = list_images(Store())
+    skipped: list[str] = []
+    rows = list_images(Store(), skipped)
+    if skipped:
+        output.notice(
+            f"warning: skipped {len(skipped)} malformed image record(s): {', '.join(sorted(skipped))}; "
+            "`cas rm` them, then `cas pull` to cache them again"
+        )
     if as_json:
         output.emit_json(rows)
         return

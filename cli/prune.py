@@ -43,9 +43,7 @@ def prune(
     ] = None,
     everything: Annotated[bool, typer.Option("--all", help="Evict every image: empty the store (blobs of running pulls/exports stay).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Print what would go and how many bytes; change nothing.")] = False,
-    lock_timeout: Annotated[
-        float, typer.Option("--lock-timeout", min=0, envvar="CAS_LOCK_TIMEOUT", help="Seconds to wait for running pulls and exports to finish.")
-    ] = 600.0,
+    lock_timeout: options.LockTimeout = 600.0,
     as_json: options.Json = False,
 ) -> None:
     """Remove blobs no kept image needs and stale downloads; evict images by --keep-storage, --older-than or --all."""

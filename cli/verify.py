@@ -14,9 +14,7 @@ def verify(
     repair: Annotated[
         bool, typer.Option("--repair", help="Delete bad blobs, orphans and stale downloads; mark affected images for a re-pull.")
     ] = False,
-    lock_timeout: Annotated[
-        float, typer.Option("--lock-timeout", min=0, envvar="CAS_LOCK_TIMEOUT", help="Seconds to wait for the store lock.")
-    ] = 600.0,
+    lock_timeout: options.LockTimeout = 600.0,
     as_json: options.Json = False,
 ) -> None:
     """Check blob sizes and fingerprints; report corrupt, missing and orphan blobs and stale downloads (exit 1 if any)."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -15,6 +17,9 @@ from cas import gc
 from cas.digest import Digest
 from cas.errors import LockTimeout, NotCached, StoreError
 from cas.store import Store
+from cas.store import blobs as blobs_module
+from cas.usage import usage
+from cas.verify import verify
 from test_lifecycle_support import APP, BASE, OTHER, commit, files_on_disk, indexed, store_three
 
 
@@ -265,3 +270,141 @@ def test_malformed_ref_record_stops_prune(store, three):
         gc.prune(store)
     assert "broken" in info.value.message and "verify --repair" in info.value.hint
     assert len(files_on_disk(store)) > 0
+
+
+def test_prune_reports_as_freed_only_what_it_removed(store, three, monkeypatch):
+    stuck = commit(store, b"cannot be unlinked" * 50, "application/octet-stream")  # 900 bytes
+    goes = commit(store, b"goes" * 25, "application/octet-stream")  # 100 bytes
+    sha = store.blobs.blobs_dir / "sha256"
+    (sha / "stuck-junk").write_bytes(b"j" * 70)
+    (sha / "junk").write_bytes(b"k" * 30)
+    real_unlink = os.unlink
+
+    def unlink(path, *, dir_fd=None):  # what a read-only mount or an immutable file answers
+        if path in (stuck.hex, "stuck-junk"):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_unlink(path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    result = gc.prune(store)
+    assert [d for d, _, _ in result.blobs] == [str(goes)]
+    assert [s.path.name for s in result.strays] == ["junk"]
+    assert result.freed_bytes == 100 + 30
+    freed = result.to_json()["freed"]
+    assert freed["blobs"] == 1 and freed["stray_files"] == 1 and freed["bytes"] == 130
+    assert sorted(result.errors) == [
+        f"could not remove blobs/sha256/{stuck.hex}: Permission denied",
+        "could not remove blobs/sha256/stuck-junk: Permission denied",
+    ]
+    assert store.blobs.has(stuck) and (sha / "stuck-junk").exists()
+    assert str(stuck) not in indexed(store)  # index first: its record went before the unlink failed
+
+    monkeypatch.undo()
+    again = gc.prune(store)  # the leftover is an orphan now; the next prune takes it
+    assert [(d, x) for d, _, x in again.blobs] == [(str(stuck), False)]
+    assert again.freed_bytes == 900 + 70 and not again.errors
+
+
+def test_a_blob_with_only_an_index_record_counts_as_removed(store, three):
+    ghost = commit(store, b"file lost, record kept" * 10, "application/octet-stream")
+    store.blobs.path(ghost).unlink()
+    result = gc.prune(store)
+    assert result.blobs == [(str(ghost), 0, True)] and not result.errors
+    assert str(ghost) not in indexed(store)
+
+
+def test_stray_directory_counts_the_bytes_of_its_contents_without_following_links(store, three, tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "big").write_bytes(b"o" * 10_000)
+    (outside / "sub" / "also").write_bytes(b"o" * 5_000)
+    stray = store.blobs.blobs_dir / "sha256" / "subdir"
+    (stray / "deeper").mkdir(parents=True)
+    (stray / "a").write_bytes(b"a" * 1000)
+    (stray / "deeper" / "b").write_bytes(b"b" * 234)
+    (stray / "link").symlink_to(outside / "big")
+    (stray / "deeper" / "dirlink").symlink_to(outside)
+
+    dry = gc.prune(store, dry_run=True)
+    assert [(s.kind, s.size) for s in dry.strays] == [("directory", 1234)]
+    assert dry.freed_bytes == 1234
+    du = usage(store)
+    assert du["total"]["stray_bytes"] == 1234 and du["reclaimable"]["bytes"] == 1234
+    result = gc.prune(store)
+    assert result.freed_bytes == 1234 and not stray.exists()
+    assert (outside / "big").stat().st_size == 10_000 and (outside / "sub" / "also").exists()
+
+
+def test_prune_walks_the_files_before_its_index_transaction(store, three, monkeypatch):
+    """Under the exclusive store lock files cannot change: the walk must not hold the index's write lock."""
+    commit(store, b"garbage" * 100, "application/octet-stream")
+    with store.blobs.ingest(Digest.parse("sha256:" + "33" * 32), 100) as ing:
+        ing.write(b"partial")
+    database = store.root / "index" / "cache.db"
+    assert database.is_file()
+    seen: list[str] = []
+
+    def index_writable(where: str) -> None:
+        con = sqlite3.connect(database, timeout=0, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")  # what any index writer (cas rm, a pull's lease) starts with
+            con.execute("ROLLBACK")
+            seen.append(f"{where}: writable")
+        except sqlite3.OperationalError as exc:
+            seen.append(f"{where}: {exc}")
+        finally:
+            con.close()
+
+    iter_files, ingests = store.blobs.iter_files, store.blobs.ingests
+
+    def walking_files():
+        index_writable("blobs/ walk")
+        yield from iter_files()
+
+    def walking_ingests():
+        index_writable("ingest/ walk")
+        yield from ingests()
+
+    real_is_locked = blobs_module.is_locked
+
+    def is_locked(path):
+        index_writable("ingest lock test")
+        return real_is_locked(path)
+
+    monkeypatch.setattr(store.blobs, "iter_files", walking_files)
+    monkeypatch.setattr(store.blobs, "ingests", walking_ingests)
+    monkeypatch.setattr(blobs_module, "is_locked", is_locked)
+    result = gc.prune(store, gc.Policy(everything=True))
+    assert seen == ["blobs/ walk: writable", "ingest/ walk: writable", "ingest lock test: writable"]
+    assert len(result.images) == 3 and len(result.ingests) == 1
+    assert files_on_disk(store) == set() and indexed(store) == set()
+
+
+def test_each_ingest_lock_is_tested_once_per_command(store, three, monkeypatch):
+    for n in (1, 2, 3):
+        with store.blobs.ingest(Digest.parse("sha256:" + f"{n}{n}" * 32), 100) as ing:
+            ing.write(b"stale")
+    real_is_locked = blobs_module.is_locked
+    tested: list[str] = []
+
+    def is_locked(path):
+        tested.append(path.parent.name)
+        return real_is_locked(path)
+
+    monkeypatch.setattr(blobs_module, "is_locked", is_locked)
+    with store.blobs.ingest(Digest.parse("sha256:" + "44" * 32), 100) as running:
+        running.write(b"in progress")
+        entries = sorted(p.name for p in store.blobs.ingest_dir.iterdir())
+        assert len(entries) == 4
+        for command in (
+            lambda: usage(store),
+            lambda: gc.prune(store, dry_run=True),
+            lambda: verify(store),
+            lambda: verify(store, repair=True),
+        ):
+            tested.clear()
+            command()
+            assert sorted(tested) == entries
+        tested.clear()
+        result = gc.prune(store)
+        assert tested == [f"sha256-{'44' * 32}"] and result.ingests == []

@@ -193,3 +193,31 @@ def test_store_is_an_oci_layout_skopeo_copies_from(name, cas, cas_home, registry
         assert (out / "blobs" / "sha256" / digest[7:]).read_bytes() == blob_path(cas_home, digest).read_bytes()
     gone = skopeo.run("copy", f"oci:{cas_home / 'v1'}:{others[0]}", f"oci:{tmp_path / 'nope'}:x", check=False)
     assert gone.returncode != 0
+
+
+@pytest.mark.parametrize("what", ["manifest", "config"])
+def test_inspect_after_repair_removed_the_manifest_or_config_says_to_pull(what, cas, cas_home, registry, test_images):
+    base = test_images.ref(registry, "base")
+    cas("pull", base)
+    victim = test_images.base.digest if what == "manifest" else test_images.base.config_blob.digest
+    flip_byte(blob_path(cas_home, victim), 10)
+    repaired = as_json(cas("verify", "--repair", "--json", check=False))
+    assert [(f["kind"], f["what"]) for f in repaired["findings"]] == [("corrupt", victim)]
+    assert not blob_path(cas_home, victim).exists()
+
+    gone = cas("inspect", base, check=False)
+    assert gone.returncode == 1 and gone.stdout == ""
+    assert "Traceback" not in gone.stderr
+    assert gone.stderr.splitlines() == [
+        f"error: {base} needs a pull: its {what} {victim} was removed by `cas verify --repair`",
+        f"hint: run `cas pull {base}`",
+    ]
+    assert cas("inspect", base, "--json", check=False).returncode == 1
+
+    registry.mark()
+    cas("pull", base)
+    assert [r.reference for r in registry.blob_gets()] == ([victim] if what == "config" else [])
+    info = as_json(cas("inspect", base, "--json"))
+    assert info["manifest"] == test_images.base.digest
+    assert info["config"]["digest"] == test_images.base.config_blob.digest
+    assert [layer["digest"] for layer in info["layers"]] == [layer.digest for layer in test_images.base.layers]

@@ -210,3 +210,51 @@ def test_cli_verify_exit_codes_and_json(store, two):
     assert f"cas pull {APP}" in fixed.stdout
     still = cli("--json")
     assert json.loads(still.stdout)["counts"] == {"missing": 1, "needs-pull": 1}
+
+
+def test_repair_reads_an_unindexed_blob_once_and_records_its_blake3(store, two, monkeypatch):
+    import builtins
+
+    import blake3
+
+    config = Digest.parse(two[APP]["config"])
+    path = store.blobs.path(config)
+    store.index.remove_blob(config)
+    opened: list[str] = []
+    real_os_open, real_open = os.open, builtins.open
+
+    def is_victim(file) -> bool:
+        return isinstance(file, (str, os.PathLike)) and os.fspath(file) == str(path)
+
+    def os_open(file, flags, mode=0o777, *, dir_fd=None):
+        if is_victim(file):
+            opened.append("os.open")
+        return real_os_open(file, flags, mode, dir_fd=dir_fd)
+
+    def open_(file, *args, **kwargs):
+        if is_victim(file):
+            opened.append("open")
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(builtins, "open", open_)
+    repaired = verify(store, repair=True)
+    monkeypatch.undo()
+    assert kinds(repaired) == [("unindexed", str(config))]
+    assert repaired.findings[0].repaired == "content verified and re-indexed"
+    assert len(opened) == 1, f"the blob was read {len(opened)} times: {opened}"
+    record = store.index.get_blob(config)
+    assert record["blake3"] == blake3.blake3(path.read_bytes()).hexdigest()
+    assert record["size"] == path.stat().st_size
+    assert verify(store, deep=True).ok
+
+
+def test_repair_deletes_an_unindexed_blob_whose_content_is_not_its_name(store, two):
+    config = Digest.parse(two[APP]["config"])
+    store.index.remove_blob(config)
+    flip_byte(store.blobs.path(config), 5)
+    repaired = verify(store, repair=True)
+    assert kinds(repaired) == [("unindexed", str(config))]
+    assert "content hashes to sha256:" in repaired.findings[0].detail
+    assert repaired.findings[0].repaired.startswith("deleted") and repaired.needs_pull == [APP]
+    assert not store.blobs.has(config) and store.index.get_blob(config) is None
