@@ -24,7 +24,8 @@ line, then ``hint`` when there is one, and exits with ``exit_code``.
     │   ├── LockTimeout
     │   └── NotCached           an image that was never pulled
     ├── MissingBlobs            an export whose blobs are not all in the store
-    └── Interrupted             Ctrl-C or SIGTERM; exit code 130
+    ├── Interrupted             Ctrl-C or SIGTERM; exit code 130
+    └── (cas.export) UsageError (exit 2), OutputError: export arguments, export destination
 
 This module imports nothing from cas so every other module can use it.
 """

@@ -31,13 +31,26 @@ def _sqlite_errors(path: Path) -> Iterator[None]:
     """A full disk or a damaged database becomes one readable error, not a sqlite3 traceback."""
     try:
         yield
+    except diskcache.Timeout as exc:
+        raise StoreError(
+            f"the cas index at {path} stayed locked by another process for too long",
+            hint="another cas command holds it (a long prune?); run this again when it is done",
+        ) from exc
     except sqlite3.Error as exc:
-        if "full" in str(exc):
+        if "full" in str(exc) or _nearly_full(path):  # sqlite may say only "disk I/O error"
             raise DiskFull(f"no space left on device for the cas index at {path}", hint="free disk space or run `cas prune`") from exc
         raise StoreError(
             f"the cas index at {path} cannot be used: {exc}",
             hint="check free space and permissions of CAS_HOME; `cas verify` reports damage",
         ) from exc
+
+
+def _nearly_full(path: Path) -> bool:
+    try:
+        stats = os.statvfs(path if path.exists() else path.parent)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < (1 << 20)
 
 
 def _guarded(method: _F) -> _F:

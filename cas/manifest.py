@@ -49,6 +49,16 @@ class Platform:
         return cls(*_normalize(parts[0], parts[1], parts[2] if len(parts) == 3 else None))
 
     @classmethod
+    def from_json(cls, obj: object) -> Platform | None:
+        """The platform of an index entry or an image config; None when it names none."""
+        if not isinstance(obj, dict):
+            return None
+        os_, arch, variant = obj.get("os"), obj.get("architecture"), obj.get("variant")
+        if not (isinstance(os_, str) and os_ and isinstance(arch, str) and arch):
+            return None
+        return cls(*_normalize(os_, arch, variant if isinstance(variant, str) and variant else None))
+
+    @classmethod
     def host(cls) -> Platform:
         machine = _host.machine().lower()
         arch, variant = _HOST_ARCH.get(machine, (machine, None))
@@ -101,10 +111,7 @@ class Descriptor:
             digest = Digest.parse(obj.get("digest"))
         except BadDigest as exc:
             raise ManifestError(f"broken manifest: {what}: {exc.message}") from exc
-        plat = obj.get("platform")
-        parsed_platform = None
-        if isinstance(plat, dict) and plat.get("os") and plat.get("architecture"):
-            parsed_platform = Platform(*_normalize(str(plat["os"]), str(plat["architecture"]), plat.get("variant")))
+        parsed_platform = Platform.from_json(obj.get("platform"))
         annotations = obj.get("annotations") if isinstance(obj.get("annotations"), dict) else {}
         return cls(str(obj.get("mediaType", "")), digest, size, parsed_platform, annotations)
 

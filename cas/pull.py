@@ -21,7 +21,7 @@ from cas.digest import Digest, fingerprint_file, of_bytes
 from cas.errors import CasError, ManifestError, UnsupportedManifest
 from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
 from cas.reference import Reference
-from cas.store import DEFAULT_LOCK_TIMEOUT, Store
+from cas.store import DEFAULT_LOCK_TIMEOUT, BlobInfo, Store
 
 if TYPE_CHECKING:
     from cas.index import Lease
@@ -187,18 +187,16 @@ class _Session:
     def _save(self, record: dict) -> dict:
         """Record the ref, now that every blob it lists is committed."""
         record["pulled"] = record["used"] = time.time()
-        with self.store.index.transact():
-            previous = self.store.index.get_ref(record["ref"])
-            self.store.index.put_ref(record["ref"], record)
-        if previous is None or previous["manifest"] != record["manifest"]:
-            self.store.write_layout_index()  # index.json names each ref's manifest; only a new one changes it
+        self.store.index.put_ref(record["ref"], record)
+        if not self.store.layout_lists(record):  # a new manifest, or index.json left stale by a crash
+            self.store.write_layout_index()
         return record
 
     def _resolve_top(self) -> tuple[Digest, str, ImageIndex | ImageManifest]:
         if self.ref.digest is not None:
             data, media_type = self._manifest_by_digest(self.ref.digest)
             return self.ref.digest, media_type, mf.parse(data, media_type)
-        fetched = self.client.get_manifest(self.ref.repository, self.ref.tag or "latest")
+        fetched = self.client.get_manifest(self.ref.repository, self.ref.tag)
         self.result.manifest_requests += 1
         parsed = mf.parse(fetched.data, fetched.media_type)
         self._commit_manifest(fetched.digest, fetched.data, fetched.media_type)
@@ -218,9 +216,11 @@ class _Session:
 
     def _commit_manifest(self, digest: Digest, data: bytes, media_type: str) -> None:
         self.lease.add([digest])
-        info = self.store.blobs.put(digest, data)
-        if info is not None:
-            self.store.index.put_blob(digest, size=info.size, media_type=media_type, fingerprint=info.fingerprint)
+        self.store.blobs.put(digest, data, on_commit=lambda info: self._record_blob(info, media_type))
+
+    def _record_blob(self, info: BlobInfo, media_type: str) -> None:
+        """Step 5 of the commit protocol, done while the digest is still locked."""
+        self.store.index.put_blob(info.digest, size=info.size, media_type=media_type, fingerprint=info.fingerprint)
 
     def _download(self, missing: list[Descriptor]) -> None:
         if not missing:
@@ -249,9 +249,13 @@ class _Session:
     def _fetch_blob(self, desc: Descriptor, cancelled: threading.Event) -> None:
         observer = self.options.observer
 
+        received = 0  # bytes that crossed the network for this blob (not a resumed prefix)
+
         def on_bytes(n: int) -> None:
+            nonlocal received
             if cancelled.is_set():
                 raise _Cancelled()
+            received += max(n, 0)
             observer.blob_bytes(desc.digest, n)
 
         with self.store.blobs.ingest(desc.digest, desc.size, on_wait=observer.waiting) as ing:
@@ -263,9 +267,8 @@ class _Session:
             if ing.offset:
                 observer.blob_bytes(desc.digest, ing.offset)
             self.client.download_blob(self.ref.repository, desc.digest, ing, on_bytes)
-            info = ing.commit()
-        self.store.index.put_blob(desc.digest, size=info.size, media_type=desc.media_type, fingerprint=info.fingerprint)
-        self._count(downloaded=desc)
+            self._record_blob(ing.commit(), desc.media_type)
+        self._count(downloaded=desc, received=received)
         observer.blob_done(desc.digest, True)
 
     def _ensure_blob_record(self, desc: Descriptor) -> None:
@@ -277,11 +280,11 @@ class _Session:
 
     _count_lock = threading.Lock()
 
-    def _count(self, *, downloaded: Descriptor | None = None, reused: Descriptor | None = None) -> None:
+    def _count(self, *, downloaded: Descriptor | None = None, received: int = 0, reused: Descriptor | None = None) -> None:
         with self._count_lock:
             if downloaded is not None:
                 self.result.downloaded_blobs += 1
-                self.result.downloaded_bytes += downloaded.size
+                self.result.downloaded_bytes += received
             if reused is not None:
                 self.result.reused_blobs += 1
                 self.result.reused_bytes += reused.size
@@ -308,9 +311,8 @@ def _platform_of_config(data: bytes) -> str | None:
         config = json.loads(data)
     except ValueError as exc:
         raise ManifestError(f"broken image config: not valid JSON ({exc})") from exc
-    if not isinstance(config, dict) or not config.get("os") or not config.get("architecture"):
-        return None
-    return str(Platform(str(config["os"]), str(config["architecture"]), config.get("variant")))
+    platform = Platform.from_json(config)
+    return str(platform) if platform is not None else None
 
 
 def _unique(descs: list[Descriptor]) -> list[Descriptor]:

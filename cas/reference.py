@@ -17,7 +17,7 @@ DOCKER_HUB_API = "registry-1.docker.io"
 DEFAULT_TAG = "latest"
 
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 _HOST_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = re.compile(rf"(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?")
 _MAX_NAME = 255
@@ -39,11 +39,6 @@ class Reference:
         """The host that serves the Distribution API for this registry."""
         return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
 
-    @property
-    def is_loopback(self) -> bool:
-        host = self.registry.rsplit(":", 1)[0] if not self.registry.endswith("]") else self.registry
-        return host in ("localhost", "[::1]") or host.startswith("127.")
-
     def __str__(self) -> str:
         text = self.name
         if self.tag is not None:
@@ -61,9 +56,6 @@ class Reference:
         if self.tag is not None:
             return f"{name}:{self.tag}"
         return f"{name}@{self.digest}"
-
-    def with_digest(self, digest: Digest) -> Reference:
-        return Reference(self.registry, self.repository, self.tag, digest)
 
 
 def parse(text: str) -> Reference:

@@ -19,7 +19,7 @@ Jobs = Annotated[int, typer.Option("--jobs", "-j", min=1, max=32, envvar="CAS_JO
 Username = Annotated[Optional[str], typer.Option("--username", "-u", help="Registry user name (else ~/.docker/config.json).")]
 PasswordStdin = Annotated[bool, typer.Option("--password-stdin", help="Read the registry password or token from stdin.")]
 LockTimeout = Annotated[
-    float, typer.Option("--lock-timeout", min=0, envvar="CAS_LOCK_TIMEOUT", help="Seconds to wait for a prune holding the store.")
+    float, typer.Option("--lock-timeout", min=0, envvar="CAS_LOCK_TIMEOUT", help="Seconds to wait for the store lock (pulls and exports share it; prune and verify --repair need it alone).")
 ]
 
 

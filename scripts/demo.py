@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,7 +44,10 @@ def main() -> int:
         step("pull", app, env=env)
         step("export", app, "-o", str(args.out), env=env)
     check = work / "check"
-    subprocess.run([require("skopeo", "skopeo"), "--insecure-policy", "copy", "-q", f"docker-archive:{args.out}", f"oci:{check}"], check=True)
+    try:
+        subprocess.run([require("skopeo", "skopeo"), "--insecure-policy", "copy", "-q", f"docker-archive:{args.out}", f"oci:{check}"], check=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     print(f"\n{args.out}: {args.out.stat().st_size} bytes; skopeo read every layer of it back. "
           f"Load it with `docker load -i {args.out}`.")
     return 0

@@ -54,3 +54,21 @@ def test_quiet_pull_prints_nothing_and_json_is_only_json(cas, registry, test_ima
     as_json = cas("pull", "--json", ref)
     assert as_json.stderr == ""
     assert json.loads(as_json.stdout)[0]["reused_blobs"] == 3
+
+
+def test_a_read_only_or_misplaced_store_is_a_one_line_error(cas, cas_home, tmp_path):
+    cas("images")  # creates the store
+    subprocess.run(["mount", "--bind", str(cas_home), str(cas_home)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(cas_home)], check=True)
+        for args in (["images"], ["pull", "127.0.0.1:9/x"], ["export", "x", "-o", str(tmp_path / "x.tar")], ["prune"]):
+            proc = cas(*args, check=False)
+            assert proc.returncode == 1, (args, proc.stderr)
+            assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr, (args, proc.stderr)
+            assert "hint: check" in proc.stderr
+    finally:
+        subprocess.run(["umount", str(cas_home)], check=True)
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    proc = cas("images", env={"CAS_HOME": str(not_a_dir)}, check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: cannot use the store") and "Not a directory" in proc.stderr

@@ -91,3 +91,27 @@ def test_unknown_media_type_is_an_error():
 def test_platform_parse_rejects_garbage():
     with pytest.raises(ManifestError):
         mf.Platform.parse("linux")
+
+
+@pytest.mark.parametrize(
+    "obj, expected",
+    [
+        ({"os": "linux", "architecture": "arm64"}, "linux/arm64/v8"),  # the same as an index entry says
+        ({"os": "linux", "architecture": "amd64", "variant": 7}, "linux/amd64"),  # junk variant ignored
+        ({"os": "linux", "architecture": ["amd64"]}, None),
+        ({"os": "", "architecture": "amd64"}, None),
+        ("linux/amd64", None),
+    ],
+)
+def test_platform_from_json_is_normalized_and_never_trusts_types(obj, expected):
+    platform = mf.Platform.from_json(obj)
+    assert (str(platform) if platform else None) == expected
+
+
+def test_index_entry_with_a_junk_variant_still_selects_and_lists():
+    doc = json.loads(_index())
+    doc["manifests"][0]["platform"]["variant"] = 7
+    index = mf.parse(json.dumps(doc).encode(), mf.OCI_INDEX)
+    with pytest.raises(PlatformNotFound) as info:
+        index.select(mf.Platform.parse("windows/amd64"))
+    assert "linux/amd64" in info.value.message

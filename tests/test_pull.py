@@ -142,12 +142,15 @@ def test_sigkill_mid_blob_then_the_next_pull_resumes_and_completes(cas, cas_home
     victim.wait()
     kept = partial_bytes()
     assert kept > 0
+    committed = sum(b.size for b in test_images.base.blobs if (cas_home / "v1" / "blobs" / "sha256" / b.digest[7:]).exists())
     _store_is_sound(cas_home)
     assert json.loads(cas("images", "--json").stdout) == []
 
     proxy.throttle(None)
     mark = len(proxy.requests)
-    cas("pull", ref)
+    resumed = json.loads(cas("pull", "--json", ref).stdout)[0]
+    blob_bytes = test_images.base.size - test_images.base.manifest_blob.size
+    assert resumed["downloaded_bytes"] == blob_bytes - kept - committed  # nothing the victim got is fetched again
     ranged = [r for r in proxy.requests[mark:] if "range" in r.headers]
     assert ranged and ranged[0].status == 206, "the partial blob was not resumed with a Range request"
     assert len(_store_is_sound(cas_home)) == len(test_images.base.digests)
@@ -188,8 +191,10 @@ def test_retries_429_and_5xx_then_succeeds(cas, proxy, registry, test_images):
 def test_dropped_connection_resumes_with_range(cas, cas_home, proxy, registry, test_images):
     test_images.push(registry)
     proxy.drop_after(400_000, times=None)  # every blob response is cut after 400 kB: the ~1 MB layer needs 3 resumes
-    cas("pull", f"{proxy.host}/base:latest")
+    out = json.loads(cas("pull", "--json", f"{proxy.host}/base:latest").stdout)[0]
     assert sum(r.fault == "drop" for r in proxy.requests) == 2
+    blob_bytes = test_images.base.size - test_images.base.manifest_blob.size
+    assert out["downloaded_bytes"] == blob_bytes == proxy.bytes_sent("blob")  # each byte fetched once
     assert any("range" in r.headers and r.status == 206 for r in proxy.requests)
     assert len(_store_is_sound(cas_home)) == len(test_images.base.digests)
 
@@ -292,3 +297,15 @@ def test_docker_media_images_are_readable_from_the_store_as_oci(name, cas, cas_h
         exported = json.load(tar.extractfile("index.json"))["manifests"]
         assert [m["digest"] for m in exported] == [image.digest]
         assert f"blobs/sha256/{entry['digest'][7:]}" not in tar.getnames()
+
+
+def test_a_stale_index_json_is_mended_by_the_next_pull(cas, cas_home, registry, test_images):
+    """A pull killed between recording its ref and rewriting index.json must not leave it stale for good."""
+    ref = test_images.ref(registry, "base")
+    cas("pull", ref)
+    layout = cas_home / "v1" / "index.json"
+    layout.chmod(0o644)
+    layout.write_text('{"schemaVersion": 2, "manifests": []}')
+    cas("pull", ref)
+    [entry] = json.loads(layout.read_text())["manifests"]
+    assert entry["annotations"]["org.opencontainers.image.ref.name"] == ref

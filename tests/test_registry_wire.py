@@ -27,6 +27,9 @@ from cas.registry.wire import error_detail, is_loopback, parse_content_range
         ("registry-1.docker.io", False),
         ("localhost.example.com", False),
         ("10.0.0.1:5000", False),
+        ("127.attacker.example", False),  # a name, not an address: TLS like any other
+        ("127.0.0.1.nip.io:5000", False),
+        ("::1", True),  # httpx's URL.host has no brackets
     ],
 )
 def test_is_loopback(host, loopback):

@@ -5,17 +5,30 @@ No I/O and no httpx, so every function here is tested with plain values.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
-
-from cas.reference import Reference
 
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+(?:(\d+)-(\d+)|\*)\s*/\s*(\d+|\*)\s*", re.IGNORECASE)
 
 
 def is_loopback(host: str) -> bool:
-    """``127.x``, ``localhost`` or ``[::1]``, with or without a port."""
-    return Reference(host, "_").is_loopback
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1), with or without a port.
+
+    Decided on the address, never on a name's prefix: ``127.example.com`` is a public
+    host and gets TLS like any other.
+    """
+    name = host
+    if name.startswith("["):  # [::1] or [::1]:5000
+        name = name[1 : name.find("]")] if "]" in name else name
+    elif name.count(":") == 1:  # host:port (a bare IPv6 address has more colons)
+        name = name.rsplit(":", 1)[0]
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def error_detail(body: bytes, limit: int = 300) -> tuple[str | None, str]:

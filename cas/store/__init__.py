@@ -59,6 +59,18 @@ class Store:
     ) -> FileLock:
         return FileLock(self.root / "lock", shared=shared, timeout=timeout, purpose="the cas store", on_wait=on_wait)
 
+    def layout_lists(self, record: dict) -> bool:
+        """Whether index.json already names this ref record's manifest (a crash may have left it stale)."""
+        try:
+            entries = json.loads((self.root / "index.json").read_bytes())["manifests"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        listed = _listed_digest(record)
+        return any(
+            isinstance(e, dict) and e.get("digest") == listed and (e.get("annotations") or {}).get(REF_NAME) == record["ref"]
+            for e in entries
+        )
+
     def write_layout_index(self) -> None:
         """Regenerate index.json from the refs so the store stays a valid OCI image layout.
 
@@ -71,7 +83,7 @@ class Store:
     def _write_layout_index(self) -> None:
         entries = []
         for ref, record in sorted(self.index.refs(), key=lambda item: item[0]):
-            listed = record.get("layout_manifest") or record["manifest"]  # the OCI view of a Docker manifest
+            listed = _listed_digest(record)
             manifest = next((b for b in record["blobs"] if b["digest"] == listed), None)
             if manifest is None:
                 continue
@@ -89,6 +101,11 @@ class Store:
         if self._index is not None:
             self._index.close()
             self._index = None
+
+
+def _listed_digest(record: dict) -> str:
+    """What index.json lists for a ref: its manifest, or the OCI view of a Docker manifest."""
+    return record.get("layout_manifest") or record["manifest"]
 
 
 def _index_json(manifests: list[dict]) -> bytes:

@@ -8,17 +8,15 @@ wants the same digest waits, and a killed download can be resumed.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from cas.digest import ALGORITHMS, Digest, StreamVerifier
+from cas.digest import Digest, StreamVerifier
 from cas.errors import BadDigest, IntegrityError, SizeMismatch
-from cas.store.fs import OverlappedWriter, atomic_write, fsync_dir, storage_errors
+from cas.store.fs import OverlappedWriter, fsync_dir, storage_errors
 from cas.store.locks import FileLock, is_locked
 
 
@@ -37,10 +35,11 @@ class IngestEntry:
     digest: Digest
     partial: int
     started: float
+    is_link: bool = False  # a symlink planted in ingest/: removed as a link, never entered
 
     @property
     def active(self) -> bool:
-        return is_locked(self.path / "lock")
+        return not self.is_link and is_locked(self.path / "lock")
 
 
 class BlobStore:
@@ -71,8 +70,12 @@ class BlobStore:
     def ingest(self, digest: Digest, size: int | None, on_wait: Callable[[str], None] | None = None) -> Ingest:
         return Ingest(self, digest, size, on_wait)
 
-    def put(self, digest: Digest, data: bytes) -> BlobInfo | None:
-        """Verify and commit small content (manifests). None when it was already there."""
+    def put(self, digest: Digest, data: bytes, on_commit: Callable[[BlobInfo], None] | None = None) -> BlobInfo | None:
+        """Verify and commit small content (manifests). None when it was already there.
+
+        ``on_commit`` runs while the digest is still locked (to record the blob in the
+        index before any waiter sees it).
+        """
         if self.has(digest, len(data)):  # blobs are visible only once complete: no ingest entry needed
             return None
         with self.ingest(digest, len(data)) as ing:
@@ -80,7 +83,10 @@ class BlobStore:
                 return None
             ing.restart()
             ing.write(data)
-            return ing.commit()
+            info = ing.commit()
+            if on_commit is not None:
+                on_commit(info)
+            return info
 
     def delete(self, digest: Digest) -> bool:
         try:
@@ -120,12 +126,24 @@ class BlobStore:
                 digest = Digest(alg, hexpart)
             except BadDigest:
                 continue
-            data = path / "data"
-            partial = data.stat().st_size if data.exists() else 0
-            yield IngestEntry(path, digest, partial, entry.stat(follow_symlinks=False).st_mtime)
+            try:  # a pull may commit and remove its entry while we look at it
+                started = entry.stat(follow_symlinks=False).st_mtime
+                if entry.is_symlink():
+                    yield IngestEntry(path, digest, 0, started, is_link=True)
+                    continue
+                try:
+                    partial = (path / "data").lstat().st_size
+                except FileNotFoundError:
+                    partial = 0
+            except FileNotFoundError:
+                continue
+            yield IngestEntry(path, digest, partial, started)
 
     def remove_ingest(self, entry: IngestEntry) -> bool:
         """Remove an abandoned ingest entry; False when a process is still writing it."""
+        if entry.is_link:
+            _remove_tree(entry.path)  # unlinks the link itself
+            return True
         lock = FileLock(entry.path / "lock", timeout=0, purpose=f"ingest of {entry.digest}")
         try:
             lock.acquire()
@@ -148,8 +166,6 @@ class Ingest:
     """
 
     def __init__(self, store: BlobStore, digest: Digest, size: int | None, on_wait: Callable[[str], None] | None) -> None:
-        if digest.algorithm not in ALGORITHMS:
-            raise BadDigest(f"unsupported digest algorithm {digest.algorithm}")
         self.store = store
         self.digest = digest
         self.size = size
@@ -168,15 +184,16 @@ class Ingest:
     def __enter__(self) -> Ingest:
         with storage_errors(f"ingest of {self.digest}"):
             self._lock.acquire()
-            if self.store.has(self.digest, self.size):
-                self.committed = True
-                return self
-            meta = self.dir / "meta.json"
-            if not meta.exists():
-                atomic_write(meta, json.dumps({"digest": str(self.digest), "size": self.size, "started": time.time(), "pid": os.getpid()}).encode())
-            self._file = open(self.dir / "data", "ab+")
-            self._resume()
-            self._writer = OverlappedWriter(self._file)
+            try:
+                if self.store.has(self.digest, self.size):
+                    self.committed = True
+                    return self
+                self._file = open(self.dir / "data", "ab+")
+                self._resume()
+                self._writer = OverlappedWriter(self._file)
+            except BaseException:  # Ctrl-C while re-hashing a large partial, a full disk...
+                self.__exit__(None, None, None)
+                raise
         return self
 
     def _resume(self) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from cas.errors import LockTimeout
+from cas.store.fs import storage_errors
 
 _POLL = 0.05
 
@@ -39,11 +40,12 @@ class FileLock:
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         announced = False
         while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except FileNotFoundError:  # its directory was removed by the previous holder
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                continue
+            with storage_errors(f"the lock {self.path}"):
+                try:
+                    fd = self._open()
+                except FileNotFoundError:  # its directory was removed by the previous holder
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    continue
             try:
                 fcntl.flock(fd, mode | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -71,6 +73,15 @@ class FileLock:
                 return
             os.close(fd)
 
+    def _open(self) -> int:
+        """A shared lock needs no write access, so an export can read a read-only store."""
+        if self.shared:
+            try:
+                return os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                pass
+        return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -87,8 +98,10 @@ class FileLock:
 def is_locked(path: Path) -> bool:
     """True when some process holds any lock on ``path`` right now."""
     try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:  # a symlink, or no permission: not a lock of ours in use
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
