@@ -275,3 +275,137 @@ def test_export_path_imports_no_http_client(cas_home, registry, test_images, cas
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def _push_sha512_image(registry, repository: str, tag: str) -> dict:
+    """An OCI image whose config and layer are named by sha512 digests (the manifest's own
+    digest is the registry's sha256); returns {"config", "layers", "manifest"} digests."""
+    import hashlib
+
+    from support import auth
+    from support import images as im
+
+    layer = im.layer({"hello.txt": b"hello from sha512\n"})
+    config = im.canonical_json({
+        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/hello.txt"]},
+        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
+    })
+
+    def sha512(data: bytes) -> str:
+        return "sha512:" + hashlib.sha512(data).hexdigest()
+
+    manifest = im.Blob(im.canonical_json({
+        "schemaVersion": 2, "mediaType": im.OCI_MANIFEST,
+        "config": {"mediaType": im.OCI_CONFIG, "digest": sha512(config), "size": len(config)},
+        "layers": [{"mediaType": im.MEDIA["oci"]["gzip"], "digest": sha512(layer.data), "size": layer.size}],
+    }), im.OCI_MANIFEST)
+    with auth.client(registry, push=True) as client:
+        for data in (config, layer.data):
+            start = client.post(f"/v2/{repository}/blobs/uploads/")
+            assert start.status_code == 202, start.text
+            location = start.headers["Location"]
+            location += ("&" if "?" in location else "?") + "digest=" + sha512(data)
+            put = client.put(location, content=data, headers={"Content-Type": "application/octet-stream"})
+            assert put.status_code == 201, put.text
+        im.put_manifest(client, repository, tag, manifest)
+    return {"config": sha512(config), "layers": [sha512(layer.data)], "manifest": manifest.digest, "diff_ids": [layer.diff_id]}
+
+
+def test_sha512_image_exports_and_loads(cas, registry, skopeo, clean_dockerd, tmp_path):
+    ref = f"{registry.host}/sha512app:1"
+    pushed = _push_sha512_image(registry, "sha512app", "1")
+    cas("pull", ref)
+    blobs = {f"blobs/sha512/{d[7:]}" for d in (pushed["config"], *pushed["layers"])}
+    assert all(len(name) > 100 for name in blobs)
+
+    for fmt in ("docker-archive", "oci-archive"):
+        archive = tmp_path / f"{fmt}.tar"
+        result = cas("export", "--format", fmt, ref, "-o", archive, check=False)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        assert _blob_names(archive) == blobs | {f"blobs/sha256/{pushed['manifest'][7:]}"}
+        listed = subprocess.run(["tar", "-tf", str(archive)], capture_output=True, text=True, check=True).stdout.split()
+        assert blobs <= set(listed)  # GNU tar reads the PAX path records too
+    docker_archive = tmp_path / "docker-archive.tar"
+    assert _tar_json(docker_archive, "manifest.json")[0]["Layers"] == [f"blobs/sha512/{d[7:]}" for d in pushed["layers"]]
+
+    # skopeo 1.9 reads sha512 blobs from a docker-archive (it hashes them itself) but from no
+    # OCI source at all, not even a plain oci: directory; the oci-archive is checked by tar above.
+    skopeo.copy(f"docker-archive:{docker_archive}", f"oci:{tmp_path / 'from-docker-archive'}:x")
+    assert f"Loaded image: {ref}" in clean_dockerd.load(docker_archive).stdout
+    assert clean_dockerd.image_inspect(ref)["RootFS"]["Layers"] == pushed["diff_ids"]
+
+
+def test_both_tags_of_one_manifest_are_kept_by_prune_after_an_export(cas, cas_home, registry, test_images, tmp_path):
+    from support import auth
+    from support import images as im
+
+    from cas.store import Store
+
+    im.push(registry, "twotags", "1", test_images.app)
+    with auth.client(registry, push=True) as client:
+        im.put_manifest(client, "twotags", "latest", test_images.app.manifest_blob)
+    one, latest = f"{registry.host}/twotags:1", f"{registry.host}/twotags:latest"
+    cas("pull", one, latest)
+    store = Store(cas_home)
+    try:
+        for ref in (one, latest):  # both pulled long ago, never used since
+            store.index.put_ref(ref, dict(store.index.get_ref(ref), pulled=1000.0, used=1000.0))
+    finally:
+        store.close()
+
+    cas("export", one, latest, "-o", tmp_path / "app.tar")
+    cas("prune", "--older-than", "1h")
+    listed = [row["ref"] for row in json.loads(cas("images", "--json").stdout)]
+    assert sorted(listed) == sorted([one, latest])  # the export used both names
+
+
+def _plant_symlink(cas_home: Path, digest: str, outside: Path) -> None:
+    path = _store_blob(cas_home, digest)
+    outside.write_bytes(b"S" * path.stat().st_size)  # same size: the completeness check passes
+    path.unlink()
+    path.symlink_to(outside)
+
+
+def test_a_symlink_in_the_store_fails_export_with_one_error(cas, cas_home, registry, test_images, tmp_path):
+    app = test_images.ref(registry, "app")
+    cas("pull", app)
+    layer = test_images.app.layers[3].digest  # app's own, 120 KB
+    _plant_symlink(cas_home, layer, tmp_path / "secret")
+    out = tmp_path / "out"
+    out.mkdir()
+    for fmt in ("docker-archive", "oci-archive", "oci-dir"):
+        failed = cas("export", "--format", fmt, app, "-o", out / "app", check=False)
+        assert failed.returncode == 1, failed.stderr
+        assert "Traceback" not in failed.stderr
+        lines = failed.stderr.splitlines()
+        assert lines[0].startswith("error: refusing to export from the store: ") and layer[7:] in lines[0]
+        assert "is a symlink; it was not followed" in lines[0]
+        assert lines[1].startswith("hint: run `cas verify --repair`")
+        assert os.listdir(out) == []
+    streamed = cas("export", app, "-o", "-", check=False, text=False)
+    secret = (tmp_path / "secret").read_bytes()
+    assert streamed.returncode == 1 and secret not in streamed.stdout  # the outside bytes never went out
+
+
+def test_pull_flag_plans_once_and_again_only_after_a_pull(cas_home, registry, test_images, tmp_path, monkeypatch):
+    import cas.export
+    from cas.export import ExportOptions, export
+    from cas.reference import parse
+    from cas.store import Store
+
+    ref = parse(test_images.ref(registry, "base"))
+    plans = []
+    real_plan = cas.export.plan
+    monkeypatch.setattr(cas.export, "plan", lambda *a, **k: plans.append([str(r) for r in a[1]]) or real_plan(*a, **k))
+    store = Store(cas_home)
+    try:
+        first = export(store, [ref], tmp_path / "first.tar", ExportOptions(pull=True))
+        assert first.pulled == [str(ref)]
+        assert plans == [[str(ref)]] * 3  # the check that failed, which ref to pull, the check after the pull
+        plans.clear()
+        registry.mark()
+        second = export(store, [ref], tmp_path / "second.tar", ExportOptions(pull=True))
+        assert second.pulled == [] and plans == [[str(ref)]]  # cached: one check, no pull
+        assert registry.requests() == []
+    finally:
+        store.close()

@@ -42,8 +42,14 @@ def _layer(files: dict[str, bytes]) -> tuple[bytes, str]:
     return gzip.compress(raw, mtime=0), "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
-def put_image(store: Store, ref: str, layers: list[dict[str, bytes]], *, platform: str = "linux/amd64", index: bytes | None = None) -> dict:
-    """Commit an image's blobs and write the ref record a pull would write; return the record."""
+def put_image(
+    store: Store, ref: str, layers: list[dict[str, bytes]], *, platform: str = "linux/amd64", index: bytes | None = None,
+    algorithm: str = "sha256",
+) -> dict:
+    """Commit an image's blobs and write the ref record a pull would write; return the record.
+
+    ``algorithm`` names every blob (manifest, config, layers); diff_ids stay sha256.
+    """
     built = [_layer(files) for files in layers]
     os_, arch = platform.split("/")[:2]
     config = json.dumps({"architecture": arch, "os": os_, "rootfs": {"type": "layers", "diff_ids": [d for _, d in built]}}).encode()
@@ -51,24 +57,24 @@ def put_image(store: Store, ref: str, layers: list[dict[str, bytes]], *, platfor
         {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": str(of_bytes(config)), "size": len(config)},
-            "layers": [{"mediaType": OCI_LAYER, "digest": str(of_bytes(b)), "size": len(b)} for b, _ in built],
+            "config": {"mediaType": OCI_CONFIG, "digest": str(of_bytes(config, algorithm)), "size": len(config)},
+            "layers": [{"mediaType": OCI_LAYER, "digest": str(of_bytes(b, algorithm)), "size": len(b)} for b, _ in built],
         }
     ).encode()
     blobs = [(manifest, OCI_MANIFEST), (config, OCI_CONFIG)] + [(b, OCI_LAYER) for b, _ in built]
     if index is not None:
         blobs.insert(0, (index, "application/vnd.oci.image.index.v1+json"))
     for data, _ in blobs:
-        store.blobs.put(of_bytes(data), data)
+        store.blobs.put(of_bytes(data, algorithm), data)
     record = {
         "ref": ref,
         "registry": ref.split("/")[0],
-        "digest": str(of_bytes(index if index is not None else manifest)),
+        "digest": str(of_bytes(index if index is not None else manifest, algorithm)),
         "media_type": blobs[0][1],
-        "manifest": str(of_bytes(manifest)),
-        "config": str(of_bytes(config)),
+        "manifest": str(of_bytes(manifest, algorithm)),
+        "config": str(of_bytes(config, algorithm)),
         "platform": platform,
-        "blobs": [{"digest": str(of_bytes(d)), "size": len(d), "media_type": m} for d, m in blobs],
+        "blobs": [{"digest": str(of_bytes(d, algorithm)), "size": len(d), "media_type": m} for d, m in blobs],
         "size": sum(len(d) for d, _ in blobs),
         "pulled": 1000.0,
         "used": 1000.0,
@@ -242,7 +248,7 @@ def test_oci_dir_copies_with_one_warning_when_links_fail(store: Store, tmp_path:
 
     rec = put_image(store, APP, APP_LAYERS)
 
-    def cross_device(src, dst):
+    def cross_device(src, dst, **kwargs):  # os.link(src, dst, follow_symlinks=False)
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(os, "link", cross_device)
@@ -356,3 +362,166 @@ def test_the_same_image_named_twice_is_reported_and_written_once(store: Store, o
         export(store, [parse(APP), parse(APP)], out_dir / "x.tar")
     assert info.value.missing == [f"{rec['config']} (config of {APP})"]
     assert info.value.hint.count(APP) == 1
+
+
+@pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive", "oci-dir"])
+def test_sha512_blobs_are_exported_under_their_full_names(store: Store, tmp_path: Path, fmt: str) -> None:
+    import subprocess
+
+    rec = put_image(store, APP, APP_LAYERS, algorithm="sha512")
+    names = {f"blobs/sha512/{b['digest'][7:]}": store.blobs.read(Digest.parse(b["digest"])) for b in rec["blobs"]}
+    assert all(len(name) == 141 for name in names)  # over ustar's 100 bytes
+    target = tmp_path / "out"
+    export(store, [parse(APP)], target, ExportOptions(format=fmt))
+    if fmt == "oci-dir":
+        assert {name: (target / name).read_bytes() for name in names} == names
+        return
+    members = _members(target)
+    assert {name: members[name] for name in names} == names
+    assert not any(name.startswith("blobs/sha256/") for name in members)
+    listed = subprocess.run(["tar", "-tf", str(target)], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert set(names) <= set(listed)
+    if fmt == "docker-archive":
+        entry = json.loads(members["manifest.json"])[0]
+        assert entry["Config"] == f"blobs/sha512/{rec['config'][7:]}"
+        assert entry["Layers"] == [f"blobs/sha512/{b['digest'][7:]}" for b in rec["blobs"][2:]]
+
+
+def test_every_exported_name_of_one_manifest_is_marked_used(store: Store, out_dir: Path) -> None:
+    latest = "127.0.0.1:5000/app:latest"
+    rec = put_image(store, APP, APP_LAYERS)
+    store.index.put_ref(latest, dict(rec, ref=latest))  # app:1.0 and app:latest: one manifest, two records
+    other = put_image(store, BASE, BASE_LAYERS)
+    before = time.time()
+    result = export(store, [parse(APP), parse(latest)], out_dir / "x.tar")
+    assert [image["names"] for image in result.images] == [["127.0.0.1:5000/app:1.0", "127.0.0.1:5000/app:latest"]]
+    assert store.index.get_ref(APP)["used"] >= before
+    assert store.index.get_ref(latest)["used"] >= before  # not only the first name
+    assert store.index.get_ref(BASE)["used"] == other["used"]  # not exported, not used
+
+
+def _plant_symlink(store: Store, digest: str, outside: Path) -> Path:
+    """Replace a blob file by a symlink to a file of the same size outside the store."""
+    path = store.blobs.path(Digest.parse(digest))
+    outside.write_bytes(b"S" * path.stat().st_size)  # same size: the completeness check passes
+    path.unlink()
+    path.symlink_to(outside)
+    return path
+
+
+EXPORTS = [("docker-archive", False), ("oci-archive", False), ("oci-dir", False), ("oci-dir", True)]
+EXPORT_IDS = ["docker-archive", "oci-archive", "oci-dir", "oci-dir-copying"]
+
+
+def _cross_device(monkeypatch) -> None:
+    import errno
+
+    def cross_device(src, dst, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+
+
+@pytest.mark.parametrize(("fmt", "copying"), EXPORTS, ids=EXPORT_IDS)
+def test_a_symlinked_blob_is_never_followed(store: Store, tmp_path: Path, out_dir: Path, monkeypatch, fmt: str, copying: bool) -> None:
+    from cas.errors import StoreError
+
+    rec = put_image(store, APP, APP_LAYERS)
+    planted = _plant_symlink(store, rec["blobs"][-1]["digest"], tmp_path / "secret")
+    if copying:
+        _cross_device(monkeypatch)
+    with pytest.raises(StoreError, match="is a symlink") as info:
+        export(store, [parse(APP)], out_dir / "x", ExportOptions(format=fmt))
+    assert str(planted) in info.value.message and "cas verify --repair" in info.value.hint
+    assert os.listdir(out_dir) == []  # no archive, no layout, no temp file
+    assert store.index.leased_digests() == set()
+    assert store.index.get_ref(APP)["used"] == rec["used"]
+
+
+@pytest.mark.parametrize(("fmt", "copying"), EXPORTS, ids=EXPORT_IDS)
+def test_a_symlinked_algorithm_directory_is_never_followed(store: Store, tmp_path: Path, out_dir: Path, monkeypatch, fmt: str, copying: bool) -> None:
+    from cas.errors import StoreError
+
+    put_image(store, APP, APP_LAYERS)
+    real = store.blobs.blobs_dir / "sha256"
+    outside = tmp_path / "elsewhere"
+    real.rename(outside)
+    real.symlink_to(outside)
+    if copying:
+        _cross_device(monkeypatch)
+    with pytest.raises(StoreError, match="blobs/sha256 is a symlink"):
+        export(store, [parse(APP)], out_dir / "x", ExportOptions(format=fmt))
+    assert os.listdir(out_dir) == []
+
+
+def test_refusals_come_before_any_pull(store: Store, out_dir: Path, monkeypatch) -> None:
+    import cas.export
+
+    def no_pull(*args, **kwargs):
+        raise AssertionError("nothing may be pulled")
+
+    monkeypatch.setattr(cas.export, "_pull_missing", no_pull)
+    never = [parse("127.0.0.1:1/a:1"), parse("127.0.0.1:1/b:1")]
+    with pytest.raises(UsageError, match="--tag renames one image, but 2 references were given"):
+        export(store, never, out_dir / "x.tar", ExportOptions(tag="x:1", pull=True))
+    main, secondary = pty.openpty()
+    try:
+        with pytest.raises(OutputError, match="terminal"):
+            export(store, never[:1], secondary, ExportOptions(pull=True))
+    finally:
+        os.close(main)
+        os.close(secondary)
+    assert os.listdir(out_dir) == []
+
+
+def test_pull_flag_plans_once_when_everything_is_cached(store: Store, out_dir: Path, monkeypatch) -> None:
+    import cas.export
+
+    put_image(store, BASE, BASE_LAYERS)
+    put_image(store, APP, APP_LAYERS)
+    plans, reads = [], []
+    real_plan, real_read = cas.export.plan, store.blobs.read
+    monkeypatch.setattr(cas.export, "plan", lambda *a, **k: plans.append(a[1]) or real_plan(*a, **k))
+    monkeypatch.setattr(store.blobs, "read", lambda digest: reads.append(digest) or real_read(digest))
+    result = export(store, [parse(BASE), parse(APP)], out_dir / "x.tar", ExportOptions(pull=True))
+    assert result.pulled == []
+    assert plans == [[parse(BASE), parse(APP)]]  # one check of both, no per-reference pre-check
+    assert len(reads) == 4  # each manifest and each config, once
+    assert sorted(os.listdir(out_dir)) == ["x.tar"]
+
+
+@pytest.mark.parametrize("copying", [False, True], ids=["linked", "copying"])
+def test_oci_dir_fsyncs_every_file_it_writes_then_its_directories_before_the_rename(
+    store: Store, tmp_path: Path, monkeypatch, copying: bool
+) -> None:
+    rec = put_image(store, APP, APP_LAYERS)
+    if copying:
+        _cross_device(monkeypatch)
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(src, dst) -> None:
+        events.append(("rename", str(dst)))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    target = tmp_path / "layout"
+    result = export(store, [parse(APP)], target, ExportOptions(format="oci-dir"))
+    assert result.linked is not copying
+
+    renamed = events.index(("rename", str(target)))
+    partial = [path for kind, path in events[:renamed] if kind == "fsync" and ".cas-partial" in path]
+    tmp = partial[-1]  # the temp directory itself is fsynced last, just before the rename
+    synced = [os.path.relpath(path, tmp) for path in partial]
+    blobs = [f"blobs/sha256/{b['digest'][7:]}" for b in rec["blobs"]]
+    files = ["oci-layout", "index.json"] + (blobs if copying else [])
+    directories = ["blobs/sha256", "blobs", "."]
+    assert sorted(synced) == sorted(files + directories)
+    assert set(synced[: len(files)]) == set(files)  # every file before any directory
+    assert synced[len(files) :] == directories  # deepest first
+    assert ("fsync", str(tmp_path)) in events[renamed:]  # the parent, after the rename

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import tarfile
 import threading
 from pathlib import Path
@@ -125,3 +126,69 @@ class _Sparse(io.RawIOBase):
         if n < len(buf):
             buf[n:] = bytes(len(buf) - n)
         return len(buf)
+
+
+SHA512_NAME = "blobs/sha512/" + "d" * 128  # 141 bytes: more than ustar's 100
+
+
+def test_long_member_name_gets_a_pax_path_record() -> None:
+    header = tarwriter._header(SHA512_NAME, 1234, 0)
+    assert len(header) == 3 * 512  # pax header, its record block, the ustar header
+    pax = tarfile.TarInfo.frombuf(header[:512], "utf-8", "strict")
+    assert pax.type == tarfile.XHDTYPE
+    record = header[512 : 512 + pax.size]
+    assert record == f"{len(record)} path={SHA512_NAME}\n".encode()
+    info = tarfile.TarInfo.frombuf(header[1024:], "utf-8", "strict")
+    assert (info.name, info.size) == (SHA512_NAME[:100], 1234)  # ustar keeps what fits
+    # short names stay plain ustar, as before
+    assert len(tarwriter._header("blobs/sha256/" + "b" * 64, 1234, 0)) == 512
+
+
+def test_long_name_and_huge_size_share_one_pax_header() -> None:
+    size = 9 * (1 << 30)
+    header = tarwriter._header(SHA512_NAME, size, 0)
+    assert len(header) == 3 * 512
+    tar = tarfile.open(fileobj=_Sparse(io.BytesIO(header), size), mode="r|")
+    first = next(iter(tar))
+    assert (first.name, first.size) == (SHA512_NAME, size)
+
+
+@pytest.mark.parametrize("sendfile", [True, False], ids=["sendfile", "copy-loop"])
+def test_sha512_blob_names_round_trip_through_tarfile_and_gnu_tar(tmp_path: Path, sources: dict[str, Path], sendfile: bool) -> None:
+    files = {**sources, SHA512_NAME: sources["blobs/sha256/" + "0" * 63 + "5"]}
+    out = tmp_path / "out.tar"
+    with open(out, "wb") as fh:
+        writer = TarWriter(fh.fileno())
+        writer.sendfile = sendfile
+        writer.add_bytes("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
+        writer.add_dir("blobs")
+        writer.add_dir("blobs/sha512")  # a directory member between files: check the order below
+        for name, path in files.items():
+            writer.add_file(name, path, path.stat().st_size)
+        writer.add_bytes("index.json", b"{}")
+        writer.close()
+    with tarfile.open(out) as tar:
+        assert tar.getnames() == ["oci-layout", "blobs", "blobs/sha512", *files, "index.json"]
+        assert tar.extractfile(SHA512_NAME).read() == files[SHA512_NAME].read_bytes()
+        assert tar.extractfile("index.json").read() == b"{}"
+    listed = subprocess.run(["tar", "-tf", str(out)], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert listed == ["oci-layout", "blobs/", "blobs/sha512/", *files, "index.json"]
+    extracted = tmp_path / "x"
+    extracted.mkdir()
+    subprocess.run(["tar", "-xf", str(out), "-C", str(extracted)], check=True)
+    assert (extracted / SHA512_NAME).read_bytes() == files[SHA512_NAME].read_bytes()
+
+
+def test_a_symlink_source_is_refused_before_its_header(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"secret" * 100)
+    link = tmp_path / "blob"
+    link.symlink_to(outside)
+    out = tmp_path / "out.tar"
+    with open(out, "wb") as fh:
+        writer = TarWriter(fh.fileno())
+        with pytest.raises(tarwriter.UnsafeSource, match="symlink"):
+            writer.add_file("blobs/sha256/" + "a" * 64, link, 600)
+        with pytest.raises(tarwriter.UnsafeSource, match="not a regular file"):
+            writer.add_file("blobs/sha256/" + "b" * 64, tmp_path, 600)
+    assert out.read_bytes() == b""  # not even a header went out

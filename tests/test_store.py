@@ -98,7 +98,7 @@ def test_linker_falls_back_to_copy_once(tmp_path, monkeypatch):
     warnings = []
     linker = Linker(warnings.append)
 
-    def cross_device(a, b):
+    def cross_device(a, b, **kwargs):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(os, "link", cross_device)

@@ -5,8 +5,11 @@
 
 The completeness check (``plan``) runs under the shared store lock before the
 first byte is written; the exported digests are leased while they are written,
-and each exported ref's "used" time is updated. The network is touched only
-with ``pull=True``, through ``cas.pull`` (imported only then).
+and the "used" time of every exported ref record is updated (each name of an
+image, not only the first). The network is touched only with ``pull=True``,
+through ``cas.pull`` (imported only then), and only when that one check finds
+an image missing or incomplete: then those are pulled and the check runs again.
+Blob files are never read through a symlink.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from cas.errors import MissingBlobs, NotCached, StoreError
 from cas.export import docker_archive, oci
 from cas.export.output import OutputError, archive_output, check_stream, dir_output
 from cas.export.plan import ExportPlan, ImagePlan, UsageError, plan
-from cas.export.tarwriter import TarWriter, TruncatedFile
+from cas.export.tarwriter import TarWriter, TruncatedFile, UnsafeSource
 from cas.manifest import Descriptor, Platform
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
@@ -29,7 +32,6 @@ from cas.store import DEFAULT_LOCK_TIMEOUT, Store
 from cas.store.fs import Linker
 
 FORMATS = ("docker-archive", "oci-archive", "oci-dir")
-STDOUT = 1
 
 __all__ = [
     "FORMATS",
@@ -86,39 +88,21 @@ def export(
     if isinstance(output, int):
         if options.format == "oci-dir":
             raise UsageError("oci-dir writes a directory, not a stream", hint="give -o DIR, or use --format oci-archive")
-        check_stream(output)
+        check_stream(output)  # before any lock, plan or pull; archive_output relies on it
     tag = parse_reference(options.tag) if options.tag is not None else None
-    if tag is not None and len({str(r) for r in references}) > 1:  # plan() checks the images too
-        raise UsageError(
-            f"--tag renames one image, but {len(references)} references were given",
-            hint="export the images one by one, or drop --tag",
-        )
 
     result = ExportResult(output="-" if isinstance(output, int) else str(output), format=options.format)
-    if options.pull:
-        result.pulled = _pull_missing(store, references, options)
-
     with store.lock(shared=True, timeout=options.lock_timeout, on_wait=options.on_wait):
-        checked = plan(store, references, tag=tag, platform=options.platform)
-        if options.on_plan is not None:
-            options.on_plan(checked)
-        blobs = checked.blobs
-        with store.index.lease(b.digest for b in blobs), _store_damage():
-            if options.format == "oci-dir":
-                assert not isinstance(output, int)
-                linker = Linker(options.warn or (lambda message: None))
-                with dir_output(Path(output)) as tmp:
-                    oci.write_dir(tmp, store, checked, linker, options.on_blob)
-                result.linked = not linker.copying
-            else:
-                write = docker_archive.write_archive if options.format == "docker-archive" else oci.write_archive
-                with archive_output(output) as fd:
-                    writer = TarWriter(fd)
-                    write(writer, store, checked, options.on_blob)
-                result.written = writer.written
-                result.sendfile = writer.sendfile
-            store.index.touch_refs(checked.refs)
+        checked = _plan(store, references, tag, options)
+        if checked is not None:
+            _write(store, checked, output, options, result)
+    if checked is None:  # --pull, and an image was missing or incomplete: pull it, then check again
+        result.pulled = _pull_missing(store, references, options)
+        with store.lock(shared=True, timeout=options.lock_timeout, on_wait=options.on_wait):
+            checked = plan(store, references, tag=tag, platform=options.platform)
+            _write(store, checked, output, options, result)
 
+    blobs = checked.blobs
     result.images = [
         {
             "ref": image.ref,
@@ -135,6 +119,37 @@ def export(
     return result
 
 
+def _plan(store: Store, references: Sequence[Reference], tag: Reference | None, options: ExportOptions) -> ExportPlan | None:
+    """The checked plan; None when ``--pull`` may fetch what it found missing."""
+    try:
+        return plan(store, references, tag=tag, platform=options.platform)
+    except (NotCached, MissingBlobs):
+        if options.pull:
+            return None
+        raise
+
+
+def _write(store: Store, checked: ExportPlan, output: Path | int, options: ExportOptions, result: ExportResult) -> None:
+    """Write the checked plan (under the caller's shared store lock) and mark its refs used."""
+    if options.on_plan is not None:
+        options.on_plan(checked)
+    with store.index.lease(b.digest for b in checked.blobs), _store_damage():
+        if options.format == "oci-dir":
+            assert not isinstance(output, int)
+            linker = Linker(options.warn or (lambda message: None))
+            with dir_output(Path(output)) as tmp:
+                oci.write_dir(tmp, store, checked, linker, options.on_blob)
+            result.linked = not linker.copying
+        else:
+            write = docker_archive.write_archive if options.format == "docker-archive" else oci.write_archive
+            with archive_output(output) as fd:
+                writer = TarWriter(fd)
+                write(writer, store, checked, options.on_blob)
+            result.written = writer.written
+            result.sendfile = writer.sendfile
+        store.index.touch_refs(checked.refs)
+
+
 @contextlib.contextmanager
 def _store_damage() -> Iterator[None]:
     try:
@@ -144,10 +159,18 @@ def _store_damage() -> Iterator[None]:
             f"a blob in the store changed while it was exported ({exc})",
             hint="run `cas verify`, then pull the image again; nothing was kept",
         ) from exc
+    except UnsafeSource as exc:
+        raise StoreError(
+            f"refusing to export from the store: {exc}",
+            hint="run `cas verify --repair` (it removes what is not a blob), then pull the image again; nothing was kept",
+        ) from exc
 
 
 def _pull_missing(store: Store, references: Sequence[Reference], options: ExportOptions) -> list[str]:
-    """Pull each reference that is not cached, is incomplete, or is cached for another platform."""
+    """Pull each reference that is not cached, is incomplete, or is cached for another platform.
+
+    Runs only after the check of all references failed, to tell which of them to pull.
+    """
     needed = []
     for reference in references:
         try:

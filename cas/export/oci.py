@@ -6,13 +6,16 @@ multi-platform index: that index names platforms the store does not hold.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from cas.export.plan import ExportPlan, member
-from cas.export.tarwriter import TarWriter
+from cas.export.tarwriter import TarWriter, UnsafeSource
 from cas.manifest import OCI_INDEX, Descriptor
 from cas.store import OCI_LAYOUT, REF_NAME, Store
 from cas.store.fs import Linker
@@ -34,8 +37,9 @@ def index_json(plan: ExportPlan, ref_name: Callable[[str], str]) -> bytes:
 
 def write_blobs(writer: TarWriter, store: Store, blobs: list[Descriptor], on_blob: Callable[[Descriptor], None] | None = None) -> None:
     """``blobs/`` and ``blobs/<alg>/`` directories, then every blob streamed from the store."""
+    algorithms = _algorithms(store, blobs)
     writer.add_dir("blobs")
-    for algorithm in dict.fromkeys(b.digest.algorithm for b in blobs):
+    for algorithm in algorithms:
         writer.add_dir(f"blobs/{algorithm}")
     for blob in blobs:
         writer.add_file(member(blob.digest), store.blobs.path(blob.digest), blob.size)
@@ -54,15 +58,54 @@ def write_archive(writer: TarWriter, store: Store, plan: ExportPlan, on_blob: Ca
 def write_dir(
     target: Path, store: Store, plan: ExportPlan, linker: Linker, on_blob: Callable[[Descriptor], None] | None = None
 ) -> None:
-    """An OCI image layout directory in ``target`` (which exists and is empty); blobs hard-linked from the store."""
-    for algorithm in dict.fromkeys(b.digest.algorithm for b in plan.blobs):
+    """An OCI image layout directory in ``target`` (which exists and is empty); blobs hard-linked from the store.
+
+    Every file written here is fsynced (copies by the linker, ``oci-layout``, ``index.json``);
+    a hard link needs only its directory fsynced, which ``output.dir_output`` does.
+    """
+    for algorithm in _algorithms(store, plan.blobs):
         (target / "blobs" / algorithm).mkdir(parents=True)
     for blob in plan.blobs:
-        linker.link(store.blobs.path(blob.digest), target / member(blob.digest))
+        src, dst = store.blobs.path(blob.digest), target / member(blob.digest)
+        try:
+            linker.link(src, dst)  # never through a symlink: it links the symlink itself, or fails to copy it
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafeSource(f"{src} is a symlink; it was not followed") from exc
+            raise
+        mode = os.lstat(dst).st_mode
+        if stat.S_ISLNK(mode):
+            raise UnsafeSource(f"{src} is a symlink; it was not followed")
+        if not stat.S_ISREG(mode):
+            raise UnsafeSource(f"{src} is not a regular file")
         if on_blob is not None:
             on_blob(blob)
-    (target / "oci-layout").write_bytes(OCI_LAYOUT)
-    (target / "index.json").write_bytes(index_json(plan, lambda full: full))
+    _write_synced(target / "oci-layout", OCI_LAYOUT)
+    _write_synced(target / "index.json", index_json(plan, lambda full: full))
+
+
+def _algorithms(store: Store, blobs: Iterable[Descriptor]) -> list[str]:
+    """The digest algorithms of ``blobs``; each ``blobs/<alg>`` of the store must be a real directory,
+    not a symlink out of the store (the blob files themselves are opened without following one)."""
+    algorithms = list(dict.fromkeys(b.digest.algorithm for b in blobs))
+    for algorithm in algorithms:
+        path = store.blobs.blobs_dir / algorithm
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue  # then its blobs are missing, which the plan has reported
+        if stat.S_ISLNK(mode):
+            raise UnsafeSource(f"{path} is a symlink; it was not followed")
+        if not stat.S_ISDIR(mode):
+            raise UnsafeSource(f"{path} is not a directory")
+    return algorithms
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "xb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _json(obj: object) -> bytes:

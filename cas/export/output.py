@@ -48,10 +48,10 @@ def output_errors(target: Path | str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def archive_output(target: Path | int) -> Iterator[int]:
-    """An fd to write an archive to: the given fd, a device or FIFO opened in place
-    (``-o /dev/null`` must not replace the device node), else a file via ``file_output``."""
+    """An fd to write an archive to: the given fd (the caller has run ``check_stream`` on it),
+    a device or FIFO opened in place (``-o /dev/null`` must not replace the device node),
+    else a file via ``file_output``."""
     if isinstance(target, int):
-        check_stream(target)
         with output_errors("the output stream"):
             yield target
         return
@@ -99,7 +99,9 @@ def file_output(path: Path) -> Iterator[int]:
 def dir_output(path: Path) -> Iterator[Path]:
     """An empty temp directory beside ``path``; renamed to ``path`` when the block succeeds.
 
-    ``path`` may exist only as an empty directory.
+    ``path`` may exist only as an empty directory. The block fsyncs the files it writes
+    (as ``file_output`` does for an archive); then every directory is fsynced, deepest
+    first, before the rename, and the parent after it.
     """
     path = Path(path)
     if path.is_symlink() or (path.exists() and (not path.is_dir() or any(path.iterdir()))):
@@ -111,6 +113,7 @@ def dir_output(path: Path) -> Iterator[Path]:
             yield tmp
             for directory in sorted((p for p in tmp.rglob("*") if p.is_dir()), reverse=True):
                 fsync_dir(directory)
+            fsync_dir(tmp)  # its own entries: oci-layout, index.json, blobs
             os.chmod(tmp, 0o777 & ~_umask())
             os.rename(tmp, path)
             fsync_dir(path.parent)

@@ -42,6 +42,7 @@ class ImagePlan:
     manifest: Descriptor
     config: Descriptor
     layers: tuple[Descriptor, ...]
+    aliases: list[str] = field(default_factory=list)  # other ref records exported as this same image
 
     @property
     def blobs(self) -> tuple[Descriptor, ...]:
@@ -62,12 +63,9 @@ class ExportPlan:
         return list(seen.values())
 
     @property
-    def size(self) -> int:
-        return sum(b.size for b in self.blobs)
-
-    @property
     def refs(self) -> list[str]:
-        return [image.ref for image in self.images]
+        """Every ref record exported (each image's own and its aliases): all of them were used."""
+        return list(dict.fromkeys(ref for image in self.images for ref in (image.ref, *image.aliases)))
 
 
 def plan(
@@ -80,6 +78,11 @@ def plan(
     """Check that every blob of every reference is in the store, and say what to write."""
     if not references:
         raise UsageError("nothing to export", hint="name at least one image: cas export REF... -o FILE")
+    if tag is not None and len({str(r) for r in references}) > 1:  # before any lookup (or --pull)
+        raise UsageError(
+            f"--tag renames one image, but {len(references)} references were given",
+            hint="export the images one by one, or drop --tag",
+        )
     if tag is not None and tag.tag is None:
         raise UsageError(f"--tag {tag} has no tag", hint="give a NAME:TAG, e.g. --tag myapp:1.0")
 
@@ -111,7 +114,12 @@ def plan(
         if ref not in by_ref:
             image, image_missing = _plan_image(store, ref, record)
             missing += image_missing
-            by_ref[ref] = None if image is None else by_manifest.setdefault(image.manifest.digest, image)
+            if image is not None:
+                kept = by_manifest.setdefault(image.manifest.digest, image)
+                if kept is not image:  # another record of the same manifest (app:1 and app:latest)
+                    kept.aliases.append(ref)
+                image = kept
+            by_ref[ref] = image
         image = by_ref[ref]
         name = tag if tag is not None else (reference if reference.tag is not None else None)
         if image is not None and name is not None:
@@ -121,13 +129,7 @@ def plan(
     if missing:
         raise MissingBlobs(missing, [ref for ref, image in by_ref.items() if image is None])
 
-    result = ExportPlan(list(by_manifest.values()))
-    if tag is not None and len(result.images) != 1:
-        raise UsageError(
-            f"--tag renames one image, but {len(result.images)} images are being exported",
-            hint="export the images one by one, or drop --tag",
-        )
-    return result
+    return ExportPlan(list(by_manifest.values()))
 
 
 def lookup(store: Store, reference: Reference) -> tuple[str, dict] | None:

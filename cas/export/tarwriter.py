@@ -1,9 +1,14 @@
 """A minimal tar writer that streams files into an output fd with os.sendfile. Knows no images.
 
 Only what our archives need: directories, small in-memory members and whole
-files copied from the store. Headers are ustar; a PAX ``size`` record is added
-only for a member of 8 GiB or more. Nothing is buffered beyond one header and
-the padding of the previous member, so memory stays flat in archive size.
+files copied from the store. Headers are ustar; a PAX header is added only when
+ustar cannot hold a field: a ``path`` record for a name over 100 bytes (e.g.
+``blobs/sha512/<128 hex>``) and a ``size`` record for a member of 8 GiB or more.
+Nothing is buffered beyond one header and the padding of the previous member,
+so memory stays flat in archive size.
+
+A source file is opened with ``O_NOFOLLOW`` and must be a regular file: a symlink
+is never followed (``UnsafeSource``), so nothing outside the store can be copied in.
 
 Bytes of a file go from its page cache straight to the output (regular file or
 pipe) with ``os.sendfile``. When the kernel refuses (an O_APPEND output, an
@@ -15,10 +20,12 @@ from __future__ import annotations
 import errno
 import os
 import select
+import stat
 from pathlib import Path
 
 BLOCK = 512
 _USTAR_MAX_SIZE = 0o77777777777  # 11 octal digits: 8 GiB - 1
+_USTAR_MAX_NAME = 100
 _COPY_CHUNK = 1 << 20
 _SENDFILE_CHUNK = 1 << 30
 _FALLBACK_ERRNOS = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF, errno.EXDEV)
@@ -27,6 +34,10 @@ _EOF = bytes(2 * BLOCK)
 
 class TruncatedFile(Exception):
     """A source file ended before the size its header promised (not an error of the output)."""
+
+
+class UnsafeSource(Exception):
+    """A source path is a symlink or not a regular file; it was not followed or read."""
 
 
 class TarWriter:
@@ -49,11 +60,15 @@ class TarWriter:
         self._pending += _padding(len(data))
 
     def add_file(self, name: str, path: Path | str, size: int) -> None:
-        """Stream ``size`` bytes of ``path`` as member ``name``; raise TruncatedFile if it is shorter."""
-        self._pending += _header(name, size, self.mtime)
-        self._flush()
-        fd = os.open(path, os.O_RDONLY)
+        """Stream ``size`` bytes of ``path`` as member ``name``; raise TruncatedFile if it is shorter.
+
+        ``path`` is opened before the header is written and never through a symlink: a symlink
+        or anything but a regular file raises UnsafeSource.
+        """
+        fd = _open_regular(path)
         try:
+            self._pending += _header(name, size, self.mtime)
+            self._flush()
             self._copy(fd, size, name)
         finally:
             os.close(fd)
@@ -114,21 +129,42 @@ class TarWriter:
         select.select([], [self.fd], [])
 
 
+def _open_regular(path: Path | str) -> int:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeSource(f"{path} is a symlink; it was not followed") from exc
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise UnsafeSource(f"{path} is not a regular file")
+    return fd
+
+
 def _padding(size: int) -> bytes:
     return bytes(-size % BLOCK)
 
 
 def _header(name: str, size: int, mtime: int, *, typeflag: bytes = b"0", mode: int = 0o644) -> bytes:
     encoded = name.encode()
-    if len(encoded) > 100:
-        raise ValueError(f"tar member name longer than 100 bytes: {name!r}")
-    pax = b""
+    records = b""
+    if len(encoded) > _USTAR_MAX_NAME:
+        records += _pax_record("path", name)
+        encoded = encoded[:_USTAR_MAX_NAME]  # readers take the name from the PAX record
+    size_field = size
     if size > _USTAR_MAX_SIZE:
-        record = _pax_record("size", str(size))
-        pax = _block(f"PaxHeaders/{name}"[:100].encode(), len(record), mtime, b"x", 0o644) + record + _padding(len(record))
+        records += _pax_record("size", str(size))
         size_field = 0  # readers take the size from the PAX record
-    else:
-        size_field = size
+    pax = b""
+    if records:
+        pax_name = f"PaxHeaders/{name}".encode()[:_USTAR_MAX_NAME]
+        pax = _block(pax_name, len(records), mtime, b"x", 0o644) + records + _padding(len(records))
     return pax + _block(encoded, size_field, mtime, typeflag, mode)
 
 

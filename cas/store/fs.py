@@ -26,15 +26,15 @@ def fsync_dir(path: Path) -> None:
 
 @contextlib.contextmanager
 def storage_errors(what: str) -> Iterator[None]:
-    """Turn a full disk or a read-only store into one readable error."""
+    """Turn any filesystem failure (full disk, read-only store, a file where a directory
+    should be) into one readable error: these are the environment's faults, not bugs."""
     try:
         yield
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFull(f"no space left on device while writing {what}", hint="free disk space or run `cas prune`") from exc
-        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise StoreError(f"cannot write {what}: {exc.strerror}", hint="check the permissions of CAS_HOME") from exc
-        raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise StoreError(f"cannot use {what}: {exc.strerror or exc}{where}", hint="check CAS_HOME: its path, permissions and free space") from exc
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -68,9 +68,14 @@ class Linker:
         self.copying = False
 
     def link(self, src: Path, dst: Path) -> None:
+        """Hard-link ``src`` as ``dst`` (a new name), or copy it and fsync the copy.
+
+        A symlink at ``src`` is never followed: it is linked as the symlink itself (the
+        caller checks what ``dst`` is), and copying it fails with ELOOP.
+        """
         if not self.copying:
             try:
-                os.link(src, dst)
+                os.link(src, dst, follow_symlinks=False)
                 return
             except OSError as exc:
                 if exc.errno not in self._FALLBACK_ERRNOS:
@@ -80,7 +85,21 @@ class Linker:
                     f"cannot hard-link from the store ({exc.strerror}); copying instead. "
                     "Put the output on the same filesystem as CAS_HOME to avoid the copies."
                 )
-        shutil.copyfile(src, dst)
+        source = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with open(source, "rb") as fsrc, open(dst, "xb") as fdst:
+            size, offset = os.fstat(source).st_size, 0
+            try:
+                while offset < size:  # in the kernel, as shutil.copyfile does
+                    sent = os.sendfile(fdst.fileno(), source, offset, size - offset)
+                    if sent == 0:
+                        break
+                    offset += sent
+            except OSError:
+                if offset:
+                    raise
+                shutil.copyfileobj(fsrc, fdst, 1 << 20)  # sendfile refused this pair of files
+            fdst.flush()
+            os.fsync(fdst.fileno())
 
 
 class OverlappedWriter:
