@@ -236,11 +236,12 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         if failure.retry_after is not None:
             self.send_header("Retry-After", failure.retry_after)
+        rec.status = failure.status  # recorded before the client can see the answer
+        if self.command != "HEAD":
+            rec.bytes_sent = len(body)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-            rec.bytes_sent = len(body)
-        rec.status = failure.status
 
     def _redirect(self, proxy: FaultProxy, rec: ProxiedRequest) -> bool:
         """Ask upstream with HEAD (auth is checked there); on 200 answer 307 to the origin."""
@@ -301,15 +302,17 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             data = resp.read1(chunk) if hasattr(resp, "read1") else resp.read(chunk)
             if not data:
                 break
+            # Counted before they are written: a client may finish reading before this thread
+            # runs again, and a test reads the counters as soon as its client is done.
             if drop is not None and rec.bytes_sent + len(data) >= drop:
                 data = data[: drop - rec.bytes_sent]
-                self._write(data, chunked)
                 rec.bytes_sent += len(data)
                 rec.fault = "drop"
+                self._write(data, chunked)
                 self._cut()
                 return
-            self._write(data, chunked)
             rec.bytes_sent += len(data)
+            self._write(data, chunked)
             if rate:
                 ahead = rec.bytes_sent / rate - (time.monotonic() - started)
                 if ahead > 0:
