@@ -15,7 +15,8 @@ from cli import output
 
 app = typer.Typer(
     name="cas",
-    help="A content-addressed cache for container images: pull only what is missing, export complete archives.",
+    help="A content-addressed cache for container images: pull only what is missing, export complete archives.\n\n"
+    "The store lives in $CAS_HOME (default: ${XDG_CACHE_HOME:-~/.cache}/cas).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -38,10 +39,7 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """A content-addressed cache for container images: pull only what is missing, export complete archives.
-
-    The store lives in $CAS_HOME (default: ${XDG_CACHE_HOME:-~/.cache}/cas).
-    """
+    """Options that come before the command."""
 
 
 def _interruptible(command: Callable) -> Callable:
