@@ -59,7 +59,9 @@ def main() -> int:
     try:
         with Registry(work / "registry") as registry:
             per_layer = args.mib * (1 << 20) // args.layers
-            big = images.Image([images.busybox_layer()] + [images.random_layer(per_layer, seed=i) for i in range(args.layers)])
+            big = images.Image(
+                [images.busybox_layer()] + [images.random_layer(per_layer, seed=i) for i in range(args.layers)]
+            )
             small = images.Image([images.busybox_layer(), images.random_layer(1 << 20, seed=99)])
             images.push(registry, "bench/big", "1", big)
             images.push(registry, "bench/small", "1", small)
@@ -78,13 +80,22 @@ def main() -> int:
 
             out = work / "out"
             out.mkdir()
-            results: dict[str, list[float]] = {"cas": [], "skopeo": [], "floor": [], "floor+fsync": [], "cas --version": [], "cas library": []}
+            results: dict[str, list[float]] = {
+                "cas": [],
+                "skopeo": [],
+                "floor": [],
+                "floor+fsync": [],
+                "cas --version": [],
+                "cas library": [],
+            }
             for _ in range(args.runs):
                 for target in out.iterdir():
                     target.unlink()
                 results["cas"].append(timed([CAS, "export", "-q", big_ref, "-o", str(out / "cas.tar")], env=env))
                 results["cas --version"].append(timed([CAS, "--version"], env=env))
-                results["cas library"].append(timed([PYTHON, "-c", LIBRARY_EXPORT, big_ref, str(out / "lib.tar")], env=env))
+                results["cas library"].append(
+                    timed([PYTHON, "-c", LIBRARY_EXPORT, big_ref, str(out / "lib.tar")], env=env)
+                )
                 results["skopeo"].append(
                     timed([skopeo, "copy", "-q", f"oci:{layout}:big", f"docker-archive:{out / 'skopeo.tar'}:{big_ref}"])
                 )
@@ -116,7 +127,9 @@ def main() -> int:
             print(f"  {name:14} {med[name] * 1000:8.1f} ms  {rate:7.0f} MiB/s")
         print(f"  cas / skopeo = {figures['cas_vs_skopeo']:.2f}x  (target <= 0.5x)")
         print(f"  cas / floor  = {figures['cas_vs_floor']:.2f}x  (target <= 1.5x)")
-        print(f"  cas / (floor + fsync of the output, which cas does before its rename) = {med['cas'] / med['floor+fsync']:.2f}x")
+        print(
+            f"  cas / (floor + fsync of the output, which cas does before its rename) = {med['cas'] / med['floor+fsync']:.2f}x"
+        )
         print(
             f"  the CLI layer costs {(med['cas'] - med['cas library']) * 1000:.0f} ms of cas's time "
             f"(cas library = the same export from a bare `python -c`: {med['cas library'] / med['floor']:.2f}x floor)"

@@ -30,10 +30,9 @@ from pathlib import Path
 
 from harness import CAS, ROOT, compile_cas
 
-from tests.support.tools import require
-
 from cas.digest import Digest
 from cas.store import Store
+from tests.support.tools import require
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -68,14 +67,27 @@ def build(home: Path, n_images: int, n_blobs: int, seed: int = 1) -> dict:
         own = own_total // n_images + (1 if i < own_total % n_images else 0)
         layers = rng.sample(base, 2) + [put(blob_bytes(), OCI_LAYER) for _ in range(own)]
         config_data = json.dumps(
-            {"architecture": "amd64", "os": "linux", "config": {"Labels": {"image": str(i)}},
-             "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(b"%d/%d" % (i, j)).hexdigest() for j in range(len(layers))]}}
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {"Labels": {"image": str(i)}},
+                "rootfs": {
+                    "type": "layers",
+                    "diff_ids": ["sha256:" + hashlib.sha256(b"%d/%d" % (i, j)).hexdigest() for j in range(len(layers))],
+                },
+            }
         ).encode()
         config = put(config_data, OCI_CONFIG)
         manifest_data = json.dumps(
-            {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-             "config": {"mediaType": OCI_CONFIG, "digest": config["digest"], "size": config["size"]},
-             "layers": [{"mediaType": l["media_type"], "digest": l["digest"], "size": l["size"]} for l in layers]}
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "digest": config["digest"], "size": config["size"]},
+                "layers": [
+                    {"mediaType": layer["media_type"], "digest": layer["digest"], "size": layer["size"]}
+                    for layer in layers
+                ],
+            }
         ).encode()
         manifest = put(manifest_data, OCI_MANIFEST)
         blobs = [manifest, config] + layers
@@ -83,9 +95,19 @@ def build(home: Path, n_images: int, n_blobs: int, seed: int = 1) -> dict:
         used = now - rng.uniform(0, 30 * 86400)
         index.put_ref(
             ref,
-            {"ref": ref, "registry": "127.0.0.1:5000", "digest": manifest["digest"], "media_type": OCI_MANIFEST,
-             "manifest": manifest["digest"], "config": config["digest"], "platform": "linux/amd64", "blobs": blobs,
-             "size": sum(b["size"] for b in blobs), "pulled": used, "used": used},
+            {
+                "ref": ref,
+                "registry": "127.0.0.1:5000",
+                "digest": manifest["digest"],
+                "media_type": OCI_MANIFEST,
+                "manifest": manifest["digest"],
+                "config": config["digest"],
+                "platform": "linux/amd64",
+                "blobs": blobs,
+                "size": sum(b["size"] for b in blobs),
+                "pulled": used,
+                "used": used,
+            },
         )
     for _ in range(garbage):
         put(blob_bytes(), OCI_LAYER)
@@ -121,7 +143,10 @@ def run(home: Path, *args: str) -> dict:
     started = time.monotonic()
     proc = subprocess.run(
         [require("time", "time", prefer=["/usr/bin/time"]), "-f", "%M", "-o", str(report), CAS, *args],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     seconds = time.monotonic() - started
     return {
@@ -142,7 +167,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--blobs", type=int, default=10_000)
-    parser.add_argument("--dir", type=Path, help="where to build the store (default: a temp dir on the same disk as /tmp)")
+    parser.add_argument(
+        "--dir", type=Path, help="where to build the store (default: a temp dir on the same disk as /tmp)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the store afterwards")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -152,8 +179,11 @@ def main() -> None:
     home = work / "home"
     try:
         built = build(home, args.images, args.blobs)
-        print(f"built {built['images']} images, {built['blobs']} blobs ({built['bytes'] / 2**20:.1f} MiB, "
-              f"{built['garbage_blobs']} unreferenced) in {built['build_seconds']} s", file=sys.stderr)
+        print(
+            f"built {built['images']} images, {built['blobs']} blobs ({built['bytes'] / 2**20:.1f} MiB, "
+            f"{built['garbage_blobs']} unreferenced) in {built['build_seconds']} s",
+            file=sys.stderr,
+        )
         base = startup(home)
         steps = [
             ("du", ["du", "--json"]),
@@ -190,8 +220,12 @@ def main() -> None:
                 print(result["output"][-2000:], file=sys.stderr)
                 raise SystemExit(f"{result['command']} exited {result['rc']}")
             results.append(result)
-        report = {"store": built, "startup_seconds": round(base, 3), "target_seconds": TARGET_SECONDS, "steps": [
-            {k: v for k, v in r.items() if k != "output"} for r in results]}
+        report = {
+            "store": built,
+            "startup_seconds": round(base, 3),
+            "target_seconds": TARGET_SECONDS,
+            "steps": [{k: v for k, v in r.items() if k != "output"} for r in results],
+        }
         if args.json:
             print(json.dumps(report, indent=2))
         else:

@@ -55,7 +55,10 @@ def main() -> int:
             env = dict(os.environ, CAS_HOME=str(home))
             layout = work / "oci"
             skopeo_copy = [skopeo, "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"oci:{layout}:bench"]
-            t = {k: [] for k in ("cas cold", "skopeo cold", "cas warm tag", "skopeo warm", "cas warm digest", "python start")}
+            t = {
+                k: []
+                for k in ("cas cold", "skopeo cold", "cas warm tag", "skopeo warm", "cas warm digest", "python start")
+            }
             requests = {"warm tag": [], "warm digest": []}
             for _ in range(args.runs):
                 shutil.rmtree(home, ignore_errors=True)
@@ -94,10 +97,14 @@ def main() -> int:
     print(f"  cold: cas / skopeo = {cold_ratio:.2f}x  (target <= 1.0x: {verdict(cold_ratio <= 1.0)})")
     print(f"  warm by tag: cas / skopeo = {warm_ratio:.2f}x  (target <= 4.0x: {verdict(warm_ratio <= 4.0)})")
     tag_reqs, digest_reqs = figures["registry_requests"]["warm tag"], figures["registry_requests"]["warm digest"]
-    print(f"  registry requests: warm by tag {tag_reqs} (target 1: {verdict(tag_reqs == 1)}), "
-          f"warm by digest {digest_reqs} (target 0: {verdict(digest_reqs == 0)})")
-    print(f"  peak RSS of cas pull: {rss_big / 1024:.1f} MiB for this image, {rss_small / 1024:.1f} MiB for a 2 MiB one "
-          f"(target < 100 MiB: {verdict(rss_big < 100 * 1024)})")
+    print(
+        f"  registry requests: warm by tag {tag_reqs} (target 1: {verdict(tag_reqs == 1)}), "
+        f"warm by digest {digest_reqs} (target 0: {verdict(digest_reqs == 0)})"
+    )
+    print(
+        f"  peak RSS of cas pull: {rss_big / 1024:.1f} MiB for this image, {rss_small / 1024:.1f} MiB for a 2 MiB one "
+        f"(target < 100 MiB: {verdict(rss_big < 100 * 1024)})"
+    )
     if args.json:
         print(json.dumps(figures, indent=2))
     return 0

@@ -24,7 +24,9 @@ PYTHON = str(VENV / "python")
 
 def compile_cas() -> None:
     """Byte-compile cas once, so no timed run pays for compiling it (PYTHONDONTWRITEBYTECODE)."""
-    subprocess.run([PYTHON, "-m", "compileall", "-q", str(ROOT / "cas"), str(ROOT / "cli")], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [PYTHON, "-m", "compileall", "-q", str(ROOT / "cas"), str(ROOT / "cli")], check=True, stdout=subprocess.DEVNULL
+    )
 
 
 def timed(cmd: list[str], *, env: dict[str, str] | None = None, stdout=subprocess.DEVNULL) -> float:

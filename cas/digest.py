@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import blake3 as _blake3
 
@@ -46,8 +47,7 @@ class Digest:
             )
         if len(self.hex) != spec[0] or not _HEX.fullmatch(self.hex):
             raise BadDigest(
-                f"invalid {self.algorithm} digest {self.hex[:80]!r}: "
-                f"expected {spec[0]} lowercase hex characters"
+                f"invalid {self.algorithm} digest {self.hex[:80]!r}: expected {spec[0]} lowercase hex characters"
             )
 
     @classmethod

@@ -24,9 +24,9 @@ import shutil
 import stat
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from cas.digest import Digest
 from cas.errors import BadDigest, NotCached, StoreError
@@ -172,7 +172,11 @@ def _image(ref: str, record: object) -> Image | None:
         return None
     seen: dict[str, int] = {}
     for blob in record["blobs"]:
-        if not isinstance(blob, dict) or not isinstance(blob.get("digest"), str) or not isinstance(blob.get("size"), int):
+        if (
+            not isinstance(blob, dict)
+            or not isinstance(blob.get("digest"), str)
+            or not isinstance(blob.get("size"), int)
+        ):
             return None
         seen.setdefault(blob["digest"], blob["size"])
     pulled = _number(record.get("pulled"))
@@ -215,7 +219,9 @@ class Plan:
 
     @property
     def freed_bytes(self) -> int:
-        return sum(b for _, b, _ in self.blobs) + sum(s.size for s in self.strays) + sum(i.partial for i in self.ingests)
+        return (
+            sum(b for _, b, _ in self.blobs) + sum(s.size for s in self.strays) + sum(i.partial for i in self.ingests)
+        )
 
     @property
     def over_target(self) -> bool:
@@ -231,9 +237,7 @@ class Plan:
                 "ingests": len(self.ingests),
                 "bytes": self.freed_bytes,
             },
-            "images": [
-                {"ref": i.ref, "size": i.size, "used": i.used or None} for i in self.images
-            ],
+            "images": [{"ref": i.ref, "size": i.size, "used": i.used or None} for i in self.images],
             "blobs": [{"digest": d, "size": b, "indexed": x} for d, b, x in self.blobs],
             "stray_files": [{"path": str(s.path), "size": s.size, "kind": s.kind} for s in self.strays],
             "ingests": [{"digest": str(i.digest), "partial": i.partial, "started": i.started} for i in self.ingests],
@@ -288,9 +292,7 @@ def plan(snap: Snapshot, policy: Policy, *, now: float | None = None, dry_run: b
 
     referenced = {d for d, c in counts.items() if c > 0}
     candidates = files.keys() | snap.indexed.keys()
-    blobs = sorted(
-        (d, files.get(d, 0), d in snap.indexed) for d in candidates if d not in live
-    )
+    blobs = sorted((d, files.get(d, 0), d in snap.indexed) for d in candidates if d not in live)
     held = sum(1 for d in leased if d not in referenced and d in candidates)
     kept = [d for d in candidates if d in live]
     return Plan(

@@ -35,7 +35,13 @@ def _row(ref: str, record: object) -> dict | None:
         return None
     digest, manifest, size = record.get("digest"), record.get("manifest"), record.get("size")
     pulled, used = record.get("pulled"), record.get("used", record.get("pulled"))
-    if not (isinstance(digest, str) and isinstance(manifest, str) and _is_int(size) and _is_number(pulled) and _is_number(used)):
+    if not (
+        isinstance(digest, str)
+        and isinstance(manifest, str)
+        and _is_int(size)
+        and _is_number(pulled)
+        and _is_number(used)
+    ):
         return None
     return {
         "ref": ref,
@@ -97,7 +103,9 @@ def inspect(store: Store, ref: Reference) -> dict:
             "working_dir": runtime.get("WorkingDir") or "",
             "labels": runtime.get("Labels") or {},
         },
-        "layers": [{"digest": str(l.digest), "size": l.size, "media_type": l.media_type} for l in image.layers],
+        "layers": [
+            {"digest": str(layer.digest), "size": layer.size, "media_type": layer.media_type} for layer in image.layers
+        ],
     }
 
 

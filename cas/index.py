@@ -14,8 +14,9 @@ import os
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 import diskcache
 
@@ -38,7 +39,9 @@ def _sqlite_errors(path: Path) -> Iterator[None]:
         ) from exc
     except sqlite3.Error as exc:
         if "full" in str(exc) or _nearly_full(path):  # sqlite may say only "disk I/O error"
-            raise DiskFull(f"no space left on device for the cas index at {path}", hint="free disk space or run `cas prune`") from exc
+            raise DiskFull(
+                f"no space left on device for the cas index at {path}", hint="free disk space or run `cas prune`"
+            ) from exc
         raise StoreError(
             f"the cas index at {path} cannot be used: {exc}",
             hint="check free space and permissions of CAS_HOME; `cas verify` reports damage",

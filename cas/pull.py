@@ -133,7 +133,9 @@ class _Session:
         _check_image(image, self.ref)
         view = self._commit_oci_view(image, chain[-1][0])
         listed = [*chain[:-1], view, chain[-1]] if view is not None else chain
-        manifests = [Descriptor(media_type, digest, self.store.blobs.size(digest) or 0) for digest, media_type in listed]
+        manifests = [
+            Descriptor(media_type, digest, self.store.blobs.size(digest) or 0) for digest, media_type in listed
+        ]
         blobs = list(image.blobs)
         self.lease.add([d.digest for d in manifests + blobs])
         self._fetch_missing(blobs)
@@ -280,7 +282,9 @@ class _Session:
 
     _count_lock = threading.Lock()
 
-    def _count(self, *, downloaded: Descriptor | None = None, received: int = 0, reused: Descriptor | None = None) -> None:
+    def _count(
+        self, *, downloaded: Descriptor | None = None, received: int = 0, reused: Descriptor | None = None
+    ) -> None:
         with self._count_lock:
             if downloaded is not None:
                 self.result.downloaded_blobs += 1

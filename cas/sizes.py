@@ -55,4 +55,3 @@ def parse_duration(text: str) -> float:
             f"invalid duration {text!r}: expected a number with a unit (s, m, h, d, w), e.g. 7d, 12h, 30m or 1h30m"
         )
     return float(sum(float(n) * _DURATION_UNITS[u] for n, u in parts))
-

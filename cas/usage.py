@@ -61,7 +61,11 @@ def usage(store: Store) -> dict:
             "stray_bytes": sum(s.size for s in snap.strays),
         },
         "images": images,
-        "referenced": {"blobs": sum(1 for d in counts if d in snap.files), "bytes": referenced, "shared_bytes": shared_total},
+        "referenced": {
+            "blobs": sum(1 for d in counts if d in snap.files),
+            "bytes": referenced,
+            "shared_bytes": shared_total,
+        },
         "leased": {"blobs": len(snap.leased), "bytes": sum(snap.files.get(d, 0) for d in snap.leased)},
         "ingest": {
             "entries": len(snap.ingests),

@@ -28,10 +28,11 @@ from __future__ import annotations
 import os
 import stat
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import blake3
 
@@ -52,7 +53,13 @@ class Finding:
     repaired: str | None = None
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "what": self.what, "detail": self.detail, "refs": self.refs, "repaired": self.repaired}
+        return {
+            "kind": self.kind,
+            "what": self.what,
+            "detail": self.detail,
+            "refs": self.refs,
+            "repaired": self.repaired,
+        }
 
 
 @dataclass
@@ -105,7 +112,11 @@ def verify(
         findings = _check_blobs(store, snap, users, deep, report, workers)
         findings += _check_files(store, snap, users)
         findings += [
-            Finding("stale-ingest", str(i.path.relative_to(store.root)), f"abandoned download of {i.digest}, {i.partial} bytes")
+            Finding(
+                "stale-ingest",
+                str(i.path.relative_to(store.root)),
+                f"abandoned download of {i.digest}, {i.partial} bytes",
+            )
             for i in snap.stale_ingests()
         ]
         findings += [Finding("bad-index-entry", key, "index entry that does not parse") for key in snap.bad_keys]
@@ -119,7 +130,9 @@ def verify(
 # checking ------------------------------------------------------------------
 
 
-def _check_blobs(store: Store, snap: gc.Snapshot, users: dict, deep: bool, report: Report, workers: int | None) -> list[Finding]:
+def _check_blobs(
+    store: Store, snap: gc.Snapshot, users: dict, deep: bool, report: Report, workers: int | None
+) -> list[Finding]:
     findings = []
     jobs = []
     for digest, record in snap.indexed.items():
@@ -129,14 +142,20 @@ def _check_blobs(store: Store, snap: gc.Snapshot, users: dict, deep: bool, repor
             findings.append(Finding("missing", digest, "indexed, but no file in blobs/", sorted(users.get(digest, ()))))
     for digest in users:
         if digest not in snap.indexed and digest not in snap.files:
-            findings.append(Finding("missing", digest, "listed by a ref, but neither indexed nor in blobs/", sorted(users[digest])))
+            findings.append(
+                Finding("missing", digest, "listed by a ref, but neither indexed nor in blobs/", sorted(users[digest]))
+            )
 
     def check(job: tuple[str, dict]) -> tuple[str, str | None]:
         digest, record = job
         fingerprint = record.get("blake3") if isinstance(record.get("blake3"), str) else None
-        return digest, check_file(store.blobs.path(Digest.parse(digest)), Digest.parse(digest), record["size"], fingerprint, deep).problem
+        return digest, check_file(
+            store.blobs.path(Digest.parse(digest)), Digest.parse(digest), record["size"], fingerprint, deep
+        ).problem
 
-    with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1), thread_name_prefix="cas-verify") as pool:
+    with ThreadPoolExecutor(
+        max_workers=workers or min(4, os.cpu_count() or 1), thread_name_prefix="cas-verify"
+    ) as pool:
         for start in range(0, len(jobs), 512):  # in batches: pool.map makes every future at once
             for digest, problem in pool.map(check, jobs[start : start + 512]):
                 report.checked_blobs += 1
@@ -176,7 +195,9 @@ def check_file(path: Path, digest: Digest, size: int | None, fingerprint: str | 
                 own.update(chunk)
         actual = fp.hexdigest()
         if fingerprint is not None and actual != fingerprint:
-            return FileCheck(f"content changed since commit: blake3 {actual[:16]}..., recorded {fingerprint[:16]}...", actual)
+            return FileCheck(
+                f"content changed since commit: blake3 {actual[:16]}..., recorded {fingerprint[:16]}...", actual
+            )
         if own is not None and own.hexdigest() != digest.hex:
             return FileCheck(f"content hashes to {digest.algorithm}:{own.hexdigest()}", actual)
     return FileCheck(None, actual)
@@ -188,7 +209,11 @@ def _check_files(store: Store, snap: gc.Snapshot, users: dict) -> list[Finding]:
         if digest in snap.indexed or digest in snap.leased:  # leased: a pull between commit and index write
             continue
         if digest in users:
-            findings.append(Finding("unindexed", digest, "in blobs/ and needed by a ref, but not in the index", sorted(users[digest])))
+            findings.append(
+                Finding(
+                    "unindexed", digest, "in blobs/ and needed by a ref, but not in the index", sorted(users[digest])
+                )
+            )
         else:
             findings.append(Finding("orphan", digest, "in blobs/ but not in the index"))
     for stray in snap.strays:
@@ -203,8 +228,10 @@ def _check_refs(snap: gc.Snapshot) -> list[Finding]:
         if not image.needs_pull:
             continue
         missing = sum(1 for d, _ in image.blobs if d not in snap.files)
-        detail = f"marked needs_pull by verify --repair; {missing} blob(s) missing" if missing else (
-            "marked needs_pull by verify --repair, but every blob is back"
+        detail = (
+            f"marked needs_pull by verify --repair; {missing} blob(s) missing"
+            if missing
+            else ("marked needs_pull by verify --repair, but every blob is back")
         )
         findings.append(Finding("needs-pull", image.ref, detail, [image.ref]))
     return findings
@@ -231,8 +258,10 @@ def _repair(store: Store, snap: gc.Snapshot, users: dict, report: Report) -> Non
     affected = sorted({ref for d in bad for ref in users.get(d, ())})
     # a marked ref whose blobs are all present, none of them bad: the mark can go
     complete = [
-        f.what for f in report.findings
-        if f.kind == "needs-pull" and f.what not in affected
+        f.what
+        for f in report.findings
+        if f.kind == "needs-pull"
+        and f.what not in affected
         and all(d in snap.files and d not in bad for d, _ in snap.images[f.what].blobs)
     ]
     bad_refs = [k for k in snap.bad_keys if k.startswith("ref:")]
@@ -254,7 +283,9 @@ def _repair(store: Store, snap: gc.Snapshot, users: dict, report: Report) -> Non
             index.put_blob(digest, size=size, media_type=media_type, fingerprint=fingerprint)
         for key in snap.bad_keys:
             index.discard(key)
-    report.needs_pull = sorted(set(affected) | {f.what for f in report.findings if f.kind == "needs-pull"} - set(complete))
+    report.needs_pull = sorted(
+        set(affected) | {f.what for f in report.findings if f.kind == "needs-pull"} - set(complete)
+    )
     if bad_refs:
         store.write_layout_index()
 
@@ -263,9 +294,13 @@ def _repair(store: Store, snap: gc.Snapshot, users: dict, report: Report) -> Non
         for f in report.findings:
             if f.kind in ("corrupt", "unindexed") and f.what in bad:
                 remover.remove_blob(Digest.parse(f.what), report.errors)
-                f.repaired = "deleted; " + (f"refs marked needs_pull: {', '.join(f.refs)}" if f.refs else "no ref needed it")
+                f.repaired = "deleted; " + (
+                    f"refs marked needs_pull: {', '.join(f.refs)}" if f.refs else "no ref needed it"
+                )
             elif f.kind == "missing":
-                f.repaired = "index record dropped; " + (f"refs marked needs_pull: {', '.join(f.refs)}" if f.refs else "no ref needed it")
+                f.repaired = "index record dropped; " + (
+                    f"refs marked needs_pull: {', '.join(f.refs)}" if f.refs else "no ref needed it"
+                )
             elif f.kind == "unindexed":
                 f.repaired = "content verified and re-indexed"
             elif f.kind == "orphan":

@@ -29,7 +29,9 @@ def du(as_json: options.Json = False) -> None:
     total, ref = report["total"], report["referenced"]
     print(f"store:       {report['root']}")
     print(f"blobs:       {total['blobs']} files, {size(total['bytes'])}")
-    print(f"images:      {len(report['images'])}, referencing {ref['blobs']} blobs, {size(ref['bytes'])} ({size(ref['shared_bytes'])} shared)")
+    print(
+        f"images:      {len(report['images'])}, referencing {ref['blobs']} blobs, {size(ref['bytes'])} ({size(ref['shared_bytes'])} shared)"
+    )
     ingest = report["ingest"]
     if ingest["entries"]:
         print(f"downloads:   {ingest['entries']} in ingest/ ({ingest['active']} active), {size(ingest['bytes'])}")

@@ -2,28 +2,43 @@
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import Annotated, Optional
+from enum import StrEnum
+from typing import Annotated
 
 import typer
 
 from cli import options, output
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     docker_archive = "docker-archive"
     oci_archive = "oci-archive"
     oci_dir = "oci-dir"
 
 
 def export(
-    refs: Annotated[list[str], typer.Argument(help="Cached image references: alpine, host:5000/app:1.0, name@sha256:...")],
-    out: Annotated[
-        str, typer.Option("--output", "-o", help="Archive file, '-' for stdout (| docker load), or a directory for oci-dir.")
+    refs: Annotated[
+        list[str], typer.Argument(help="Cached image references: alpine, host:5000/app:1.0, name@sha256:...")
     ],
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="docker-archive (docker/podman load), oci-archive, or oci-dir.")] = Format.docker_archive,
-    tag: Annotated[Optional[str], typer.Option("--tag", "-t", help="NAME:TAG to give the one exported image instead of its own name.")] = None,
-    pull: Annotated[bool, typer.Option("--pull", help="First pull the references that are missing or incomplete (only missing blobs are fetched).")] = False,
+    out: Annotated[
+        str,
+        typer.Option(
+            "--output", "-o", help="Archive file, '-' for stdout (| docker load), or a directory for oci-dir."
+        ),
+    ],
+    fmt: Annotated[
+        Format, typer.Option("--format", "-f", help="docker-archive (docker/podman load), oci-archive, or oci-dir.")
+    ] = Format.docker_archive,
+    tag: Annotated[
+        str | None,
+        typer.Option("--tag", "-t", help="NAME:TAG to give the one exported image instead of its own name."),
+    ] = None,
+    pull: Annotated[
+        bool,
+        typer.Option(
+            "--pull", help="First pull the references that are missing or incomplete (only missing blobs are fetched)."
+        ),
+    ] = False,
     platform: options.PlatformOpt = None,
     insecure: options.Insecure = False,
     username: options.Username = None,
@@ -49,7 +64,9 @@ def export(
     parsed = [reference.parse(text) for text in refs]
     to_stdout = out == "-"
     if to_stdout and as_json:
-        raise UsageError("--json prints on stdout, where -o - sends the archive", hint="drop --json, or write to a file")
+        raise UsageError(
+            "--json prints on stdout, where -o - sends the archive", hint="drop --json, or write to a file"
+        )
     opts = ExportOptions(
         format=fmt.value,
         tag=tag,
@@ -61,8 +78,13 @@ def export(
     )
     if pull:
         opts.pull_options = options.pull_options(
-            platform, insecure=insecure, username=username, password_stdin=password_stdin,
-            lock_timeout=lock_timeout, quiet=quiet, as_json=as_json,
+            platform,
+            insecure=insecure,
+            username=username,
+            password_stdin=password_stdin,
+            lock_timeout=lock_timeout,
+            quiet=quiet,
+            as_json=as_json,
         )
 
     if to_stdout:

@@ -26,6 +26,13 @@ def images(as_json: options.Json = False) -> None:
     for row in rows:
         note = "needs pull (cas verify --repair removed blobs)" if row["needs_pull"] else ""
         table.append(
-            (row["ref"], row["manifest"][7:19], row["platform"] or "-", output.human_size(row["size"]), output.ago(row["pulled"], time.time()), note)
+            (
+                row["ref"],
+                row["manifest"][7:19],
+                row["platform"] or "-",
+                output.human_size(row["size"]),
+                output.ago(row["pulled"], time.time()),
+                note,
+            )
         )
     output.table(table)

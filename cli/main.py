@@ -6,7 +6,8 @@ import functools
 import os
 import signal
 import sys
-from typing import Annotated, Callable
+from collections.abc import Callable
+from typing import Annotated
 
 import typer
 

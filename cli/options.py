@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only: no progress bars, no summary.")]
 PlatformOpt = Annotated[
-    Optional[str],
-    typer.Option("--platform", envvar="CAS_PLATFORM", help="OS/ARCH[/VARIANT] to pick from a multi-platform image (default: this host)."),
+    str | None,
+    typer.Option(
+        "--platform",
+        envvar="CAS_PLATFORM",
+        help="OS/ARCH[/VARIANT] to pick from a multi-platform image (default: this host).",
+    ),
 ]
 Insecure = Annotated[
     bool, typer.Option("--insecure", help="Use plain HTTP for this registry (loopback registries always use it).")
 ]
 Jobs = Annotated[int, typer.Option("--jobs", "-j", min=1, max=32, envvar="CAS_JOBS", help="Blobs downloaded at once.")]
-Username = Annotated[Optional[str], typer.Option("--username", "-u", help="Registry user name (else ~/.docker/config.json).")]
-PasswordStdin = Annotated[bool, typer.Option("--password-stdin", help="Read the registry password or token from stdin.")]
+Username = Annotated[
+    str | None, typer.Option("--username", "-u", help="Registry user name (else ~/.docker/config.json).")
+]
+PasswordStdin = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the registry password or token from stdin.")
+]
 LockTimeout = Annotated[
-    float, typer.Option("--lock-timeout", min=0, envvar="CAS_LOCK_TIMEOUT", help="Seconds to wait for the store lock (pulls and exports share it; prune and verify --repair need it alone).")
+    float,
+    typer.Option(
+        "--lock-timeout",
+        min=0,
+        envvar="CAS_LOCK_TIMEOUT",
+        help="Seconds to wait for the store lock (pulls and exports share it; prune and verify --repair need it alone).",
+    ),
 ]
 
 
@@ -32,7 +46,9 @@ def read_credentials(username: str | None, password_stdin: bool):
     if username is None and not password_stdin:
         return None
     if username is None or not password_stdin:
-        raise CasError("--username and --password-stdin go together", hint="echo \"$TOKEN\" | cas pull -u USER --password-stdin REF")
+        raise CasError(
+            "--username and --password-stdin go together", hint='echo "$TOKEN" | cas pull -u USER --password-stdin REF'
+        )
     password = sys.stdin.readline().rstrip("\r\n")
     if not password:
         raise CasError("--password-stdin: no password on standard input")

@@ -50,4 +50,4 @@ def table(rows: list[tuple[str, ...]]) -> None:
     """Plain aligned columns: readable, greppable, and no rich import for a list."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -29,7 +29,7 @@ def _duration(text: str) -> float:
 
 def prune(
     keep_storage: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(
             "--keep-storage",
             parser=_size,
@@ -38,11 +38,20 @@ def prune(
         ),
     ] = None,
     older_than: Annotated[
-        Optional[float],
-        typer.Option("--older-than", parser=_duration, metavar="DURATION", help="Evict images not pulled or exported for DURATION (7d, 12h, 30m)."),
+        float | None,
+        typer.Option(
+            "--older-than",
+            parser=_duration,
+            metavar="DURATION",
+            help="Evict images not pulled or exported for DURATION (7d, 12h, 30m).",
+        ),
     ] = None,
-    everything: Annotated[bool, typer.Option("--all", help="Evict every image: empty the store (blobs of running pulls/exports stay).")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Print what would go and how many bytes; change nothing.")] = False,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Evict every image: empty the store (blobs of running pulls/exports stay).")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", "-n", help="Print what would go and how many bytes; change nothing.")
+    ] = False,
     lock_timeout: options.LockTimeout = 600.0,
     as_json: options.Json = False,
 ) -> None:
@@ -81,7 +90,9 @@ def render(result) -> None:
     if result.ingests:
         parts.append(f"{len(result.ingests)} stale download(s)")
     head = "Would free" if result.dry_run else "Freed"
-    print(f"{head} {size(result.freed_bytes)}: {', '.join(parts)}; kept {result.kept_images} image(s), {result.kept_blobs} blob(s), {size(result.kept_bytes)}")
+    print(
+        f"{head} {size(result.freed_bytes)}: {', '.join(parts)}; kept {result.kept_images} image(s), {result.kept_blobs} blob(s), {size(result.kept_bytes)}"
+    )
     if result.over_target:
         output.notice(
             f"warning: {size(result.kept_bytes)} of blobs remain, above --keep-storage {size(result.target)}: "

@@ -27,8 +27,14 @@ def pull(
 
     parsed = [reference.parse(text) for text in refs]  # every reference is checked before any network call
     opts = options.pull_options(
-        platform, jobs=jobs, insecure=insecure, username=username, password_stdin=password_stdin,
-        lock_timeout=lock_timeout, quiet=quiet, as_json=as_json,
+        platform,
+        jobs=jobs,
+        insecure=insecure,
+        username=username,
+        password_stdin=password_stdin,
+        lock_timeout=lock_timeout,
+        quiet=quiet,
+        as_json=as_json,
     )
     store = Store()
     results = []

@@ -10,9 +10,15 @@ from cli import options, output
 
 
 def verify(
-    deep: Annotated[bool, typer.Option("--deep", help="Re-hash every blob with its digest's own algorithm (slower), not only blake3.")] = False,
+    deep: Annotated[
+        bool,
+        typer.Option("--deep", help="Re-hash every blob with its digest's own algorithm (slower), not only blake3."),
+    ] = False,
     repair: Annotated[
-        bool, typer.Option("--repair", help="Delete bad blobs, orphans and stale downloads; mark affected images for a re-pull.")
+        bool,
+        typer.Option(
+            "--repair", help="Delete bad blobs, orphans and stale downloads; mark affected images for a re-pull."
+        ),
     ] = False,
     lock_timeout: options.LockTimeout = 600.0,
     as_json: options.Json = False,

@@ -45,11 +45,23 @@ def main() -> int:
         step("export", app, "-o", str(args.out), env=env)
     check = work / "check"
     try:
-        subprocess.run([require("skopeo", "skopeo"), "--insecure-policy", "copy", "-q", f"docker-archive:{args.out}", f"oci:{check}"], check=True)
+        subprocess.run(
+            [
+                require("skopeo", "skopeo"),
+                "--insecure-policy",
+                "copy",
+                "-q",
+                f"docker-archive:{args.out}",
+                f"oci:{check}",
+            ],
+            check=True,
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{args.out}: {args.out.stat().st_size} bytes; skopeo read every layer of it back. "
-          f"Load it with `docker load -i {args.out}`.")
+    print(
+        f"\n{args.out}: {args.out.stat().st_size} bytes; skopeo read every layer of it back. "
+        f"Load it with `docker load -i {args.out}`."
+    )
     return 0
 
 

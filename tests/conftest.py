@@ -204,11 +204,24 @@ def cas_home(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def cas(cas_home):
-    def run_cas(*args: str, input: bytes | str | None = None, check: bool = True,
-                env: dict[str, str] | None = None, text: bool = True, timeout: float = 300):
+    def run_cas(
+        *args: str,
+        input: bytes | str | None = None,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+        text: bool = True,
+        timeout: float = 300,
+    ):
         full_env = {**os.environ, "CAS_HOME": str(cas_home), **(env or {})}
-        return run([sys.executable, "-m", "cli", *map(str, args)], input=input, check=check,
-                   env=full_env, text=text, timeout=timeout, cwd=REPO_ROOT)
+        return run(
+            [sys.executable, "-m", "cli", *map(str, args)],
+            input=input,
+            check=check,
+            env=full_env,
+            text=text,
+            timeout=timeout,
+            cwd=REPO_ROOT,
+        )
 
     return run_cas
 

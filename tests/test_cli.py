@@ -33,16 +33,27 @@ def test_ctrl_c_and_sigterm_say_interrupted_and_exit_130(cas_home, proxy, regist
     proxy.throttle(50_000)
     for sig in (signal.SIGINT, signal.SIGTERM):
         home = cas_home / sig.name  # a fresh store each time: the signal must land mid-download
-        proc = subprocess.Popen([sys.executable, "-m", "cli", "pull", f"{proxy.host}/base:latest"], cwd=REPO_ROOT,
-                                env={**os.environ, "CAS_HOME": str(home)}, stderr=subprocess.PIPE, text=True)
-        wait_until(lambda: any(p.stat().st_size for p in (home / "v1" / "ingest").glob("*/data")),
-                   timeout=30, what="a download in progress")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", "pull", f"{proxy.host}/base:latest"],
+            cwd=REPO_ROOT,
+            env={**os.environ, "CAS_HOME": str(home)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_until(
+            lambda home=home: any(p.stat().st_size for p in (home / "v1" / "ingest").glob("*/data")),
+            timeout=30,
+            what="a download in progress",
+        )
         proc.send_signal(sig)
         started = time.monotonic()
         _, err = proc.communicate(timeout=30)
         assert time.monotonic() - started < 5, "the pull did not stop promptly"
         assert proc.returncode == 130
-        assert err.strip().splitlines() == ["error: interrupted", "hint: the store is consistent; run the command again to finish"]
+        assert err.strip().splitlines() == [
+            "error: interrupted",
+            "hint: the store is consistent; run the command again to finish",
+        ]
 
 
 def test_quiet_pull_prints_nothing_and_json_is_only_json(cas, registry, test_images):
@@ -71,4 +82,8 @@ def test_a_read_only_or_misplaced_store_is_a_one_line_error(cas, cas_home, tmp_p
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
     proc = cas("images", env={"CAS_HOME": str(not_a_dir)}, check=False)
-    assert proc.returncode == 1 and proc.stderr.startswith("error: cannot use the store") and "Not a directory" in proc.stderr
+    assert (
+        proc.returncode == 1
+        and proc.stderr.startswith("error: cannot use the store")
+        and "Not a directory" in proc.stderr
+    )

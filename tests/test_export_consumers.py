@@ -38,7 +38,9 @@ def _store_blob(cas_home: Path, digest: str) -> Path:
     return cas_home / "v1" / "blobs" / "sha256" / digest.removeprefix("sha256:")
 
 
-def test_seed_scenario_app_after_base_loads_on_a_clean_daemon(cas, cas_home, registry, test_images, clean_dockerd, tmp_path):
+def test_seed_scenario_app_after_base_loads_on_a_clean_daemon(
+    cas, cas_home, registry, test_images, clean_dockerd, tmp_path
+):
     base, app = test_images.ref(registry, "base"), test_images.ref(registry, "app")
     cas("pull", base)
     registry.mark()
@@ -53,11 +55,13 @@ def test_seed_scenario_app_after_base_loads_on_a_clean_daemon(cas, cas_home, reg
     assert registry.requests() == []  # export reads the store only
     assert _blob_names(archive) == _hexes(test_images.app.digests)
     manifest = _tar_json(archive, "manifest.json")
-    assert manifest == [{
-        "Config": f"blobs/sha256/{test_images.app.config_blob.digest[7:]}",
-        "RepoTags": [app],
-        "Layers": [f"blobs/sha256/{layer.digest[7:]}" for layer in test_images.app.layers],
-    }]
+    assert manifest == [
+        {
+            "Config": f"blobs/sha256/{test_images.app.config_blob.digest[7:]}",
+            "RepoTags": [app],
+            "Layers": [f"blobs/sha256/{layer.digest[7:]}" for layer in test_images.app.layers],
+        }
+    ]
 
     out = clean_dockerd.load(archive).stdout
     assert f"Loaded image: {app}" in out
@@ -124,7 +128,7 @@ def test_multi_image_archive_loads_every_tag(cas, registry, test_images, clean_d
     assert [entry["RepoTags"] for entry in _tar_json(archive, "manifest.json")] == [[ref] for ref in refs]
 
     loaded = clean_dockerd.load(archive).stdout
-    for name, ref in zip(names, refs):
+    for name, ref in zip(names, refs, strict=True):
         assert f"Loaded image: {ref}" in loaded
         assert clean_dockerd.run(ref).stdout == f"hello from {name}\n"
     podman_loaded = clean_podman.load(archive).stdout
@@ -133,7 +137,9 @@ def test_multi_image_archive_loads_every_tag(cas, registry, test_images, clean_d
 
 
 @pytest.mark.parametrize("name", ["dockermedia", "ocidata", "multi", "multidocker"])
-def test_media_types_and_multi_platform_load_on_a_clean_daemon(name, cas, registry, test_images, clean_dockerd, skopeo, tmp_path):
+def test_media_types_and_multi_platform_load_on_a_clean_daemon(
+    name, cas, registry, test_images, clean_dockerd, skopeo, tmp_path
+):
     ref = test_images.ref(registry, name)
     cas("pull", "--platform", "linux/amd64", ref)
     archive = tmp_path / f"{name}.tar"
@@ -174,7 +180,9 @@ def test_stdout_pipes_into_docker_load(cas_home, registry, test_images, cas, cle
     cas("pull", app)
     exporter = subprocess.Popen(
         [sys.executable, "-m", "cli", "export", "-q", app, "-o", "-"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO_ROOT,
     )
     try:
         loaded = clean_dockerd.load(exporter.stdout)
@@ -198,7 +206,9 @@ def test_tag_renames_the_exported_image(cas, registry, test_images, clean_docker
     assert two.returncode == 2 and "--tag renames one image" in two.stderr and "Traceback" not in two.stderr
 
 
-def test_a_deleted_blob_fails_loudly_leaves_nothing_and_pull_repairs(cas, cas_home, registry, test_images, clean_dockerd, tmp_path):
+def test_a_deleted_blob_fails_loudly_leaves_nothing_and_pull_repairs(
+    cas, cas_home, registry, test_images, clean_dockerd, tmp_path
+):
     app = test_images.ref(registry, "app")
     cas("pull", app)
     layer = test_images.app.layers[3].digest  # layer 4 of 5: app's own
@@ -254,7 +264,10 @@ def test_refuses_to_write_a_tar_to_a_terminal(cas_home, registry, test_images, c
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "cli", "export", app, "-o", "-"],
-            stdout=secondary, stderr=subprocess.PIPE, cwd=REPO_ROOT, timeout=60,
+            stdout=secondary,
+            stderr=subprocess.PIPE,
+            cwd=REPO_ROOT,
+            timeout=60,
         )
     finally:
         os.close(secondary)
@@ -286,19 +299,29 @@ def _push_sha512_image(registry, repository: str, tag: str) -> dict:
     from support import images as im
 
     layer = im.layer({"hello.txt": b"hello from sha512\n"})
-    config = im.canonical_json({
-        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/hello.txt"]},
-        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
-    })
+    config = im.canonical_json(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": ["/hello.txt"]},
+            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
+        }
+    )
 
     def sha512(data: bytes) -> str:
         return "sha512:" + hashlib.sha512(data).hexdigest()
 
-    manifest = im.Blob(im.canonical_json({
-        "schemaVersion": 2, "mediaType": im.OCI_MANIFEST,
-        "config": {"mediaType": im.OCI_CONFIG, "digest": sha512(config), "size": len(config)},
-        "layers": [{"mediaType": im.MEDIA["oci"]["gzip"], "digest": sha512(layer.data), "size": layer.size}],
-    }), im.OCI_MANIFEST)
+    manifest = im.Blob(
+        im.canonical_json(
+            {
+                "schemaVersion": 2,
+                "mediaType": im.OCI_MANIFEST,
+                "config": {"mediaType": im.OCI_CONFIG, "digest": sha512(config), "size": len(config)},
+                "layers": [{"mediaType": im.MEDIA["oci"]["gzip"], "digest": sha512(layer.data), "size": layer.size}],
+            }
+        ),
+        im.OCI_MANIFEST,
+    )
     with auth.client(registry, push=True) as client:
         for data in (config, layer.data):
             start = client.post(f"/v2/{repository}/blobs/uploads/")
@@ -308,7 +331,12 @@ def _push_sha512_image(registry, repository: str, tag: str) -> dict:
             put = client.put(location, content=data, headers={"Content-Type": "application/octet-stream"})
             assert put.status_code == 201, put.text
         im.put_manifest(client, repository, tag, manifest)
-    return {"config": sha512(config), "layers": [sha512(layer.data)], "manifest": manifest.digest, "diff_ids": [layer.diff_id]}
+    return {
+        "config": sha512(config),
+        "layers": [sha512(layer.data)],
+        "manifest": manifest.digest,
+        "diff_ids": [layer.diff_id],
+    }
 
 
 def test_sha512_image_exports_and_loads(cas, registry, skopeo, clean_dockerd, tmp_path):
@@ -326,7 +354,9 @@ def test_sha512_image_exports_and_loads(cas, registry, skopeo, clean_dockerd, tm
         listed = subprocess.run(["tar", "-tf", str(archive)], capture_output=True, text=True, check=True).stdout.split()
         assert blobs <= set(listed)  # GNU tar reads the PAX path records too
     docker_archive = tmp_path / "docker-archive.tar"
-    assert _tar_json(docker_archive, "manifest.json")[0]["Layers"] == [f"blobs/sha512/{d[7:]}" for d in pushed["layers"]]
+    assert _tar_json(docker_archive, "manifest.json")[0]["Layers"] == [
+        f"blobs/sha512/{d[7:]}" for d in pushed["layers"]
+    ]
 
     # skopeo 1.9 reads sha512 blobs from a docker-archive (it hashes them itself) but from no
     # OCI source at all, not even a plain oci: directory; the oci-archive is checked by tar above.

@@ -43,7 +43,12 @@ def _layer(files: dict[str, bytes]) -> tuple[bytes, str]:
 
 
 def put_image(
-    store: Store, ref: str, layers: list[dict[str, bytes]], *, platform: str = "linux/amd64", index: bytes | None = None,
+    store: Store,
+    ref: str,
+    layers: list[dict[str, bytes]],
+    *,
+    platform: str = "linux/amd64",
+    index: bytes | None = None,
     algorithm: str = "sha256",
 ) -> dict:
     """Commit an image's blobs and write the ref record a pull would write; return the record.
@@ -52,13 +57,17 @@ def put_image(
     """
     built = [_layer(files) for files in layers]
     os_, arch = platform.split("/")[:2]
-    config = json.dumps({"architecture": arch, "os": os_, "rootfs": {"type": "layers", "diff_ids": [d for _, d in built]}}).encode()
+    config = json.dumps(
+        {"architecture": arch, "os": os_, "rootfs": {"type": "layers", "diff_ids": [d for _, d in built]}}
+    ).encode()
     manifest = json.dumps(
         {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
             "config": {"mediaType": OCI_CONFIG, "digest": str(of_bytes(config, algorithm)), "size": len(config)},
-            "layers": [{"mediaType": OCI_LAYER, "digest": str(of_bytes(b, algorithm)), "size": len(b)} for b, _ in built],
+            "layers": [
+                {"mediaType": OCI_LAYER, "digest": str(of_bytes(b, algorithm)), "size": len(b)} for b, _ in built
+            ],
         }
     ).encode()
     blobs = [(manifest, OCI_MANIFEST), (config, OCI_CONFIG)] + [(b, OCI_LAYER) for b, _ in built]
@@ -214,9 +223,20 @@ def test_other_platform_than_cached_is_not_cached(store: Store, out_dir: Path) -
 
 def test_multi_platform_ref_exports_only_the_pulled_manifest(store: Store, out_dir: Path) -> None:
     other = "sha256:" + "1" * 64  # an arm64 manifest the store never held
-    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
-        {"mediaType": OCI_MANIFEST, "digest": other, "size": 100, "platform": {"os": "linux", "architecture": "arm64"}},
-    ]}).encode()
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": other,
+                    "size": 100,
+                    "platform": {"os": "linux", "architecture": "arm64"},
+                },
+            ],
+        }
+    ).encode()
     rec = put_image(store, APP, APP_LAYERS, index=index)
     for fmt in ("docker-archive", "oci-archive"):
         export(store, [parse(APP)], out_dir / f"{fmt}.tar", ExportOptions(format=fmt))
@@ -283,7 +303,12 @@ def test_lease_is_held_while_writing_and_used_time_is_updated(store: Store, out_
     rec = put_image(store, APP, APP_LAYERS)
     seen: list[set[str]] = []
     before = time.time()
-    export(store, [parse(APP)], out_dir / "x.tar", ExportOptions(on_blob=lambda b: seen.append(store.index.leased_digests())))
+    export(
+        store,
+        [parse(APP)],
+        out_dir / "x.tar",
+        ExportOptions(on_blob=lambda b: seen.append(store.index.leased_digests())),
+    )
     assert seen and all(s == {b["digest"] for b in rec["blobs"]} for s in seen)
     assert store.index.leased_digests() == set()
     assert store.index.get_ref(APP)["used"] >= before
@@ -423,7 +448,9 @@ def _cross_device(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize(("fmt", "copying"), EXPORTS, ids=EXPORT_IDS)
-def test_a_symlinked_blob_is_never_followed(store: Store, tmp_path: Path, out_dir: Path, monkeypatch, fmt: str, copying: bool) -> None:
+def test_a_symlinked_blob_is_never_followed(
+    store: Store, tmp_path: Path, out_dir: Path, monkeypatch, fmt: str, copying: bool
+) -> None:
     from cas.errors import StoreError
 
     rec = put_image(store, APP, APP_LAYERS)
@@ -439,7 +466,9 @@ def test_a_symlinked_blob_is_never_followed(store: Store, tmp_path: Path, out_di
 
 
 @pytest.mark.parametrize(("fmt", "copying"), EXPORTS, ids=EXPORT_IDS)
-def test_a_symlinked_algorithm_directory_is_never_followed(store: Store, tmp_path: Path, out_dir: Path, monkeypatch, fmt: str, copying: bool) -> None:
+def test_a_symlinked_algorithm_directory_is_never_followed(
+    store: Store, tmp_path: Path, out_dir: Path, monkeypatch, fmt: str, copying: bool
+) -> None:
     from cas.errors import StoreError
 
     put_image(store, APP, APP_LAYERS)

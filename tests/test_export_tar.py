@@ -154,7 +154,9 @@ def test_long_name_and_huge_size_share_one_pax_header() -> None:
 
 
 @pytest.mark.parametrize("sendfile", [True, False], ids=["sendfile", "copy-loop"])
-def test_sha512_blob_names_round_trip_through_tarfile_and_gnu_tar(tmp_path: Path, sources: dict[str, Path], sendfile: bool) -> None:
+def test_sha512_blob_names_round_trip_through_tarfile_and_gnu_tar(
+    tmp_path: Path, sources: dict[str, Path], sendfile: bool
+) -> None:
     files = {**sources, SHA512_NAME: sources["blobs/sha256/" + "0" * 63 + "5"]}
     out = tmp_path / "out.tar"
     with open(out, "wb") as fh:

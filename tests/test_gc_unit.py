@@ -12,6 +12,7 @@ import textwrap
 import time
 
 import pytest
+from test_lifecycle_support import APP, BASE, OTHER, commit, files_on_disk, indexed, store_three
 
 from cas import gc
 from cas.digest import Digest
@@ -20,7 +21,6 @@ from cas.store import Store
 from cas.store import blobs as blobs_module
 from cas.usage import usage
 from cas.verify import verify
-from test_lifecycle_support import APP, BASE, OTHER, commit, files_on_disk, indexed, store_three
 
 
 @pytest.fixture
@@ -141,9 +141,12 @@ def test_all_empties_the_store(store, three, tmp_path):
     assert list(store.index.refs()) == []
     assert layout_refs(store) == []
     assert list(store.blobs.ingests()) == []
-    assert result.freed_bytes == sum(r["size"] for r in three.values()) - sum(
-        s for d, s in sizes(three[BASE]).items() if d in digests(three[APP])
-    ) + 5
+    assert (
+        result.freed_bytes
+        == sum(r["size"] for r in three.values())
+        - sum(s for d, s in sizes(three[BASE]).items() if d in digests(three[APP]))
+        + 5
+    )
 
 
 def test_leased_blobs_are_roots(store, three):

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_lifecycle_support import APP, BASE, commit, store_three
 
 from cas import gc
 from cas.store import Store
 from cas.usage import usage
-from test_lifecycle_support import APP, BASE, commit, store_three
 
 
 @pytest.fixture
@@ -103,7 +103,9 @@ def test_images_skips_malformed_records_and_inspect_names_them(store, three):
     listed = run_cli(home, "images")
     assert listed.returncode == 0, listed.stderr
     assert "Traceback" not in listed.stderr
-    assert all(ref in listed.stdout for ref in three) and "nodigest" not in listed.stdout and "broken" not in listed.stdout
+    assert (
+        all(ref in listed.stdout for ref in three) and "nodigest" not in listed.stdout and "broken" not in listed.stdout
+    )
     assert "skipped 2 malformed image record(s): 127.0.0.1:5000/broken:1, 127.0.0.1:5000/nodigest:1" in listed.stderr
     as_json = run_cli(home, "images", "--json")
     assert as_json.returncode == 0 and [row["ref"] for row in json.loads(as_json.stdout)] == sorted(three)
@@ -111,7 +113,10 @@ def test_images_skips_malformed_records_and_inspect_names_them(store, three):
     for ref in (no_digest, "127.0.0.1:5000/broken:1", "127.0.0.1:5000/odd:1"):
         shown = run_cli(home, "inspect", ref)
         assert shown.returncode == 1 and "Traceback" not in shown.stderr
-        assert shown.stderr.splitlines() == [f"error: the index record of {ref} is malformed", f"hint: run `cas rm {ref}`, then `cas pull {ref}`"]
+        assert shown.stderr.splitlines() == [
+            f"error: the index record of {ref} is malformed",
+            f"hint: run `cas rm {ref}`, then `cas pull {ref}`",
+        ]
     assert run_cli(home, "inspect", BASE).returncode == 0
 
     removed = run_cli(home, "rm", no_digest, "127.0.0.1:5000/broken:1", "127.0.0.1:5000/odd:1")
@@ -124,16 +129,28 @@ def test_prune_and_verify_take_the_shared_lock_timeout_option(store, three):
     home = store.home
     store.close()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from cas.store import Store; l = Store(sys.argv[1]).lock(shared=True); "
-         "l.acquire(); print('held', flush=True); time.sleep(30)", str(home)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from cas.store import Store; l = Store(sys.argv[1]).lock(shared=True); "
+            "l.acquire(); print('held', flush=True); time.sleep(30)",
+            str(home),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        for args, env in ((("prune", "--lock-timeout", "0.2"), {}), (("verify", "--repair"), {"CAS_LOCK_TIMEOUT": "0.2"})):
+        for args, env in (
+            (("prune", "--lock-timeout", "0.2"), {}),
+            (("verify", "--repair"), {"CAS_LOCK_TIMEOUT": "0.2"}),
+        ):
             proc = subprocess.run(
-                [sys.executable, "-m", "cli", *args], env={**os.environ, "CAS_HOME": str(home), **env},
-                capture_output=True, text=True, timeout=30,
+                [sys.executable, "-m", "cli", *args],
+                env={**os.environ, "CAS_HOME": str(home), **env},
+                capture_output=True,
+                text=True,
+                timeout=30,
             )
             assert proc.returncode == 1, (args, proc.stderr)
             assert "timed out" in proc.stderr and "--lock-timeout" in proc.stderr and "Traceback" not in proc.stderr

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_lifecycle_support import flip_byte
 
 
@@ -42,9 +41,7 @@ def test_rm_and_prune_remove_exactly_the_unique_blobs_and_the_rest_still_loads(
 
     du = as_json(cas("du", "--json"))
     app_row = next(i for i in du["images"] if i["ref"] == app)
-    assert app_row["unique"] == sum(
-        os.path.getsize(blob_path(cas_home, d)) for d in unique_to_app
-    )
+    assert app_row["unique"] == sum(os.path.getsize(blob_path(cas_home, d)) for d in unique_to_app)
 
     cas("rm", app)
     assert blobs_on_disk(cas_home) == before  # rm frees nothing by itself
@@ -185,7 +182,11 @@ def test_store_is_an_oci_layout_skopeo_copies_from(name, cas, cas_home, registry
     assert layout_refs(cas_home) == [ref]
     out = tmp_path / "out"
     # --preserve-digests: an OCI layout destination would otherwise gzip ocidata's plain layers
-    skopeo.copy(f"oci:{cas_home / 'v1'}:{ref}", f"oci:{out}:copy", extra=("--preserve-digests", "--dest-oci-accept-uncompressed-layers"))
+    skopeo.copy(
+        f"oci:{cas_home / 'v1'}:{ref}",
+        f"oci:{out}:copy",
+        extra=("--preserve-digests", "--dest-oci-accept-uncompressed-layers"),
+    )
     copied = json.loads((out / "index.json").read_text())["manifests"]
     expected = test_images[name].for_platform("linux/amd64") if name == "multi" else test_images[name]
     assert [m["digest"] for m in copied] == [expected.digest]

@@ -34,8 +34,17 @@ def test_bad_sizes_say_what_is_expected(text):
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("7d", 7 * 86400), ("12h", 43200), ("30m", 1800), ("45s", 45), ("2w", 14 * 86400),
-     ("1h30m", 5400), ("1.5h", 5400), ("90", 90), (" 7D ", 7 * 86400)],
+    [
+        ("7d", 7 * 86400),
+        ("12h", 43200),
+        ("30m", 1800),
+        ("45s", 45),
+        ("2w", 14 * 86400),
+        ("1h30m", 5400),
+        ("1.5h", 5400),
+        ("90", 90),
+        (" 7D ", 7 * 86400),
+    ],
 )
 def test_durations(text, expected):
     assert parse_duration(text) == expected
@@ -45,4 +54,3 @@ def test_durations(text, expected):
 def test_bad_durations_say_what_is_expected(text):
     with pytest.raises(ValueError, match="7d, 12h"):
         parse_duration(text)
-

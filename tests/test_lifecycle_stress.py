@@ -26,7 +26,9 @@ HELLO = {
 ROUNDS = 4
 
 
-def test_concurrent_pulls_exports_rm_prune_keep_the_store_consistent(cas, cas_home, registry, test_images, clean_dockerd, tmp_path):
+def test_concurrent_pulls_exports_rm_prune_keep_the_store_consistent(
+    cas, cas_home, registry, test_images, clean_dockerd, tmp_path
+):
     refs = {name: test_images.ref(registry, name) for name in NAMES}
     failures: list[str] = []
     exported: list[tuple[str, Path]] = []
@@ -82,7 +84,9 @@ def test_concurrent_pulls_exports_rm_prune_keep_the_store_consistent(cas, cas_ho
                 if proc.returncode not in (0,) and "not in the cache" not in proc.stderr:
                     fail(f"rm {victim}", proc)
                 note("rm")
-            proc = cas("prune", "--json", "--lock-timeout", "120", *policies[round_ % len(policies)], check=False, timeout=150)
+            proc = cas(
+                "prune", "--json", "--lock-timeout", "120", *policies[round_ % len(policies)], check=False, timeout=150
+            )
             if proc.returncode != 0:
                 fail("prune", proc)
             else:

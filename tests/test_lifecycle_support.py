@@ -13,10 +13,11 @@ import os
 import stat
 from pathlib import Path
 
+from support.images import Image, random_layer
+
 from cas.digest import Digest
 from cas.reference import parse
 from cas.store import Store
-from support.images import Image, random_layer
 
 BASE = "127.0.0.1:5000/base:1.0"
 APP = "127.0.0.1:5000/app:1.0"
@@ -37,7 +38,9 @@ def _sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def store_image(store: Store, ref_text: str, image: Image, *, used: float = 1_700_000_000.0, layout: bool = True) -> dict:
+def store_image(
+    store: Store, ref_text: str, image: Image, *, used: float = 1_700_000_000.0, layout: bool = True
+) -> dict:
     """Commit ``image`` and write the ref record a pull would write; return the record."""
     ref = str(parse(ref_text))
     blobs = [image.manifest_blob, image.config_blob] + [lay.blob(image.media) for lay in image.layers]

@@ -21,10 +21,30 @@ def _image(media_type=mf.OCI_MANIFEST, with_type=True):
 
 def _index():
     entries = [
-        {"mediaType": mf.OCI_MANIFEST, "digest": "sha256:" + H1, "size": 1, "platform": {"os": "linux", "architecture": "amd64"}},
-        {"mediaType": mf.OCI_MANIFEST, "digest": "sha256:" + H2, "size": 1, "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
-        {"mediaType": mf.OCI_MANIFEST, "digest": "sha256:" + H3, "size": 1, "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}},
-        {"mediaType": mf.OCI_MANIFEST, "digest": "sha256:" + H3, "size": 1, "platform": {"os": "unknown", "architecture": "unknown"}},
+        {
+            "mediaType": mf.OCI_MANIFEST,
+            "digest": "sha256:" + H1,
+            "size": 1,
+            "platform": {"os": "linux", "architecture": "amd64"},
+        },
+        {
+            "mediaType": mf.OCI_MANIFEST,
+            "digest": "sha256:" + H2,
+            "size": 1,
+            "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"},
+        },
+        {
+            "mediaType": mf.OCI_MANIFEST,
+            "digest": "sha256:" + H3,
+            "size": 1,
+            "platform": {"os": "linux", "architecture": "arm", "variant": "v7"},
+        },
+        {
+            "mediaType": mf.OCI_MANIFEST,
+            "digest": "sha256:" + H3,
+            "size": 1,
+            "platform": {"os": "unknown", "architecture": "unknown"},
+        },
     ]
     return json.dumps({"schemaVersion": 2, "mediaType": mf.OCI_INDEX, "manifests": entries}).encode()
 
@@ -46,7 +66,14 @@ def test_parse_image_and_index():
 
 @pytest.mark.parametrize(
     "wanted, expected",
-    [("linux/amd64", H1), ("linux/arm64", H2), ("linux/aarch64", H2), ("linux/arm64/v8", H2), ("linux/arm", H3), ("linux/arm/v7", H3)],
+    [
+        ("linux/amd64", H1),
+        ("linux/arm64", H2),
+        ("linux/aarch64", H2),
+        ("linux/arm64/v8", H2),
+        ("linux/arm", H3),
+        ("linux/arm/v7", H3),
+    ],
 )
 def test_platform_selection(wanted, expected):
     index = mf.parse(_index(), mf.OCI_INDEX)
@@ -72,7 +99,10 @@ def test_schema1_is_unsupported_with_a_hint():
     [
         (b"not json", "not valid JSON"),
         (b"[]", "not a JSON object"),
-        (json.dumps({"config": {"digest": "sha256:" + H1, "size": 1}, "layers": {}}).encode(), "'layers' is not a list"),
+        (
+            json.dumps({"config": {"digest": "sha256:" + H1, "size": 1}, "layers": {}}).encode(),
+            "'layers' is not a list",
+        ),
         (json.dumps({"config": {"digest": "sha256:../x", "size": 1}, "layers": []}).encode(), "config"),
         (json.dumps({"config": {"digest": "sha256:" + H1, "size": -1}, "layers": []}).encode(), "valid size"),
     ],

@@ -98,7 +98,7 @@ def test_media_types_and_uncompressed_layers(cas, registry, test_images):
         assert out["manifest"] == test_images[name].digest
         info = json.loads(cas("inspect", "--json", test_images.ref(registry, name)).stdout)
         assert info["media_type"] == test_images[name].media_type
-        assert [l["digest"] for l in info["layers"]] == [b.digest for b in test_images[name].blobs[1:]]
+        assert [layer["digest"] for layer in info["layers"]] == [b.digest for b in test_images[name].blobs[1:]]
     _store_is_sound(Path(os.environ["CAS_HOME"]))
 
 
@@ -129,8 +129,10 @@ def test_sigkill_mid_blob_then_the_next_pull_resumes_and_completes(cas, cas_home
     proxy.throttle(200_000)
     victim = subprocess.Popen(
         [sys.executable, "-m", "cli", "pull", "--jobs", "1", ref],
-        cwd=REPO_ROOT, env={**os.environ, "CAS_HOME": str(cas_home)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO_ROOT,
+        env={**os.environ, "CAS_HOME": str(cas_home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     ingest = cas_home / "v1" / "ingest"
 
@@ -142,7 +144,9 @@ def test_sigkill_mid_blob_then_the_next_pull_resumes_and_completes(cas, cas_home
     victim.wait()
     kept = partial_bytes()
     assert kept > 0
-    committed = sum(b.size for b in test_images.base.blobs if (cas_home / "v1" / "blobs" / "sha256" / b.digest[7:]).exists())
+    committed = sum(
+        b.size for b in test_images.base.blobs if (cas_home / "v1" / "blobs" / "sha256" / b.digest[7:]).exists()
+    )
     _store_is_sound(cas_home)
     assert json.loads(cas("images", "--json").stdout) == []
 
@@ -163,8 +167,14 @@ def test_two_processes_pulling_at_once_download_each_blob_once(cas_home, proxy, 
     ref = f"{proxy.host}/app:latest"
     env = {**os.environ, "CAS_HOME": str(cas_home)}
     procs = [
-        subprocess.Popen([sys.executable, "-m", "cli", "pull", "--json", ref], cwd=REPO_ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "cli", "pull", "--json", ref],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     results = [p.communicate(timeout=120) for p in procs]
@@ -276,7 +286,9 @@ def test_full_disk_is_a_one_line_error_and_the_store_stays_sound(cas, tmp_path, 
 
 
 @pytest.mark.parametrize("name", ["dockermedia", "multidocker"])
-def test_docker_media_images_are_readable_from_the_store_as_oci(name, cas, cas_home, registry, test_images, skopeo, tmp_path):
+def test_docker_media_images_are_readable_from_the_store_as_oci(
+    name, cas, cas_home, registry, test_images, skopeo, tmp_path
+):
     """skopeo's oci: transport skips Docker-typed index entries, so the store lists an OCI view."""
     ref = test_images.ref(registry, name)
     cas("pull", ref)
@@ -285,12 +297,14 @@ def test_docker_media_images_are_readable_from_the_store_as_oci(name, cas, cas_h
     assert entry["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
     view = json.loads((cas_home / "v1" / "blobs" / "sha256" / entry["digest"][7:]).read_bytes())
     assert view["annotations"]["dev.cas.converted-from"] == image.digest
-    assert [view["config"]["digest"]] + [l["digest"] for l in view["layers"]] == image.digests[1:]
+    assert [view["config"]["digest"]] + [layer["digest"] for layer in view["layers"]] == image.digests[1:]
 
     out = tmp_path / "out"
     skopeo.copy(f"oci:{cas_home / 'v1'}:{ref}", f"oci:{out}:copy", extra=("--preserve-digests",))
     for digest in image.digests[1:]:
-        assert (out / "blobs" / "sha256" / digest[7:]).read_bytes() == (cas_home / "v1" / "blobs" / "sha256" / digest[7:]).read_bytes()
+        assert (out / "blobs" / "sha256" / digest[7:]).read_bytes() == (
+            cas_home / "v1" / "blobs" / "sha256" / digest[7:]
+        ).read_bytes()
     export = tmp_path / "x.tar"
     cas("export", ref, "-o", export)
     with tarfile.open(export) as tar:  # the export still carries the registry's own manifest

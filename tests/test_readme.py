@@ -17,8 +17,12 @@ def test_readme_names_the_demo_and_the_test_command():
 
 def test_demo_pulls_incrementally_and_exports_a_checked_archive(tmp_path):
     out = tmp_path / "app.tar"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout + proc.stderr
     assert "downloaded 3 blob(s)" in lines and "reused 3" in lines  # app after base: only app's own blobs

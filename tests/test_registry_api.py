@@ -10,14 +10,21 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import images
 
 import cas.registry
 from cas.registry import RegistryClient
-from support import images
 
 REPO = Path(__file__).resolve().parent.parent
-PUBLIC = ["Credentials", "FetchedManifest", "RegistryClient", "Sink", "TokenCache", "lookup_credentials",
-          "parse_www_authenticate"]
+PUBLIC = [
+    "Credentials",
+    "FetchedManifest",
+    "RegistryClient",
+    "Sink",
+    "TokenCache",
+    "lookup_credentials",
+    "parse_www_authenticate",
+]
 
 
 def test_public_names_are_pinned():
@@ -47,8 +54,14 @@ def test_scheme_is_plain_http_only_for_loopback_or_insecure(host, insecure, base
 
 def _python(code: str, env: dict[str, str] | None = None) -> dict:
     """Run ``code`` in a fresh interpreter; it prints one JSON line, which is returned."""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, **(env or {})}, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
+from support.fakes import DictTokenCache
 
 from cas.errors import AuthError, ServerError
 from cas.registry.auth import (
@@ -24,7 +25,6 @@ from cas.registry.auth import (
 )
 from cas.registry.credentials import Credentials
 from cas.registry.retry import Transient
-from support.fakes import DictTokenCache
 
 HOST = "reg.example"
 
@@ -34,8 +34,14 @@ HOST = "reg.example"
     [
         (
             'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull"',
-            ("bearer", {"realm": "https://auth.docker.io/token", "service": "registry.docker.io",
-                        "scope": "repository:library/alpine:pull"}),
+            (
+                "bearer",
+                {
+                    "realm": "https://auth.docker.io/token",
+                    "service": "registry.docker.io",
+                    "scope": "repository:library/alpine:pull",
+                },
+            ),
         ),
         (
             'Bearer realm="https://a/token", scope="repository:x:pull,push", service="svc"',
@@ -43,15 +49,20 @@ HOST = "reg.example"
         ),
         ('Basic realm="Registry Realm"', ("basic", {"realm": "Registry Realm"})),
         ("BASIC REALM=plain", ("basic", {"realm": "plain"})),
-        ('Bearer realm="a \\"quoted\\" realm",error="invalid_token"',
-         ("bearer", {"realm": 'a "quoted" realm', "error": "invalid_token"})),
+        (
+            'Bearer realm="a \\"quoted\\" realm",error="invalid_token"',
+            ("bearer", {"realm": 'a "quoted" realm', "error": "invalid_token"}),
+        ),
         ('Bearer realm = "spaced" , service = svc', ("bearer", {"realm": "spaced", "service": "svc"})),
         ("Bearer", ("bearer", {})),
         ("", ("", {})),
         ("   ", ("", {})),
         ('Bearer realm="r", Basic realm="second"', ("bearer", {"realm": "r"})),  # first challenge only
         ('Bearer realm="r",realm="dup"', ("bearer", {"realm": "r"})),  # first value wins
-        ('Bearer realm="https://x/t?a=1,b=2",service="s"', ("bearer", {"realm": "https://x/t?a=1,b=2", "service": "s"})),
+        (
+            'Bearer realm="https://x/t?a=1,b=2",service="s"',
+            ("bearer", {"realm": "https://x/t?a=1,b=2", "service": "s"}),
+        ),
     ],
 )
 def test_parse_www_authenticate(header, expected):
@@ -103,8 +114,16 @@ def test_token_cache_keys():
 class FakeRegistry:
     """A registry that wants Basic or Bearer, and a token server, in one MockTransport."""
 
-    def __init__(self, mode: str, *, user: str = "alice", password: str = "pw", anonymous: bool = True,
-                 token_status: int = 200, token_key: str = "token") -> None:
+    def __init__(
+        self,
+        mode: str,
+        *,
+        user: str = "alice",
+        password: str = "pw",
+        anonymous: bool = True,
+        token_status: int = 200,
+        token_key: str = "token",
+    ) -> None:
         self.mode, self.user, self.password, self.anonymous = mode, user, password, anonymous
         self.token_status, self.token_key = token_status, token_key
         self.log: list[httpx.Request] = []
@@ -113,21 +132,28 @@ class FakeRegistry:
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         # A copy: the auth flow resends the same Request object with new headers.
-        self.log.append(httpx.Request(request.method, request.url, headers=request.headers.copy(), content=request.content))
+        self.log.append(
+            httpx.Request(request.method, request.url, headers=request.headers.copy(), content=request.content)
+        )
         if request.url.path == "/token":
             return self._token(request)
         auth = request.headers.get("Authorization", "")
         if self.mode == "basic":
             if auth == self._basic():
                 return httpx.Response(200, text="ok")
-            return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'},
-                                  json={"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]})
+            return httpx.Response(
+                401,
+                headers={"WWW-Authenticate": 'Basic realm="r"'},
+                json={"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
+            )
         token = auth.removeprefix("Bearer ")
         if auth.startswith("Bearer ") and token in self.issued and token not in self.revoked:
             return httpx.Response(200, text="ok")
         return httpx.Response(
             401,
-            headers={"WWW-Authenticate": f'Bearer realm="https://auth.example/token",service="svc",scope="{scope_for("app")}"'},
+            headers={
+                "WWW-Authenticate": f'Bearer realm="https://auth.example/token",service="svc",scope="{scope_for("app")}"'
+            },
             json={"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
         )
 

@@ -10,14 +10,14 @@ import json
 import threading
 
 import pytest
+from support import images
+from support.fakes import DictTokenCache, MemorySink
 
 from cas.digest import Digest
 from cas.errors import AuthError, DigestMismatch, NotFound
 from cas.manifest import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from cas.registry import Credentials, RegistryClient
 from cas.store.blobs import BlobStore
-from support import images
-from support.fakes import DictTokenCache, MemorySink
 
 FAST = {"retries": 2, "backoff": 0.01}
 
@@ -36,8 +36,9 @@ _counter = iter(range(1_000_000))
 
 def unique_image(media: str = "oci", size: int = 200_000, **kwargs) -> images.Image:
     seed = next(_counter) + 1000 * threading.get_ident() % 997
-    return images.Image([images.random_layer(size, seed=seed), images.layer({"etc/id": f"{seed}\n"})],
-                        media=media, **kwargs)
+    return images.Image(
+        [images.random_layer(size, seed=seed), images.layer({"etc/id": f"{seed}\n"})], media=media, **kwargs
+    )
 
 
 def pull_all(client: RegistryClient, repository: str, tag: str, image: images.Image) -> None:
@@ -179,7 +180,10 @@ def test_unknown_digest_is_not_found(registry, no_docker_config):
         assert f"cas-test/known@{missing} not found" in info.value.message
         with pytest.raises(NotFound) as info:
             client.download_blob("cas-test/known", missing, MemorySink())
-        assert info.value.message == f"blob {missing} of {registry.host}/cas-test/known not found: blob unknown to registry"
+        assert (
+            info.value.message
+            == f"blob {missing} of {registry.host}/cas-test/known not found: blob unknown to registry"
+        )
 
 
 # --- integrity: the client checks manifests, the store checks blobs -------------------------

@@ -10,16 +10,16 @@ import gzip
 import hashlib
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 import pytest
+from support.fakes import MemorySink
 
 from cas import manifest
 from cas.digest import Digest
-from cas.errors import ManifestError, RegistryError, UnsupportedManifest, Unreachable
+from cas.errors import ManifestError, RegistryError, Unreachable, UnsupportedManifest
 from cas.registry import Credentials, RegistryClient
-from support.fakes import MemorySink
 
 FAST = {"retries": 2, "backoff": 0.001}
 BLOB = bytes(range(256)) * 400  # 102400 bytes
@@ -27,8 +27,9 @@ BLOB_DIGEST = Digest("sha256", hashlib.sha256(BLOB).hexdigest())
 
 
 class Answer:
-    def __init__(self, status: int = 200, headers: dict[str, str] | None = None, body: bytes = b"",
-                 cut_after: int | None = None) -> None:
+    def __init__(
+        self, status: int = 200, headers: dict[str, str] | None = None, body: bytes = b"", cut_after: int | None = None
+    ) -> None:
         self.status, self.headers, self.body, self.cut_after = status, dict(headers or {}), body, cut_after
 
 
@@ -55,7 +56,9 @@ class Canned:
                 seen = Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
                 canned.seen.append(seen)
                 route = canned.routes.get(self.path.split("?")[0])
-                answer = route(seen) if route else Answer(404, body=b'{"errors":[{"code":"NAME_UNKNOWN","message":"no"}]}')
+                answer = (
+                    route(seen) if route else Answer(404, body=b'{"errors":[{"code":"NAME_UNKNOWN","message":"no"}]}')
+                )
                 self.send_response_only(answer.status)
                 headers = {"Content-Length": str(len(answer.body)), **answer.headers}
                 for name, value in headers.items():
@@ -102,8 +105,13 @@ def manifest_answer(body: bytes, content_type: str = manifest.OCI_MANIFEST, dige
     return lambda seen: Answer(200, {"Content-Type": content_type, "Docker-Content-Digest": digest}, body)
 
 
-OCI_BODY = json.dumps({"schemaVersion": 2, "config": {"mediaType": manifest.OCI_CONFIG, "size": 2,
-                       "digest": "sha256:" + "a" * 64}, "layers": []}).encode()
+OCI_BODY = json.dumps(
+    {
+        "schemaVersion": 2,
+        "config": {"mediaType": manifest.OCI_CONFIG, "size": 2, "digest": "sha256:" + "a" * 64},
+        "layers": [],
+    }
+).encode()
 
 
 # --- manifests ---------------------------------------------------------------------------------
@@ -140,7 +148,9 @@ def test_a_missing_or_invalid_docker_content_digest_is_ignored(canned, header):
 
 def test_a_sha512_docker_content_digest_is_verified_and_returned(canned):
     server = canned()
-    server.routes["/v2/app/manifests/1"] = manifest_answer(OCI_BODY, digest="sha512:" + hashlib.sha512(OCI_BODY).hexdigest())
+    server.routes["/v2/app/manifests/1"] = manifest_answer(
+        OCI_BODY, digest="sha512:" + hashlib.sha512(OCI_BODY).hexdigest()
+    )
     with RegistryClient(server.host, **FAST) as client:
         assert client.get_manifest("app", "1").digest.algorithm == "sha512"
 
@@ -163,8 +173,10 @@ def test_a_gzip_encoded_manifest_is_decoded_before_hashing(canned):
     server = canned()
     digest = "sha256:" + hashlib.sha256(OCI_BODY).hexdigest()
     server.routes["/v2/app/manifests/1"] = lambda seen: Answer(
-        200, {"Content-Type": manifest.OCI_MANIFEST, "Content-Encoding": "gzip", "Docker-Content-Digest": digest},
-        gzip.compress(OCI_BODY))
+        200,
+        {"Content-Type": manifest.OCI_MANIFEST, "Content-Encoding": "gzip", "Docker-Content-Digest": digest},
+        gzip.compress(OCI_BODY),
+    )
     with RegistryClient(server.host, **FAST) as client:
         fetched = client.get_manifest("app", "1")
     assert fetched.data == OCI_BODY and str(fetched.digest) == digest
@@ -222,7 +234,8 @@ def test_a_wrong_content_range_starts_over(canned):
 def test_416_means_complete_only_when_the_total_matches(canned, total, restarted):
     server = canned()
     server.routes[BLOB_PATH] = lambda seen: (
-        Answer(416, {"Content-Range": f"bytes */{total}"}) if "range" in seen.headers else Answer(200, {}, BLOB))
+        Answer(416, {"Content-Range": f"bytes */{total}"}) if "range" in seen.headers else Answer(200, {}, BLOB)
+    )
     sink = MemorySink(BLOB)
     with RegistryClient(server.host, **FAST) as client:
         client.download_blob("app", BLOB_DIGEST, sink)
@@ -277,6 +290,9 @@ def test_tls_to_a_plain_http_server_is_unreachable_with_a_hint_and_not_retried(c
     server.routes[BLOB_PATH] = lambda seen: Answer(307, {"Location": f"https://{server.host}/cdn/blob"})
     with RegistryClient(server.host, **FAST) as client, pytest.raises(Unreachable) as info:
         client.download_blob("app", BLOB_DIGEST, MemorySink())
-    assert info.value.message == f"cannot reach registry {server.host}: TLS handshake failed: it looks like a plain-HTTP registry"
+    assert (
+        info.value.message
+        == f"cannot reach registry {server.host}: TLS handshake failed: it looks like a plain-HTTP registry"
+    )
     assert "SSL_CERT_FILE" in info.value.hint and "--insecure" in info.value.hint
     assert [s.path for s in server.seen] == [BLOB_PATH]  # a TLS failure is not retried

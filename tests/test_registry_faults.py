@@ -10,13 +10,13 @@ import hashlib
 import time
 
 import pytest
+from support import images
+from support.fakes import MemorySink
+from support.tools import free_port
 
 from cas.digest import Digest
 from cas.errors import AuthError, RateLimited, ServerError, Unreachable
 from cas.registry import Credentials, RegistryClient
-from support import images
-from support.fakes import MemorySink
-from support.tools import free_port
 
 FAST = {"retries": 3, "backoff": 0.01}
 

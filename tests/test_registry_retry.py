@@ -34,8 +34,21 @@ def test_parse_retry_after(value, expected):
     assert got == (pytest.approx(expected) if expected is not None else None)
 
 
-@pytest.mark.parametrize(("status", "retry"), [(429, True), (500, True), (502, True), (503, True), (504, True),
-                                               (599, True), (400, False), (401, False), (404, False), (416, False)])
+@pytest.mark.parametrize(
+    ("status", "retry"),
+    [
+        (429, True),
+        (500, True),
+        (502, True),
+        (503, True),
+        (504, True),
+        (599, True),
+        (400, False),
+        (401, False),
+        (404, False),
+        (416, False),
+    ],
+)
 def test_retryable_statuses(status, retry):
     assert is_retryable_status(status) is retry
 

@@ -39,10 +39,16 @@ def test_is_loopback(host, loopback):
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        (json.dumps({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown", "detail": {"Tag": "x"}}]}),
-         ("MANIFEST_UNKNOWN", "manifest unknown")),
-        (json.dumps({"errors": [{"code": "DENIED", "message": "a"}, {"code": "UNAUTHORIZED", "message": "b"}]}),
-         ("DENIED", "a; b")),
+        (
+            json.dumps(
+                {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown", "detail": {"Tag": "x"}}]}
+            ),
+            ("MANIFEST_UNKNOWN", "manifest unknown"),
+        ),
+        (
+            json.dumps({"errors": [{"code": "DENIED", "message": "a"}, {"code": "UNAUTHORIZED", "message": "b"}]}),
+            ("DENIED", "a; b"),
+        ),
         (json.dumps({"errors": [{"code": "BLOB_UNKNOWN"}]}), ("BLOB_UNKNOWN", "BLOB_UNKNOWN")),
         (json.dumps({"details": "incorrect username or password"}), (None, "incorrect username or password")),
         ("<html>\n  <b>Bad   Gateway</b>\n</html>", (None, "<html> <b>Bad Gateway</b> </html>")),
@@ -89,19 +95,45 @@ def _wrapped(outer: BaseException, inner: BaseException) -> BaseException:
 @pytest.mark.parametrize(
     ("exc", "reason", "retryable"),
     [
-        (_wrapped(httpx.ConnectError("[Errno 111] Connection refused"), ConnectionRefusedError(111, "refused")),
-         "connection refused", True),
-        (_wrapped(httpx.ConnectError("[Errno -2] Name or service not known"), socket.gaierror(-2, "Name or service not known")),
-         "cannot resolve the host name", True),
+        (
+            _wrapped(httpx.ConnectError("[Errno 111] Connection refused"), ConnectionRefusedError(111, "refused")),
+            "connection refused",
+            True,
+        ),
+        (
+            _wrapped(
+                httpx.ConnectError("[Errno -2] Name or service not known"),
+                socket.gaierror(-2, "Name or service not known"),
+            ),
+            "cannot resolve the host name",
+            True,
+        ),
         (httpx.ConnectTimeout("timed out"), "connection timed out", True),
         (httpx.ReadTimeout("timed out"), "timed out", True),
-        (httpx.RemoteProtocolError("peer closed connection without sending complete message body"), "connection dropped", True),
+        (
+            httpx.RemoteProtocolError("peer closed connection without sending complete message body"),
+            "connection dropped",
+            True,
+        ),
         (httpx.ReadError("[Errno 104] Connection reset by peer"), "connection dropped", True),
-        (_wrapped(httpx.ConnectError("[SSL: WRONG_VERSION_NUMBER] wrong version number"), ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")),
-         "TLS handshake failed: it looks like a plain-HTTP registry", False),
-        (_wrapped(httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"),
-                  ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate")),
-         "TLS certificate not trusted", False),
+        (
+            _wrapped(
+                httpx.ConnectError("[SSL: WRONG_VERSION_NUMBER] wrong version number"),
+                ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"),
+            ),
+            "TLS handshake failed: it looks like a plain-HTTP registry",
+            False,
+        ),
+        (
+            _wrapped(
+                httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"),
+                ssl.SSLCertVerificationError(
+                    1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate"
+                ),
+            ),
+            "TLS certificate not trusted",
+            False,
+        ),
     ],
 )
 def test_describe_transport_error(exc, reason, retryable):
@@ -123,7 +155,16 @@ def test_describe_transport_error(exc, reason, retryable):
     ],
 )
 def test_proxy_for(monkeypatch, env, url, expected):
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+    for name in (
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "no_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

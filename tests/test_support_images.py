@@ -52,9 +52,16 @@ def test_busybox_layer_holds_an_executable_and_applet_links():
 def test_image_config_and_manifest_agree_for_both_media_flavours():
     lays = [im.layer({"a": "1"}), im.layer({"b": "2"}, compression="none")]
     for media, manifest_type, layer_types in (
-        ("oci", im.OCI_MANIFEST, ["application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar"]),
-        ("docker", im.DOCKER_MANIFEST, ["application/vnd.docker.image.rootfs.diff.tar.gzip",
-                                        "application/vnd.docker.image.rootfs.diff.tar"]),
+        (
+            "oci",
+            im.OCI_MANIFEST,
+            ["application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar"],
+        ),
+        (
+            "docker",
+            im.DOCKER_MANIFEST,
+            ["application/vnd.docker.image.rootfs.diff.tar.gzip", "application/vnd.docker.image.rootfs.diff.tar"],
+        ),
     ):
         img = im.Image(lays, media=media, architecture="arm", variant="v7")
         manifest = json.loads(img.manifest_blob.data)
@@ -78,6 +85,10 @@ def test_standard_images_have_the_documented_shape():
         assert len({img.digest for img in index.images}) == 3
         entry = json.loads(index.manifest_blob.data)["manifests"][1]
         assert entry["platform"] == {"architecture": "arm64", "os": "linux", "variant": "v8"}
-    small = sum(lay.size for name in ("base", "app", "dockermedia", "ocidata") for lay in s[name].layers
-                if lay.comment != "busybox")
+    small = sum(
+        lay.size
+        for name in ("base", "app", "dockermedia", "ocidata")
+        for lay in s[name].layers
+        if lay.comment != "busybox"
+    )
     assert small < 1_000_000

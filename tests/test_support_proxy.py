@@ -6,7 +6,6 @@ import time
 
 import httpx
 import pytest
-
 from support import auth
 from support.images import Image, layer, push, random_layer
 

@@ -7,7 +7,6 @@ import hashlib
 
 import httpx
 import pytest
-
 from support import auth
 from support.images import Image, layer, push
 from support.standard import NAMES
@@ -65,8 +64,11 @@ def test_bearer_challenge_names_the_realm_and_scope(token_registry):
     resp = httpx.get(f"{token_registry.url}/v2/base/manifests/latest")
     scheme, params = auth.parse_challenge(resp.headers["WWW-Authenticate"])
     assert resp.status_code == 401 and scheme == "bearer"
-    assert params == {"realm": token_registry.token_server.realm, "service": token_registry.token_server.service,
-                      "scope": "repository:base:pull"}
+    assert params == {
+        "realm": token_registry.token_server.realm,
+        "service": token_registry.token_server.service,
+        "scope": "repository:base:pull",
+    }
 
 
 def test_log_counts_one_blob_get_exactly(registry, test_images):
@@ -75,7 +77,13 @@ def test_log_counts_one_blob_get_exactly(registry, test_images):
     resp = httpx.get(f"{registry.url}/v2/base/blobs/{blob.digest}")
     assert resp.content == blob.data
     [get] = registry.blob_gets(mark)
-    assert (get.method, get.status, get.bytes, get.reference, get.repository) == ("GET", 200, blob.size, blob.digest, "base")
+    assert (get.method, get.status, get.bytes, get.reference, get.repository) == (
+        "GET",
+        200,
+        blob.size,
+        blob.digest,
+        "base",
+    )
     assert registry.blob_bytes_served(mark) == blob.size
     assert registry.manifest_requests(mark) == []
 

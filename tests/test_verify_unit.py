@@ -8,12 +8,12 @@ import subprocess
 import sys
 
 import pytest
+from test_lifecycle_support import APP, BASE, files_on_disk, flip_byte, images, indexed, store_image
 
 from cas import gc
 from cas.digest import Digest, of_bytes
 from cas.store import Store
 from cas.verify import verify
-from test_lifecycle_support import APP, BASE, files_on_disk, flip_byte, images, indexed, store_image
 
 
 @pytest.fixture
@@ -195,7 +195,9 @@ def test_cli_verify_exit_codes_and_json(store, two):
     env = {**os.environ, "CAS_HOME": str(home)}
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "cli", "verify", *args], env=env, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "cli", "verify", *args], env=env, capture_output=True, text=True, timeout=60
+        )
 
     found = cli()
     assert found.returncode == 1

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from cas.errors import MissingBlobs, NotCached, StoreError
 from cas.export import docker_archive, oci
@@ -87,7 +88,9 @@ def export(
         raise UsageError(f"unknown export format {options.format!r}", hint=f"choose one of {', '.join(FORMATS)}")
     if isinstance(output, int):
         if options.format == "oci-dir":
-            raise UsageError("oci-dir writes a directory, not a stream", hint="give -o DIR, or use --format oci-archive")
+            raise UsageError(
+                "oci-dir writes a directory, not a stream", hint="give -o DIR, or use --format oci-archive"
+            )
         check_stream(output)  # before any lock, plan or pull; archive_output relies on it
     tag = parse_reference(options.tag) if options.tag is not None else None
 
@@ -119,7 +122,9 @@ def export(
     return result
 
 
-def _plan(store: Store, references: Sequence[Reference], tag: Reference | None, options: ExportOptions) -> ExportPlan | None:
+def _plan(
+    store: Store, references: Sequence[Reference], tag: Reference | None, options: ExportOptions
+) -> ExportPlan | None:
     """The checked plan; None when ``--pull`` may fetch what it found missing."""
     try:
         return plan(store, references, tag=tag, platform=options.platform)

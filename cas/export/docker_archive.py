@@ -10,7 +10,7 @@ decompresses them and checks them against rootfs.diff_ids.
 from __future__ import annotations
 
 import json
-from typing import Callable
+from collections.abc import Callable
 
 from cas.export import oci
 from cas.export.plan import ExportPlan, member
@@ -42,7 +42,9 @@ def repositories(plan: ExportPlan) -> bytes:
     return json.dumps(repos, separators=(",", ":")).encode()
 
 
-def write_archive(writer: TarWriter, store: Store, plan: ExportPlan, on_blob: Callable[[Descriptor], None] | None = None) -> None:
+def write_archive(
+    writer: TarWriter, store: Store, plan: ExportPlan, on_blob: Callable[[Descriptor], None] | None = None
+) -> None:
     oci.write_blobs(writer, store, plan.blobs, on_blob)
     # Docker 25's own save: the full name for containerd, the bare tag as ref.name.
     writer.add_bytes("index.json", oci.index_json(plan, lambda full: full.rsplit(":", 1)[1]))

@@ -10,9 +10,9 @@ import errno
 import json
 import os
 import stat
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterable
 
 from cas.export.plan import ExportPlan, member
 from cas.export.tarwriter import TarWriter, UnsafeSource
@@ -31,11 +31,15 @@ def index_json(plan: ExportPlan, ref_name: Callable[[str], str]) -> bytes:
             entries.append(image.manifest.to_json())
         for name in image.names:
             full = str(name)
-            entries.append(replace(image.manifest, annotations={CONTAINERD_NAME: full, REF_NAME: ref_name(full)}).to_json())
+            entries.append(
+                replace(image.manifest, annotations={CONTAINERD_NAME: full, REF_NAME: ref_name(full)}).to_json()
+            )
     return _json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
 
 
-def write_blobs(writer: TarWriter, store: Store, blobs: list[Descriptor], on_blob: Callable[[Descriptor], None] | None = None) -> None:
+def write_blobs(
+    writer: TarWriter, store: Store, blobs: list[Descriptor], on_blob: Callable[[Descriptor], None] | None = None
+) -> None:
     """``blobs/`` and ``blobs/<alg>/`` directories, then every blob streamed from the store."""
     algorithms = _algorithms(store, blobs)
     writer.add_dir("blobs")
@@ -47,7 +51,9 @@ def write_blobs(writer: TarWriter, store: Store, blobs: list[Descriptor], on_blo
             on_blob(blob)
 
 
-def write_archive(writer: TarWriter, store: Store, plan: ExportPlan, on_blob: Callable[[Descriptor], None] | None = None) -> None:
+def write_archive(
+    writer: TarWriter, store: Store, plan: ExportPlan, on_blob: Callable[[Descriptor], None] | None = None
+) -> None:
     """An OCI image layout as a tar (skopeo/podman ``oci-archive:``); ref.name is the full name."""
     writer.add_bytes("oci-layout", OCI_LAYOUT)
     write_blobs(writer, store, plan.blobs, on_blob)

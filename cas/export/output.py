@@ -12,8 +12,8 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from cas.errors import CasError, DiskFull
 from cas.store.fs import fsync_dir
@@ -42,8 +42,13 @@ def output_errors(target: Path | str) -> Iterator[None]:
         raise
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(f"no space left on device while writing {target}", hint="free space there or write elsewhere; nothing was kept") from exc
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}", hint="check the path and its permissions; nothing was kept") from exc
+            raise DiskFull(
+                f"no space left on device while writing {target}",
+                hint="free space there or write elsewhere; nothing was kept",
+            ) from exc
+        raise OutputError(
+            f"cannot write {target}: {exc.strerror or exc}", hint="check the path and its permissions; nothing was kept"
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -105,7 +110,9 @@ def dir_output(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     if path.is_symlink() or (path.exists() and (not path.is_dir() or any(path.iterdir()))):
-        raise OutputError(f"{path} already exists and is not an empty directory", hint="remove it or choose another -o DIR")
+        raise OutputError(
+            f"{path} already exists and is not an empty directory", hint="remove it or choose another -o DIR"
+        )
     with output_errors(path):
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent))
     try:

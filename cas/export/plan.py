@@ -9,8 +9,8 @@ the right size. It reads the store and the index only; it writes nothing.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 from cas import manifest as mf
 from cas.digest import Digest
@@ -142,7 +142,10 @@ def lookup(store: Store, reference: Reference) -> tuple[str, dict] | None:
         return None
     wanted = str(reference.digest)
     for other, candidate in store.index.refs():
-        if wanted in (candidate.get("digest"), candidate.get("manifest")) and parse_reference(other).name == reference.name:
+        if (
+            wanted in (candidate.get("digest"), candidate.get("manifest"))
+            and parse_reference(other).name == reference.name
+        ):
             return other, candidate
     return None
 
@@ -211,7 +214,9 @@ def _record_blobs(ref: str, record: dict) -> Iterable[Descriptor]:
         raise ManifestError(f"the cache record of {ref} is broken: no blob list", hint=f"pull it again: cas pull {ref}")
     for entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("size"), int):
-            raise ManifestError(f"the cache record of {ref} is broken: bad blob entry", hint=f"pull it again: cas pull {ref}")
+            raise ManifestError(
+                f"the cache record of {ref} is broken: bad blob entry", hint=f"pull it again: cas pull {ref}"
+            )
         yield Descriptor(str(entry.get("media_type") or ""), _digest(entry.get("digest"), ref, "blob"), entry["size"])
 
 
@@ -229,7 +234,11 @@ def _diff_ids(data: bytes, ref: str) -> list[str]:
         config = json.loads(data)
         diff_ids = config["rootfs"]["diff_ids"]
     except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise ManifestError(f"the image config of {ref} has no rootfs.diff_ids", hint="the image is broken; push it again") from exc
+        raise ManifestError(
+            f"the image config of {ref} has no rootfs.diff_ids", hint="the image is broken; push it again"
+        ) from exc
     if not isinstance(diff_ids, list):
-        raise ManifestError(f"the image config of {ref} has no rootfs.diff_ids list", hint="the image is broken; push it again")
+        raise ManifestError(
+            f"the image config of {ref} has no rootfs.diff_ids list", hint="the image is broken; push it again"
+        )
     return diff_ids

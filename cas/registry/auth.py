@@ -29,7 +29,8 @@ import json
 import re
 import threading
 import time
-from typing import Callable, Generator, Protocol
+from collections.abc import Callable, Generator
+from typing import Protocol
 
 import httpx
 

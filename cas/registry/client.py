@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import httpx
 
@@ -165,7 +166,9 @@ class RegistryClient:
             if start > 0:
                 headers["Range"] = f"bytes={start}-"
             ok = (200, 206, 416) if start > 0 else (200,)
-            response = self._retrying(lambda: self._open(url, headers, repository, shown, kind="blob", ok=ok))
+            response = self._retrying(
+                lambda headers=headers, ok=ok: self._open(url, headers, repository, shown, kind="blob", ok=ok)
+            )
             try:
                 if _restart_needed(response, start):
                     sink.restart()

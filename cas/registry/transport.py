@@ -106,7 +106,11 @@ class LazyTLSTransport(httpx.BaseTransport):
         with self._lock:
             pool = self._pools.get(key)
             if pool is None:
-                context = tls_context(_netloc(url)) if url.scheme == "https" or key[2] else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context = (
+                    tls_context(_netloc(url))
+                    if url.scheme == "https" or key[2]
+                    else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                )
                 pool = httpx.HTTPTransport(verify=context, proxy=key[2], trust_env=False)
                 self._pools[key] = pool
             return pool

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from cas.store.blobs import BlobInfo, BlobStore, Ingest, IngestEntry
 from cas.store.fs import atomic_write, storage_errors
@@ -55,7 +56,11 @@ class Store:
         return self._index
 
     def lock(
-        self, *, shared: bool, timeout: float | None = DEFAULT_LOCK_TIMEOUT, on_wait: Callable[[str], None] | None = None
+        self,
+        *,
+        shared: bool,
+        timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+        on_wait: Callable[[str], None] | None = None,
     ) -> FileLock:
         return FileLock(self.root / "lock", shared=shared, timeout=timeout, purpose="the cas store", on_wait=on_wait)
 
@@ -67,7 +72,9 @@ class Store:
             return False
         listed = _listed_digest(record)
         return any(
-            isinstance(e, dict) and e.get("digest") == listed and (e.get("annotations") or {}).get(REF_NAME) == record["ref"]
+            isinstance(e, dict)
+            and e.get("digest") == listed
+            and (e.get("annotations") or {}).get(REF_NAME) == record["ref"]
             for e in entries
         )
 
@@ -109,4 +116,6 @@ def _listed_digest(record: dict) -> str:
 
 
 def _index_json(manifests: list[dict]) -> bytes:
-    return json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}, indent=2).encode()
+    return json.dumps(
+        {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}, indent=2
+    ).encode()

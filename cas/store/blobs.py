@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 from cas.digest import Digest, StreamVerifier
 from cas.errors import BadDigest, IntegrityError, SizeMismatch
@@ -165,7 +166,9 @@ class Ingest:
     (HTTP Range) or calls ``restart()``, writes, then calls ``commit()``.
     """
 
-    def __init__(self, store: BlobStore, digest: Digest, size: int | None, on_wait: Callable[[str], None] | None) -> None:
+    def __init__(
+        self, store: BlobStore, digest: Digest, size: int | None, on_wait: Callable[[str], None] | None
+    ) -> None:
         self.store = store
         self.digest = digest
         self.size = size

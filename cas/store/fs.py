@@ -7,8 +7,9 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
+from typing import TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -32,9 +33,14 @@ def storage_errors(what: str) -> Iterator[None]:
         yield
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(f"no space left on device while writing {what}", hint="free disk space or run `cas prune`") from exc
+            raise DiskFull(
+                f"no space left on device while writing {what}", hint="free disk space or run `cas prune`"
+            ) from exc
         where = f" ({exc.filename})" if exc.filename else ""
-        raise StoreError(f"cannot use {what}: {exc.strerror or exc}{where}", hint="check CAS_HOME: its path, permissions and free space") from exc
+        raise StoreError(
+            f"cannot use {what}: {exc.strerror or exc}{where}",
+            hint="check CAS_HOME: its path, permissions and free space",
+        ) from exc
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from cas.errors import LockTimeout
 from cas.store.fs import storage_errors

@@ -32,7 +32,7 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None
 
     def create_module(self, spec):
-        return importlib.import_module(self.canonical + spec.name[len(self.other):])
+        return importlib.import_module(self.canonical + spec.name[len(self.other) :])
 
     def exec_module(self, module) -> None:
         pass

@@ -14,12 +14,14 @@ from typing import Any, Protocol
 
 import httpx
 
-MANIFEST_ACCEPT = ", ".join((
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-))
+MANIFEST_ACCEPT = ", ".join(
+    (
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    )
+)
 
 _PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^,\s]*))')
 
@@ -97,8 +99,9 @@ def client(target: Target, *, credentials: bool = True, push: bool = False, **kw
     return httpx.Client(base_url=target.url, auth=RegistryAuth(user, password, push=push), trust_env=False, **kwargs)
 
 
-def get_manifest(target: Target, repository: str, reference: str, *, credentials: bool = True,
-                 accept: str = MANIFEST_ACCEPT) -> httpx.Response:
+def get_manifest(
+    target: Target, repository: str, reference: str, *, credentials: bool = True, accept: str = MANIFEST_ACCEPT
+) -> httpx.Response:
     """GET a manifest with the full Accept list (without it the registry downgrades to schema1)."""
     with client(target, credentials=credentials) as c:
         return c.get(f"/v2/{repository}/manifests/{reference}", headers={"Accept": accept})

@@ -40,9 +40,18 @@ class Skopeo:
     def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         return run([self.binary, "--insecure-policy", *args], check=check, env=self.env, timeout=timeout)
 
-    def copy(self, src: str, dest: str, *, src_creds: str | None = None, dest_creds: str | None = None,
-             all: bool = False, format: str | None = None, extra: tuple[str, ...] = (),
-             check: bool = True) -> subprocess.CompletedProcess:
+    def copy(
+        self,
+        src: str,
+        dest: str,
+        *,
+        src_creds: str | None = None,
+        dest_creds: str | None = None,
+        all: bool = False,
+        format: str | None = None,
+        extra: tuple[str, ...] = (),
+        check: bool = True,
+    ) -> subprocess.CompletedProcess:
         """``skopeo copy SRC DEST``; docker:// ends get ``--*-tls-verify=false``; creds are "user:pass"."""
         args = ["copy"]
         if src.startswith("docker://"):
@@ -84,19 +93,32 @@ class Dockerd:
         self.socket = self.workdir / "d.sock"
         self.log_path = self.workdir / "dockerd.log"
         self._proc: subprocess.Popen | None = None
-        self.env = {**os.environ, "DOCKER_HOST": f"unix://{self.socket}",
-                    "DOCKER_CONFIG": str(self.workdir / "client-config")}
+        self.env = {
+            **os.environ,
+            "DOCKER_HOST": f"unix://{self.socket}",
+            "DOCKER_CONFIG": str(self.workdir / "client-config"),
+        }
 
     def start(self, timeout: float = 90) -> Dockerd:
         dockerd = require("dockerd", "docker.io")
         self.client = _docker_client()
         for sub in ("root", "exec", "client-config"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
-        self._proc = spawn([
-            dockerd, "--storage-driver=vfs", "--iptables=false", "--ip6tables=false", "--ip-masq=false",
-            "--bridge=none", f"--data-root={self.workdir / 'root'}", f"--exec-root={self.workdir / 'exec'}",
-            f"--pidfile={self.workdir / 'dockerd.pid'}", f"--host=unix://{self.socket}",
-        ], log=self.log_path)
+        self._proc = spawn(
+            [
+                dockerd,
+                "--storage-driver=vfs",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--ip-masq=false",
+                "--bridge=none",
+                f"--data-root={self.workdir / 'root'}",
+                f"--exec-root={self.workdir / 'exec'}",
+                f"--pidfile={self.workdir / 'dockerd.pid'}",
+                f"--host=unix://{self.socket}",
+            ],
+            log=self.log_path,
+        )
 
         def up() -> bool:
             if self._proc.poll() is not None:
@@ -107,8 +129,9 @@ class Dockerd:
             wait_until(up, timeout=timeout, what="dockerd", interval=0.2)
         except (TimeoutError, GiveUp) as exc:
             self.stop()
-            raise RuntimeError(f"dockerd did not start ({exc}); its log:\n"
-                               + self.log_path.read_text(errors="replace")[-3000:]) from None
+            raise RuntimeError(
+                f"dockerd did not start ({exc}); its log:\n" + self.log_path.read_text(errors="replace")[-3000:]
+            ) from None
         return self
 
     def stop(self) -> None:
@@ -121,8 +144,14 @@ class Dockerd:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def docker(self, *args: str, input: bytes | str | None = None, stdin: IO[bytes] | None = None,
-               check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    def docker(
+        self,
+        *args: str,
+        input: bytes | str | None = None,
+        stdin: IO[bytes] | None = None,
+        check: bool = True,
+        timeout: float = 300,
+    ) -> subprocess.CompletedProcess:
         return run([self.client, *args], input=input, stdin=stdin, check=check, env=self.env, timeout=timeout)
 
     def load(self, source: Source, *, check: bool = True) -> subprocess.CompletedProcess:
@@ -165,13 +194,29 @@ class Podman:
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "TMPDIR": str(self.workdir / "tmp")}
         self.base = [
-            self.binary, "--root", str(self.workdir / "root"), "--runroot", str(self.workdir / "runroot"),
-            "--tmpdir", str(self.workdir / "tmp"), "--storage-driver", "vfs",
-            "--cgroup-manager", "cgroupfs", "--events-backend", "file",
+            self.binary,
+            "--root",
+            str(self.workdir / "root"),
+            "--runroot",
+            str(self.workdir / "runroot"),
+            "--tmpdir",
+            str(self.workdir / "tmp"),
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
         ]
 
-    def podman(self, *args: str, input: bytes | str | None = None, stdin: IO[bytes] | None = None,
-               check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    def podman(
+        self,
+        *args: str,
+        input: bytes | str | None = None,
+        stdin: IO[bytes] | None = None,
+        check: bool = True,
+        timeout: float = 300,
+    ) -> subprocess.CompletedProcess:
         return run([*self.base, *args], input=input, stdin=stdin, check=check, env=self.env, timeout=timeout)
 
     def load(self, source: Source, *, check: bool = True) -> subprocess.CompletedProcess:
@@ -186,8 +231,19 @@ class Podman:
         return json.loads(self.podman("image", "inspect", image).stdout)[0]
 
     def run(self, image: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-        return self.podman("run", "--rm", "--network", "none", "--ulimit", "nofile=1024:1024",
-                           "--ulimit", "nproc=1024:1024", image, *cmd, check=check)
+        return self.podman(
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            image,
+            *cmd,
+            check=check,
+        )
 
     def wipe(self) -> None:
         self.podman("rm", "-a", "-f")

@@ -39,14 +39,22 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 
 MEDIA = {
-    "oci": {"index": OCI_INDEX, "manifest": OCI_MANIFEST, "config": OCI_CONFIG,
-            "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "none": "application/vnd.oci.image.layer.v1.tar",
-            "zstd": "application/vnd.oci.image.layer.v1.tar+zstd"},
-    "docker": {"index": DOCKER_LIST, "manifest": DOCKER_MANIFEST, "config": DOCKER_CONFIG,
-               "gzip": "application/vnd.docker.image.rootfs.diff.tar.gzip",
-               "none": "application/vnd.docker.image.rootfs.diff.tar",
-               "zstd": "application/vnd.docker.image.rootfs.diff.tar.zstd"},
+    "oci": {
+        "index": OCI_INDEX,
+        "manifest": OCI_MANIFEST,
+        "config": OCI_CONFIG,
+        "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+        "none": "application/vnd.oci.image.layer.v1.tar",
+        "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+    },
+    "docker": {
+        "index": DOCKER_LIST,
+        "manifest": DOCKER_MANIFEST,
+        "config": DOCKER_CONFIG,
+        "gzip": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        "none": "application/vnd.docker.image.rootfs.diff.tar",
+        "zstd": "application/vnd.docker.image.rootfs.diff.tar.zstd",
+    },
 }
 COMPRESSIONS = ("gzip", "none", "zstd")
 
@@ -151,8 +159,9 @@ def layer(files: dict[str, Entry], *, compression: str = "gzip", comment: str = 
                 info.mode, info.size, content = entry.mode, len(entry.data), io.BytesIO(entry.data)
             tar.addfile(info, content)
     tar_bytes = buf.getvalue()
-    return Layer(_compress(tar_bytes, compression, gzip_level), sha256(tar_bytes), compression,
-                 tuple(sorted(entries)), comment)
+    return Layer(
+        _compress(tar_bytes, compression, gzip_level), sha256(tar_bytes), compression, tuple(sorted(entries)), comment
+    )
 
 
 def _compress(data: bytes, compression: str, level: int) -> bytes:
@@ -170,15 +179,19 @@ def random_bytes(size: int, seed: int = 0) -> bytes:
 
 def random_layer(size: int, seed: int = 0, *, compression: str = "gzip", path: str = "random.bin") -> Layer:
     """A layer holding one file of ``size`` random bytes: its blob is about ``size`` bytes too."""
-    return layer({path: random_bytes(size, seed)}, compression=compression, gzip_level=1,
-                 comment=f"random {size} bytes, seed {seed}")
+    return layer(
+        {path: random_bytes(size, seed)},
+        compression=compression,
+        gzip_level=1,
+        comment=f"random {size} bytes, seed {seed}",
+    )
 
 
 BUSYBOX = "/bin/busybox"
 BUSYBOX_APPLETS = ("sh", "cat", "ls", "echo", "true", "sha256sum")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def busybox_layer(compression: str = "gzip") -> Layer:
     """/bin/busybox (from Debian's busybox-static) plus applet symlinks, so that
     ``docker run IMAGE cat /hello.txt`` works on an image built here."""
@@ -217,11 +230,14 @@ class Image:
             config["variant"] = variant
         config["config"] = {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": list(cmd), "WorkingDir": "/", "Labels": dict(labels or {}),
+            "Cmd": list(cmd),
+            "WorkingDir": "/",
+            "Labels": dict(labels or {}),
         }
         config["rootfs"] = {"type": "layers", "diff_ids": [lay.diff_id for lay in self.layers]}
-        config["history"] = [{"created": CREATED, "created_by": lay.comment or f"layer {i}"}
-                             for i, lay in enumerate(self.layers)]
+        config["history"] = [
+            {"created": CREATED, "created_by": lay.comment or f"layer {i}"} for i, lay in enumerate(self.layers)
+        ]
         self.config = config
         self.config_blob = Blob(canonical_json(config), MEDIA[media]["config"])
         manifest: dict = {"schemaVersion": 2}
@@ -275,12 +291,16 @@ class Image:
 class Index:
     """An OCI image index (media="oci") or a Docker manifest list (media="docker")."""
 
-    def __init__(self, images: list[Image], *, media: str | None = None,
-                 annotations: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, images: list[Image], *, media: str | None = None, annotations: dict[str, str] | None = None
+    ) -> None:
         self.images = list(images)
         self.media = media or self.images[0].media
-        manifest: dict = {"schemaVersion": 2, "mediaType": MEDIA[self.media]["index"],
-                          "manifests": [img.index_entry() for img in self.images]}
+        manifest: dict = {
+            "schemaVersion": 2,
+            "mediaType": MEDIA[self.media]["index"],
+            "manifests": [img.index_entry() for img in self.images],
+        }
         if annotations:
             manifest["annotations"] = dict(annotations)
         self.manifest = manifest
@@ -306,8 +326,7 @@ class PushError(RuntimeError):
     pass
 
 
-def push(target: auth.Target, repository: str, tag: str | None, obj: Image | Index, *,
-         credentials: bool = True) -> str:
+def push(target: auth.Target, repository: str, tag: str | None, obj: Image | Index, *, credentials: bool = True) -> str:
     """Upload ``obj`` (children first for an index) and tag it; returns its digest.
 
     ``target`` is a Registry or a FaultProxy; ``tag=None`` pushes by digest only.
@@ -332,15 +351,15 @@ def push_blob(c, repository: str, blob: Blob) -> bool:
     _expect(start, 202, f"start upload of {blob.digest} to {repository}")
     location = start.headers["Location"]  # keeps its _state query: add digest, do not replace
     location += ("&" if "?" in location else "?") + "digest=" + blob.digest
-    put = c.put(location, content=blob.data,
-                headers={"Content-Type": "application/octet-stream"})
+    put = c.put(location, content=blob.data, headers={"Content-Type": "application/octet-stream"})
     _expect(put, 201, f"upload {blob.digest} to {repository}")
     return True
 
 
 def put_manifest(c, repository: str, reference: str, blob: Blob) -> None:
-    resp = c.put(f"/v2/{repository}/manifests/{reference}", content=blob.data,
-                 headers={"Content-Type": blob.media_type})
+    resp = c.put(
+        f"/v2/{repository}/manifests/{reference}", content=blob.data, headers={"Content-Type": blob.media_type}
+    )
     _expect(resp, 201, f"put manifest {repository}:{reference}")
     served = resp.headers.get("Docker-Content-Digest")
     if served and served != blob.digest:

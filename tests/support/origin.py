@@ -19,6 +19,7 @@ from .tools import LocalServer
 
 CHUNK = 64 * 1024
 
+
 @dataclass(frozen=True)
 class OriginRequest:
     method: str

@@ -35,7 +35,9 @@ def make_pki(directory: Path) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cas test CA")])
-    ca = _builder(ca_name, ca_name, ca_key).add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    ca = _builder(ca_name, ca_name, ca_key).add_extension(
+        x509.BasicConstraints(ca=True, path_length=None), critical=True
+    )
     ca_cert = ca.sign(ca_key, hashes.SHA256())
     (directory / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
 
@@ -47,18 +49,24 @@ def make_pki(directory: Path) -> Pki:
             builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
         pair = Pair(directory / f"{name}.cert", directory / f"{name}.key")
         pair.cert.write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
-        pair.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+        pair.key.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         return pair
 
-    server = leaf("server", ExtendedKeyUsageOID.SERVER_AUTH,
-                  [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")])
+    server = leaf(
+        "server",
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")],
+    )
     client = leaf("client", ExtendedKeyUsageOID.CLIENT_AUTH, None)
     return Pki(directory / "ca.pem", server, client)
 
 
 def _builder(subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(subject)

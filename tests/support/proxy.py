@@ -44,8 +44,19 @@ from .registry import Registry, classify_path
 from .tools import LocalServer
 
 CHUNK = 64 * 1024
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-              "trailers", "transfer-encoding", "upgrade", "expect", "proxy-connection"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+    "proxy-connection",
+}
 ERROR_CODES = {429: "TOOMANYREQUESTS", 500: "UNKNOWN", 502: "UNKNOWN", 503: "UNAVAILABLE", 504: "UNKNOWN"}
 
 
@@ -135,14 +146,22 @@ class FaultProxy:
         with self._lock:
             self._knobs.drop_bytes, self._knobs.drop_left = nbytes, times
 
-    def fail_next(self, status: int, count: int = 1, pattern: str = r"/blobs/sha256:", *,
-                  method: str | None = None, retry_after: int | str | None = None) -> None:
+    def fail_next(
+        self,
+        status: int,
+        count: int = 1,
+        pattern: str = r"/blobs/sha256:",
+        *,
+        method: str | None = None,
+        retry_after: int | str | None = None,
+    ) -> None:
         """Answer the next ``count`` requests matching ``pattern`` (regex on path+query) with ``status``."""
         if status == 429 and retry_after is None:
             retry_after = 1
         with self._lock:
-            self._knobs.failures.append(_Failure(status, count, re.compile(pattern), method,
-                                                 None if retry_after is None else str(retry_after)))
+            self._knobs.failures.append(
+                _Failure(status, count, re.compile(pattern), method, None if retry_after is None else str(retry_after))
+            )
 
     def redirect_blobs(self, times: int | None = None) -> None:
         """307 blob GETs to ``self.origin`` (``times=None``: every one until reset)."""
@@ -163,7 +182,9 @@ class FaultProxy:
             return list(self._log)
 
     def count(self, kind: str | None = None, method: str | None = None) -> int:
-        return sum(1 for r in self.requests if (kind is None or r.kind == kind) and (method is None or r.method == method))
+        return sum(
+            1 for r in self.requests if (kind is None or r.kind == kind) and (method is None or r.method == method)
+        )
 
     def bytes_sent(self, kind: str | None = None) -> int:
         return sum(r.bytes_sent for r in self.requests if kind is None or r.kind == kind)
@@ -229,8 +250,16 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     # --- pieces --------------------------------------------------------------------------
     def _send_error(self, rec: ProxiedRequest, failure: _Failure) -> None:
-        body = json.dumps({"errors": [{"code": ERROR_CODES.get(failure.status, "UNKNOWN"),
-                                       "message": f"injected {failure.status} by the fault proxy"}]}).encode()
+        body = json.dumps(
+            {
+                "errors": [
+                    {
+                        "code": ERROR_CODES.get(failure.status, "UNKNOWN"),
+                        "message": f"injected {failure.status} by the fault proxy",
+                    }
+                ]
+            }
+        ).encode()
         self.send_response_only(failure.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -268,8 +297,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         try:
             headers = self._forward_headers(proxy)
             body = self._request_body()
-            conn.request(self.command, self.path, body=body, headers=headers,
-                         encode_chunked=self._is_chunked())
+            conn.request(self.command, self.path, body=body, headers=headers, encode_chunked=self._is_chunked())
             resp = conn.getresponse()
             self._relay(proxy, rec, resp)
         finally:
@@ -284,7 +312,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             if lname in HOP_BY_HOP:
                 continue
             if lname == "location" and value.startswith(proxy.upstream.url):
-                value = proxy.url + value[len(proxy.upstream.url):]
+                value = proxy.url + value[len(proxy.upstream.url) :]
             self.send_header(name, value)
         has_body = self.command != "HEAD" and resp.status not in (204, 304) and resp.status >= 200
         chunked = has_body and length is None

@@ -140,7 +140,9 @@ class Registry:
             self._offset, self._records, self._mark = 0, [], 0
             for log in (self.log_path, self.access_log_path):
                 log.write_bytes(b"")
-            self._proc = spawn([binary, "serve", str(self.config_path)], log=self.access_log_path, stderr_log=self.log_path)
+            self._proc = spawn(
+                [binary, "serve", str(self.config_path)], log=self.access_log_path, stderr_log=self.log_path
+            )
             try:
                 wait_until(self._answers, timeout=timeout, what=f"registry on {self.host}")
                 return self
@@ -195,9 +197,7 @@ class Registry:
             "http:\n"
             f"  addr: 127.0.0.1:{self.port}\n"
             "  secret: cas-test-secret\n"
-            "  headers:\n    X-Content-Type-Options: [nosniff]\n"
-            + self._tls_config()
-            + auth_yaml
+            "  headers:\n    X-Content-Type-Options: [nosniff]\n" + self._tls_config() + auth_yaml
         )
 
     def _tls_config(self) -> str:
@@ -220,8 +220,11 @@ class Registry:
         """Make sure every request that finished before this call is in ``self._records``."""
         token = f"{_SYNC}{next(self._sync_ids)}"
         http_status(f"{self.url}/v2/?{token}", timeout=5)  # 401 in the auth modes: logged all the same
-        wait_until(lambda: self._read_new() or token in self._synced, timeout=15,
-                   what=f"the registry on {self.host} to log a sync request")
+        wait_until(
+            lambda: self._read_new() or token in self._synced,
+            timeout=15,
+            what=f"the registry on {self.host} to log a sync request",
+        )
 
     def _read_new(self) -> bool:
         """Parse the complete lines appended since the last read. Returns False (for wait_until)."""
@@ -254,8 +257,11 @@ class Registry:
 
     def blob_gets(self, since: int | None = None, digest: str | None = None) -> list[LoggedRequest]:
         """Blob GETs (any status) since the mark, optionally for one digest."""
-        return [r for r in self.requests(since) if r.kind == "blob" and r.method == "GET"
-                and (digest is None or r.reference == digest)]
+        return [
+            r
+            for r in self.requests(since)
+            if r.kind == "blob" and r.method == "GET" and (digest is None or r.reference == digest)
+        ]
 
     def blob_bytes_served(self, since: int | None = None, digest: str | None = None) -> int:
         """Body bytes of successful blob GETs (200/206) since the mark."""
@@ -263,8 +269,7 @@ class Registry:
 
     def manifest_requests(self, since: int | None = None, method: str | None = None) -> list[LoggedRequest]:
         """Manifest requests (GET and HEAD unless ``method`` is given) since the mark."""
-        return [r for r in self.requests(since) if r.kind == "manifest"
-                and (method is None or r.method == method)]
+        return [r for r in self.requests(since) if r.kind == "manifest" and (method is None or r.method == method)]
 
     # --- fault injection on disk ---------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
@@ -331,13 +336,20 @@ def _parse_line(line: bytes) -> LoggedRequest | str | None:
         return None
     uri = m["uri"]
     if _SYNC in uri:
-        return uri[uri.index(_SYNC):]
+        return uri[uri.index(_SYNC) :]
     path = urlsplit(uri).path
     kind, repository, reference = classify_path(path)
     return LoggedRequest(
-        method=m["method"], uri=uri, path=path, status=int(m["status"]),
-        bytes=0 if m["bytes"] == "-" else int(m["bytes"]), kind=kind, repository=repository,
-        reference=reference, time=m["time"], user_agent=m["agent"],
+        method=m["method"],
+        uri=uri,
+        path=path,
+        status=int(m["status"]),
+        bytes=0 if m["bytes"] == "-" else int(m["bytes"]),
+        kind=kind,
+        repository=repository,
+        reference=reference,
+        time=m["time"],
+        user_agent=m["agent"],
     )
 
 

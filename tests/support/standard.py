@@ -50,25 +50,59 @@ class StandardImages:
     def __init__(self) -> None:
         bb = busybox_layer()
         cat_hello = ("/bin/cat", "/hello.txt")
-        base_files = layer({
-            "etc/os-release": 'ID=cas-test\nPRETTY_NAME="cas test base"\n',
-            "etc/passwd": "root:x:0:0:root:/root:/bin/sh\n",
-            "etc/group": "root:x:0:\n",
-            "usr/share/base/data.bin": random_bytes(160_000, seed=1),
-        }, comment="base files")
+        base_files = layer(
+            {
+                "etc/os-release": 'ID=cas-test\nPRETTY_NAME="cas test base"\n',
+                "etc/passwd": "root:x:0:0:root:/root:/bin/sh\n",
+                "etc/group": "root:x:0:\n",
+                "usr/share/base/data.bin": random_bytes(160_000, seed=1),
+            },
+            comment="base files",
+        )
         base_hello = layer({"hello.txt": "hello from base\n"}, comment="base hello")
         self.base = Image([bb, base_files, base_hello], cmd=cat_hello, labels={"name": "base"})
-        self.app = Image(self.base.layers + [
-            layer({"app/data.bin": random_bytes(120_000, seed=2), "app/config.json": '{"app": true}\n'},
-                  comment="app data"),
-            layer({"hello.txt": "hello from app\n", "app/VERSION": "1.0\n"}, comment="app hello"),
-        ], cmd=cat_hello, labels={"name": "app"})
-        self.dockermedia = Image([bb, layer({
-            "hello.txt": "hello from dockermedia\n", "data/random.bin": random_bytes(100_000, seed=3),
-        }, comment="dockermedia files")], media="docker", cmd=cat_hello, labels={"name": "dockermedia"})
-        self.ocidata = Image([busybox_layer("none"), layer({
-            "hello.txt": "hello from ocidata\n", "data/random.bin": random_bytes(100_000, seed=4),
-        }, compression="none", comment="ocidata files")], cmd=cat_hello, labels={"name": "ocidata"})
+        self.app = Image(
+            self.base.layers
+            + [
+                layer(
+                    {"app/data.bin": random_bytes(120_000, seed=2), "app/config.json": '{"app": true}\n'},
+                    comment="app data",
+                ),
+                layer({"hello.txt": "hello from app\n", "app/VERSION": "1.0\n"}, comment="app hello"),
+            ],
+            cmd=cat_hello,
+            labels={"name": "app"},
+        )
+        self.dockermedia = Image(
+            [
+                bb,
+                layer(
+                    {
+                        "hello.txt": "hello from dockermedia\n",
+                        "data/random.bin": random_bytes(100_000, seed=3),
+                    },
+                    comment="dockermedia files",
+                ),
+            ],
+            media="docker",
+            cmd=cat_hello,
+            labels={"name": "dockermedia"},
+        )
+        self.ocidata = Image(
+            [
+                busybox_layer("none"),
+                layer(
+                    {
+                        "hello.txt": "hello from ocidata\n",
+                        "data/random.bin": random_bytes(100_000, seed=4),
+                    },
+                    compression="none",
+                    comment="ocidata files",
+                ),
+            ],
+            cmd=cat_hello,
+            labels={"name": "ocidata"},
+        )
         self.multi = Index([self._platform_image(p, "oci") for p in PLATFORMS])
         self.multidocker = Index([self._platform_image(p, "docker") for p in PLATFORMS])
         self._pushed: dict[str, dict[str, Pushed]] = {}
@@ -78,13 +112,23 @@ class StandardImages:
     def _platform_image(platform: str, media: str) -> Image:
         os_, arch, *variant = platform.split("/")
         seed = PLATFORMS.index(platform) + 10
-        files = {"platform.txt": platform + "\n", "hello.txt": f"hello from multi {platform}\n",
-                 "data.bin": random_bytes(50_000, seed=seed)}
+        files = {
+            "platform.txt": platform + "\n",
+            "hello.txt": f"hello from multi {platform}\n",
+            "data.bin": random_bytes(50_000, seed=seed),
+        }
         layers = [layer(files, comment=f"multi {platform}")]
         if platform == "linux/amd64":
             layers.insert(0, busybox_layer())
-        return Image(layers, media=media, os=os_, architecture=arch, variant=variant[0] if variant else None,
-                     cmd=("/bin/cat", "/platform.txt"), labels={"name": "multi", "platform": platform})
+        return Image(
+            layers,
+            media=media,
+            os=os_,
+            architecture=arch,
+            variant=variant[0] if variant else None,
+            cmd=("/bin/cat", "/platform.txt"),
+            labels={"name": "multi", "platform": platform},
+        )
 
     def __getitem__(self, name: str) -> Image | Index:
         if name not in NAMES:
@@ -96,8 +140,14 @@ class StandardImages:
         with self._lock:
             if registry.host not in self._pushed:
                 self._pushed[registry.host] = {
-                    name: Pushed(name, f"{registry.host}/{name}:{TAG}", name, TAG,
-                                 push(registry, name, TAG, self[name]), self[name])
+                    name: Pushed(
+                        name,
+                        f"{registry.host}/{name}:{TAG}",
+                        name,
+                        TAG,
+                        push(registry, name, TAG, self[name]),
+                        self[name],
+                    )
                     for name in NAMES
                 }
             return self._pushed[registry.host]
@@ -107,7 +157,7 @@ class StandardImages:
         return self.push(registry)[name].ref
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def standard_images() -> StandardImages:
     """The one StandardImages of this process."""
     return StandardImages()

@@ -77,7 +77,9 @@ class TokenServer:
     # --- lifecycle -------------------------------------------------------------------
     def start(self) -> TokenServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.cert_path.write_bytes(x509.load_der_x509_certificate(self._cert_der).public_bytes(serialization.Encoding.PEM))
+        self.cert_path.write_bytes(
+            x509.load_der_x509_certificate(self._cert_der).public_bytes(serialization.Encoding.PEM)
+        )
         self._server = LocalServer(_Handler, self, "token-server")
         return self
 
@@ -131,7 +133,7 @@ class TokenServer:
     def _make_signer(self) -> tuple[rsa.RSAPrivateKey, bytes]:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cas test token signer")])
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         cert = (
             x509.CertificateBuilder()
             .subject_name(name)
@@ -143,8 +145,14 @@ class TokenServer:
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, key_cert_sign=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, crl_sign=False, encipher_only=False,
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    crl_sign=False,
+                    encipher_only=False,
                     decipher_only=False,
                 ),
                 critical=True,
@@ -177,11 +185,17 @@ class TokenServer:
         now = int(time.time())
         access = self.grant(user, scopes)
         claims = {
-            "iss": self.issuer, "sub": user or "", "aud": self.service, "exp": now + self.expires_in,
-            "nbf": now - 10, "iat": now, "jti": secrets.token_hex(8), "access": access,
+            "iss": self.issuer,
+            "sub": user or "",
+            "aud": self.service,
+            "exp": now + self.expires_in,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": secrets.token_hex(8),
+            "access": access,
         }
         token = self.sign(claims)
-        issued = dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        issued = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return {"token": token, "access_token": token, "expires_in": self.expires_in, "issued_at": issued}, access
 
     def _take_failure(self) -> int | None:
@@ -241,10 +255,16 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             status = 200
             body, granted = ts.issue(user, scopes)
-        ts._record(TokenRequest(
-            method, service, tuple(scopes), user, status,
-            tuple((g["name"], tuple(g["actions"])) for g in granted),
-        ))
+        ts._record(
+            TokenRequest(
+                method,
+                service,
+                tuple(scopes),
+                user,
+                status,
+                tuple((g["name"], tuple(g["actions"])) for g in granted),
+            )
+        )
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")

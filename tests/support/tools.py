@@ -74,7 +74,9 @@ def wait_until(check: Callable[[], Any], *, timeout: float, what: str, interval:
             if result:
                 return result
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+    raise TimeoutError(
+        f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else "")
+    )
 
 
 _direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -123,8 +125,12 @@ def _die_with_parent() -> None:
 
 
 def spawn(
-    cmd: Sequence[str], *, log: Path, stderr_log: Path | None = None,
-    env: dict[str, str] | None = None, cwd: Path | None = None,
+    cmd: Sequence[str],
+    *,
+    log: Path,
+    stderr_log: Path | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen:
     """Start a background server, stdout appended to ``log`` (stderr too unless ``stderr_log``).
 
@@ -132,8 +138,13 @@ def spawn(
     """
     with open(log, "ab") as out, open(stderr_log or os.devnull, "ab") as err:
         return subprocess.Popen(
-            list(cmd), stdout=out, stderr=err if stderr_log else subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=env, cwd=cwd, preexec_fn=_die_with_parent,
+            list(cmd),
+            stdout=out,
+            stderr=err if stderr_log else subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            preexec_fn=_die_with_parent,
         )
 
 
@@ -167,9 +178,13 @@ def run(
     if isinstance(input, str):
         input = input.encode()
     proc = subprocess.run(
-        [str(c) for c in cmd], input=input,
+        [str(c) for c in cmd],
+        input=input,
         stdin=None if input is not None else (stdin or subprocess.DEVNULL),  # never the terminal
-        capture_output=True, env=env, timeout=timeout, cwd=cwd,
+        capture_output=True,
+        env=env,
+        timeout=timeout,
+        cwd=cwd,
     )
     stderr = proc.stderr.decode("utf-8", "replace")
     stdout = proc.stdout.decode("utf-8", "replace") if text else proc.stdout
