@@ -8,6 +8,7 @@ Eviction is off: this is a database, not a cache that may forget.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import inspect
 import os
@@ -37,8 +38,9 @@ def _sqlite_errors(path: Path) -> Iterator[None]:
             f"the cas index at {path} stayed locked by another process for too long",
             hint="another cas command holds it (a long prune?); run this again when it is done",
         ) from exc
-    except sqlite3.Error as exc:
-        if "full" in str(exc) or _nearly_full(path):  # sqlite may say only "disk I/O error"
+    except (sqlite3.Error, OSError) as exc:  # OSError: diskcache writes values over 32 KiB to files
+        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        if full or "full" in str(exc) or _nearly_full(path):  # sqlite may say only "disk I/O error"
             raise DiskFull(
                 f"no space left on device for the cas index at {path}", hint="free disk space or run `cas prune`"
             ) from exc
