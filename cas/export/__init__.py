@@ -71,7 +71,7 @@ class ExportResult:
     bytes: int = 0  # blob bytes exported
     written: int = 0  # archive bytes written (tar formats)
     linked: bool = True  # oci-dir: hard links (False: fell back to copies)
-    sendfile: bool = True  # tar formats: os.sendfile (False: the read/write fallback)
+    copy_method: str = "copy_file_range"  # tar formats: copy_file_range (clones where it can), sendfile, read-write
     pulled: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -152,7 +152,7 @@ def _write(store: Store, checked: ExportPlan, output: Path | int, options: Expor
                 writer = TarWriter(fd)
                 write(writer, store, checked, options.on_blob)
             result.written = writer.written
-            result.sendfile = writer.sendfile
+            result.copy_method = writer.method
         store.index.touch_refs(checked.refs)
 
 
