@@ -163,7 +163,9 @@ class ArchiveError(CasError):
     """An archive ``cas import`` cannot take: not a tar, truncated, unsafe, or not an image."""
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint or "the archive is damaged or not what it claims to be; nothing was recorded")
+        super().__init__(
+            message, hint=hint or "the archive is damaged or not what it claims to be; nothing was recorded"
+        )
 
 
 class IncompleteArchive(ArchiveError):

@@ -79,7 +79,7 @@ class TarStream:
             kind = _TYPES.get(typeflag)
             if kind is None:
                 raise UnsafeArchive(f"member {name!r} is a device, FIFO or sparse file (tar type {typeflag!r})")
-            member = _checked(name, kind, size, linkname)
+            member = checked_member(name, kind, size, linkname)
             self._begin(size if kind == FILE else 0)
             if member is not None:
                 yield member
@@ -177,7 +177,8 @@ def safe_name(name: str) -> str:
     return "/".join(parts)
 
 
-def _checked(name: str, kind: str, size: int, linkname: str) -> Member | None:
+def checked_member(name: str, kind: str, size: int, linkname: str = "") -> Member | None:
+    """The member, its name and link target checked; None for the archive's root itself."""
     clean = safe_name(name)
     if not clean:
         return None  # "./" itself

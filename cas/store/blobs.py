@@ -244,7 +244,7 @@ class Ingest:
             self._file.close()
             self._file = None
             os.replace(path, self.dir / "data")
-            self._file = open(self.dir / "data", "ab+")  # noqa: SIM115: closed by __exit__ or commit
+            self._file = open(self.dir / "data", "ab+")
         verifier.expected = self.digest
         self._verifier = verifier
 
@@ -330,7 +330,7 @@ class Staging:
             self.dir.mkdir(parents=True)
             try:
                 self._lock.acquire()
-                self._file = open(self.dir / "data", "xb")  # noqa: SIM115: closed by __exit__
+                self._file = open(self.dir / "data", "xb")
                 self._writer = OverlappedWriter(self._file)
             except BaseException:
                 self.__exit__(None, None, None)
