@@ -5,6 +5,7 @@ hide a missing layer file).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -81,3 +82,63 @@ def test_import_from_stdin_of_every_cas_format(cas, registry, test_images, tmp_p
         assert refs_of(home) == [ref]
         inspect = json.loads(cas_in(home, "inspect", ref, "--json").stdout)
         assert inspect["media_type"] == "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def _seed_images(registry):
+    """The seed's case: an old and a new image of 25 layers, the new one sharing 21 of the old's."""
+    from support.images import Image, busybox_layer, push, random_layer
+
+    shared = [random_layer(30_000 + i, seed=100 + i) for i in range(21)]
+    old = Image([busybox_layer(), *shared, *(random_layer(40_000, seed=200 + i) for i in range(3))], cmd=("/bin/ls",))
+    new_layers = [random_layer(50_000 + i, seed=300 + i, path=f"new{i}.bin") for i in range(3)]
+    new = Image([busybox_layer(), *shared, *new_layers], cmd=("/bin/sha256sum", "/new2.bin"))
+    push(registry, "seed", "old", old)
+    push(registry, "seed", "new", new)
+    return old, new, new_layers
+
+
+def test_seed_case_across_a_gap_with_a_delta(registry, clean_dockerd, tmp_path):
+    old, new, new_layers = _seed_images(registry)
+    old_ref, new_ref = f"{registry.host}/seed:old", f"{registry.host}/seed:new"
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    cas_in(a, "pull", old_ref, new_ref)
+    full = tmp_path / "old.tar"
+    cas_in(a, "export", old_ref, "-o", full)
+    cas_in(b, "import", full)
+
+    delta = tmp_path / "new-since-old.tar"
+    summary = json.loads(cas_in(a, "export", new_ref, "--since", old_ref, "-o", delta, "--json").stdout)
+    new_bytes = sum(layer.size for layer in new_layers)
+    assert summary["delta"]["carried_blobs"] == 2 + len(new_layers)  # manifest, config, the new layers
+    assert summary["delta"]["required_blobs"] == 22
+    overhead = new.manifest_blob.size + new.config_blob.size + 16 * 1024  # the description and tar headers
+    assert new_bytes < delta.stat().st_size <= new_bytes + overhead
+    with tarfile.open(delta) as tar:
+        names = tar.getnames()
+    assert names[0] == "cas-delta.json"
+    assert not {"manifest.json", "index.json", "oci-layout"} & set(names)
+    # not an image archive for anyone else: docker load refuses it outright
+    refused = clean_dockerd.load(delta, check=False)
+    assert refused.returncode != 0 and clean_dockerd.images() == []
+
+    # an empty store refuses it, naming every missing digest and its base, and writes nothing
+    refusal = cas_in(c, "import", delta, check=False)
+    err = refusal.stderr.decode()
+    assert refusal.returncode == 1
+    assert "22 required blob(s) missing" in err
+    for layer in [*old.layers[:22]]:
+        assert f"{layer.digest} ({layer.size} bytes, from {old_ref})" in err
+    assert refs_of(c) == []
+    assert not (c / "v1" / "blobs").exists() or not any((c / "v1" / "blobs").rglob("*"))
+    assert store_debris(c) == []
+
+    out = json.loads(cas_in(b, "import", delta, "--json").stdout)
+    assert out["format"] == "delta"
+    assert out["stored_blobs"] == 2 + len(new_layers)
+    assert sorted(refs_of(b)) == sorted([old_ref, new_ref])
+    rebuilt = tmp_path / "new.tar"
+    cas_in(b, "export", new_ref, "-o", rebuilt)
+    assert f"Loaded image: {new_ref}" in clean_dockerd.load(rebuilt).stdout
+    from support.images import random_bytes
+
+    assert clean_dockerd.run(new_ref).stdout.split()[0] == hashlib.sha256(random_bytes(50_002, seed=302)).hexdigest()
