@@ -142,3 +142,51 @@ def test_seed_case_across_a_gap_with_a_delta(registry, clean_dockerd, tmp_path):
     from support.images import random_bytes
 
     assert clean_dockerd.run(new_ref).stdout.split()[0] == hashlib.sha256(random_bytes(50_002, seed=302)).hexdigest()
+
+
+def test_import_of_docker_save_legacy_layout_streamed_from_stdin(cas, registry, test_images, clean_dockerd, tmp_path):
+    app = test_images.ref(registry, "app")
+    cas("pull", app)
+    archive = tmp_path / "app.tar"
+    cas("export", app, "-o", archive)
+    clean_dockerd.load(archive)
+    saved = tmp_path / "saved.tar"
+    clean_dockerd.docker("save", "-o", str(saved), app)
+    with tarfile.open(saved) as tar:
+        names = tar.getnames()
+    assert "index.json" not in names and any(n.endswith("/layer.tar") for n in names)  # dockerd 20.10: legacy
+
+    home = tmp_path / "from-docker-save"
+    save = subprocess.Popen([clean_dockerd.client, "save", app], stdout=subprocess.PIPE, env=clean_dockerd.env)
+    proc = cas_in(home, "import", "-", stdin=save.stdout)
+    assert save.wait() == 0
+    err = proc.stderr.decode()
+    assert f"imported {app}" in err
+    assert "differs from the registry's" in err
+    inspect = json.loads(cas_in(home, "inspect", app, "--json").stdout)
+    assert inspect["manifest"] != test_images.app.digest  # a manifest cas built for the uncompressed layers
+    assert inspect["config"]["digest"] == test_images.app.config_blob.digest  # the same image
+    assert [layer["media_type"] for layer in inspect["layers"]] == ["application/vnd.oci.image.layer.v1.tar"] * 5
+    assert [layer["digest"] for layer in inspect["layers"]] == test_images.app.diff_ids
+    assert store_debris(home) == []
+
+    again = tmp_path / "again.tar"
+    cas_in(home, "export", app, "-o", again)
+    clean_dockerd.wipe()
+    assert f"Loaded image: {app}" in clean_dockerd.load(again).stdout
+    assert clean_dockerd.run(app).stdout == "hello from app\n"
+
+
+def test_import_of_skopeo_docker_archive(registry, test_images, skopeo, clean_dockerd, tmp_path):
+    pushed = test_images.push(registry)["base"]
+    archive = tmp_path / "skopeo.tar"
+    skopeo.copy(f"docker://{pushed.ref}", f"docker-archive:{archive}:cas-test/base:1.0")
+    home = tmp_path / "from-skopeo"
+    out = json.loads(cas_in(home, "import", archive, "--json").stdout)
+    assert out["format"] == "docker-archive (legacy)"
+    assert out["images"][0]["names"] == ["cas-test/base:1.0"]
+    assert out["images"][0]["built_manifest"] is True
+    again = tmp_path / "again.tar"
+    cas_in(home, "export", "cas-test/base:1.0", "-o", again)
+    assert "Loaded image: cas-test/base:1.0" in clean_dockerd.load(again).stdout
+    assert clean_dockerd.run("cas-test/base:1.0").stdout == "hello from base\n"
