@@ -20,9 +20,9 @@ from pathlib import Path
 from cas import manifest as mf
 from cas.delta import NAME, DeltaDescription, DeltaImage, Required
 from cas.digest import Digest
-from cas.errors import BadDigest, CasError, ManifestError, NotCached
+from cas.errors import BadDigest, CasError, ManifestError, NotCached, UsageError
 from cas.export import oci
-from cas.export.plan import ExportPlan, UsageError, lookup
+from cas.export.plan import ExportPlan, lookup
 from cas.export.tarwriter import TarWriter
 from cas.manifest import Descriptor
 from cas.reference import Reference

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from cas import DEFAULT_LOCK_TIMEOUT
 from cas.delta import DeltaDescription
-from cas.errors import ArchiveError, CasError, IncompleteArchive, MissingRequirements
+from cas.errors import ArchiveError, IncompleteArchive, MissingRequirements, UsageError
 from cas.importer.layouts import ImageSource, find_images
 from cas.importer.receive import Received, Receiver
 from cas.importer.sources import read_dir, read_tar
@@ -37,14 +38,10 @@ from cas.importer.tarstream import BadTar
 from cas.recording import commit_bytes, record_image
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
-from cas.store import DEFAULT_LOCK_TIMEOUT, Store
+from cas.store import Store
 
 FORMATS = ("docker-archive", "oci-archive", "oci-dir")
 UNNAMED = "localhost/imported"  # the name an unnamed image is recorded under, with its digest
-
-
-class ImportUsageError(CasError):
-    exit_code = 2
 
 
 @dataclass
@@ -76,13 +73,13 @@ def import_archive(store: Store, source: Path | BinaryIO, options: ImportOptions
     options = options or ImportOptions()
     started = time.monotonic()
     if options.format is not None and options.format not in FORMATS:
-        raise ImportUsageError(f"unknown format {options.format!r}", hint=f"choose one of {', '.join(FORMATS)}")
+        raise UsageError(f"unknown format {options.format!r}", hint=f"choose one of {', '.join(FORMATS)}")
     tag = _tag(options.tag)
     label = str(source) if isinstance(source, Path) else "standard input"
     is_dir = isinstance(source, Path) and source.is_dir()
     if (options.format == "oci-dir") != is_dir:
         what = "a directory" if is_dir else "not a directory"
-        raise ImportUsageError(
+        raise UsageError(
             f"{label} is {what}", hint="--format oci-dir reads an OCI layout directory; the others read a tar"
         )
     result = ImportResult(label)
@@ -101,7 +98,7 @@ def import_archive(store: Store, source: Path | BinaryIO, options: ImportOptions
                 raise IncompleteArchive(missing)
             if tag is not None:
                 if len(images) != 1:
-                    raise ImportUsageError(
+                    raise UsageError(
                         f"--tag names one image, but {label} holds {len(images)}", hint="import without --tag"
                     )
                 images[0].names = [tag]
@@ -124,7 +121,7 @@ def _receive(source: Path | BinaryIO, is_dir: bool, receiver: Receiver, label: s
             try:
                 fh = open(source, "rb")
             except OSError as exc:
-                raise ImportUsageError(f"cannot read {label}: {exc.strerror}", hint="check the path") from None
+                raise UsageError(f"cannot read {label}: {exc.strerror}", hint="check the path") from None
             with fh:
                 return read_tar(fh, receiver.take)
         return read_tar(source, receiver.take)
@@ -188,8 +185,8 @@ def _tag(text: str | None) -> Reference | None:
         return None
     tag = parse_reference(text)
     if tag.tag is None or tag.digest is not None:
-        raise ImportUsageError(f"--tag {text} is not a NAME:TAG", hint="e.g. --tag myapp:1.0")
+        raise UsageError(f"--tag {text} is not a NAME:TAG", hint="e.g. --tag myapp:1.0")
     return tag
 
 
-__all__ = ["FORMATS", "ImportOptions", "ImportResult", "ImportUsageError", "import_archive"]
+__all__ = ["FORMATS", "ImportOptions", "ImportResult", "import_archive"]
