@@ -9,30 +9,19 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+import pytest
 
 
-def cas_in(home: Path, *args, input=None, check=True, stdin=None):
-    """cas with its own CAS_HOME: several stores in one test (the sender and the receiver)."""
-    env = {**os.environ, "CAS_HOME": str(home)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "cli", *map(str, args)],
-        input=input,
-        stdin=stdin,
-        capture_output=True,
-        env=env,
-        cwd=REPO_ROOT,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"cas {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr.decode()}")
-    return proc
+@pytest.fixture
+def cas_in(cas):
+    """cas with its own CAS_HOME: several stores in one test (the sender and the receivers)."""
+    return lambda home, *args, **kwargs: cas(*args, env={"CAS_HOME": str(home)}, **kwargs)
 
 
-def refs_of(home: Path) -> list[str]:
+def refs_of(cas_in, home: Path) -> list[str]:
     return [row["ref"] for row in json.loads(cas_in(home, "images", "--json").stdout)]
 
 
@@ -42,7 +31,7 @@ def store_debris(home: Path) -> list[str]:
 
 
 def test_round_trip_pull_export_import_export_loads_and_runs(
-    cas, cas_home, registry, test_images, clean_dockerd, tmp_path
+    cas, cas_in, cas_home, registry, test_images, clean_dockerd, tmp_path
 ):
     app = test_images.ref(registry, "app")
     cas("pull", app)
@@ -55,7 +44,7 @@ def test_round_trip_pull_export_import_export_loads_and_runs(
     assert out["images"][0]["refs"] == [app]
     assert out["images"][0]["manifest"] == test_images.app.digest  # the registry's own manifest
     assert out["stored_blobs"] == len(test_images.app.digests)
-    assert refs_of(other) == [app]
+    assert refs_of(cas_in, other) == [app]
     assert store_debris(other) == []
 
     registry.mark()
@@ -69,7 +58,7 @@ def test_round_trip_pull_export_import_export_loads_and_runs(
     assert clean_dockerd.run(app).stdout == "hello from app\n"
 
 
-def test_import_from_stdin_of_every_cas_format(cas, registry, test_images, tmp_path):
+def test_import_from_stdin_of_every_cas_format(cas, cas_in, registry, test_images, tmp_path):
     ref = test_images.ref(registry, "dockermedia")
     cas("pull", ref)
     for fmt in ("docker-archive", "oci-archive"):
@@ -79,7 +68,7 @@ def test_import_from_stdin_of_every_cas_format(cas, registry, test_images, tmp_p
         with open(archive, "rb") as fh:
             out = json.loads(cas_in(home, "import", "-", "--json", stdin=fh).stdout)
         assert out["images"][0]["manifest"] == test_images.dockermedia.digest
-        assert refs_of(home) == [ref]
+        assert refs_of(cas_in, home) == [ref]
         inspect = json.loads(cas_in(home, "inspect", ref, "--json").stdout)
         assert inspect["media_type"] == "application/vnd.docker.distribution.manifest.v2+json"
 
@@ -97,7 +86,7 @@ def _seed_images(registry):
     return old, new, new_layers
 
 
-def test_seed_case_across_a_gap_with_a_delta(registry, clean_dockerd, tmp_path):
+def test_seed_case_across_a_gap_with_a_delta(cas_in, registry, clean_dockerd, tmp_path):
     old, new, new_layers = _seed_images(registry)
     old_ref, new_ref = f"{registry.host}/seed:old", f"{registry.host}/seed:new"
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
@@ -125,19 +114,19 @@ def test_seed_case_across_a_gap_with_a_delta(registry, clean_dockerd, tmp_path):
 
     # an empty store refuses it, naming every missing digest and its base, and writes nothing
     refusal = cas_in(c, "import", delta, check=False)
-    err = refusal.stderr.decode()
+    err = refusal.stderr
     assert refusal.returncode == 1
     assert "22 required blob(s) missing" in err
     for layer in [*old.layers[:22]]:
         assert f"{layer.digest} ({layer.size} bytes, from {old_ref})" in err
-    assert refs_of(c) == []
+    assert refs_of(cas_in, c) == []
     assert not (c / "v1" / "blobs").exists() or not any((c / "v1" / "blobs").rglob("*"))
     assert store_debris(c) == []
 
     out = json.loads(cas_in(b, "import", delta, "--json").stdout)
     assert out["format"] == "delta"
     assert out["stored_blobs"] == 2 + len(new_layers)
-    assert sorted(refs_of(b)) == sorted([old_ref, new_ref])
+    assert sorted(refs_of(cas_in, b)) == sorted([old_ref, new_ref])
     rebuilt = tmp_path / "new.tar"
     cas_in(b, "export", new_ref, "-o", rebuilt)
     assert f"Loaded image: {new_ref}" in clean_dockerd.load(rebuilt).stdout
@@ -146,7 +135,9 @@ def test_seed_case_across_a_gap_with_a_delta(registry, clean_dockerd, tmp_path):
     assert clean_dockerd.run(new_ref).stdout.split()[0] == hashlib.sha256(random_bytes(50_002, seed=302)).hexdigest()
 
 
-def test_import_of_docker_save_legacy_layout_streamed_from_stdin(cas, registry, test_images, clean_dockerd, tmp_path):
+def test_import_of_docker_save_legacy_layout_streamed_from_stdin(
+    cas, cas_in, registry, test_images, clean_dockerd, tmp_path
+):
     app = test_images.ref(registry, "app")
     cas("pull", app)
     archive = tmp_path / "app.tar"
@@ -162,7 +153,7 @@ def test_import_of_docker_save_legacy_layout_streamed_from_stdin(cas, registry, 
     save = subprocess.Popen([clean_dockerd.client, "save", app], stdout=subprocess.PIPE, env=clean_dockerd.env)
     proc = cas_in(home, "import", "-", stdin=save.stdout)
     assert save.wait() == 0
-    err = proc.stderr.decode()
+    err = proc.stderr
     assert f"imported {app}" in err
     assert "differs from the registry's" in err
     inspect = json.loads(cas_in(home, "inspect", app, "--json").stdout)
@@ -179,7 +170,7 @@ def test_import_of_docker_save_legacy_layout_streamed_from_stdin(cas, registry, 
     assert clean_dockerd.run(app).stdout == "hello from app\n"
 
 
-def test_import_of_skopeo_docker_archive(registry, test_images, skopeo, clean_dockerd, tmp_path):
+def test_import_of_skopeo_docker_archive(cas_in, registry, test_images, skopeo, clean_dockerd, tmp_path):
     pushed = test_images.push(registry)["base"]
     archive = tmp_path / "skopeo.tar"
     skopeo.copy(f"docker://{pushed.ref}", f"docker-archive:{archive}:cas-test/base:1.0")

@@ -39,24 +39,22 @@ class Base:
 
 def bases_of(store: Store, references: Sequence[Reference]) -> list[Base]:
     """The blobs of each ``--since`` image, from its ref record in this store."""
-    bases, not_cached = [], []
-    for reference in references:
-        hit = lookup(store, reference)
-        if hit is None:
-            not_cached.append(str(reference))
-            continue
-        ref, record = hit
-        entries = record.get("blobs")
-        try:
-            blobs = {Digest.parse(e["digest"]): e["size"] for e in entries}  # type: ignore[union-attr]
-        except (BadDigest, KeyError, TypeError) as exc:
-            raise ManifestError(f"the cache record of {ref} is broken", hint=f"pull it again: cas pull {ref}") from exc
-        bases.append(Base(ref, blobs))
+    hits = {str(reference): lookup(store, reference) for reference in references}
+    not_cached = [text for text, hit in hits.items() if hit is None]
     if not_cached:
         raise NotCached(
             f"--since: not in the cache: {', '.join(not_cached)}",
             hint="a delta is computed against images this store holds: pull them, or use --since-inventory",
         )
+    bases = []
+    for hit in hits.values():
+        assert hit is not None
+        ref, record = hit
+        try:
+            blobs = {Digest.parse(e["digest"]): e["size"] for e in record["blobs"]}
+        except (BadDigest, KeyError, TypeError) as exc:
+            raise ManifestError(f"the cache record of {ref} is broken", hint=f"pull it again: cas pull {ref}") from exc
+        bases.append(Base(ref, blobs))
     return bases
 
 

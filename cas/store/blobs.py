@@ -295,17 +295,7 @@ class Ingest:
         return self.info
 
     def __exit__(self, *exc: object) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        try:
-            if self.committed or self._discard:
-                _remove_tree(self.dir)
-        finally:
-            self._lock.release()
+        _close_entry(self, remove=self.committed or self._discard)
 
 
 class Staging:
@@ -363,16 +353,22 @@ class Staging:
             return info
 
     def __exit__(self, *exc: object) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        try:
-            _remove_tree(self.dir)
-        finally:
-            self._lock.release()
+        _close_entry(self, remove=True)
+
+
+def _close_entry(entry: Ingest | Staging, *, remove: bool) -> None:
+    """Close an ingest entry's writer and file, remove its directory if asked, then release its lock."""
+    if entry._writer is not None:
+        entry._writer.close()
+        entry._writer = None
+    if entry._file is not None:
+        entry._file.close()
+        entry._file = None
+    try:
+        if remove:
+            _remove_tree(entry.dir)
+    finally:
+        entry._lock.release()
 
 
 def _remove_tree(path: Path) -> None:
