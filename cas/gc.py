@@ -323,12 +323,13 @@ def prune(
 ) -> Plan:
     """Remove what no kept image and no running pull or export needs; return what went.
 
-    A dry run reads a snapshot and changes nothing. A real prune takes the store
-    lock exclusively, then marks, forgets and sweeps while holding it.
+    A dry run reads a snapshot and changes nothing. A real prune releases the store's
+    ballast (room for its index transaction on a full disk), takes the store lock
+    exclusively, then marks, forgets and sweeps while holding it.
     """
     if dry_run:
         return plan(snapshot(store), policy, now=now, dry_run=True)
-    with store.lock(shared=False, timeout=lock_timeout, on_wait=on_wait):
+    with store.ballast.released(), store.lock(shared=False, timeout=lock_timeout, on_wait=on_wait):
         index = store.index
         snap = Snapshot()
         read_disk(store, snap)  # outside the transaction: no file changes under the exclusive lock
@@ -366,6 +367,11 @@ def remove_images(store: Store, texts: Iterable[str]) -> list[dict]:
     wanted: dict[str, str] = {}
     for text in texts:
         wanted.setdefault(str(parse(text)), text)
+    with store.ballast.released():  # room for the index transaction on a full disk
+        return _remove_refs(store, wanted)
+
+
+def _remove_refs(store: Store, wanted: dict[str, str]) -> list[dict]:
     index = store.index
     removed = []
     with index.transact():

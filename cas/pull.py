@@ -90,6 +90,7 @@ class PullResult:
 def pull(store: Store, reference: Reference, options: PullOptions | None = None) -> PullResult:
     options = options or PullOptions()
     started = time.monotonic()
+    store.ballast.restore()  # a new store gets its ballast; a prune that could not put it back is made good
     with store.lock(shared=True, timeout=options.lock_timeout, on_wait=options.observer.waiting):
         with store.index.lease() as lease, _Session(store, reference, options, lease) as session:
             result = session.run()
@@ -139,8 +140,10 @@ class _Session:
         blobs = list(image.blobs)
         self.lease.add([d.digest for d in manifests + blobs])
         self._fetch_missing(blobs)
+        config = self.store.blobs.read(image.config.digest)
+        mf.check_rootfs(config, len(image.layers), str(self.ref))  # before anything records the image
         if platform is None:
-            platform = _platform_of_config(self.store.blobs.read(image.config.digest))
+            platform = _platform_of_config(config)
         record = {
             "ref": str(self.ref),
             "registry": self.ref.registry,

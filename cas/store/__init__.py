@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cas.store.ballast import Ballast
 from cas.store.blobs import BlobInfo, BlobStore, Ingest, IngestEntry
 from cas.store.fs import atomic_write, storage_errors
 from cas.store.locks import FileLock
@@ -45,6 +46,7 @@ class Store:
                 atomic_write(self.root / "oci-layout", OCI_LAYOUT)
                 atomic_write(self.root / "index.json", _index_json([]))
         self.blobs = BlobStore(self.root)
+        self.ballast = Ballast(self.root)
         self._index: Index | None = None
 
     @property
