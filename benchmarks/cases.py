@@ -7,6 +7,7 @@ peak RSS is the largest that GNU time reported over its runs.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -220,21 +221,49 @@ def version(runner: Runner, runs: int) -> Row:
     return row
 
 
+def _bench_json(root: Path, script: str, *args: str) -> dict | Row:
+    """The JSON figures another benchmark script prints last, or a failed row saying why."""
+    proc = subprocess.run(
+        [PYTHON, str(root / "benchmarks" / script), *args, "--json"], capture_output=True, text=True, check=False
+    )
+    start = proc.stdout.rfind("\n{")
+    if proc.returncode != 0 or start < 0:
+        return Row(script, note=f"FAILED: {(proc.stderr or proc.stdout).strip()[-300:]}", ok=False)
+    return json.loads(proc.stdout[start:])
+
+
 def gc(root: Path) -> list[Row]:
     """benchmarks/bench_gc.py (10,000 blobs, 1,000 images) as rows: cas only, no peer does this."""
-    import json
-
-    proc = subprocess.run(
-        [PYTHON, str(root / "benchmarks" / "bench_gc.py"), "--json"], capture_output=True, text=True, check=False
-    )
-    start = proc.stdout.find("{")
-    if start < 0:
-        return [Row("gc (bench_gc.py)", note=f"FAILED: {proc.stderr.strip()[-300:]}", ok=False)]
-    report = json.loads(proc.stdout[start:])
+    report = _bench_json(root, "bench_gc.py")
+    if isinstance(report, Row):
+        return [report]
     rows = []
     for step in report["steps"]:
         row = Row(f"{step['name']} (10k blobs)", step["seconds"], rss_mib=step.get("peak_rss_mib"))
         if step["name"].startswith(("du", "prune")):
             row.target, row.ok = f"< {report['target_seconds']:.0f} s", step["seconds"] < report["target_seconds"]
         rows.append(row)
+    return rows
+
+
+def imports(root: Path, runs: int) -> list[Row]:
+    """benchmarks/bench_import.py as rows: `cas import` vs skopeo, and the delta archive's size."""
+    figures = _bench_json(root, "bench_import.py", "--runs", str(runs))
+    if isinstance(figures, Row):
+        return [figures]
+    med, mib = figures["median_seconds"], figures["archive_bytes"] / MiB
+    rows = [
+        ratio_row(f"import {mib:.0f} MiB archive ({how})", [med[f"cas {how}"]], [med["skopeo"]], 0.6, None)
+        for how in ("file", "stdin")
+    ]
+    over = figures["delta_vs_new_layer"] - 1
+    rows.append(
+        Row(
+            "export --since (delta archive)",
+            med["delta"],
+            target="size <= new layer + 1%",
+            ok=over <= 0.01,
+            note=f"delta {figures['delta_bytes']:,} bytes for a {figures['new_layer_bytes']:,}-byte new layer",
+        )
+    )
     return rows

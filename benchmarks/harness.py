@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,3 +24,17 @@ def compile_cas() -> None:
     subprocess.run(
         [PYTHON, "-m", "compileall", "-q", str(ROOT / "cas"), str(ROOT / "cli")], check=True, stdout=subprocess.DEVNULL
     )
+
+
+def timed(cmd: list[str], *, env: dict[str, str] | None = None, stdout=subprocess.DEVNULL) -> float:
+    """Wall seconds of one child process; raises if it fails."""
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` exited {proc.returncode}:\n{proc.stderr.decode(errors='replace')}")
+    return elapsed
+
+
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"

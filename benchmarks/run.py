@@ -1,6 +1,6 @@
 """Every benchmark, one command, one table: cas against skopeo on real local servers.
 
-    .venv/bin/python benchmarks/run.py [--runs 3] [--only pull,capped,export,xfs,version,gc] [--json FILE]
+    .venv/bin/python benchmarks/run.py [--runs 3] [--only pull,capped,export,xfs,version,gc,import] [--json FILE]
 
 It starts a docker-registry on 127.0.0.1, pushes incompressible images (64 MiB in 2 layers,
 640 MiB in 10 layers, 256 MiB in 1 layer), and times, as medians of ``--runs`` fresh processes:
@@ -12,7 +12,8 @@ It starts a docker-registry on 127.0.0.1, pushes incompressible images (64 MiB i
   loop-mounts itself (root); when it cannot, the row says NOT MEASURED and why, and the
   command exits 1: never a quiet skip;
 - `cas --version` vs `skopeo --version` (floor: the interpreter alone);
-- benchmarks/bench_gc.py (du, prune, verify on 10,000 blobs), cas only.
+- benchmarks/bench_gc.py (du, prune, verify on 10,000 blobs), cas only, and
+  benchmarks/bench_import.py (`cas import` vs `skopeo copy docker-archive: oci:`, delta size).
 Peak RSS is GNU time's, the largest over cas's runs of that row. Wall-clock figures: run it on
 a quiet machine.
 """
@@ -34,7 +35,7 @@ from harness import ROOT, compile_cas
 
 from tests.support.registry import Registry
 
-GROUPS = ("pull", "capped", "export", "xfs", "version", "gc")
+GROUPS = ("pull", "capped", "export", "xfs", "version", "gc", "import")
 
 
 def main() -> int:
@@ -71,6 +72,8 @@ def main() -> int:
                     rows.append(xfs_export(runner, imgs, work, args.runs))
         if "gc" in only:
             rows += cases.gc(ROOT)
+        if "import" in only:
+            rows += cases.imports(ROOT, args.runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
