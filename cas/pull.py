@@ -43,7 +43,8 @@ class PullObserver:
 @dataclass
 class PullOptions:
     platform: Platform | None = None
-    jobs: int = 4
+    jobs: int = 4  # blobs at once
+    connections: int = 8  # in all, range requests included (cas.registry.ranged.DEFAULT_CONNECTIONS)
     insecure: bool = False
     credentials: Credentials | None = None
     observer: PullObserver = field(default_factory=PullObserver)
@@ -126,6 +127,7 @@ class _Session:
     def client(self) -> RegistryClient:
         if self._client is None:
             from cas.registry import RegistryClient  # httpx is imported only when the network is needed
+            from cas.registry.ranged import ConnectionBudget, RangePolicy
 
             self._client = RegistryClient(
                 self.ref.api_host,
@@ -134,6 +136,7 @@ class _Session:
                 token_cache=self.store.index,
                 timeout=self.options.timeout,
                 min_rate=self.options.min_rate,
+                ranges=RangePolicy(ConnectionBudget(self.options.connections)),
             )
         return self._client
 
@@ -243,7 +246,10 @@ class _Session:
                 return
             if ing.offset:
                 observer.blob_bytes(desc.digest, ing.offset)
-            self.client.download_blob(self.ref.repository, desc.digest, ing, on_bytes, commit=ing.commit)
+            client = self.client
+            assert client.ranges is not None
+            with client.ranges.budget.slot():  # this blob's own connection, out of the pull's total
+                client.download_blob(self.ref.repository, desc.digest, ing, on_bytes, commit=ing.commit)
             assert ing.info is not None
             record_blob(self.store, ing.info, desc.media_type)
         self._count(downloaded=desc, received=received)

@@ -29,6 +29,7 @@ from cas import __version__
 from cas.digest import Digest, of_bytes, verify_bytes
 from cas.errors import BadDigest, IntegrityError, ManifestError, RegistryError, Stalled, Unreachable
 from cas.manifest import ACCEPT, media_type_of
+from cas.registry import ranged
 from cas.registry.auth import RegistryAuth, TokenCache
 from cas.registry.credentials import Credentials
 from cas.registry.endpoints import PULL, RESOLVE, TLS, Endpoint, upstream
@@ -78,11 +79,14 @@ class RegistryClient:
         backoff: float = 0.5,
         timeout: float = DEFAULT_TIMEOUT,
         min_rate: int = DEFAULT_MIN_RATE,
+        ranges: ranged.RangePolicy | None = None,
     ) -> None:
         """``endpoints``: where to fetch from, in order (``cas.registry.endpoints``);
         default: ``registry`` alone. ``timeout`` bounds connecting, waiting for an
         answer, and a transfer's stall: fewer than ``min_rate`` bytes/s over
-        ``timeout`` seconds aborts it (resumable)."""
+        ``timeout`` seconds aborts it (resumable). ``ranges``: how large blobs may
+        be split into parallel Range requests (``cas.registry.ranged``); None:
+        every blob is one stream."""
         self.registry = registry
         try:
             self.endpoints = list(endpoints) if endpoints else [upstream(registry, "", insecure=insecure)]
@@ -96,6 +100,7 @@ class RegistryClient:
         self.backoff = backoff
         self.timeout = timeout
         self.min_rate = min_rate
+        self.ranges = ranges
         self.served = Served()
         self._credentials = credentials
         self._token_cache = token_cache
@@ -246,6 +251,12 @@ class RegistryClient:
         repository = ep.repository or repository
         shown = f"blob {digest} of {ep.host}/{repository}"
         url = f"{ep.api}/{repository}/blobs/{digest}"
+        if (
+            self.ranges is not None
+            and self.ranges.wants(sink)
+            and self._fetch_ranges(ep, has_next, url, repository, shown, sink, report)
+        ):
+            return
         failures, furthest = 0, sink.offset
         budget = min(1, self.retries) if has_next else self.retries
         while True:
@@ -289,15 +300,42 @@ class RegistryClient:
                         raise RegistryError(
                             f"{_name(ep, self.registry)} keeps answering the wrong range for {shown}"
                         ) from None
-                    reason = describe_transport_error(exc, ep.url, ep.source).reason
-                    raise Unreachable(
-                        f"cannot reach {_name(ep, self.registry)}: {reason} while downloading {shown} "
-                        f"({sink.offset} bytes held)",
-                        hint="run the pull again: it resumes where it stopped",
-                    ) from exc
+                    raise self._dropped(ep, exc, shown, sink) from exc
             finally:
                 response.close()
             time.sleep(backoff_delay(failures, self.backoff))
+
+    def _fetch_ranges(
+        self,
+        ep: Endpoint,
+        has_next: bool,
+        url: str,
+        repository: str,
+        shown: str,
+        sink: Sink,
+        report: Callable[[int], None],
+    ) -> bool:
+        """The blob as parallel Range requests (``cas.registry.ranged``); False: one stream from ``sink.offset``."""
+
+        def open_range(start: int, end: int) -> httpx.Response:
+            headers = {"Accept-Encoding": "identity", "Range": f"bytes={start}-{end - 1}"}
+            ok = (200, 206, 416)  # anything but the 206 asked for ends the split (ranged.check_answer)
+            return self._retrying(
+                ep, lambda: self._open(ep, url, headers, repository, shown, kind="blob", ok=ok), has_next
+            )
+
+        assert self.ranges is not None
+        try:
+            return ranged.fetch(open_range, sink, self.ranges, report, retries=self.retries, backoff=self.backoff)  # type: ignore[arg-type]
+        except httpx.TransportError as exc:
+            raise self._dropped(ep, exc, shown, sink) from exc
+
+    def _dropped(self, ep: Endpoint, exc: httpx.TransportError, shown: str, sink: Sink) -> Unreachable:
+        reason = describe_transport_error(exc, ep.url, ep.source).reason
+        return Unreachable(
+            f"cannot reach {_name(ep, self.registry)}: {reason} while downloading {shown} ({sink.offset} bytes held)",
+            hint="run the pull again: it resumes where it stopped",
+        )
 
     # plumbing ------------------------------------------------------------
     def _retrying(self, ep: Endpoint, attempt: Callable[[], _T], has_next: bool = False) -> _T:
