@@ -61,8 +61,10 @@ def test_ctrl_c_and_sigterm_say_interrupted_and_exit_130(cas_home, proxy, regist
             "hint: the store is consistent; run the command again to finish",
         ]
         # it stopped mid-download (at 50 KB/s the biggest blob takes many seconds): partial data kept
+        # (a small blob whose last chunk landed as the signal did may be whole but not committed)
         partial = {p.parent.name.split("-", 1)[1]: p.stat().st_size for p in ingest.glob("*/data")}
-        assert partial and all(0 < size < sizes[hexpart] for hexpart, size in partial.items()), partial
+        assert partial and all(0 < size <= sizes[hexpart] for hexpart, size in partial.items()), partial
+        assert any(size < sizes[hexpart] for hexpart, size in partial.items()), partial
 
 
 def test_quiet_pull_prints_nothing_and_json_is_only_json(cas, registry, test_images):
