@@ -226,10 +226,11 @@ def _bench_json(root: Path, script: str, *args: str) -> dict | Row:
     proc = subprocess.run(
         [PYTHON, str(root / "benchmarks" / script), *args, "--json"], capture_output=True, text=True, check=False
     )
-    start = proc.stdout.rfind("\n{")  # printed even when it then exits 1 for a missed target
+    out = "\n" + proc.stdout
+    start = out.rfind("\n{")  # the last top-level object; printed even when it then exits 1 for a missed target
     if start < 0:
         return Row(script, note=f"FAILED: {(proc.stderr or proc.stdout).strip()[-300:]}", ok=False)
-    return json.loads(proc.stdout[start:])
+    return json.loads(out[start:])
 
 
 def gc(root: Path) -> list[Row]:
