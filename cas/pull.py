@@ -9,23 +9,24 @@ network request at all.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cas import manifest as mf
 from cas.digest import Digest, fingerprint_file, of_bytes
-from cas.errors import CasError, ManifestError, UnsupportedManifest
+from cas.errors import ManifestError, UnsupportedManifest
 from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
 from cas.reference import Reference
-from cas.store import DEFAULT_LOCK_TIMEOUT, BlobInfo, Store
+from cas.store import BlobInfo, Store
+from cas.transfer import Cancelled, TransferObserver, TransferOptions, run_parallel, unique
 
 if TYPE_CHECKING:
     from cas.index import Lease
-    from cas.registry import Credentials, RegistryClient
+    from cas.registry import RegistryClient
 
 CONFIG_TYPES = (mf.OCI_CONFIG, mf.DOCKER_CONFIG)
 LAYER_TYPES = (
@@ -42,23 +43,8 @@ LAYER_TYPES = (
 )
 
 
-class PullObserver:
-    """Progress hooks; the default does nothing. Called from worker threads."""
-
-    def resolved(self, ref: str, blobs: list[Descriptor], missing: list[Descriptor]) -> None: ...
-    def blob_bytes(self, digest: Digest, n: int) -> None: ...
-    def blob_done(self, digest: Digest, downloaded: bool) -> None: ...
-    def waiting(self, message: str) -> None: ...
-
-
-@dataclass
-class PullOptions:
-    platform: Platform | None = None
-    jobs: int = 4
-    insecure: bool = False
-    credentials: Credentials | None = None
-    observer: PullObserver = field(default_factory=PullObserver)
-    lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT
+PullObserver = TransferObserver  # blob_done(digest, moved): moved is "downloaded" here
+PullOptions = TransferOptions
 
 
 @dataclass
@@ -151,7 +137,7 @@ class _Session:
             "platform": platform,
             "layout_manifest": str(view[0]) if view is not None else None,
             "blobs": [{"digest": str(d.digest), "size": d.size, "media_type": d.media_type} for d in manifests + blobs],
-            "size": sum(d.size for d in manifests) + sum(d.size for d in _unique(blobs)),
+            "size": sum(d.size for d in manifests) + sum(d.size for d in unique(blobs)),
         }
         self.result.record = self._save(record)
         return self.result
@@ -178,11 +164,11 @@ class _Session:
         return digest, mf.OCI_MANIFEST
 
     def _fetch_missing(self, blobs: list[Descriptor]) -> None:
-        missing = _unique([d for d in blobs if not self.store.blobs.has(d.digest, d.size)])
+        missing = unique([d for d in blobs if not self.store.blobs.has(d.digest, d.size)])
         self.options.observer.resolved(str(self.ref), blobs, missing)
         self._download(missing)
         fetched = {d.digest for d in missing}
-        for desc in _unique(blobs):
+        for desc in unique(blobs):
             if desc.digest not in fetched:
                 self._count(reused=desc)
 
@@ -225,28 +211,8 @@ class _Session:
         self.store.index.put_blob(info.digest, size=info.size, media_type=media_type, fingerprint=info.fingerprint)
 
     def _download(self, missing: list[Descriptor]) -> None:
-        if not missing:
-            return
-        cancelled = threading.Event()
-        jobs = max(1, min(self.options.jobs, len(missing)))
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cas-pull") as pool:
-            futures = [pool.submit(self._fetch_blob, desc, cancelled) for desc in missing]
-
-            def stop() -> None:
-                """Queued blobs never start; running ones stop at their next chunk, keeping partial data."""
-                cancelled.set()
-                for future in futures:
-                    future.cancel()
-
-            try:
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            except BaseException:  # Ctrl-C or SIGTERM
-                stop()
-                raise
-            failed = next((f for f in done if f.exception() is not None), None)
-            if failed is not None:
-                stop()
-                raise failed.exception()  # type: ignore[misc]
+        tasks = [functools.partial(self._fetch_blob, desc) for desc in missing]
+        run_parallel(tasks, self.options.jobs, "cas-pull")
 
     def _fetch_blob(self, desc: Descriptor, cancelled: threading.Event) -> None:
         observer = self.options.observer
@@ -256,7 +222,7 @@ class _Session:
         def on_bytes(n: int) -> None:
             nonlocal received
             if cancelled.is_set():
-                raise _Cancelled()
+                raise Cancelled("pull")
             received += max(n, 0)
             observer.blob_bytes(desc.digest, n)
 
@@ -294,11 +260,6 @@ class _Session:
                 self.result.reused_bytes += reused.size
 
 
-class _Cancelled(CasError):
-    def __init__(self) -> None:
-        super().__init__("pull cancelled after another blob failed")
-
-
 def _check_image(image: ImageManifest, ref: Reference) -> None:
     if image.config.media_type and image.config.media_type not in CONFIG_TYPES:
         raise UnsupportedManifest(
@@ -317,13 +278,3 @@ def _platform_of_config(data: bytes) -> str | None:
         raise ManifestError(f"broken image config: not valid JSON ({exc})") from exc
     platform = Platform.from_json(config)
     return str(platform) if platform is not None else None
-
-
-def _unique(descs: list[Descriptor]) -> list[Descriptor]:
-    seen: set[Digest] = set()
-    out = []
-    for desc in descs:
-        if desc.digest not in seen:
-            seen.add(desc.digest)
-            out.append(desc)
-    return out

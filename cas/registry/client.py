@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -119,13 +119,13 @@ class RegistryClient:
         url = f"{self.base}/v2/{repository}/manifests/{reference}"
 
         def attempt() -> tuple[bytes, httpx.Headers]:
-            response = self._open(url, {"Accept": ACCEPT}, repository, shown, kind="manifest", ok=(200,))
+            response = self.request(url, {"Accept": ACCEPT}, repository, shown, kind="manifest", ok=(200,))
             try:
                 return _read_limited(response, MAX_MANIFEST, shown), response.headers
             finally:
                 response.close()
 
-        data, headers = self._retrying(attempt)
+        data, headers = self.retrying(attempt)
         if by_digest:
             verify_bytes(data, reference, what="manifest")
             digest = reference
@@ -166,8 +166,8 @@ class RegistryClient:
             if start > 0:
                 headers["Range"] = f"bytes={start}-"
             ok = (200, 206, 416) if start > 0 else (200,)
-            response = self._retrying(
-                lambda headers=headers, ok=ok: self._open(url, headers, repository, shown, kind="blob", ok=ok)
+            response = self.retrying(
+                lambda headers=headers, ok=ok: self.request(url, headers, repository, shown, kind="blob", ok=ok)
             )
             try:
                 if _restart_needed(response, start):
@@ -202,7 +202,7 @@ class RegistryClient:
             time.sleep(backoff_delay(failures, self.backoff))
 
     # plumbing ------------------------------------------------------------
-    def _retrying(self, attempt: Callable[[], _T]) -> _T:
+    def retrying(self, attempt: Callable[[], _T]) -> _T:
         """Run ``attempt`` until it succeeds, retrying Transient answers and transport errors."""
         tries = 0
         while True:
@@ -231,11 +231,22 @@ class RegistryClient:
             netloc = self.registry
         return f"registry {self.registry}" if netloc == self.registry else f"{netloc} (for registry {self.registry})"
 
-    def _open(
-        self, url: str, headers: dict[str, str], repository: str, shown: str, *, kind: str, ok: tuple[int, ...]
+    def request(
+        self,
+        url: str,
+        headers: dict[str, str],
+        repository: str,
+        shown: str,
+        *,
+        kind: str,
+        ok: tuple[int, ...],
+        method: str = "GET",
+        content: bytes | Iterator[bytes] | None = None,
+        scopes: tuple[str, ...] | None = None,
     ) -> httpx.Response:
-        """GET with auth and redirects; a streaming response whose status is in ``ok``, else a mapped error."""
-        response = self._send_following(url, headers, repository)
+        """One request with auth (and redirects for GET/HEAD); a streaming response whose status is
+        in ``ok``, else a mapped error. ``cas.registry.upload`` sends its POST/PATCH/PUTs through here."""
+        response = self._send_following(url, headers, repository, method=method, content=content, scopes=scopes)
         if response.status_code in ok:
             return response
         try:
@@ -246,20 +257,32 @@ class RegistryClient:
             response.close()
         raise status_error(response, body, registry=self.registry, repository=repository, shown=shown, kind=kind)
 
-    def _send_following(self, url: str, headers: dict[str, str], repository: str) -> httpx.Response:
-        """Send, following up to MAX_REDIRECTS redirects by hand.
+    def _send_following(
+        self,
+        url: str,
+        headers: dict[str, str],
+        repository: str,
+        *,
+        method: str = "GET",
+        content: bytes | Iterator[bytes] | None = None,
+        scopes: tuple[str, ...] | None = None,
+    ) -> httpx.Response:
+        """Send, following up to MAX_REDIRECTS redirects by hand (GET and HEAD only).
 
-        The registry's credentials go only to the registry's own origin: once a
-        redirect leaves it (a CDN), no Authorization is sent on any later hop.
+        The registry's credentials go only to the registry's own origin: a URL on
+        another origin (a CDN redirect, an upload Location elsewhere) gets no
+        Authorization, and neither does any later hop.
         """
         http = self.http
-        auth: httpx.Auth | None = self._auth.scoped(repository)
         target = httpx.URL(url)
+        auth: httpx.Auth | None = self._auth.scoped(repository, scopes)
+        if not _same_origin(target, self._origin):
+            auth = None
         for _ in range(MAX_REDIRECTS + 1):
-            request = http.build_request("GET", target, headers=headers)
+            request = http.build_request(method, target, headers=headers, content=content)
             response = http.send(request, auth=auth, stream=True, follow_redirects=False)
             location = response.headers.get("Location")
-            if not (response.is_redirect and location):
+            if not (response.is_redirect and location and method in ("GET", "HEAD")):
                 return response
             response.close()
             target = response.url.join(location)
