@@ -26,6 +26,7 @@ from cas import manifest as mf
 from cas.digest import Digest, verify_bytes
 from cas.errors import (
     BadReference,
+    Cancelled,
     CasError,
     DigestMismatch,
     IntegrityError,
@@ -37,7 +38,7 @@ from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
 from cas.store import Store
-from cas.transfer import Cancelled, TransferOptions, run_parallel, unique
+from cas.transfer import TransferOptions, run_parallel, unique
 
 if TYPE_CHECKING:
     from cas.registry.upload import Uploader
@@ -306,7 +307,7 @@ class _Session:
 
         def on_bytes(n: int) -> None:
             if cancelled.is_set():
-                raise Cancelled("push")
+                raise Cancelled("push cancelled after another blob failed")
             observer.blob_bytes(desc.digest, n)
 
         opener = functools.partial(self.store.blobs.open, desc.digest)

@@ -13,10 +13,9 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cas import DEFAULT_LOCK_TIMEOUT
 from cas.digest import Digest
-from cas.errors import CasError
 from cas.manifest import Descriptor, Platform
-from cas.store import DEFAULT_LOCK_TIMEOUT
 
 if TYPE_CHECKING:
     from cas.registry import Credentials
@@ -43,15 +42,10 @@ class TransferOptions:
     lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT
 
 
-class Cancelled(CasError):
-    def __init__(self, what: str = "transfer") -> None:
-        super().__init__(f"{what} cancelled after another blob failed")
-
-
 def run_parallel(tasks: list[Callable[[threading.Event], None]], jobs: int, name: str) -> None:
     """Run each ``task(cancelled)`` on up to ``jobs`` threads; the first exception stops the others.
 
-    A task should check ``cancelled`` between chunks (raise ``Cancelled``). Ctrl-C and
+    A task should check ``cancelled`` between chunks (raise ``cas.errors.Cancelled``). Ctrl-C and
     SIGTERM stop the queue the same way and propagate.
     """
     if not tasks:

@@ -36,9 +36,11 @@ from typing import NamedTuple
 
 import blake3
 
-from cas import gc
+from cas import DEFAULT_LOCK_TIMEOUT
 from cas.digest import Digest
-from cas.store import DEFAULT_LOCK_TIMEOUT, Store
+from cas.snapshot import Snapshot, snapshot
+from cas.store import Store
+from cas.store.remover import Remover
 
 _CHUNK = 1 << 20
 _THREADED = 8 << 20  # files above this hash blake3 on every core
@@ -104,7 +106,7 @@ def verify(
     """Check every blob; with ``repair``, mend what was found. Shared lock to check, exclusive to repair."""
     report = Report(deep=deep, repair=repair)
     with store.lock(shared=not repair, timeout=lock_timeout, on_wait=on_wait):
-        snap = gc.snapshot(store)
+        snap = snapshot(store)
         users: dict[str, list[str]] = defaultdict(list)
         for image in snap.images.values():
             for digest, _ in image.blobs:
@@ -131,7 +133,7 @@ def verify(
 
 
 def _check_blobs(
-    store: Store, snap: gc.Snapshot, users: dict, deep: bool, report: Report, workers: int | None
+    store: Store, snap: Snapshot, users: dict, deep: bool, report: Report, workers: int | None
 ) -> list[Finding]:
     findings = []
     jobs = []
@@ -203,7 +205,7 @@ def check_file(path: Path, digest: Digest, size: int | None, fingerprint: str | 
     return FileCheck(None, actual)
 
 
-def _check_files(store: Store, snap: gc.Snapshot, users: dict) -> list[Finding]:
+def _check_files(store: Store, snap: Snapshot, users: dict) -> list[Finding]:
     findings = []
     for digest in snap.files:
         if digest in snap.indexed or digest in snap.leased:  # leased: a pull between commit and index write
@@ -221,7 +223,7 @@ def _check_files(store: Store, snap: gc.Snapshot, users: dict) -> list[Finding]:
     return findings
 
 
-def _check_refs(snap: gc.Snapshot) -> list[Finding]:
+def _check_refs(snap: Snapshot) -> list[Finding]:
     """Refs an earlier repair marked: still incomplete, or complete again and only the mark is left."""
     findings = []
     for image in snap.images.values():
@@ -240,7 +242,7 @@ def _check_refs(snap: gc.Snapshot) -> list[Finding]:
 # repairing ---------------------------------------------------------------------
 
 
-def _repair(store: Store, snap: gc.Snapshot, users: dict, report: Report) -> None:
+def _repair(store: Store, snap: Snapshot, users: dict, report: Report) -> None:
     index = store.index
     bad: set[str] = set()
     reindex: list[tuple[Digest, int, str, str]] = []
@@ -289,7 +291,7 @@ def _repair(store: Store, snap: gc.Snapshot, users: dict, report: Report) -> Non
     if bad_refs:
         store.write_layout_index()
 
-    remover = gc.Remover(store.blobs.blobs_dir)  # files second
+    remover = Remover(store.blobs.blobs_dir)  # files second
     try:
         for f in report.findings:
             if f.kind in ("corrupt", "unindexed") and f.what in bad:

@@ -202,7 +202,8 @@ def test_chunked_upload_when_the_registry_asks_for_it(cas, registry, proxy, skop
     patches = [r for r in proxy.requests if r.kind == "upload" and r.method == "PATCH"]
     expected = sum(-(-b.size // 65536) for b in test_images.ocidata.blobs)
     assert len(patches) == expected and all(r.status == 202 for r in patches)
-    assert [r.headers["content-range"] for r in patches[:2]] == ["0-65535", "65536-131071"]
+    ranges = {r.headers["content-range"] for r in patches}
+    assert {"0-65535", "65536-131071"} <= ranges and all(int(r.split("-")[0]) % 65536 == 0 for r in ranges)
     assert out["uploaded_bytes"] == sum(b.size for b in test_images.ocidata.blobs)
     skopeo.copy(f"docker://{registry.host}/{repository}:chunked", f"dir:{tmp_path / 'copy'}")
     for blob in test_images.ocidata.blobs:
