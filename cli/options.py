@@ -68,7 +68,7 @@ def pull_options(
     quiet: bool,
     as_json: bool,
 ):
-    """The PullOptions that `cas pull` and `cas export --pull` build from the same flags."""
+    """The TransferOptions that `cas pull`, `cas push` and `cas export --pull` build from the same flags."""
     from cas.manifest import Platform
     from cas.pull import PullOptions
     from cli import output
