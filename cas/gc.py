@@ -82,7 +82,7 @@ class Plan:
             "images": [{"ref": i.ref, "size": i.size, "used": i.used or None} for i in self.images],
             "blobs": [{"digest": d, "size": b, "indexed": x} for d, b, x in self.blobs],
             "stray_files": [{"path": str(s.path), "size": s.size, "kind": s.kind} for s in self.strays],
-            "ingests": [{"digest": str(i.digest), "partial": i.partial, "started": i.started} for i in self.ingests],
+            "ingests": [{"digest": i.label, "partial": i.partial, "started": i.started} for i in self.ingests],
             "kept": {"images": self.kept_images, "blobs": self.kept_blobs, "bytes": self.kept_bytes},
             "leased_blobs": self.leased_blobs,
             "keep_storage": self.target,

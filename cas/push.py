@@ -35,10 +35,11 @@ from cas.errors import (
     UnsupportedManifest,
 )
 from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
+from cas.recording import unique
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
 from cas.store import Store
-from cas.transfer import TransferOptions, run_parallel, unique
+from cas.transfer import TransferOptions, run_parallel
 
 if TYPE_CHECKING:
     from cas.registry.upload import Uploader

@@ -68,14 +68,3 @@ def run_parallel(tasks: list[Callable[[threading.Event], None]], jobs: int, name
         if failed is not None:
             stop()
             raise failed.exception()  # type: ignore[misc]
-
-
-def unique(descs: list[Descriptor]) -> list[Descriptor]:
-    """The descriptors in order, each digest once."""
-    seen: set[Digest] = set()
-    out = []
-    for desc in descs:
-        if desc.digest not in seen:
-            seen.add(desc.digest)
-            out.append(desc)
-    return out

@@ -2,6 +2,7 @@
 
     export(store, [parse("app:1.0")], Path("app.tar"))            # docker-archive
     export(store, refs, 1, ExportOptions(format="oci-archive"))   # stream to fd 1
+    export(store, [new], Path("d.tar"), ExportOptions(format="delta", since=[old]))  # see cas.export.delta
 
 The completeness check (``plan``) runs under the shared store lock before the
 first byte is written; the exported digests are leased while they are written,
@@ -23,7 +24,7 @@ from typing import Any
 
 from cas import DEFAULT_LOCK_TIMEOUT
 from cas.errors import MissingBlobs, NotCached, OutputError, StoreError, UsageError
-from cas.export import docker_archive, oci
+from cas.export import delta, docker_archive, oci
 from cas.export.output import archive_output, check_stream, dir_output
 from cas.export.plan import ExportPlan, ImagePlan, plan
 from cas.export.tarwriter import TarWriter, TruncatedFile, UnsafeSource
@@ -33,7 +34,7 @@ from cas.reference import parse as parse_reference
 from cas.store import Store
 from cas.store.fs import Linker
 
-FORMATS = ("docker-archive", "oci-archive", "oci-dir")
+FORMATS = ("docker-archive", "oci-archive", "oci-dir", "delta")
 
 __all__ = [
     "FORMATS",
@@ -60,6 +61,8 @@ class ExportOptions:
     on_plan: Callable[[ExportPlan], None] | None = None  # the checked plan, before the first byte
     on_blob: Callable[[Descriptor], None] | None = None  # after each blob is written
     lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT
+    since: list[Reference] = field(default_factory=list)  # delta: images the receiver holds
+    since_inventory: Path | None = None  # delta: the receiver's `cas images --json`
 
 
 @dataclass
@@ -73,6 +76,7 @@ class ExportResult:
     linked: bool = True  # oci-dir: hard links (False: fell back to copies)
     copy_method: str = "copy_file_range"  # tar formats: copy_file_range (clones where it can), sendfile, read-write
     pulled: list[str] = field(default_factory=list)
+    delta: dict | None = None  # a delta's carried and required blobs
     seconds: float = 0.0
 
     def to_json(self) -> dict:
@@ -93,6 +97,11 @@ def export(
                 "oci-dir writes a directory, not a stream", hint="give -o DIR, or use --format oci-archive"
             )
         check_stream(output)  # before any lock, plan or pull; archive_output relies on it
+    if (options.format == "delta") != bool(options.since or options.since_inventory):
+        raise UsageError(
+            "a delta archive is written against --since BASE or --since-inventory FILE, in its own format",
+            hint="cas export NEW --since BASE -o delta.tar (no --format)",
+        )
     tag = parse_reference(options.tag) if options.tag is not None else None
 
     result = ExportResult(output="-" if isinstance(output, int) else str(output), format=options.format)
@@ -147,13 +156,32 @@ def _write(store: Store, checked: ExportPlan, output: Path | int, options: Expor
                 oci.write_dir(tmp, store, checked, linker, options.on_blob)
             result.linked = not linker.copying
         else:
-            write = docker_archive.write_archive if options.format == "docker-archive" else oci.write_archive
+            if options.format == "delta":
+                write = _delta_writer(store, checked, options, result)
+            else:
+                write = docker_archive.write_archive if options.format == "docker-archive" else oci.write_archive
             with archive_output(output) as fd:
                 writer = TarWriter(fd)
                 write(writer, store, checked, options.on_blob)
             result.written = writer.written
             result.copy_method = writer.method
         store.index.touch_refs(checked.refs)
+
+
+def _delta_writer(store: Store, checked: ExportPlan, options: ExportOptions, result: ExportResult) -> Callable:
+    """Work out the delta before the output is opened; the writer then only streams it."""
+    bases = delta.bases_of(store, options.since)
+    if options.since_inventory is not None:
+        bases += delta.inventory_bases(store, options.since_inventory, options.warn or (lambda message: None))
+    description, carried = delta.describe(store, checked, bases)
+    result.delta = {
+        "carried_blobs": len(carried),
+        "carried_bytes": sum(b.size for b in carried),
+        "required_blobs": len(description.requires),
+        "required_bytes": sum(r.size for r in description.requires),
+        "bases": [base.name for base in bases],
+    }
+    return lambda writer, store, plan, on_blob: delta.write_delta(writer, store, description, carried, on_blob)
 
 
 @contextlib.contextmanager
