@@ -91,12 +91,14 @@ class _Session:
     def client(self) -> RegistryClient:
         if self._client is None:
             from cas.registry import RegistryClient  # httpx is imported only when the network is needed
+            from cas.registry.ranged import ConnectionBudget, RangePolicy
 
             self._client = RegistryClient(
                 self.ref.api_host,
                 insecure=self.options.insecure,
                 credentials=self.options.credentials,
                 token_cache=self.store.index,
+                ranges=RangePolicy(ConnectionBudget(self.options.connections)),
             )
         return self._client
 
@@ -186,7 +188,10 @@ class _Session:
                 return
             if ing.offset:
                 observer.blob_bytes(desc.digest, ing.offset)
-            self.client.download_blob(self.ref.repository, desc.digest, ing, on_bytes)
+            client = self.client
+            assert client.ranges is not None
+            with client.ranges.budget.slot():  # this blob's own connection, out of the pull's total
+                client.download_blob(self.ref.repository, desc.digest, ing, on_bytes)
             record_blob(self.store, ing.commit(), desc.media_type)
         self._count(downloaded=desc, received=received)
         observer.blob_done(desc.digest, True)

@@ -35,7 +35,8 @@ class TransferOptions:
     """How to reach the registry and how to report: the same flags for pull and push."""
 
     platform: Platform | None = None
-    jobs: int = 4
+    jobs: int = 4  # blobs at once
+    connections: int = 8  # pull: in all, range requests included (cas.registry.ranged.DEFAULT_CONNECTIONS)
     insecure: bool = False
     credentials: Credentials | None = None
     observer: TransferObserver = field(default_factory=TransferObserver)

@@ -5,7 +5,7 @@
     export(store, [new], Path("d.tar"), ExportOptions(format="delta", since=[old]))  # see cas.export.delta
 
 The completeness check (``plan``) runs under the shared store lock before the
-first byte is written; the exported digests are leased while they are written,
+first byte is written, and that one lock is held to the end, across a ``--pull``; the exported digests are leased while they are written,
 and the "used" time of every exported ref record is updated (each name of an
 image, not only the first). The network is touched only with ``pull=True``,
 through ``cas.pull`` (imported only then), and only when that one check finds
@@ -105,15 +105,14 @@ def export(
     tag = parse_reference(options.tag) if options.tag is not None else None
 
     result = ExportResult(output="-" if isinstance(output, int) else str(output), format=options.format)
+    # One shared lock from the check to the last byte, across a --pull too (the pull's own shared
+    # lock stacks on it): a prune waiting for the pull must not evict what it pulled before we write it.
     with store.lock(shared=True, timeout=options.lock_timeout, on_wait=options.on_wait):
         checked = _plan(store, references, tag, options)
-        if checked is not None:
-            _write(store, checked, output, options, result)
-    if checked is None:  # --pull, and an image was missing or incomplete: pull it, then check again
-        result.pulled = _pull_missing(store, references, options)
-        with store.lock(shared=True, timeout=options.lock_timeout, on_wait=options.on_wait):
+        if checked is None:  # --pull, and an image was missing or incomplete: pull it, then check again
+            result.pulled = _pull_missing(store, references, options)
             checked = plan(store, references, tag=tag, platform=options.platform)
-            _write(store, checked, output, options, result)
+        _write(store, checked, output, options, result)
 
     blobs = checked.blobs
     result.images = [
