@@ -62,6 +62,7 @@ class PullResult:
 def pull(store: Store, reference: Reference, options: PullOptions | None = None) -> PullResult:
     options = options or PullOptions()
     started = time.monotonic()
+    store.ballast.restore()  # a new store gets its ballast; a prune that could not put it back is made good
     with store.lock(shared=True, timeout=options.lock_timeout, on_wait=options.observer.waiting):
         with store.index.lease() as lease, _Session(store, reference, options, lease) as session:
             result = session.run()
