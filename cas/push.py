@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cas import DEFAULT_LOCK_TIMEOUT
 from cas import manifest as mf
 from cas.digest import Digest, verify_bytes
 from cas.errors import (
@@ -39,13 +40,23 @@ from cas.recording import unique
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
 from cas.store import Store
-from cas.transfer import TransferOptions, run_parallel
+from cas.transfer import TransferObserver, run_parallel
 
 if TYPE_CHECKING:
+    from cas.registry import Credentials
     from cas.registry.upload import Uploader
 
 MAX_MANIFEST = 4 << 20
-PushOptions = TransferOptions
+
+
+@dataclass
+class PushOptions:
+    platform: Platform | None = None  # push this platform's manifest of an index, not the index
+    jobs: int = 4  # blobs at once
+    insecure: bool = False
+    credentials: Credentials | None = None  # for DEST's registry
+    observer: TransferObserver = field(default_factory=TransferObserver)
+    lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT
 
 
 @dataclass(frozen=True)

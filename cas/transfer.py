@@ -10,15 +10,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cas import DEFAULT_LOCK_TIMEOUT
 from cas.digest import Digest
-from cas.manifest import Descriptor, Platform
+from cas.manifest import Descriptor
 
 if TYPE_CHECKING:
-    from cas.registry import Credentials
+    pass
 
 
 class TransferObserver:
@@ -28,19 +26,6 @@ class TransferObserver:
     def blob_bytes(self, digest: Digest, n: int) -> None: ...
     def blob_done(self, digest: Digest, moved: bool) -> None: ...
     def waiting(self, message: str) -> None: ...
-
-
-@dataclass
-class TransferOptions:
-    """How to reach the registry and how to report: the same flags for pull and push."""
-
-    platform: Platform | None = None
-    jobs: int = 4  # blobs at once
-    connections: int = 8  # pull: in all, range requests included (cas.registry.ranged.DEFAULT_CONNECTIONS)
-    insecure: bool = False
-    credentials: Credentials | None = None
-    observer: TransferObserver = field(default_factory=TransferObserver)
-    lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT
 
 
 def run_parallel(tasks: list[Callable[[threading.Event], None]], jobs: int, name: str) -> None:

@@ -31,19 +31,20 @@ def push(
     """Push a cached image to a registry: blobs it lacks first (mounted from another repository of the same
     registry when possible), manifests last, byte for byte, so the digest stays the same."""
     from cas import reference
+    from cas.manifest import Platform
+    from cas.push import PushOptions
     from cas.push import push as run_push
     from cas.store import Store
+    from cli.progress import BarsObserver, QuietObserver
 
     source, target = reference.parse(ref), reference.parse(dest)
-    opts = options.pull_options(
-        platform,
+    opts = PushOptions(
+        platform=Platform.parse(platform) if platform else None,
         jobs=jobs,
         insecure=insecure,
-        username=username,
-        password_stdin=password_stdin,
+        credentials=options.read_credentials(username, password_stdin),
+        observer=BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver(),
         lock_timeout=lock_timeout,
-        quiet=quiet,
-        as_json=as_json,
     )
     store = Store()
     try:

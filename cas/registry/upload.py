@@ -2,7 +2,7 @@
 monolithic or chunked blob upload, manifest PUT. It never opens the store: blob bytes
 come from a file object the caller opens.
 
-Every request goes through ``RegistryClient.request``, so auth, redirects and status
+Every request goes through ``RegistryClient.push_request`` (the upstream, never a mirror), so auth, redirects and status
 mapping are the pull's: credentials go only to the registry's own origin (an upload
 ``Location`` on another origin gets none), and a bearer token is asked for
 ``repository:NAME:pull,push`` plus ``pull`` on every repository a blob may be mounted
@@ -181,7 +181,7 @@ class Uploader:
                 response.close()
             return response
 
-        return self.client.retrying(attempt)
+        return self.client.push_retrying(attempt)
 
     def _send(
         self,
@@ -193,16 +193,8 @@ class Uploader:
         ok: tuple[int, ...],
         shown: str,
     ) -> httpx.Response:
-        return self.client.request(
-            str(url),
-            headers,
-            self.repository,
-            shown,
-            kind="upload",
-            ok=ok,
-            method=method,
-            content=content,
-            scopes=self.scopes,
+        return self.client.push_request(
+            url, headers, self.repository, shown, ok=ok, method=method, content=content, scopes=self.scopes
         )
 
     def _session(self, response: httpx.Response) -> UploadSession:
@@ -278,5 +270,5 @@ def _location(response: httpx.Response, registry: str) -> httpx.URL:
 def _final(exc: Exception, registry: str, shown: str) -> Exception:
     if isinstance(exc, Transient):
         return exc.final
-    reason, hint, _ = describe_transport_error(exc)
-    return Unreachable(f"cannot reach registry {registry}: {reason} while uploading {shown}", hint=hint)
+    failure = describe_transport_error(exc)
+    return Unreachable(f"cannot reach registry {registry}: {failure.reason} while uploading {shown}", hint=failure.hint)
