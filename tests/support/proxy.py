@@ -436,7 +436,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         return proxy.url
 
     def _forward_headers(self, proxy: FaultProxy) -> dict[str, str]:
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "host"}
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():  # repeated headers (skopeo sends Accept several times) joined
+            if name.lower() not in HOP_BY_HOP and name.lower() != "host":
+                headers[name] = f"{headers[name]}, {value}" if name in headers else value
         headers["Host"] = proxy.upstream.host
         foreign = proxy._knobs.foreign_host
         if foreign is not None and self.headers.get("Host", "").partition(":")[0] == foreign:
