@@ -45,12 +45,13 @@ def import_(
     import sys
     from pathlib import Path
 
+    from cas.errors import UsageError
     from cas.importer import ImportOptions, import_archive
     from cas.store import Store
 
     if path == "-" and sys.stdin.isatty():
-        raise typer.BadParameter(
-            "refusing to read an archive from a terminal; pipe one in: docker save IMG | cas import -"
+        raise UsageError(
+            "refusing to read an archive from a terminal", hint="pipe one in: docker save IMG | cas import -"
         )
     opts = ImportOptions(
         format=fmt.value if fmt is not None else None, tag=tag, on_wait=output.notice, lock_timeout=lock_timeout

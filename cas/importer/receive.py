@@ -34,7 +34,7 @@ METADATA_LIMIT = 64 << 20  # a manifest.json of 64 MiB would list about half a m
 CONFIG_LIMIT = 16 << 20
 UNKNOWN_TYPE = "application/octet-stream"  # until a manifest says what a blob is
 _BLOB = re.compile(r"blobs/([a-z0-9]+)/([0-9a-f]+)")
-_CLAIMED = re.compile(r"(?:.*/)?(?:sha256:)?([0-9a-f]{64})\.tar")
+_CLAIMED = re.compile(r"(?:sha256:)?([0-9a-f]{64})\.tar")  # skopeo's <diffid>.tar
 _MAX_HOPS = 40
 
 
@@ -154,7 +154,7 @@ class Receiver:
                 self.on_bytes(len(chunk))
             digest = staged.digest
             claimed = _CLAIMED.fullmatch(member.name)
-            if claimed is not None and claimed.group(1) != digest.hex and "/" not in member.name:
+            if claimed is not None and claimed.group(1) != digest.hex:
                 raise ArchiveError(
                     f"member {member.name}: its bytes have digest {digest}, not the one its name claims",
                     hint="the archive is damaged or forged; no image was recorded",
