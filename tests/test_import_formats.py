@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cas.importer.tarstream import DIR, FILE, HARDLINK, SYMLINK, TarStream, TruncatedArchive
+from cas.importer.tarstream import DIR, FILE, HARDLINK, SYMLINK, TarStream, TruncatedArchive, UnsafeArchive
 
 
 @pytest.fixture
@@ -191,3 +191,13 @@ def test_delta_since_several_bases_names_the_base_of_each_required_blob(cas, reg
     assert carried == {d[7:] for d in [test_images.app.digest, test_images.app.config_blob.digest, *app_own]}
     assert [image["ref"] for image in description["images"]] == [app]
     assert description["images"][0]["manifest"] == test_images.app.digest
+
+
+def test_extended_headers_are_bounded():
+    info = tarfile.TarInfo("m")
+    info.pax_headers = {"comment": "c" * 600_000}
+    one = info.tobuf(format=tarfile.PAX_FORMAT)
+    pax, header = one[:-512], one[-512:]
+    assert len(_read_all(pax + header + bytes(1024))) == 1
+    with pytest.raises(UnsafeArchive, match="extended headers"):
+        _read_all(pax + pax + header + bytes(1024))  # two of them: over 1 MiB before one member
