@@ -123,8 +123,8 @@ def _blame(exc: IntegrityError, endpoint: Endpoint, what: str) -> IntegrityError
     """Wrong bytes from a mirror: the error names the mirror (and, from the store, both digests)."""
     named = IntegrityError(
         f"mirror {endpoint.url} served wrong bytes for {what}: {exc.message}",
-        hint="the mirror's copy is damaged or not what it claims; cas fetched it from the next endpoint, "
-        "or failed if there was none; nothing wrong was stored",
+        hint="the mirror's copy is damaged; nothing from it was stored (with another endpoint configured, "
+        "cas fetches the blob from there instead)",
     )
     named.__cause__ = exc
     return named
