@@ -92,9 +92,11 @@ class Registry:
         token_server: TokenServer | None = None,
         tls: Pki | None = None,
         client_certs: bool = False,
+        extra_config: str = "",
     ) -> None:
         """``tls``: serve https with ``tls.server``; ``client_certs``: also require a client
-        certificate signed by ``tls.ca`` (mutual TLS)."""
+        certificate signed by ``tls.ca`` (mutual TLS). ``extra_config``: more top-level YAML
+        sections, e.g. ``validation:`` to allow foreign-layer URLs."""
         if auth not in AUTH_MODES:
             raise ValueError(f"auth must be one of {AUTH_MODES}, not {auth!r}")
         self.workdir = Path(workdir)
@@ -108,6 +110,7 @@ class Registry:
         self.token_server = token_server
         self.tls = tls
         self.client_certs = client_certs
+        self.extra_config = extra_config
         self._own_token_server = False
         self.port: int | None = None
         self._proc = None
@@ -197,7 +200,7 @@ class Registry:
             "http:\n"
             f"  addr: 127.0.0.1:{self.port}\n"
             "  secret: cas-test-secret\n"
-            "  headers:\n    X-Content-Type-Options: [nosniff]\n" + self._tls_config() + auth_yaml
+            "  headers:\n    X-Content-Type-Options: [nosniff]\n" + self._tls_config() + auth_yaml + self.extra_config
         )
 
     def _tls_config(self) -> str:
