@@ -165,12 +165,13 @@ def prune(
 ) -> Plan:
     """Remove what no kept image and no running pull or export needs; return what went.
 
-    A dry run reads a snapshot and changes nothing. A real prune takes the store
-    lock exclusively, then marks, forgets and sweeps while holding it.
+    A dry run reads a snapshot and changes nothing. A real prune releases the store's
+    ballast (room for its index transaction on a full disk), takes the store lock
+    exclusively, then marks, forgets and sweeps while holding it.
     """
     if dry_run:
         return plan(snapshot(store), policy, now=now, dry_run=True)
-    with store.lock(shared=False, timeout=lock_timeout, on_wait=on_wait):
+    with store.ballast.released(), store.lock(shared=False, timeout=lock_timeout, on_wait=on_wait):
         index = store.index
         snap = Snapshot()
         read_disk(store, snap)  # outside the transaction: no file changes under the exclusive lock

@@ -22,11 +22,13 @@ from cas.errors import Cancelled, UnsupportedManifest
 from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
 from cas.recording import commit_bytes, record_blob, record_image, unique
 from cas.reference import Reference
+from cas.registry.stall import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
 from cas.store import Store
 
 if TYPE_CHECKING:
     from cas.index import Lease
     from cas.registry import Credentials, RegistryClient
+    from cas.registry.endpoints import Sources
 
 
 MAX_NESTING = 4  # indexes naming indexes
@@ -44,11 +46,15 @@ class PullObserver:
 @dataclass
 class PullOptions:
     platform: Platform | None = None
-    jobs: int = 4
+    jobs: int = 4  # blobs at once
+    connections: int = 8  # in all, range requests included (cas.registry.ranged.DEFAULT_CONNECTIONS)
     insecure: bool = False
     credentials: Credentials | None = None
     observer: PullObserver = field(default_factory=PullObserver)
     lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT
+    sources: Sources | None = None  # mirror configuration; None: the machine's (cas.registry.endpoints)
+    timeout: float = DEFAULT_TIMEOUT  # connect, answer, and the stall window (cas.registry.stall)
+    min_rate: int = DEFAULT_MIN_RATE  # bytes/s below which a transfer is stalled
 
 
 @dataclass
@@ -61,6 +67,10 @@ class PullResult:
     reused_bytes: int = 0
     manifest_requests: int = 0
     seconds: float = 0.0
+    manifest_endpoint: str | None = None  # the endpoint that answered the first manifest request
+    endpoint_bytes: dict[str, int] = field(default_factory=dict)  # endpoint URL -> bytes it served
+    fallbacks: list = field(default_factory=list)  # cas.registry.walk.Fallback, in order
+    mirrored: bool = False  # mirrors are configured for this reference
 
     def to_json(self) -> dict:
         return {
@@ -73,6 +83,9 @@ class PullResult:
             "reused_blobs": self.reused_blobs,
             "reused_bytes": self.reused_bytes,
             "manifest_requests": self.manifest_requests,
+            "manifest_endpoint": self.manifest_endpoint,
+            "endpoints": [{"url": url, "downloaded_bytes": n} for url, n in self.endpoint_bytes.items()],
+            "fallbacks": [f.to_json() for f in self.fallbacks],
             "seconds": round(self.seconds, 3),
         }
 
@@ -80,6 +93,7 @@ class PullResult:
 def pull(store: Store, reference: Reference, options: PullOptions | None = None) -> PullResult:
     options = options or PullOptions()
     started = time.monotonic()
+    store.ballast.restore()  # a new store gets its ballast; a prune that could not put it back is made good
     with store.lock(shared=True, timeout=options.lock_timeout, on_wait=options.observer.waiting):
         with store.index.lease() as lease, _Session(store, reference, options, lease) as session:
             result = session.run()
@@ -97,24 +111,36 @@ class _Session:
         self.lease = lease
         self._client: RegistryClient | None = None
         self.result = PullResult(str(reference), {})
+        # Read before anything else, so a blocked registry is refused even when nothing needs the network.
+        sources = options.sources if options.sources is not None else _machine_sources()
+        self.endpoints = sources.endpoints(reference, insecure=options.insecure)
 
     def __enter__(self) -> _Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._client is not None:
+            served = self._client.served
+            self.result.manifest_endpoint = served.manifest_endpoint
+            self.result.endpoint_bytes = dict(served.bytes)
+            self.result.fallbacks = list(served.fallbacks)
             self._client.close()
+        self.result.mirrored = any(ep.mirror for ep in self.endpoints)
 
     @property
     def client(self) -> RegistryClient:
         if self._client is None:
             from cas.registry import RegistryClient  # httpx is imported only when the network is needed
+            from cas.registry.ranged import ConnectionBudget, RangePolicy
 
             self._client = RegistryClient(
                 self.ref.api_host,
-                insecure=self.options.insecure,
+                endpoints=self.endpoints,
                 credentials=self.options.credentials,
                 token_cache=self.store.index,
+                timeout=self.options.timeout,
+                min_rate=self.options.min_rate,
+                ranges=RangePolicy(ConnectionBudget(self.options.connections)),
             )
         return self._client
 
@@ -230,8 +256,12 @@ class _Session:
                 return
             if ing.offset:
                 observer.blob_bytes(desc.digest, ing.offset)
-            self.client.download_blob(self.ref.repository, desc.digest, ing, on_bytes)
-            record_blob(self.store, ing.commit(), desc.media_type)
+            client = self.client
+            assert client.ranges is not None
+            with client.ranges.budget.slot():  # this blob's own connection, out of the pull's total
+                client.download_blob(self.ref.repository, desc.digest, ing, on_bytes, commit=ing.commit)
+            assert ing.info is not None
+            record_blob(self.store, ing.info, desc.media_type)
         self._count(downloaded=desc, received=received)
         observer.blob_done(desc.digest, True)
 
@@ -254,6 +284,12 @@ class _Session:
             if reused is not None:
                 self.result.reused_blobs += 1
                 self.result.reused_bytes += reused.size
+
+
+def _machine_sources() -> Sources:
+    from cas.registry.endpoints import Sources
+
+    return Sources.from_env()
 
 
 def _check_image(image: ImageManifest, ref: Reference) -> None:

@@ -49,12 +49,14 @@ def record_image(
     ``chain`` is ``[(index digest, type),] (manifest digest, type)``: what the name resolved to,
     down to the image manifest. ``platform`` None: read it from the config.
     """
+    config = store.blobs.read(image.config.digest)
+    mf.check_rootfs(config, len(image.layers), ref)  # docker load would reject it: record nothing
     view = _commit_oci_view(store, lease, image, chain[-1][0])
     listed = [*chain[:-1], view, chain[-1]] if view is not None else chain
     manifests = [Descriptor(media_type, digest, store.blobs.size(digest) or 0) for digest, media_type in listed]
     blobs = list(image.blobs)
     if platform is None:
-        platform = platform_of_config(store.blobs.read(image.config.digest))
+        platform = platform_of_config(config)
     now = time.time()
     record = {
         "ref": ref,

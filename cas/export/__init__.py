@@ -16,6 +16,7 @@ Blob files are never read through a symlink.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cas import DEFAULT_LOCK_TIMEOUT
-from cas.errors import MissingBlobs, NotCached, OutputError, StoreError, UsageError
+from cas.errors import DiskFull, MissingBlobs, NotCached, OutputError, StoreError, UsageError
 from cas.export import delta, docker_archive, oci
 from cas.export.output import archive_output, check_stream, dir_output
 from cas.export.plan import ExportPlan, ImagePlan, plan
@@ -35,6 +36,7 @@ from cas.store import Store
 from cas.store.fs import Linker
 
 FORMATS = ("docker-archive", "oci-archive", "oci-dir", "delta")
+log = logging.getLogger("cas.export")
 
 __all__ = [
     "FORMATS",
@@ -147,7 +149,8 @@ def _write(store: Store, checked: ExportPlan, output: Path | int, options: Expor
     """Write the checked plan (under the caller's shared store lock) and mark its refs used."""
     if options.on_plan is not None:
         options.on_plan(checked)
-    with store.index.lease(b.digest for b in checked.blobs), _store_damage():
+    with contextlib.ExitStack() as held, _store_damage():
+        recorded = _lease(store, checked, held)
         if options.format == "oci-dir":
             assert not isinstance(output, int)
             linker = Linker(options.warn or (lambda message: None))
@@ -164,7 +167,22 @@ def _write(store: Store, checked: ExportPlan, output: Path | int, options: Expor
                 write(writer, store, checked, options.on_blob)
             result.written = writer.written
             result.copy_method = writer.method
-        store.index.touch_refs(checked.refs)
+        if recorded:
+            with contextlib.suppress(DiskFull):  # the archive is complete; only the LRU time is lost
+                store.index.touch_refs(checked.refs)
+
+
+def _lease(store: Store, checked: ExportPlan, held: contextlib.ExitStack) -> bool:
+    """Lease the exported digests; False on a full disk, where the export goes on without a lease
+    (and without updating "used" times): the shared store lock it holds already keeps prune out."""
+    if store.index.read_only:
+        return False
+    try:
+        held.enter_context(store.index.lease(b.digest for b in checked.blobs))
+    except DiskFull:
+        log.info("the disk under the index is full: exporting without a lease")
+        return False
+    return True
 
 
 def _delta_writer(store: Store, checked: ExportPlan, options: ExportOptions, result: ExportResult) -> Callable:

@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 from cas.digest import Digest, StreamVerifier
 from cas.errors import BadDigest, IntegrityError, SizeMismatch
+from cas.store import ranges
 from cas.store.fs import OverlappedWriter, fsync_dir, storage_errors
 from cas.store.locks import FileLock, is_locked
 
@@ -175,6 +176,8 @@ class Ingest:
     earlier run, already stored it) or ``offset`` bytes of an earlier partial
     download are present and already hashed: the caller fetches the rest
     (HTTP Range) or calls ``restart()``, writes, then calls ``commit()``.
+    The rest may also be written as ranges at their offsets, through ``ranged()``
+    (``cas.store.ranges``); a first ``write()`` after that keeps only the prefix.
     """
 
     def __init__(
@@ -190,6 +193,8 @@ class Ingest:
         self._file: BinaryIO | None = None
         self._writer: OverlappedWriter | None = None
         self._verifier = StreamVerifier(digest)
+        self._held: list[ranges.Interval] | None = None  # ranges on disk beyond the prefix (ranges.json)
+        self._appending = False  # write() has checked that data ends at the prefix
         self._discard = False
 
     @property
@@ -218,9 +223,32 @@ class Ingest:
         if self.size is not None and have > self.size:
             self.restart()
             return
-        while chunk := self._file.read(1 << 20):
+        held = ranges.load(self.dir, self.size)
+        if held is not None:  # what the record names and the file really holds
+            held = ranges.merge([(start, min(end, have)) for start, end in held])
+        prefix = have if held is None else ranges.prefix_end(held)
+        while self._verifier.size < prefix and (chunk := self._file.read(min(1 << 20, prefix - self._verifier.size))):
             self._verifier.update(chunk)
+        self._held = held
         self._file.seek(0, os.SEEK_END)
+
+    def ranged(self) -> ranges.RangeWriter:
+        """Write the missing ranges at their offsets (the blob's size must be known); see cas.store.ranges."""
+        assert self._file is not None and self._writer is not None and self.size is not None
+        self._writer.settle()
+        self._file.flush()
+        self._appending = False  # a later write() first drops what the ranges left beyond the prefix
+        with storage_errors(f"blob {self.digest}"):
+            return ranges.RangeWriter(self.dir, self.size, self._verifier, self._held or [])
+
+    def _keep_prefix_only(self) -> None:
+        """Before appending: drop whatever ranged writes left beyond the hashed prefix."""
+        assert self._file is not None
+        if self._held is not None or os.fstat(self._file.fileno()).st_size != self._verifier.size:
+            self._file.truncate(self._verifier.size)
+            self._file.seek(0, os.SEEK_END)
+            ranges.forget(self.dir)
+        self._held = None
 
     def restart(self) -> None:
         """Drop any partial data (the server ignored our Range, or it was bad)."""
@@ -230,6 +258,9 @@ class Ingest:
         self._file.truncate(0)
         self._file.seek(0)
         self._verifier = StreamVerifier(self.digest)
+        ranges.forget(self.dir)
+        self._held = None
+        self._appending = True
 
     def discard(self) -> None:
         """Remove the entry at exit instead of keeping it for a resume (a source that cannot resume)."""
@@ -245,11 +276,16 @@ class Ingest:
             self._file = None
             os.replace(path, self.dir / "data")
             self._file = open(self.dir / "data", "ab+")
+            ranges.forget(self.dir)
+        self._held, self._appending = None, True
         verifier.expected = self.digest
         self._verifier = verifier
 
     def write(self, chunk: bytes) -> None:
         assert self._file is not None and not self.committed
+        if not self._appending:
+            self._keep_prefix_only()
+            self._appending = True
         if self.size is not None and self._verifier.size + len(chunk) > self.size:
             got = self._verifier.size + len(chunk)
             self.restart()
