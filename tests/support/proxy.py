@@ -406,7 +406,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         return http.client.HTTPConnection("127.0.0.1", proxy.upstream.port, timeout=120)
 
     def _forward_headers(self, proxy: FaultProxy) -> dict[str, str]:
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "host"}
+        """The request's headers for the upstream; a repeated header (Go sends one Accept line per
+        media type) is joined with commas, as HTTP allows, instead of keeping only its last line."""
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():
+            if name.lower() in HOP_BY_HOP or name.lower() == "host":
+                continue
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
         headers["Host"] = proxy.upstream.host
         return headers
 
