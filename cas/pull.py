@@ -9,9 +9,9 @@ network request at all.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,7 @@ from cas.recording import commit_bytes, record_blob, record_image, unique
 from cas.reference import Reference
 from cas.registry.stall import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
 from cas.store import Store
+from cas.transfer import TransferObserver, run_parallel
 
 if TYPE_CHECKING:
     from cas.index import Lease
@@ -31,13 +32,7 @@ if TYPE_CHECKING:
     from cas.registry.endpoints import Sources
 
 
-class PullObserver:
-    """Progress hooks; the default does nothing. Called from worker threads."""
-
-    def resolved(self, ref: str, blobs: list[Descriptor], missing: list[Descriptor]) -> None: ...
-    def blob_bytes(self, digest: Digest, n: int) -> None: ...
-    def blob_done(self, digest: Digest, downloaded: bool) -> None: ...
-    def waiting(self, message: str) -> None: ...
+PullObserver = TransferObserver  # blob_done(digest, moved): moved is "downloaded" here
 
 
 @dataclass
@@ -204,28 +199,8 @@ class _Session:
         commit_bytes(self.store, self.lease, digest, data, media_type)
 
     def _download(self, missing: list[Descriptor]) -> None:
-        if not missing:
-            return
-        cancelled = threading.Event()
-        jobs = max(1, min(self.options.jobs, len(missing)))
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cas-pull") as pool:
-            futures = [pool.submit(self._fetch_blob, desc, cancelled) for desc in missing]
-
-            def stop() -> None:
-                """Queued blobs never start; running ones stop at their next chunk, keeping partial data."""
-                cancelled.set()
-                for future in futures:
-                    future.cancel()
-
-            try:
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            except BaseException:  # Ctrl-C or SIGTERM
-                stop()
-                raise
-            failed = next((f for f in done if f.exception() is not None), None)
-            if failed is not None:
-                stop()
-                raise failed.exception()  # type: ignore[misc]
+        tasks = [functools.partial(self._fetch_blob, desc) for desc in missing]
+        run_parallel(tasks, self.options.jobs, "cas-pull")
 
     def _fetch_blob(self, desc: Descriptor, cancelled: threading.Event) -> None:
         observer = self.options.observer
