@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from urllib.parse import unquote
 
 import pytest
 
@@ -279,3 +280,18 @@ def test_mount_on_a_token_registry_asks_for_pull_on_the_source_in_the_same_token
     assert asked[0].granted == ((repository, ("pull", "push")), ("app", ("pull",)))
     mounts = [r for r in token_registry.requests(mark) if r.kind == "upload" and r.status == 201]
     assert len(mounts) == len(test_images.app.blobs) and all("mount=" in r.uri for r in mounts)
+
+
+def test_a_later_push_mounts_blobs_an_earlier_push_put_in_another_repository(cas, registry, proxy, test_images):
+    base, app = test_images.base, test_images.app
+    cas("pull", test_images.ref(registry, "base"))
+    cas("pull", test_images.ref(registry, "app"))
+    first, second = _repo("base"), _repo("app")
+    _push_json(cas, test_images.ref(registry, "base"), f"{proxy.host}/{first}:1")
+    mark = registry.mark()
+    out = _push_json(cas, test_images.ref(registry, "app"), f"{proxy.host}/{second}:1")
+    shared = {lay.digest for lay in base.layers}
+    assert out["mounted_blobs"] == len(shared) and out["uploaded_blobs"] == len(app.blobs) - len(shared)
+    mounts = [r for r in registry.requests(mark) if r.kind == "upload" and "mount=" in r.uri]
+    assert len(mounts) == len(shared)
+    assert all(r.status == 201 and f"from={first}" in unquote(r.uri) for r in mounts)
