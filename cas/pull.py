@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from cas.registry.endpoints import Sources
 
 
+MAX_NESTING = 4  # indexes naming indexes
+
 PullObserver = TransferObserver  # blob_done(digest, moved): moved is "downloaded" here
 
 
@@ -153,16 +155,22 @@ class _Session:
         return self.result
 
     def _resolve(self) -> tuple[list[tuple[Digest, str]], ImageManifest, str | None]:
-        """The reference down to one image manifest: [(index,) manifest] digests, the image, its platform."""
-        top_digest, top_type, top = self._resolve_top()
-        if isinstance(top, ImageManifest):
-            return [(top_digest, top_type)], top, None
-        chosen = top.select(self.options.platform or Platform.host())
-        data, media_type = self._manifest_by_digest(chosen.digest)
-        image = mf.parse(data, media_type)
-        if not isinstance(image, ImageManifest):
-            raise UnsupportedManifest(f"{self.ref}: nested index for platform {chosen.platform} is not supported")
-        return [(top_digest, top_type), (chosen.digest, media_type)], image, str(chosen.platform)
+        """The reference down to one image manifest: [(index,)... manifest] digests, the image, its platform.
+
+        An index may name another index for a platform (containerd walks them too); the walk
+        stops after MAX_NESTING levels, so a registry cannot lead it round in circles.
+        """
+        top_digest, top_type, node = self._resolve_top()
+        chain, platform = [(top_digest, top_type)], None
+        while isinstance(node, ImageIndex):
+            if len(chain) > MAX_NESTING:
+                raise UnsupportedManifest(f"{self.ref}: indexes nested more than {MAX_NESTING} deep")
+            chosen = node.select(self.options.platform or Platform.host())
+            data, media_type = self._manifest_by_digest(chosen.digest)
+            node = mf.parse(data, media_type)
+            chain.append((chosen.digest, media_type))
+            platform = str(chosen.platform)
+        return chain, node, platform
 
     def _fetch_missing(self, blobs: list[Descriptor]) -> None:
         missing = unique([d for d in blobs if not self.store.blobs.has(d.digest, d.size)])
