@@ -26,24 +26,17 @@ symlink) and the stale ingest entries.
 from __future__ import annotations
 
 import os
-import stat
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import NamedTuple
-
-import blake3
 
 from cas import DEFAULT_LOCK_TIMEOUT
 from cas.digest import Digest
 from cas.snapshot import Snapshot, snapshot
 from cas.store import Store
 from cas.store.remover import Remover
-
-_CHUNK = 1 << 20
-_THREADED = 8 << 20  # files above this hash blake3 on every core
+from cas.store.trust import check_file
 
 
 @dataclass
@@ -167,44 +160,6 @@ def _check_blobs(
     return findings
 
 
-class FileCheck(NamedTuple):
-    problem: str | None  # None when the file is what was committed; else what is wrong, in words
-    fingerprint: str | None = None  # blake3 of the bytes read; None when the check stopped before reading
-
-
-def check_file(path: Path, digest: Digest, size: int | None, fingerprint: str | None, deep: bool) -> FileCheck:
-    """Read the file once: its problem (None when it is what was committed) and its blake3."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return FileCheck("file vanished while checking")
-    except OSError as exc:
-        return FileCheck(f"cannot open: {exc.strerror}")
-    with os.fdopen(fd, "rb", buffering=0) as fh:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return FileCheck("not a regular file")
-        if size is not None and st.st_size != size:
-            return FileCheck(f"size is {st.st_size} bytes, committed as {size}")
-        fp = blake3.blake3(max_threads=blake3.blake3.AUTO) if st.st_size > _THREADED else blake3.blake3()
-        own = digest.hasher() if deep or fingerprint is None else None
-        buf = bytearray(_CHUNK)
-        view = memoryview(buf)
-        while n := fh.readinto(buf):
-            chunk = view[:n]
-            fp.update(chunk)
-            if own is not None:
-                own.update(chunk)
-        actual = fp.hexdigest()
-        if fingerprint is not None and actual != fingerprint:
-            return FileCheck(
-                f"content changed since commit: blake3 {actual[:16]}..., recorded {fingerprint[:16]}...", actual
-            )
-        if own is not None and own.hexdigest() != digest.hex:
-            return FileCheck(f"content hashes to {digest.algorithm}:{own.hexdigest()}", actual)
-    return FileCheck(None, actual)
-
-
 def _check_files(store: Store, snap: Snapshot, users: dict) -> list[Finding]:
     findings = []
     for digest in snap.files:
@@ -245,7 +200,7 @@ def _check_refs(snap: Snapshot) -> list[Finding]:
 def _repair(store: Store, snap: Snapshot, users: dict, report: Report) -> None:
     index = store.index
     bad: set[str] = set()
-    reindex: list[tuple[Digest, int, str, str]] = []
+    reindex: list[tuple[Digest, int, str, str, dict | None]] = []
     for f in report.findings:
         if f.kind in ("corrupt", "missing"):
             bad.add(f.what)
@@ -256,7 +211,8 @@ def _repair(store: Store, snap: Snapshot, users: dict, report: Report) -> None:
                 f.detail += f"; {checked.problem}"
                 bad.add(f.what)
                 continue
-            reindex.append((digest, snap.files[f.what], _media_type(index, users[f.what], f.what), checked.fingerprint))
+            media_type = _media_type(index, users[f.what], f.what)
+            reindex.append((digest, snap.files[f.what], media_type, checked.fingerprint, checked.stat))
     affected = sorted({ref for d in bad for ref in users.get(d, ())})
     # a marked ref whose blobs are all present, none of them bad: the mark can go
     complete = [
@@ -281,8 +237,8 @@ def _repair(store: Store, snap: Snapshot, users: dict, report: Report) -> None:
             if record is not None:
                 record.pop("needs_pull", None)
                 index.put_ref(ref, record)
-        for digest, size, media_type, fingerprint in reindex:
-            index.put_blob(digest, size=size, media_type=media_type, fingerprint=fingerprint)
+        for digest, size, media_type, fingerprint, committed in reindex:
+            index.put_blob(digest, size=size, media_type=media_type, fingerprint=fingerprint, stat=committed)
         for key in snap.bad_keys:
             index.discard(key)
     report.needs_pull = sorted(

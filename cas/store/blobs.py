@@ -19,7 +19,7 @@ from typing import BinaryIO
 from cas.digest import Digest, StreamVerifier
 from cas.errors import BadDigest, IntegrityError, SizeMismatch
 from cas.store import ranges
-from cas.store.fs import OverlappedWriter, fsync_dir, storage_errors
+from cas.store.fs import OverlappedWriter, fsync_dir, stat_fingerprint, storage_errors
 from cas.store.locks import FileLock, is_locked
 
 
@@ -28,6 +28,7 @@ class BlobInfo:
     digest: Digest
     size: int
     fingerprint: str  # blake3 hex
+    stat: dict | None = None  # the committed file's stat fingerprint (cas.store.trust)
 
 
 STAGING_PREFIX = "new-"  # ingest/new-<uuid>/: bytes whose digest is known only at their end
@@ -77,8 +78,16 @@ class BlobStore:
     def read(self, digest: Digest) -> bytes:
         return self.path(digest).read_bytes()
 
-    def ingest(self, digest: Digest, size: int | None, on_wait: Callable[[str], None] | None = None) -> Ingest:
-        return Ingest(self, digest, size, on_wait)
+    def ingest(
+        self,
+        digest: Digest,
+        size: int | None,
+        on_wait: Callable[[str], None] | None = None,
+        present: Callable[[], bool] | None = None,
+    ) -> Ingest:
+        """``present``: asked (under the digest's lock) whether a file already in blobs/ is good;
+        when it says no, the download goes ahead and its commit replaces that file."""
+        return Ingest(self, digest, size, on_wait, present)
 
     def staging(self, algorithm: str = "sha256") -> Staging:
         return Staging(self, algorithm)
@@ -89,9 +98,13 @@ class BlobStore:
         ``on_commit`` runs while the digest is still locked (to record the blob in the
         index before any waiter sees it).
         """
-        if self.has(digest, len(data)):  # blobs are visible only once complete: no ingest entry needed
+
+        def present() -> bool:  # small: compare the bytes themselves, so a changed file is replaced
+            return self.has(digest, len(data)) and self.read(digest) == data
+
+        if present():  # blobs are visible only once complete: no ingest entry needed
             return None
-        with self.ingest(digest, len(data)) as ing:
+        with self.ingest(digest, len(data), present=present) as ing:
             if ing.committed:
                 return None
             ing.restart()
@@ -181,11 +194,17 @@ class Ingest:
     """
 
     def __init__(
-        self, store: BlobStore, digest: Digest, size: int | None, on_wait: Callable[[str], None] | None
+        self,
+        store: BlobStore,
+        digest: Digest,
+        size: int | None,
+        on_wait: Callable[[str], None] | None,
+        present: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
         self.digest = digest
         self.size = size
+        self._present = present
         self.dir = store.ingest_dir / f"{digest.algorithm}-{digest.hex}"
         self.committed = False
         self.info: BlobInfo | None = None
@@ -205,7 +224,7 @@ class Ingest:
         with storage_errors(f"ingest of {self.digest}"):
             self._lock.acquire()
             try:
-                if self.store.has(self.digest, self.size):
+                if self.store.has(self.digest, self.size) and (self._present is None or self._present()):
                     self.committed = True
                     return self
                 self._file = open(self.dir / "data", "ab+")
@@ -324,10 +343,11 @@ class Ingest:
             data = self.dir / "data"
             os.chmod(data, 0o444)
             final.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(data, final)
+            os.rename(data, final)  # over a changed file that a pull replaces, too
             fsync_dir(final.parent)
+            committed = stat_fingerprint(os.stat(final))  # after the rename, which may change ctime
         self.committed = True
-        self.info = BlobInfo(self.digest, self._verifier.size, self._verifier.fingerprint)
+        self.info = BlobInfo(self.digest, self._verifier.size, self._verifier.fingerprint, committed)
         return self.info
 
     def __exit__(self, *exc: object) -> None:
