@@ -18,7 +18,10 @@ line, then ``hint`` when there is one, and exits with ``exit_code``.
     │   ├── NotFound            404
     │   ├── RateLimited         429 after every retry
     │   ├── ServerError         5xx after every retry
-    │   └── Unreachable         connection refused, DNS, dropped stream
+    │   ├── Unreachable         connection refused, DNS, dropped stream
+    │   ├── Stalled             a transfer below the minimum rate for too long (resumable)
+    │   └── Blocked             a registry the configuration blocks (registries.conf)
+    ├── ConfigError             a mirror configuration file cas cannot use (hosts.toml, registries.conf, daemon.json)
     ├── CredentialError         docker config or credential helper failed
     ├── StoreError              the local store
     │   ├── DiskFull
@@ -140,6 +143,18 @@ class ServerError(RegistryError):
 
 
 class Unreachable(RegistryError):
+    pass
+
+
+class Stalled(Unreachable):
+    pass
+
+
+class Blocked(RegistryError):
+    pass
+
+
+class ConfigError(CasError):
     pass
 
 

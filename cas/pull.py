@@ -24,11 +24,13 @@ from cas.errors import Cancelled, UnsupportedManifest
 from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
 from cas.recording import commit_bytes, record_blob, record_image, unique
 from cas.reference import Reference
+from cas.registry.stall import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
 from cas.store import Store, trust
 
 if TYPE_CHECKING:
     from cas.index import Lease
     from cas.registry import Credentials, RegistryClient
+    from cas.registry.endpoints import Sources
 
 
 log = logging.getLogger("cas.pull")
@@ -52,6 +54,9 @@ class PullOptions:
     credentials: Credentials | None = None
     observer: PullObserver = field(default_factory=PullObserver)
     lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT
+    sources: Sources | None = None  # mirror configuration; None: the machine's (cas.registry.endpoints)
+    timeout: float = DEFAULT_TIMEOUT  # connect, answer, and the stall window (cas.registry.stall)
+    min_rate: int = DEFAULT_MIN_RATE  # bytes/s below which a transfer is stalled
 
 
 @dataclass
@@ -64,6 +69,10 @@ class PullResult:
     reused_bytes: int = 0
     manifest_requests: int = 0
     seconds: float = 0.0
+    manifest_endpoint: str | None = None  # the endpoint that answered the first manifest request
+    endpoint_bytes: dict[str, int] = field(default_factory=dict)  # endpoint URL -> bytes it served
+    fallbacks: list = field(default_factory=list)  # cas.registry.walk.Fallback, in order
+    mirrored: bool = False  # mirrors are configured for this reference
 
     def to_json(self) -> dict:
         return {
@@ -76,6 +85,9 @@ class PullResult:
             "reused_blobs": self.reused_blobs,
             "reused_bytes": self.reused_bytes,
             "manifest_requests": self.manifest_requests,
+            "manifest_endpoint": self.manifest_endpoint,
+            "endpoints": [{"url": url, "downloaded_bytes": n} for url, n in self.endpoint_bytes.items()],
+            "fallbacks": [f.to_json() for f in self.fallbacks],
             "seconds": round(self.seconds, 3),
         }
 
@@ -101,13 +113,21 @@ class _Session:
         self.lease = lease
         self._client: RegistryClient | None = None
         self.result = PullResult(str(reference), {})
+        # Read before anything else, so a blocked registry is refused even when nothing needs the network.
+        sources = options.sources if options.sources is not None else _machine_sources()
+        self.endpoints = sources.endpoints(reference, insecure=options.insecure)
 
     def __enter__(self) -> _Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._client is not None:
+            served = self._client.served
+            self.result.manifest_endpoint = served.manifest_endpoint
+            self.result.endpoint_bytes = dict(served.bytes)
+            self.result.fallbacks = list(served.fallbacks)
             self._client.close()
+        self.result.mirrored = any(ep.mirror for ep in self.endpoints)
 
     @property
     def client(self) -> RegistryClient:
@@ -117,9 +137,11 @@ class _Session:
 
             self._client = RegistryClient(
                 self.ref.api_host,
-                insecure=self.options.insecure,
+                endpoints=self.endpoints,
                 credentials=self.options.credentials,
                 token_cache=self.store.index,
+                timeout=self.options.timeout,
+                min_rate=self.options.min_rate,
                 ranges=RangePolicy(ConnectionBudget(self.options.connections)),
             )
         return self._client
@@ -242,8 +264,9 @@ class _Session:
             client = self.client
             assert client.ranges is not None
             with client.ranges.budget.slot():  # this blob's own connection, out of the pull's total
-                client.download_blob(self.ref.repository, desc.digest, ing, on_bytes)
-            record_blob(self.store, ing.commit(), desc.media_type)
+                client.download_blob(self.ref.repository, desc.digest, ing, on_bytes, commit=ing.commit)
+            assert ing.info is not None
+            record_blob(self.store, ing.info, desc.media_type)
         self._count(downloaded=desc, received=received)
         observer.blob_done(desc.digest, True)
 
@@ -259,6 +282,12 @@ class _Session:
             if reused is not None:
                 self.result.reused_blobs += 1
                 self.result.reused_bytes += reused.size
+
+
+def _machine_sources() -> Sources:
+    from cas.registry.endpoints import Sources
+
+    return Sources.from_env()
 
 
 def _check_image(image: ImageManifest, ref: Reference) -> None:

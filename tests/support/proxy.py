@@ -406,7 +406,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         return http.client.HTTPConnection("127.0.0.1", proxy.upstream.port, timeout=120)
 
     def _forward_headers(self, proxy: FaultProxy) -> dict[str, str]:
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "host"}
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():  # repeated headers (skopeo sends Accept several times) joined
+            if name.lower() not in HOP_BY_HOP and name.lower() != "host":
+                headers[name] = f"{headers[name]}, {value}" if name in headers else value
         headers["Host"] = proxy.upstream.host
         return headers
 
