@@ -10,7 +10,9 @@ is checked for its size and its blake3 fingerprint (recorded at commit);
   references, a name that is no digest, a directory, a symlink;
 - ``unindexed``: a file a ref needs but with no index record (a process killed
   between commit and index write);
-- ``stale-ingest``: a download directory no process holds;
+- ``stale-ingest``: a download directory no process holds that no pull can resume
+  (unreadable, empty, or untouched for ``RESUMABLE_FOR``); a resumable one is listed in
+  ``Report.resumable`` instead: it is not damage, and ``repair`` keeps it;
 - ``bad-index-entry``: a ``ref:`` or ``blob:`` entry that does not parse;
 - ``needs-pull``: a ref an earlier repair marked, not pulled again since.
 
@@ -26,6 +28,7 @@ symlink) and the stale ingest entries.
 from __future__ import annotations
 
 import os
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +37,8 @@ from dataclasses import dataclass, field
 from cas import DEFAULT_LOCK_TIMEOUT
 from cas.digest import Digest
 from cas.snapshot import Snapshot, snapshot
-from cas.store import Store
+from cas.store import IngestEntry, Store
+from cas.store.blobs import RESUMABLE_FOR
 from cas.store.remover import Remover
 from cas.store.trust import check_file
 
@@ -66,6 +70,8 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     needs_pull: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    resumable: list[dict] = field(default_factory=list)  # partial downloads a pull resumes: not damage
+    now: float = field(default_factory=time.time)  # when it was taken: the age of downloads is measured from it
 
     @property
     def ok(self) -> bool:
@@ -83,6 +89,7 @@ class Report:
             "counts": dict(counts),
             "findings": [f.to_json() for f in self.findings],
             "needs_pull": self.needs_pull,
+            "resumable": self.resumable,
             "errors": self.errors,
         }
 
@@ -107,12 +114,18 @@ def verify(
         findings = _check_blobs(store, snap, users, deep, report, workers)
         findings += _check_files(store, snap, users)
         findings += [
-            Finding(
-                "stale-ingest",
-                str(i.path.relative_to(store.root)),
-                f"abandoned download of {i.label}, {i.partial} bytes",
-            )
-            for i in snap.stale_ingests()
+            Finding("stale-ingest", str(i.path.relative_to(store.root)), _why_stale(i, report.now))
+            for i in snap.stale_ingests(report.now)
+        ]
+        report.resumable = [
+            {
+                "digest": i.label,
+                "path": str(i.path.relative_to(store.root)),
+                "size": i.partial,
+                "age_seconds": max(0, int(report.now - i.modified)),
+                "modified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(i.modified)),
+            }
+            for i in snap.resumable_ingests(report.now)
         ]
         findings += [Finding("bad-index-entry", key, "index entry that does not parse") for key in snap.bad_keys]
         findings += _check_refs(snap)
@@ -123,6 +136,23 @@ def verify(
 
 
 # checking ------------------------------------------------------------------
+
+
+RESUMABLE_DAYS = f"{RESUMABLE_FOR / 86400:.0f} days"
+
+
+def _why_stale(entry: IngestEntry, now: float) -> str:
+    """Why no pull can resume this download (the complement of ``IngestEntry.resumable``)."""
+    what = f"abandoned download of {entry.label}, {entry.partial} bytes"
+    if entry.is_link:
+        return f"{what}: a symlink, not a download"
+    if entry.digest is None:
+        return f"{what}: a staged import, never resumed"
+    if not entry.readable:
+        return f"{what}: its data cannot be read"
+    if entry.partial == 0:
+        return f"{what}: nothing to resume"
+    return f"{what}: untouched for {int((now - entry.modified) // 86400)} days (resumable for {RESUMABLE_DAYS})"
 
 
 def _check_blobs(
@@ -271,7 +301,7 @@ def _repair(store: Store, snap: Snapshot, users: dict, report: Report) -> None:
                 f.repaired = "mark cleared" if f.what in complete else f"still needs `cas pull {f.what}`"
     finally:
         remover.close()
-    for entry in snap.stale_ingests():
+    for entry in snap.stale_ingests(report.now):
         if store.blobs.remove_ingest(entry):  # False when a download took it up since
             for f in report.findings:
                 if f.kind == "stale-ingest" and f.what == str(entry.path.relative_to(store.root)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class BlobInfo:
     stat: dict | None = None  # the committed file's stat fingerprint (cas.store.trust)
 
 
+RESUMABLE_FOR = 7 * 86400.0  # a partial download untouched for longer is stale (verify reports it, prune removes it)
 STAGING_PREFIX = "new-"  # ingest/new-<uuid>/: bytes whose digest is known only at their end
 
 
@@ -43,10 +45,23 @@ class IngestEntry:
     partial: int
     started: float
     is_link: bool = False  # a symlink planted in ingest/: removed as a link, never entered
+    modified: float = 0.0  # when bytes last reached its data (the entry's own time when it has none)
+    readable: bool = True  # its data is a regular file that can be opened for reading
 
     @property
     def active(self) -> bool:
         return not self.is_link and is_locked(self.path / "lock")
+
+    def resumable(self, now: float) -> bool:
+        """Whether the next pull of this digest would resume it: a readable, non-empty download
+        touched within RESUMABLE_FOR. Anything else, when no process holds it, is stale."""
+        return (
+            self.digest is not None
+            and not self.is_link
+            and self.readable
+            and self.partial > 0
+            and now - self.modified <= RESUMABLE_FOR
+        )
 
     @property
     def label(self) -> str:
@@ -157,13 +172,10 @@ class BlobStore:
                 if entry.is_symlink():
                     yield IngestEntry(path, digest, 0, started, is_link=True)
                     continue
-                try:
-                    partial = (path / "data").lstat().st_size
-                except FileNotFoundError:
-                    partial = 0
+                partial, modified, readable = _partial_data(path / "data", started)
             except FileNotFoundError:
                 continue
-            yield IngestEntry(path, digest, partial, started)
+            yield IngestEntry(path, digest, partial, started, modified=modified, readable=readable)
 
     def remove_ingest(self, entry: IngestEntry) -> bool:
         """Remove an abandoned ingest entry; False when a process is still writing it."""
@@ -410,6 +422,25 @@ class Staging:
 
     def __exit__(self, *exc: object) -> None:
         _close_entry(self, remove=True)
+
+
+def _partial_data(data: Path, started: float) -> tuple[int, float, bool]:
+    """Size, last write time and readability of an ingest entry's data (none: 0 bytes, readable)."""
+    try:
+        fd = os.open(data, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return 0, started, True
+    except OSError:  # a symlink, no permission, an I/O error: nothing a pull could resume
+        try:
+            st = data.lstat()
+            return st.st_size, st.st_mtime, False
+        except OSError:
+            return 0, started, False
+    try:
+        st = os.fstat(fd)
+        return st.st_size, st.st_mtime, stat.S_ISREG(st.st_mode)
+    finally:
+        os.close(fd)
 
 
 def _close_entry(entry: Ingest | Staging, *, remove: bool) -> None:
