@@ -179,18 +179,18 @@ class NotCached(StoreError):
 
 
 class MissingBlobs(CasError):
-    """An export that would reference blobs the store does not hold.
+    """An export or push that would reference blobs the store does not hold.
 
     ``missing`` holds one line per missing blob: digest, image and position.
     """
 
-    def __init__(self, missing: list[str], refs: list[str]) -> None:
+    def __init__(self, missing: list[str], refs: list[str], *, action: str = "export") -> None:
         lines = "\n  ".join(missing)
         pulls = " ".join(refs)
-        super().__init__(
-            f"cannot export: {len(missing)} blob(s) missing from the store:\n  {lines}",
-            hint=f"run `cas pull {pulls}` or export with --pull; nothing was written",
-        )
+        hint = f"run `cas pull {pulls}` or export with --pull; nothing was written"
+        if action != "export":
+            hint = f"run `cas pull {pulls}` first; nothing was sent"
+        super().__init__(f"cannot {action}: {len(missing)} blob(s) missing from the store:\n  {lines}", hint=hint)
         self.missing = missing
 
 

@@ -13,7 +13,6 @@ import functools
 import logging
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -26,6 +25,7 @@ from cas.recording import commit_bytes, record_blob, record_image, unique
 from cas.reference import Reference
 from cas.registry.stall import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
 from cas.store import Store, trust
+from cas.transfer import TransferObserver, run_parallel
 
 if TYPE_CHECKING:
     from cas.index import Lease
@@ -33,16 +33,10 @@ if TYPE_CHECKING:
     from cas.registry.endpoints import Sources
 
 
+MAX_NESTING = 4  # indexes naming indexes
 log = logging.getLogger("cas.pull")
 
-
-class PullObserver:
-    """Progress hooks; the default does nothing. Called from worker threads."""
-
-    def resolved(self, ref: str, blobs: list[Descriptor], missing: list[Descriptor]) -> None: ...
-    def blob_bytes(self, digest: Digest, n: int) -> None: ...
-    def blob_done(self, digest: Digest, downloaded: bool) -> None: ...
-    def waiting(self, message: str) -> None: ...
+PullObserver = TransferObserver  # blob_done(digest, moved): moved is "downloaded" here
 
 
 @dataclass
@@ -163,16 +157,22 @@ class _Session:
         return self.result
 
     def _resolve(self) -> tuple[list[tuple[Digest, str]], ImageManifest, str | None]:
-        """The reference down to one image manifest: [(index,) manifest] digests, the image, its platform."""
-        top_digest, top_type, top = self._resolve_top()
-        if isinstance(top, ImageManifest):
-            return [(top_digest, top_type)], top, None
-        chosen = top.select(self.options.platform or Platform.host())
-        data, media_type = self._manifest_by_digest(chosen.digest)
-        image = mf.parse(data, media_type)
-        if not isinstance(image, ImageManifest):
-            raise UnsupportedManifest(f"{self.ref}: nested index for platform {chosen.platform} is not supported")
-        return [(top_digest, top_type), (chosen.digest, media_type)], image, str(chosen.platform)
+        """The reference down to one image manifest: [(index,)... manifest] digests, the image, its platform.
+
+        An index may name another index for a platform (containerd walks them too); the walk
+        stops after MAX_NESTING levels, so a registry cannot lead it round in circles.
+        """
+        top_digest, top_type, node = self._resolve_top()
+        chain, platform = [(top_digest, top_type)], None
+        while isinstance(node, ImageIndex):
+            if len(chain) > MAX_NESTING:
+                raise UnsupportedManifest(f"{self.ref}: indexes nested more than {MAX_NESTING} deep")
+            chosen = node.select(self.options.platform or Platform.host())
+            data, media_type = self._manifest_by_digest(chosen.digest)
+            node = mf.parse(data, media_type)
+            chain.append((chosen.digest, media_type))
+            platform = str(chosen.platform)
+        return chain, node, platform
 
     def _fetch_missing(self, blobs: list[Descriptor]) -> None:
         missing = unique([d for d in blobs if not self._present(d)])
@@ -218,28 +218,8 @@ class _Session:
         commit_bytes(self.store, self.lease, digest, data, media_type)
 
     def _download(self, missing: list[Descriptor]) -> None:
-        if not missing:
-            return
-        cancelled = threading.Event()
-        jobs = max(1, min(self.options.jobs, len(missing)))
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cas-pull") as pool:
-            futures = [pool.submit(self._fetch_blob, desc, cancelled) for desc in missing]
-
-            def stop() -> None:
-                """Queued blobs never start; running ones stop at their next chunk, keeping partial data."""
-                cancelled.set()
-                for future in futures:
-                    future.cancel()
-
-            try:
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            except BaseException:  # Ctrl-C or SIGTERM
-                stop()
-                raise
-            failed = next((f for f in done if f.exception() is not None), None)
-            if failed is not None:
-                stop()
-                raise failed.exception()  # type: ignore[misc]
+        tasks = [functools.partial(self._fetch_blob, desc) for desc in missing]
+        run_parallel(tasks, self.options.jobs, "cas-pull")
 
     def _fetch_blob(self, desc: Descriptor, cancelled: threading.Event) -> None:
         observer = self.options.observer

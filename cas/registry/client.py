@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -96,6 +96,7 @@ class RegistryClient:
             raise RegistryError(f"invalid registry address {registry!r}: {exc}") from exc
         self.scheme = own.scheme
         self.base = own.url  # the upstream: where pushes go
+        self._upstream = own
         self.retries = max(0, retries)
         self.backoff = backoff
         self.timeout = timeout
@@ -337,6 +338,38 @@ class RegistryClient:
             hint="run the pull again: it resumes where it stopped",
         )
 
+    # pushes (cas.registry.upload): the upstream only, never a mirror -------
+    def push_request(
+        self,
+        url: str | httpx.URL,
+        headers: dict[str, str],
+        repository: str,
+        shown: str,
+        *,
+        ok: tuple[int, ...],
+        method: str,
+        content: bytes | Iterator[bytes] | None = None,
+        scopes: tuple[str, ...] | None = None,
+    ) -> httpx.Response:
+        """One push request to the upstream: a streaming response whose status is in ``ok``, else a mapped error."""
+        ep = self._upstream
+        return self._open(
+            ep,
+            str(url),
+            headers,
+            repository,
+            shown,
+            kind="upload",
+            ok=ok,
+            method=method,
+            content=content,
+            scopes=scopes,
+        )
+
+    def push_retrying(self, attempt: Callable[[], _T]) -> _T:
+        """``attempt`` (requests whose body can be sent again) retried like a pull's requests."""
+        return self._retrying(self._upstream, attempt)
+
     # plumbing ------------------------------------------------------------
     def _retrying(self, ep: Endpoint, attempt: Callable[[], _T], has_next: bool = False) -> _T:
         """Run ``attempt`` until it succeeds, retrying Transient answers and transport errors.
@@ -386,9 +419,13 @@ class RegistryClient:
         *,
         kind: str,
         ok: tuple[int, ...],
+        method: str = "GET",
+        content: bytes | Iterator[bytes] | None = None,
+        scopes: tuple[str, ...] | None = None,
     ) -> httpx.Response:
-        """GET with auth and redirects; a streaming response whose status is in ``ok``, else a mapped error."""
-        response = self._send_following(ep, url, headers, repository)
+        """One request with auth (redirects followed for GET and HEAD); a streaming response whose
+        status is in ``ok``, else a mapped error."""
+        response = self._send_following(ep, url, headers, repository, method=method, content=content, scopes=scopes)
         if response.status_code in ok:
             return response
         try:
@@ -399,22 +436,35 @@ class RegistryClient:
             response.close()
         raise status_error(response, body, registry=ep.host, repository=repository, shown=shown, kind=kind)
 
-    def _send_following(self, ep: Endpoint, url: str, headers: dict[str, str], repository: str) -> httpx.Response:
-        """Send, following up to MAX_REDIRECTS redirects by hand.
+    def _send_following(
+        self,
+        ep: Endpoint,
+        url: str,
+        headers: dict[str, str],
+        repository: str,
+        *,
+        method: str = "GET",
+        content: bytes | Iterator[bytes] | None = None,
+        scopes: tuple[str, ...] | None = None,
+    ) -> httpx.Response:
+        """Send, following up to MAX_REDIRECTS redirects by hand (GET and HEAD only).
 
         The endpoint's credentials and configured headers go only to its own
-        origin: once a redirect leaves it (a CDN), neither is sent on any later hop.
+        origin: a URL on another origin (a CDN redirect, an upload Location
+        elsewhere) gets neither, and no later hop does.
         """
         http = self.http
-        auth: httpx.Auth | None = self._auth_for(ep).scoped(repository)
+        auth: httpx.Auth | None = self._auth_for(ep).scoped(repository, scopes)
         origin = httpx.URL(ep.url)
         sent: list[tuple[str, str]] = [*ep.headers, *headers.items()]
         target = httpx.URL(url)
+        if not _same_origin(target, origin):
+            auth, sent = None, list(headers.items())
         for _ in range(MAX_REDIRECTS + 1):
-            request = http.build_request("GET", target, headers=sent)
+            request = http.build_request(method, target, headers=sent, content=content)
             response = http.send(request, auth=auth, stream=True, follow_redirects=False)
             location = response.headers.get("Location")
-            if not (response.is_redirect and location):
+            if not (response.is_redirect and location and method in ("GET", "HEAD")):
                 return response
             response.close()
             target = response.url.join(location)

@@ -94,11 +94,13 @@ class Registry:
         client_certs: bool = False,
         proxy_remote: str | None = None,
         proxy_credentials: tuple[str, str] | None = None,
+        extra_config: str = "",
     ) -> None:
         """``tls``: serve https with ``tls.server``; ``client_certs``: also require a client
         certificate signed by ``tls.ca`` (mutual TLS). ``proxy_remote``: run as a pull-through
         cache of that URL (start the upstream first: distribution panics when it cannot reach
-        it), logging in there with ``proxy_credentials`` (a token upstream only, in 2.8)."""
+        it), logging in there with ``proxy_credentials`` (a token upstream only, in 2.8).
+        ``extra_config``: more top-level YAML sections, e.g. ``validation:`` to allow foreign-layer URLs."""
         if auth not in AUTH_MODES:
             raise ValueError(f"auth must be one of {AUTH_MODES}, not {auth!r}")
         self.workdir = Path(workdir)
@@ -112,6 +114,7 @@ class Registry:
         self.token_server = token_server
         self.tls = tls
         self.client_certs = client_certs
+        self.extra_config = extra_config
         self.proxy_remote = proxy_remote
         self.proxy_credentials = proxy_credentials
         self._own_token_server = False
@@ -218,6 +221,7 @@ class Registry:
             + self._tls_config()
             + auth_yaml
             + self._proxy_config()
+            + self.extra_config
         )
 
     def _proxy_config(self) -> str:
