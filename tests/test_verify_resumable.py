@@ -9,17 +9,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from support.tools import wait_until
+from support.tools import cas_in_background, wait_until
 
 from cas.store.blobs import RESUMABLE_FOR
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -28,13 +24,7 @@ def partial(cas_home, proxy, registry, test_images):
     test_images.push(registry)
     ref = f"{proxy.host}/base:latest"
     proxy.throttle(200_000)
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "cli", "pull", "--jobs", "1", ref],
-        cwd=REPO_ROOT,
-        env={**os.environ, "CAS_HOME": str(cas_home)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    victim = cas_in_background(cas_home, "pull", "--jobs", "1", ref)
     ingest = cas_home / "v1" / "ingest"
 
     def entries() -> list[Path]:
