@@ -267,3 +267,20 @@ def test_connection_refused_with_no_endpoint_left_fails_fast(cas, monkeypatch):
     assert done.returncode == 1
     assert done.stderr.splitlines()[0] == f"error: cannot reach registry {host}: connection refused"
     assert "--insecure" not in done.stderr
+
+
+def test_falling_back_from_a_refused_mirror_waits_for_nothing(monkeypatch, registry, test_images, cas_home):
+    from cas.registry import RegistryClient, walk
+    from cas.registry import client as client_module
+    from cas.registry.endpoints import Endpoint, upstream
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    endpoints = [Endpoint(dead, dead + "/v2", "", mirror=True), upstream(registry.host, "")]
+    slept: list[float] = []
+    monkeypatch.setattr(client_module.time, "sleep", slept.append)
+    walk.forget_dead()
+    with RegistryClient(registry.host, endpoints=endpoints) as client:
+        fetched = client.get_manifest("base", "latest")
+    assert fetched.endpoint == registry.url and slept == []  # one refused connection, no backoff
+    assert [f.endpoint for f in client.served.fallbacks] == [dead]
+    walk.forget_dead()
