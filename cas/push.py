@@ -308,10 +308,16 @@ class _Session:
 
     def run(self) -> None:
         planned, observer = self.result.plan, self.options.observer
+        reference = self.dest.tag or str(planned.top.digest)
+        # Alone first (its 401 gets the token the parallel requests then share), and a shortcut: a
+        # tag that already names this digest was accepted with every blob, so nothing is left to do.
+        if self.uploader.manifest_digest(reference) == planned.top.digest:
+            observer.resolved(str(self.dest), planned.blobs, [])
+            for desc in planned.blobs:
+                self.result.count("skipped", desc)
+            return
         present: set[Digest] = set()
-        first, *rest = planned.blobs  # alone first: its 401 gets the token the parallel requests then share
-        self._probe(first, present, threading.Event())
-        run_parallel([functools.partial(self._probe, d, present) for d in rest], self.options.jobs, "cas-head")
+        run_parallel([functools.partial(self._probe, d, present) for d in planned.blobs], self.options.jobs, "cas-head")
         missing = [d for d in planned.blobs if d.digest not in present]
         observer.resolved(str(self.dest), planned.blobs, missing)
         for desc in planned.blobs:
@@ -321,7 +327,7 @@ class _Session:
         for child in planned.manifests[:-1]:
             self.uploader.put_manifest(str(child.digest), child.data, child.media_type, child.digest)
         top = planned.top
-        self.uploader.put_manifest(self.dest.tag or str(top.digest), top.data, top.media_type, top.digest)
+        self.uploader.put_manifest(reference, top.data, top.media_type, top.digest)
 
     def _probe(self, desc: Descriptor, present: set[Digest], cancelled: threading.Event) -> None:
         if not cancelled.is_set() and self.uploader.has_blob(desc.digest):

@@ -202,3 +202,16 @@ def run(
     if check and proc.returncode != 0:
         raise CommandFailed(proc.returncode, proc.args, stdout, stderr)
     return result
+
+
+def cas_in_background(home: Path, *args: str) -> subprocess.Popen:
+    """``python -m cli ARGS`` with ``CAS_HOME=home``, output discarded: a command a test will kill."""
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli", *args],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "CAS_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
