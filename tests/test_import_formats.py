@@ -6,11 +6,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import pty
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 
-from cas.importer.tarstream import DIR, FILE, HARDLINK, SYMLINK, TarStream, TruncatedArchive
+from cas.importer.tarstream import DIR, FILE, HARDLINK, SYMLINK, TarStream, TruncatedArchive, UnsafeArchive
 
 
 @pytest.fixture
@@ -150,3 +155,49 @@ def test_a_stream_cut_anywhere_is_truncated_or_ends_between_members():
             continue
         clean.append(cut)
     assert clean == [2048, 4096, 6144]  # only a cut between members (512-byte header + 1536 of data) ends cleanly
+
+
+def test_refuses_to_read_an_archive_from_a_terminal(cas_home, tmp_path):
+    main, secondary = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cli", "import", "-"],
+            stdin=secondary,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    finally:
+        os.close(main)
+        os.close(secondary)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: refusing to read an archive from a terminal")
+
+
+def test_delta_since_several_bases_names_the_base_of_each_required_blob(cas, registry, test_images, tmp_path):
+    base, app, dockermedia = (test_images.ref(registry, name) for name in ("base", "app", "dockermedia"))
+    cas("pull", base, app, dockermedia)
+    delta = tmp_path / "app.delta"
+    cas("export", app, "--since", dockermedia, "--since", base, "-o", delta)
+    with tarfile.open(delta) as tar:
+        description = json.load(tar.extractfile("cas-delta.json"))
+        carried = {name.removeprefix("blobs/sha256/") for name in tar.getnames() if name.startswith("blobs/sha256/")}
+    busybox, *base_own = (layer.digest for layer in test_images.base.layers)
+    assert {r["digest"]: r["from"] for r in description["requires"]} == {
+        busybox: dockermedia,  # the first base that holds it
+        **dict.fromkeys(base_own, base),
+    }
+    app_own = [layer.digest for layer in test_images.app.layers[3:]]
+    assert carried == {d[7:] for d in [test_images.app.digest, test_images.app.config_blob.digest, *app_own]}
+    assert [image["ref"] for image in description["images"]] == [app]
+    assert description["images"][0]["manifest"] == test_images.app.digest
+
+
+def test_extended_headers_are_bounded():
+    info = tarfile.TarInfo("m")
+    info.pax_headers = {"comment": "c" * 600_000}
+    one = info.tobuf(format=tarfile.PAX_FORMAT)
+    pax, header = one[:-512], one[-512:]
+    assert len(_read_all(pax + header + bytes(1024))) == 1
+    with pytest.raises(UnsafeArchive, match="extended headers"):
+        _read_all(pax + pax + header + bytes(1024))  # two of them: over 1 MiB before one member

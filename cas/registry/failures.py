@@ -27,8 +27,8 @@ def status_error(
 ) -> Exception:
     """The CasError (or Transient, for a retry) for a status we did not want.
 
-    ``kind`` is "manifest" or "blob"; ``shown`` names what was asked for, e.g.
-    ``HOST/REPO:TAG`` or ``blob sha256:... of HOST/REPO``.
+    ``kind`` is "manifest", "blob" or "upload" (a push's requests); ``shown`` names
+    what was asked for, e.g. ``HOST/REPO:TAG`` or ``blob sha256:... of HOST/REPO``.
     """
     status = response.status_code
     code, detail = error_detail(body)
@@ -49,9 +49,15 @@ def status_error(
     if status == 401:  # only from a redirect target: the registry's own 401s end in the auth flow
         return AuthError(f"{response.url.netloc.decode()} refused {shown} (401){said}")
     if status == 403:
+        verb = "push to" if kind == "upload" else "pull"
         return AuthError(
             f"access denied to {repository} on {registry}{said}",
-            hint=f"check that your account may pull {repository}; `docker login {registry}` to change accounts",
+            hint=f"check that your account may {verb} {repository}; `docker login {registry}` to change accounts",
+        )
+    if kind == "upload":
+        return RegistryError(
+            f"registry {registry} answered {status} to {shown}{said}",
+            hint="nothing was tagged: the manifest is pushed only after every blob is in place",
         )
     if status == 404:
         if kind == "blob" or code == "BLOB_UNKNOWN":
@@ -110,7 +116,11 @@ def describe_transport_error(exc: BaseException, url: str = "", source: str = ""
         return TransportFailure("timeout", "timed out", hint, True)
     dns_words = ("name or service not known", "name resolution", "nodename nor servname")
     if any(isinstance(e, socket.gaierror) for e in chain) or any(w in text for w in dns_words):
-        return TransportFailure("dns", "cannot resolve the host name", "check the registry's host name", True)
+        # "Name or service not known" (EAI_NONAME) is an answer, not an outage: retrying only delays
+        # the error (about 13 s of backoff); "Temporary failure in name resolution" is worth retrying.
+        unknown = any(isinstance(e, socket.gaierror) and e.errno == socket.EAI_NONAME for e in chain)
+        unknown = unknown or "name or service not known" in text or "nodename nor servname" in text
+        return TransportFailure("dns", "cannot resolve the host name", "check the registry's host name", not unknown)
     if any(isinstance(e, ConnectionRefusedError) for e in chain) or "refused" in text:
         return TransportFailure(
             "refused", "connection refused", "check that the registry is running at that host and port", True

@@ -18,6 +18,16 @@ Knobs (settable while a test runs; ``reset()`` clears them and the counters):
   headers and ``nbytes`` of body, then the connection is cut (``times=None``: until reset).
 - ``fail_next(status, count=1, pattern=..., retry_after=...)``: answer the next ``count``
   requests whose path matches the regex ``pattern`` with ``status`` (429 + Retry-After, 5xx).
+- ``throttle_uploads(bytes_per_second)``: read the body of every upload request (a push's PUT
+  or PATCH) no faster than that, so a client's upload progress can be watched.
+- ``upload_headers({name: value})``: add headers to every answer to an upload request, e.g.
+  ``{"OCI-Chunk-Min-Length": "65536"}`` to make a client upload in chunks (distribution 2.8
+  never asks for them; it accepts them all the same).
+- ``foreign_uploads(host="localhost")``: upload ``Location`` headers name ``http://HOST:PORT``
+  of this same proxy, which is another origin for a client that came in as 127.0.0.1 (like an
+  upload URL on a storage host). Requests that arrive under that name are recorded with
+  ``ProxiedRequest.foreign`` set, and are forwarded with the upstream's own credentials (the
+  signed URL's stand-in), so a client must send none there.
 - ``redirect_blobs(times=None)``: blob GETs that the upstream would answer 200 get a 307 to
   ``self.origin``, a second server on another port that serves the same bytes (from the
   registry's storage) and records the Authorization header it received (``origin.requests``),
@@ -59,6 +69,9 @@ class _Knobs:
     drop_left: int | None = 0  # None = every response
     failures: list[_Failure] = field(default_factory=list)
     redirect_left: int | None = 0  # None = every blob GET
+    upload_headers: dict[str, str] = field(default_factory=dict)
+    upload_rate: int | None = None
+    foreign_host: str | None = None
     strip_range_left: int | None = 0  # None = every blob GET
     wrong_range_left: int | None = 0  # None = every 206 blob answer
     wrong_range_after: int = 0  # 206 blob answers left alone before those
@@ -135,6 +148,18 @@ class FaultProxy:
             self._knobs.failures.append(
                 _Failure(status, count, re.compile(pattern), method, None if retry_after is None else str(retry_after))
             )
+
+    def throttle_uploads(self, bytes_per_second: int | None) -> None:
+        with self._lock:
+            self._knobs.upload_rate = bytes_per_second
+
+    def upload_headers(self, headers: dict[str, str]) -> None:
+        with self._lock:
+            self._knobs.upload_headers = dict(headers)
+
+    def foreign_uploads(self, host: str | None = "localhost") -> None:
+        with self._lock:
+            self._knobs.foreign_host = host
 
     def redirect_blobs(self, times: int | None = None) -> None:
         """307 blob GETs to ``self.origin`` (``times=None``: every one until reset)."""

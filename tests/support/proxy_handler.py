@@ -51,6 +51,7 @@ class ProxiedRequest:
     status: int = 0  # status sent to the client
     bytes_sent: int = 0  # response body bytes sent to the client
     fault: str | None = None  # "status", "drop", "redirect" when a knob acted
+    foreign: bool = False  # arrived under the foreign_uploads host name
 
 
 class ProxyHandler(BaseHTTPRequestHandler):
@@ -68,6 +69,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
         proxy: FaultProxy = self.server.owner  # type: ignore[attr-defined]
         kind = classify_path(self.path)[0]
         rec = ProxiedRequest(self.command, self.path, kind, {k.lower(): v for k, v in self.headers.items()})
+        foreign = proxy._knobs.foreign_host
+        rec.foreign = foreign is not None and self.headers.get("Host", "").partition(":")[0] == foreign
         proxy._record(rec)
         try:
             failure = proxy._take_failure(self.command, self.path)
@@ -141,6 +144,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
                 headers = {k: v for k, v in headers.items() if k.lower() != "range"}
                 rec.fault = "strip-range"
             body = self._request_body()
+            if rec.kind == "upload" and isinstance(body, _Limited):
+                body.rate = proxy._knobs.upload_rate
             conn.request(self.command, self.path, body=body, headers=headers, encode_chunked=self._is_chunked())
             resp = conn.getresponse()
             self._relay(proxy, rec, resp)
@@ -157,11 +162,14 @@ class ProxyHandler(BaseHTTPRequestHandler):
             if lname in HOP_BY_HOP:
                 continue
             if lname == "location" and value.startswith(proxy.upstream.url):
-                value = proxy.url + value[len(proxy.upstream.url) :]
+                value = self._proxied_location(proxy, rec) + value[len(proxy.upstream.url) :]
             if lname == "content-range" and shift:
                 value = _shifted(value)
                 rec.fault = "wrong-range"
             self.send_header(name, value)
+        if rec.kind == "upload":
+            for name, value in proxy._knobs.upload_headers.items():
+                self.send_header(name, value)
         has_body = self.command != "HEAD" and resp.status not in (204, 304) and resp.status >= 200
         chunked = has_body and length is None
         if chunked:
@@ -214,12 +222,21 @@ class ProxyHandler(BaseHTTPRequestHandler):
     def _upstream(self, proxy: FaultProxy) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", proxy.upstream.port, timeout=120)
 
+    def _proxied_location(self, proxy: FaultProxy, rec: ProxiedRequest) -> str:
+        foreign = proxy._knobs.foreign_host
+        if rec.kind == "upload" and foreign is not None:
+            return f"http://{foreign}:{proxy.host.rpartition(':')[2]}"
+        return proxy.url
+
     def _forward_headers(self, proxy: FaultProxy) -> dict[str, str]:
         headers: dict[str, str] = {}
         for name, value in self.headers.items():  # repeated headers (skopeo sends Accept several times) joined
             if name.lower() not in HOP_BY_HOP and name.lower() != "host":
                 headers[name] = f"{headers[name]}, {value}" if name in headers else value
         headers["Host"] = proxy.upstream.host
+        foreign = proxy._knobs.foreign_host
+        if foreign is not None and self.headers.get("Host", "").partition(":")[0] == foreign:
+            headers.update(proxy.upstream.basic_auth_header())  # the signed upload URL's stand-in
         return headers
 
     def _is_chunked(self) -> bool:
@@ -273,11 +290,19 @@ class _Limited:
 
     def __init__(self, f: BinaryIO, length: int) -> None:
         self.f, self.left = f, length
+        self.rate: int | None = None  # bytes/s, for throttle_uploads
+        self._started, self._read = time.monotonic(), 0
 
     def read(self, n: int = -1) -> bytes:
         if self.left <= 0:
             return b""
         n = self.left if n is None or n < 0 else min(n, self.left)
+        if self.rate:
+            n = min(n, max(1024, self.rate // 20))
+            ahead = self._read / self.rate - (time.monotonic() - self._started)
+            if ahead > 0:
+                time.sleep(ahead)
         data = self.f.read(n)
         self.left -= len(data)
+        self._read += len(data)
         return data
