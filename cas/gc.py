@@ -30,6 +30,7 @@ from pathlib import Path
 
 from cas.digest import Digest
 from cas.errors import BadDigest, NotCached, StoreError
+from cas.records import PREFIX, RefRecord, read_all, ref_of_key
 from cas.store import DEFAULT_LOCK_TIMEOUT, IngestEntry, Store
 
 
@@ -44,11 +45,34 @@ class Policy:
 
 @dataclass(frozen=True)
 class Image:
-    ref: str
+    """One reference cached for one platform, as gc counts it."""
+
+    record: RefRecord
     blobs: tuple[tuple[str, int], ...]  # (digest, size) from the ref record, each digest once
-    used: float
-    pulled: float
-    needs_pull: bool
+
+    @classmethod
+    def of(cls, record: RefRecord) -> Image:
+        return cls(record, tuple((str(d), b.size) for d, b in record.unique_blobs.items()))
+
+    @property
+    def ref(self) -> str:
+        return self.record.ref
+
+    @property
+    def platform(self) -> str | None:
+        return self.record.platform
+
+    @property
+    def used(self) -> float:
+        return self.record.used
+
+    @property
+    def pulled(self) -> float:
+        return self.record.pulled
+
+    @property
+    def needs_pull(self) -> bool:
+        return self.record.needs_pull
 
     @property
     def size(self) -> int:
@@ -68,7 +92,7 @@ class Stray:
 class Snapshot:
     """What the index and the disk hold, read once: everything gc, du and verify decide from."""
 
-    images: dict[str, Image] = field(default_factory=dict)
+    images: dict[str, Image] = field(default_factory=dict)  # record key (ref|platform) -> image
     indexed: dict[str, dict] = field(default_factory=dict)  # digest -> blob record
     files: dict[str, int] = field(default_factory=dict)  # digest -> bytes on disk (regular files)
     strays: list[Stray] = field(default_factory=list)
@@ -99,23 +123,22 @@ def snapshot(store: Store) -> Snapshot:
 def read_index(store: Store, snap: Snapshot) -> None:
     """Refs, blob records and live leases into ``snap``."""
     index = store.index
-    for key, value in index.scan("ref:", "blob:"):
-        if key.startswith("ref:"):
-            image = _image(key[4:], value)
-            if image is None:
-                snap.bad_keys.append(key)
-            else:
-                snap.images[image.ref] = image
+    refs: list[tuple[str, object]] = []
+    for key, value in index.scan(PREFIX, "blob:"):  # one pass over the index for both
+        if key.startswith(PREFIX):
+            refs.append((key, value))
+            continue
+        try:
+            digest = str(Digest.parse(key[5:]))
+        except BadDigest:
+            snap.bad_keys.append(key)
+            continue
+        if isinstance(value, dict) and isinstance(value.get("size"), int):
+            snap.indexed[digest] = value
         else:
-            try:
-                digest = str(Digest.parse(key[5:]))
-            except BadDigest:
-                snap.bad_keys.append(key)
-                continue
-            if isinstance(value, dict) and isinstance(value.get("size"), int):
-                snap.indexed[digest] = value
-            else:
-                snap.bad_keys.append(key)
+            snap.bad_keys.append(key)
+    for record in read_all(refs, snap.bad_keys):
+        snap.images[record.key] = Image.of(record)
     snap.leased = index.leased_digests()
 
 
@@ -164,28 +187,6 @@ def _tree_size(dir_fd: int | None, name: str | Path) -> int:
     finally:
         os.close(fd)
     return total
-
-
-def _image(ref: str, record: object) -> Image | None:
-    """The parts of a ref record gc needs; None when the record is malformed."""
-    if not isinstance(record, dict) or not isinstance(record.get("blobs"), list):
-        return None
-    seen: dict[str, int] = {}
-    for blob in record["blobs"]:
-        if (
-            not isinstance(blob, dict)
-            or not isinstance(blob.get("digest"), str)
-            or not isinstance(blob.get("size"), int)
-        ):
-            return None
-        seen.setdefault(blob["digest"], blob["size"])
-    pulled = _number(record.get("pulled"))
-    used = _number(record.get("used")) or pulled
-    return Image(ref, tuple(seen.items()), used, pulled, bool(record.get("needs_pull")))
-
-
-def _number(value: object) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def _kind(st: os.stat_result) -> str:
@@ -237,7 +238,9 @@ class Plan:
                 "ingests": len(self.ingests),
                 "bytes": self.freed_bytes,
             },
-            "images": [{"ref": i.ref, "size": i.size, "used": i.used or None} for i in self.images],
+            "images": [
+                {"ref": i.ref, "platform": i.platform, "size": i.size, "used": i.used or None} for i in self.images
+            ],
             "blobs": [{"digest": d, "size": b, "indexed": x} for d, b, x in self.blobs],
             "stray_files": [{"path": str(s.path), "size": s.size, "kind": s.kind} for s in self.strays],
             "ingests": [{"digest": str(i.digest), "partial": i.partial, "started": i.started} for i in self.ingests],
@@ -250,8 +253,8 @@ class Plan:
 
 
 def plan(snap: Snapshot, policy: Policy, *, now: float | None = None, dry_run: bool = True) -> Plan:
-    if snap.bad_keys and any(k.startswith("ref:") for k in snap.bad_keys):
-        bad = ", ".join(k[4:] for k in snap.bad_keys if k.startswith("ref:"))
+    if any(k.startswith(PREFIX) for k in snap.bad_keys):
+        bad = ", ".join(ref_of_key(k) for k in snap.bad_keys if k.startswith(PREFIX))
         raise StoreError(
             f"cannot prune: malformed ref record(s) in the index: {bad}",
             hint="run `cas verify --repair` (it drops them), then prune again",
@@ -270,7 +273,7 @@ def plan(snap: Snapshot, policy: Policy, *, now: float | None = None, dry_run: b
                 freed += files.get(digest, 0)
         return freed
 
-    lru = sorted(snap.images.values(), key=lambda i: (i.used, i.ref))
+    lru = sorted(snap.images.values(), key=lambda i: (i.used, i.ref, i.platform or ""))
     evicted: list[Image] = []
     if policy.everything:
         evicted, lru = lru, []
@@ -336,7 +339,7 @@ def prune(
             read_index(store, snap)
             result = plan(snap, policy, now=now, dry_run=False)
             for image in result.images:
-                index.remove_ref(image.ref)
+                index.remove_ref(image.record)
             for digest, _, indexed in result.blobs:
                 if indexed:
                     index.remove_blob(Digest.parse(digest))
@@ -360,7 +363,7 @@ def _sweep_blob(remover: Remover, digest: str, on_disk: bool, errors: list[str])
 
 
 def remove_images(store: Store, texts: Iterable[str]) -> list[dict]:
-    """``cas rm``: forget refs (all or none); their blobs go at the next prune."""
+    """``cas rm``: forget refs, every cached platform of each (all or none); their blobs go at the next prune."""
     from cas.reference import parse
 
     wanted: dict[str, str] = {}
@@ -369,19 +372,26 @@ def remove_images(store: Store, texts: Iterable[str]) -> list[dict]:
     index = store.index
     removed = []
     with index.transact():
-        records = {ref: index.get_ref(ref) for ref in wanted}
-        unknown = [wanted[ref] for ref, record in records.items() if record is None]
+        malformed: list[str] = []
+        records = [r for r in index.refs(malformed) if r.ref in wanted]
+        damaged = [key for key in malformed if ref_of_key(key) in wanted]  # a malformed record goes too
+        found = {r.ref for r in records} | {ref_of_key(key) for key in damaged}
+        unknown = [text for ref, text in wanted.items() if ref not in found]
         if unknown:
             raise NotCached(
                 f"not in the cache: {', '.join(unknown)}",
                 hint="`cas images` lists what is cached; nothing was removed",
             )
-        for ref, record in records.items():
-            index.remove_ref(ref)
-            known = record if isinstance(record, dict) else {}  # a malformed record goes too
-            removed.append({"ref": ref, "digest": known.get("digest"), "size": known.get("size")})
+        for record in records:
+            index.remove_ref(record)
+            removed.append(
+                {"ref": record.ref, "platform": record.platform, "digest": str(record.digest), "size": record.size}
+            )
+        for key in damaged:
+            index.discard(key)
+            removed.append({"ref": ref_of_key(key), "platform": None, "digest": None, "size": None})
     store.write_layout_index()
-    return removed
+    return sorted(removed, key=lambda row: (row["ref"], row["platform"] or ""))
 
 
 # removing files without following links ------------------------------------

@@ -20,6 +20,7 @@ from cas import manifest as mf
 from cas.digest import Digest, fingerprint_file, of_bytes
 from cas.errors import CasError, ManifestError, UnsupportedManifest
 from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
+from cas.records import BlobEntry, RefRecord
 from cas.reference import Reference
 from cas.store import DEFAULT_LOCK_TIMEOUT, BlobInfo, Store
 
@@ -64,7 +65,7 @@ class PullOptions:
 @dataclass
 class PullResult:
     ref: str
-    record: dict
+    record: RefRecord | None = None
     downloaded_blobs: int = 0
     downloaded_bytes: int = 0
     reused_blobs: int = 0
@@ -73,11 +74,12 @@ class PullResult:
     seconds: float = 0.0
 
     def to_json(self) -> dict:
+        assert self.record is not None
         return {
             "ref": self.ref,
-            "digest": self.record["digest"],
-            "manifest": self.record["manifest"],
-            "platform": self.record["platform"],
+            "digest": str(self.record.digest),
+            "manifest": str(self.record.manifest),
+            "platform": self.record.platform,
             "downloaded_blobs": self.downloaded_blobs,
             "downloaded_bytes": self.downloaded_bytes,
             "reused_blobs": self.reused_blobs,
@@ -106,7 +108,7 @@ class _Session:
         self.options = options
         self.lease = lease
         self._client: RegistryClient | None = None
-        self.result = PullResult(str(reference), {})
+        self.result = PullResult(str(reference))
 
     def __enter__(self) -> _Session:
         return self
@@ -141,18 +143,20 @@ class _Session:
         self._fetch_missing(blobs)
         if platform is None:
             platform = _platform_of_config(self.store.blobs.read(image.config.digest))
-        record = {
-            "ref": str(self.ref),
-            "registry": self.ref.registry,
-            "digest": str(chain[0][0]),
-            "media_type": chain[0][1],
-            "manifest": str(chain[-1][0]),
-            "config": str(image.config.digest),
-            "platform": platform,
-            "layout_manifest": str(view[0]) if view is not None else None,
-            "blobs": [{"digest": str(d.digest), "size": d.size, "media_type": d.media_type} for d in manifests + blobs],
-            "size": sum(d.size for d in manifests) + sum(d.size for d in _unique(blobs)),
-        }
+        now = time.time()
+        record = RefRecord(
+            ref=str(self.ref),
+            registry=self.ref.registry,
+            digest=chain[0][0],
+            media_type=chain[0][1],
+            manifest=chain[-1][0],
+            config=image.config.digest,
+            platform=platform,
+            blobs=tuple(BlobEntry(d.digest, d.size, d.media_type) for d in manifests + blobs),
+            pulled=now,
+            used=now,
+            layout_manifest=view[0] if view is not None else None,
+        )
         self.result.record = self._save(record)
         return self.result
 
@@ -186,10 +190,9 @@ class _Session:
             if desc.digest not in fetched:
                 self._count(reused=desc)
 
-    def _save(self, record: dict) -> dict:
+    def _save(self, record: RefRecord) -> RefRecord:
         """Record the ref, now that every blob it lists is committed."""
-        record["pulled"] = record["used"] = time.time()
-        self.store.index.put_ref(record["ref"], record)
+        self.store.index.put_ref(record)
         if not self.store.layout_lists(record):  # a new manifest, or index.json left stale by a crash
             self.store.write_layout_index()
         return record

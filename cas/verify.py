@@ -38,6 +38,7 @@ import blake3
 
 from cas import gc
 from cas.digest import Digest
+from cas.records import PREFIX
 from cas.store import DEFAULT_LOCK_TIMEOUT, Store
 
 _CHUNK = 1 << 20
@@ -105,10 +106,10 @@ def verify(
     report = Report(deep=deep, repair=repair)
     with store.lock(shared=not repair, timeout=lock_timeout, on_wait=on_wait):
         snap = gc.snapshot(store)
-        users: dict[str, list[str]] = defaultdict(list)
+        users: dict[str, list[str]] = defaultdict(list)  # digest -> names of the images that list it
         for image in snap.images.values():
             for digest, _ in image.blobs:
-                users[digest].append(image.ref)
+                users[digest].append(image.record.name)
         findings = _check_blobs(store, snap, users, deep, report, workers)
         findings += _check_files(store, snap, users)
         findings += [
@@ -233,7 +234,7 @@ def _check_refs(snap: gc.Snapshot) -> list[Finding]:
             if missing
             else ("marked needs_pull by verify --repair, but every blob is back")
         )
-        findings.append(Finding("needs-pull", image.ref, detail, [image.ref]))
+        findings.append(Finding("needs-pull", image.record.name, detail, [image.record.name]))
     return findings
 
 
@@ -254,38 +255,32 @@ def _repair(store: Store, snap: gc.Snapshot, users: dict, report: Report) -> Non
                 f.detail += f"; {checked.problem}"
                 bad.add(f.what)
                 continue
-            reindex.append((digest, snap.files[f.what], _media_type(index, users[f.what], f.what), checked.fingerprint))
-    affected = sorted({ref for d in bad for ref in users.get(d, ())})
-    # a marked ref whose blobs are all present, none of them bad: the mark can go
+            reindex.append((digest, snap.files[f.what], _media_type(snap, digest), checked.fingerprint))
+    images = {image.record.name: image.record for image in snap.images.values()}
+    affected = sorted({name for d in bad for name in users.get(d, ())})
+    # a marked image whose blobs are all present, none of them bad: the mark can go
     complete = [
         f.what
         for f in report.findings
         if f.kind == "needs-pull"
         and f.what not in affected
-        and all(d in snap.files and d not in bad for d, _ in snap.images[f.what].blobs)
+        and all(d in snap.files and d not in bad for d in map(str, images[f.what].unique_blobs))
     ]
-    bad_refs = [k for k in snap.bad_keys if k.startswith("ref:")]
+    bad_refs = [k for k in snap.bad_keys if k.startswith(PREFIX)]
 
     with index.transact():  # index first
         for digest in bad:
             index.remove_blob(Digest.parse(digest))
-        for ref in affected:
-            record = index.get_ref(ref)
+        for name, mark in [(name, True) for name in affected] + [(name, False) for name in complete]:
+            record = index.get_ref(images[name].ref, images[name].platform)  # re-read: a pull may have rewritten it
             if record is not None:
-                record["needs_pull"] = True
-                index.put_ref(ref, record)
-        for ref in complete:
-            record = index.get_ref(ref)
-            if record is not None:
-                record.pop("needs_pull", None)
-                index.put_ref(ref, record)
+                index.put_ref(record.replace(needs_pull=mark))
         for digest, size, media_type, fingerprint in reindex:
             index.put_blob(digest, size=size, media_type=media_type, fingerprint=fingerprint)
         for key in snap.bad_keys:
             index.discard(key)
-    report.needs_pull = sorted(
-        set(affected) | {f.what for f in report.findings if f.kind == "needs-pull"} - set(complete)
-    )
+    marked = set(affected) | {f.what for f in report.findings if f.kind == "needs-pull"} - set(complete)
+    report.needs_pull = sorted({images[name].ref for name in marked})
     if bad_refs:
         store.write_layout_index()
 
@@ -320,10 +315,10 @@ def _repair(store: Store, snap: gc.Snapshot, users: dict, report: Report) -> Non
                     f.repaired = "deleted"
 
 
-def _media_type(index, refs: list[str], digest: str) -> str:
-    for ref in refs:
-        record = index.get_ref(ref) or {}
-        for blob in record.get("blobs", []):
-            if isinstance(blob, dict) and blob.get("digest") == digest and isinstance(blob.get("media_type"), str):
-                return blob["media_type"]
+def _media_type(snap: gc.Snapshot, digest: Digest) -> str:
+    """The media type a ref record gives the blob (re-indexing needs one)."""
+    for image in snap.images.values():
+        entry = image.record.entry(digest)
+        if entry is not None and entry.media_type:
+            return entry.media_type
     return "application/octet-stream"

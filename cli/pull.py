@@ -51,7 +51,7 @@ def pull(
 def summary(result) -> str:
     size = output.human_size
     return (
-        f"{result.ref}: {result.record['manifest'][:19]} {result.record['platform'] or ''}  "
+        f"{result.ref}: {str(result.record.manifest)[:19]} {result.record.platform or ''}  "
         f"downloaded {result.downloaded_blobs} blob(s), {size(result.downloaded_bytes)}; "
         f"reused {result.reused_blobs}, {size(result.reused_bytes)} saved ({result.seconds:.2f}s)"
     )

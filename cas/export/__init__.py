@@ -152,7 +152,7 @@ def _write(store: Store, checked: ExportPlan, output: Path | int, options: Expor
                 write(writer, store, checked, options.on_blob)
             result.written = writer.written
             result.sendfile = writer.sendfile
-        store.index.touch_refs(checked.refs)
+        store.index.touch_refs(checked.records)
 
 
 @contextlib.contextmanager
