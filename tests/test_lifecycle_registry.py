@@ -160,7 +160,9 @@ def test_flipped_byte_is_found_named_repaired_and_pulled_back(
     cas("pull", app)
     assert [r.reference for r in registry.blob_gets()] == [victim]  # only the bad blob came back
     pending = as_json(cas("verify", "--json", check=False))
-    assert [(f["kind"], f["what"]) for f in pending["findings"]] == [("needs-pull", f"{base} (linux/amd64)")]  # app's pull cleared its own
+    assert [(f["kind"], f["what"]) for f in pending["findings"]] == [
+        ("needs-pull", f"{base} (linux/amd64)")
+    ]  # app's pull cleared its own
     cas("pull", base)  # and base's pull clears base's
     assert as_json(cas("verify", "--deep", "--json"))["ok"]
     assert sorted(layout_refs(cas_home)) == sorted([base, app])
