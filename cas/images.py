@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 from cas import manifest as mf
 from cas.digest import Digest
@@ -89,3 +90,35 @@ def _read(store: Store, record: RefRecord, ref: Reference, digest: Digest, what:
 def _gone(record: RefRecord, ref: Reference, digest: Digest, what: str) -> NotCached:
     why = "was removed by `cas verify --repair`" if record.needs_pull else "is missing from the store"
     return NotCached(f"{ref} needs a pull: its {what} {digest} {why}", hint=f"run `cas pull {ref}`")
+
+
+def remove_images(store: Store, texts: Iterable[str]) -> list[dict]:
+    """``cas rm``: forget refs, every cached platform of each (all or none); their blobs go at the next prune."""
+    from cas.reference import parse
+
+    wanted: dict[str, str] = {}
+    for text in texts:
+        wanted.setdefault(str(parse(text)), text)
+    index = store.index
+    removed = []
+    with index.transact():
+        malformed: list[str] = []
+        records = [r for r in index.refs(malformed) if r.ref in wanted]
+        damaged = [key for key in malformed if ref_of_key(key) in wanted]  # a malformed record goes too
+        found = {r.ref for r in records} | {ref_of_key(key) for key in damaged}
+        unknown = [text for ref, text in wanted.items() if ref not in found]
+        if unknown:
+            raise NotCached(
+                f"not in the cache: {', '.join(unknown)}",
+                hint="`cas images` lists what is cached; nothing was removed",
+            )
+        for record in records:
+            index.remove_ref(record)
+            removed.append(
+                {"ref": record.ref, "platform": record.platform, "digest": str(record.digest), "size": record.size}
+            )
+        for key in damaged:
+            index.discard(key)
+            removed.append({"ref": ref_of_key(key), "platform": None, "digest": None, "size": None})
+    store.write_layout_index()
+    return sorted(removed, key=lambda row: (row["ref"], row["platform"] or ""))

@@ -21,7 +21,7 @@ from typing import TypeVar
 import diskcache
 
 from cas.digest import Digest
-from cas.errors import DiskFull, StoreError
+from cas.errors import DiskFull, StoreError, disk_full
 from cas.records import PREFIX, RefRecord, key_of, legacy_key, read_all, ref_of_key
 
 LEASE_TTL = 6 * 3600.0
@@ -38,15 +38,23 @@ def _sqlite_errors(path: Path) -> Iterator[None]:
             f"the cas index at {path} stayed locked by another process for too long",
             hint="another cas command holds it (a long prune?); run this again when it is done",
         ) from exc
+    except OSError as exc:  # diskcache writes values over 32 KiB to files of their own
+        full = disk_full(exc, f"the cas index at {path}", hint=_FULL_HINT)
+        raise full or _unusable(path, exc) from exc
     except sqlite3.Error as exc:
         if "full" in str(exc) or _nearly_full(path):  # sqlite may say only "disk I/O error"
-            raise DiskFull(
-                f"no space left on device for the cas index at {path}", hint="free disk space or run `cas prune`"
-            ) from exc
-        raise StoreError(
-            f"the cas index at {path} cannot be used: {exc}",
-            hint="check free space and permissions of CAS_HOME; `cas verify` reports damage",
-        ) from exc
+            raise DiskFull(f"no space left on device for the cas index at {path}", hint=_FULL_HINT) from exc
+        raise _unusable(path, exc) from exc
+
+
+_FULL_HINT = "free disk space or run `cas prune`"
+
+
+def _unusable(path: Path, exc: Exception) -> StoreError:
+    return StoreError(
+        f"the cas index at {path} cannot be used: {exc}",
+        hint="check free space and permissions of CAS_HOME; `cas verify` reports damage",
+    )
 
 
 def _nearly_full(path: Path) -> bool:
@@ -106,6 +114,8 @@ class Index:
         One SQL query per ``page`` rows instead of one per key (``iterkeys`` + ``get``),
         and no cursor held open between pages, so memory stays bounded and the caller
         may write to the index while it iterates. Used by gc, du and verify.
+        ``Cache._sql`` and ``Disk.get/fetch`` are diskcache internals: pyproject pins
+        ``diskcache<5.7`` and tests/test_dependency_internals.py checks them.
         """
         db = self._db
         disk = db._disk

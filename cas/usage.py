@@ -8,13 +8,13 @@ bytes are the rest.
 
 from __future__ import annotations
 
-from cas import gc
+from cas import gc, snapshot
 from cas.errors import StoreError
 from cas.store import Store
 
 
 def usage(store: Store) -> dict:
-    snap = gc.snapshot(store)
+    snap = snapshot.snapshot(store)
     counts = snap.refcounts()
     images = []
     referenced = 0

@@ -14,7 +14,7 @@ def rm(
     as_json: options.Json = False,
 ) -> None:
     """Remove images from the cache index; `cas prune` then frees the blobs no other image needs."""
-    from cas.gc import remove_images
+    from cas.images import remove_images
     from cas.store import Store
 
     removed = remove_images(Store(), refs)

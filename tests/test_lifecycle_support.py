@@ -118,3 +118,20 @@ def only_record(store: Store, ref: str) -> RefRecord | None:
 def write_raw(store: Store, key: str, value: object) -> None:
     """Write an index entry as another program (or an older cas, or damage) could: bypassing RefRecord."""
     store.index._db.set(key, value)
+
+
+def tiny_record(ref: str, *, pad: int = 0, platform: str = "linux/amd64") -> RefRecord:
+    """A valid record naming one made-up manifest (for index tests; ``pad`` bytes make its JSON bigger)."""
+    manifest = Digest.parse(_sha256(ref.encode()))
+    return RefRecord(
+        ref=ref,
+        registry=ref.split("/")[0],
+        digest=manifest,
+        media_type="application/vnd.oci.image.manifest.v1+json" + " " * pad,
+        manifest=manifest,
+        config=manifest,
+        platform=platform,
+        blobs=(BlobEntry(manifest, 1, "application/vnd.oci.image.manifest.v1+json"),),
+        pulled=1000.0,
+        used=1000.0,
+    )

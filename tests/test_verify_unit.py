@@ -167,7 +167,7 @@ def test_orphans_and_stale_ingests_are_reported_and_removed(store, two, tmp_path
     assert len(found) == 4
 
     repaired = verify(store, repair=True)
-    assert all(f.repaired for f in repaired.findings), repaired.findings
+    assert len(repaired.findings) == 4 and all(f.repaired for f in repaired.findings), repaired.findings
     assert outside.read_bytes() == b"outside the store"
     assert verify(store).ok
     assert only_record(store, BASE) and not only_record(store, BASE).needs_pull

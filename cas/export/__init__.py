@@ -21,15 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cas.errors import MissingBlobs, NotCached, StoreError
+from cas import DEFAULT_LOCK_TIMEOUT
+from cas.errors import MissingBlobs, NotCached, OutputError, StoreError, UsageError
 from cas.export import docker_archive, oci
-from cas.export.output import OutputError, archive_output, check_stream, dir_output
-from cas.export.plan import ExportPlan, ImagePlan, UsageError, plan
+from cas.export.output import archive_output, check_stream, dir_output
+from cas.export.plan import ExportPlan, ImagePlan, plan
 from cas.export.tarwriter import TarWriter, TruncatedFile, UnsafeSource
 from cas.manifest import Descriptor, Platform
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
-from cas.store import DEFAULT_LOCK_TIMEOUT, Store
+from cas.store import Store
 from cas.store.fs import Linker
 
 FORMATS = ("docker-archive", "oci-archive", "oci-dir")
@@ -70,7 +71,7 @@ class ExportResult:
     bytes: int = 0  # blob bytes exported
     written: int = 0  # archive bytes written (tar formats)
     linked: bool = True  # oci-dir: hard links (False: fell back to copies)
-    sendfile: bool = True  # tar formats: os.sendfile (False: the read/write fallback)
+    copy_method: str = "copy_file_range"  # tar formats: copy_file_range (clones where it can), sendfile, read-write
     pulled: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -151,7 +152,7 @@ def _write(store: Store, checked: ExportPlan, output: Path | int, options: Expor
                 writer = TarWriter(fd)
                 write(writer, store, checked, options.on_blob)
             result.written = writer.written
-            result.sendfile = writer.sendfile
+            result.copy_method = writer.method
         store.index.touch_refs(checked.records)
 
 

@@ -14,18 +14,12 @@ from dataclasses import dataclass, field
 
 from cas import manifest as mf
 from cas.digest import Digest
-from cas.errors import CasError, ManifestError, MissingBlobs, NotCached
+from cas.errors import ManifestError, MissingBlobs, NotCached, UsageError
 from cas.manifest import Descriptor, Platform
 from cas.records import RefRecord, choose
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
 from cas.store import Store
-
-
-class UsageError(CasError):
-    """A combination of export arguments that cannot work."""
-
-    exit_code = 2
 
 
 def member(digest: Digest) -> str:

@@ -14,6 +14,8 @@ is about 40 % faster with 1 MiB reads (measured on loopback), and httpcore has
 no per-pool setting for it, so this module raises the class-wide
 ``httpcore.HTTP11Connection.READ_NUM_BYTES`` to READ_SIZE when a transport is
 made. A recv returns what is there, so small answers are not slowed down.
+It is a private attribute: pyproject pins ``httpcore<1.1`` and
+tests/test_dependency_internals.py fails loudly when an upgrade drops it.
 """
 
 from __future__ import annotations
