@@ -85,7 +85,7 @@ class Plan:
             ],
             "blobs": [{"digest": d, "size": b, "indexed": x} for d, b, x in self.blobs],
             "stray_files": [{"path": str(s.path), "size": s.size, "kind": s.kind} for s in self.strays],
-            "ingests": [{"digest": str(i.digest), "partial": i.partial, "started": i.started} for i in self.ingests],
+            "ingests": [{"digest": i.label, "partial": i.partial, "started": i.started} for i in self.ingests],
             "kept": {"images": self.kept_images, "blobs": self.kept_blobs, "bytes": self.kept_bytes},
             "leased_blobs": self.leased_blobs,
             "keep_storage": self.target,
@@ -168,12 +168,13 @@ def prune(
 ) -> Plan:
     """Remove what no kept image and no running pull or export needs; return what went.
 
-    A dry run reads a snapshot and changes nothing. A real prune takes the store
-    lock exclusively, then marks, forgets and sweeps while holding it.
+    A dry run reads a snapshot and changes nothing. A real prune releases the store's
+    ballast (room for its index transaction on a full disk), takes the store lock
+    exclusively, then marks, forgets and sweeps while holding it.
     """
     if dry_run:
         return plan(snapshot(store), policy, now=now, dry_run=True)
-    with store.lock(shared=False, timeout=lock_timeout, on_wait=on_wait):
+    with store.ballast.released(), store.lock(shared=False, timeout=lock_timeout, on_wait=on_wait):
         index = store.index
         snap = Snapshot()
         read_disk(store, snap)  # outside the transaction: no file changes under the exclusive lock

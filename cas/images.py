@@ -99,6 +99,11 @@ def remove_images(store: Store, texts: Iterable[str]) -> list[dict]:
     wanted: dict[str, str] = {}
     for text in texts:
         wanted.setdefault(str(parse(text)), text)
+    with store.ballast.released():  # room for the index transaction on a full disk
+        return _remove_refs(store, wanted)
+
+
+def _remove_refs(store: Store, wanted: dict[str, str]) -> list[dict]:
     index = store.index
     removed = []
     with index.transact():

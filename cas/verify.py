@@ -118,7 +118,7 @@ def verify(
             Finding(
                 "stale-ingest",
                 str(i.path.relative_to(store.root)),
-                f"abandoned download of {i.digest}, {i.partial} bytes",
+                f"abandoned download of {i.label}, {i.partial} bytes",
             )
             for i in snap.stale_ingests()
         ]

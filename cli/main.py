@@ -57,11 +57,12 @@ def _interruptible(command: Callable) -> Callable:
 
 
 def _register() -> None:
-    from cli import du, export, images, inspect, prune, pull, rm, verify
+    from cli import du, export, images, import_, inspect, prune, pull, rm, verify
 
     for name, command in (
         ("pull", pull.pull),
         ("export", export.export),
+        ("import", import_.import_),
         ("images", images.images),
         ("inspect", inspect.inspect),
         ("rm", rm.rm),

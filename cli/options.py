@@ -20,6 +20,16 @@ Insecure = Annotated[
     bool, typer.Option("--insecure", help="Use plain HTTP for this registry (loopback registries always use it).")
 ]
 Jobs = Annotated[int, typer.Option("--jobs", "-j", min=1, max=32, envvar="CAS_JOBS", help="Blobs downloaded at once.")]
+Connections = Annotated[
+    int,
+    typer.Option(
+        "--connections",
+        min=1,
+        max=64,
+        envvar="CAS_CONNECTIONS",
+        help="Connections per pull in all: large blobs are fetched as parallel Range requests while some are free (1: one stream per blob).",
+    ),
+]
 Username = Annotated[
     str | None, typer.Option("--username", "-u", help="Registry user name (else ~/.docker/config.json).")
 ]
@@ -61,6 +71,7 @@ def pull_options(
     platform: str | None,
     *,
     jobs: int = 4,
+    connections: int = 8,
     insecure: bool,
     username: str | None,
     password_stdin: bool,
@@ -77,6 +88,7 @@ def pull_options(
     return PullOptions(
         platform=Platform.parse(platform) if platform else None,
         jobs=jobs,
+        connections=connections,
         insecure=insecure,
         credentials=read_credentials(username, password_stdin),
         observer=BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver(),

@@ -13,6 +13,7 @@ def pull(
     refs: Annotated[list[str], typer.Argument(help="Image references: alpine, host:5000/app:1.0, name@sha256:...")],
     platform: options.PlatformOpt = None,
     jobs: options.Jobs = 4,
+    connections: options.Connections = 8,
     insecure: options.Insecure = False,
     username: options.Username = None,
     password_stdin: options.PasswordStdin = False,
@@ -29,6 +30,7 @@ def pull(
     opts = options.pull_options(
         platform,
         jobs=jobs,
+        connections=connections,
         insecure=insecure,
         username=username,
         password_stdin=password_stdin,
