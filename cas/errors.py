@@ -25,7 +25,8 @@ line, then ``hint`` when there is one, and exits with ``exit_code``.
     │   └── NotCached           an image that was never pulled
     ├── MissingBlobs            an export whose blobs are not all in the store
     ├── Interrupted             Ctrl-C or SIGTERM; exit code 130
-    └── (cas.export) UsageError (exit 2), OutputError: export arguments, export destination
+    ├── UsageError              options that cannot work together (exit 2, like a bad option)
+    └── (cas.export) OutputError: the export destination
 
 This module imports nothing from cas so every other module can use it.
 """
@@ -154,6 +155,12 @@ class MissingBlobs(CasError):
             hint=f"run `cas pull {pulls}` or export with --pull; nothing was written",
         )
         self.missing = missing
+
+
+class UsageError(CasError):
+    """Arguments that parse but cannot work together; exit 2 like every other usage mistake."""
+
+    exit_code = 2
 
 
 class Interrupted(CasError):

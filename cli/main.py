@@ -10,16 +10,17 @@ from collections.abc import Callable
 from typing import Annotated
 
 import typer
+import typer.core
 
 from cas.errors import CasError, Interrupted
-from cli import output
+from cli import options, output
 
 app = typer.Typer(
     name="cas",
     help="A content-addressed cache for container images: pull only what is missing, export complete archives.\n\n"
     "The store lives in $CAS_HOME (default: ${XDG_CACHE_HOME:-~/.cache}/cas).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=False,  # cli.completion: no rich import, and an explicit SHELL argument
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help texts say OS/ARCH[/VARIANT]: brackets are not markup
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -34,11 +35,47 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _completion(action: str) -> Callable[[str | None], None]:
+    def callback(shell: str | None) -> None:
+        if shell is not None:
+            from cli import completion
+
+            completion.run_option(action, shell)
+            raise typer.Exit()
+
+    return callback
+
+
 @app.callback()
 def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    verbose: options.Verbose = False,
+    install_completion: Annotated[
+        str | None,
+        typer.Option(
+            "--install-completion",
+            metavar="[bash|zsh|fish]",
+            is_flag=False,
+            flag_value="",
+            callback=_completion("install"),
+            is_eager=True,
+            help="Install tab completion for SHELL (default: $SHELL) and say where.",
+        ),
+    ] = None,
+    show_completion: Annotated[
+        str | None,
+        typer.Option(
+            "--show-completion",
+            metavar="[bash|zsh|fish]",
+            is_flag=False,
+            flag_value="",
+            callback=_completion("show"),
+            is_eager=True,
+            help="Print the completion script for SHELL (default: $SHELL), e.g. to source it yourself.",
+        ),
+    ] = None,
 ) -> None:
     """Options that come before the command."""
 
@@ -56,6 +93,13 @@ def _interruptible(command: Callable) -> Callable:
     return run
 
 
+class _Command(typer.core.TyperCommand):
+    """Usage lines as users write them: `cas pull [OPTIONS] REF...` (typer braces required arguments)."""
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        return [piece.strip("{}") for piece in super().collect_usage_pieces(ctx)]
+
+
 def _register() -> None:
     from cli import du, export, images, inspect, prune, pull, rm, verify
 
@@ -69,7 +113,8 @@ def _register() -> None:
         ("prune", prune.prune),
         ("verify", verify.verify),
     ):
-        app.command(name)(_interruptible(command))
+        summary = (command.__doc__ or "").strip().split("\n", 1)[0]  # whole, never cut at 45 characters
+        app.command(name, cls=_Command, short_help=summary)(_interruptible(command))
 
 
 _register()
@@ -78,17 +123,36 @@ _register()
 def main() -> None:
     # SIGTERM unwinds like Ctrl-C: temp files are removed, partial downloads kept for resuming.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if os.environ.get("_CAS_COMPLETE"):  # a shell asking for completions: answered without the commands' imports
+        from cli import completion
+
+        _exit(completion.complete(app, os.environ["_CAS_COMPLETE"]))
     try:
-        app()
-        code: object = 0
-    except SystemExit as exc:  # typer ends every run this way
+        code: object = app(standalone_mode=False)  # click's own error printing is replaced below
+    except SystemExit as exc:
         code = exc.code
     except CasError as exc:
         output.error(exc.message, exc.hint)
         code = exc.exit_code
+    except typer.TyperException as exc:  # click's errors: usage mistakes (exit 2) and a few others
+        code = _click_error(exc)
+    except typer.Abort:  # EOF or Ctrl-C at a prompt
+        output.error(Interrupted().message, Interrupted().hint)
+        code = Interrupted.exit_code
     except BrokenPipeError:
         code = 141
     _exit(code)
+
+
+def _click_error(exc: Exception) -> int:
+    from cli import usage
+
+    if type(exc).__name__ == "NoArgsIsHelpError":  # plain `cas`: the help is the answer, not a mistake
+        print(exc.format_message())
+        return 0
+    message, hint = usage.describe(exc)
+    output.error(message, hint)
+    return getattr(exc, "exit_code", usage.USAGE_EXIT)
 
 
 def _exit(code: object) -> None:

@@ -272,7 +272,7 @@ def test_refuses_to_write_a_tar_to_a_terminal(cas_home, registry, test_images, c
     finally:
         os.close(secondary)
         os.close(main)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a usage mistake, like a bad option
     assert b"refusing to write a tar archive to a terminal" in proc.stderr
 
 

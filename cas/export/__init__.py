@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cas.errors import MissingBlobs, NotCached, StoreError
+from cas.errors import MissingBlobs, NotCached, StoreError, UsageError
 from cas.export import docker_archive, oci
 from cas.export.output import OutputError, archive_output, check_stream, dir_output
-from cas.export.plan import ExportPlan, ImagePlan, UsageError, plan
+from cas.export.plan import ExportPlan, ImagePlan, plan
 from cas.export.tarwriter import TarWriter, TruncatedFile, UnsafeSource
 from cas.manifest import Descriptor, Platform
 from cas.reference import Reference

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from cas.errors import CasError, DiskFull
+from cas.errors import CasError, DiskFull, UsageError
 from cas.store.fs import fsync_dir
 
 PARTIAL_SUFFIX = ".cas-partial"
@@ -27,7 +27,7 @@ class OutputError(CasError):
 
 def check_stream(fd: int) -> None:
     if os.isatty(fd):
-        raise OutputError(
+        raise UsageError(
             "refusing to write a tar archive to a terminal",
             hint="redirect it (`cas export IMG -o - | docker load`) or write a file with -o FILE",
         )

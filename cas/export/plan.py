@@ -14,17 +14,11 @@ from dataclasses import dataclass, field
 
 from cas import manifest as mf
 from cas.digest import Digest
-from cas.errors import BadDigest, CasError, ManifestError, MissingBlobs, NotCached
+from cas.errors import BadDigest, CasError, ManifestError, MissingBlobs, NotCached, UsageError
 from cas.manifest import Descriptor, Platform
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
 from cas.store import Store
-
-
-class UsageError(CasError):
-    """A combination of export arguments that cannot work."""
-
-    exit_code = 2
 
 
 def member(digest: Digest) -> str:
