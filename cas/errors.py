@@ -25,13 +25,16 @@ line, then ``hint`` when there is one, and exits with ``exit_code``.
     │   └── NotCached           an image that was never pulled
     ├── MissingBlobs            an export whose blobs are not all in the store
     ├── Interrupted             Ctrl-C or SIGTERM; exit code 130
-    ├── UsageError              options that cannot work together (exit 2, like a bad option)
-    └── (cas.export) OutputError: the export destination
+    ├── UsageError              arguments that cannot work together; exit code 2
+    ├── OutputError             an export destination that cannot be written
+    └── Cancelled               a transfer stopped because a sibling transfer failed
 
 This module imports nothing from cas so every other module can use it.
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class CasError(Exception):
@@ -157,14 +160,29 @@ class MissingBlobs(CasError):
         self.missing = missing
 
 
-class UsageError(CasError):
-    """Arguments that parse but cannot work together; exit 2 like every other usage mistake."""
-
-    exit_code = 2
-
-
 class Interrupted(CasError):
     exit_code = 130
 
     def __init__(self) -> None:
         super().__init__("interrupted", hint="the store is consistent; run the command again to finish")
+
+
+class UsageError(CasError):
+    """A combination of arguments that cannot work."""
+
+    exit_code = 2
+
+
+class OutputError(CasError):
+    """An export's destination cannot be written."""
+
+
+class Cancelled(CasError):
+    """A transfer stopped because another one of the same command failed first."""
+
+
+def disk_full(exc: OSError, what: str, *, hint: str) -> DiskFull | None:
+    """The one place an OSError is recognised as a full disk (ENOSPC, or EDQUOT: over quota)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(f"no space left on device while writing {what}", hint=hint)
+    return None

@@ -28,9 +28,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cas import DEFAULT_LOCK_TIMEOUT
 from cas.digest import Digest
 from cas.errors import BadDigest, NotCached, StoreError
-from cas.store import DEFAULT_LOCK_TIMEOUT, IngestEntry, Store
+from cas.store import IngestEntry, Store
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,8 @@ class Index:
         One SQL query per ``page`` rows instead of one per key (``iterkeys`` + ``get``),
         and no cursor held open between pages, so memory stays bounded and the caller
         may write to the index while it iterates. Used by gc, du and verify.
+        ``Cache._sql`` and ``Disk.get/fetch`` are diskcache internals: pyproject pins
+        ``diskcache<5.7`` and tests/test_dependency_internals.py checks them.
         """
         db = self._db
         disk = db._disk

@@ -25,6 +25,20 @@ DOCKER_SCHEMA1 = (
 )
 
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
+CONFIG_TYPES = (OCI_CONFIG, DOCKER_CONFIG)
+# Every layer kind cas caches and exports: OCI and Docker, plain, gzip and zstd, and non-distributable.
+LAYER_TYPES = (
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.zstd",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+)
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 # Sent on every manifest request: without it the registry downgrades to schema1.
 ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
@@ -235,3 +249,8 @@ def _load(data: bytes) -> dict:
     if not isinstance(doc, dict):
         raise ManifestError("broken manifest: not a JSON object")
     return doc
+
+
+def layout_index(manifests: list[dict]) -> bytes:
+    """The ``index.json`` of an OCI image layout naming these descriptors: the store's and every export's."""
+    return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}, indent=2).encode()

@@ -16,30 +16,17 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cas import DEFAULT_LOCK_TIMEOUT
 from cas import manifest as mf
 from cas.digest import Digest, fingerprint_file, of_bytes
-from cas.errors import CasError, ManifestError, UnsupportedManifest
+from cas.errors import Cancelled, ManifestError, UnsupportedManifest
 from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
 from cas.reference import Reference
-from cas.store import DEFAULT_LOCK_TIMEOUT, BlobInfo, Store
+from cas.store import BlobInfo, Store
 
 if TYPE_CHECKING:
     from cas.index import Lease
     from cas.registry import Credentials, RegistryClient
-
-CONFIG_TYPES = (mf.OCI_CONFIG, mf.DOCKER_CONFIG)
-LAYER_TYPES = (
-    "application/vnd.oci.image.layer.v1.tar",
-    "application/vnd.oci.image.layer.v1.tar+gzip",
-    "application/vnd.oci.image.layer.v1.tar+zstd",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-    "application/vnd.docker.image.rootfs.diff.tar",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip",
-    "application/vnd.docker.image.rootfs.diff.tar.zstd",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-)
 
 
 class PullObserver:
@@ -256,7 +243,7 @@ class _Session:
         def on_bytes(n: int) -> None:
             nonlocal received
             if cancelled.is_set():
-                raise _Cancelled()
+                raise Cancelled("pull cancelled after another blob failed")
             received += max(n, 0)
             observer.blob_bytes(desc.digest, n)
 
@@ -294,19 +281,14 @@ class _Session:
                 self.result.reused_bytes += reused.size
 
 
-class _Cancelled(CasError):
-    def __init__(self) -> None:
-        super().__init__("pull cancelled after another blob failed")
-
-
 def _check_image(image: ImageManifest, ref: Reference) -> None:
-    if image.config.media_type and image.config.media_type not in CONFIG_TYPES:
+    if image.config.media_type and image.config.media_type not in mf.CONFIG_TYPES:
         raise UnsupportedManifest(
             f"{ref} is not a container image: config media type {image.config.media_type!r}",
             hint="cas caches container images; artifacts such as charts or signatures are not supported",
         )
     for position, layer in enumerate(image.layers, 1):
-        if layer.media_type not in LAYER_TYPES:
+        if layer.media_type not in mf.LAYER_TYPES:
             raise UnsupportedManifest(f"{ref}: layer {position} has unsupported media type {layer.media_type!r}")
 
 

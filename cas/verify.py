@@ -36,9 +36,9 @@ from typing import NamedTuple
 
 import blake3
 
-from cas import gc
+from cas import DEFAULT_LOCK_TIMEOUT, gc
 from cas.digest import Digest
-from cas.store import DEFAULT_LOCK_TIMEOUT, Store
+from cas.store import Store
 
 _CHUNK = 1 << 20
 _THREADED = 8 << 20  # files above this hash blake3 on every core

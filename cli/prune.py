@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from cas import DEFAULT_LOCK_TIMEOUT
 from cli import options, output
 
 
@@ -52,7 +53,7 @@ def prune(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", "-n", help="Print what would go and how many bytes; change nothing.")
     ] = False,
-    lock_timeout: options.LockTimeout = 600.0,
+    lock_timeout: options.LockTimeout = DEFAULT_LOCK_TIMEOUT,
     as_json: options.Json = False,
 ) -> None:
     """Remove blobs no kept image needs and stale downloads; evict images by --keep-storage, --older-than or --all."""

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from cas import DEFAULT_LOCK_TIMEOUT
 from cli import options, output
 
 
@@ -20,7 +21,7 @@ def verify(
             "--repair", help="Delete bad blobs, orphans and stale downloads; mark affected images for a re-pull."
         ),
     ] = False,
-    lock_timeout: options.LockTimeout = 600.0,
+    lock_timeout: options.LockTimeout = DEFAULT_LOCK_TIMEOUT,
     as_json: options.Json = False,
 ) -> None:
     """Check blob sizes and fingerprints; report corrupt, missing and orphan blobs and stale downloads (exit 1 if any)."""

@@ -21,15 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cas.errors import MissingBlobs, NotCached, StoreError, UsageError
+from cas import DEFAULT_LOCK_TIMEOUT
+from cas.errors import MissingBlobs, NotCached, OutputError, StoreError, UsageError
 from cas.export import docker_archive, oci
-from cas.export.output import OutputError, archive_output, check_stream, dir_output
+from cas.export.output import archive_output, check_stream, dir_output
 from cas.export.plan import ExportPlan, ImagePlan, plan
 from cas.export.tarwriter import TarWriter, TruncatedFile, UnsafeSource
 from cas.manifest import Descriptor, Platform
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
-from cas.store import DEFAULT_LOCK_TIMEOUT, Store
+from cas.store import Store
 from cas.store.fs import Linker
 
 FORMATS = ("docker-archive", "oci-archive", "oci-dir")

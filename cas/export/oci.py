@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cas.export.plan import ExportPlan, member
 from cas.export.tarwriter import TarWriter, UnsafeSource
-from cas.manifest import OCI_INDEX, Descriptor
+from cas.manifest import Descriptor, layout_index
 from cas.store import OCI_LAYOUT, REF_NAME, Store
 from cas.store.fs import Linker
 
@@ -34,7 +34,7 @@ def index_json(plan: ExportPlan, ref_name: Callable[[str], str]) -> bytes:
             entries.append(
                 replace(image.manifest, annotations={CONTAINERD_NAME: full, REF_NAME: ref_name(full)}).to_json()
             )
-    return _json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
+    return layout_index(entries)
 
 
 def write_blobs(

@@ -8,21 +8,16 @@ so a failed export leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from cas.errors import CasError, DiskFull, UsageError
+from cas.errors import OutputError, UsageError, disk_full
 from cas.store.fs import fsync_dir
 
 PARTIAL_SUFFIX = ".cas-partial"
-
-
-class OutputError(CasError):
-    """The export's destination cannot be written."""
 
 
 def check_stream(fd: int) -> None:
@@ -41,11 +36,8 @@ def output_errors(target: Path | str) -> Iterator[None]:
     except BrokenPipeError:
         raise
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(
-                f"no space left on device while writing {target}",
-                hint="free space there or write elsewhere; nothing was kept",
-            ) from exc
+        if full := disk_full(exc, str(target), hint="free space there or write elsewhere; nothing was kept"):
+            raise full from exc
         raise OutputError(
             f"cannot write {target}: {exc.strerror or exc}", hint="check the path and its permissions; nothing was kept"
         ) from exc

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from cas import manifest as mf
 from cas.digest import Digest
-from cas.errors import BadDigest, CasError, ManifestError, MissingBlobs, NotCached, UsageError
+from cas.errors import BadDigest, ManifestError, MissingBlobs, NotCached, UsageError
 from cas.manifest import Descriptor, Platform
 from cas.reference import Reference
 from cas.reference import parse as parse_reference

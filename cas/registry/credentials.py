@@ -25,11 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cas.errors import CredentialError
+from cas.reference import DOCKER_HUB, DOCKER_HUB_ALIASES
 
-DOCKER_HUB = "docker.io"
 # The key docker login uses for Docker Hub, and what helpers are asked for.
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
-_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 HELPER_TIMEOUT = 30.0
 
 
@@ -52,7 +51,7 @@ def normalize_registry(key: str) -> str:
     if "://" in host:
         host = host.split("://", 1)[1]
     host = host.split("/", 1)[0].lower()
-    return DOCKER_HUB if host in _HUB_ALIASES else host
+    return DOCKER_HUB if host in DOCKER_HUB_ALIASES else host
 
 
 def config_path() -> Path:

@@ -18,6 +18,9 @@ made. A recv returns what is there, so small answers are not slowed down.
 Every request is logged on ``cas.registry.http`` at DEBUG (``cas -v``): method, URL
 without user info or query string (a CDN's signed query is a credential), status,
 body bytes and time, once the body is read or closed. Headers are never logged.
+
+The read size is a private attribute: pyproject pins ``httpcore<1.1`` and
+tests/test_dependency_internals.py fails loudly when an upgrade drops it.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cas import DEFAULT_LOCK_TIMEOUT
+from cas.manifest import layout_index
 from cas.store.blobs import BlobInfo, BlobStore, Ingest, IngestEntry
 from cas.store.fs import atomic_write, storage_errors
 from cas.store.locks import FileLock
@@ -22,7 +24,6 @@ if TYPE_CHECKING:
 LAYOUT_VERSION = "v1"
 OCI_LAYOUT = b'{"imageLayoutVersion": "1.0.0"}'
 REF_NAME = "org.opencontainers.image.ref.name"
-DEFAULT_LOCK_TIMEOUT = 600.0
 
 __all__ = ["BlobInfo", "BlobStore", "Ingest", "IngestEntry", "Store", "default_home"]
 
@@ -58,7 +59,7 @@ class Store:
             self.root.mkdir(parents=True, exist_ok=True)
             if not (self.root / "oci-layout").exists():
                 atomic_write(self.root / "oci-layout", OCI_LAYOUT)
-                atomic_write(self.root / "index.json", _index_json([]))
+                atomic_write(self.root / "index.json", layout_index([]))
         self.blobs = BlobStore(self.root)
         self._index: Index | None = None
 
@@ -117,7 +118,7 @@ class Store:
                     "annotations": {REF_NAME: ref},
                 }
             )
-        atomic_write(self.root / "index.json", _index_json(entries))
+        atomic_write(self.root / "index.json", layout_index(entries))
 
     def close(self) -> None:
         if self._index is not None:
@@ -128,9 +129,3 @@ class Store:
 def _listed_digest(record: dict) -> str:
     """What index.json lists for a ref: its manifest, or the OCI view of a Docker manifest."""
     return record.get("layout_manifest") or record["manifest"]
-
-
-def _index_json(manifests: list[dict]) -> bytes:
-    return json.dumps(
-        {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}, indent=2
-    ).encode()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, BinaryIO
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-from cas.errors import DiskFull, StoreError
+from cas.errors import StoreError, disk_full
 
 
 def fsync_dir(path: Path) -> None:
@@ -32,10 +32,8 @@ def storage_errors(what: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(
-                f"no space left on device while writing {what}", hint="free disk space or run `cas prune`"
-            ) from exc
+        if full := disk_full(exc, what, hint="free disk space or run `cas prune`"):
+            raise full from exc
         where = f" ({exc.filename})" if exc.filename else ""
         raise StoreError(
             f"cannot use {what}: {exc.strerror or exc}{where}",

@@ -1,0 +1,55 @@
+"""The two private internals of dependencies that cas relies on, pinned and checked.
+
+- httpcore's ``HTTP11Connection.READ_NUM_BYTES`` (cas.registry.transport raises it to 1 MiB:
+  ~40 % faster blob streaming). pyproject pins ``httpcore>=1.0,<1.1``.
+- diskcache's ``Cache._sql`` and ``Disk.get/fetch`` (cas.index.Index.scan pages through the
+  table in one query per 1,000 rows). pyproject pins ``diskcache>=5.6,<5.7``.
+
+When an upgrade removes or renames one, these tests fail and say what to change, instead of
+cas silently slowing down (httpcore) or breaking at the first `cas du` (diskcache).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import diskcache
+import httpcore
+
+from cas.digest import Digest
+from cas.index import Index
+from cas.registry import transport
+
+
+def test_httpcore_still_reads_read_num_bytes_per_recv():
+    connection = httpcore._sync.http11.HTTP11Connection
+    assert isinstance(getattr(connection, "READ_NUM_BYTES", None), int), (
+        "httpcore.HTTP11Connection.READ_NUM_BYTES is gone: cas.registry.transport._raise_read_size no longer "
+        "raises the read size; find the new knob or drop the tweak, then update the httpcore pin in pyproject.toml"
+    )
+    source = inspect.getsource(connection._receive_event)
+    assert "self.READ_NUM_BYTES" in source, "httpcore no longer reads READ_NUM_BYTES per receive: the tweak is dead"
+
+
+def test_lazy_transport_raises_httpcore_read_size():
+    transport.LazyTLSTransport().close()
+    assert httpcore._sync.http11.HTTP11Connection.READ_NUM_BYTES >= transport.READ_SIZE
+
+
+def test_diskcache_internals_used_by_index_scan(tmp_path):
+    assert isinstance(inspect.getattr_static(diskcache.Cache, "_sql", None), property), (
+        "diskcache.Cache._sql is gone: rewrite cas.index.Index.scan and update the diskcache pin in pyproject.toml"
+    )
+    assert list(inspect.signature(diskcache.Disk.get).parameters) == ["self", "key", "raw"]
+    assert list(inspect.signature(diskcache.Disk.fetch).parameters) == ["self", "mode", "filename", "value", "read"]
+    index = Index(tmp_path / "index")
+    try:
+        digests = [Digest("sha256", f"{i:064x}") for i in range(3)]
+        for i, digest in enumerate(digests):
+            index.put_blob(digest, size=i, media_type="m", fingerprint="f")
+        index.put_ref("r/x:1", {"ref": "r/x:1"})
+        found = dict(index.scan("blob:", page=2))  # pages of 2: the rowid cursor is used
+        assert sorted(found) == sorted(f"blob:sha256:{d.hex}" for d in digests)
+        assert [v["size"] for _, v in sorted(found.items())] == [0, 1, 2]
+    finally:
+        index.close()
