@@ -84,10 +84,11 @@ class Report:
             "ok": self.ok,
             "deep": self.deep,
             "repair": self.repair,
-            "checked": {"blobs": self.checked_blobs, "bytes": self.checked_bytes},
+            "checked_blobs": self.checked_blobs,
+            "checked_bytes": self.checked_bytes,
             "counts": dict(counts),
             "findings": [f.to_json() for f in self.findings],
-            "needs_pull": self.needs_pull,
+            "needs_pull_refs": self.needs_pull,
             "errors": self.errors,
         }
 

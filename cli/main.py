@@ -57,8 +57,6 @@ def _root(
         typer.Option(
             "--install-completion",
             metavar="[bash|zsh|fish]",
-            is_flag=False,
-            flag_value="",
             callback=_completion("install"),
             is_eager=True,
             help="Install tab completion for SHELL (default: $SHELL) and say where.",
@@ -69,8 +67,6 @@ def _root(
         typer.Option(
             "--show-completion",
             metavar="[bash|zsh|fish]",
-            is_flag=False,
-            flag_value="",
             callback=_completion("show"),
             is_eager=True,
             help="Print the completion script for SHELL (default: $SHELL), e.g. to source it yourself.",
@@ -101,7 +97,7 @@ class _Command(typer.core.TyperCommand):
 
 
 def _register() -> None:
-    from cli import du, export, images, inspect, prune, pull, rm, verify
+    from cli import du, export, images, inspect, login, prune, pull, rm, verify
 
     for name, command in (
         ("pull", pull.pull),
@@ -112,6 +108,8 @@ def _register() -> None:
         ("du", du.du),
         ("prune", prune.prune),
         ("verify", verify.verify),
+        ("login", login.login),
+        ("logout", login.logout),
     ):
         summary = (command.__doc__ or "").strip().split("\n", 1)[0]  # whole, never cut at 45 characters
         app.command(name, cls=_Command, short_help=summary)(_interruptible(command))
@@ -127,8 +125,11 @@ def main() -> None:
         from cli import completion
 
         _exit(completion.complete(app, os.environ["_CAS_COMPLETE"]))
+    args = sys.argv[1:]
+    if args and args[-1] in ("--install-completion", "--show-completion"):
+        args.append("")  # the shell is optional (typer has no optional option values): "" means $SHELL's
     try:
-        code: object = app(standalone_mode=False)  # click's own error printing is replaced below
+        code: object = app(args, prog_name="cas", standalone_mode=False)  # click's own error printing is replaced below
     except SystemExit as exc:
         code = exc.code
     except CasError as exc:

@@ -61,6 +61,15 @@ def ago(then: float, now: float) -> str:
     return f"{seconds}s ago"
 
 
+def ago_text(stamp: str | None, now: float) -> str:
+    """``ago`` for an RFC 3339 timestamp from a JSON body; ``-`` when unknown."""
+    if not stamp:
+        return "-"
+    import datetime
+
+    return ago(datetime.datetime.fromisoformat(stamp).timestamp(), now)
+
+
 def table(rows: list[tuple[str, ...]]) -> None:
     """Plain aligned columns: readable, greppable, and no rich import for a list."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

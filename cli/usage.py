@@ -19,11 +19,14 @@ def describe(exc: Exception) -> tuple[str, str]:
     envvar = _envvar_source(ctx, param)
     if envvar is not None:
         reason = getattr(exc, "message", "") or "invalid value"
-        return _one_line(f"invalid ${envvar}: {reason}"), f"fix or unset {envvar}; see `{command} --help`"
-    metavar = getattr(param, "metavar", None)
-    if type(exc).__name__ == "MissingParameter" and metavar:
-        return f"missing {param.param_type_name} {metavar}", f"see `{command} --help`"
-    return _one_line(exc.format_message()), f"see `{command} --help`"
+        return _one_line(f"invalid value in ${envvar}: {reason}"), f"fix or unset {envvar}; see `{command} --help`"
+    hint = f"see `{command} --help`"
+    if param is None:
+        return _one_line(exc.format_message()), hint
+    name = param.metavar if param.param_type_name == "argument" else max(param.opts, key=len)
+    if type(exc).__name__ == "MissingParameter":
+        return f"missing {param.param_type_name} {name}", hint
+    return _one_line(f"invalid value for {name}: {getattr(exc, 'message', '')}"), hint
 
 
 def _envvar_source(ctx: object, param: object) -> str | None:

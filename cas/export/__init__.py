@@ -76,7 +76,19 @@ class ExportResult:
     seconds: float = 0.0
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        """The `cas export --json` fields (conventions in cas.jsonout)."""
+        return {
+            "output": self.output,
+            "format": self.format,
+            "images": self.images,
+            "exported_blobs": self.blobs,
+            "exported_bytes": self.bytes,
+            "written_bytes": self.written,
+            "linked": self.linked,
+            "sendfile": self.sendfile,
+            "pulled_refs": self.pulled,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def export(

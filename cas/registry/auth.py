@@ -79,7 +79,8 @@ def parse_www_authenticate(header: str) -> tuple[str, dict[str, str]]:
 
 
 def scope_for(repository: str) -> str:
-    return f"repository:{repository}:pull"
+    """The token scope to pull ``repository``; none for the registry itself (``/v2/``, as a login checks)."""
+    return f"repository:{repository}:pull" if repository else ""
 
 
 def basic_header(credentials: Credentials) -> str:

@@ -138,6 +138,14 @@ class RegistryClient:
                 digest = of_bytes(data)
         return FetchedManifest(data, media_type_of(data, headers.get("Content-Type")), digest)
 
+    def check_login(self) -> None:
+        """GET /v2/ with the credentials, as `docker login` checks them; AuthError when they are refused."""
+
+        def attempt() -> None:
+            self._open(f"{self.base}/v2/", {}, "", f"registry {self.registry}", kind="registry", ok=(200,)).close()
+
+        self._retrying(attempt)
+
     # blobs ---------------------------------------------------------------
     def download_blob(
         self,
