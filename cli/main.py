@@ -35,7 +35,9 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-def _completion(action: str) -> Callable[[str | None], None]:
+def _completion_option(action: str, help_text: str) -> typer.models.OptionInfo:
+    """``--install-completion`` / ``--show-completion``: run at parse time, then exit."""
+
     def callback(shell: str | None) -> None:
         if shell is not None:
             from cli import completion
@@ -43,7 +45,8 @@ def _completion(action: str) -> Callable[[str | None], None]:
             completion.run_option(action, shell)
             raise typer.Exit()
 
-    return callback
+    flag = f"--{action}-completion"
+    return typer.Option(flag, metavar="[bash|zsh|fish]", callback=callback, is_eager=True, help=help_text)
 
 
 @app.callback()
@@ -53,24 +56,10 @@ def _root(
     ] = False,
     verbose: options.Verbose = False,
     install_completion: Annotated[
-        str | None,
-        typer.Option(
-            "--install-completion",
-            metavar="[bash|zsh|fish]",
-            callback=_completion("install"),
-            is_eager=True,
-            help="Install tab completion for SHELL (default: $SHELL) and say where.",
-        ),
+        str | None, _completion_option("install", "Install tab completion for SHELL (default: $SHELL), say where.")
     ] = None,
     show_completion: Annotated[
-        str | None,
-        typer.Option(
-            "--show-completion",
-            metavar="[bash|zsh|fish]",
-            callback=_completion("show"),
-            is_eager=True,
-            help="Print the completion script for SHELL (default: $SHELL), e.g. to source it yourself.",
-        ),
+        str | None, _completion_option("show", "Print the completion script for SHELL (default: $SHELL).")
     ] = None,
 ) -> None:
     """Options that come before the command."""

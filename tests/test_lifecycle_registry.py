@@ -157,7 +157,10 @@ def test_flipped_byte_is_found_named_repaired_and_pulled_back(
     assert sorted(layout_refs(cas_home)) == sorted([base, app])  # still listed: a layout may miss blobs
     failed = cas("export", app, "-o", tmp_path / "broken.tar", check=False)
     assert failed.returncode != 0 and victim in failed.stderr
-    assert {row["ref"]: row["needs_pull"] for row in as_json(cas("images", "--json"))} == {base: True, app: True}
+    assert {row["ref"]: row["needs_pull"] for row in as_json(cas("images", "--json"))["images"]} == {
+        base: True,
+        app: True,
+    }
     assert cas("images").stdout.count("needs pull") == 2
 
     registry.mark()

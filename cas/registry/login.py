@@ -20,21 +20,21 @@ from cas.registry.credentials import (
     Credentials,
     _helper_key,
     _helper_name,
-    _load_config,
     _section,
     config_path,
+    cred_helper,
     normalize_registry,
+    read_config,
 )
 
 
 def store_credentials(registry: str, credentials: Credentials) -> str:
     """Save a login for ``registry``; returns where it went (the file, or the helper's name)."""
-    path = config_path()
-    config = _load_config(path) or {}
-    host = normalize_registry(registry)
+    path, config, host = read_config(registry)
+    config = config or {}
     key = _helper_key(host)
-    auths = {k: v for k, v in _section(config, "auths", path).items() if normalize_registry(k) != host}
-    helper = _helper_for(config, host)
+    auths = _other_auths(config, host, path)
+    helper = _helper_for(config, host, path)
     if helper is not None:
         secret = {"ServerURL": key, "Username": credentials.username, "Secret": credentials.password}
         _run_helper(helper, "store", json.dumps(secret))
@@ -51,28 +51,30 @@ def store_credentials(registry: str, credentials: Credentials) -> str:
 
 def erase_credentials(registry: str) -> bool:
     """Forget the login for ``registry``; False when there was none."""
-    path = config_path()
-    config = _load_config(path)
+    path, config, host = read_config(registry)
     if config is None:
         return False
-    host = normalize_registry(registry)
-    auths = _section(config, "auths", path)
-    kept = {k: v for k, v in auths.items() if normalize_registry(k) != host}
-    found = len(kept) != len(auths)
-    helper = _helper_for(config, host)
+    kept = _other_auths(config, host, path)
+    found = len(kept) != len(_section(config, "auths", path))
+    helper = _helper_for(config, host, path)
     if helper is not None:
         found = _run_helper(helper, "erase", _helper_key(host)) or found
-    if len(kept) != len(auths):
+    if found:
         config["auths"] = kept
         _write_config(path, config)
     return found
 
 
-def _helper_for(config: dict, host: str) -> str | None:
-    path = config_path()
-    for key, name in _section(config, "credHelpers", path).items():
-        if normalize_registry(key) == host:
-            return _helper_name(name, f"credHelpers[{key!r}]", path)
+def _other_auths(config: dict, host: str, path) -> dict:
+    """The ``auths`` entries of every registry but ``host``."""
+    return {k: v for k, v in _section(config, "auths", path).items() if normalize_registry(k) != host}
+
+
+def _helper_for(config: dict, host: str, path) -> str | None:
+    """Where docker would store ``host``'s secret: its credHelpers entry, else the credsStore."""
+    helper = cred_helper(config, host, path)
+    if helper is not None:
+        return helper
     store = config.get("credsStore")
     return _helper_name(store, "credsStore", path) if store else None
 

@@ -60,7 +60,7 @@ class FileLock:
                         "or raise --lock-timeout",
                     ) from None
                 if not announced:
-                    log.debug("waiting for a %s lock on %s (%s)", _kind(self.shared), self.purpose, self.path)
+                    log.debug("waiting to lock %s (%s) at %s", self.purpose, _kind(self.shared), self.path)
                     if self.on_wait is not None:
                         self.on_wait(f"waiting for another cas process to release {self.purpose}...")
                     announced = True
@@ -76,9 +76,9 @@ class FileLock:
                 self._fd = fd
                 if announced:
                     log.debug(
-                        "got the %s lock on %s after %.2f s",
-                        _kind(self.shared),
+                        "locked %s (%s) after %.2f s",
                         self.purpose,
+                        _kind(self.shared),
                         time.monotonic() - started,
                     )
                 return
