@@ -83,14 +83,17 @@ def verify_bytes(data: bytes, expected: Digest, *, what: str = "blob") -> None:
 class StreamVerifier:
     """Hashes a stream with the digest's own algorithm plus blake3 as a local fingerprint.
 
-    When the digest's algorithm is blake3 the one hasher serves both.
+    When the digest's algorithm is blake3 the one hasher serves both. ``expected`` may be
+    None for bytes whose digest is learned only at their end (a legacy archive's layer):
+    ``digest`` then names them, and whoever commits them sets ``expected`` to it.
     """
 
-    def __init__(self, expected: Digest) -> None:
+    def __init__(self, expected: Digest | None, algorithm: str | None = None) -> None:
         self.expected = expected
+        self.algorithm = expected.algorithm if expected is not None else (algorithm or "sha256")
         self.size = 0
-        self._hasher = expected.hasher()
-        self._fingerprint = self._hasher if expected.algorithm == "blake3" else _blake3.blake3()
+        self._hasher = ALGORITHMS[self.algorithm][1]()
+        self._fingerprint = self._hasher if self.algorithm == "blake3" else _blake3.blake3()
 
     def update(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -102,8 +105,13 @@ class StreamVerifier:
     def fingerprint(self) -> str:
         return self._fingerprint.hexdigest()
 
+    @property
+    def digest(self) -> Digest:
+        """The digest of the bytes seen so far."""
+        return Digest(self.algorithm, self._hasher.hexdigest())
+
     def check(self) -> None:
-        actual = Digest(self.expected.algorithm, self._hasher.hexdigest())
+        actual = self.digest
         if actual != self.expected:
             raise DigestMismatch(self.expected, actual)
 

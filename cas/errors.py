@@ -24,6 +24,9 @@ line, then ``hint`` when there is one, and exits with ``exit_code``.
     │   ├── LockTimeout
     │   └── NotCached           an image that was never pulled
     ├── MissingBlobs            an export whose blobs are not all in the store
+    ├── ArchiveError            an archive to import that is damaged, hostile or not an image
+    │   ├── IncompleteArchive   blobs neither in the archive nor in the store
+    │   └── MissingRequirements a delta whose required blobs this store lacks
     ├── Interrupted             Ctrl-C or SIGTERM; exit code 130
     ├── UsageError              arguments that cannot work together; exit code 2
     ├── OutputError             an export destination that cannot be written
@@ -156,6 +159,40 @@ class MissingBlobs(CasError):
         super().__init__(
             f"cannot export: {len(missing)} blob(s) missing from the store:\n  {lines}",
             hint=f"run `cas pull {pulls}` or export with --pull; nothing was written",
+        )
+        self.missing = missing
+
+
+class ArchiveError(CasError):
+    """An archive ``cas import`` cannot take: not a tar, truncated, unsafe, or not an image."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(
+            message, hint=hint or "the archive is damaged or not what it claims to be; nothing was recorded"
+        )
+
+
+class IncompleteArchive(ArchiveError):
+    """An import whose manifests name blobs that are neither in the archive nor in the store."""
+
+    def __init__(self, missing: list[str]) -> None:
+        lines = "\n  ".join(missing)
+        super().__init__(
+            f"cannot import: {len(missing)} blob(s) neither in the archive nor in the store:\n  {lines}",
+            hint="import an archive that holds them first (a full export of the base image); no image was recorded",
+        )
+        self.missing = missing
+
+
+class MissingRequirements(ArchiveError):
+    """A delta archive whose ``requires`` this store does not hold: refused before anything is written."""
+
+    def __init__(self, missing: list[str], bases: list[str]) -> None:
+        lines = "\n  ".join(missing)
+        super().__init__(
+            f"cannot import this delta: {len(missing)} required blob(s) missing from this store:\n  {lines}",
+            hint=f"import a full archive of {', '.join(bases)} first, or ask the sender for a delta against "
+            "what this store holds (`cas export --since-inventory`); nothing was written",
         )
         self.missing = missing
 

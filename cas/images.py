@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 from cas import manifest as mf
 from cas.digest import Digest
@@ -152,3 +153,33 @@ def _read(store: Store, record: dict, ref: Reference, digest: Digest, what: str)
 def _gone(record: dict, ref: Reference, digest: Digest, what: str) -> NotCached:
     why = "was removed by `cas verify --repair`" if record.get("needs_pull") else "is missing from the store"
     return NotCached(f"{ref} needs a pull: its {what} {digest} {why}", hint=f"run `cas pull {ref}`")
+
+
+def remove_images(store: Store, texts: Iterable[str]) -> list[dict]:
+    """``cas rm``: forget refs (all or none); their blobs go at the next prune."""
+    from cas.reference import parse
+
+    wanted: dict[str, str] = {}
+    for text in texts:
+        wanted.setdefault(str(parse(text)), text)
+    with store.ballast.released():  # room for the index transaction on a full disk
+        return _remove_refs(store, wanted)
+
+
+def _remove_refs(store: Store, wanted: dict[str, str]) -> list[dict]:
+    index = store.index
+    removed = []
+    with index.transact():
+        records = {ref: index.get_ref(ref) for ref in wanted}
+        unknown = [wanted[ref] for ref, record in records.items() if record is None]
+        if unknown:
+            raise NotCached(
+                f"not in the cache: {', '.join(unknown)}",
+                hint="`cas images` lists what is cached; nothing was removed",
+            )
+        for ref, record in records.items():
+            index.remove_ref(ref)
+            known = record if isinstance(record, dict) else {}  # a malformed record goes too
+            removed.append({"ref": ref, "digest": known.get("digest"), "size": known.get("size")})
+    store.write_layout_index()
+    return removed

@@ -199,6 +199,27 @@ def oci_view(image: ImageManifest, source: Digest) -> bytes | None:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
+def check_rootfs(config: bytes, layers: int, ref: str) -> None:
+    """Refuse an image whose config lists another number of ``rootfs.diff_ids`` than its
+    manifest has layers: docker load rejects it, so pull must not cache it and export must not write it."""
+    try:
+        diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ManifestError(
+            f"the image config of {ref} has no rootfs.diff_ids", hint="the image is broken; push it again"
+        ) from exc
+    if not isinstance(diff_ids, list):
+        raise ManifestError(
+            f"the image config of {ref} has no rootfs.diff_ids list", hint="the image is broken; push it again"
+        )
+    if len(diff_ids) != layers:
+        raise ManifestError(
+            f"the image {ref} is inconsistent: its manifest has {layers} layers "
+            f"but its config lists {len(diff_ids)} diff_ids",
+            hint="docker load would reject it; rebuild and push the image again",
+        )
+
+
 def media_type_of(data: bytes, content_type: str | None) -> str:
     """The manifest's media type: its own ``mediaType`` field, else Content-Type, else its shape."""
     doc = _load(data)

@@ -9,7 +9,6 @@ network request at all.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -18,11 +17,12 @@ from typing import TYPE_CHECKING
 
 from cas import DEFAULT_LOCK_TIMEOUT
 from cas import manifest as mf
-from cas.digest import Digest, fingerprint_file, of_bytes
-from cas.errors import Cancelled, ManifestError, UnsupportedManifest
+from cas.digest import Digest, fingerprint_file
+from cas.errors import Cancelled, UnsupportedManifest
 from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
+from cas.recording import commit_bytes, record_blob, record_image, unique
 from cas.reference import Reference
-from cas.store import BlobInfo, Store
+from cas.store import Store
 
 if TYPE_CHECKING:
     from cas.index import Lease
@@ -41,7 +41,8 @@ class PullObserver:
 @dataclass
 class PullOptions:
     platform: Platform | None = None
-    jobs: int = 4
+    jobs: int = 4  # blobs at once
+    connections: int = 8  # in all, range requests included (cas.registry.ranged.DEFAULT_CONNECTIONS)
     insecure: bool = False
     credentials: Credentials | None = None
     observer: PullObserver = field(default_factory=PullObserver)
@@ -77,6 +78,7 @@ class PullResult:
 def pull(store: Store, reference: Reference, options: PullOptions | None = None) -> PullResult:
     options = options or PullOptions()
     started = time.monotonic()
+    store.ballast.restore()  # a new store gets its ballast; a prune that could not put it back is made good
     with store.lock(shared=True, timeout=options.lock_timeout, on_wait=options.observer.waiting):
         with store.index.lease() as lease, _Session(store, reference, options, lease) as session:
             result = session.run()
@@ -106,41 +108,31 @@ class _Session:
     def client(self) -> RegistryClient:
         if self._client is None:
             from cas.registry import RegistryClient  # httpx is imported only when the network is needed
+            from cas.registry.ranged import ConnectionBudget, RangePolicy
 
             self._client = RegistryClient(
                 self.ref.api_host,
                 insecure=self.options.insecure,
                 credentials=self.options.credentials,
                 token_cache=self.store.index,
+                ranges=RangePolicy(ConnectionBudget(self.options.connections)),
             )
         return self._client
 
     def run(self) -> PullResult:
         chain, image, platform = self._resolve()
         _check_image(image, self.ref)
-        view = self._commit_oci_view(image, chain[-1][0])
-        listed = [*chain[:-1], view, chain[-1]] if view is not None else chain
-        manifests = [
-            Descriptor(media_type, digest, self.store.blobs.size(digest) or 0) for digest, media_type in listed
-        ]
-        blobs = list(image.blobs)
-        self.lease.add([d.digest for d in manifests + blobs])
-        self._fetch_missing(blobs)
-        if platform is None:
-            platform = _platform_of_config(self.store.blobs.read(image.config.digest))
-        record = {
-            "ref": str(self.ref),
-            "registry": self.ref.registry,
-            "digest": str(chain[0][0]),
-            "media_type": chain[0][1],
-            "manifest": str(chain[-1][0]),
-            "config": str(image.config.digest),
-            "platform": platform,
-            "layout_manifest": str(view[0]) if view is not None else None,
-            "blobs": [{"digest": str(d.digest), "size": d.size, "media_type": d.media_type} for d in manifests + blobs],
-            "size": sum(d.size for d in manifests) + sum(d.size for d in _unique(blobs)),
-        }
-        self.result.record = self._save(record)
+        self.lease.add([d for d, _ in chain] + [d.digest for d in image.blobs])
+        self._fetch_missing(list(image.blobs))
+        self.result.record = record_image(
+            self.store,
+            self.lease,
+            ref=str(self.ref),
+            registry=self.ref.registry,
+            chain=chain,
+            image=image,
+            platform=platform,
+        )
         return self.result
 
     def _resolve(self) -> tuple[list[tuple[Digest, str]], ImageManifest, str | None]:
@@ -155,31 +147,14 @@ class _Session:
             raise UnsupportedManifest(f"{self.ref}: nested index for platform {chosen.platform} is not supported")
         return [(top_digest, top_type), (chosen.digest, media_type)], image, str(chosen.platform)
 
-    def _commit_oci_view(self, image: ImageManifest, manifest: Digest) -> tuple[Digest, str] | None:
-        """For a Docker manifest, the OCI view that index.json lists (see cas.manifest.oci_view)."""
-        view = mf.oci_view(image, manifest)
-        if view is None:
-            return None
-        digest = of_bytes(view)
-        self._commit_manifest(digest, view, mf.OCI_MANIFEST)
-        return digest, mf.OCI_MANIFEST
-
     def _fetch_missing(self, blobs: list[Descriptor]) -> None:
-        missing = _unique([d for d in blobs if not self.store.blobs.has(d.digest, d.size)])
+        missing = unique([d for d in blobs if not self.store.blobs.has(d.digest, d.size)])
         self.options.observer.resolved(str(self.ref), blobs, missing)
         self._download(missing)
         fetched = {d.digest for d in missing}
-        for desc in _unique(blobs):
+        for desc in unique(blobs):
             if desc.digest not in fetched:
                 self._count(reused=desc)
-
-    def _save(self, record: dict) -> dict:
-        """Record the ref, now that every blob it lists is committed."""
-        record["pulled"] = record["used"] = time.time()
-        self.store.index.put_ref(record["ref"], record)
-        if not self.store.layout_lists(record):  # a new manifest, or index.json left stale by a crash
-            self.store.write_layout_index()
-        return record
 
     def _resolve_top(self) -> tuple[Digest, str, ImageIndex | ImageManifest]:
         if self.ref.digest is not None:
@@ -204,12 +179,7 @@ class _Session:
         return fetched.data, fetched.media_type
 
     def _commit_manifest(self, digest: Digest, data: bytes, media_type: str) -> None:
-        self.lease.add([digest])
-        self.store.blobs.put(digest, data, on_commit=lambda info: self._record_blob(info, media_type))
-
-    def _record_blob(self, info: BlobInfo, media_type: str) -> None:
-        """Step 5 of the commit protocol, done while the digest is still locked."""
-        self.store.index.put_blob(info.digest, size=info.size, media_type=media_type, fingerprint=info.fingerprint)
+        commit_bytes(self.store, self.lease, digest, data, media_type)
 
     def _download(self, missing: list[Descriptor]) -> None:
         if not missing:
@@ -255,8 +225,11 @@ class _Session:
                 return
             if ing.offset:
                 observer.blob_bytes(desc.digest, ing.offset)
-            self.client.download_blob(self.ref.repository, desc.digest, ing, on_bytes)
-            self._record_blob(ing.commit(), desc.media_type)
+            client = self.client
+            assert client.ranges is not None
+            with client.ranges.budget.slot():  # this blob's own connection, out of the pull's total
+                client.download_blob(self.ref.repository, desc.digest, ing, on_bytes)
+            record_blob(self.store, ing.commit(), desc.media_type)
         self._count(downloaded=desc, received=received)
         observer.blob_done(desc.digest, True)
 
@@ -290,22 +263,3 @@ def _check_image(image: ImageManifest, ref: Reference) -> None:
     for position, layer in enumerate(image.layers, 1):
         if layer.media_type not in mf.LAYER_TYPES:
             raise UnsupportedManifest(f"{ref}: layer {position} has unsupported media type {layer.media_type!r}")
-
-
-def _platform_of_config(data: bytes) -> str | None:
-    try:
-        config = json.loads(data)
-    except ValueError as exc:
-        raise ManifestError(f"broken image config: not valid JSON ({exc})") from exc
-    platform = Platform.from_json(config)
-    return str(platform) if platform is not None else None
-
-
-def _unique(descs: list[Descriptor]) -> list[Descriptor]:
-    seen: set[Digest] = set()
-    out = []
-    for desc in descs:
-        if desc.digest not in seen:
-            seen.add(desc.digest)
-            out.append(desc)
-    return out

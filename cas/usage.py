@@ -11,14 +11,14 @@ The returned dict is the ``cas du --json`` body (field conventions in cas.jsonou
 
 from __future__ import annotations
 
-from cas import gc
+from cas import gc, snapshot
 from cas.errors import StoreError
 from cas.jsonout import timestamp
 from cas.store import Store
 
 
 def usage(store: Store) -> dict:
-    snap = gc.snapshot(store)
+    snap = snapshot.snapshot(store)
     counts = snap.refcounts()
     images = []
     referenced = 0

@@ -36,9 +36,11 @@ from typing import NamedTuple
 
 import blake3
 
-from cas import DEFAULT_LOCK_TIMEOUT, gc
+from cas import DEFAULT_LOCK_TIMEOUT
 from cas.digest import Digest
+from cas.snapshot import Snapshot, snapshot
 from cas.store import Store
+from cas.store.remover import Remover
 
 _CHUNK = 1 << 20
 _THREADED = 8 << 20  # files above this hash blake3 on every core
@@ -105,7 +107,7 @@ def verify(
     """Check every blob; with ``repair``, mend what was found. Shared lock to check, exclusive to repair."""
     report = Report(deep=deep, repair=repair)
     with store.lock(shared=not repair, timeout=lock_timeout, on_wait=on_wait):
-        snap = gc.snapshot(store)
+        snap = snapshot(store)
         users: dict[str, list[str]] = defaultdict(list)
         for image in snap.images.values():
             for digest, _ in image.blobs:
@@ -116,7 +118,7 @@ def verify(
             Finding(
                 "stale-ingest",
                 str(i.path.relative_to(store.root)),
-                f"abandoned download of {i.digest}, {i.partial} bytes",
+                f"abandoned download of {i.label}, {i.partial} bytes",
             )
             for i in snap.stale_ingests()
         ]
@@ -132,7 +134,7 @@ def verify(
 
 
 def _check_blobs(
-    store: Store, snap: gc.Snapshot, users: dict, deep: bool, report: Report, workers: int | None
+    store: Store, snap: Snapshot, users: dict, deep: bool, report: Report, workers: int | None
 ) -> list[Finding]:
     findings = []
     jobs = []
@@ -204,7 +206,7 @@ def check_file(path: Path, digest: Digest, size: int | None, fingerprint: str | 
     return FileCheck(None, actual)
 
 
-def _check_files(store: Store, snap: gc.Snapshot, users: dict) -> list[Finding]:
+def _check_files(store: Store, snap: Snapshot, users: dict) -> list[Finding]:
     findings = []
     for digest in snap.files:
         if digest in snap.indexed or digest in snap.leased:  # leased: a pull between commit and index write
@@ -222,7 +224,7 @@ def _check_files(store: Store, snap: gc.Snapshot, users: dict) -> list[Finding]:
     return findings
 
 
-def _check_refs(snap: gc.Snapshot) -> list[Finding]:
+def _check_refs(snap: Snapshot) -> list[Finding]:
     """Refs an earlier repair marked: still incomplete, or complete again and only the mark is left."""
     findings = []
     for image in snap.images.values():
@@ -241,7 +243,7 @@ def _check_refs(snap: gc.Snapshot) -> list[Finding]:
 # repairing ---------------------------------------------------------------------
 
 
-def _repair(store: Store, snap: gc.Snapshot, users: dict, report: Report) -> None:
+def _repair(store: Store, snap: Snapshot, users: dict, report: Report) -> None:
     index = store.index
     bad: set[str] = set()
     reindex: list[tuple[Digest, int, str, str]] = []
@@ -290,7 +292,7 @@ def _repair(store: Store, snap: gc.Snapshot, users: dict, report: Report) -> Non
     if bad_refs:
         store.write_layout_index()
 
-    remover = gc.Remover(store.blobs.blobs_dir)  # files second
+    remover = Remover(store.blobs.blobs_dir)  # files second
     try:
         for f in report.findings:
             if f.kind in ("corrupt", "unindexed") and f.what in bad:

@@ -49,6 +49,19 @@ def export(
             "--pull", help="First pull the references that are missing or incomplete (only missing blobs are fetched)."
         ),
     ] = False,
+    since: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--since",
+            help="Write a delta archive: only the layers none of these cached BASE images holds (repeatable).",
+        ),
+    ] = None,
+    since_inventory: Annotated[
+        str | None,
+        typer.Option(
+            "--since-inventory", help="Write a delta against what the receiver holds: its `cas images --json` output."
+        ),
+    ] = None,
     platform: options.PlatformOpt = None,
     insecure: options.Insecure = False,
     username: options.Username = None,
@@ -85,8 +98,13 @@ def export(
         raise UsageError(
             "--json prints on stdout, where -o - sends the archive", hint="drop --json, or write to a file"
         )
+    delta = bool(since or since_inventory)
+    if delta and fmt is not Format.docker_archive:
+        raise UsageError("a delta archive has its own format", hint="drop --format when using --since")
     opts = ExportOptions(
-        format=fmt.value,
+        format="delta" if delta else fmt.value,
+        since=[reference.parse(text) for text in since or []],
+        since_inventory=Path(since_inventory) if since_inventory else None,
         tag=tag,
         platform=Platform.parse(platform) if platform else None,
         pull=pull,
@@ -120,6 +138,14 @@ def export(
     elif not quiet:
         names = ", ".join(", ".join(image["names"]) or image["ref"] for image in result.images)
         how = "" if result.format != "oci-dir" or result.linked else " (copied, not linked)"
+        if result.delta is not None:
+            d, size = result.delta, output.human_size
+            output.notice(
+                f"exported {names} as a delta against {', '.join(d['bases']) or 'nothing'}: carried "
+                f"{d['carried_blobs']} blob(s), {size(d['carried_bytes'])}; the receiver must hold "
+                f"{d['required_blobs']}, {size(d['required_bytes'])} ({result.seconds:.2f}s)"
+            )
+            return
         output.notice(
             f"exported {names} as {result.format}: {result.blobs} blob(s), {output.human_size(result.bytes)} "
             f"to {result.output}{how} ({result.seconds:.2f}s)"

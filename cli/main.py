@@ -86,11 +86,12 @@ class _Command(typer.core.TyperCommand):
 
 
 def _register() -> None:
-    from cli import du, export, images, inspect, login, prune, pull, rm, verify
+    from cli import du, export, images, import_, inspect, login, prune, pull, rm, verify
 
     for name, command in (
         ("pull", pull.pull),
         ("export", export.export),
+        ("import", import_.import_),
         ("images", images.images),
         ("inspect", inspect.inspect),
         ("rm", rm.rm),

@@ -61,6 +61,17 @@ Jobs = Annotated[
         "--jobs", "-j", min=1, max=32, envvar="CAS_JOBS", metavar="N", help="Blobs downloaded at once (1-32)."
     ),
 ]
+Connections = Annotated[
+    int,
+    typer.Option(
+        "--connections",
+        min=1,
+        max=64,
+        envvar="CAS_CONNECTIONS",
+        metavar="N",
+        help="Connections per pull in all: large blobs are fetched as parallel Range requests while some are free (1: one stream per blob).",
+    ),
+]
 Username = Annotated[
     str | None,
     typer.Option(
@@ -106,6 +117,7 @@ def pull_options(
     platform: str | None,
     *,
     jobs: int = 4,
+    connections: int = 8,
     insecure: bool,
     username: str | None,
     password_stdin: bool,
@@ -122,6 +134,7 @@ def pull_options(
     return PullOptions(
         platform=Platform.parse(platform) if platform else None,
         jobs=jobs,
+        connections=connections,
         insecure=insecure,
         credentials=read_credentials(username, password_stdin),
         observer=BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver(),

@@ -97,7 +97,7 @@ def render(result) -> None:
         for stray in result.strays:
             print(f"{verb} stray {stray.kind} {stray.path}")
         for entry in result.ingests:
-            print(f"{verb} stale download {entry.digest} ({size(entry.partial)})")
+            print(f"{verb} stale download {entry.label} ({size(entry.partial)})")
     parts = [f"{len(result.images)} image(s)", f"{len(result.blobs)} blob(s)"]
     if result.strays:
         parts.append(f"{len(result.strays)} stray file(s)")

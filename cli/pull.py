@@ -15,6 +15,7 @@ def pull(
     ],
     platform: options.PlatformOpt = None,
     jobs: options.Jobs = 4,
+    connections: options.Connections = 8,
     insecure: options.Insecure = False,
     username: options.Username = None,
     password_stdin: options.PasswordStdin = False,
@@ -39,6 +40,7 @@ def pull(
     opts = options.pull_options(
         platform,
         jobs=jobs,
+        connections=connections,
         insecure=insecure,
         username=username,
         password_stdin=password_stdin,

@@ -23,7 +23,7 @@ def rm(
       cas rm 127.0.0.1:5000/app:1.0 && cas prune
       cas images -q 'registry.example/*' | xargs cas rm
     """
-    from cas.gc import remove_images
+    from cas.images import remove_images
     from cas.store import Store
 
     removed = remove_images(Store(), refs)

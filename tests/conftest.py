@@ -27,7 +27,7 @@ hides a missing layer file), ``podman`` / ``clean_podman`` likewise.
 
 cas itself: ``cas_home`` (function) is a fresh directory set as ``CAS_HOME`` (and an empty
 ``DOCKER_CONFIG``, so the host's docker credentials never leak in); ``cas(*args, input=None,
-check=True, env=None, text=True, timeout=300)`` runs ``python -m cli ARGS`` with them and
+stdin=None, check=True, env=None, text=True, timeout=300)`` runs ``python -m cli ARGS`` with them and
 returns a CompletedProcess (stdout is bytes when ``text=False``, e.g. ``export -o -``).
 ``store`` (function) is an empty ``cas.store.Store`` in ``tmp_path / "home"``, closed after
 the test (stores built by hand: test_lifecycle_support.py, test_export_plan.py).
@@ -207,6 +207,7 @@ def cas(cas_home):
     def run_cas(
         *args: str,
         input: bytes | str | None = None,
+        stdin=None,
         check: bool = True,
         env: dict[str, str] | None = None,
         text: bool = True,
@@ -216,6 +217,7 @@ def cas(cas_home):
         return run(
             [sys.executable, "-m", "cli", *map(str, args)],
             input=input,
+            stdin=stdin,
             check=check,
             env=full_env,
             text=text,

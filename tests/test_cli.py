@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,32 +27,42 @@ def test_version_and_top_level_help(cas):
         assert command in top
 
 
+def _default_signals() -> None:
+    """In the child: SIGINT as a terminal delivers it, even when this pytest was started with it
+    ignored (``nohup``, a background job), which Python would otherwise pass on to the child."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_and_sigterm_say_interrupted_and_exit_130(cas_home, proxy, registry, test_images):
     test_images.push(registry)
     proxy.throttle(50_000)
+    sizes = {b.digest[7:]: b.size for b in (test_images.base.manifest_blob, *test_images.base.blobs)}
     for sig in (signal.SIGINT, signal.SIGTERM):
         home = cas_home / sig.name  # a fresh store each time: the signal must land mid-download
+        ingest = home / "v1" / "ingest"
         proc = subprocess.Popen(
             [sys.executable, "-m", "cli", "pull", f"{proxy.host}/base:latest"],
             cwd=REPO_ROOT,
             env={**os.environ, "CAS_HOME": str(home)},
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_default_signals,
         )
         wait_until(
-            lambda home=home: any(p.stat().st_size for p in (home / "v1" / "ingest").glob("*/data")),
+            lambda ingest=ingest: any(p.stat().st_size for p in ingest.glob("*/data")),
             timeout=30,
             what="a download in progress",
         )
         proc.send_signal(sig)
-        started = time.monotonic()
         _, err = proc.communicate(timeout=30)
-        assert time.monotonic() - started < 5, "the pull did not stop promptly"
         assert proc.returncode == 130
         assert err.strip().splitlines() == [
             "error: interrupted",
             "hint: the store is consistent; run the command again to finish",
         ]
+        # it stopped mid-download (at 50 KB/s the biggest blob takes many seconds): partial data kept
+        partial = {p.parent.name.split("-", 1)[1]: p.stat().st_size for p in ingest.glob("*/data")}
+        assert partial and all(0 < size < sizes[hexpart] for hexpart, size in partial.items()), partial
 
 
 def test_quiet_pull_prints_nothing_and_json_is_only_json(cas, registry, test_images):
@@ -72,7 +81,8 @@ def test_a_read_only_or_misplaced_store_is_a_one_line_error(cas, cas_home, tmp_p
     subprocess.run(["mount", "--bind", str(cas_home), str(cas_home)], check=True)
     try:
         subprocess.run(["mount", "-o", "remount,bind,ro", str(cas_home)], check=True)
-        for args in (["images"], ["pull", "127.0.0.1:9/x"], ["export", "x", "-o", str(tmp_path / "x.tar")], ["prune"]):
+        assert cas("images").stdout.startswith("REFERENCE")  # opening the index writes nothing: reading works
+        for args in (["pull", "127.0.0.1:9/x"], ["export", "x", "-o", str(tmp_path / "x.tar")], ["prune"]):
             proc = cas(*args, check=False)
             assert proc.returncode == 1, (args, proc.stderr)
             assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr, (args, proc.stderr)

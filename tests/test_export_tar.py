@@ -14,10 +14,13 @@ import pytest
 from cas.export import tarwriter
 from cas.export.tarwriter import TarWriter, TruncatedFile
 
+METHODS = [tarwriter.COPY_FILE_RANGE, tarwriter.SENDFILE, tarwriter.READ_WRITE]
 
-def _write(fd: int, files: dict[str, Path], *, sendfile: bool = True) -> TarWriter:
+
+def _write(fd: int, files: dict[str, Path], *, method: str | None = None) -> TarWriter:
     writer = TarWriter(fd)
-    writer.sendfile = sendfile
+    if method is not None:
+        writer.method = method
     writer.add_bytes("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
     writer.add_dir("blobs")
     for name, path in files.items():
@@ -44,15 +47,48 @@ def _check(data: bytes, files: dict[str, Path]) -> None:
         assert members[1].isdir()
         for name, path in files.items():
             assert tar.extractfile(name).read() == path.read_bytes()
+            # every file's data starts at a 4 KiB boundary (padded with a PAX comment)
+            assert tar.getmember(name).offset_data % tarwriter.DATA_ALIGN == 0, name
 
 
-@pytest.mark.parametrize("sendfile", [True, False], ids=["sendfile", "copy-loop"])
-def test_regular_file_round_trips(tmp_path: Path, sources: dict[str, Path], sendfile: bool) -> None:
+@pytest.mark.parametrize("method", METHODS)
+def test_regular_file_round_trips(tmp_path: Path, sources: dict[str, Path], method: str) -> None:
     out = tmp_path / "out.tar"
     with open(out, "wb") as fh:
-        writer = _write(fh.fileno(), sources, sendfile=sendfile)
+        writer = _write(fh.fileno(), sources, method=method)
+    assert writer.method == method
     assert writer.written == out.stat().st_size
     _check(out.read_bytes(), sources)
+
+
+def test_a_regular_file_output_uses_copy_file_range(tmp_path: Path, sources: dict[str, Path]) -> None:
+    with open(tmp_path / "out.tar", "wb") as fh:
+        assert _write(fh.fileno(), sources).method == tarwriter.COPY_FILE_RANGE
+
+
+def test_alignment_counts_from_where_the_output_started(tmp_path: Path, sources: dict[str, Path]) -> None:
+    out = tmp_path / "out.tar"
+    out.write_bytes(b"x" * 1536)  # e.g. `{ cat head; cas export -o -; } > file`
+    with open(out, "r+b") as fh:
+        fh.seek(1536)
+        _write(fh.fileno(), sources)
+    data = out.read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(data[1536:])) as tar:
+        for name in sources:
+            assert (1536 + tar.getmember(name).offset_data) % tarwriter.DATA_ALIGN == 0
+            assert tar.extractfile(name).read() == sources[name].read_bytes()
+
+
+@pytest.mark.parametrize("at", [0, 512, 1024, 3072, 3584, 4096 * 7 + 2560])
+@pytest.mark.parametrize("name", ["blobs/sha256/" + "e" * 64, "blobs/sha512/" + "f" * 128])
+def test_padded_header_ends_on_the_boundary_and_reads_back(at: int, name: str) -> None:
+    head = tarwriter.header(name, 10, 0, at=at)
+    assert (at + len(head)) % tarwriter.DATA_ALIGN == 0
+    assert len(head) <= tarwriter.DATA_ALIGN + 3 * 512  # never more than one boundary away
+    with tarfile.open(fileobj=io.BytesIO(head + b"0123456789" + bytes(502 + 1024))) as tar:
+        (member,) = tar.getmembers()
+        assert (member.name, member.size) == (name, 10)
+        assert tar.extractfile(member).read() == b"0123456789"
 
 
 def test_pipe_round_trips(sources: dict[str, Path]) -> None:
@@ -66,7 +102,7 @@ def test_pipe_round_trips(sources: dict[str, Path]) -> None:
         os.close(write_end)
         reader.join()
         os.close(read_end)
-    assert writer.sendfile, "sendfile into a pipe should work on Linux"
+    assert writer.method == tarwriter.SENDFILE, "sendfile into a pipe should work on Linux"
     _check(b"".join(chunks), sources)
 
 
@@ -74,9 +110,10 @@ def test_append_mode_output_falls_back_to_copies(tmp_path: Path, sources: dict[s
     out = tmp_path / "out.tar"
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        _write(fd, sources)
+        writer = _write(fd, sources)
     finally:
         os.close(fd)
+    assert writer.method == tarwriter.READ_WRITE
     _check(out.read_bytes(), sources)
 
 
@@ -90,7 +127,7 @@ def test_a_file_shorter_than_promised_is_an_error(tmp_path: Path) -> None:
 
 
 def test_member_names_are_plain_ustar() -> None:
-    header = tarwriter._header("blobs/sha256/" + "b" * 64, 1234, 0)
+    header = tarwriter.header("blobs/sha256/" + "b" * 64, 1234, 0)
     info = tarfile.TarInfo.frombuf(header, "utf-8", "strict")
     assert (info.name, info.size, info.mode, info.uid, info.mtime) == ("blobs/sha256/" + "b" * 64, 1234, 0o644, 0, 0)
     assert header[257:263] == b"ustar\0"
@@ -98,7 +135,7 @@ def test_member_names_are_plain_ustar() -> None:
 
 def test_huge_member_gets_a_pax_size_record() -> None:
     size = 9 * (1 << 30)
-    header = tarwriter._header("blobs/sha256/" + "c" * 64, size, 0)
+    header = tarwriter.header("blobs/sha256/" + "c" * 64, size, 0)
     assert len(header) == 3 * 512  # pax header, its record block, the ustar header
     pax = tarfile.TarInfo.frombuf(header[:512], "utf-8", "strict")
     assert pax.type == tarfile.XHDTYPE
@@ -132,7 +169,7 @@ SHA512_NAME = "blobs/sha512/" + "d" * 128  # 141 bytes: more than ustar's 100
 
 
 def test_long_member_name_gets_a_pax_path_record() -> None:
-    header = tarwriter._header(SHA512_NAME, 1234, 0)
+    header = tarwriter.header(SHA512_NAME, 1234, 0)
     assert len(header) == 3 * 512  # pax header, its record block, the ustar header
     pax = tarfile.TarInfo.frombuf(header[:512], "utf-8", "strict")
     assert pax.type == tarfile.XHDTYPE
@@ -141,27 +178,27 @@ def test_long_member_name_gets_a_pax_path_record() -> None:
     info = tarfile.TarInfo.frombuf(header[1024:], "utf-8", "strict")
     assert (info.name, info.size) == (SHA512_NAME[:100], 1234)  # ustar keeps what fits
     # short names stay plain ustar, as before
-    assert len(tarwriter._header("blobs/sha256/" + "b" * 64, 1234, 0)) == 512
+    assert len(tarwriter.header("blobs/sha256/" + "b" * 64, 1234, 0)) == 512
 
 
 def test_long_name_and_huge_size_share_one_pax_header() -> None:
     size = 9 * (1 << 30)
-    header = tarwriter._header(SHA512_NAME, size, 0)
+    header = tarwriter.header(SHA512_NAME, size, 0)
     assert len(header) == 3 * 512
     tar = tarfile.open(fileobj=_Sparse(io.BytesIO(header), size), mode="r|")
     first = next(iter(tar))
     assert (first.name, first.size) == (SHA512_NAME, size)
 
 
-@pytest.mark.parametrize("sendfile", [True, False], ids=["sendfile", "copy-loop"])
+@pytest.mark.parametrize("method", METHODS)
 def test_sha512_blob_names_round_trip_through_tarfile_and_gnu_tar(
-    tmp_path: Path, sources: dict[str, Path], sendfile: bool
+    tmp_path: Path, sources: dict[str, Path], method: str
 ) -> None:
     files = {**sources, SHA512_NAME: sources["blobs/sha256/" + "0" * 63 + "5"]}
     out = tmp_path / "out.tar"
     with open(out, "wb") as fh:
         writer = TarWriter(fh.fileno())
-        writer.sendfile = sendfile
+        writer.method = method
         writer.add_bytes("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
         writer.add_dir("blobs")
         writer.add_dir("blobs/sha512")  # a directory member between files: check the order below

@@ -12,6 +12,7 @@ import pytest
 from test_lifecycle_support import APP, BASE, commit, store_three
 
 from cas import gc
+from cas.images import remove_images
 from cas.store import Store
 from cas.usage import usage
 
@@ -46,7 +47,7 @@ def test_du_splits_each_image_into_unique_and_shared(store, three):
 
 def test_du_reclaimable_is_what_prune_frees(store, three):
     commit(store, b"stray bytes" * 77, "application/octet-stream")
-    gc.remove_images(store, [APP])
+    remove_images(store, [APP])
     predicted = usage(store)["reclaimable"]
     result = gc.prune(store)
     assert predicted["size"] == result.freed_bytes > 0

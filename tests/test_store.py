@@ -8,9 +8,9 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
+from support.tools import wait_until
 
 from cas.digest import of_bytes
 from cas.errors import DigestMismatch, DiskFull, LockTimeout, SizeMismatch
@@ -115,6 +115,7 @@ WRITER = textwrap.dedent(
     from cas.digest import Digest
     from cas.store import Store
     home, digest, path, pause = sys.argv[1], Digest.parse(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+    hold = int(sys.argv[5])  # after this many bytes: say "held" and block until killed (0: never)
     data = Path(path).read_bytes()
     store = Store(Path(home))
     with store.blobs.ingest(digest, len(data)) as ing:
@@ -125,6 +126,9 @@ WRITER = textwrap.dedent(
         print("from", ing.offset, flush=True)
         for i in range(ing.offset, len(data), 65536):
             ing.write(data[i:i + 65536])
+            if hold and i + 65536 >= hold:
+                print("held", flush=True)
+                sys.stdin.readline()
             time.sleep(pause)
         ing.commit()
         print("committed", flush=True)
@@ -132,9 +136,10 @@ WRITER = textwrap.dedent(
 )
 
 
-def _spawn(tmp_path, store, digest, source, pause):
+def _spawn(tmp_path, store, digest, source, pause, hold=0):
     return subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(store.home), str(digest), str(source), str(pause)],
+        [sys.executable, "-c", WRITER, str(store.home), str(digest), str(source), str(pause), str(hold)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -145,9 +150,10 @@ def test_sigkill_mid_write_leaves_no_bad_blob_and_the_next_writer_completes(tmp_
     digest = of_bytes(data)
     source = tmp_path / "source"
     source.write_bytes(data)
-    proc = _spawn(tmp_path, store, digest, source, 0.01)
-    assert proc.stdout.readline().strip() == "writing"
-    time.sleep(0.1)
+    proc = _spawn(tmp_path, store, digest, source, 0, hold=1 << 20)
+    assert [proc.stdout.readline().strip() for _ in range(3)] == ["writing", "from 0", "held"]
+    data_file = next(e.path for e in store.blobs.ingests() if e.digest == digest) / "data"
+    wait_until(lambda: data_file.stat().st_size >= 1 << 20, timeout=30, what="1 MiB of partial data on disk")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     for found, path in store.blobs.iter_files():

@@ -152,7 +152,7 @@ def test_orphans_and_stale_ingests_are_reported_and_removed(store, two, tmp_path
     assert len(found) == 4
 
     repaired = verify(store, repair=True)
-    assert all(f.repaired for f in repaired.findings), repaired.findings
+    assert len(repaired.findings) == 4 and all(f.repaired for f in repaired.findings), repaired.findings
     assert outside.read_bytes() == b"outside the store"
     assert verify(store).ok
     assert store.index.get_ref(BASE) and not store.index.get_ref(BASE).get("needs_pull")

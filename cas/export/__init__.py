@@ -2,9 +2,10 @@
 
     export(store, [parse("app:1.0")], Path("app.tar"))            # docker-archive
     export(store, refs, 1, ExportOptions(format="oci-archive"))   # stream to fd 1
+    export(store, [new], Path("d.tar"), ExportOptions(format="delta", since=[old]))  # see cas.export.delta
 
 The completeness check (``plan``) runs under the shared store lock before the
-first byte is written; the exported digests are leased while they are written,
+first byte is written, and that one lock is held to the end, across a ``--pull``; the exported digests are leased while they are written,
 and the "used" time of every exported ref record is updated (each name of an
 image, not only the first). The network is touched only with ``pull=True``,
 through ``cas.pull`` (imported only then), and only when that one check finds
@@ -15,6 +16,7 @@ Blob files are never read through a symlink.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from cas import DEFAULT_LOCK_TIMEOUT
-from cas.errors import MissingBlobs, NotCached, OutputError, StoreError, UsageError
-from cas.export import docker_archive, oci
+from cas.errors import DiskFull, MissingBlobs, NotCached, OutputError, StoreError, UsageError
+from cas.export import delta, docker_archive, oci
 from cas.export.output import archive_output, check_stream, dir_output
 from cas.export.plan import ExportPlan, ImagePlan, plan
 from cas.export.tarwriter import TarWriter, TruncatedFile, UnsafeSource
@@ -33,7 +35,8 @@ from cas.reference import parse as parse_reference
 from cas.store import Store
 from cas.store.fs import Linker
 
-FORMATS = ("docker-archive", "oci-archive", "oci-dir")
+FORMATS = ("docker-archive", "oci-archive", "oci-dir", "delta")
+log = logging.getLogger("cas.export")
 
 __all__ = [
     "FORMATS",
@@ -60,6 +63,8 @@ class ExportOptions:
     on_plan: Callable[[ExportPlan], None] | None = None  # the checked plan, before the first byte
     on_blob: Callable[[Descriptor], None] | None = None  # after each blob is written
     lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT
+    since: list[Reference] = field(default_factory=list)  # delta: images the receiver holds
+    since_inventory: Path | None = None  # delta: the receiver's `cas images --json`
 
 
 @dataclass
@@ -71,24 +76,24 @@ class ExportResult:
     bytes: int = 0  # blob bytes exported
     written: int = 0  # archive bytes written (tar formats)
     linked: bool = True  # oci-dir: hard links (False: fell back to copies)
-    sendfile: bool = True  # tar formats: os.sendfile (False: the read/write fallback)
+    copy_method: str = "copy_file_range"  # tar formats: copy_file_range (clones where it can), sendfile, read-write
     pulled: list[str] = field(default_factory=list)
+    delta: dict | None = None  # a delta's carried and required blobs
     seconds: float = 0.0
 
     def to_json(self) -> dict:
-        """The `cas export --json` fields (conventions in cas.jsonout)."""
-        return {
-            "output": self.output,
-            "format": self.format,
-            "images": self.images,
-            "exported_blobs": self.blobs,
-            "exported_bytes": self.bytes,
-            "written_bytes": self.written,
-            "linked": self.linked,
-            "sendfile": self.sendfile,
-            "pulled_refs": self.pulled,
-            "seconds": round(self.seconds, 3),
-        }
+        """The `cas export --json` fields: these names, renamed to the conventions of cas.jsonout."""
+        body = {_JSON_NAMES.get(key, key): value for key, value in self.__dict__.items()}
+        body["seconds"] = round(self.seconds, 3)
+        return body
+
+
+_JSON_NAMES = {
+    "blobs": "exported_blobs",
+    "bytes": "exported_bytes",
+    "written": "written_bytes",
+    "pulled": "pulled_refs",
+}
 
 
 def export(
@@ -105,18 +110,22 @@ def export(
                 "oci-dir writes a directory, not a stream", hint="give -o DIR, or use --format oci-archive"
             )
         check_stream(output)  # before any lock, plan or pull; archive_output relies on it
+    if (options.format == "delta") != bool(options.since or options.since_inventory):
+        raise UsageError(
+            "a delta archive is written against --since BASE or --since-inventory FILE, in its own format",
+            hint="cas export NEW --since BASE -o delta.tar (no --format)",
+        )
     tag = parse_reference(options.tag) if options.tag is not None else None
 
     result = ExportResult(output="-" if isinstance(output, int) else str(output), format=options.format)
+    # One shared lock from the check to the last byte, across a --pull too (the pull's own shared
+    # lock stacks on it): a prune waiting for the pull must not evict what it pulled before we write it.
     with store.lock(shared=True, timeout=options.lock_timeout, on_wait=options.on_wait):
         checked = _plan(store, references, tag, options)
-        if checked is not None:
-            _write(store, checked, output, options, result)
-    if checked is None:  # --pull, and an image was missing or incomplete: pull it, then check again
-        result.pulled = _pull_missing(store, references, options)
-        with store.lock(shared=True, timeout=options.lock_timeout, on_wait=options.on_wait):
+        if checked is None:  # --pull, and an image was missing or incomplete: pull it, then check again
+            result.pulled = _pull_missing(store, references, options)
             checked = plan(store, references, tag=tag, platform=options.platform)
-            _write(store, checked, output, options, result)
+        _write(store, checked, output, options, result)
 
     blobs = checked.blobs
     result.images = [
@@ -151,7 +160,8 @@ def _write(store: Store, checked: ExportPlan, output: Path | int, options: Expor
     """Write the checked plan (under the caller's shared store lock) and mark its refs used."""
     if options.on_plan is not None:
         options.on_plan(checked)
-    with store.index.lease(b.digest for b in checked.blobs), _store_damage():
+    with contextlib.ExitStack() as held, _store_damage():
+        recorded = _lease(store, checked, held)
         if options.format == "oci-dir":
             assert not isinstance(output, int)
             linker = Linker(options.warn or (lambda message: None))
@@ -159,13 +169,47 @@ def _write(store: Store, checked: ExportPlan, output: Path | int, options: Expor
                 oci.write_dir(tmp, store, checked, linker, options.on_blob)
             result.linked = not linker.copying
         else:
-            write = docker_archive.write_archive if options.format == "docker-archive" else oci.write_archive
+            if options.format == "delta":
+                write = _delta_writer(store, checked, options, result)
+            else:
+                write = docker_archive.write_archive if options.format == "docker-archive" else oci.write_archive
             with archive_output(output) as fd:
                 writer = TarWriter(fd)
                 write(writer, store, checked, options.on_blob)
             result.written = writer.written
-            result.sendfile = writer.sendfile
-        store.index.touch_refs(checked.refs)
+            result.copy_method = writer.method
+        if recorded:
+            with contextlib.suppress(DiskFull):  # the archive is complete; only the LRU time is lost
+                store.index.touch_refs(checked.refs)
+
+
+def _lease(store: Store, checked: ExportPlan, held: contextlib.ExitStack) -> bool:
+    """Lease the exported digests; False on a full disk, where the export goes on without a lease
+    (and without updating "used" times): the shared store lock it holds already keeps prune out."""
+    if store.index.read_only:
+        return False
+    try:
+        held.enter_context(store.index.lease(b.digest for b in checked.blobs))
+    except DiskFull:
+        log.info("the disk under the index is full: exporting without a lease")
+        return False
+    return True
+
+
+def _delta_writer(store: Store, checked: ExportPlan, options: ExportOptions, result: ExportResult) -> Callable:
+    """Work out the delta before the output is opened; the writer then only streams it."""
+    bases = delta.bases_of(store, options.since)
+    if options.since_inventory is not None:
+        bases += delta.inventory_bases(store, options.since_inventory, options.warn or (lambda message: None))
+    description, carried = delta.describe(store, checked, bases)
+    result.delta = {
+        "carried_blobs": len(carried),
+        "carried_bytes": sum(b.size for b in carried),
+        "required_blobs": len(description.requires),
+        "required_bytes": sum(r.size for r in description.requires),
+        "bases": [base.name for base in bases],
+    }
+    return lambda writer, store, plan, on_blob: delta.write_delta(writer, store, description, carried, on_blob)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ the right size. It reads the store and the index only; it writes nothing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -185,13 +184,7 @@ def _plan_image(store: Store, ref: str, record: dict) -> tuple[ImagePlan | None,
     if missing:
         return None, missing
 
-    diff_ids = _diff_ids(store.blobs.read(config.digest), ref)
-    if len(diff_ids) != len(layers):
-        raise ManifestError(
-            f"the image {ref} is inconsistent: its manifest has {len(layers)} layers "
-            f"but its config lists {len(diff_ids)} diff_ids",
-            hint="docker load would reject it; rebuild and push the image again",
-        )
+    mf.check_rootfs(store.blobs.read(config.digest), len(layers), ref)
     return ImagePlan(ref, [], str(record.get("platform") or ""), manifest_blob, config, layers), []
 
 
@@ -221,18 +214,3 @@ def _digest(text: object, ref: str, what: str) -> Digest:
         raise ManifestError(
             f"the cache record of {ref} has a bad {what} digest: {exc.message}", hint=f"pull it again: cas pull {ref}"
         ) from exc
-
-
-def _diff_ids(data: bytes, ref: str) -> list[str]:
-    try:
-        config = json.loads(data)
-        diff_ids = config["rootfs"]["diff_ids"]
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise ManifestError(
-            f"the image config of {ref} has no rootfs.diff_ids", hint="the image is broken; push it again"
-        ) from exc
-    if not isinstance(diff_ids, list):
-        raise ManifestError(
-            f"the image config of {ref} has no rootfs.diff_ids list", hint="the image is broken; push it again"
-        )
-    return diff_ids

@@ -24,6 +24,7 @@ from cas import __version__
 from cas.digest import Digest, of_bytes, verify_bytes
 from cas.errors import BadDigest, ManifestError, RegistryError, Unreachable
 from cas.manifest import ACCEPT, media_type_of
+from cas.registry import ranged
 from cas.registry.auth import RegistryAuth, TokenCache
 from cas.registry.credentials import Credentials
 from cas.registry.failures import describe_transport_error, status_error
@@ -65,13 +66,17 @@ class RegistryClient:
         retries: int = 5,
         backoff: float = 0.5,
         timeout: float = 30.0,
+        ranges: ranged.RangePolicy | None = None,
     ) -> None:
+        """``ranges``: how large blobs may be split into parallel Range requests
+        (``cas.registry.ranged``); None: every blob is one stream."""
         self.registry = registry
         self.scheme = "http" if insecure or is_loopback(registry) else "https"
         self.base = f"{self.scheme}://{registry}"
         self.retries = max(0, retries)
         self.backoff = backoff
         self.timeout = timeout
+        self.ranges = ranges
         self._auth = RegistryAuth(registry, credentials=credentials, token_cache=token_cache)
         self._http: httpx.Client | None = None
         self._lock = threading.Lock()
@@ -167,6 +172,12 @@ class RegistryClient:
         report = on_bytes or (lambda n: None)
         shown = f"blob {digest} of {self.registry}/{repository}"
         url = f"{self.base}/v2/{repository}/blobs/{digest}"
+        if (
+            self.ranges is not None
+            and self.ranges.wants(sink)
+            and self._fetch_ranges(url, repository, shown, sink, report)
+        ):
+            return
         failures, furthest = 0, sink.offset
         while True:
             start = sink.offset
@@ -199,15 +210,31 @@ class RegistryClient:
                         raise RegistryError(
                             f"registry {self.registry} keeps answering the wrong range for {shown}"
                         ) from None
-                    reason, _, _ = describe_transport_error(exc)
-                    raise Unreachable(
-                        f"cannot reach registry {self.registry}: {reason} while downloading {shown} "
-                        f"({sink.offset} bytes held)",
-                        hint="run the pull again: it resumes where it stopped",
-                    ) from exc
+                    raise self._dropped(exc, shown, sink) from exc
             finally:
                 response.close()
             time.sleep(backoff_delay(failures, self.backoff))
+
+    def _fetch_ranges(self, url: str, repository: str, shown: str, sink: Sink, report: Callable[[int], None]) -> bool:
+        """The blob as parallel Range requests (``cas.registry.ranged``); False: one stream from ``sink.offset``."""
+
+        def open_range(start: int, end: int) -> httpx.Response:
+            headers = {"Accept-Encoding": "identity", "Range": f"bytes={start}-{end - 1}"}
+            ok = (200, 206, 416)  # anything but the 206 asked for ends the split (ranged.check_answer)
+            return self._retrying(lambda: self._open(url, headers, repository, shown, kind="blob", ok=ok))
+
+        assert self.ranges is not None
+        try:
+            return ranged.fetch(open_range, sink, self.ranges, report, retries=self.retries, backoff=self.backoff)  # type: ignore[arg-type]
+        except httpx.TransportError as exc:
+            raise self._dropped(exc, shown, sink) from exc
+
+    def _dropped(self, exc: httpx.TransportError, shown: str, sink: Sink) -> Unreachable:
+        reason, _, _ = describe_transport_error(exc)
+        return Unreachable(
+            f"cannot reach registry {self.registry}: {reason} while downloading {shown} ({sink.offset} bytes held)",
+            hint="run the pull again: it resumes where it stopped",
+        )
 
     # plumbing ------------------------------------------------------------
     def _retrying(self, attempt: Callable[[], _T]) -> _T:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from cas import DEFAULT_LOCK_TIMEOUT
 from cas.manifest import layout_index
+from cas.store.ballast import Ballast
 from cas.store.blobs import BlobInfo, BlobStore, Ingest, IngestEntry
 from cas.store.fs import atomic_write, storage_errors
 from cas.store.locks import FileLock
@@ -61,6 +62,7 @@ class Store:
                 atomic_write(self.root / "oci-layout", OCI_LAYOUT)
                 atomic_write(self.root / "index.json", layout_index([]))
         self.blobs = BlobStore(self.root)
+        self.ballast = Ballast(self.root)
         self._index: Index | None = None
 
     @property

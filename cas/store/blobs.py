@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import BinaryIO
 
 from cas.digest import Digest, StreamVerifier
 from cas.errors import BadDigest, IntegrityError, SizeMismatch
+from cas.store import ranges
 from cas.store.fs import OverlappedWriter, fsync_dir, storage_errors
 from cas.store.locks import FileLock, is_locked
 
@@ -28,12 +30,15 @@ class BlobInfo:
     fingerprint: str  # blake3 hex
 
 
+STAGING_PREFIX = "new-"  # ingest/new-<uuid>/: bytes whose digest is known only at their end
+
+
 @dataclass(frozen=True)
 class IngestEntry:
-    """A download in progress or abandoned."""
+    """A download in progress or abandoned (``digest`` None: a staging entry, see ``Staging``)."""
 
     path: Path
-    digest: Digest
+    digest: Digest | None
     partial: int
     started: float
     is_link: bool = False  # a symlink planted in ingest/: removed as a link, never entered
@@ -41,6 +46,10 @@ class IngestEntry:
     @property
     def active(self) -> bool:
         return not self.is_link and is_locked(self.path / "lock")
+
+    @property
+    def label(self) -> str:
+        return str(self.digest) if self.digest is not None else self.path.name
 
 
 class BlobStore:
@@ -70,6 +79,9 @@ class BlobStore:
 
     def ingest(self, digest: Digest, size: int | None, on_wait: Callable[[str], None] | None = None) -> Ingest:
         return Ingest(self, digest, size, on_wait)
+
+    def staging(self, algorithm: str = "sha256") -> Staging:
+        return Staging(self, algorithm)
 
     def put(self, digest: Digest, data: bytes, on_commit: Callable[[BlobInfo], None] | None = None) -> BlobInfo | None:
         """Verify and commit small content (manifests). None when it was already there.
@@ -124,7 +136,7 @@ class BlobStore:
             path = Path(entry.path)
             alg, _, hexpart = entry.name.partition("-")
             try:
-                digest = Digest(alg, hexpart)
+                digest = None if entry.name.startswith(STAGING_PREFIX) else Digest(alg, hexpart)
             except BadDigest:
                 continue
             try:  # a pull may commit and remove its entry while we look at it
@@ -164,6 +176,8 @@ class Ingest:
     earlier run, already stored it) or ``offset`` bytes of an earlier partial
     download are present and already hashed: the caller fetches the rest
     (HTTP Range) or calls ``restart()``, writes, then calls ``commit()``.
+    The rest may also be written as ranges at their offsets, through ``ranged()``
+    (``cas.store.ranges``); a first ``write()`` after that keeps only the prefix.
     """
 
     def __init__(
@@ -179,6 +193,9 @@ class Ingest:
         self._file: BinaryIO | None = None
         self._writer: OverlappedWriter | None = None
         self._verifier = StreamVerifier(digest)
+        self._held: list[ranges.Interval] | None = None  # ranges on disk beyond the prefix (ranges.json)
+        self._appending = False  # write() has checked that data ends at the prefix
+        self._discard = False
 
     @property
     def offset(self) -> int:
@@ -206,9 +223,32 @@ class Ingest:
         if self.size is not None and have > self.size:
             self.restart()
             return
-        while chunk := self._file.read(1 << 20):
+        held = ranges.load(self.dir, self.size)
+        if held is not None:  # what the record names and the file really holds
+            held = ranges.merge([(start, min(end, have)) for start, end in held])
+        prefix = have if held is None else ranges.prefix_end(held)
+        while self._verifier.size < prefix and (chunk := self._file.read(min(1 << 20, prefix - self._verifier.size))):
             self._verifier.update(chunk)
+        self._held = held
         self._file.seek(0, os.SEEK_END)
+
+    def ranged(self) -> ranges.RangeWriter:
+        """Write the missing ranges at their offsets (the blob's size must be known); see cas.store.ranges."""
+        assert self._file is not None and self._writer is not None and self.size is not None
+        self._writer.settle()
+        self._file.flush()
+        self._appending = False  # a later write() first drops what the ranges left beyond the prefix
+        with storage_errors(f"blob {self.digest}"):
+            return ranges.RangeWriter(self.dir, self.size, self._verifier, self._held or [])
+
+    def _keep_prefix_only(self) -> None:
+        """Before appending: drop whatever ranged writes left beyond the hashed prefix."""
+        assert self._file is not None
+        if self._held is not None or os.fstat(self._file.fileno()).st_size != self._verifier.size:
+            self._file.truncate(self._verifier.size)
+            self._file.seek(0, os.SEEK_END)
+            ranges.forget(self.dir)
+        self._held = None
 
     def restart(self) -> None:
         """Drop any partial data (the server ignored our Range, or it was bad)."""
@@ -218,9 +258,34 @@ class Ingest:
         self._file.truncate(0)
         self._file.seek(0)
         self._verifier = StreamVerifier(self.digest)
+        ranges.forget(self.dir)
+        self._held = None
+        self._appending = True
+
+    def discard(self) -> None:
+        """Remove the entry at exit instead of keeping it for a resume (a source that cannot resume)."""
+        self._discard = True
+
+    def adopt(self, path: Path, verifier: StreamVerifier) -> None:
+        """Take over ``path`` (same filesystem) as this entry's data; ``verifier`` hashed its bytes as
+        they were written, so ``commit()`` checks them without reading them again."""
+        assert self._file is not None and self._writer is not None
+        with storage_errors(f"ingest of {self.digest}"):
+            self._writer.settle()
+            self._file.close()
+            self._file = None
+            os.replace(path, self.dir / "data")
+            self._file = open(self.dir / "data", "ab+")
+            ranges.forget(self.dir)
+        self._held, self._appending = None, True
+        verifier.expected = self.digest
+        self._verifier = verifier
 
     def write(self, chunk: bytes) -> None:
         assert self._file is not None and not self.committed
+        if not self._appending:
+            self._keep_prefix_only()
+            self._appending = True
         if self.size is not None and self._verifier.size + len(chunk) > self.size:
             got = self._verifier.size + len(chunk)
             self.restart()
@@ -266,17 +331,80 @@ class Ingest:
         return self.info
 
     def __exit__(self, *exc: object) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        try:
-            if self.committed:
-                _remove_tree(self.dir)
-        finally:
-            self._lock.release()
+        _close_entry(self, remove=self.committed or self._discard)
+
+
+class Staging:
+    """Bytes whose digest is learned only at their end (a layer of a legacy ``docker save``).
+
+    They are written to ``ingest/new-<uuid>/data`` and hashed as they arrive; ``commit()``
+    then hands the file to an ``Ingest`` of the digest they turned out to have, which
+    commits it like any other blob. The entry is removed at exit whatever happened, and
+    one a killed process left behind is stale ingest for prune.
+    """
+
+    def __init__(self, store: BlobStore, algorithm: str) -> None:
+        self.store = store
+        self.dir = store.ingest_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+        self.verifier = StreamVerifier(None, algorithm)
+        self._lock = FileLock(self.dir / "lock", purpose="a staged blob")
+        self._file: BinaryIO | None = None
+        self._writer: OverlappedWriter | None = None
+
+    def __enter__(self) -> Staging:
+        with storage_errors("the store's ingest directory"):
+            self.dir.mkdir(parents=True)
+            try:
+                self._lock.acquire()
+                self._file = open(self.dir / "data", "xb")
+                self._writer = OverlappedWriter(self._file)
+            except BaseException:
+                self.__exit__(None, None, None)
+                raise
+        return self
+
+    def write(self, chunk: bytes) -> None:
+        assert self._writer is not None
+        with storage_errors("a staged blob"):
+            self._writer.write(chunk)
+        self.verifier.update(chunk)
+
+    @property
+    def digest(self) -> Digest:
+        return self.verifier.digest
+
+    def commit(self, on_commit: Callable[[BlobInfo], None] | None = None) -> BlobInfo | None:
+        """Commit the bytes under their digest; None when the store already held it."""
+        assert self._file is not None and self._writer is not None
+        with storage_errors("a staged blob"):
+            self._writer.settle()
+        with self.store.ingest(self.digest, self.verifier.size) as ing:
+            if ing.committed:
+                return None
+            ing.discard()
+            ing.adopt(self.dir / "data", self.verifier)
+            info = ing.commit()
+            if on_commit is not None:
+                on_commit(info)
+            return info
+
+    def __exit__(self, *exc: object) -> None:
+        _close_entry(self, remove=True)
+
+
+def _close_entry(entry: Ingest | Staging, *, remove: bool) -> None:
+    """Close an ingest entry's writer and file, remove its directory if asked, then release its lock."""
+    if entry._writer is not None:
+        entry._writer.close()
+        entry._writer = None
+    if entry._file is not None:
+        entry._file.close()
+        entry._file = None
+    try:
+        if remove:
+            _remove_tree(entry.dir)
+    finally:
+        entry._lock.release()
 
 
 def _remove_tree(path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -62,6 +61,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
 class Linker:
     """Hard-links files, falling back to copies for the rest of the run on the first failure.
 
+    A copy is a clone where the filesystem can make one (XFS with reflink=1, btrfs: no bytes
+    copied, no space used), else a copy inside the kernel (``kernel_copy``).
     The fallback is decided once and announced once through ``warn``.
     """
 
@@ -90,20 +91,44 @@ class Linker:
                     "Put the output on the same filesystem as CAS_HOME to avoid the copies."
                 )
         source = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with open(source, "rb") as fsrc, open(dst, "xb") as fdst:
-            size, offset = os.fstat(source).st_size, 0
+        try:
+            target = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             try:
-                while offset < size:  # in the kernel, as shutil.copyfile does
-                    sent = os.sendfile(fdst.fileno(), source, offset, size - offset)
-                    if sent == 0:
-                        break
-                    offset += sent
-            except OSError:
-                if offset:
-                    raise
-                shutil.copyfileobj(fsrc, fdst, 1 << 20)  # sendfile refused this pair of files
-            fdst.flush()
-            os.fsync(fdst.fileno())
+                kernel_copy(source, target, os.fstat(source).st_size)
+                os.fsync(target)
+            finally:
+                os.close(target)
+        finally:
+            os.close(source)
+
+
+KERNEL_COPY_REFUSED = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF)
+
+
+def kernel_copy(src: int, dst: int, size: int) -> None:
+    """Copy ``size`` bytes from ``src``'s offset to ``dst``'s: clone the extents where the filesystem
+    can (``copy_file_range`` on XFS with reflink=1, btrfs; both files at offset 0 of a block), else
+    copy in the kernel (copy_file_range, then sendfile), else through one buffer."""
+    offset = 0
+    for call in (
+        lambda count: os.copy_file_range(src, dst, count),
+        lambda count: os.sendfile(dst, src, None, count),
+    ):
+        try:
+            while offset < size:
+                sent = call(size - offset)
+                if sent == 0:
+                    return
+                offset += sent
+            return
+        except OSError as exc:
+            if offset or exc.errno not in KERNEL_COPY_REFUSED:
+                raise
+    while offset < size and (chunk := os.read(src, min(1 << 20, size - offset))):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view) :]
+        offset += len(chunk)
 
 
 class OverlappedWriter:

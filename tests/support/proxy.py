@@ -7,7 +7,13 @@ and body as a stream (blobs are never held whole), and rewrites ``Location`` hea
 point at the upstream so uploads and redirects still go through it.
 
 Knobs (settable while a test runs; ``reset()`` clears them and the counters):
-- ``throttle(bytes_per_second)``: slow every blob response body.
+- ``throttle(bytes_per_second)``: slow every blob response body to that rate. The cap is per
+  response, so per connection: N parallel Range requests get N times the rate, as behind a
+  CDN or a long fat link that caps each connection.
+- ``strip_range(times=None)``: blob GETs go upstream without their ``Range`` header, so the
+  registry answers 200 with the whole blob (a server that ignores Range).
+- ``wrong_content_range(times=1, after=0)``: after ``after`` good ones, the next ``times`` 206
+  blob answers carry a ``Content-Range`` shifted by one byte (the body is what was asked for).
 - ``drop_after(nbytes, times=1)``: the next ``times`` blob GET responses (200/206) send their
   headers and ``nbytes`` of body, then the connection is cut (``times=None``: until reset).
 - ``fail_next(status, count=1, pattern=..., retry_after=...)``: answer the next ``count``
@@ -89,6 +95,9 @@ class _Knobs:
     drop_left: int | None = 0  # None = every response
     failures: list[_Failure] = field(default_factory=list)
     redirect_left: int | None = 0  # None = every blob GET
+    strip_range_left: int | None = 0  # None = every blob GET
+    wrong_range_left: int | None = 0  # None = every 206 blob answer
+    wrong_range_after: int = 0  # 206 blob answers left alone before those
 
 
 class FaultProxy:
@@ -168,6 +177,16 @@ class FaultProxy:
         with self._lock:
             self._knobs.redirect_left = times
 
+    def strip_range(self, times: int | None = None) -> None:
+        """Forward blob GETs without ``Range`` (``times=None``: every one until reset)."""
+        with self._lock:
+            self._knobs.strip_range_left = times
+
+    def wrong_content_range(self, times: int | None = 1, after: int = 0) -> None:
+        """Shift the ``Content-Range`` of ``times`` 206 blob answers by one byte, after ``after`` good ones."""
+        with self._lock:
+            self._knobs.wrong_range_left, self._knobs.wrong_range_after = times, after
+
     def reset(self) -> None:
         """Clear every knob and every counter (the origin's too)."""
         with self._lock:
@@ -211,6 +230,13 @@ class FaultProxy:
             if left is not None:
                 setattr(self._knobs, attr, left - 1)
             return True
+
+    def _take_wrong_range(self) -> bool:
+        with self._lock:
+            if self._knobs.wrong_range_left != 0 and self._knobs.wrong_range_after > 0:
+                self._knobs.wrong_range_after -= 1
+                return False
+        return self._take("wrong_range_left")
 
     def _take_drop(self) -> int | None:
         """Bytes after which to cut this blob response, or None."""
@@ -276,7 +302,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         """Ask upstream with HEAD (auth is checked there); on 200 answer 307 to the origin."""
         conn = self._upstream(proxy)
         try:
-            conn.request("HEAD", self.path, headers=self._forward_headers(proxy))
+            headers = {k: v for k, v in self._forward_headers(proxy).items() if k.lower() != "range"}
+            conn.request("HEAD", self.path, headers=headers)  # without Range: a 206 is as good as a 200
             resp = conn.getresponse()
             resp.read()
         finally:
@@ -296,6 +323,14 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         conn = self._upstream(proxy)
         try:
             headers = self._forward_headers(proxy)
+            if (
+                self.command == "GET"
+                and rec.kind == "blob"
+                and "range" in rec.headers
+                and proxy._take("strip_range_left")
+            ):
+                headers = {k: v for k, v in headers.items() if k.lower() != "range"}
+                rec.fault = "strip-range"
             body = self._request_body()
             conn.request(self.command, self.path, body=body, headers=headers, encode_chunked=self._is_chunked())
             resp = conn.getresponse()
@@ -307,12 +342,16 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         rec.status = resp.status
         self.send_response_only(resp.status, resp.reason)
         length = resp.getheader("Content-Length")
+        shift = rec.kind == "blob" and resp.status == 206 and proxy._take_wrong_range()
         for name, value in resp.getheaders():
             lname = name.lower()
             if lname in HOP_BY_HOP:
                 continue
             if lname == "location" and value.startswith(proxy.upstream.url):
                 value = proxy.url + value[len(proxy.upstream.url) :]
+            if lname == "content-range" and shift:
+                value = _shifted(value)
+                rec.fault = "wrong-range"
             self.send_header(name, value)
         has_body = self.command != "HEAD" and resp.status not in (204, 304) and resp.status >= 200
         chunked = has_body and length is None
@@ -406,6 +445,15 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         else:
             for _ in body:
                 pass
+
+
+def _shifted(content_range: str) -> str:
+    """``bytes 0-99/1000`` -> ``bytes 1-100/1000``: a range one byte off what was sent."""
+    match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", content_range.strip())
+    if not match:
+        return "bytes 1-1/1"
+    start, end, total = match.groups()
+    return f"bytes {int(start) + 1}-{int(end) + 1}/{total}"
 
 
 class _Limited:

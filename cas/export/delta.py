@@ -1,0 +1,139 @@
+"""Delta archives: an image's blobs minus those its bases (or the receiver's inventory) hold.
+
+A delta is not an image archive and must not look like one: no ``manifest.json``, no
+``index.json``, no ``oci-layout``, so ``docker load``, podman and skopeo refuse it at once
+instead of half-loading it (the failure in ../shared/seeds/). Its first member is
+``cas-delta.json`` (``cas.delta``); then ``blobs/<alg>/<hex>`` for every carried blob,
+written by the same functions as every other export. Manifests and configs are always
+carried; a layer only when no base holds it. Every layer left out is listed in
+``requires`` with its size and base, and ``cas import`` checks them all before it
+writes anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cas import manifest as mf
+from cas.delta import NAME, DeltaDescription, DeltaImage, Required
+from cas.digest import Digest
+from cas.errors import BadDigest, CasError, ManifestError, NotCached, UsageError
+from cas.export import oci
+from cas.export.plan import ExportPlan, lookup
+from cas.export.tarwriter import TarWriter
+from cas.manifest import Descriptor
+from cas.reference import Reference
+from cas.store import Store
+
+
+@dataclass(frozen=True)
+class Base:
+    """What the receiver is known to hold: every blob of one image."""
+
+    name: str
+    blobs: dict[Digest, int]
+
+
+def bases_of(store: Store, references: Sequence[Reference]) -> list[Base]:
+    """The blobs of each ``--since`` image, from its ref record in this store."""
+    hits = {str(reference): lookup(store, reference) for reference in references}
+    not_cached = [text for text, hit in hits.items() if hit is None]
+    if not_cached:
+        raise NotCached(
+            f"--since: not in the cache: {', '.join(not_cached)}",
+            hint="a delta is computed against images this store holds: pull them, or use --since-inventory",
+        )
+    bases = []
+    for hit in hits.values():
+        assert hit is not None
+        ref, record = hit
+        try:
+            blobs = {Digest.parse(e["digest"]): e["size"] for e in record["blobs"]}
+        except (BadDigest, KeyError, TypeError) as exc:
+            raise ManifestError(f"the cache record of {ref} is broken", hint=f"pull it again: cas pull {ref}") from exc
+        bases.append(Base(ref, blobs))
+    return bases
+
+
+def inventory_bases(store: Store, path: Path, warn: Callable[[str], None]) -> list[Base]:
+    """The receiver's ``cas images --json``: each image's blobs, from its manifest in this store.
+
+    An entry whose manifest this store does not hold says nothing about its layers: it is
+    left out, with a warning (the delta is then only larger, never wrong).
+    """
+    try:
+        rows = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise UsageError(
+            f"cannot read the inventory {path}: {exc}", hint="give the output of `cas images --json`"
+        ) from None
+    if isinstance(rows, dict):
+        rows = rows.get("images")
+    if not isinstance(rows, list):
+        raise UsageError(f"{path} is not an inventory", hint="give the output of `cas images --json`")
+    bases = []
+    for row in rows:
+        ref = row.get("ref") if isinstance(row, dict) else None
+        try:
+            digest = Digest.parse(row.get("manifest") if isinstance(row, dict) else None)
+        except BadDigest:
+            raise UsageError(f"{path}: an entry without a valid manifest digest ({ref or row!r})") from None
+        if not store.blobs.has(digest):
+            warn(f"inventory: {ref} ({digest.short}) is not in this store; its layers are carried if needed")
+            continue
+        try:
+            data = store.blobs.read(digest)
+            image = mf.parse(data, mf.media_type_of(data, None))
+        except CasError:
+            continue
+        if isinstance(image, mf.ImageManifest):
+            blobs = {digest: len(data), **{d.digest: d.size for d in image.blobs}}
+            bases.append(Base(f"{ref} (inventory)", blobs))
+    return bases
+
+
+def describe(store: Store, plan: ExportPlan, bases: list[Base]) -> tuple[DeltaDescription, list[Descriptor]]:
+    """The description and the blobs to carry: manifests, configs, and layers no base holds."""
+    description = DeltaDescription()
+    carried: list[Descriptor] = []
+    required: dict[Digest, Required] = {}
+    for image in plan.images:
+        record = store.index.get_ref(image.ref) or {}
+        top = record.get("digest") or str(image.manifest.digest)
+        for name in image.names or [None]:
+            description.images.append(
+                DeltaImage(
+                    str(name) if name is not None else None,
+                    Digest.parse(top),
+                    image.manifest.digest,
+                    image.manifest.media_type,
+                    image.platform or None,
+                )
+            )
+        layers = {layer.digest for layer in image.layers}
+        for blob in image.blobs:
+            if blob.digest in description.blobs or blob.digest in required:
+                continue
+            base = next((b for b in bases if b.blobs.get(blob.digest) == blob.size), None)
+            if blob.digest in layers and base is not None:
+                required[blob.digest] = Required(blob.digest, blob.size, base.name)
+            else:
+                description.blobs[blob.digest] = blob.size
+                carried.append(blob)
+    description.requires = list(required.values())
+    return description, carried
+
+
+def write_delta(
+    writer: TarWriter,
+    store: Store,
+    description: DeltaDescription,
+    carried: list[Descriptor],
+    on_blob: Callable[[Descriptor], None] | None = None,
+) -> None:
+    writer.add_bytes(NAME, description.to_json())  # first: the receiver checks it before any blob
+    oci.write_blobs(writer, store, carried, on_blob)
+    writer.close()

@@ -1,0 +1,192 @@
+"""cas import: archives into the store, verified, through the same commit path as a pull.
+
+    import_archive(store, Path("app.tar"))                     # docker-archive, oci-archive, delta
+    import_archive(store, sys.stdin.buffer)                    # docker save x | cas import -
+    import_archive(store, Path("layout/"), ImportOptions(tag="app:1"))
+
+The same shape as ``cas.pull``: plan what is missing, move blobs, record.
+  1. move: members stream into the store as they arrive (``receive``); each blob is
+     committed only once its bytes hash to its digest; nothing is staged whole.
+     A delta's description comes first and is checked against this store before
+     any blob is read (``MissingRequirements``).
+  2. plan: once the archive has ended, ``layouts`` says which images it holds and
+     which of their blobs are neither in the archive nor in the store: any such
+     blob fails the import (``IncompleteArchive``, every digest named) and no ref
+     is recorded.
+  3. record: ``cas.recording.record_image``, as for a pull.
+The store lock is held shared throughout and every digest is leased as it arrives,
+so a prune can neither run in between nor take what was just committed. A failed
+import leaves no ingest entry; blobs it verified and committed stay in the store
+unreferenced until the next ``cas prune``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from cas import DEFAULT_LOCK_TIMEOUT
+from cas.delta import DeltaDescription
+from cas.errors import ArchiveError, IncompleteArchive, MissingRequirements, UsageError
+from cas.importer.layouts import ImageSource, find_images
+from cas.importer.receive import Received, Receiver
+from cas.importer.sources import read_dir, read_tar
+from cas.importer.tarstream import BadTar
+from cas.recording import commit_bytes, record_image
+from cas.reference import Reference
+from cas.reference import parse as parse_reference
+from cas.store import Store
+
+FORMATS = ("docker-archive", "oci-archive", "oci-dir")
+UNNAMED = "localhost/imported"  # the name an unnamed image is recorded under, with its digest
+
+
+@dataclass
+class ImportOptions:
+    format: str | None = None  # None: detected
+    tag: str | None = None  # NAME:TAG for the one image of the archive
+    on_bytes: Callable[[int], None] | None = None  # archive bytes read into the store
+    on_wait: Callable[[str], None] | None = None
+    lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT
+
+
+@dataclass
+class ImportResult:
+    source: str
+    format: str = ""
+    images: list[dict] = field(default_factory=list)
+    stored_blobs: int = 0
+    stored_bytes: int = 0
+    reused_blobs: int = 0
+    reused_bytes: int = 0
+    read_bytes: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def import_archive(store: Store, source: Path | BinaryIO, options: ImportOptions | None = None) -> ImportResult:
+    options = options or ImportOptions()
+    started = time.monotonic()
+    if options.format is not None and options.format not in FORMATS:
+        raise UsageError(f"unknown format {options.format!r}", hint=f"choose one of {', '.join(FORMATS)}")
+    tag = _tag(options.tag)
+    label = str(source) if isinstance(source, Path) else "standard input"
+    is_dir = isinstance(source, Path) and source.is_dir()
+    if (options.format == "oci-dir") != is_dir:
+        what = "a directory" if is_dir else "not a directory"
+        raise UsageError(
+            f"{label} is {what}", hint="--format oci-dir reads an OCI layout directory; the others read a tar"
+        )
+    result = ImportResult(label)
+    with store.lock(shared=True, timeout=options.lock_timeout, on_wait=options.on_wait):
+        with store.index.lease() as lease:
+            receiver = Receiver(
+                store, lease, on_delta=lambda d: _check_requirements(store, d), on_bytes=options.on_bytes
+            )
+            result.read_bytes = _receive(source, is_dir, receiver, label)
+            received = receiver.received
+            try:
+                layout, images, missing = find_images(received, store, options.format)
+            except BadTar as exc:
+                raise ArchiveError(f"cannot import {label}: {exc}") from None
+            if missing:
+                raise IncompleteArchive(missing)
+            if tag is not None:
+                if len(images) != 1:
+                    raise UsageError(
+                        f"--tag names one image, but {label} holds {len(images)}", hint="import without --tag"
+                    )
+                images[0].names = [tag]
+            result.format = "oci-dir" if is_dir else layout
+            for image in images:
+                result.images.append(_record(store, lease, image, received))
+    result.stored_blobs, result.stored_bytes = len(received.stored), sum(i.size for i in received.stored.values())
+    result.reused_blobs, result.reused_bytes = len(received.reused), sum(received.reused.values())
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _receive(source: Path | BinaryIO, is_dir: bool, receiver: Receiver, label: str) -> int:
+    """Every member into the store; a damaged, truncated or hostile archive is one ArchiveError."""
+    try:
+        if is_dir:
+            assert isinstance(source, Path)
+            return read_dir(source, receiver.take)
+        if isinstance(source, Path):
+            try:
+                fh = open(source, "rb")
+            except OSError as exc:
+                raise UsageError(f"cannot read {label}: {exc.strerror}", hint="check the path") from None
+            with fh:
+                return read_tar(fh, receiver.take)
+        return read_tar(source, receiver.take)
+    except BadTar as exc:
+        raise ArchiveError(f"cannot import {label}: {exc}") from None
+    except ArchiveError as exc:
+        if isinstance(exc, MissingRequirements | IncompleteArchive):
+            raise
+        raise ArchiveError(f"cannot import {label}: {exc.message}", hint=exc.hint) from None
+
+
+def _check_requirements(store: Store, delta: DeltaDescription) -> None:
+    """Before any blob of a delta is read: every blob it requires must be here, with the right size."""
+    missing = [
+        f"{req.digest} ({req.size} bytes, from {req.base})"
+        for req in delta.requires
+        if not store.blobs.has(req.digest, req.size)
+    ]
+    if missing:
+        bases = list(dict.fromkeys(req.base for req in delta.requires if not store.blobs.has(req.digest, req.size)))
+        raise MissingRequirements(missing, bases)
+
+
+def _record(store: Store, lease, source: ImageSource, received: Received) -> dict:
+    """Commit what the image still holds in memory, give its blobs their media types, record each name."""
+    image = source.image
+    if source.config is not None:
+        commit_bytes(store, lease, image.config.digest, source.config, image.config.media_type)
+    if source.built is not None:
+        commit_bytes(store, lease, source.manifest.digest, source.built, source.manifest.media_type)
+    for desc in (source.manifest, *image.blobs):
+        info = received.stored.get(desc.digest)
+        if info is not None:  # committed by this import before anything said what it is
+            store.index.put_blob(desc.digest, size=info.size, media_type=desc.media_type, fingerprint=info.fingerprint)
+    names = source.names or [parse_reference(f"{UNNAMED}@{source.manifest.digest}")]
+    refs = []
+    for name in names:
+        record = record_image(
+            store,
+            lease,
+            ref=str(name),
+            registry=name.registry,
+            chain=[(source.manifest.digest, source.manifest.media_type)],
+            image=image,
+            platform=source.platform,
+        )
+        refs.append(record["ref"])
+    return {
+        "refs": refs,
+        "names": [name.familiar for name in source.names],
+        "manifest": str(source.manifest.digest),
+        "media_type": source.manifest.media_type,
+        "platform": record["platform"],
+        "size": record["size"],
+        "built_manifest": source.built is not None,
+    }
+
+
+def _tag(text: str | None) -> Reference | None:
+    if text is None:
+        return None
+    tag = parse_reference(text)
+    if tag.tag is None or tag.digest is not None:
+        raise UsageError(f"--tag {text} is not a NAME:TAG", hint="e.g. --tag myapp:1.0")
+    return tag
+
+
+__all__ = ["FORMATS", "ImportOptions", "ImportResult", "import_archive"]

@@ -1,0 +1,184 @@
+"""Members of an archive into the store, as they arrive. Knows no image layouts.
+
+A member's name proves nothing: ``blobs/<alg>/<hex>`` is ingested under that digest
+and committed only if its bytes hash to it; a legacy layer (``<id>/layer.tar``,
+``<diffid>.tar``) is staged and committed under the digest its bytes turn out to
+have. Small metadata (``manifest.json``, ``index.json``, ``repositories``, top-level
+``*.json`` configs) is kept in memory, with a size limit. A legacy ``docker save``
+writes ``manifest.json`` last, so nothing here waits for it: what the members mean
+is decided by ``cas.importer.layouts`` once the stream has ended.
+
+A delta's ``cas-delta.json`` must be the first member; ``on_delta`` checks it before
+any blob is read, and then only the blobs it lists are accepted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from cas import delta
+from cas.digest import Digest, of_bytes
+from cas.errors import ArchiveError, BadDigest, IntegrityError
+from cas.importer.tarstream import DIR, FILE, Member, UnsafeArchive
+from cas.recording import record_blob
+from cas.store import BlobInfo, Store
+
+if TYPE_CHECKING:
+    from cas.index import Lease
+
+METADATA = ("manifest.json", "index.json", "oci-layout", "repositories")
+METADATA_LIMIT = 64 << 20  # a manifest.json of 64 MiB would list about half a million images
+CONFIG_LIMIT = 16 << 20
+UNKNOWN_TYPE = "application/octet-stream"  # until a manifest says what a blob is
+_BLOB = re.compile(r"blobs/([a-z0-9]+)/([0-9a-f]+)")
+_CLAIMED = re.compile(r"(?:.*/)?(?:sha256:)?([0-9a-f]{64})\.tar")
+_MAX_HOPS = 40
+
+
+@dataclass
+class Received:
+    """What the members were: the input of ``cas.importer.layouts``."""
+
+    files: dict[str, Digest] = field(default_factory=dict)  # member name -> digest of its bytes
+    links: dict[str, str] = field(default_factory=dict)  # link member -> the member it points to
+    metadata: dict[str, bytes] = field(default_factory=dict)
+    configs: dict[Digest, bytes] = field(default_factory=dict)  # top-level *.json, committed only if named
+    heads: dict[Digest, bytes] = field(default_factory=dict)  # first bytes of staged layers (compression)
+    stored: dict[Digest, BlobInfo] = field(default_factory=dict)  # blobs this import committed
+    reused: dict[Digest, int] = field(default_factory=dict)  # blobs the store already held
+    delta: delta.DeltaDescription | None = None
+
+    def resolve(self, name: str) -> str:
+        """Follow links (symlinks in a legacy archive) to the member holding the bytes."""
+        for _ in range(_MAX_HOPS):
+            if name not in self.links:
+                return name
+            name = self.links[name]
+        raise UnsafeArchive(f"a loop of links at {name!r}")
+
+    def digest_of(self, name: str) -> Digest | None:
+        return self.files.get(self.resolve(name))
+
+
+class Receiver:
+    def __init__(
+        self,
+        store: Store,
+        lease: Lease,
+        *,
+        on_delta: Callable[[delta.DeltaDescription], None],
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.lease = lease
+        self.on_delta = on_delta
+        self.on_bytes = on_bytes or (lambda n: None)
+        self.received = Received()
+        self._files = 0
+
+    def take(self, member: Member, chunks: Callable[[], Iterator[bytes]]) -> None:
+        """One member; ``chunks()`` streams its data (whatever is not read, the reader skips)."""
+        got = self.received
+        if member.kind == DIR:
+            return
+        if member.kind != FILE:
+            got.links[member.name] = member.target or ""
+            return
+        first, self._files = self._files == 0, self._files + 1
+        name = member.name
+        if name == delta.NAME:
+            if not first:
+                raise UnsafeArchive(f"{delta.NAME} is not the first member: not a delta cas wrote")
+            got.delta = delta.DeltaDescription.parse(_read(member, chunks, delta.MAX_SIZE))
+            self.on_delta(got.delta)
+            return
+        blob = _BLOB.fullmatch(name)
+        if got.delta is not None:
+            self._take_delta_blob(member, blob, chunks)
+        elif name in METADATA:
+            got.metadata[name] = _read(member, chunks, METADATA_LIMIT)
+        elif blob is not None:
+            self._ingest(member, _blob_digest(name, blob), chunks)
+        elif "/" not in name and name.endswith(".json") and member.size <= CONFIG_LIMIT:
+            data = _read(member, chunks, CONFIG_LIMIT)
+            digest = of_bytes(data)
+            got.files[name] = digest
+            got.configs[digest] = data
+        elif name.endswith(".tar"):
+            self._stage(member, chunks)
+
+    def _take_delta_blob(self, member: Member, blob: re.Match | None, chunks: Callable[[], Iterator[bytes]]) -> None:
+        assert self.received.delta is not None
+        digest = _blob_digest(member.name, blob) if blob is not None else None
+        if digest is None or self.received.delta.blobs.get(digest) != member.size:
+            raise UnsafeArchive(f"member {member.name!r} ({member.size} bytes) is not a blob {delta.NAME} lists")
+        self._ingest(member, digest, chunks)
+
+    def _ingest(self, member: Member, digest: Digest, chunks: Callable[[], Iterator[bytes]]) -> None:
+        got = self.received
+        got.files[member.name] = digest
+        self.lease.add([digest])
+        if self.store.blobs.has(digest, member.size):
+            got.reused[digest] = member.size
+            return  # verified when it was committed; the archive's copy is skipped unread
+        with self.store.blobs.ingest(digest, member.size) as ing:
+            if ing.committed:  # another process committed it while we waited
+                got.reused[digest] = member.size
+                return
+            ing.discard()  # an archive cannot resume: never leave a partial entry behind
+            ing.restart()
+            try:
+                for chunk in chunks():
+                    ing.write(chunk)
+                    self.on_bytes(len(chunk))
+                info = ing.commit()
+            except IntegrityError as exc:
+                raise ArchiveError(
+                    f"member {member.name}: its bytes do not match the digest its name claims ({exc.message})",
+                    hint="the archive is damaged or forged; no image was recorded",
+                ) from None
+            record_blob(self.store, info, UNKNOWN_TYPE)
+        got.stored[digest] = info
+
+    def _stage(self, member: Member, chunks: Callable[[], Iterator[bytes]]) -> None:
+        got = self.received
+        with self.store.blobs.staging() as staged:
+            head = b""
+            for chunk in chunks():
+                if len(head) < 4:
+                    head += chunk[:4]
+                staged.write(chunk)
+                self.on_bytes(len(chunk))
+            digest = staged.digest
+            claimed = _CLAIMED.fullmatch(member.name)
+            if claimed is not None and claimed.group(1) != digest.hex and "/" not in member.name:
+                raise ArchiveError(
+                    f"member {member.name}: its bytes have digest {digest}, not the one its name claims",
+                    hint="the archive is damaged or forged; no image was recorded",
+                )
+            self.lease.add([digest])
+            info = staged.commit(on_commit=lambda info: record_blob(self.store, info, UNKNOWN_TYPE))
+        got.files[member.name] = digest
+        got.heads[digest] = head[:4]
+        if info is None:
+            got.reused[digest] = member.size
+        else:
+            got.stored[digest] = info
+
+
+def _read(member: Member, chunks: Callable[[], Iterator[bytes]], limit: int) -> bytes:
+    if member.size > limit:
+        raise UnsafeArchive(
+            f"{member.name} is {member.size} bytes; refusing to read more than {limit >> 20} MiB of metadata"
+        )
+    return b"".join(chunks())
+
+
+def _blob_digest(name: str, blob: re.Match) -> Digest:
+    try:
+        return Digest(blob.group(1), blob.group(2))
+    except BadDigest as exc:
+        raise UnsafeArchive(f"member {name!r} is not named by a valid digest ({exc.message})") from None

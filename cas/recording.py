@@ -1,0 +1,107 @@
+"""Recording an image: the last step of every path that brings one into the store.
+
+Pull and import both end here, once every blob the image lists is committed: the
+small manifests they hold in memory are committed (with their index records), a
+Docker manifest gets its OCI view (see ``cas.manifest.oci_view``), and the ref
+record is written, then index.json if it does not list the image yet. One place,
+so a pulled and an imported image are recorded the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING
+
+from cas import manifest as mf
+from cas.digest import Digest, of_bytes
+from cas.errors import ManifestError
+from cas.manifest import Descriptor, ImageManifest, Platform
+from cas.store import BlobInfo, Store
+
+if TYPE_CHECKING:
+    from cas.index import Lease
+
+
+def commit_bytes(store: Store, lease: Lease, digest: Digest, data: bytes, media_type: str) -> None:
+    """Verify and commit a small blob held in memory (a manifest), with its index record."""
+    lease.add([digest])
+    store.blobs.put(digest, data, on_commit=lambda info: record_blob(store, info, media_type))
+
+
+def record_blob(store: Store, info: BlobInfo, media_type: str) -> None:
+    """Step 5 of the commit protocol: call it while the digest is still locked."""
+    store.index.put_blob(info.digest, size=info.size, media_type=media_type, fingerprint=info.fingerprint)
+
+
+def record_image(
+    store: Store,
+    lease: Lease,
+    *,
+    ref: str,
+    registry: str,
+    chain: list[tuple[Digest, str]],
+    image: ImageManifest,
+    platform: str | None,
+) -> dict:
+    """Write the ref record of ``ref``; every blob of ``image`` and of ``chain`` must be committed.
+
+    ``chain`` is ``[(index digest, type),] (manifest digest, type)``: what the name resolved to,
+    down to the image manifest. ``platform`` None: read it from the config.
+    """
+    config = store.blobs.read(image.config.digest)
+    mf.check_rootfs(config, len(image.layers), ref)  # docker load would reject it: record nothing
+    view = _commit_oci_view(store, lease, image, chain[-1][0])
+    listed = [*chain[:-1], view, chain[-1]] if view is not None else chain
+    manifests = [Descriptor(media_type, digest, store.blobs.size(digest) or 0) for digest, media_type in listed]
+    blobs = list(image.blobs)
+    if platform is None:
+        platform = platform_of_config(config)
+    now = time.time()
+    record = {
+        "ref": ref,
+        "registry": registry,
+        "digest": str(chain[0][0]),
+        "media_type": chain[0][1],
+        "manifest": str(chain[-1][0]),
+        "config": str(image.config.digest),
+        "platform": platform,
+        "layout_manifest": str(view[0]) if view is not None else None,
+        "blobs": [{"digest": str(d.digest), "size": d.size, "media_type": d.media_type} for d in manifests + blobs],
+        "size": sum(d.size for d in manifests) + sum(d.size for d in unique(blobs)),
+        "pulled": now,
+        "used": now,
+    }
+    store.index.put_ref(ref, record)
+    if not store.layout_lists(record):  # a new manifest, or index.json left stale by a crash
+        store.write_layout_index()
+    return record
+
+
+def _commit_oci_view(store: Store, lease: Lease, image: ImageManifest, manifest: Digest) -> tuple[Digest, str] | None:
+    """For a Docker manifest, the OCI view that index.json lists."""
+    view = mf.oci_view(image, manifest)
+    if view is None:
+        return None
+    digest = of_bytes(view)
+    commit_bytes(store, lease, digest, view, mf.OCI_MANIFEST)
+    return digest, mf.OCI_MANIFEST
+
+
+def platform_of_config(data: bytes) -> str | None:
+    try:
+        config = json.loads(data)
+    except ValueError as exc:
+        raise ManifestError(f"broken image config: not valid JSON ({exc})") from exc
+    platform = Platform.from_json(config)
+    return str(platform) if platform is not None else None
+
+
+def unique(descs: list[Descriptor]) -> list[Descriptor]:
+    seen: set[Digest] = set()
+    out = []
+    for desc in descs:
+        if desc.digest not in seen:
+            seen.add(desc.digest)
+            out.append(desc)
+    return out

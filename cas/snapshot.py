@@ -1,0 +1,173 @@
+"""One read of the store: image records, blob records, leases, files under blobs/ and ingest/.
+
+Prune, du and verify all decide from this snapshot, so they agree on what the store holds.
+It only reads; acting on it is the caller's job.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cas.digest import Digest
+from cas.errors import BadDigest
+from cas.store import IngestEntry, Store
+
+
+@dataclass(frozen=True)
+class Image:
+    ref: str
+    blobs: tuple[tuple[str, int], ...]  # (digest, size) from the ref record, each digest once
+    used: float
+    pulled: float
+    needs_pull: bool
+
+    @property
+    def size(self) -> int:
+        return sum(size for _, size in self.blobs)
+
+
+@dataclass(frozen=True)
+class Stray:
+    """Something under blobs/ that is not a blob: a symlink, a directory, a name that is no digest."""
+
+    path: Path
+    size: int
+    kind: str  # "symlink", "directory", "not a digest", "special file"
+
+
+@dataclass
+class Snapshot:
+    """What the index and the disk hold, read once: everything gc, du and verify decide from."""
+
+    images: dict[str, Image] = field(default_factory=dict)
+    indexed: dict[str, dict] = field(default_factory=dict)  # digest -> blob record
+    files: dict[str, int] = field(default_factory=dict)  # digest -> bytes on disk (regular files)
+    strays: list[Stray] = field(default_factory=list)
+    leased: set[str] = field(default_factory=set)
+    ingests: list[IngestEntry] = field(default_factory=list)
+    active: set[Path] = field(default_factory=set)  # paths of the ingests a process holds (one flock test each)
+    bad_keys: list[str] = field(default_factory=list)  # ref:/blob: entries that do not parse
+
+    def refcounts(self) -> Counter:
+        counts: Counter = Counter()
+        for image in self.images.values():
+            counts.update(d for d, _ in image.blobs)
+        return counts
+
+    def stale_ingests(self) -> list[IngestEntry]:
+        """Ingest entries no process held when the snapshot was taken."""
+        return [i for i in self.ingests if i.path not in self.active]
+
+
+def snapshot(store: Store) -> Snapshot:
+    """The index, then the disk."""
+    snap = Snapshot()
+    read_index(store, snap)
+    read_disk(store, snap)
+    return snap
+
+
+def read_index(store: Store, snap: Snapshot) -> None:
+    """Refs, blob records and live leases into ``snap``."""
+    index = store.index
+    for key, value in index.scan("ref:", "blob:"):
+        if key.startswith("ref:"):
+            image = _image(key[4:], value)
+            if image is None:
+                snap.bad_keys.append(key)
+            else:
+                snap.images[image.ref] = image
+        else:
+            try:
+                digest = str(Digest.parse(key[5:]))
+            except BadDigest:
+                snap.bad_keys.append(key)
+                continue
+            if isinstance(value, dict) and isinstance(value.get("size"), int):
+                snap.indexed[digest] = value
+            else:
+                snap.bad_keys.append(key)
+    snap.leased = index.leased_digests()
+
+
+def read_disk(store: Store, snap: Snapshot) -> None:
+    """One walk of ``blobs/`` and ``ingest/`` into ``snap``; each ingest's lock is tested once."""
+    for digest, path in store.blobs.iter_files():
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue
+        if digest is not None:
+            snap.files[str(digest)] = st.st_size
+        else:
+            snap.strays.append(Stray(path, _stray_size(path, st), _kind(st)))
+    snap.ingests = list(store.blobs.ingests())
+    snap.active = {i.path for i in snap.ingests if i.active}
+
+
+def _stray_size(path: Path, st: os.stat_result) -> int:
+    """What removing a stray frees: a file's size, a directory's regular files (never following a link)."""
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    if stat.S_ISDIR(st.st_mode):
+        return _tree_size(None, path)
+    return 0
+
+
+def _tree_size(dir_fd: int | None, name: str | Path) -> int:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError:  # gone, or a symlink swapped in: nothing to count
+        return 0
+    total = 0
+    try:
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        total += _tree_size(fd, entry.name)
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+                except OSError:
+                    continue
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return total
+
+
+def _image(ref: str, record: object) -> Image | None:
+    """The parts of a ref record gc needs; None when the record is malformed."""
+    if not isinstance(record, dict) or not isinstance(record.get("blobs"), list):
+        return None
+    seen: dict[str, int] = {}
+    for blob in record["blobs"]:
+        if (
+            not isinstance(blob, dict)
+            or not isinstance(blob.get("digest"), str)
+            or not isinstance(blob.get("size"), int)
+        ):
+            return None
+        seen.setdefault(blob["digest"], blob["size"])
+    pulled = _number(record.get("pulled"))
+    used = _number(record.get("used")) or pulled
+    return Image(ref, tuple(seen.items()), used, pulled, bool(record.get("needs_pull")))
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+def _kind(st: os.stat_result) -> str:
+    if stat.S_ISLNK(st.st_mode):
+        return "symlink"
+    if stat.S_ISDIR(st.st_mode):
+        return "directory"
+    if stat.S_ISREG(st.st_mode):
+        return "not a digest"
+    return "special file"

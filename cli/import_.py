@@ -1,0 +1,81 @@
+"""cas import PATH|-: an archive into the store, verified; images recorded only when complete."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from cli import options, output
+
+
+class Format(StrEnum):
+    docker_archive = "docker-archive"
+    oci_archive = "oci-archive"
+    oci_dir = "oci-dir"
+
+
+def import_(
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="A docker-archive (docker save), an oci-archive, a cas delta archive, an OCI layout directory, "
+            "or '-' for stdin."
+        ),
+    ],
+    fmt: Annotated[
+        Format | None,
+        typer.Option("--format", "-f", help="Refuse anything but this format (default: detected)."),
+    ] = None,
+    tag: Annotated[
+        str | None,
+        typer.Option("--tag", "-t", help="NAME:TAG for the one image of the archive (its names are dropped)."),
+    ] = None,
+    lock_timeout: options.LockTimeout = 600.0,
+    quiet: options.Quiet = False,
+    as_json: options.Json = False,
+) -> None:
+    """Import images from an archive: every blob is hashed against its digest before it is stored.
+
+    Reads docker save output (old and new layouts), skopeo's docker-archive and oci-archive, OCI layout directories
+    and cas delta archives; from a file or streamed from stdin (docker save IMG | cas import -). An image whose blobs
+    are neither in the archive nor in the store is refused, naming each missing digest, and no reference is recorded.
+    """
+    import sys
+    from pathlib import Path
+
+    from cas.importer import ImportOptions, import_archive
+    from cas.store import Store
+
+    if path == "-" and sys.stdin.isatty():
+        raise typer.BadParameter(
+            "refusing to read an archive from a terminal; pipe one in: docker save IMG | cas import -"
+        )
+    opts = ImportOptions(
+        format=fmt.value if fmt is not None else None, tag=tag, on_wait=output.notice, lock_timeout=lock_timeout
+    )
+    store = Store()
+    try:
+        result = import_archive(store, sys.stdin.buffer if path == "-" else Path(path), opts)
+    finally:
+        store.close()
+
+    if as_json:
+        output.emit_json("import", result.to_json())
+        return
+    if quiet:
+        return
+    size = output.human_size
+    for image in result.images:
+        names = ", ".join(image["names"]) or f"unnamed, recorded as {image['refs'][0]}"
+        output.notice(f"imported {names}: {image['manifest'][:19]} {image['platform'] or ''}")
+        if image["built_manifest"]:
+            output.notice(
+                f"  note: legacy layout: cas built an OCI manifest for its uncompressed layers; its digest "
+                f"{image['manifest'][:19]} differs from the registry's"
+            )
+    output.notice(
+        f"{result.format} from {result.source}: stored {result.stored_blobs} blob(s), {size(result.stored_bytes)}; "
+        f"reused {result.reused_blobs}, {size(result.reused_bytes)} ({result.seconds:.2f}s)"
+    )
