@@ -53,13 +53,16 @@ def export(
         list[str] | None,
         typer.Option(
             "--since",
+            metavar="REF",
             help="Write a delta archive: only the layers none of these cached BASE images holds (repeatable).",
         ),
     ] = None,
     since_inventory: Annotated[
         str | None,
         typer.Option(
-            "--since-inventory", help="Write a delta against what the receiver holds: its `cas images --json` output."
+            "--since-inventory",
+            metavar="PATH",
+            help="Write a delta against what the receiver holds: its `cas images --json` output.",
         ),
     ] = None,
     platform: options.PlatformOpt = None,

@@ -15,7 +15,7 @@ def images(
         str | None,
         typer.Argument(
             metavar="[PATTERN]",
-            help="Only references matching this glob, in full or docker's short form: 'alpine', '*/app:1.*'.",
+            help="Only references matching this glob, with or without the registry: 'alpine', 'app:1.*', '*/app:*'.",
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print the references only, one per line.")] = False,
@@ -56,13 +56,13 @@ def images(
 
 
 def matches(ref: str, pattern: str) -> bool:
-    """A glob against the full reference or its short form; a bare name matches all its tags."""
+    """A glob against the full reference, its short form or its path on the registry; a bare name matches all its tags."""
     from fnmatch import fnmatchcase
 
     from cas.errors import CasError
     from cas.reference import parse
 
-    names = [ref]
+    names = [ref, ref.split("/", 1)[-1]]
     try:
         names.append(parse(ref).familiar)
     except CasError:

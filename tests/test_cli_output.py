@@ -89,6 +89,7 @@ def test_images_shows_the_references_own_digest_filters_and_prints_refs_only(cas
     assert cas("images", "-q").stdout.split() == sorted(refs.values())
     assert cas("images", "-q", f"{registry.host}/ba*").stdout.split() == [refs["base"]]
     assert cas("images", "-q", f"{registry.host}/app").stdout.split() == [refs["app"]]  # a bare name: every tag
+    assert cas("images", "-q", "app").stdout.split() == [refs["app"]]  # without the registry host too
     assert cas("images", "-q", "nothing-like-this*").stdout == ""
     assert [r["ref"] for r in _body(cas, "images", "*/multi:*")["images"]] == [refs["multi"]]
 

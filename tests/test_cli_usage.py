@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ("pull", "export", "images", "inspect", "rm", "du", "prune", "verify", "login", "logout")
+COMMANDS = ("pull", "export", "import", "images", "inspect", "rm", "du", "prune", "verify", "login", "logout")
 
 
 def _one_line_usage_error(proc) -> str:
