@@ -86,10 +86,11 @@ class _Command(typer.core.TyperCommand):
 
 
 def _register() -> None:
-    from cli import du, export, images, import_, inspect, login, prune, pull, rm, verify
+    from cli import du, export, images, import_, inspect, login, prune, pull, push, rm, verify
 
     for name, command in (
         ("pull", pull.pull),
+        ("push", push.push),
         ("export", export.export),
         ("import", import_.import_),
         ("images", images.images),
@@ -101,7 +102,7 @@ def _register() -> None:
         ("login", login.login),
         ("logout", login.logout),
     ):
-        summary = (command.__doc__ or "").strip().split("\n", 1)[0]  # whole, never cut at 45 characters
+        summary = " ".join((command.__doc__ or "").split("\n\n", 1)[0].split())  # whole, never cut at 45 characters
         app.command(name, cls=_Command, short_help=summary)(_interruptible(command))
 
 

@@ -20,6 +20,8 @@ def pull(
     username: options.Username = None,
     password_stdin: options.PasswordStdin = False,
     lock_timeout: options.LockTimeout = 600.0,
+    hosts_dir: options.HostsDir = None,
+    timeout: options.Timeout = None,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
     verbose: options.Verbose = False,
@@ -47,6 +49,8 @@ def pull(
         lock_timeout=lock_timeout,
         quiet=quiet,
         as_json=as_json,
+        hosts_dirs=hosts_dir,
+        timeout=timeout,
     )
     store = Store()
     results = []
@@ -63,8 +67,26 @@ def pull(
 def summary(result) -> str:
     size = output.human_size
     platform = f" {result.record['platform']}" if result.record.get("platform") else ""
-    return (
+    line = (
         f"{result.ref}: {output.short_digest(result.record['digest'])}{platform}  "
         f"downloaded {result.downloaded_blobs} blob(s), {size(result.downloaded_bytes)}; "
         f"reused {result.reused_blobs}, {size(result.reused_bytes)} saved ({result.seconds:.2f}s)"
     )
+    if result.mirrored:
+        line += "\n" + endpoints_line(result)
+    return line
+
+
+def endpoints_line(result) -> str:
+    """Where the image came from when mirrors are configured: the manifest's endpoint, bytes per
+    endpoint, then each endpoint that was fallen back from, once, with its first reason."""
+    served = ", ".join(f"{url} {output.human_size(n)}" for url, n in result.endpoint_bytes.items()) or "nothing"
+    lines = [f"  manifest from {result.manifest_endpoint or 'the store'}; bytes from {served}"]
+    seen: dict[str, list] = {}
+    for fallback in result.fallbacks:
+        seen.setdefault(fallback.endpoint, []).append(fallback)
+    for endpoint, fallbacks in seen.items():
+        first = fallbacks[0]
+        more = f" (and {len(fallbacks) - 1} more)" if len(fallbacks) > 1 else ""
+        lines.append(f"  fell back from {endpoint} for {first.what}{more}: {first.reason}")
+    return "\n".join(lines)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ("pull", "export", "import", "images", "inspect", "rm", "du", "prune", "verify", "login", "logout")
+COMMANDS = ("pull", "push", "export", "import", "images", "inspect", "rm", "du", "prune", "verify", "login", "logout")
 
 
 def _one_line_usage_error(proc) -> str:
@@ -78,7 +78,7 @@ def test_top_level_help_has_whole_summaries(cas):
     top = " ".join(cas("--help").stdout.split())  # undo the wrapping
     assert "..." not in top.split("Commands:")[1]
     for command in cli.main.app.registered_commands:
-        summary = " ".join(command.callback.__doc__.strip().split("\n", 1)[0].split())
+        summary = " ".join(command.callback.__doc__.split("\n\n", 1)[0].split())
         assert f"{command.name} {summary}" in top
 
 
