@@ -85,6 +85,7 @@ HostsDir = Annotated[
     list[str] | None,
     typer.Option(
         "--hosts-dir",
+        metavar="PATH",
         help="A containerd hosts.toml directory (DIR/HOST/hosts.toml) naming mirrors; repeatable. "
         "Replaces $CAS_HOSTS_DIR (':'-separated) and the defaults /etc/containerd/certs.d, /etc/docker/certs.d.",
     ),
@@ -95,6 +96,7 @@ Timeout = Annotated[
         "--timeout",
         min=0.1,
         envvar="CAS_TIMEOUT",
+        metavar="SECONDS",
         help="Seconds to wait for a connection or an answer (default 30). A download moving slower than "
         "$CAS_MIN_RATE bytes/s (default 1024) for this long is aborted; the next pull resumes it.",
     ),

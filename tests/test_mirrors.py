@@ -75,7 +75,7 @@ def test_hosts_toml_mirror_is_the_only_way_to_the_upstream(cas, fleet, tmp_path)
     assert {r.reference for r in mirror_gets if r.kind == "blob"} == {b.digest for b in image.blobs}
     assert result["manifest_endpoint"] == mirror.url
     assert [e["url"] for e in result["endpoints"]] == [mirror.url]
-    assert result["endpoints"][0]["downloaded_bytes"] == sum(b.size for b in image.blobs) + image.manifest_blob.size
+    assert result["endpoints"][0]["served_bytes"] == sum(b.size for b in image.blobs) + image.manifest_blob.size
     assert result["fallbacks"] == []
 
 
