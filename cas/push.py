@@ -17,8 +17,10 @@ that commits it at the registry completes (see ``cas.registry.upload``).
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -33,6 +35,7 @@ from cas.errors import (
     IntegrityError,
     MissingBlobs,
     NotCached,
+    StoreError,
     UnsupportedManifest,
 )
 from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
     from cas.registry.upload import Uploader
 
 MAX_MANIFEST = 4 << 20
+log = logging.getLogger("cas.push")
 
 
 @dataclass
@@ -128,6 +132,7 @@ def push(store: Store, source: Reference, dest: Reference, options: PushOptions 
             result = PushResult(str(source), str(dest), planned)
             with _Session(store, dest, options, result, _mount_sources(store, source, dest)) as session:
                 session.run()
+            _remember(store, dest, planned)
     store.index.touch_refs([str(source)])
     result.seconds = time.monotonic() - started
     return result
@@ -238,24 +243,41 @@ def _check_destination(dest: Reference, planned: PushPlan) -> None:
 
 def _mount_sources(store: Store, source: Reference, dest: Reference) -> dict[Digest, str]:
     """For each blob the store knows to be in another repository of the destination's registry: one such
-    repository, the source's own first. A mount that turns out wrong costs one request."""
+    repository (the source's own first, then pulled references, then earlier pushes). A mount that turns
+    out wrong costs one request: the registry opens a normal upload instead."""
     found: dict[Digest, str] = {}
-    refs = sorted(store.index.refs(), key=lambda item: item[0] != str(source))
-    for text, record in refs:
-        if record.get("registry") != dest.registry:
+    own = source.registry == dest.registry
+    located = sorted(_locations(store, dest.registry), key=lambda item: not (own and item[0] == source.repository))
+    for repository, digests in located:
+        if repository == dest.repository:
+            continue
+        for text in digests:
+            try:
+                found.setdefault(Digest.parse(text), repository)
+            except CasError:
+                continue
+    return found
+
+
+def _locations(store: Store, registry: str) -> Iterator[tuple[str, list[object]]]:
+    """``(repository, blob digests)`` the store knows to be in ``registry``: pulled references, then pushes."""
+    for text, record in store.index.refs():
+        if record.get("registry") != registry:
             continue
         try:
             repository = parse_reference(text).repository
         except BadReference:
             continue
-        if repository == dest.repository:
-            continue
-        for blob in record.get("blobs", []):
-            try:
-                found.setdefault(Digest.parse(blob["digest"]), repository)
-            except (CasError, KeyError, TypeError):
-                continue
-    return found
+        yield repository, [b.get("digest") for b in record.get("blobs", []) if isinstance(b, dict)]
+    yield from store.index.pushed(registry)
+
+
+def _remember(store: Store, dest: Reference, planned: PushPlan) -> None:
+    """The destination holds every blob now: the next push to its registry may mount them from there."""
+    try:
+        store.index.put_pushed(dest.registry, dest.repository, [d.digest for d in planned.blobs])
+    except StoreError as exc:  # the push itself succeeded; only the shortcut for the next one is lost
+        log.warning("could not remember the blobs pushed to %s: %s", dest.name, exc.message)
 
 
 class _Session:
@@ -286,10 +308,16 @@ class _Session:
 
     def run(self) -> None:
         planned, observer = self.result.plan, self.options.observer
+        reference = self.dest.tag or str(planned.top.digest)
+        # Alone first (its 401 gets the token the parallel requests then share), and a shortcut: a
+        # tag that already names this digest was accepted with every blob, so nothing is left to do.
+        if self.uploader.manifest_digest(reference) == planned.top.digest:
+            observer.resolved(str(self.dest), planned.blobs, [])
+            for desc in planned.blobs:
+                self.result.count("skipped", desc)
+            return
         present: set[Digest] = set()
-        first, *rest = planned.blobs  # alone first: its 401 gets the token the parallel requests then share
-        self._probe(first, present, threading.Event())
-        run_parallel([functools.partial(self._probe, d, present) for d in rest], self.options.jobs, "cas-head")
+        run_parallel([functools.partial(self._probe, d, present) for d in planned.blobs], self.options.jobs, "cas-head")
         missing = [d for d in planned.blobs if d.digest not in present]
         observer.resolved(str(self.dest), planned.blobs, missing)
         for desc in planned.blobs:
@@ -299,7 +327,7 @@ class _Session:
         for child in planned.manifests[:-1]:
             self.uploader.put_manifest(str(child.digest), child.data, child.media_type, child.digest)
         top = planned.top
-        self.uploader.put_manifest(self.dest.tag or str(top.digest), top.data, top.media_type, top.digest)
+        self.uploader.put_manifest(reference, top.data, top.media_type, top.digest)
 
     def _probe(self, desc: Descriptor, present: set[Digest], cancelled: threading.Event) -> None:
         if not cancelled.is_set() and self.uploader.has_blob(desc.digest):

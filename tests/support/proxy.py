@@ -18,6 +18,8 @@ Knobs (settable while a test runs; ``reset()`` clears them and the counters):
   headers and ``nbytes`` of body, then the connection is cut (``times=None``: until reset).
 - ``fail_next(status, count=1, pattern=..., retry_after=...)``: answer the next ``count``
   requests whose path matches the regex ``pattern`` with ``status`` (429 + Retry-After, 5xx).
+- ``throttle_uploads(bytes_per_second)``: read the body of every upload request (a push's PUT
+  or PATCH) no faster than that, so a client's upload progress can be watched.
 - ``upload_headers({name: value})``: add headers to every answer to an upload request, e.g.
   ``{"OCI-Chunk-Min-Length": "65536"}`` to make a client upload in chunks (distribution 2.8
   never asks for them; it accepts them all the same).
@@ -105,6 +107,7 @@ class _Knobs:
     failures: list[_Failure] = field(default_factory=list)
     redirect_left: int | None = 0  # None = every blob GET
     upload_headers: dict[str, str] = field(default_factory=dict)
+    upload_rate: int | None = None
     foreign_host: str | None = None
     strip_range_left: int | None = 0  # None = every blob GET
     wrong_range_left: int | None = 0  # None = every 206 blob answer
@@ -182,6 +185,10 @@ class FaultProxy:
             self._knobs.failures.append(
                 _Failure(status, count, re.compile(pattern), method, None if retry_after is None else str(retry_after))
             )
+
+    def throttle_uploads(self, bytes_per_second: int | None) -> None:
+        with self._lock:
+            self._knobs.upload_rate = bytes_per_second
 
     def upload_headers(self, headers: dict[str, str]) -> None:
         with self._lock:
@@ -353,6 +360,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 headers = {k: v for k, v in headers.items() if k.lower() != "range"}
                 rec.fault = "strip-range"
             body = self._request_body()
+            if rec.kind == "upload" and isinstance(body, _Limited):
+                body.rate = proxy._knobs.upload_rate
             conn.request(self.command, self.path, body=body, headers=headers, encode_chunked=self._is_chunked())
             resp = conn.getresponse()
             self._relay(proxy, rec, resp)
@@ -497,11 +506,19 @@ class _Limited:
 
     def __init__(self, f: BinaryIO, length: int) -> None:
         self.f, self.left = f, length
+        self.rate: int | None = None  # bytes/s, for throttle_uploads
+        self._started, self._read = time.monotonic(), 0
 
     def read(self, n: int = -1) -> bytes:
         if self.left <= 0:
             return b""
         n = self.left if n is None or n < 0 else min(n, self.left)
+        if self.rate:
+            n = min(n, max(1024, self.rate // 20))
+            ahead = self._read / self.rate - (time.monotonic() - self._started)
+            if ahead > 0:
+                time.sleep(ahead)
         data = self.f.read(n)
         self.left -= len(data)
+        self._read += len(data)
         return data
