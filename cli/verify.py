@@ -62,7 +62,7 @@ def render(report) -> None:
     for entry in report.resumable:
         when = output.ago(report.now - entry["age_seconds"], report.now)
         print(
-            f"resumable: {entry['digest']}: {output.human_size(entry['size'])} downloaded, last written {when};"
+            f"resumable: {entry['digest']}: {output.human_size(entry['partial_bytes'])} downloaded, last written {when};"
             " the next `cas pull` resumes it (kept)"
         )
     if report.needs_pull:

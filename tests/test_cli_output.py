@@ -209,3 +209,15 @@ def test_readme_shows_every_command_and_the_pull_json_as_printed(cas, registry, 
     assert documented.keys() == live.keys()
     assert documented["images"][0].keys() == live["images"][0].keys()
     assert documented["images"][0]["endpoints"][0].keys() == live["images"][0]["endpoints"][0].keys()
+
+
+def test_progress_bars_count_in_iec_units():
+    """The bars' size and speed columns, rendered for a task 3 MiB into 5 MiB at 1.5 MiB/s."""
+    from types import SimpleNamespace
+
+    from cli.progress import BarsObserver
+
+    bars = BarsObserver()
+    task = SimpleNamespace(completed=3 * 2**20, total=5 * 2**20, speed=1.5 * 2**20, finished=False)
+    rendered = [str(column.render(task)) for column in bars._progress.columns[2:4]]
+    assert rendered == ["3.0/5.0 MiB", "1.5 MiB/s"]

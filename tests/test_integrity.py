@@ -156,7 +156,7 @@ def _trust_as_is(home: Path, digest: str) -> None:
 def test_export_verify_re_hashes_every_blob_and_catches_what_no_stat_can_see(cas, cas_home, app, tmp_path):
     ref, layer, _ = app
     good = json.loads(cas("export", "--verify", "--json", ref, "-o", tmp_path / "good.tar").stdout)
-    assert good["verified"] is True and good["blobs"] == 7
+    assert good["verified"] is True and good["exported_blobs"] == 7
 
     _rot_silently(cas_home, layer)
     assert cas("export", ref, "-o", tmp_path / "unverified.tar").returncode == 0  # the stat check cannot see it

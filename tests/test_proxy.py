@@ -72,7 +72,7 @@ def test_plain_http_goes_through_http_proxy(cas, registry, squid):
     squid.mark()
     registry.mark()
     pulled = cas("pull", "--insecure", "--json", ref, env={"http_proxy": squid.url})
-    assert json.loads(pulled.stdout)[0]["downloaded_blobs"] == 3
+    assert json.loads(pulled.stdout)["images"][0]["downloaded_blobs"] == 3
 
     forwarded = squid.new_requests()
     prefix = f"http://{NAME}:{registry.port}/v2/"
