@@ -141,4 +141,3 @@ def test_an_unreachable_proxy_is_one_line_naming_it(cas, registry):
         f"error: cannot reach registry {NAME}:{registry.port}: connection refused (through proxy {dead})",
         "hint: check the proxy in HTTPS_PROXY / HTTP_PROXY / ALL_PROXY, or list the registry in NO_PROXY",
     ]
-
