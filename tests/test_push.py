@@ -251,10 +251,10 @@ def test_a_store_blob_changed_after_commit_is_never_pushed(cas, cas_home, regist
     repository = _repo("base")
     mark = registry.mark()
     proc = cas("push", ref, f"{proxy.host}/{repository}:bad", check=False)
-    assert proc.returncode == 1 and layer.digest in proc.stderr and "Traceback" not in proc.stderr
-    logged = registry.requests(mark)
-    assert not [r for r in logged if r.kind == "upload" and r.method == "PUT" and layer.digest.split(":")[1] in r.uri]
-    assert [r for r in logged if r.kind == "manifest" and r.method == "PUT"] == []
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: cannot push: 1 blob(s) in the store changed after they were committed")
+    assert f"{layer.digest} (layer " in proc.stderr and "nothing was pushed" in proc.stderr
+    assert registry.requests(mark) == []  # the stat fingerprint caught it before the first request
 
 
 def test_push_to_a_digest_checks_it_and_summary_names_the_counts(cas, registry, proxy, test_images):
@@ -325,3 +325,31 @@ def test_a_mount_the_registry_declines_becomes_an_upload_in_the_session_it_opene
     plain_posts = [r for r in logged if r.kind == "upload" and r.method == "POST" and "mount=" not in r.uri]
     assert len(plain_posts) == len(app.blobs) - len(base.layers)  # the declined mounts' sessions were used
     assert _manifest_status(registry, second, "1") == 200
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["monolithic", "chunked"])
+def test_bytes_that_do_not_match_their_digest_never_complete_an_upload(registry, proxy, chunked):
+    """The in-flight check behind the fingerprint one: a file that changes while it is read."""
+    import hashlib
+    import io
+
+    from cas.digest import Digest
+    from cas.errors import IntegrityError
+    from cas.registry import RegistryClient
+    from cas.registry.upload import Uploader
+
+    good = bytes(range(256)) * 1024  # 256 KiB
+    digest = Digest.parse("sha256:" + hashlib.sha256(good).hexdigest())
+    bad = good[:-1] + b"\x00"
+    if chunked:
+        proxy.upload_headers({"OCI-Chunk-Min-Length": "65536"})
+    repository = _repo("torn")
+    with RegistryClient(proxy.host) as client:
+        with pytest.raises(IntegrityError, match=str(digest)):
+            Uploader(client, repository).upload(digest, len(good), lambda: io.BytesIO(bad), lambda n: None)
+    finishing = [r for r in proxy.requests if r.kind == "upload" and r.method == "PUT"]
+    assert finishing == [] or all(r.status != 201 for r in finishing)
+    assert registry.requests() and not [r for r in registry.requests() if r.status == 201]
+    from support.tools import http_status
+
+    assert http_status(f"{registry.url}/v2/{repository}/blobs/{digest}") == 404
