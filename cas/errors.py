@@ -94,10 +94,12 @@ class ChangedBlobs(IntegrityError):
     ``changed`` holds one line per blob: digest, image and position, what is wrong.
     """
 
-    def __init__(self, changed: list[str], refs: list[str], outcome: str = "nothing was written") -> None:
+    def __init__(
+        self, changed: list[str], refs: list[str], outcome: str = "nothing was written", *, action: str = "export"
+    ) -> None:
         lines = "\n  ".join(changed)
         super().__init__(
-            f"cannot export: {len(changed)} blob(s) in the store changed after they were committed:\n  {lines}",
+            f"cannot {action}: {len(changed)} blob(s) in the store changed after they were committed:\n  {lines}",
             hint=f"run `cas pull {' '.join(refs)}`: it downloads them again and replaces them; {outcome}",
         )
         self.changed = changed

@@ -31,6 +31,7 @@ from cas.errors import (
     BadReference,
     Cancelled,
     CasError,
+    ChangedBlobs,
     DigestMismatch,
     IntegrityError,
     MissingBlobs,
@@ -42,7 +43,7 @@ from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
 from cas.recording import unique
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
-from cas.store import Store
+from cas.store import Store, trust
 from cas.transfer import TransferObserver, run_parallel
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ class PushResult:
             "digest": str(self.plan.top.digest),
             "media_type": self.plan.top.media_type,
             "platforms": self.plan.platforms,
-            "manifests": len(self.plan.manifests),
+            "manifest_count": len(self.plan.manifests),
             "uploaded_blobs": self.uploaded_blobs,
             "uploaded_bytes": self.uploaded_bytes,
             "mounted_blobs": self.mounted_blobs,
@@ -223,14 +224,21 @@ def _read_manifest(store: Store, digest: Digest, media_type: str | None) -> Stor
 
 
 def _check_blobs(store: Store, source: Reference, images: list[tuple[StoredManifest, ImageManifest]]) -> None:
-    missing = []
+    """Every config and layer present with its size, and still the bytes committed (the stat
+    fingerprint, ``cas.store.trust``), before the first request: else each one is named."""
+    missing, changed = [], []
     for manifest, image in images:
         for position, desc in enumerate(image.blobs):
+            where = "config" if position == 0 else f"layer {position}/{len(image.layers)}"
+            named = f"{desc.digest} ({where} of {source}, manifest {manifest.digest.short})"
             if not store.blobs.has(desc.digest, desc.size):
-                where = "config" if position == 0 else f"layer {position}/{len(image.layers)}"
-                missing.append(f"{desc.digest} ({where} of {source}, manifest {manifest.digest.short})")
+                missing.append(named)
+            elif (problem := trust.confirm(store, desc.digest, desc.size, desc.media_type)) is not None:
+                changed.append(f"{named}: {problem}")
     if missing:
         raise MissingBlobs(missing, [str(source)], action="push")
+    if changed:
+        raise ChangedBlobs(changed, [str(source)], "nothing was pushed", action="push")
 
 
 def _check_destination(dest: Reference, planned: PushPlan) -> None:
@@ -296,7 +304,11 @@ class _Session:
         wanted = {d.digest for d in result.plan.blobs}
         self.mounts = {digest: repo for digest, repo in mounts.items() if digest in wanted}
         self.client = RegistryClient(
-            dest.api_host, insecure=options.insecure, credentials=options.credentials, token_cache=store.index
+            dest.api_host,
+            endpoints=_push_endpoints(dest, options.insecure),
+            insecure=options.insecure,
+            credentials=options.credentials,
+            token_cache=store.index,
         )
         self.uploader: Uploader = Uploader(self.client, dest.repository, mount_from=tuple(self.mounts.values()))
 
@@ -354,3 +366,11 @@ class _Session:
         self.uploader.upload(desc.digest, desc.size, opener, on_bytes, session)
         self.result.count("uploaded", desc)
         observer.blob_done(desc.digest, True)
+
+
+def _push_endpoints(dest: Reference, insecure: bool) -> list:
+    """Where DEST's registry is, as the machine's configuration says (a hosts.toml ``server`` with its
+    ``ca``, ``client``, ``skip_verify``: e.g. https on loopback); mirrors are read-only, never pushed to."""
+    from cas.registry.endpoints import Sources
+
+    return [ep for ep in Sources.from_env().endpoints(dest, insecure=insecure) if not ep.mirror]
