@@ -353,3 +353,26 @@ def test_bytes_that_do_not_match_their_digest_never_complete_an_upload(registry,
     from support.tools import http_status
 
     assert http_status(f"{registry.url}/v2/{repository}/blobs/{digest}") == 404
+
+
+def test_one_child_of_an_index_pushes_by_its_digest_and_platforms_are_checked(
+    cas, registry, proxy, skopeo, test_images
+):
+    multi = test_images.multi
+    amd64 = multi.for_platform("linux/amd64")
+    cas("pull", "--platform", "linux/amd64", test_images.ref(registry, "multi"))
+    repository = _repo("child")
+    out = _push_json(cas, f"{registry.host}/multi@{amd64.digest}", f"{proxy.host}/{repository}:child")
+    assert out["digest"] == amd64.digest and out["manifests"] == 1
+    assert skopeo.inspect(f"docker://{registry.host}/{repository}:child")["Digest"] == amd64.digest
+
+    cas("pull", test_images.ref(registry, "base"))
+    wrong = cas(
+        "push",
+        "--platform",
+        "linux/arm64",
+        test_images.ref(registry, "base"),
+        f"{proxy.host}/{repository}:x",
+        check=False,
+    )
+    assert wrong.returncode == 1 and "linux/arm64" in wrong.stderr and "linux/amd64" in wrong.stderr
