@@ -363,7 +363,7 @@ def test_one_child_of_an_index_pushes_by_its_digest_and_platforms_are_checked(
     cas("pull", "--platform", "linux/amd64", test_images.ref(registry, "multi"))
     repository = _repo("child")
     out = _push_json(cas, f"{registry.host}/multi@{amd64.digest}", f"{proxy.host}/{repository}:child")
-    assert out["digest"] == amd64.digest and out["manifests"] == 1
+    assert out["digest"] == amd64.digest and out["manifest_count"] == 1
     assert skopeo.inspect(f"docker://{registry.host}/{repository}:child")["Digest"] == amd64.digest
 
     cas("pull", test_images.ref(registry, "base"))
