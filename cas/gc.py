@@ -1,5 +1,8 @@
 """Prune: mark from refs and live leases, sweep every other blob and stale ingest entry.
 
+Stale means no pull can resume it (``IngestEntry.resumable``, the rule verify uses too);
+a resumable partial download is kept, except by ``--all``, which empties the store.
+
 The order is diskcache's: change the index first (one ``BEGIN IMMEDIATE``
 transaction that re-reads the roots, then forgets the evicted refs and the
 swept blob records), delete files second. A crash in between leaves only files
@@ -69,23 +72,48 @@ class Plan:
     def over_target(self) -> bool:
         return self.target is not None and self.kept_bytes > self.target
 
+    def freed_by_image(self) -> tuple[list[tuple[Image, int]], int]:
+        """What each evicted image freed, and the bytes of removed blobs no evicted image listed.
+
+        A blob two evicted images shared is counted once, for the one evicted first.
+        """
+        removed = {digest: size for digest, size, _ in self.blobs}
+        claimed: set[str] = set()
+        per_image = []
+        for image in self.images:
+            mine = {digest for digest, _ in image.blobs if digest in removed} - claimed
+            claimed |= mine
+            per_image.append((image, sum(removed[digest] for digest in mine)))
+        return per_image, sum(size for digest, size in removed.items() if digest not in claimed)
+
     def to_json(self) -> dict:
+        """The `cas prune --json` fields (conventions in cas.jsonout); a dry run reports what would go."""
+        from cas.jsonout import timestamp
+
+        per_image, unreferenced = self.freed_by_image()
         return {
             "dry_run": self.dry_run,
-            "freed": {
-                "images": len(self.images),
-                "blobs": len(self.blobs),
-                "stray_files": len(self.strays),
-                "ingests": len(self.ingests),
-                "bytes": self.freed_bytes,
-            },
-            "images": [{"ref": i.ref, "size": i.size, "used": i.used or None} for i in self.images],
+            "freed_bytes": self.freed_bytes,
+            "freed_images": len(self.images),
+            "freed_blobs": len(self.blobs),
+            "freed_stray_files": len(self.strays),
+            "freed_stale_downloads": len(self.ingests),
+            "images": [
+                {"ref": i.ref, "size": i.size, "freed_bytes": freed, "used_at": timestamp(i.used or None)}
+                for i, freed in per_image
+            ],
+            "unreferenced_bytes": unreferenced,
             "blobs": [{"digest": d, "size": b, "indexed": x} for d, b, x in self.blobs],
             "stray_files": [{"path": str(s.path), "size": s.size, "kind": s.kind} for s in self.strays],
-            "ingests": [{"digest": i.label, "partial": i.partial, "started": i.started} for i in self.ingests],
-            "kept": {"images": self.kept_images, "blobs": self.kept_blobs, "bytes": self.kept_bytes},
+            "stale_downloads": [
+                {"digest": i.label, "partial_bytes": i.partial, "started_at": timestamp(i.started)}
+                for i in self.ingests
+            ],
+            "kept_images": self.kept_images,
+            "kept_blobs": self.kept_blobs,
+            "kept_bytes": self.kept_bytes,
             "leased_blobs": self.leased_blobs,
-            "keep_storage": self.target,
+            "keep_storage_bytes": self.target,
             "over_target": self.over_target,
             "errors": self.errors,
         }
@@ -142,7 +170,8 @@ def plan(snap: Snapshot, policy: Policy, *, now: float | None = None, dry_run: b
         images=evicted,
         blobs=blobs,
         strays=list(snap.strays),
-        ingests=snap.stale_ingests(),
+        # stale downloads only; --all empties the store, resumable downloads included
+        ingests=snap.stale_ingests(now) + (snap.resumable_ingests(now) if policy.everything else []),
         kept_images=len(snap.images) - len(evicted),
         kept_blobs=len(kept),
         kept_bytes=sum(files.get(d, 0) for d in kept),

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from cas import manifest as mf
 from cas.digest import Digest
 from cas.errors import BadDigest, NotCached, StoreError
+from cas.jsonout import timestamp
 from cas.reference import Reference
 from cas.store import Store
 
@@ -91,11 +92,11 @@ def inspect(store: Store, ref: Reference) -> dict:
         "media_type": media_type,
         "platform": row["platform"],
         "size": row["size"],
-        "pulled": row["pulled"],
-        "used": row["used"],
+        "pulled_at": timestamp(row["pulled"]),
+        "used_at": timestamp(row["used"]),
         "config": {
             "digest": str(image.config.digest),
-            "created": config.get("created"),
+            "created_at": config.get("created"),  # as the image states it (RFC 3339 by the OCI spec)
             "os": config.get("os"),
             "architecture": config.get("architecture"),
             "entrypoint": runtime.get("Entrypoint"),
@@ -108,6 +109,25 @@ def inspect(store: Store, ref: Reference) -> dict:
             {"digest": str(layer.digest), "size": layer.size, "media_type": layer.media_type} for layer in image.layers
         ],
     }
+
+
+def raw(store: Store, ref: Reference, what: str) -> bytes:
+    """The stored bytes of a cached ref's ``"manifest"`` (its own: the index for a multi-platform tag) or ``"config"``.
+
+    Exactly as the registry served them, so they hash to their digest (`crane manifest`, `skopeo inspect --raw`).
+    """
+    record = record_of(store, ref)
+    if what == "config":
+        digest = inspect(store, ref)["config"]["digest"]
+    else:
+        digest = record.get("digest") if isinstance(record, dict) else None
+    try:
+        parsed = Digest.parse(digest) if isinstance(digest, str) else None
+    except BadDigest:
+        parsed = None
+    if parsed is None:
+        raise StoreError(f"the index record of {ref} is malformed", hint=f"run `cas rm {ref}`, then `cas pull {ref}`")
+    return _read(store, record, ref, parsed, what)
 
 
 def _listed_media_type(record: dict, digest: str) -> str | None:

@@ -1,7 +1,8 @@
 """The metadata index (diskcache): refs, blobs, leases and cached tokens.
 
 Values are JSON, never pickles, and never blob bytes. Keys are namespaced:
-``ref:<canonical ref>``, ``blob:<alg>:<hex>``, ``lease:<id>``, ``token:<key>``.
+``ref:<canonical ref>``, ``blob:<alg>:<hex>``, ``lease:<id>``, ``token:<key>``, and
+``pushed:<registry>|<repository>`` (blobs a push put there: mount sources for the next push).
 Eviction is off: this is a database, not a cache that may forget.
 """
 
@@ -28,6 +29,7 @@ from cas.digest import Digest
 from cas.errors import DiskFull, StoreError, disk_full
 
 LEASE_TTL = 6 * 3600.0
+MAX_PUSHED = 20_000  # blobs remembered per pushed repository (newest first)
 log = logging.getLogger("cas.index")
 _F = TypeVar("_F", bound=Callable)
 
@@ -116,9 +118,8 @@ class _Attached(diskcache.Cache):
                 raise _Uninitialized()
             disk_args = {key[5:]: value for key, value in settings.items() if key.startswith("disk_")}
             self._disk = diskcache.JSONDisk(self._directory, **disk_args)
-            for key, value in settings.items():
-                if not key.startswith(("disk_", "sqlite_")):  # pragmas: applied to each connection by _con
-                    object.__setattr__(self, key, value)
+            for key, value in settings.items():  # sqlite_ pragmas are applied to each connection by _con
+                object.__setattr__(self, key, value)
             ((self._page_size,),) = self._sql("PRAGMA page_size").fetchall()
         except BaseException:
             self.close()
@@ -292,12 +293,36 @@ class Index:
         return self._db.get(f"blob:{digest}")
 
     @_guarded
-    def put_blob(self, digest: Digest, *, size: int, media_type: str, fingerprint: str) -> None:
+    def put_blob(
+        self, digest: Digest, *, size: int, media_type: str, fingerprint: str, stat: dict | None = None
+    ) -> None:
+        """``stat``: the file's stat fingerprint at commit (see cas.store.trust); None when unknown."""
         now = time.time()
-        self._db.set(
-            f"blob:{digest}",
-            {"size": size, "media_type": media_type, "blake3": fingerprint, "added": now, "used": now},
-        )
+        record = {"size": size, "media_type": media_type, "blake3": fingerprint, "added": now, "used": now}
+        if stat is not None:
+            record["stat"] = stat
+        self._db.set(f"blob:{digest}", record)
+
+    @_guarded
+    def refresh_blob(self, digest: Digest, *, size: int, media_type: str, fingerprint: str, stat: dict) -> None:
+        """A re-hashed file was good: record its new stat fingerprint (and a record for a file that had none)."""
+        with self.transact():
+            record = self.get_blob(digest)
+            if not isinstance(record, dict):
+                self.put_blob(digest, size=size, media_type=media_type, fingerprint=fingerprint, stat=stat)
+                return
+            record.update(blake3=fingerprint, stat=stat)
+            self._db.set(f"blob:{digest}", record)
+
+    @_guarded
+    def set_blob_stats(self, stats: dict[Digest, dict]) -> None:
+        """New stat fingerprints for existing blob records, in one transaction."""
+        with self.transact():
+            for digest, stat in stats.items():
+                record = self.get_blob(digest)
+                if isinstance(record, dict):
+                    record["stat"] = stat
+                    self._db.set(f"blob:{digest}", record)
 
     @_guarded
     def remove_blob(self, digest: Digest) -> bool:
@@ -348,6 +373,25 @@ class Index:
     @_guarded
     def put_token(self, key: str, token: str, expires_in: float) -> None:
         self._db.set(f"token:{key}", token, expire=max(expires_in, 1.0))
+
+    # push destinations -------------------------------------------------
+    @_guarded
+    def put_pushed(self, registry: str, repository: str, digests: Iterable[Digest]) -> None:
+        """Remember that ``registry/repository`` holds these blobs (a push put them there), so a later
+        push to another repository of that registry mounts them instead of uploading them again."""
+        key = f"pushed:{registry}|{repository}"
+        with self.transact():
+            held = self._db.get(key)
+            known = held if isinstance(held, list) else []
+            self._db.set(key, list(dict.fromkeys([*map(str, digests), *known]))[:MAX_PUSHED])
+
+    @_guarded
+    def pushed(self, registry: str) -> Iterator[tuple[str, list[str]]]:
+        """``(repository, digests)`` for every repository of ``registry`` a push has filled."""
+        prefix = f"pushed:{registry}|"
+        for key, value in self.scan(prefix):
+            if isinstance(value, list):
+                yield key[len(prefix) :], value
 
 
 class Lease:

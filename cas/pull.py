@@ -10,6 +10,7 @@ network request at all.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,13 +18,13 @@ from typing import TYPE_CHECKING
 
 from cas import DEFAULT_LOCK_TIMEOUT
 from cas import manifest as mf
-from cas.digest import Digest, fingerprint_file
+from cas.digest import Digest, of_bytes
 from cas.errors import Cancelled, UnsupportedManifest
 from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
 from cas.recording import commit_bytes, record_blob, record_image, unique
 from cas.reference import Reference
 from cas.registry.stall import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
-from cas.store import Store
+from cas.store import Store, trust
 from cas.transfer import TransferObserver, run_parallel
 
 if TYPE_CHECKING:
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
     from cas.registry import Credentials, RegistryClient
     from cas.registry.endpoints import Sources
 
+
+MAX_NESTING = 4  # indexes naming indexes
+log = logging.getLogger("cas.pull")
 
 PullObserver = TransferObserver  # blob_done(digest, moved): moved is "downloaded" here
 
@@ -76,7 +80,7 @@ class PullResult:
             "reused_bytes": self.reused_bytes,
             "manifest_requests": self.manifest_requests,
             "manifest_endpoint": self.manifest_endpoint,
-            "endpoints": [{"url": url, "downloaded_bytes": n} for url, n in self.endpoint_bytes.items()],
+            "endpoints": [{"url": url, "served_bytes": n} for url, n in self.endpoint_bytes.items()],  # manifests too
             "fallbacks": [f.to_json() for f in self.fallbacks],
             "seconds": round(self.seconds, 3),
         }
@@ -153,25 +157,38 @@ class _Session:
         return self.result
 
     def _resolve(self) -> tuple[list[tuple[Digest, str]], ImageManifest, str | None]:
-        """The reference down to one image manifest: [(index,) manifest] digests, the image, its platform."""
-        top_digest, top_type, top = self._resolve_top()
-        if isinstance(top, ImageManifest):
-            return [(top_digest, top_type)], top, None
-        chosen = top.select(self.options.platform or Platform.host())
-        data, media_type = self._manifest_by_digest(chosen.digest)
-        image = mf.parse(data, media_type)
-        if not isinstance(image, ImageManifest):
-            raise UnsupportedManifest(f"{self.ref}: nested index for platform {chosen.platform} is not supported")
-        return [(top_digest, top_type), (chosen.digest, media_type)], image, str(chosen.platform)
+        """The reference down to one image manifest: [(index,)... manifest] digests, the image, its platform.
+
+        An index may name another index for a platform (containerd walks them too); the walk
+        stops after MAX_NESTING levels, so a registry cannot lead it round in circles.
+        """
+        top_digest, top_type, node = self._resolve_top()
+        chain, platform = [(top_digest, top_type)], None
+        while isinstance(node, ImageIndex):
+            if len(chain) > MAX_NESTING:
+                raise UnsupportedManifest(f"{self.ref}: indexes nested more than {MAX_NESTING} deep")
+            chosen = node.select(self.options.platform or Platform.host())
+            data, media_type = self._manifest_by_digest(chosen.digest)
+            node = mf.parse(data, media_type)
+            chain.append((chosen.digest, media_type))
+            platform = str(chosen.platform)
+        return chain, node, platform
 
     def _fetch_missing(self, blobs: list[Descriptor]) -> None:
-        missing = unique([d for d in blobs if not self.store.blobs.has(d.digest, d.size)])
+        missing = unique([d for d in blobs if not self._present(d)])
         self.options.observer.resolved(str(self.ref), blobs, missing)
         self._download(missing)
         fetched = {d.digest for d in missing}
         for desc in unique(blobs):
             if desc.digest not in fetched:
                 self._count(reused=desc)
+
+    def _present(self, desc: Descriptor) -> bool:
+        """In the store and still what was committed (its stat fingerprint, else a re-hash): a file
+        changed since is downloaded again, and the commit replaces it."""
+        return self.store.blobs.has(desc.digest, desc.size) and (
+            trust.confirm(self.store, desc.digest, desc.size, desc.media_type) is None
+        )
 
     def _resolve_top(self) -> tuple[Digest, str, ImageIndex | ImageManifest]:
         if self.ref.digest is not None:
@@ -187,9 +204,11 @@ class _Session:
         """Immutable content: the store's copy when there is one, else the registry's."""
         if self.store.blobs.has(digest):
             data = self.store.blobs.read(digest)
-            record = self.store.index.get_blob(digest)
-            media_type = record["media_type"] if record else mf.media_type_of(data, None)
-            return data, media_type
+            if of_bytes(data, digest.algorithm) == digest:  # small: check the bytes, not a fingerprint
+                record = self.store.index.get_blob(digest)
+                media_type = record["media_type"] if record else mf.media_type_of(data, None)
+                return data, media_type
+            log.info("the stored manifest %s changed after commit: fetching it again", digest)
         fetched = self.client.get_manifest(self.ref.repository, digest)
         self.result.manifest_requests += 1
         self._commit_manifest(digest, fetched.data, fetched.media_type)
@@ -214,9 +233,9 @@ class _Session:
             received += max(n, 0)
             observer.blob_bytes(desc.digest, n)
 
-        with self.store.blobs.ingest(desc.digest, desc.size, on_wait=observer.waiting) as ing:
+        present = functools.partial(trust.unchanged, self.store, desc.digest)  # a changed file is replaced
+        with self.store.blobs.ingest(desc.digest, desc.size, on_wait=observer.waiting, present=present) as ing:
             if ing.committed:  # another process stored it while we waited
-                self._ensure_blob_record(desc)
                 self._count(reused=desc)
                 observer.blob_done(desc.digest, False)
                 return
@@ -230,13 +249,6 @@ class _Session:
             record_blob(self.store, ing.info, desc.media_type)
         self._count(downloaded=desc, received=received)
         observer.blob_done(desc.digest, True)
-
-    def _ensure_blob_record(self, desc: Descriptor) -> None:
-        """A process killed between commit and index write leaves a blob with no record; mend it."""
-        if self.store.index.get_blob(desc.digest) is None:
-            with self.store.blobs.open(desc.digest) as fh:
-                fingerprint = fingerprint_file(fh)
-            self.store.index.put_blob(desc.digest, size=desc.size, media_type=desc.media_type, fingerprint=fingerprint)
 
     _count_lock = threading.Lock()
 

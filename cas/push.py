@@ -17,8 +17,10 @@ that commits it at the registry completes (see ``cas.registry.upload``).
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -29,17 +31,19 @@ from cas.errors import (
     BadReference,
     Cancelled,
     CasError,
+    ChangedBlobs,
     DigestMismatch,
     IntegrityError,
     MissingBlobs,
     NotCached,
+    StoreError,
     UnsupportedManifest,
 )
 from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
 from cas.recording import unique
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
-from cas.store import Store
+from cas.store import Store, trust
 from cas.transfer import TransferObserver, run_parallel
 
 if TYPE_CHECKING:
@@ -47,6 +51,7 @@ if TYPE_CHECKING:
     from cas.registry.upload import Uploader
 
 MAX_MANIFEST = 4 << 20
+log = logging.getLogger("cas.push")
 
 
 @dataclass
@@ -106,7 +111,7 @@ class PushResult:
             "digest": str(self.plan.top.digest),
             "media_type": self.plan.top.media_type,
             "platforms": self.plan.platforms,
-            "manifests": len(self.plan.manifests),
+            "manifest_count": len(self.plan.manifests),
             "uploaded_blobs": self.uploaded_blobs,
             "uploaded_bytes": self.uploaded_bytes,
             "mounted_blobs": self.mounted_blobs,
@@ -128,6 +133,7 @@ def push(store: Store, source: Reference, dest: Reference, options: PushOptions 
             result = PushResult(str(source), str(dest), planned)
             with _Session(store, dest, options, result, _mount_sources(store, source, dest)) as session:
                 session.run()
+            _remember(store, dest, planned)
     store.index.touch_refs([str(source)])
     result.seconds = time.monotonic() - started
     return result
@@ -218,14 +224,21 @@ def _read_manifest(store: Store, digest: Digest, media_type: str | None) -> Stor
 
 
 def _check_blobs(store: Store, source: Reference, images: list[tuple[StoredManifest, ImageManifest]]) -> None:
-    missing = []
+    """Every config and layer present with its size, and still the bytes committed (the stat
+    fingerprint, ``cas.store.trust``), before the first request: else each one is named."""
+    missing, changed = [], []
     for manifest, image in images:
         for position, desc in enumerate(image.blobs):
+            where = "config" if position == 0 else f"layer {position}/{len(image.layers)}"
+            named = f"{desc.digest} ({where} of {source}, manifest {manifest.digest.short})"
             if not store.blobs.has(desc.digest, desc.size):
-                where = "config" if position == 0 else f"layer {position}/{len(image.layers)}"
-                missing.append(f"{desc.digest} ({where} of {source}, manifest {manifest.digest.short})")
+                missing.append(named)
+            elif (problem := trust.confirm(store, desc.digest, desc.size, desc.media_type)) is not None:
+                changed.append(f"{named}: {problem}")
     if missing:
         raise MissingBlobs(missing, [str(source)], action="push")
+    if changed:
+        raise ChangedBlobs(changed, [str(source)], "nothing was pushed", action="push")
 
 
 def _check_destination(dest: Reference, planned: PushPlan) -> None:
@@ -238,24 +251,41 @@ def _check_destination(dest: Reference, planned: PushPlan) -> None:
 
 def _mount_sources(store: Store, source: Reference, dest: Reference) -> dict[Digest, str]:
     """For each blob the store knows to be in another repository of the destination's registry: one such
-    repository, the source's own first. A mount that turns out wrong costs one request."""
+    repository (the source's own first, then pulled references, then earlier pushes). A mount that turns
+    out wrong costs one request: the registry opens a normal upload instead."""
     found: dict[Digest, str] = {}
-    refs = sorted(store.index.refs(), key=lambda item: item[0] != str(source))
-    for text, record in refs:
-        if record.get("registry") != dest.registry:
+    own = source.registry == dest.registry
+    located = sorted(_locations(store, dest.registry), key=lambda item: not (own and item[0] == source.repository))
+    for repository, digests in located:
+        if repository == dest.repository:
+            continue
+        for text in digests:
+            try:
+                found.setdefault(Digest.parse(text), repository)
+            except CasError:
+                continue
+    return found
+
+
+def _locations(store: Store, registry: str) -> Iterator[tuple[str, list[object]]]:
+    """``(repository, blob digests)`` the store knows to be in ``registry``: pulled references, then pushes."""
+    for text, record in store.index.refs():
+        if record.get("registry") != registry:
             continue
         try:
             repository = parse_reference(text).repository
         except BadReference:
             continue
-        if repository == dest.repository:
-            continue
-        for blob in record.get("blobs", []):
-            try:
-                found.setdefault(Digest.parse(blob["digest"]), repository)
-            except (CasError, KeyError, TypeError):
-                continue
-    return found
+        yield repository, [b.get("digest") for b in record.get("blobs", []) if isinstance(b, dict)]
+    yield from store.index.pushed(registry)
+
+
+def _remember(store: Store, dest: Reference, planned: PushPlan) -> None:
+    """The destination holds every blob now: the next push to its registry may mount them from there."""
+    try:
+        store.index.put_pushed(dest.registry, dest.repository, [d.digest for d in planned.blobs])
+    except StoreError as exc:  # the push itself succeeded; only the shortcut for the next one is lost
+        log.warning("could not remember the blobs pushed to %s: %s", dest.name, exc.message)
 
 
 class _Session:
@@ -274,7 +304,11 @@ class _Session:
         wanted = {d.digest for d in result.plan.blobs}
         self.mounts = {digest: repo for digest, repo in mounts.items() if digest in wanted}
         self.client = RegistryClient(
-            dest.api_host, insecure=options.insecure, credentials=options.credentials, token_cache=store.index
+            dest.api_host,
+            endpoints=_push_endpoints(dest, options.insecure),
+            insecure=options.insecure,
+            credentials=options.credentials,
+            token_cache=store.index,
         )
         self.uploader: Uploader = Uploader(self.client, dest.repository, mount_from=tuple(self.mounts.values()))
 
@@ -286,10 +320,16 @@ class _Session:
 
     def run(self) -> None:
         planned, observer = self.result.plan, self.options.observer
+        reference = self.dest.tag or str(planned.top.digest)
+        # Alone first (its 401 gets the token the parallel requests then share), and a shortcut: a
+        # tag that already names this digest was accepted with every blob, so nothing is left to do.
+        if self.uploader.manifest_digest(reference) == planned.top.digest:
+            observer.resolved(str(self.dest), planned.blobs, [])
+            for desc in planned.blobs:
+                self.result.count("skipped", desc)
+            return
         present: set[Digest] = set()
-        first, *rest = planned.blobs  # alone first: its 401 gets the token the parallel requests then share
-        self._probe(first, present, threading.Event())
-        run_parallel([functools.partial(self._probe, d, present) for d in rest], self.options.jobs, "cas-head")
+        run_parallel([functools.partial(self._probe, d, present) for d in planned.blobs], self.options.jobs, "cas-head")
         missing = [d for d in planned.blobs if d.digest not in present]
         observer.resolved(str(self.dest), planned.blobs, missing)
         for desc in planned.blobs:
@@ -299,7 +339,7 @@ class _Session:
         for child in planned.manifests[:-1]:
             self.uploader.put_manifest(str(child.digest), child.data, child.media_type, child.digest)
         top = planned.top
-        self.uploader.put_manifest(self.dest.tag or str(top.digest), top.data, top.media_type, top.digest)
+        self.uploader.put_manifest(reference, top.data, top.media_type, top.digest)
 
     def _probe(self, desc: Descriptor, present: set[Digest], cancelled: threading.Event) -> None:
         if not cancelled.is_set() and self.uploader.has_blob(desc.digest):
@@ -326,3 +366,11 @@ class _Session:
         self.uploader.upload(desc.digest, desc.size, opener, on_bytes, session)
         self.result.count("uploaded", desc)
         observer.blob_done(desc.digest, True)
+
+
+def _push_endpoints(dest: Reference, insecure: bool) -> list:
+    """Where DEST's registry is, as the machine's configuration says (a hosts.toml ``server`` with its
+    ``ca``, ``client``, ``skip_verify``: e.g. https on loopback); mirrors are read-only, never pushed to."""
+    from cas.registry.endpoints import Sources
+
+    return [ep for ep in Sources.from_env().endpoints(dest, insecure=insecure) if not ep.mirror]

@@ -12,7 +12,7 @@ import textwrap
 import time
 
 import pytest
-from test_lifecycle_support import APP, BASE, OTHER, commit, files_on_disk, indexed, store_three
+from test_lifecycle_support import APP, BASE, OTHER, abandon, commit, files_on_disk, indexed, store_three
 
 from cas import gc
 from cas.digest import Digest
@@ -188,6 +188,7 @@ def test_stale_ingest_is_removed_and_active_one_kept(store):
     stale = Digest.parse("sha256:" + "11" * 32)
     with store.blobs.ingest(stale, 100) as ing:
         ing.write(b"x" * 40)
+    abandon(store, stale)
     active = Digest.parse("sha256:" + "22" * 32)
     with store.blobs.ingest(active, 100) as ing:
         ing.write(b"y" * 30)
@@ -295,8 +296,8 @@ def test_prune_reports_as_freed_only_what_it_removed(store, three, monkeypatch):
     assert [d for d, _, _ in result.blobs] == [str(goes)]
     assert [s.path.name for s in result.strays] == ["junk"]
     assert result.freed_bytes == 100 + 30
-    freed = result.to_json()["freed"]
-    assert freed["blobs"] == 1 and freed["stray_files"] == 1 and freed["bytes"] == 130
+    freed = result.to_json()
+    assert freed["freed_blobs"] == 1 and freed["freed_stray_files"] == 1 and freed["freed_bytes"] == 130
     assert sorted(result.errors) == [
         f"could not remove blobs/sha256/{stuck.hex}: Permission denied",
         "could not remove blobs/sha256/stuck-junk: Permission denied",
@@ -334,7 +335,7 @@ def test_stray_directory_counts_the_bytes_of_its_contents_without_following_link
     assert [(s.kind, s.size) for s in dry.strays] == [("directory", 1234)]
     assert dry.freed_bytes == 1234
     du = usage(store)
-    assert du["total"]["stray_bytes"] == 1234 and du["reclaimable"]["bytes"] == 1234
+    assert du["stray_bytes"] == 1234 and du["reclaimable"]["size"] == 1234
     result = gc.prune(store)
     assert result.freed_bytes == 1234 and not stray.exists()
     assert (outside / "big").stat().st_size == 10_000 and (outside / "sub" / "also").exists()
@@ -345,6 +346,7 @@ def test_prune_walks_the_files_before_its_index_transaction(store, three, monkey
     commit(store, b"garbage" * 100, "application/octet-stream")
     with store.blobs.ingest(Digest.parse("sha256:" + "33" * 32), 100) as ing:
         ing.write(b"partial")
+    abandon(store, Digest.parse("sha256:" + "33" * 32))
     database = store.root / "index" / "cache.db"
     assert database.is_file()
     seen: list[str] = []
@@ -389,6 +391,7 @@ def test_each_ingest_lock_is_tested_once_per_command(store, three, monkeypatch):
     for n in (1, 2, 3):
         with store.blobs.ingest(Digest.parse("sha256:" + f"{n}{n}" * 32), 100) as ing:
             ing.write(b"stale")
+        abandon(store, Digest.parse("sha256:" + f"{n}{n}" * 32))
     real_is_locked = blobs_module.is_locked
     tested: list[str] = []
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 from support.images import Image, random_layer
@@ -107,3 +108,11 @@ def flip_byte(path: Path, offset: int = 100) -> None:
         fh.seek(offset)
         fh.write(bytes([byte[0] ^ 0xFF]))
     os.chmod(path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+
+
+def abandon(store: Store, digest: Digest) -> None:
+    """Age a partial download past RESUMABLE_FOR: no pull resumes it, so verify and prune call it stale."""
+    from cas.store.blobs import RESUMABLE_FOR
+
+    old = time.time() - RESUMABLE_FOR - 3600
+    os.utime(store.blobs.ingest_dir / f"{digest.algorithm}-{digest.hex}" / "data", (old, old))

@@ -52,7 +52,7 @@ def env_for(hosts=None, registries_conf=None, daemon_json=None) -> dict[str, str
 
 
 def pull_json(cas, ref: str, env: dict[str, str], *extra: str) -> dict:
-    return json.loads(cas("pull", "--json", *extra, ref, env=env).stdout)[0]
+    return json.loads(cas("pull", "--json", *extra, ref, env=env).stdout)["images"][0]
 
 
 def by_cas(records):
@@ -75,7 +75,7 @@ def test_hosts_toml_mirror_is_the_only_way_to_the_upstream(cas, fleet, tmp_path)
     assert {r.reference for r in mirror_gets if r.kind == "blob"} == {b.digest for b in image.blobs}
     assert result["manifest_endpoint"] == mirror.url
     assert [e["url"] for e in result["endpoints"]] == [mirror.url]
-    assert result["endpoints"][0]["downloaded_bytes"] == sum(b.size for b in image.blobs) + image.manifest_blob.size
+    assert result["endpoints"][0]["served_bytes"] == sum(b.size for b in image.blobs) + image.manifest_blob.size
     assert result["fallbacks"] == []
 
 
@@ -107,10 +107,9 @@ def test_mirror_down_falls_back_to_the_upstream_fast(cas, fleet, tmp_path):
     assert elapsed < 3.0, f"the fallback took {elapsed:.2f} s"
     assert result["manifest_endpoint"] == upstream.url
     assert [e["url"] for e in result["endpoints"]] == [upstream.url]
-    first = result["fallbacks"][0]
-    assert first["endpoint"] == mirror.url and "connection refused" in first["reason"]
-    # Found dead once: every later request skips it without knocking.
-    assert all(f["reason"].startswith("skipped: ") for f in result["fallbacks"][1:])
+    (fallback,) = result["fallbacks"]  # found dead once: every later request skips it without knocking
+    assert fallback["endpoint"] == mirror.url and "connection refused" in fallback["reason"]
+    assert fallback["what"] == f"manifest {upstream.host}/{REPO}:1"
     assert len(by_cas(upstream.blob_gets())) == len(image.blobs)
 
 
@@ -208,7 +207,7 @@ def test_the_upstreams_credentials_never_reach_the_mirror(cas, tmp_path, proxy_f
         env["CAS_HOME"] = str(tmp_path / "host2")
         result = json.loads(
             cas("pull", "--json", "-u", "builder", "--password-stdin", ref, input="s3cret\n", env=env).stdout
-        )[0]
+        )["images"][0]
         assert result["fallbacks"][0]["endpoint"] == challenging.url
         assert result["manifest_endpoint"] == upstream.url
         assert challenging.requests and all("authorization" not in r.headers for r in challenging.requests)
@@ -252,6 +251,40 @@ def test_an_https_loopback_upstream_in_hosts_toml_is_reached_with_its_ca(cas, tm
         wait_until(lambda: len(blob_lines()) == len(image.blobs), timeout=10, what="the TLS registry's log")
 
 
+def test_mutual_tls_and_skip_verify_from_hosts_toml(cas, tmp_path):
+    from support.pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    image = images.Image([images.random_layer(30_000, seed=75)])
+    with Registry(tmp_path / "mtls") as plain:
+        images.push(plain, REPO, "1", image)
+    with Registry(tmp_path / "mtls", tls=pki, client_certs=True) as upstream:
+        ref = f"{upstream.host}/{REPO}:1"
+        body = f'server = "https://{upstream.host}"\nca = "{pki.ca}"\n'
+        hosts = hosts_dir(tmp_path / "no-client", upstream.host, body)
+        refused = cas("pull", ref, env=env_for(hosts=hosts), check=False)  # the server wants a client certificate
+        assert refused.returncode == 1 and "--insecure" not in refused.stderr
+        hosts = hosts_dir(
+            tmp_path / "client", upstream.host, body + f'client = ["{pki.client.cert}", "{pki.client.key}"]\n'
+        )
+        assert pull_json(cas, ref, env_for(hosts=hosts))["downloaded_blobs"] == len(image.blobs)
+        # skip_verify: no CA at all, and the pull still goes over TLS
+        body = f'server = "https://{upstream.host}"\nskip_verify = true\nclient = ["{pki.client.cert}", "{pki.client.key}"]\n'
+        hosts = hosts_dir(tmp_path / "skip", upstream.host, body)
+        env = {**env_for(hosts=hosts), "CAS_HOME": str(tmp_path / "host-skip")}
+        assert pull_json(cas, ref, env)["manifest_endpoint"] == f"https://{upstream.host}"
+
+
+def test_configured_headers_are_sent_to_their_endpoint(cas, tmp_path, registry, test_images, proxy):
+    body = (
+        f'server = "{registry.url}"\n\n[host."{proxy.url}"]\n  capabilities = ["pull", "resolve"]\n'
+        '  header = { X-Fleet = "build-7" }\n'
+    )
+    result = pull_json(cas, f"{registry.host}/base:latest", env_for(hosts=hosts_dir(tmp_path, registry.host, body)))
+    assert result["manifest_endpoint"] == proxy.url
+    assert proxy.requests and all(r.headers.get("x-fleet") == "build-7" for r in proxy.requests)
+
+
 def test_connection_refused_with_no_endpoint_left_fails_fast(cas, monkeypatch):
     from cas.errors import Unreachable
     from cas.registry import RegistryClient
@@ -268,3 +301,20 @@ def test_connection_refused_with_no_endpoint_left_fails_fast(cas, monkeypatch):
     assert done.returncode == 1
     assert done.stderr.splitlines()[0] == f"error: cannot reach registry {host}: connection refused"
     assert "--insecure" not in done.stderr
+
+
+def test_falling_back_from_a_refused_mirror_waits_for_nothing(monkeypatch, registry, test_images, cas_home):
+    from cas.registry import RegistryClient, walk
+    from cas.registry import client as client_module
+    from cas.registry.endpoints import Endpoint, upstream
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    endpoints = [Endpoint(dead, dead + "/v2", "", mirror=True), upstream(registry.host, "")]
+    slept: list[float] = []
+    monkeypatch.setattr(client_module.time, "sleep", slept.append)
+    walk.forget_dead()
+    with RegistryClient(registry.host, endpoints=endpoints) as client:
+        fetched = client.get_manifest("base", "latest")
+    assert fetched.endpoint == registry.url and slept == []  # one refused connection, no backoff
+    assert [f.endpoint for f in client.served.fallbacks] == [dead]
+    walk.forget_dead()

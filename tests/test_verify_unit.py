@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from test_lifecycle_support import APP, BASE, files_on_disk, flip_byte, images, indexed, store_image
+from test_lifecycle_support import APP, BASE, abandon, files_on_disk, flip_byte, images, indexed, store_image
 
 from cas import gc
 from cas.digest import Digest, of_bytes
@@ -142,6 +142,7 @@ def test_orphans_and_stale_ingests_are_reported_and_removed(store, two, tmp_path
     (sha / "README").write_text("not a blob")
     with store.blobs.ingest(Digest.parse("sha256:" + "12" * 32), 50) as ing:
         ing.write(b"partial")
+    abandon(store, Digest.parse("sha256:" + "12" * 32))
 
     report = verify(store)
     found = kinds(report)

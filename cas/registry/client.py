@@ -21,24 +21,24 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import httpx
 
 from cas import __version__
 from cas.digest import Digest, of_bytes, verify_bytes
-from cas.errors import BadDigest, IntegrityError, ManifestError, RegistryError, Stalled, Unreachable
+from cas.errors import BadDigest, ManifestError, RegistryError, Unreachable
 from cas.manifest import ACCEPT, media_type_of
 from cas.registry import ranged
 from cas.registry.auth import RegistryAuth, TokenCache
 from cas.registry.credentials import Credentials
+from cas.registry.download import BlobDownloads
 from cas.registry.endpoints import PULL, RESOLVE, TLS, Endpoint, upstream
 from cas.registry.failures import describe_transport_error, status_error
 from cas.registry.retry import MAX_RETRY_AFTER, Transient, backoff_delay
-from cas.registry.stall import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT, StallWatch
+from cas.registry.stall import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
 from cas.registry.transport import LazyTLSTransport
 from cas.registry.walk import Served, walk
-from cas.registry.wire import parse_content_range
 
 MAX_MANIFEST = 4 << 20
 MAX_REDIRECTS = 5
@@ -55,18 +55,7 @@ class FetchedManifest:
     endpoint: str = ""  # the URL of the endpoint that served it
 
 
-class Sink(Protocol):
-    """Where blob bytes go (``cas.store.blobs.Ingest`` is one)."""
-
-    @property
-    def offset(self) -> int: ...  # bytes already held: the resume point (a plain attribute works too)
-
-    def write(self, chunk: bytes) -> None: ...
-
-    def restart(self) -> None: ...  # drop partial data (the server ignored Range)
-
-
-class RegistryClient:
+class RegistryClient(BlobDownloads):
     def __init__(
         self,
         registry: str,
@@ -199,144 +188,16 @@ class RegistryClient:
         self.served.manifest_from(ep)
         return FetchedManifest(data, media_type_of(data, headers.get("Content-Type")), digest, ep.url)
 
-    # blobs ---------------------------------------------------------------
-    def download_blob(
-        self,
-        repository: str,
-        digest: Digest,
-        sink: Sink,
-        on_bytes: Callable[[int], None] | None = None,
-        commit: Callable[[], object] | None = None,
-    ) -> None:
-        """Stream a blob into ``sink`` from the first ``pull`` endpoint that serves it.
+    def check_login(self) -> None:
+        """GET /v2/ with the credentials, as `docker login` checks them; AuthError when they are refused."""
 
-        ``commit`` (the store's ``Ingest.commit``, which verifies) runs once an
-        endpoint's stream has ended; wrong bytes from a mirror (an IntegrityError:
-        the sink has dropped them) are reported and fetched again from the next
-        endpoint. ``on_bytes(n)``: see ``_blob_from``; a rejected stream is rolled
-        back with a negative ``n``.
-        """
-        report = on_bytes or (lambda n: None)
+        own = self._upstream
+        url = f"{own.api}/"  # the /v2/ base, never a mirror
 
-        def from_endpoint(ep: Endpoint, has_next: bool) -> None:
-            def counted(n: int) -> None:
-                self.served.add(ep, n)
-                report(n)
+        def attempt() -> None:
+            self._open(own, url, {}, "", f"registry {self.registry}", kind="registry", ok=(200,)).close()
 
-            self._blob_from(ep, has_next, repository, digest, sink, counted)
-            if commit is not None:
-                held = sink.offset
-                try:
-                    commit()
-                except IntegrityError:
-                    report(-held)
-                    raise
-
-        walk(self.endpoints, PULL, f"blob {digest}", self.served, from_endpoint)
-
-    def _blob_from(
-        self, ep: Endpoint, has_next: bool, repository: str, digest: Digest, sink: Sink, report: Callable[[int], None]
-    ) -> None:
-        """Stream a blob from one endpoint into ``sink``, from ``sink.offset`` on (HTTP Range when it is > 0).
-
-        The bytes are not verified here: the sink (the store's Ingest) does that.
-        A connection dropped mid-stream resumes from ``sink.offset``, up to
-        ``retries`` times in a row without progress (once when another endpoint
-        is left). A stream slower than ``min_rate`` for ``timeout`` seconds is
-        Stalled, not retried: the partial data stays for the next attempt.
-        ``report(n)`` gives the ``n`` bytes just written to the sink; ``n`` is
-        negative when the sink dropped ``-n`` bytes it held (a server that
-        ignored Range, or answered the wrong range, made us ``restart()`` it), so
-        a progress bar that started at the sink's offset can roll back.
-        """
-        repository = ep.repository or repository
-        shown = f"blob {digest} of {ep.host}/{repository}"
-        url = f"{ep.api}/{repository}/blobs/{digest}"
-        if (
-            self.ranges is not None
-            and self.ranges.wants(sink)
-            and self._fetch_ranges(ep, has_next, url, repository, shown, sink, report)
-        ):
-            return
-        failures, furthest = 0, sink.offset
-        budget = min(1, self.retries) if has_next else self.retries
-        while True:
-            start = sink.offset
-            headers = {"Accept-Encoding": "identity"}
-            if start > 0:
-                headers["Range"] = f"bytes={start}-"
-            ok = (200, 206, 416) if start > 0 else (200,)
-            response = self._retrying(
-                ep,
-                lambda headers=headers, ok=ok: self._open(ep, url, headers, repository, shown, kind="blob", ok=ok),
-                has_next,
-            )
-            watch = StallWatch(self.min_rate, self.timeout)
-            try:
-                if _restart_needed(response, start):
-                    sink.restart()
-                    report(-start)
-                    if response.status_code != 200:
-                        raise _Resume()
-                elif response.status_code == 416:
-                    return  # the sink already holds the whole blob; the store verifies it
-                for chunk in response.iter_raw():  # up to transport.READ_SIZE, no copy
-                    sink.write(chunk)
-                    report(len(chunk))
-                    watch.update(len(chunk))
-                return
-            except (StallWatch.Stalled, httpx.ReadTimeout) as exc:
-                raise Stalled(
-                    f"download of {shown} stalled: {watch.describe()} ({sink.offset} bytes held)",
-                    hint="run the pull again: it resumes where it stopped; "
-                    "--timeout (or $CAS_TIMEOUT) sets how long a transfer may stall",
-                ) from exc
-            except (_Resume, httpx.TransportError) as exc:
-                if sink.offset > furthest:
-                    failures, furthest = 0, sink.offset
-                else:
-                    failures += 1
-                if failures > budget:
-                    if isinstance(exc, _Resume):
-                        raise RegistryError(
-                            f"{_name(ep, self.registry)} keeps answering the wrong range for {shown}"
-                        ) from None
-                    raise self._dropped(ep, exc, shown, sink) from exc
-            finally:
-                response.close()
-            time.sleep(backoff_delay(failures, self.backoff))
-
-    def _fetch_ranges(
-        self,
-        ep: Endpoint,
-        has_next: bool,
-        url: str,
-        repository: str,
-        shown: str,
-        sink: Sink,
-        report: Callable[[int], None],
-    ) -> bool:
-        """The blob as parallel Range requests (``cas.registry.ranged``); False: one stream from ``sink.offset``."""
-
-        def open_range(start: int, end: int) -> httpx.Response:
-            headers = {"Accept-Encoding": "identity", "Range": f"bytes={start}-{end - 1}"}
-            ok = (200, 206, 416)  # anything but the 206 asked for ends the split (ranged.check_answer)
-            return self._retrying(
-                ep, lambda: self._open(ep, url, headers, repository, shown, kind="blob", ok=ok), has_next
-            )
-
-        assert self.ranges is not None
-        try:
-            return ranged.fetch(open_range, sink, self.ranges, report, retries=self.retries, backoff=self.backoff)  # type: ignore[arg-type]
-        except httpx.TransportError as exc:
-            raise self._dropped(ep, exc, shown, sink) from exc
-
-    def _dropped(self, ep: Endpoint, exc: httpx.TransportError, shown: str, sink: Sink) -> Unreachable:
-        reason = describe_transport_error(exc, ep.url, ep.source).reason
-        return Unreachable(
-            f"cannot reach {_name(ep, self.registry)}: {reason} while downloading {shown} ({sink.offset} bytes held)",
-            hint="run the pull again: it resumes where it stopped",
-        )
+        self._retrying(own, attempt)
 
     # pushes (cas.registry.upload): the upstream only, never a mirror -------
     def push_request(
@@ -397,7 +258,7 @@ class RegistryClient:
             except httpx.HTTPError as exc:  # decoding errors, too many redirects: not worth retrying
                 raise RegistryError(f"bad answer from {self._who(ep, exc)}: {exc}") from exc
             except httpx.InvalidURL as exc:
-                raise RegistryError(f"invalid URL for {_name(ep, self.registry)}: {exc}") from exc
+                raise RegistryError(f"invalid URL for {ep.named(self.registry)}: {exc}") from exc
             tries += 1
             time.sleep(delay)
 
@@ -406,7 +267,7 @@ class RegistryClient:
             netloc = exc.request.url.netloc.decode()
         except RuntimeError:  # no request attached
             netloc = ep.host
-        name = _name(ep, self.registry)
+        name = ep.named(self.registry)
         return name if netloc == ep.host else f"{netloc} (for {name})"
 
     def _open(
@@ -470,32 +331,10 @@ class RegistryClient:
             target = response.url.join(location)
             if not _same_origin(target, origin):
                 auth, sent = None, list(headers.items())
-        raise RegistryError(f"{_name(ep, self.registry)}: more than {MAX_REDIRECTS} redirects for {url}")
+        raise RegistryError(f"{ep.named(self.registry)}: more than {MAX_REDIRECTS} redirects for {url}")
 
 
 _RETRY_LIMITS = {"refused": REFUSED_RETRIES, "connect-timeout": 1}
-
-
-def _name(ep: Endpoint, registry: str) -> str:
-    """How an endpoint is named in messages: ``registry HOST``, or ``mirror URL`` for a mirror."""
-    return f"mirror {ep.url}" if ep.mirror else f"registry {ep.host if ep.source else registry}"
-
-
-class _Resume(Exception):
-    """The server answered a Range request with the wrong range: start again from 0."""
-
-
-def _restart_needed(response: httpx.Response, start: int) -> bool:
-    """True when the sink's partial data must go: 200 to a Range, a wrong 206, or a 416 that is not 'complete'."""
-    if start == 0:
-        return False
-    status = response.status_code
-    if status == 200:
-        return True
-    parsed = parse_content_range(response.headers.get("Content-Range"))
-    if status == 206:
-        return parsed is None or parsed[0] != start
-    return parsed is None or parsed[2] != start  # 416 "bytes */TOTAL": complete only when TOTAL == start
 
 
 def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:

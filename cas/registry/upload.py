@@ -28,7 +28,8 @@ from typing import BinaryIO
 import httpx
 
 from cas.digest import Digest, Hasher
-from cas.errors import AuthError, IntegrityError, RegistryError, Unreachable
+from cas.errors import AuthError, BadDigest, IntegrityError, RegistryError, Unreachable
+from cas.manifest import ACCEPT
 from cas.registry.auth import scope_for
 from cas.registry.client import RegistryClient
 from cas.registry.failures import describe_transport_error
@@ -148,6 +149,19 @@ class Uploader:
         self._send("PUT", url, {"Content-Length": "0"}, b"", ok=(201,), shown=self._shown(digest)).close()
 
     # manifests -------------------------------------------------------------
+    def manifest_digest(self, reference: str) -> Digest | None:
+        """What ``reference`` (a tag or digest) names in the repository now; None when nothing (404)."""
+        shown = f"manifest {self.where}{'@' if ':' in reference else ':'}{reference}"
+        url = f"{self.base}/manifests/{reference}"
+        response = self._call("HEAD", url, ok=(200, 404), shown=shown, headers={"Accept": ACCEPT})
+        said = response.headers.get("Docker-Content-Digest", "").strip()
+        if response.status_code != 200 or not said:
+            return None
+        try:
+            return Digest.parse(said)
+        except BadDigest:
+            return None
+
     def put_manifest(self, reference: str, data: bytes, media_type: str, digest: Digest) -> None:
         """PUT the manifest bytes as they are, so the registry's digest is ours (checked when it says)."""
         shown = f"manifest {self.where}{'@' if ':' in reference else ':'}{reference}"

@@ -7,8 +7,8 @@ The rules (containerd's and podman's):
   refused or reset, timeout, stall, 5xx, 404, 401/403, wrong bytes) moves on to
   the next one, and is logged (logger ``cas.registry``) and reported;
 - an endpoint that could not be reached is remembered as dead for the rest of
-  the process and skipped, so a dead mirror costs one refused connection, not one
-  per blob; the last endpoint is always tried.
+  the process and skipped (reported once), so a dead mirror costs one refused
+  connection, not one per blob; the last endpoint is always tried.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class Served:
                 self.manifest_endpoint = endpoint.url
 
     def fell_back(self, endpoint: Endpoint, what: str, reason: str) -> None:
-        log.warning("%s: %s failed (%s); trying the next endpoint", endpoint.url, what, reason)
+        log.info("%s: %s failed (%s); trying the next endpoint", endpoint.url, what, reason)
         with self._lock:
             self.fallbacks.append(Fallback(endpoint.url, what, reason))
 
@@ -103,8 +103,8 @@ def walk(
         has_next = position < len(usable) - 1
         if has_next:
             reason = dead_reason(endpoint.url)
-            if reason is not None:
-                served.fell_back(endpoint, what, f"skipped: {reason} earlier in this run")
+            if reason is not None:  # reported once, when it was found dead
+                log.debug("%s: skipped for %s (%s earlier in this run)", endpoint.url, what, reason)
                 continue
         try:
             return attempt(endpoint, has_next)

@@ -94,11 +94,13 @@ class Registry:
         client_certs: bool = False,
         proxy_remote: str | None = None,
         proxy_credentials: tuple[str, str] | None = None,
+        extra_config: str = "",
     ) -> None:
         """``tls``: serve https with ``tls.server``; ``client_certs``: also require a client
         certificate signed by ``tls.ca`` (mutual TLS). ``proxy_remote``: run as a pull-through
         cache of that URL (start the upstream first: distribution panics when it cannot reach
-        it), logging in there with ``proxy_credentials`` (a token upstream only, in 2.8)."""
+        it), logging in there with ``proxy_credentials`` (a token upstream only, in 2.8).
+        ``extra_config``: more top-level YAML sections, e.g. ``validation:`` to allow foreign-layer URLs."""
         if auth not in AUTH_MODES:
             raise ValueError(f"auth must be one of {AUTH_MODES}, not {auth!r}")
         self.workdir = Path(workdir)
@@ -112,6 +114,7 @@ class Registry:
         self.token_server = token_server
         self.tls = tls
         self.client_certs = client_certs
+        self.extra_config = extra_config
         self.proxy_remote = proxy_remote
         self.proxy_credentials = proxy_credentials
         self._own_token_server = False
@@ -218,6 +221,7 @@ class Registry:
             + self._tls_config()
             + auth_yaml
             + self._proxy_config()
+            + self.extra_config
         )
 
     def _proxy_config(self) -> str:
@@ -236,6 +240,17 @@ class Registry:
             text += f"    clientcas:\n      - {self.tls.ca}\n"
         return text
 
+    def _client_context(self):
+        """For our own requests to a TLS registry: trust its CA, and present a client certificate."""
+        if self.tls is None:
+            return None
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(self.tls.ca))
+        if self.client_certs:
+            context.load_cert_chain(str(self.tls.client.cert), str(self.tls.client.key))
+        return context
+
     def _answers(self) -> bool:
         if self._proc is not None and self._proc.poll() is not None:
             raise GiveUp("registry exited")
@@ -247,7 +262,7 @@ class Registry:
     def _sync(self) -> None:
         """Make sure every request that finished before this call is in ``self._records``."""
         token = f"{_SYNC}{next(self._sync_ids)}"
-        http_status(f"{self.url}/v2/?{token}", timeout=5)  # 401 in the auth modes: logged all the same
+        http_status(f"{self.url}/v2/?{token}", timeout=5, context=self._client_context())  # 401: logged all the same
         wait_until(
             lambda: self._read_new() or token in self._synced,
             timeout=15,

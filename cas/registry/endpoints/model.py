@@ -61,6 +61,10 @@ class Endpoint:
     def can(self, capability: str) -> bool:
         return capability in self.capabilities
 
+    def named(self, registry: str) -> str:
+        """How messages name it: ``mirror URL``, or ``registry HOST`` (the reference's own name by default)."""
+        return f"mirror {self.url}" if self.mirror else f"registry {self.host if self.source else registry}"
+
 
 def api_host(host: str) -> str:
     """docker.io is served at registry-1.docker.io, wherever it is named."""
