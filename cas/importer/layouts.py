@@ -132,7 +132,8 @@ def _resolve(
             missing.append(f"{child.digest} (manifest for {child.platform} of {names[0].familiar if names else where})")
         return []
     sources = []
-    for child in present:
+    host_last = sorted(present, key=lambda c: c.platform is not None and Platform.host().matches(c.platform))
+    for child in host_last:
         for source in _resolve(store, child, names, missing, where):
             source.top = source.top or (desc.digest, media_type)
             sources.append(source)
