@@ -120,14 +120,20 @@ def test_push_to_registries_that_want_credentials(
     assert skopeo.inspect(f"docker://{dest}", creds=creds)["Digest"] == test_images.base.digest
 
 
+@pytest.mark.parametrize("kind", ["basic", "token"])
 def test_anonymous_push_to_a_registry_that_wants_credentials_fails_with_a_hint(
-    cas, registry, basic_registry, test_images
+    cas, registry, basic_registry, token_registry, test_images, kind
 ):
+    target = basic_registry if kind == "basic" else token_registry  # the token server lets anyone pull
     ref = test_images.ref(registry, "base")
     cas("pull", ref)
-    proc = cas("push", ref, f"{basic_registry.host}/{_repo('base')}:anon", check=False)
-    assert proc.returncode == 1
-    assert proc.stderr.startswith("error: ") and "hint: " in proc.stderr and "Traceback" not in proc.stderr
+    repository = _repo("base")
+    mark = target.mark()
+    proc = cas("push", ref, f"{target.host}/{repository}:anon", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: ") and target.host in lines[0] and "log in" in lines[1]
+    assert not [r for r in target.requests(mark) if r.status in (201, 202)]  # nothing was accepted
 
 
 def _manifest_status(registry, repository: str, reference: str) -> int:
