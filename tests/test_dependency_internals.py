@@ -17,6 +17,7 @@ import inspect
 
 import diskcache
 import httpcore
+from test_lifecycle_support import tiny_record
 
 from cas.digest import Digest
 from cas.index import Index
@@ -49,7 +50,7 @@ def test_diskcache_internals_used_by_index_scan(tmp_path):
         digests = [Digest("sha256", f"{i:064x}") for i in range(3)]
         for i, digest in enumerate(digests):
             index.put_blob(digest, size=i, media_type="m", fingerprint="f")
-        index.put_ref("r/x:1", {"ref": "r/x:1"})
+        index.put_ref(tiny_record("r/x:1"))
         found = dict(index.scan("blob:", page=2))  # pages of 2: the rowid cursor is used
         assert sorted(found) == sorted(f"blob:sha256:{d.hex}" for d in digests)
         assert [v["size"] for _, v in sorted(found.items())] == [0, 1, 2]
