@@ -31,6 +31,7 @@ from pathlib import Path
 from harness import CAS, ROOT, compile_cas
 
 from cas.digest import Digest
+from cas.records import BlobEntry, RefRecord
 from cas.store import Store
 from tests.support.tools import require
 
@@ -94,20 +95,18 @@ def build(home: Path, n_images: int, n_blobs: int, seed: int = 1) -> dict:
         ref = f"127.0.0.1:5000/bench/img{i:05d}:1.0"
         used = now - rng.uniform(0, 30 * 86400)
         index.put_ref(
-            ref,
-            {
-                "ref": ref,
-                "registry": "127.0.0.1:5000",
-                "digest": manifest["digest"],
-                "media_type": OCI_MANIFEST,
-                "manifest": manifest["digest"],
-                "config": config["digest"],
-                "platform": "linux/amd64",
-                "blobs": blobs,
-                "size": sum(b["size"] for b in blobs),
-                "pulled": used,
-                "used": used,
-            },
+            RefRecord(
+                ref=ref,
+                registry="127.0.0.1:5000",
+                digest=Digest.parse(manifest["digest"]),
+                media_type=OCI_MANIFEST,
+                manifest=Digest.parse(manifest["digest"]),
+                config=Digest.parse(config["digest"]),
+                platform="linux/amd64",
+                blobs=tuple(BlobEntry(Digest.parse(b["digest"]), b["size"], b["media_type"]) for b in blobs),
+                pulled=used,
+                used=used,
+            )
         )
     for _ in range(garbage):
         put(blob_bytes(), OCI_LAYER)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from cas import DEFAULT_LOCK_TIMEOUT
 from cas.digest import Digest
 from cas.errors import StoreError
+from cas.records import PREFIX, ref_of_key
 from cas.snapshot import Image, Snapshot, Stray, read_disk, read_index, snapshot
 from cas.store import IngestEntry, Store
 from cas.store.remover import Remover
@@ -99,7 +100,13 @@ class Plan:
             "freed_stray_files": len(self.strays),
             "freed_stale_downloads": len(self.ingests),
             "images": [
-                {"ref": i.ref, "size": i.size, "freed_bytes": freed, "used_at": timestamp(i.used or None)}
+                {
+                    "ref": i.ref,
+                    "platform": i.platform,
+                    "size": i.size,
+                    "freed_bytes": freed,
+                    "used_at": timestamp(i.used or None),
+                }
                 for i, freed in per_image
             ],
             "unreferenced_bytes": unreferenced,
@@ -120,8 +127,8 @@ class Plan:
 
 
 def plan(snap: Snapshot, policy: Policy, *, now: float | None = None, dry_run: bool = True) -> Plan:
-    if snap.bad_keys and any(k.startswith("ref:") for k in snap.bad_keys):
-        bad = ", ".join(k[4:] for k in snap.bad_keys if k.startswith("ref:"))
+    if any(k.startswith(PREFIX) for k in snap.bad_keys):
+        bad = ", ".join(ref_of_key(k) for k in snap.bad_keys if k.startswith(PREFIX))
         raise StoreError(
             f"cannot prune: malformed ref record(s) in the index: {bad}",
             hint="run `cas verify --repair` (it drops them), then prune again",
@@ -140,7 +147,7 @@ def plan(snap: Snapshot, policy: Policy, *, now: float | None = None, dry_run: b
                 freed += files.get(digest, 0)
         return freed
 
-    lru = sorted(snap.images.values(), key=lambda i: (i.used, i.ref))
+    lru = sorted(snap.images.values(), key=lambda i: (i.used, i.ref, i.platform or ""))
     evicted: list[Image] = []
     if policy.everything:
         evicted, lru = lru, []
@@ -208,7 +215,7 @@ def prune(
             read_index(store, snap)
             result = plan(snap, policy, now=now, dry_run=False)
             for image in result.images:
-                index.remove_ref(image.ref)
+                index.remove_ref(image.record)
             for digest, _, indexed in result.blobs:
                 if indexed:
                     index.remove_blob(Digest.parse(digest))

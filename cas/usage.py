@@ -28,12 +28,13 @@ def usage(store: Store) -> dict:
         referenced += size
         if count > 1:
             shared_total += size
-    for image in sorted(snap.images.values(), key=lambda i: i.ref):
+    for image in sorted(snap.images.values(), key=lambda i: (i.ref, i.platform or "")):
         unique = sum(size for digest, size in image.blobs if counts[digest] == 1)
         missing = [d for d, _ in image.blobs if d not in snap.files]
         images.append(
             {
                 "ref": image.ref,
+                "platform": image.platform,
                 "size": image.size,
                 "unique_bytes": unique,
                 "shared_bytes": image.size - unique,

@@ -66,9 +66,9 @@ def pull(
 
 def summary(result) -> str:
     size = output.human_size
-    platform = f" {result.record['platform']}" if result.record.get("platform") else ""
+    platform = f" {result.record.platform}" if result.record.platform else ""
     line = (
-        f"{result.ref}: {output.short_digest(result.record['digest'])}{platform}  "
+        f"{result.ref}: {output.short_digest(str(result.record.digest))}{platform}  "
         f"downloaded {result.downloaded_blobs} blob(s), {size(result.downloaded_bytes)}; "
         f"reused {result.reused_blobs}, {size(result.reused_bytes)} saved ({result.seconds:.2f}s)"
     )

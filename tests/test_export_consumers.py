@@ -16,6 +16,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from test_lifecycle_support import only_record
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -379,7 +380,7 @@ def test_both_tags_of_one_manifest_are_kept_by_prune_after_an_export(cas, cas_ho
     store = Store(cas_home)
     try:
         for ref in (one, latest):  # both pulled long ago, never used since
-            store.index.put_ref(ref, dict(store.index.get_ref(ref), pulled=1000.0, used=1000.0))
+            store.index.put_ref(only_record(store, ref).replace(pulled=1000.0, used=1000.0))
     finally:
         store.close()
 

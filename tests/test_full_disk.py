@@ -16,6 +16,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from test_lifecycle_support import tiny_record
 
 
 @contextlib.contextmanager
@@ -105,13 +106,14 @@ def test_opening_the_index_writes_nothing(tmp_path):
     from cas.index import Index
 
     index = Index(tmp_path / "index")
-    index.put_ref("127.0.0.1:5000/app:1", {"ref": "127.0.0.1:5000/app:1", "blobs": []})
+    index.put_ref(tiny_record("127.0.0.1:5000/app:1"))
     index.close()
     db = tmp_path / "index" / "cache.db"
     before = db.stat()
     for _ in range(3):
         reader = Index(tmp_path / "index")
-        assert reader.get_ref("127.0.0.1:5000/app:1") is not None
+        assert reader.get_ref("127.0.0.1:5000/app:1", "linux/amd64") is not None
+        assert reader.ref_records("127.0.0.1:5000/app:1")
         reader.close()
     after = db.stat()
     assert (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size)

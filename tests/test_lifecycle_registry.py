@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_lifecycle_support import flip_byte
+from test_lifecycle_support import flip_byte, only_record
 
 
 def blobs_on_disk(cas_home: Path) -> set[str]:
@@ -130,7 +130,7 @@ def test_older_than_evicts_images_not_used_recently(cas, cas_home, registry, tes
     from cas.store import Store
 
     store = Store(cas_home)  # two hours pass, for both images...
-    store.index.touch_refs([base, oci], when=time.time() - 7200)
+    store.index.touch_refs([only_record(store, base), only_record(store, oci)], when=time.time() - 7200)
     store.close()
     cas("export", oci, "-o", cas_home.parent / "oci.tar")  # ...then an export uses one of them
     result = as_json(cas("prune", "--older-than", "1h", "--json"))
@@ -168,7 +168,9 @@ def test_flipped_byte_is_found_named_repaired_and_pulled_back(
     cas("pull", app)
     assert [r.reference for r in registry.blob_gets()] == [victim]  # only the bad blob came back
     pending = as_json(cas("verify", "--json", check=False))
-    assert [(f["kind"], f["what"]) for f in pending["findings"]] == [("needs-pull", base)]  # app's pull cleared its own
+    assert [(f["kind"], f["what"]) for f in pending["findings"]] == [
+        ("needs-pull", f"{base} (linux/amd64)")
+    ]  # app's pull cleared its own
     cas("pull", base)  # and base's pull clears base's
     assert as_json(cas("verify", "--deep", "--json"))["ok"]
     assert sorted(layout_refs(cas_home)) == sorted([base, app])

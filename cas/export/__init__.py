@@ -186,7 +186,7 @@ def _write(store: Store, checked: ExportPlan, output: Path | int, options: Expor
                 result.copy_method = writer.method
             if recorded:
                 with contextlib.suppress(DiskFull):  # the archive is complete; only the LRU time is lost
-                    store.index.touch_refs(checked.refs)
+                    store.index.touch_refs(checked.records)
     except CasError as exc:
         if writer is not None and is_stream(output):
             partial_stream(exc, writer.written)
