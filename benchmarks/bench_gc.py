@@ -31,6 +31,7 @@ from pathlib import Path
 from harness import CAS, ROOT, compile_cas
 
 from cas.digest import Digest
+from cas.records import BlobEntry, RefRecord
 from cas.store import Store
 from tests.support.tools import require
 
@@ -94,20 +95,18 @@ def build(home: Path, n_images: int, n_blobs: int, seed: int = 1) -> dict:
         ref = f"127.0.0.1:5000/bench/img{i:05d}:1.0"
         used = now - rng.uniform(0, 30 * 86400)
         index.put_ref(
-            ref,
-            {
-                "ref": ref,
-                "registry": "127.0.0.1:5000",
-                "digest": manifest["digest"],
-                "media_type": OCI_MANIFEST,
-                "manifest": manifest["digest"],
-                "config": config["digest"],
-                "platform": "linux/amd64",
-                "blobs": blobs,
-                "size": sum(b["size"] for b in blobs),
-                "pulled": used,
-                "used": used,
-            },
+            RefRecord(
+                ref=ref,
+                registry="127.0.0.1:5000",
+                digest=Digest.parse(manifest["digest"]),
+                media_type=OCI_MANIFEST,
+                manifest=Digest.parse(manifest["digest"]),
+                config=Digest.parse(config["digest"]),
+                platform="linux/amd64",
+                blobs=tuple(BlobEntry(Digest.parse(b["digest"]), b["size"], b["media_type"]) for b in blobs),
+                pulled=used,
+                used=used,
+            )
         )
     for _ in range(garbage):
         put(blob_bytes(), OCI_LAYER)
@@ -207,12 +206,12 @@ def main() -> None:
             result["name"] = name
             body = json.loads(result["output"]) if result["output"].lstrip().startswith("{") else {}
             if name == "du (after prune)":
-                half = body["total"]["bytes"] // 2
+                half = body["stored_bytes"] // 2
             if name.startswith("prune"):
-                result["freed"] = body.get("freed")
+                result["freed"] = body
             if name.startswith("verify"):
                 result["ok"] = body.get("ok")
-                result["checked"] = body.get("checked")
+                result["checked_blobs"] = body.get("checked_blobs")
                 result["counts"] = body.get("counts")
             # verify exits 1 on the fresh store: it reports the garbage and stale ingests prune then clears
             ok_rc = (0, 1) if name == "verify" else (0,)
@@ -235,10 +234,10 @@ def main() -> None:
                 detail = ""
                 if r.get("freed"):
                     f = r["freed"]
-                    detail = f"freed {f['images']} images, {f['blobs']} blobs, {f['ingests']} ingests, {f['bytes'] / 2**20:.1f} MiB"
-                if r.get("checked"):
+                    detail = f"freed {f['freed_images']} images, {f['freed_blobs']} blobs, {f['freed_stale_downloads']} stale downloads, {f['freed_bytes'] / 2**20:.1f} MiB"
+                if r.get("checked_blobs") is not None:
                     counts = ", ".join(f"{n} {k}" for k, n in r["counts"].items()) or "nothing"
-                    detail = f"checked {r['checked']['blobs']} blobs; found {counts}"
+                    detail = f"checked {r['checked_blobs']} blobs; found {counts}"
                 flag = ""
                 if r["name"].startswith(("du", "prune")) and r["seconds"] >= TARGET_SECONDS:
                     flag = "  OVER TARGET"

@@ -7,76 +7,48 @@ from collections.abc import Iterable
 
 from cas import manifest as mf
 from cas.digest import Digest
-from cas.errors import BadDigest, NotCached, StoreError
+from cas.errors import NotCached, StoreError
+from cas.jsonout import timestamp
+from cas.manifest import Platform
+from cas.records import RefRecord, choose, ref_of_key
 from cas.reference import Reference
 from cas.store import Store
 
 
-def record_of(store: Store, ref: Reference) -> dict:
-    record = store.index.get_ref(str(ref))
-    if record is None:
-        raise NotCached(f"{ref} is not in the cache", hint=f"run `cas pull {ref}` first")
-    return record
+def record_of(store: Store, ref: Reference, platform: Platform | None = None) -> RefRecord:
+    """The record of ``ref`` for ``platform``; without one, the only cached platform, else the host's."""
+    return choose(str(ref), store.index.ref_records(str(ref)), platform)
 
 
 def list_images(store: Store, skipped: list[str] | None = None) -> list[dict]:
-    """One row per cached ref; a record that lacks a field the row needs is left out (its ref added to ``skipped``)."""
-    rows = []
-    for ref, record in store.index.refs():
-        row = _row(ref, record)
-        if row is not None:
-            rows.append(row)
-        elif skipped is not None:
-            skipped.append(ref)
-    return sorted(rows, key=lambda row: row["ref"])
+    """One row per cached (ref, platform); a malformed record is left out (its key's ref added to ``skipped``)."""
+    malformed: list[str] = []
+    rows = [_row(record) for record in store.index.refs(malformed=malformed)]
+    if skipped is not None:
+        skipped += [ref_of_key(key) for key in malformed]
+    return sorted(rows, key=lambda row: (row["ref"], row["platform"] or ""))
 
 
-def _row(ref: str, record: object) -> dict | None:
-    if not isinstance(record, dict):
-        return None
-    digest, manifest, size = record.get("digest"), record.get("manifest"), record.get("size")
-    pulled, used = record.get("pulled"), record.get("used", record.get("pulled"))
-    if not (
-        isinstance(digest, str)
-        and isinstance(manifest, str)
-        and _is_int(size)
-        and _is_number(pulled)
-        and _is_number(used)
-    ):
-        return None
+def _row(record: RefRecord) -> dict:
     return {
-        "ref": ref,
-        "digest": digest,
-        "manifest": manifest,
-        "platform": record.get("platform"),
-        "size": size,
-        "pulled": pulled,
-        "used": used,
-        "needs_pull": bool(record.get("needs_pull")),  # set by `cas verify --repair`
+        "ref": record.ref,
+        "digest": str(record.digest),
+        "manifest": str(record.manifest),
+        "platform": record.platform,
+        "size": record.size,
+        "pulled": record.pulled,
+        "used": record.used,
+        "needs_pull": record.needs_pull,  # set by `cas verify --repair`
     }
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def inspect(store: Store, ref: Reference) -> dict:
+def inspect(store: Store, ref: Reference, platform: Platform | None = None) -> dict:
     """The ref record plus a summary of its manifest and config."""
-    record = record_of(store, ref)
-    row = _row(str(ref), record)
-    media_type = _listed_media_type(record, row["manifest"]) if row is not None else None
-    try:
-        manifest_digest = Digest.parse(row["manifest"]) if row is not None else None
-    except BadDigest:
-        manifest_digest = None
-    if row is None or media_type is None or manifest_digest is None:
-        raise StoreError(f"the index record of {ref} is malformed", hint=f"run `cas rm {ref}`, then `cas pull {ref}`")
-    image = mf.parse(_read(store, record, ref, manifest_digest, "manifest"), media_type)
-    assert isinstance(image, mf.ImageManifest)
+    record = record_of(store, ref, platform)
+    media_type = record.entry(record.manifest).media_type  # listed: checked when the record was read
+    image = mf.parse(_read(store, record, ref, record.manifest, "manifest"), media_type)
+    if not isinstance(image, mf.ImageManifest):
+        raise StoreError(f"the manifest {record.manifest} of {ref} is not an image manifest", hint="run `cas verify`")
     try:
         config = json.loads(_read(store, record, ref, image.config.digest, "config"))
     except ValueError:  # JSONDecodeError and UnicodeDecodeError
@@ -85,17 +57,17 @@ def inspect(store: Store, ref: Reference) -> dict:
         raise StoreError(f"the config {image.config.digest} of {ref} is not a JSON object", hint="run `cas verify`")
     runtime = config.get("config") or {}
     return {
-        "ref": record.get("ref", row["ref"]),
-        "digest": row["digest"],
-        "manifest": row["manifest"],
+        "ref": record.ref,
+        "digest": str(record.digest),
+        "manifest": str(record.manifest),
         "media_type": media_type,
-        "platform": row["platform"],
-        "size": row["size"],
-        "pulled": row["pulled"],
-        "used": row["used"],
+        "platform": record.platform,
+        "size": record.size,
+        "pulled_at": timestamp(record.pulled),
+        "used_at": timestamp(record.used),
         "config": {
             "digest": str(image.config.digest),
-            "created": config.get("created"),
+            "created_at": config.get("created"),  # as the image states it (RFC 3339 by the OCI spec)
             "os": config.get("os"),
             "architecture": config.get("architecture"),
             "entrypoint": runtime.get("Entrypoint"),
@@ -110,15 +82,18 @@ def inspect(store: Store, ref: Reference) -> dict:
     }
 
 
-def _listed_media_type(record: dict, digest: str) -> str | None:
-    blobs = record.get("blobs")
-    for blob in blobs if isinstance(blobs, list) else ():
-        if isinstance(blob, dict) and blob.get("digest") == digest and isinstance(blob.get("media_type"), str):
-            return blob["media_type"]
-    return None
+def raw(store: Store, ref: Reference, what: str, platform: Platform | None = None) -> bytes:
+    """The stored bytes of a cached ref's ``"manifest"`` (its own: the index for a multi-platform tag) or ``"config"``.
+
+    Exactly as the registry served them, so they hash to their digest (`crane manifest`, `skopeo inspect --raw`).
+    """
+    record = record_of(store, ref, platform)
+    if what == "config":
+        return _read(store, record, ref, Digest.parse(inspect(store, ref, platform)["config"]["digest"]), what)
+    return _read(store, record, ref, record.digest, what)
 
 
-def _read(store: Store, record: dict, ref: Reference, digest: Digest, what: str) -> bytes:
+def _read(store: Store, record: RefRecord, ref: Reference, digest: Digest, what: str) -> bytes:
     """A manifest or config the ref needs; NotCached when `cas verify --repair` (or anything else) removed it."""
     if not store.blobs.has(digest):
         raise _gone(record, ref, digest, what)
@@ -130,13 +105,13 @@ def _read(store: Store, record: dict, ref: Reference, digest: Digest, what: str)
         raise StoreError(f"cannot read the {what} {digest} of {ref}: {exc.strerror}", hint="run `cas verify`") from None
 
 
-def _gone(record: dict, ref: Reference, digest: Digest, what: str) -> NotCached:
-    why = "was removed by `cas verify --repair`" if record.get("needs_pull") else "is missing from the store"
+def _gone(record: RefRecord, ref: Reference, digest: Digest, what: str) -> NotCached:
+    why = "was removed by `cas verify --repair`" if record.needs_pull else "is missing from the store"
     return NotCached(f"{ref} needs a pull: its {what} {digest} {why}", hint=f"run `cas pull {ref}`")
 
 
 def remove_images(store: Store, texts: Iterable[str]) -> list[dict]:
-    """``cas rm``: forget refs (all or none); their blobs go at the next prune."""
+    """``cas rm``: forget refs, every cached platform of each (all or none); their blobs go at the next prune."""
     from cas.reference import parse
 
     wanted: dict[str, str] = {}
@@ -150,16 +125,23 @@ def _remove_refs(store: Store, wanted: dict[str, str]) -> list[dict]:
     index = store.index
     removed = []
     with index.transact():
-        records = {ref: index.get_ref(ref) for ref in wanted}
-        unknown = [wanted[ref] for ref, record in records.items() if record is None]
+        malformed: list[str] = []
+        records = [r for r in index.refs(malformed) if r.ref in wanted]
+        damaged = [key for key in malformed if ref_of_key(key) in wanted]  # a malformed record goes too
+        found = {r.ref for r in records} | {ref_of_key(key) for key in damaged}
+        unknown = [text for ref, text in wanted.items() if ref not in found]
         if unknown:
             raise NotCached(
                 f"not in the cache: {', '.join(unknown)}",
                 hint="`cas images` lists what is cached; nothing was removed",
             )
-        for ref, record in records.items():
-            index.remove_ref(ref)
-            known = record if isinstance(record, dict) else {}  # a malformed record goes too
-            removed.append({"ref": ref, "digest": known.get("digest"), "size": known.get("size")})
+        for record in records:
+            index.remove_ref(record)
+            removed.append(
+                {"ref": record.ref, "platform": record.platform, "digest": str(record.digest), "size": record.size}
+            )
+        for key in damaged:
+            index.discard(key)
+            removed.append({"ref": ref_of_key(key), "platform": None, "digest": None, "size": None})
     store.write_layout_index()
-    return removed
+    return sorted(removed, key=lambda row: (row["ref"], row["platform"] or ""))

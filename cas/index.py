@@ -1,8 +1,8 @@
 """The metadata index (diskcache): refs, blobs, leases and cached tokens.
 
 Values are JSON, never pickles, and never blob bytes. Keys are namespaced:
-``ref:<canonical ref>``, ``blob:<alg>:<hex>``, ``lease:<id>``, ``token:<key>``, and
-``pushed:<registry>|<repository>`` (blobs a push put there: mount sources for the next push).
+``ref:<canonical ref>|<platform>`` (see cas.records), ``blob:<alg>:<hex>``, ``lease:<id>``, ``token:<key>``,
+and ``pushed:<registry>|<repository>`` (blobs a push put there: mount sources for the next push).
 Eviction is off: this is a database, not a cache that may forget.
 """
 
@@ -27,6 +27,7 @@ import diskcache
 
 from cas.digest import Digest
 from cas.errors import DiskFull, StoreError, disk_full
+from cas.records import PREFIX, RefRecord, key_of, legacy_key, read_all, ref_of_key
 
 LEASE_TTL = 6 * 3600.0
 MAX_PUSHED = 20_000  # blobs remembered per pushed repository (newest first)
@@ -118,9 +119,8 @@ class _Attached(diskcache.Cache):
                 raise _Uninitialized()
             disk_args = {key[5:]: value for key, value in settings.items() if key.startswith("disk_")}
             self._disk = diskcache.JSONDisk(self._directory, **disk_args)
-            for key, value in settings.items():
-                if not key.startswith(("disk_", "sqlite_")):  # pragmas: applied to each connection by _con
-                    object.__setattr__(self, key, value)
+            for key, value in settings.items():  # sqlite_ pragmas are applied to each connection by _con
+                object.__setattr__(self, key, value)
             ((self._page_size,),) = self._sql("PRAGMA page_size").fetchall()
         except BaseException:
             self.close()
@@ -259,34 +259,69 @@ class Index:
         """Delete one entry by its full key (``cas verify --repair`` drops malformed ones)."""
         return self._db.delete(key)
 
-    # refs --------------------------------------------------------------
+    # refs ------------------------------------------------------------
     @_guarded
-    def get_ref(self, ref: str) -> dict | None:
-        return self._db.get(f"ref:{ref}")
+    def get_ref(self, ref: str, platform: str | None) -> RefRecord | None:
+        """The record of ``ref`` for exactly ``platform`` (a legacy key counts when it names it)."""
+        key = key_of(ref, platform)
+        value = self._db.get(key)
+        if value is not None:
+            return RefRecord.from_json(value, key)
+        legacy = self._legacy(ref)
+        return legacy if legacy is not None and legacy.platform == platform else None
 
     @_guarded
-    def put_ref(self, ref: str, record: dict) -> None:
-        self._db.set(f"ref:{ref}", record)
+    def ref_records(self, ref: str) -> list[RefRecord]:
+        """Every cached platform of one reference, sorted by platform; StoreError if one is damaged."""
+        malformed: list[str] = []
+        found = {r.platform: r for r in self.refs(malformed) if r.ref == ref}
+        for key in malformed:  # another reference's damage is not this one's error
+            if ref_of_key(key) == ref:
+                RefRecord.from_json(self._db.get(key), key)  # raises the StoreError naming it
+        return [found[p] for p in sorted(found, key=lambda p: p or "")]
 
     @_guarded
-    def remove_ref(self, ref: str) -> bool:
-        return self._db.delete(f"ref:{ref}")
+    def put_ref(self, record: RefRecord) -> None:
+        """Write a record under its (ref, platform) key, replacing a legacy key for the same platform."""
+        with self.transact():
+            legacy = self._legacy(record.ref)
+            if legacy is not None and legacy.platform == record.platform:
+                self._db.delete(legacy_key(record.ref))
+            self._db.set(record.key, record.to_json())
 
     @_guarded
-    def refs(self) -> Iterator[tuple[str, dict]]:
-        for key, record in self.scan("ref:"):
-            if isinstance(record, dict):
-                yield key[4:], record
+    def remove_ref(self, record: RefRecord) -> bool:
+        """Forget one platform of one reference."""
+        with self.transact():
+            removed = self._db.delete(record.key)
+            legacy = self._legacy(record.ref)
+            if legacy is not None and legacy.platform == record.platform:
+                removed = self._db.delete(legacy_key(record.ref)) or removed
+            return removed
 
     @_guarded
-    def touch_refs(self, refs: Iterable[str], when: float | None = None) -> None:
+    def refs(self, malformed: list[str] | None = None) -> Iterator[RefRecord]:
+        """Every ref record; a damaged one raises StoreError, or its key goes to ``malformed`` if given."""
+        yield from read_all(self.scan(PREFIX), malformed)
+
+    @_guarded
+    def touch_refs(self, records: Iterable[RefRecord], when: float | None = None) -> None:
+        """Mark records used now (export); each is re-read so a concurrent pull's record is kept."""
         when = time.time() if when is None else when
         with self.transact():
-            for ref in refs:
-                record = self.get_ref(ref)
-                if record is not None:
-                    record["used"] = when
-                    self.put_ref(ref, record)
+            for record in records:
+                current = self.get_ref(record.ref, record.platform)
+                if current is not None:
+                    self.put_ref(current.replace(used=when))
+
+    def _legacy(self, ref: str) -> RefRecord | None:
+        value = self._db.get(legacy_key(ref))
+        if value is None:
+            return None
+        try:
+            return RefRecord.from_json(value, legacy_key(ref))
+        except StoreError:  # damaged: verify reports it; it stands for no platform here
+            return None
 
     # blobs -------------------------------------------------------------
     @_guarded

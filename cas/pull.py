@@ -22,6 +22,7 @@ from cas.digest import Digest, of_bytes
 from cas.errors import Cancelled, UnsupportedManifest
 from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
 from cas.recording import commit_bytes, record_blob, record_image, unique
+from cas.records import RefRecord
 from cas.reference import Reference
 from cas.registry.stall import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
 from cas.store import Store, trust
@@ -56,7 +57,7 @@ class PullOptions:
 @dataclass
 class PullResult:
     ref: str
-    record: dict
+    record: RefRecord | None = None
     downloaded_blobs: int = 0
     downloaded_bytes: int = 0
     reused_blobs: int = 0
@@ -69,18 +70,19 @@ class PullResult:
     mirrored: bool = False  # mirrors are configured for this reference
 
     def to_json(self) -> dict:
+        assert self.record is not None
         return {
             "ref": self.ref,
-            "digest": self.record["digest"],
-            "manifest": self.record["manifest"],
-            "platform": self.record["platform"],
+            "digest": str(self.record.digest),
+            "manifest": str(self.record.manifest),
+            "platform": self.record.platform,
             "downloaded_blobs": self.downloaded_blobs,
             "downloaded_bytes": self.downloaded_bytes,
             "reused_blobs": self.reused_blobs,
             "reused_bytes": self.reused_bytes,
             "manifest_requests": self.manifest_requests,
             "manifest_endpoint": self.manifest_endpoint,
-            "endpoints": [{"url": url, "downloaded_bytes": n} for url, n in self.endpoint_bytes.items()],
+            "endpoints": [{"url": url, "served_bytes": n} for url, n in self.endpoint_bytes.items()],  # manifests too
             "fallbacks": [f.to_json() for f in self.fallbacks],
             "seconds": round(self.seconds, 3),
         }
@@ -106,7 +108,7 @@ class _Session:
         self.options = options
         self.lease = lease
         self._client: RegistryClient | None = None
-        self.result = PullResult(str(reference), {})
+        self.result = PullResult(str(reference))
         # Read before anything else, so a blocked registry is refused even when nothing needs the network.
         sources = options.sources if options.sources is not None else _machine_sources()
         self.endpoints = sources.endpoints(reference, insecure=options.insecure)

@@ -36,6 +36,7 @@ from cas.errors import (
     IntegrityError,
     MissingBlobs,
     NotCached,
+    PlatformNotFound,
     StoreError,
     UnsupportedManifest,
 )
@@ -111,7 +112,7 @@ class PushResult:
             "digest": str(self.plan.top.digest),
             "media_type": self.plan.top.media_type,
             "platforms": self.plan.platforms,
-            "manifests": len(self.plan.manifests),
+            "manifest_count": len(self.plan.manifests),
             "uploaded_blobs": self.uploaded_blobs,
             "uploaded_bytes": self.uploaded_bytes,
             "mounted_blobs": self.mounted_blobs,
@@ -134,7 +135,7 @@ def push(store: Store, source: Reference, dest: Reference, options: PushOptions 
             with _Session(store, dest, options, result, _mount_sources(store, source, dest)) as session:
                 session.run()
             _remember(store, dest, planned)
-    store.index.touch_refs([str(source)])
+    store.index.touch_refs(store.index.ref_records(str(source)))  # every platform the push read
     result.seconds = time.monotonic() - started
     return result
 
@@ -144,6 +145,8 @@ def plan(store: Store, source: Reference, platform: Platform | None) -> PushPlan
     top, record_platform = _top_manifest(store, source)
     parsed = mf.parse(top.data, top.media_type)
     if isinstance(parsed, ImageManifest):
+        if platform is not None and record_platform and not platform.matches(Platform.parse(record_platform)):
+            raise PlatformNotFound(str(platform), [record_platform])
         _check_blobs(store, source, [(top, parsed)])
         return PushPlan(str(source), [top], unique(list(parsed.blobs)), [p for p in [record_platform] if p])
     if platform is not None:
@@ -181,9 +184,11 @@ def _whole_index(store: Store, source: Reference, top: StoredManifest, index: Im
 
 def _top_manifest(store: Store, source: Reference) -> tuple[StoredManifest, str | None]:
     """The manifest or index ``source`` names in the store, and the platform its record gives."""
-    record = store.index.get_ref(str(source))
+    records = store.index.ref_records(str(source))
+    # every platform pulled of one tag names the same top (its index); the latest pull wins if it moved
+    record = max(records, key=lambda r: r.pulled) if records else None
     if record is not None:
-        digest, media_type = Digest.parse(record["digest"]), record["media_type"]
+        digest, media_type = record.digest, record.media_type
     elif source.digest is not None and store.blobs.has(source.digest):
         digest, media_type = source.digest, None
     else:
@@ -191,7 +196,7 @@ def _top_manifest(store: Store, source: Reference) -> tuple[StoredManifest, str 
     manifest = _read_manifest(store, digest, media_type)
     if manifest is None:
         raise MissingBlobs([f"{digest} (manifest of {source})"], [str(source)], action="push")
-    return manifest, record.get("platform") if record is not None else None
+    return manifest, record.platform if record is not None else None
 
 
 def _child(store: Store, desc: Descriptor) -> tuple[StoredManifest, ImageManifest] | None:
@@ -269,14 +274,14 @@ def _mount_sources(store: Store, source: Reference, dest: Reference) -> dict[Dig
 
 def _locations(store: Store, registry: str) -> Iterator[tuple[str, list[object]]]:
     """``(repository, blob digests)`` the store knows to be in ``registry``: pulled references, then pushes."""
-    for text, record in store.index.refs():
-        if record.get("registry") != registry:
+    for record in store.index.refs(malformed=[]):
+        if record.registry != registry:
             continue
         try:
-            repository = parse_reference(text).repository
+            repository = parse_reference(record.ref).repository
         except BadReference:
             continue
-        yield repository, [b.get("digest") for b in record.get("blobs", []) if isinstance(b, dict)]
+        yield repository, [str(digest) for digest in record.unique_blobs]
     yield from store.index.pushed(registry)
 
 

@@ -17,6 +17,7 @@ from cas import manifest as mf
 from cas.digest import Digest, of_bytes
 from cas.errors import ManifestError
 from cas.manifest import Descriptor, ImageManifest, Platform
+from cas.records import BlobEntry, RefRecord
 from cas.store import BlobInfo, Store
 
 if TYPE_CHECKING:
@@ -45,8 +46,8 @@ def record_image(
     chain: list[tuple[Digest, str]],
     image: ImageManifest,
     platform: str | None,
-) -> dict:
-    """Write the ref record of ``ref``; every blob of ``image`` and of ``chain`` must be committed.
+) -> RefRecord:
+    """Write the ref record of ``ref`` for its platform; every blob of ``image`` and of ``chain`` must be committed.
 
     ``chain`` is ``[(index digest, type),] (manifest digest, type)``: what the name resolved to,
     down to the image manifest. ``platform`` None: read it from the config.
@@ -60,21 +61,20 @@ def record_image(
     if platform is None:
         platform = platform_of_config(config)
     now = time.time()
-    record = {
-        "ref": ref,
-        "registry": registry,
-        "digest": str(chain[0][0]),
-        "media_type": chain[0][1],
-        "manifest": str(chain[-1][0]),
-        "config": str(image.config.digest),
-        "platform": platform,
-        "layout_manifest": str(view[0]) if view is not None else None,
-        "blobs": [{"digest": str(d.digest), "size": d.size, "media_type": d.media_type} for d in manifests + blobs],
-        "size": sum(d.size for d in manifests) + sum(d.size for d in unique(blobs)),
-        "pulled": now,
-        "used": now,
-    }
-    store.index.put_ref(ref, record)
+    record = RefRecord(
+        ref=ref,
+        registry=registry,
+        digest=chain[0][0],
+        media_type=chain[0][1],
+        manifest=chain[-1][0],
+        config=image.config.digest,
+        platform=platform,
+        blobs=tuple(BlobEntry(d.digest, d.size, d.media_type) for d in manifests + blobs),
+        pulled=now,
+        used=now,
+        layout_manifest=view[0] if view is not None else None,
+    )
+    store.index.put_ref(record)
     if not store.layout_lists(record):  # a new manifest, or index.json left stale by a crash
         store.write_layout_index()
     return record

@@ -15,16 +15,40 @@ from pathlib import Path
 
 from cas.digest import Digest
 from cas.errors import BadDigest
+from cas.records import PREFIX, RefRecord, read_all
 from cas.store import IngestEntry, Store
 
 
 @dataclass(frozen=True)
 class Image:
-    ref: str
+    """One reference cached for one platform, as gc, du and verify count it."""
+
+    record: RefRecord
     blobs: tuple[tuple[str, int], ...]  # (digest, size) from the ref record, each digest once
-    used: float
-    pulled: float
-    needs_pull: bool
+
+    @classmethod
+    def of(cls, record: RefRecord) -> Image:
+        return cls(record, tuple((str(d), b.size) for d, b in record.unique_blobs.items()))
+
+    @property
+    def ref(self) -> str:
+        return self.record.ref
+
+    @property
+    def platform(self) -> str | None:
+        return self.record.platform
+
+    @property
+    def used(self) -> float:
+        return self.record.used
+
+    @property
+    def pulled(self) -> float:
+        return self.record.pulled
+
+    @property
+    def needs_pull(self) -> bool:
+        return self.record.needs_pull
 
     @property
     def size(self) -> int:
@@ -44,7 +68,7 @@ class Stray:
 class Snapshot:
     """What the index and the disk hold, read once: everything gc, du and verify decide from."""
 
-    images: dict[str, Image] = field(default_factory=dict)
+    images: dict[str, Image] = field(default_factory=dict)  # record key (ref:REF|PLATFORM) -> image
     indexed: dict[str, dict] = field(default_factory=dict)  # digest -> blob record
     files: dict[str, int] = field(default_factory=dict)  # digest -> bytes on disk (regular files)
     strays: list[Stray] = field(default_factory=list)
@@ -82,23 +106,22 @@ def snapshot(store: Store) -> Snapshot:
 def read_index(store: Store, snap: Snapshot) -> None:
     """Refs, blob records and live leases into ``snap``."""
     index = store.index
-    for key, value in index.scan("ref:", "blob:"):
-        if key.startswith("ref:"):
-            image = _image(key[4:], value)
-            if image is None:
-                snap.bad_keys.append(key)
-            else:
-                snap.images[image.ref] = image
+    refs: list[tuple[str, object]] = []
+    for key, value in index.scan(PREFIX, "blob:"):  # one pass over the index for both
+        if key.startswith(PREFIX):
+            refs.append((key, value))
+            continue
+        try:
+            digest = str(Digest.parse(key[5:]))
+        except BadDigest:
+            snap.bad_keys.append(key)
+            continue
+        if isinstance(value, dict) and isinstance(value.get("size"), int):
+            snap.indexed[digest] = value
         else:
-            try:
-                digest = str(Digest.parse(key[5:]))
-            except BadDigest:
-                snap.bad_keys.append(key)
-                continue
-            if isinstance(value, dict) and isinstance(value.get("size"), int):
-                snap.indexed[digest] = value
-            else:
-                snap.bad_keys.append(key)
+            snap.bad_keys.append(key)
+    for record in read_all(refs, snap.bad_keys):
+        snap.images[record.key] = Image.of(record)
     snap.leased = index.leased_digests()
 
 
@@ -147,28 +170,6 @@ def _tree_size(dir_fd: int | None, name: str | Path) -> int:
     finally:
         os.close(fd)
     return total
-
-
-def _image(ref: str, record: object) -> Image | None:
-    """The parts of a ref record gc needs; None when the record is malformed."""
-    if not isinstance(record, dict) or not isinstance(record.get("blobs"), list):
-        return None
-    seen: dict[str, int] = {}
-    for blob in record["blobs"]:
-        if (
-            not isinstance(blob, dict)
-            or not isinstance(blob.get("digest"), str)
-            or not isinstance(blob.get("size"), int)
-        ):
-            return None
-        seen.setdefault(blob["digest"], blob["size"])
-    pulled = _number(record.get("pulled"))
-    used = _number(record.get("used")) or pulled
-    return Image(ref, tuple(seen.items()), used, pulled, bool(record.get("needs_pull")))
-
-
-def _number(value: object) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def _kind(st: os.stat_result) -> str:

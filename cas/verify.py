@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 
 from cas import DEFAULT_LOCK_TIMEOUT
 from cas.digest import Digest
+from cas.jsonout import timestamp
+from cas.records import PREFIX
 from cas.snapshot import Snapshot, snapshot
 from cas.store import IngestEntry, Store
 from cas.store.blobs import RESUMABLE_FOR
@@ -85,10 +87,11 @@ class Report:
             "ok": self.ok,
             "deep": self.deep,
             "repair": self.repair,
-            "checked": {"blobs": self.checked_blobs, "bytes": self.checked_bytes},
+            "checked_blobs": self.checked_blobs,
+            "checked_bytes": self.checked_bytes,
             "counts": dict(counts),
             "findings": [f.to_json() for f in self.findings],
-            "needs_pull": self.needs_pull,
+            "needs_pull_refs": self.needs_pull,
             "resumable": self.resumable,
             "errors": self.errors,
         }
@@ -107,10 +110,10 @@ def verify(
     report = Report(deep=deep, repair=repair)
     with store.lock(shared=not repair, timeout=lock_timeout, on_wait=on_wait):
         snap = snapshot(store)
-        users: dict[str, list[str]] = defaultdict(list)
+        users: dict[str, list[str]] = defaultdict(list)  # digest -> names of the images that list it
         for image in snap.images.values():
             for digest, _ in image.blobs:
-                users[digest].append(image.ref)
+                users[digest].append(image.record.name)
         findings = _check_blobs(store, snap, users, deep, report, workers)
         findings += _check_files(store, snap, users)
         findings += [
@@ -121,9 +124,9 @@ def verify(
             {
                 "digest": i.label,
                 "path": str(i.path.relative_to(store.root)),
-                "size": i.partial,
+                "partial_bytes": i.partial,
                 "age_seconds": max(0, int(report.now - i.modified)),
-                "modified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(i.modified)),
+                "modified_at": timestamp(i.modified),
             }
             for i in snap.resumable_ingests(report.now)
         ]
@@ -220,7 +223,7 @@ def _check_refs(snap: Snapshot) -> list[Finding]:
             if missing
             else ("marked needs_pull by verify --repair, but every blob is back")
         )
-        findings.append(Finding("needs-pull", image.ref, detail, [image.ref]))
+        findings.append(Finding("needs-pull", image.record.name, detail, [image.record.name]))
     return findings
 
 
@@ -241,39 +244,32 @@ def _repair(store: Store, snap: Snapshot, users: dict, report: Report) -> None:
                 f.detail += f"; {checked.problem}"
                 bad.add(f.what)
                 continue
-            media_type = _media_type(index, users[f.what], f.what)
-            reindex.append((digest, snap.files[f.what], media_type, checked.fingerprint, checked.stat))
-    affected = sorted({ref for d in bad for ref in users.get(d, ())})
-    # a marked ref whose blobs are all present, none of them bad: the mark can go
+            reindex.append((digest, snap.files[f.what], _media_type(snap, digest), checked.fingerprint, checked.stat))
+    images = {image.record.name: image.record for image in snap.images.values()}
+    affected = sorted({name for d in bad for name in users.get(d, ())})
+    # a marked image whose blobs are all present, none of them bad: the mark can go
     complete = [
         f.what
         for f in report.findings
         if f.kind == "needs-pull"
         and f.what not in affected
-        and all(d in snap.files and d not in bad for d, _ in snap.images[f.what].blobs)
+        and all(d in snap.files and d not in bad for d in map(str, images[f.what].unique_blobs))
     ]
-    bad_refs = [k for k in snap.bad_keys if k.startswith("ref:")]
+    bad_refs = [k for k in snap.bad_keys if k.startswith(PREFIX)]
 
     with index.transact():  # index first
         for digest in bad:
             index.remove_blob(Digest.parse(digest))
-        for ref in affected:
-            record = index.get_ref(ref)
+        for name, mark in [(name, True) for name in affected] + [(name, False) for name in complete]:
+            record = index.get_ref(images[name].ref, images[name].platform)  # re-read: a pull may have rewritten it
             if record is not None:
-                record["needs_pull"] = True
-                index.put_ref(ref, record)
-        for ref in complete:
-            record = index.get_ref(ref)
-            if record is not None:
-                record.pop("needs_pull", None)
-                index.put_ref(ref, record)
+                index.put_ref(record.replace(needs_pull=mark))
         for digest, size, media_type, fingerprint, committed in reindex:
             index.put_blob(digest, size=size, media_type=media_type, fingerprint=fingerprint, stat=committed)
         for key in snap.bad_keys:
             index.discard(key)
-    report.needs_pull = sorted(
-        set(affected) | {f.what for f in report.findings if f.kind == "needs-pull"} - set(complete)
-    )
+    marked = set(affected) | {f.what for f in report.findings if f.kind == "needs-pull"} - set(complete)
+    report.needs_pull = sorted({images[name].ref for name in marked})
     if bad_refs:
         store.write_layout_index()
 
@@ -308,10 +304,10 @@ def _repair(store: Store, snap: Snapshot, users: dict, report: Report) -> None:
                     f.repaired = "deleted"
 
 
-def _media_type(index, refs: list[str], digest: str) -> str:
-    for ref in refs:
-        record = index.get_ref(ref) or {}
-        for blob in record.get("blobs", []):
-            if isinstance(blob, dict) and blob.get("digest") == digest and isinstance(blob.get("media_type"), str):
-                return blob["media_type"]
+def _media_type(snap: Snapshot, digest: Digest) -> str:
+    """The media type a ref record gives the blob (re-indexing needs one)."""
+    for image in snap.images.values():
+        entry = image.record.entry(digest)
+        if entry is not None and entry.media_type:
+            return entry.media_type
     return "application/octet-stream"

@@ -10,7 +10,9 @@ from cli import options, output
 
 
 def pull(
-    refs: Annotated[list[str], typer.Argument(help="Image references: alpine, host:5000/app:1.0, name@sha256:...")],
+    refs: Annotated[
+        list[str], typer.Argument(metavar="REF...", help="Image references: alpine, host:5000/app:1.0, name@sha256:...")
+    ],
     platform: options.PlatformOpt = None,
     jobs: options.Jobs = 4,
     connections: options.Connections = 8,
@@ -22,8 +24,16 @@ def pull(
     timeout: options.Timeout = None,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
+    verbose: options.Verbose = False,
 ) -> None:
-    """Pull images into the store, downloading only the blobs it does not hold yet."""
+    """Pull images into the store, downloading only the blobs it does not hold yet.
+
+    \b
+    Examples:
+      cas pull alpine:3.20 127.0.0.1:5000/team/app:1.4
+      cas pull --platform linux/arm64 ghcr.io/org/tool:2
+      echo "$TOKEN" | cas pull -u ci --password-stdin registry.example/app:1
+    """
     from cas import reference
     from cas.pull import pull as run_pull
     from cas.store import Store
@@ -51,13 +61,14 @@ def pull(
             if not (as_json or quiet):
                 output.notice(summary(result))
     if as_json:
-        output.emit_json([r.to_json() for r in results])
+        output.emit_json("pull", {"images": [r.to_json() for r in results]})
 
 
 def summary(result) -> str:
     size = output.human_size
+    platform = f" {result.record.platform}" if result.record.platform else ""
     line = (
-        f"{result.ref}: {result.record['manifest'][:19]} {result.record['platform'] or ''}  "
+        f"{result.ref}: {output.short_digest(str(result.record.digest))}{platform}  "
         f"downloaded {result.downloaded_blobs} blob(s), {size(result.downloaded_bytes)}; "
         f"reused {result.reused_blobs}, {size(result.reused_bytes)} saved ({result.seconds:.2f}s)"
     )

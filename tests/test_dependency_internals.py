@@ -3,7 +3,9 @@
 - httpcore's ``HTTP11Connection.READ_NUM_BYTES`` (cas.registry.transport raises it to 1 MiB:
   ~40 % faster blob streaming). pyproject pins ``httpcore>=1.0,<1.1``.
 - diskcache's ``Cache._sql`` and ``Disk.get/fetch`` (cas.index.Index.scan pages through the
-  table in one query per 1,000 rows). pyproject pins ``diskcache>=5.6,<5.7``.
+  table in one query per 1,000 rows), and the attributes ``Cache.__init__`` sets (cas.index
+  opens an existing index without diskcache's writing ``__init__``). pyproject pins
+  ``diskcache>=5.6,<5.7``.
 
 When an upgrade removes or renames one, these tests fail and say what to change, instead of
 cas silently slowing down (httpcore) or breaking at the first `cas du` (diskcache).
@@ -15,6 +17,7 @@ import inspect
 
 import diskcache
 import httpcore
+from test_lifecycle_support import tiny_record
 
 from cas.digest import Digest
 from cas.index import Index
@@ -47,9 +50,33 @@ def test_diskcache_internals_used_by_index_scan(tmp_path):
         digests = [Digest("sha256", f"{i:064x}") for i in range(3)]
         for i, digest in enumerate(digests):
             index.put_blob(digest, size=i, media_type="m", fingerprint="f")
-        index.put_ref("r/x:1", {"ref": "r/x:1"})
+        index.put_ref(tiny_record("r/x:1"))
         found = dict(index.scan("blob:", page=2))  # pages of 2: the rowid cursor is used
         assert sorted(found) == sorted(f"blob:sha256:{d.hex}" for d in digests)
         assert [v["size"] for _, v in sorted(found.items())] == [0, 1, 2]
     finally:
         index.close()
+
+
+def test_index_opened_without_writing_has_every_attribute_diskcache_init_sets(tmp_path):
+    """cas.index._Attached sets by hand what diskcache.Cache.__init__ would (minus its writes)."""
+    from cas.index import _SETTINGS, _Attached
+
+    made = diskcache.Cache(str(tmp_path), disk=diskcache.JSONDisk, **_SETTINGS)
+    attached = _Attached(tmp_path, immutable=False)
+    try:
+        expected = {k: v for k, v in vars(made).items() if k != "_local"}
+        got = {k: v for k, v in vars(attached).items() if k not in ("_local", "_immutable")}
+        assert sorted(got) == sorted(expected), (
+            "diskcache.Cache.__init__ sets other attributes now: update cas.index._Attached and the diskcache pin"
+        )
+        for key, value in expected.items():
+            if key == "_disk":
+                assert vars(value) == vars(got[key])
+            else:
+                assert got[key] == value, key
+        attached.set("k", {"v": 1})
+        assert made.get("k") == {"v": 1}
+    finally:
+        attached.close()
+        made.close()

@@ -18,11 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
+from test_lifecycle_support import only_record
 
 from cas.digest import Digest, of_bytes
 from cas.errors import CasError, MissingBlobs, NotCached
 from cas.export import ExportOptions, OutputError, UsageError, export
 from cas.manifest import Platform
+from cas.records import BlobEntry, RefRecord
 from cas.reference import parse
 from cas.store import Store
 
@@ -50,7 +52,7 @@ def put_image(
     platform: str = "linux/amd64",
     index: bytes | None = None,
     algorithm: str = "sha256",
-) -> dict:
+) -> RefRecord:
     """Commit an image's blobs and write the ref record a pull would write; return the record.
 
     ``algorithm`` names every blob (manifest, config, layers); diff_ids stay sha256.
@@ -75,20 +77,19 @@ def put_image(
         blobs.insert(0, (index, "application/vnd.oci.image.index.v1+json"))
     for data, _ in blobs:
         store.blobs.put(of_bytes(data, algorithm), data)
-    record = {
-        "ref": ref,
-        "registry": ref.split("/")[0],
-        "digest": str(of_bytes(index if index is not None else manifest, algorithm)),
-        "media_type": blobs[0][1],
-        "manifest": str(of_bytes(manifest, algorithm)),
-        "config": str(of_bytes(config, algorithm)),
-        "platform": platform,
-        "blobs": [{"digest": str(of_bytes(d, algorithm)), "size": len(d), "media_type": m} for d, m in blobs],
-        "size": sum(len(d) for d, _ in blobs),
-        "pulled": 1000.0,
-        "used": 1000.0,
-    }
-    store.index.put_ref(ref, record)
+    record = RefRecord(
+        ref=ref,
+        registry=ref.split("/")[0],
+        digest=of_bytes(index if index is not None else manifest, algorithm),
+        media_type=blobs[0][1],
+        manifest=of_bytes(manifest, algorithm),
+        config=of_bytes(config, algorithm),
+        platform=platform,
+        blobs=tuple(BlobEntry(of_bytes(d, algorithm), len(d), m) for d, m in blobs),
+        pulled=1000.0,
+        used=1000.0,
+    )
+    store.index.put_ref(record)
     return record
 
 
@@ -117,17 +118,17 @@ def test_docker_archive_layout(store: Store, out_dir: Path) -> None:
 
     members = _members(out_dir / "both.tar")
     assert not any(":" in name for name in members)
-    blob_names = {f"blobs/sha256/{b['digest'][7:]}" for rec in (base, app) for b in rec["blobs"]}
+    blob_names = {f"blobs/sha256/{b.digest.hex}" for rec in (base, app) for b in rec.blobs}
     assert {n for n in members if n.startswith("blobs/sha256/")} == blob_names
     assert len(blob_names) == 7 == result.blobs  # the two shared layers are written once
     manifest = json.loads(members["manifest.json"])
     assert [m["RepoTags"] for m in manifest] == [[BASE], [APP]]
-    assert manifest[1]["Config"] == f"blobs/sha256/{app['config'][7:]}"
-    assert manifest[1]["Layers"] == [f"blobs/sha256/{b['digest'][7:]}" for b in app["blobs"][2:]]
+    assert manifest[1]["Config"] == f"blobs/sha256/{app.config.hex}"
+    assert manifest[1]["Layers"] == [f"blobs/sha256/{b.digest.hex}" for b in app.blobs[2:]]
     index = json.loads(members["index.json"])
     assert [(m["digest"], m["annotations"]["io.containerd.image.name"]) for m in index["manifests"]] == [
-        (base["manifest"], BASE),
-        (app["manifest"], APP),
+        (str(base.manifest), BASE),
+        (str(app.manifest), APP),
     ]
     assert json.loads(members["oci-layout"]) == {"imageLayoutVersion": "1.0.0"}
     assert set(json.loads(members["repositories"])) == {"127.0.0.1:5000/base", "127.0.0.1:5000/app"}
@@ -136,7 +137,7 @@ def test_docker_archive_layout(store: Store, out_dir: Path) -> None:
 
 def test_names_are_as_given_and_one_manifest_gets_all_its_tags(store: Store, out_dir: Path) -> None:
     rec = put_image(store, "docker.io/library/alpine:latest", BASE_LAYERS)
-    store.index.put_ref("docker.io/library/alpine:3", dict(rec, ref="docker.io/library/alpine:3"))
+    store.index.put_ref(rec.replace(ref="docker.io/library/alpine:3", registry="docker.io"))
     export(store, [parse("alpine"), parse("alpine:3")], out_dir / "a.tar")
     manifest = json.loads(_members(out_dir / "a.tar")["manifest.json"])
     assert manifest == [dict(manifest[0], RepoTags=["alpine:latest", "alpine:3"])]
@@ -145,7 +146,7 @@ def test_names_are_as_given_and_one_manifest_gets_all_its_tags(store: Store, out
 def test_digest_only_ref_has_no_repo_tag(store: Store, out_dir: Path) -> None:
     rec = put_image(store, APP, APP_LAYERS)
     # pulled by tag, exported by digest: found through the record's manifest digest
-    export(store, [parse(f"127.0.0.1:5000/app@{rec['manifest']}")], out_dir / "d.tar")
+    export(store, [parse(f"127.0.0.1:5000/app@{rec.manifest}")], out_dir / "d.tar")
     members = _members(out_dir / "d.tar")
     assert json.loads(members["manifest.json"])[0]["RepoTags"] == []
     assert "annotations" not in json.loads(members["index.json"])["manifests"][0]
@@ -164,7 +165,7 @@ def test_tag_renames_one_image_only(store: Store, out_dir: Path) -> None:
 def test_missing_blobs_are_all_named_and_nothing_is_written(store: Store, out_dir: Path) -> None:
     base = put_image(store, BASE, BASE_LAYERS)
     app = put_image(store, APP, APP_LAYERS)
-    shared, own = Digest.parse(app["blobs"][3]["digest"]), Digest.parse(app["blobs"][4]["digest"])
+    shared, own = app.blobs[3].digest, app.blobs[4].digest
     store.blobs.delete(shared)  # layer 2 of both images
     store.blobs.delete(own)  # layer 3 of app
     with pytest.raises(MissingBlobs) as info:
@@ -177,16 +178,18 @@ def test_missing_blobs_are_all_named_and_nothing_is_written(store: Store, out_di
     ]
     assert f"cas pull {BASE} {APP}" in err.hint and "--pull" in err.hint
     assert os.listdir(out_dir) == []  # no file, no temp file
-    assert base["used"] == store.index.get_ref(BASE)["used"]  # a failed export is not a use
+    assert base.used == only_record(store, BASE).used  # a failed export is not a use
 
 
 def test_wrong_size_counts_as_missing(store: Store, out_dir: Path) -> None:
     rec = put_image(store, APP, APP_LAYERS)
-    entry = rec["blobs"][2]
-    rec["blobs"][2] = dict(entry, size=entry["size"] + 1)
+    entry = rec.blobs[2]
+    store.index.put_ref(
+        rec.replace(blobs=(*rec.blobs[:2], entry.__class__(entry.digest, entry.size + 1, ""), *rec.blobs[3:]))
+    )
     # the manifest is the truth: a record that disagrees with it does not hide a bad blob,
     # but a blob file of the wrong size does count as missing
-    path = store.blobs.path(Digest.parse(entry["digest"]))
+    path = store.blobs.path(entry.digest)
     os.chmod(path, 0o644)
     with open(path, "ab") as fh:
         fh.write(b"!")
@@ -197,11 +200,11 @@ def test_wrong_size_counts_as_missing(store: Store, out_dir: Path) -> None:
 
 def test_missing_manifest_falls_back_to_the_record(store: Store, out_dir: Path) -> None:
     rec = put_image(store, APP, APP_LAYERS)
-    store.blobs.delete(Digest.parse(rec["manifest"]))
-    store.blobs.delete(Digest.parse(rec["config"]))
+    store.blobs.delete(rec.manifest)
+    store.blobs.delete(rec.config)
     with pytest.raises(MissingBlobs) as info:
         export(store, [parse(APP)], out_dir / "x.tar", ExportOptions(format="oci-archive"))
-    assert info.value.missing == [f"{rec['manifest']} (manifest of {APP})", f"{rec['config']} (config of {APP})"]
+    assert info.value.missing == [f"{rec.manifest} (manifest of {APP})", f"{rec.config} (config of {APP})"]
     assert os.listdir(out_dir) == []
 
 
@@ -241,9 +244,9 @@ def test_multi_platform_ref_exports_only_the_pulled_manifest(store: Store, out_d
     for fmt in ("docker-archive", "oci-archive"):
         export(store, [parse(APP)], out_dir / f"{fmt}.tar", ExportOptions(format=fmt))
         members = _members(out_dir / f"{fmt}.tar")
-        assert f"blobs/sha256/{rec['digest'][7:]}" not in members  # the index blob is not exported
+        assert f"blobs/sha256/{rec.digest.hex}" not in members  # the index blob is not exported
         entries = json.loads(members["index.json"])["manifests"]
-        assert [e["digest"] for e in entries] == [rec["manifest"]]
+        assert [e["digest"] for e in entries] == [str(rec.manifest)]
         for entry in entries:
             assert f"blobs/sha256/{entry['digest'][7:]}" in members
 
@@ -253,9 +256,9 @@ def test_oci_dir_hard_links_into_the_store(store: Store, tmp_path: Path) -> None
     target = tmp_path / "layout"
     result = export(store, [parse(APP)], target, ExportOptions(format="oci-dir"))
     assert result.linked
-    for blob in rec["blobs"]:
-        exported = target / "blobs" / "sha256" / blob["digest"][7:]
-        assert exported.stat().st_ino == store.blobs.path(Digest.parse(blob["digest"])).stat().st_ino
+    for blob in rec.blobs:
+        exported = target / "blobs" / "sha256" / blob.digest.hex
+        assert exported.stat().st_ino == store.blobs.path(blob.digest).stat().st_ino
     index = json.loads((target / "index.json").read_text())
     assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == APP
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "layout"]
@@ -276,9 +279,9 @@ def test_oci_dir_copies_with_one_warning_when_links_fail(store: Store, tmp_path:
     result = export(store, [parse(APP)], tmp_path / "layout", ExportOptions(format="oci-dir", warn=warnings.append))
     assert not result.linked
     assert len(warnings) == 1 and "copying instead" in warnings[0]
-    for blob in rec["blobs"]:
-        assert (tmp_path / "layout" / "blobs" / "sha256" / blob["digest"][7:]).read_bytes() == store.blobs.read(
-            Digest.parse(blob["digest"])
+    for blob in rec.blobs:
+        assert (tmp_path / "layout" / "blobs" / "sha256" / blob.digest.hex).read_bytes() == store.blobs.read(
+            blob.digest
         )
 
 
@@ -309,16 +312,16 @@ def test_lease_is_held_while_writing_and_used_time_is_updated(store: Store, out_
         out_dir / "x.tar",
         ExportOptions(on_blob=lambda b: seen.append(store.index.leased_digests())),
     )
-    assert seen and all(s == {b["digest"] for b in rec["blobs"]} for s in seen)
+    assert seen and all(s == {str(b.digest) for b in rec.blobs} for s in seen)
     assert store.index.leased_digests() == set()
-    assert store.index.get_ref(APP)["used"] >= before
+    assert only_record(store, APP).used >= before
 
 
 def test_replaces_an_existing_file_only_on_success(store: Store, out_dir: Path) -> None:
     rec = put_image(store, APP, APP_LAYERS)
     target = out_dir / "x.tar"
     target.write_bytes(b"old")
-    store.blobs.delete(Digest.parse(rec["blobs"][-1]["digest"]))
+    store.blobs.delete(rec.blobs[-1].digest)
     with pytest.raises(MissingBlobs):
         export(store, [parse(APP)], target)
     assert target.read_bytes() == b"old" and os.listdir(out_dir) == ["x.tar"]
@@ -328,7 +331,7 @@ def test_refuses_a_terminal_and_bad_outputs(store: Store, out_dir: Path) -> None
     put_image(store, APP, APP_LAYERS)
     main, secondary = pty.openpty()
     try:
-        with pytest.raises(OutputError, match="terminal"):
+        with pytest.raises(UsageError, match="terminal"):
             export(store, [parse(APP)], secondary)
     finally:
         os.close(main)
@@ -349,7 +352,7 @@ def test_a_blob_that_shrinks_after_the_check_is_a_store_error(store: Store, out_
     from cas.errors import StoreError
 
     rec = put_image(store, APP, APP_LAYERS)
-    victim = store.blobs.path(Digest.parse(rec["blobs"][-1]["digest"]))
+    victim = store.blobs.path(rec.blobs[-1].digest)
 
     def damage(plan) -> None:
         data = victim.read_bytes()
@@ -382,10 +385,10 @@ def test_a_device_or_fifo_is_written_in_place(store: Store, out_dir: Path) -> No
 
 def test_the_same_image_named_twice_is_reported_and_written_once(store: Store, out_dir: Path) -> None:
     rec = put_image(store, APP, APP_LAYERS)
-    store.blobs.delete(Digest.parse(rec["config"]))
+    store.blobs.delete(rec.config)
     with pytest.raises(MissingBlobs) as info:
         export(store, [parse(APP), parse(APP)], out_dir / "x.tar")
-    assert info.value.missing == [f"{rec['config']} (config of {APP})"]
+    assert info.value.missing == [f"{rec.config} (config of {APP})"]
     assert info.value.hint.count(APP) == 1
 
 
@@ -394,7 +397,7 @@ def test_sha512_blobs_are_exported_under_their_full_names(store: Store, tmp_path
     import subprocess
 
     rec = put_image(store, APP, APP_LAYERS, algorithm="sha512")
-    names = {f"blobs/sha512/{b['digest'][7:]}": store.blobs.read(Digest.parse(b["digest"])) for b in rec["blobs"]}
+    names = {f"blobs/sha512/{b.digest.hex}": store.blobs.read(b.digest) for b in rec.blobs}
     assert all(len(name) == 141 for name in names)  # over ustar's 100 bytes
     target = tmp_path / "out"
     export(store, [parse(APP)], target, ExportOptions(format=fmt))
@@ -408,21 +411,21 @@ def test_sha512_blobs_are_exported_under_their_full_names(store: Store, tmp_path
     assert set(names) <= set(listed)
     if fmt == "docker-archive":
         entry = json.loads(members["manifest.json"])[0]
-        assert entry["Config"] == f"blobs/sha512/{rec['config'][7:]}"
-        assert entry["Layers"] == [f"blobs/sha512/{b['digest'][7:]}" for b in rec["blobs"][2:]]
+        assert entry["Config"] == f"blobs/sha512/{rec.config.hex}"
+        assert entry["Layers"] == [f"blobs/sha512/{b.digest.hex}" for b in rec.blobs[2:]]
 
 
 def test_every_exported_name_of_one_manifest_is_marked_used(store: Store, out_dir: Path) -> None:
     latest = "127.0.0.1:5000/app:latest"
     rec = put_image(store, APP, APP_LAYERS)
-    store.index.put_ref(latest, dict(rec, ref=latest))  # app:1.0 and app:latest: one manifest, two records
+    store.index.put_ref(rec.replace(ref=latest))  # app:1.0 and app:latest: one manifest, two records
     other = put_image(store, BASE, BASE_LAYERS)
     before = time.time()
     result = export(store, [parse(APP), parse(latest)], out_dir / "x.tar")
     assert [image["names"] for image in result.images] == [["127.0.0.1:5000/app:1.0", "127.0.0.1:5000/app:latest"]]
-    assert store.index.get_ref(APP)["used"] >= before
-    assert store.index.get_ref(latest)["used"] >= before  # not only the first name
-    assert store.index.get_ref(BASE)["used"] == other["used"]  # not exported, not used
+    assert only_record(store, APP).used >= before
+    assert only_record(store, latest).used >= before  # not only the first name
+    assert only_record(store, BASE).used == other.used  # not exported, not used
 
 
 def _plant_symlink(store: Store, digest: str, outside: Path) -> Path:
@@ -454,7 +457,7 @@ def test_a_symlinked_blob_is_never_followed(
     from cas.errors import StoreError
 
     rec = put_image(store, APP, APP_LAYERS)
-    planted = _plant_symlink(store, rec["blobs"][-1]["digest"], tmp_path / "secret")
+    planted = _plant_symlink(store, str(rec.blobs[-1].digest), tmp_path / "secret")
     if copying:
         _cross_device(monkeypatch)
     with pytest.raises(StoreError, match="is a symlink") as info:
@@ -462,7 +465,7 @@ def test_a_symlinked_blob_is_never_followed(
     assert str(planted) in info.value.message and "cas verify --repair" in info.value.hint
     assert os.listdir(out_dir) == []  # no archive, no layout, no temp file
     assert store.index.leased_digests() == set()
-    assert store.index.get_ref(APP)["used"] == rec["used"]
+    assert only_record(store, APP).used == rec.used
 
 
 @pytest.mark.parametrize(("fmt", "copying"), EXPORTS, ids=EXPORT_IDS)
@@ -495,7 +498,7 @@ def test_refusals_come_before_any_pull(store: Store, out_dir: Path, monkeypatch)
         export(store, never, out_dir / "x.tar", ExportOptions(tag="x:1", pull=True))
     main, secondary = pty.openpty()
     try:
-        with pytest.raises(OutputError, match="terminal"):
+        with pytest.raises(UsageError, match="terminal"):
             export(store, never[:1], secondary, ExportOptions(pull=True))
     finally:
         os.close(main)
@@ -547,7 +550,7 @@ def test_oci_dir_fsyncs_every_file_it_writes_then_its_directories_before_the_ren
     partial = [path for kind, path in events[:renamed] if kind == "fsync" and ".cas-partial" in path]
     tmp = partial[-1]  # the temp directory itself is fsynced last, just before the rename
     synced = [os.path.relpath(path, tmp) for path in partial]
-    blobs = [f"blobs/sha256/{b['digest'][7:]}" for b in rec["blobs"]]
+    blobs = [f"blobs/sha256/{b.digest.hex}" for b in rec.blobs]
     files = ["oci-layout", "index.json"] + (blobs if copying else [])
     directories = ["blobs/sha256", "blobs", "."]
     assert sorted(synced) == sorted(files + directories)

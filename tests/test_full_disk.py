@@ -16,6 +16,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from test_lifecycle_support import tiny_record
 
 
 @contextlib.contextmanager
@@ -61,7 +62,7 @@ def full_store(cas, tmp_path, registry, test_images):
 
 def test_read_only_commands_work_on_a_full_disk(cas, full_store, tmp_path):
     home, env, (base, app) = full_store
-    rows = json.loads(cas("images", "--json", env=env).stdout)
+    rows = json.loads(cas("images", "--json", env=env).stdout)["images"]
     assert sorted(r["ref"] for r in rows) == sorted([base, app])
     assert json.loads(cas("inspect", "--json", app, env=env).stdout)
     assert cas("du", env=env).returncode == 0
@@ -88,14 +89,14 @@ def test_rm_and_prune_free_space_on_a_full_disk(cas, full_store, test_images):
     assert not (home / "v1" / "ballast").exists()  # released to make room for the index transaction
     pruned = cas("prune", "--json", env=env, check=False)
     assert pruned.returncode == 0, pruned.stderr
-    freed = json.loads(pruned.stdout)["freed"]
+    freed = json.loads(pruned.stdout)
     own = set(test_images.app.digests) - set(test_images.base.digests)  # app's manifest, config, 2 own layers
-    assert freed["images"] == 0 and freed["blobs"] == len(own) and freed["bytes"] > 0
-    assert [r["ref"] for r in json.loads(cas("images", "--json", env=env).stdout)] == [base]
+    assert freed["freed_images"] == 0 and freed["freed_blobs"] == len(own) and freed["freed_bytes"] > 0
+    assert [r["ref"] for r in json.loads(cas("images", "--json", env=env).stdout)["images"]] == [base]
 
     pruned = cas("prune", "--all", "--json", env=env, check=False)
     assert pruned.returncode == 0, pruned.stderr
-    assert json.loads(cas("images", "--json", env=env).stdout) == []
+    assert json.loads(cas("images", "--json", env=env).stdout)["images"] == []
     (home.parent / "filler").unlink()
     cas("prune", env=env)  # with room again, the ballast goes back
     assert (home / "v1" / "ballast").exists()
@@ -105,13 +106,25 @@ def test_opening_the_index_writes_nothing(tmp_path):
     from cas.index import Index
 
     index = Index(tmp_path / "index")
-    index.put_ref("127.0.0.1:5000/app:1", {"ref": "127.0.0.1:5000/app:1", "blobs": []})
+    index.put_ref(tiny_record("127.0.0.1:5000/app:1"))
     index.close()
     db = tmp_path / "index" / "cache.db"
     before = db.stat()
     for _ in range(3):
         reader = Index(tmp_path / "index")
-        assert reader.get_ref("127.0.0.1:5000/app:1") is not None
+        assert reader.get_ref("127.0.0.1:5000/app:1", "linux/amd64") is not None
+        assert reader.ref_records("127.0.0.1:5000/app:1")
         reader.close()
     after = db.stat()
     assert (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size)
+
+
+def test_on_a_disk_with_room_the_ballast_stays_put(cas, cas_home, registry, test_images):
+    ref = test_images.ref(registry, "base")
+    cas("pull", ref)
+    ballast = cas_home / "v1" / "ballast"
+    before = ballast.stat()
+    assert before.st_size == 4 << 20
+    cas("rm", ref)
+    cas("prune")
+    assert ballast.stat().st_ino == before.st_ino  # not deleted and re-made by every rm and prune

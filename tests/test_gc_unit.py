@@ -12,7 +12,18 @@ import textwrap
 import time
 
 import pytest
-from test_lifecycle_support import APP, BASE, OTHER, abandon, commit, files_on_disk, indexed, store_three
+from test_lifecycle_support import (
+    APP,
+    BASE,
+    OTHER,
+    abandon,
+    commit,
+    files_on_disk,
+    indexed,
+    only_record,
+    store_three,
+    write_raw,
+)
 
 from cas import gc
 from cas.digest import Digest
@@ -30,11 +41,11 @@ def three(store: Store):
 
 
 def digests(record: dict) -> set[str]:
-    return {b["digest"] for b in record["blobs"]}
+    return {str(b.digest) for b in record.blobs}
 
 
 def sizes(record: dict) -> dict[str, int]:
-    return {b["digest"]: b["size"] for b in record["blobs"]}
+    return {str(b.digest): b.size for b in record.blobs}
 
 
 def layout_refs(store: Store) -> list[str]:
@@ -77,19 +88,19 @@ def test_rm_unknown_ref_is_an_error_naming_it_and_removes_nothing(store, three):
     with pytest.raises(NotCached) as info:
         remove_images(store, [BASE, "127.0.0.1:5000/nope:1"])
     assert "127.0.0.1:5000/nope:1" in info.value.message
-    assert store.index.get_ref(BASE) is not None
+    assert only_record(store, BASE) is not None
 
 
 def test_dry_run_changes_nothing_and_predicts_the_real_prune(store, three):
     commit(store, b"garbage" * 300, "application/octet-stream")
     remove_images(store, [APP])
-    files, idx, refs = files_on_disk(store), indexed(store), sorted(r for r, _ in store.index.refs())
+    files, idx, refs = files_on_disk(store), indexed(store), sorted(r.key for r in store.index.refs())
     layout = (store.root / "index.json").read_bytes()
     for policy in (gc.Policy(), gc.Policy(everything=True), gc.Policy(keep_storage=1), gc.Policy(older_than=1)):
         dry = gc.prune(store, policy, dry_run=True)
         assert dry.dry_run and dry.freed_bytes > 0
         assert files_on_disk(store) == files and indexed(store) == idx
-        assert sorted(r for r, _ in store.index.refs()) == refs
+        assert sorted(r.key for r in store.index.refs()) == refs
         assert (store.root / "index.json").read_bytes() == layout
     dry = gc.prune(store, dry_run=True)
     real = gc.prune(store)
@@ -108,12 +119,12 @@ def test_keep_storage_evicts_least_recently_used_first_and_keeps_shared(store, t
     on_disk = files_on_disk(store)
     assert digests(three[APP]) <= on_disk, "a layer shared with a kept image was removed"
     assert result.kept_bytes == total - base_only <= result.target
-    assert store.index.get_ref(BASE) is None and store.index.get_ref(APP) is not None
+    assert only_record(store, BASE) is None and only_record(store, APP) is not None
     assert layout_refs(store) == [APP, OTHER]
 
 
 def test_keep_storage_order_follows_last_use_not_name(store, three):
-    store.index.touch_refs([BASE], when=5000.0)  # base is now the most recently used; app the least
+    store.index.touch_refs([only_record(store, BASE)], when=5000.0)  # base is now the most recently used; app the least
     total = sum(os.path.getsize(store.blobs.path(Digest.parse(d))) for d in files_on_disk(store))
     result = gc.prune(store, gc.Policy(keep_storage=total - 1))
     assert [i.ref for i in result.images] == [APP]
@@ -144,7 +155,7 @@ def test_all_empties_the_store(store, three, tmp_path):
     assert list(store.blobs.ingests()) == []
     assert (
         result.freed_bytes
-        == sum(r["size"] for r in three.values())
+        == sum(r.size for r in three.values())
         - sum(s for d, s in sizes(three[BASE]).items() if d in digests(three[APP]))
         + 5
     )
@@ -261,7 +272,7 @@ def test_prune_waits_for_a_shared_holder_then_times_out_with_advice(store, three
         assert holder.poll() is None  # ...and gave up while the holder still held the lock
         assert "exclusive lock" in info.value.message and "--lock-timeout" in info.value.hint
         assert notices and "waiting" in notices[0]
-        assert store.index.get_ref(BASE) is not None  # nothing happened
+        assert only_record(store, BASE) is not None  # nothing happened
         # a dry run needs no lock
         assert gc.prune(store, gc.Policy(everything=True), dry_run=True).images
     finally:
@@ -271,7 +282,7 @@ def test_prune_waits_for_a_shared_holder_then_times_out_with_advice(store, three
 
 
 def test_malformed_ref_record_stops_prune(store, three):
-    store.index.put_ref("127.0.0.1:5000/broken:1", {"ref": "x"})
+    write_raw(store, "ref:127.0.0.1:5000/broken:1", {"ref": "x"})
     with pytest.raises(StoreError) as info:
         gc.prune(store)
     assert "broken" in info.value.message and "verify --repair" in info.value.hint
@@ -296,8 +307,8 @@ def test_prune_reports_as_freed_only_what_it_removed(store, three, monkeypatch):
     assert [d for d, _, _ in result.blobs] == [str(goes)]
     assert [s.path.name for s in result.strays] == ["junk"]
     assert result.freed_bytes == 100 + 30
-    freed = result.to_json()["freed"]
-    assert freed["blobs"] == 1 and freed["stray_files"] == 1 and freed["bytes"] == 130
+    freed = result.to_json()
+    assert freed["freed_blobs"] == 1 and freed["freed_stray_files"] == 1 and freed["freed_bytes"] == 130
     assert sorted(result.errors) == [
         f"could not remove blobs/sha256/{stuck.hex}: Permission denied",
         "could not remove blobs/sha256/stuck-junk: Permission denied",
@@ -335,7 +346,7 @@ def test_stray_directory_counts_the_bytes_of_its_contents_without_following_link
     assert [(s.kind, s.size) for s in dry.strays] == [("directory", 1234)]
     assert dry.freed_bytes == 1234
     du = usage(store)
-    assert du["total"]["stray_bytes"] == 1234 and du["reclaimable"]["bytes"] == 1234
+    assert du["stray_bytes"] == 1234 and du["reclaimable"]["size"] == 1234
     result = gc.prune(store)
     assert result.freed_bytes == 1234 and not stray.exists()
     assert (outside / "big").stat().st_size == 10_000 and (outside / "sub" / "also").exists()

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_lifecycle_support import tiny_record
 
 from cas.errors import DiskFull, StoreError
 from cas.index import Index
@@ -68,22 +69,22 @@ def test_a_token_lives_until_it_expires_in_the_real_database(index, tmp_path, mo
 
 def test_scan_pages_through_every_live_entry_and_tolerates_writes(index, monkeypatch):
     for i in range(7):
-        index.put_ref(f"127.0.0.1:5000/app:{i}", {"ref": f"127.0.0.1:5000/app:{i}", "n": i})
+        index.put_ref(tiny_record(f"127.0.0.1:5000/app:{i}"))
     index.put_token("short", "t", expires_in=10)
-    index.put_ref("127.0.0.1:5000/zzz:late", {"ref": "late"})
+    index.put_ref(tiny_record("127.0.0.1:5000/zzz:late"))
     pages: list[str] = []
     index._db._con.set_trace_callback(lambda sql: pages.append(sql) if "LIMIT" in sql else None)
 
     seen = []
     for key, _value in index.scan("ref:", page=2):
         seen.append(key)
-        if key == "ref:127.0.0.1:5000/app:1":
-            index.remove_ref("127.0.0.1:5000/app:5")  # deleted ahead of the cursor: never yielded
-            index.put_ref("127.0.0.1:5000/app:new", {"ref": "new"})  # written while scanning: yielded at the end
+        if key == "ref:127.0.0.1:5000/app:1|linux/amd64":
+            index.remove_ref(tiny_record("127.0.0.1:5000/app:5"))  # deleted ahead of the cursor: never yielded
+            index.put_ref(tiny_record("127.0.0.1:5000/app:new"))  # written while scanning: yielded at the end
     assert seen == [
-        *(f"ref:127.0.0.1:5000/app:{i}" for i in (0, 1, 2, 3, 4, 6)),
-        "ref:127.0.0.1:5000/zzz:late",
-        "ref:127.0.0.1:5000/app:new",
+        *(f"ref:127.0.0.1:5000/app:{i}|linux/amd64" for i in (0, 1, 2, 3, 4, 6)),
+        "ref:127.0.0.1:5000/zzz:late|linux/amd64",
+        "ref:127.0.0.1:5000/app:new|linux/amd64",
     ]
     assert len(pages) == 6  # 10 rows (one deleted, one added) two at a time, then the empty page
     index._db._con.set_trace_callback(None)
@@ -102,18 +103,18 @@ def test_a_locked_index_is_one_error_naming_it(index):
     try:
         holder.execute("BEGIN IMMEDIATE")  # another writer in the middle of a transaction
         with pytest.raises(StoreError) as info:
-            index.put_ref("127.0.0.1:5000/app:1", {"ref": "x"})
+            index.put_ref(tiny_record("127.0.0.1:5000/app:1"))
         assert info.value.message == (f"the cas index at {index.path} stayed locked by another process for too long")
         assert "another cas command" in info.value.hint
         with pytest.raises(StoreError) as info, index.transact():
             pass
         assert "stayed locked" in info.value.message
-        assert index.get_ref("127.0.0.1:5000/app:1") is None  # reads go on (WAL)
+        assert index.get_ref("127.0.0.1:5000/app:1", "linux/amd64") is None  # reads go on (WAL)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    index.put_ref("127.0.0.1:5000/app:1", {"ref": "x"})
-    assert index.get_ref("127.0.0.1:5000/app:1") == {"ref": "x"}
+    index.put_ref(tiny_record("127.0.0.1:5000/app:1"))
+    assert index.get_ref("127.0.0.1:5000/app:1", "linux/amd64") == tiny_record("127.0.0.1:5000/app:1")
 
 
 def test_a_damaged_index_is_one_error_in_the_api_and_the_cli(tmp_path):
@@ -141,12 +142,12 @@ def test_a_damaged_index_is_one_error_in_the_api_and_the_cli(tmp_path):
 def test_a_read_only_index_is_one_error(tmp_path):
     path = tmp_path / "index"
     writable = Index(path)
-    writable.put_ref("127.0.0.1:5000/app:1", {"ref": "kept"})
+    writable.put_ref(tiny_record("127.0.0.1:5000/app:1"))
     writable.close()
     with _mounted("--bind", str(path), str(path)):
         subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
         try:
-            Index(path).put_ref("127.0.0.1:5000/app:2", {"ref": "new"})
+            Index(path).put_ref(tiny_record("127.0.0.1:5000/app:2"))
         except StoreError as exc:
             message, hint = exc.message, exc.hint
         else:
@@ -155,7 +156,10 @@ def test_a_read_only_index_is_one_error(tmp_path):
     assert message == f"the cas index at {path} cannot be used: unable to open database file"
     assert "permissions" in hint
     again = Index(path)
-    assert again.get_ref("127.0.0.1:5000/app:1") == {"ref": "kept"} and again.get_ref("127.0.0.1:5000/app:2") is None
+    assert (
+        again.get_ref("127.0.0.1:5000/app:1", "linux/amd64") == tiny_record("127.0.0.1:5000/app:1")
+        and again.get_ref("127.0.0.1:5000/app:2", "linux/amd64") is None
+    )
     again.close()
 
 
@@ -174,7 +178,7 @@ def test_a_full_disk_under_the_index_is_disk_full(tmp_path, value_size):
         try:
             with pytest.raises(DiskFull) as info:
                 for i in range(1000):
-                    index.put_ref(f"127.0.0.1:5000/app:{i}", {"ref": "x" * value_size})
+                    index.put_ref(tiny_record(f"127.0.0.1:5000/app:{i}", pad=value_size))
             assert info.value.message.startswith("no space left on device ")
             assert info.value.message.endswith(f" the cas index at {mount / 'index'}")
             assert "cas prune" in info.value.hint

@@ -67,7 +67,7 @@ def test_the_next_pull_downloads_a_changed_blob_again_and_replaces_it(cas, cas_h
     ref, layer, path = app
     _flip_byte(path)
     mark = registry.mark()
-    out = json.loads(cas("pull", "--json", ref).stdout)[0]
+    out = json.loads(cas("pull", "--json", ref).stdout)["images"][0]
     assert [r.reference for r in registry.blob_gets(mark)] == [layer]  # that blob only
     assert out["downloaded_blobs"] == 1
     assert "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest() == layer
@@ -124,7 +124,7 @@ def test_records_from_before_fingerprints_keep_working_and_get_one(cas, cas_home
     finally:
         store.close()
     mark = registry.mark()
-    assert json.loads(cas("pull", "--json", ref).stdout)[0]["downloaded_blobs"] == 0
+    assert json.loads(cas("pull", "--json", ref).stdout)["images"][0]["downloaded_blobs"] == 0
     assert registry.blob_gets(mark) == []
     layers = {b.digest for b in test_images.app.blobs}  # config and layers: what a pull confirms
     assert all("stat" in record for digest, record in _records(cas_home).items() if digest in layers)
@@ -156,7 +156,7 @@ def _trust_as_is(home: Path, digest: str) -> None:
 def test_export_verify_re_hashes_every_blob_and_catches_what_no_stat_can_see(cas, cas_home, app, tmp_path):
     ref, layer, _ = app
     good = json.loads(cas("export", "--verify", "--json", ref, "-o", tmp_path / "good.tar").stdout)
-    assert good["verified"] is True and good["blobs"] == 7
+    assert good["verified"] is True and good["exported_blobs"] == 7
 
     _rot_silently(cas_home, layer)
     assert cas("export", ref, "-o", tmp_path / "unverified.tar").returncode == 0  # the stat check cannot see it
@@ -200,3 +200,31 @@ def test_a_stream_that_fails_mid_way_says_the_reader_got_a_partial_archive(cas_h
     assert proc.returncode == 1 and proc.stderr.startswith("error: no space left on device"), proc.stderr
     assert "nothing was kept" not in proc.stderr
     assert f"the reader already got {got} bytes of an incomplete archive: discard it" in proc.stderr
+
+
+@pytest.mark.parametrize("role", ["manifest", "config"])
+def test_a_changed_manifest_or_config_fails_the_export_naming_it(role, cas, cas_home, app, test_images, tmp_path):
+    ref, _, _ = app
+    digest = test_images.app.digest if role == "manifest" else test_images.app.config_blob.digest
+    path = _blob_path(cas_home, digest)
+    _flip_byte(path, offset=len(path.read_bytes()) - 30)  # inside a digest string: still valid JSON
+    proc = cas("export", ref, "-o", tmp_path / "app.tar", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{digest} ({role} of {ref}): content hashes to sha256:" in proc.stderr, proc.stderr
+    assert list(tmp_path.glob("*app.tar*")) == []
+    cas("pull", ref)  # heals it
+    cas("export", ref, "-o", tmp_path / "app.tar")
+
+
+def test_a_delta_checks_only_the_blobs_it_carries(cas, cas_home, app, registry, test_images, tmp_path):
+    ref, own_layer, _ = app
+    base = test_images.ref(registry, "base")
+    cas("pull", base)
+    shared = test_images.base.blobs[1].digest  # base's first layer, which app lists too
+    _flip_byte(_blob_path(cas_home, shared))
+    delta = json.loads(cas("export", ref, "--since", base, "-o", tmp_path / "d.tar", "--json").stdout)
+    assert delta["delta"]["required_blobs"] >= 1  # the changed layer is the receiver's business, not carried
+    _flip_byte(_blob_path(cas_home, own_layer))
+    proc = cas("export", ref, "--since", base, "-o", tmp_path / "d2.tar", check=False)
+    assert proc.returncode == 1 and f"{own_layer} (layer 4/5 of {ref})" in proc.stderr
+    assert shared not in proc.stderr

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_lifecycle_support import APP, BASE, commit, store_three
+from test_lifecycle_support import APP, BASE, commit, store_three, write_raw
 
 from cas import gc
 from cas.images import remove_images
@@ -30,19 +30,19 @@ def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
 def test_du_splits_each_image_into_unique_and_shared(store, three):
     report = usage(store)
     by_ref = {i["ref"]: i for i in report["images"]}
-    shared_layers = {b["digest"]: b["size"] for b in three[BASE]["blobs"][2:]}  # layers 1 and 2
+    shared_layers = {str(b.digest): b.size for b in three[BASE].blobs[2:]}  # layers 1 and 2
     for ref, record in three.items():
         row = by_ref[ref]
-        assert row["size"] == record["size"]
+        assert row["size"] == record.size
         expected_shared = sum(shared_layers.values()) if ref in (BASE, APP) else 0
-        assert row["shared"] == expected_shared
-        assert row["unique"] == record["size"] - expected_shared
-    everything = {b["digest"]: b["size"] for r in three.values() for b in r["blobs"]}
-    assert report["total"]["blobs"] == len(everything)
-    assert report["total"]["bytes"] == sum(everything.values())
-    assert report["referenced"]["bytes"] == sum(everything.values())
-    assert report["referenced"]["shared_bytes"] == sum(shared_layers.values())
-    assert report["reclaimable"]["bytes"] == 0
+        assert row["shared_bytes"] == expected_shared
+        assert row["unique_bytes"] == record.size - expected_shared
+    everything = {str(b.digest): b.size for r in three.values() for b in r.blobs}
+    assert report["stored_blobs"] == len(everything)
+    assert report["stored_bytes"] == sum(everything.values())
+    assert report["referenced_bytes"] == sum(everything.values())
+    assert report["shared_bytes"] == sum(shared_layers.values())
+    assert report["reclaimable"]["size"] == 0
 
 
 def test_du_reclaimable_is_what_prune_frees(store, three):
@@ -50,9 +50,9 @@ def test_du_reclaimable_is_what_prune_frees(store, three):
     remove_images(store, [APP])
     predicted = usage(store)["reclaimable"]
     result = gc.prune(store)
-    assert predicted["bytes"] == result.freed_bytes > 0
-    assert predicted["blobs"] == len(result.blobs)
-    assert usage(store)["reclaimable"]["bytes"] == 0
+    assert predicted["size"] == result.freed_bytes > 0
+    assert predicted["blob_count"] == len(result.blobs)
+    assert usage(store)["reclaimable"]["size"] == 0
 
 
 def test_cli_rm_du_prune_verify(store, three):
@@ -75,8 +75,8 @@ def test_cli_rm_du_prune_verify(store, three):
     assert "Would free" in dry.stdout and "would remove blob sha256:" in dry.stdout
     real = run_cli(home, "prune", "--json")
     assert real.returncode == 0, real.stderr
-    freed = json.loads(real.stdout)["freed"]
-    assert freed["blobs"] == 3 and freed["bytes"] > 0
+    freed = json.loads(real.stdout)
+    assert freed["freed_blobs"] == 3 and freed["freed_bytes"] > 0
 
     keep = run_cli(home, "prune", "--keep-storage", "1KB")
     assert keep.returncode == 0 and "Freed" in keep.stdout and f"removed image {BASE}" in keep.stdout
@@ -88,16 +88,17 @@ def test_cli_rm_du_prune_verify(store, three):
     clean = run_cli(home, "verify")
     assert clean.returncode == 0 and "ok" in clean.stdout
     everything = run_cli(home, "prune", "--all", "--json")
-    assert json.loads(everything.stdout)["kept"] == {"images": 0, "blobs": 0, "bytes": 0}
+    kept = json.loads(everything.stdout)
+    assert (kept["kept_images"], kept["kept_blobs"], kept["kept_bytes"]) == (0, 0, 0)
 
 
 def test_images_skips_malformed_records_and_inspect_names_them(store, three):
     no_digest = "127.0.0.1:5000/nodigest:1"
-    record = dict(three[BASE], ref=no_digest)
+    record = three[BASE].replace(ref=no_digest).to_json()
     del record["digest"]
-    store.index.put_ref(no_digest, record)
-    store.index.put_ref("127.0.0.1:5000/broken:1", {"ref": "x"})
-    store.index.put_ref("127.0.0.1:5000/odd:1", ["not", "a", "record"])
+    write_raw(store, f"ref:{no_digest}|linux/amd64", record)
+    write_raw(store, "ref:127.0.0.1:5000/broken:1", {"ref": "x"})
+    write_raw(store, "ref:127.0.0.1:5000/odd:1", ["not", "a", "record"])
     home = store.home
     store.close()
 
@@ -107,17 +108,19 @@ def test_images_skips_malformed_records_and_inspect_names_them(store, three):
     assert (
         all(ref in listed.stdout for ref in three) and "nodigest" not in listed.stdout and "broken" not in listed.stdout
     )
-    assert "skipped 2 malformed image record(s): 127.0.0.1:5000/broken:1, 127.0.0.1:5000/nodigest:1" in listed.stderr
+    assert (
+        "skipped 3 malformed image record(s): 127.0.0.1:5000/broken:1, 127.0.0.1:5000/nodigest:1, 127.0.0.1:5000/odd:1"
+        in listed.stderr
+    )
     as_json = run_cli(home, "images", "--json")
-    assert as_json.returncode == 0 and [row["ref"] for row in json.loads(as_json.stdout)] == sorted(three)
+    assert as_json.returncode == 0 and [row["ref"] for row in json.loads(as_json.stdout)["images"]] == sorted(three)
 
     for ref in (no_digest, "127.0.0.1:5000/broken:1", "127.0.0.1:5000/odd:1"):
         shown = run_cli(home, "inspect", ref)
         assert shown.returncode == 1 and "Traceback" not in shown.stderr
-        assert shown.stderr.splitlines() == [
-            f"error: the index record of {ref} is malformed",
-            f"hint: run `cas rm {ref}`, then `cas pull {ref}`",
-        ]
+        error, hint = shown.stderr.splitlines()
+        assert error.startswith(f"error: the index record of {ref} is malformed: ")
+        assert hint == f"hint: run `cas rm {ref}`, then `cas pull {ref}`"
     assert run_cli(home, "inspect", BASE).returncode == 0
 
     removed = run_cli(home, "rm", no_digest, "127.0.0.1:5000/broken:1", "127.0.0.1:5000/odd:1")

@@ -17,6 +17,7 @@ from pathlib import Path
 from support.images import Image, random_layer
 
 from cas.digest import Digest
+from cas.records import BlobEntry, RefRecord
 from cas.reference import parse
 from cas.store import Store
 
@@ -41,27 +42,25 @@ def _sha256(data: bytes) -> str:
 
 def store_image(
     store: Store, ref_text: str, image: Image, *, used: float = 1_700_000_000.0, layout: bool = True
-) -> dict:
+) -> RefRecord:
     """Commit ``image`` and write the ref record a pull would write; return the record."""
     ref = str(parse(ref_text))
     blobs = [image.manifest_blob, image.config_blob] + [lay.blob(image.media) for lay in image.layers]
     for blob in blobs:
         commit(store, blob.data, blob.media_type)
-    unique = {b.digest: b for b in blobs}
-    record = {
-        "ref": ref,
-        "registry": parse(ref_text).registry,
-        "digest": image.digest,
-        "media_type": image.media_type,
-        "manifest": image.digest,
-        "config": image.config_blob.digest,
-        "platform": image.platform,
-        "blobs": [{"digest": b.digest, "size": b.size, "media_type": b.media_type} for b in blobs],
-        "size": sum(b.size for b in unique.values()),
-        "pulled": used,
-        "used": used,
-    }
-    store.index.put_ref(ref, record)
+    record = RefRecord(
+        ref=ref,
+        registry=parse(ref_text).registry,
+        digest=Digest.parse(image.digest),
+        media_type=image.media_type,
+        manifest=Digest.parse(image.digest),
+        config=Digest.parse(image.config_blob.digest),
+        platform=image.platform,
+        blobs=tuple(BlobEntry(Digest.parse(b.digest), b.size, b.media_type) for b in blobs),
+        pulled=used,
+        used=used,
+    )
+    store.index.put_ref(record)
     if layout:
         store.write_layout_index()
     return record
@@ -108,6 +107,35 @@ def flip_byte(path: Path, offset: int = 100) -> None:
         fh.seek(offset)
         fh.write(bytes([byte[0] ^ 0xFF]))
     os.chmod(path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+
+
+def only_record(store: Store, ref: str) -> RefRecord | None:
+    """The record of a reference cached for one platform (None when it is not cached)."""
+    records = store.index.ref_records(ref)
+    assert len(records) <= 1, [r.name for r in records]
+    return records[0] if records else None
+
+
+def write_raw(store: Store, key: str, value: object) -> None:
+    """Write an index entry as another program (or an older cas, or damage) could: bypassing RefRecord."""
+    store.index._db.set(key, value)
+
+
+def tiny_record(ref: str, *, pad: int = 0, platform: str = "linux/amd64") -> RefRecord:
+    """A valid record naming one made-up manifest (for index tests; ``pad`` bytes make its JSON bigger)."""
+    manifest = Digest.parse(_sha256(ref.encode()))
+    return RefRecord(
+        ref=ref,
+        registry=ref.split("/")[0],
+        digest=manifest,
+        media_type="application/vnd.oci.image.manifest.v1+json" + " " * pad,
+        manifest=manifest,
+        config=manifest,
+        platform=platform,
+        blobs=(BlobEntry(manifest, 1, "application/vnd.oci.image.manifest.v1+json"),),
+        pulled=1000.0,
+        used=1000.0,
+    )
 
 
 def abandon(store: Store, digest: Digest) -> None:

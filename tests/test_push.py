@@ -38,7 +38,7 @@ def test_push_uploads_each_blob_once_and_a_second_push_uploads_nothing(cas, regi
 
     mark = registry.mark()
     out = _push_json(cas, test_images.ref(registry, "base"), dest)
-    assert out["digest"] == base.digest and out["manifests"] == 1
+    assert out["digest"] == base.digest and out["manifest_count"] == 1
     assert out["uploaded_blobs"] == len(base.blobs) and out["uploaded_bytes"] == sum(b.size for b in base.blobs)
     assert out["mounted_blobs"] == 0 and out["skipped_blobs"] == 0
     logged = registry.requests(mark)
@@ -120,14 +120,20 @@ def test_push_to_registries_that_want_credentials(
     assert skopeo.inspect(f"docker://{dest}", creds=creds)["Digest"] == test_images.base.digest
 
 
+@pytest.mark.parametrize("kind", ["basic", "token"])
 def test_anonymous_push_to_a_registry_that_wants_credentials_fails_with_a_hint(
-    cas, registry, basic_registry, test_images
+    cas, registry, basic_registry, token_registry, test_images, kind
 ):
+    target = basic_registry if kind == "basic" else token_registry  # the token server lets anyone pull
     ref = test_images.ref(registry, "base")
     cas("pull", ref)
-    proc = cas("push", ref, f"{basic_registry.host}/{_repo('base')}:anon", check=False)
-    assert proc.returncode == 1
-    assert proc.stderr.startswith("error: ") and "hint: " in proc.stderr and "Traceback" not in proc.stderr
+    repository = _repo("base")
+    mark = target.mark()
+    proc = cas("push", ref, f"{target.host}/{repository}:anon", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: ") and target.host in lines[0] and "log in" in lines[1]
+    assert not [r for r in target.requests(mark) if r.status in (201, 202)]  # nothing was accepted
 
 
 def _manifest_status(registry, repository: str, reference: str) -> int:
@@ -150,14 +156,14 @@ def test_multi_platform_index_is_pushed_only_when_every_platform_is_cached(cas, 
 
     one = _push_json(cas, "--platform", "linux/amd64", ref, f"{proxy.host}/{repository}:amd64")
     amd64 = multi.for_platform("linux/amd64")
-    assert one["digest"] == amd64.digest and one["platforms"] == ["linux/amd64"] and one["manifests"] == 1
+    assert one["digest"] == amd64.digest and one["platforms"] == ["linux/amd64"] and one["manifest_count"] == 1
     assert skopeo.inspect(f"docker://{registry.host}/{repository}:amd64")["Digest"] == amd64.digest
 
     for platform in ("linux/arm64/v8", "linux/arm/v7"):
         cas("pull", "--platform", platform, ref)
     mark = registry.mark()
     whole = _push_json(cas, ref, f"{proxy.host}/{repository}:all")
-    assert whole["digest"] == multi.digest and whole["manifests"] == 4
+    assert whole["digest"] == multi.digest and whole["manifest_count"] == 4
     assert whole["platforms"] == ["linux/amd64", "linux/arm64/v8", "linux/arm/v7"]
     assert whole["skipped_blobs"] == len(amd64.blobs)  # pushed with the amd64 manifest just before
     raw = skopeo.run("inspect", "--tls-verify=false", "--raw", f"docker://{registry.host}/{repository}:all").stdout
@@ -353,3 +359,26 @@ def test_bytes_that_do_not_match_their_digest_never_complete_an_upload(registry,
     from support.tools import http_status
 
     assert http_status(f"{registry.url}/v2/{repository}/blobs/{digest}") == 404
+
+
+def test_one_child_of_an_index_pushes_by_its_digest_and_platforms_are_checked(
+    cas, registry, proxy, skopeo, test_images
+):
+    multi = test_images.multi
+    amd64 = multi.for_platform("linux/amd64")
+    cas("pull", "--platform", "linux/amd64", test_images.ref(registry, "multi"))
+    repository = _repo("child")
+    out = _push_json(cas, f"{registry.host}/multi@{amd64.digest}", f"{proxy.host}/{repository}:child")
+    assert out["digest"] == amd64.digest and out["manifest_count"] == 1
+    assert skopeo.inspect(f"docker://{registry.host}/{repository}:child")["Digest"] == amd64.digest
+
+    cas("pull", test_images.ref(registry, "base"))
+    wrong = cas(
+        "push",
+        "--platform",
+        "linux/arm64",
+        test_images.ref(registry, "base"),
+        f"{proxy.host}/{repository}:x",
+        check=False,
+    )
+    assert wrong.returncode == 1 and "linux/arm64" in wrong.stderr and "linux/amd64" in wrong.stderr

@@ -81,7 +81,7 @@ def test_pull_export_and_push_over_tls_with_a_private_ca(cas, tls_registry, host
     ref = f"{tls_registry.host}/app:1"
     image = _image()
     tls_registry.mark()
-    pulled = json.loads(cas("pull", "--json", ref).stdout)[0]
+    pulled = json.loads(cas("pull", "--json", ref).stdout)["images"][0]
     assert pulled["manifest"] == image.digest and pulled["downloaded_blobs"] == 3
     blob_gets = sorted(r.reference for r in tls_registry.blob_gets() if r.status == 200)
     assert blob_gets == sorted(b.digest for b in image.blobs)
@@ -95,7 +95,7 @@ def test_pull_export_and_push_over_tls_with_a_private_ca(cas, tls_registry, host
     cas("push", ref, f"{tls_registry.host}/pushed:1")
     served = _served(tls_registry, "pushed")
     assert ("PUT", "manifest", 201) in served, served
-    fetched = json.loads(cas("pull", "--json", f"{tls_registry.host}/pushed:1").stdout)[0]
+    fetched = json.loads(cas("pull", "--json", f"{tls_registry.host}/pushed:1").stdout)["images"][0]
     assert fetched["manifest"] == image.digest  # byte for byte, over TLS both ways
 
 
@@ -108,7 +108,7 @@ def test_mutual_tls_presents_the_client_certificate_from_hosts_toml(cas, mtls_re
     assert len(lines) == 2 and lines[0].startswith(f"error: cannot reach registry {mtls_registry.host}: "), lines
 
     path.write_text(path.read_text() + 'client = ["client.cert", "client.key"]\n')
-    pulled = json.loads(cas("pull", "--json", ref).stdout)[0]
+    pulled = json.loads(cas("pull", "--json", ref).stdout)["images"][0]
     assert pulled["manifest"] == _image().digest
     cas("push", ref, f"{mtls_registry.host}/pushed:1")
     assert ("PUT", "manifest", 201) in _served(mtls_registry, "pushed")
@@ -134,5 +134,5 @@ def test_an_untrusted_certificate_is_one_line_naming_the_host(cas, tls_registry,
 
 def test_skip_verify_accepts_any_certificate(cas, tls_registry, hosts):
     hosts(tls_registry, "skip_verify = true\n")
-    pulled = json.loads(cas("pull", "--json", f"{tls_registry.host}/app:1").stdout)[0]
+    pulled = json.loads(cas("pull", "--json", f"{tls_registry.host}/app:1").stdout)["images"][0]
     assert pulled["manifest"] == _image().digest

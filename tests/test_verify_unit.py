@@ -8,7 +8,18 @@ import subprocess
 import sys
 
 import pytest
-from test_lifecycle_support import APP, BASE, abandon, files_on_disk, flip_byte, images, indexed, store_image
+from test_lifecycle_support import (
+    APP,
+    BASE,
+    abandon,
+    files_on_disk,
+    flip_byte,
+    images,
+    indexed,
+    only_record,
+    store_image,
+    write_raw,
+)
 
 from cas import gc
 from cas.digest import Digest, of_bytes
@@ -24,6 +35,11 @@ def two(store: Store):
         APP: store_image(store, APP, imgs["app"]),
         "images": imgs,
     }
+
+
+def named(ref: str) -> str:
+    """How verify names an image: its reference and platform (the support images are linux/amd64)."""
+    return f"{ref} (linux/amd64)"
 
 
 def kinds(report) -> list[tuple[str, str]]:
@@ -43,13 +59,13 @@ def test_clean_store_verifies(store, two):
 
 
 def test_flipped_byte_is_found_named_repaired_and_restored(store, two):
-    shared_layer = two[BASE]["blobs"][2]["digest"]
+    shared_layer = str(two[BASE].blobs[2].digest)
     path = store.blobs.path(Digest.parse(shared_layer))
     flip_byte(path, 200)
 
     report = verify(store)
     assert kinds(report) == [("corrupt", shared_layer)]
-    assert report.findings[0].refs == [APP, BASE]
+    assert report.findings[0].refs == [named(APP), named(BASE)]
     assert "blake3" in report.findings[0].detail
     assert path.exists(), "verify without --repair changed the store"
 
@@ -58,13 +74,13 @@ def test_flipped_byte_is_found_named_repaired_and_restored(store, two):
     assert repaired.findings[0].repaired.startswith("deleted")
     assert not path.exists() and shared_layer not in indexed(store)
     for ref in (APP, BASE):
-        assert store.index.get_ref(ref)["needs_pull"] is True
+        assert only_record(store, ref).needs_pull is True
     # index.json keeps listing them (the OCI layout spec allows missing blobs); readers get a missing-blob error
     assert layout_refs(store) == [APP, BASE]
 
     # still incomplete until the next pull: verify keeps saying so
     after = verify(store)
-    assert kinds(after) == [("missing", shared_layer), ("needs-pull", APP), ("needs-pull", BASE)]
+    assert kinds(after) == [("missing", shared_layer), ("needs-pull", named(APP)), ("needs-pull", named(BASE))]
     assert not after.ok
 
     # what the next pull does: commit the blob again and write a fresh record (no needs_pull)
@@ -76,22 +92,22 @@ def test_flipped_byte_is_found_named_repaired_and_restored(store, two):
 
 
 def test_repair_clears_the_mark_once_every_blob_is_back(store, two):
-    layer = two[BASE]["blobs"][-1]["digest"]  # shared with app
+    layer = str(two[BASE].blobs[-1].digest)  # shared with app
     flip_byte(store.blobs.path(Digest.parse(layer)))
     verify(store, repair=True)
     store_image(store, APP, two["images"]["app"])  # app pulled again; base not yet
     report = verify(store)
-    assert kinds(report) == [("needs-pull", BASE)]
+    assert kinds(report) == [("needs-pull", named(BASE))]
     assert "every blob is back" in report.findings[0].detail
     repaired = verify(store, repair=True)
     assert repaired.findings[0].repaired == "mark cleared" and repaired.needs_pull == []
-    assert "needs_pull" not in store.index.get_ref(BASE)
+    assert not only_record(store, BASE).needs_pull
     assert layout_refs(store) == [APP, BASE]
     assert verify(store, deep=True).ok
 
 
 def test_truncated_blob_is_corrupt_by_size(store, two):
-    config = two[APP]["config"]
+    config = str(two[APP].config)
     path = store.blobs.path(Digest.parse(config))
     os.chmod(path, 0o644)
     with open(path, "r+b") as fh:
@@ -99,7 +115,7 @@ def test_truncated_blob_is_corrupt_by_size(store, two):
     report = verify(store)
     assert kinds(report) == [("corrupt", config)]
     assert "size is 10 bytes" in report.findings[0].detail
-    assert report.findings[0].refs == [APP]
+    assert report.findings[0].refs == [named(APP)]
 
 
 def test_deep_rehashes_with_the_digests_own_algorithm(store):
@@ -119,16 +135,16 @@ def test_deep_rehashes_with_the_digests_own_algorithm(store):
 
 
 def test_missing_blob_is_reported_and_repair_marks_the_ref(store, two):
-    layer3 = two[APP]["blobs"][-1]["digest"]
+    layer3 = str(two[APP].blobs[-1].digest)
     path = store.blobs.path(Digest.parse(layer3))
     path.unlink()
     report = verify(store)
     assert kinds(report) == [("missing", layer3)]
-    assert report.findings[0].refs == [APP]
+    assert report.findings[0].refs == [named(APP)]
     repaired = verify(store, repair=True)
     assert repaired.needs_pull == [APP]
-    assert store.index.get_ref(APP)["needs_pull"] is True
-    assert not store.index.get_ref(BASE).get("needs_pull")
+    assert only_record(store, APP).needs_pull is True
+    assert not only_record(store, BASE).needs_pull
     assert layout_refs(store) == [APP, BASE]
 
 
@@ -156,11 +172,11 @@ def test_orphans_and_stale_ingests_are_reported_and_removed(store, two, tmp_path
     assert len(repaired.findings) == 4 and all(f.repaired for f in repaired.findings), repaired.findings
     assert outside.read_bytes() == b"outside the store"
     assert verify(store).ok
-    assert store.index.get_ref(BASE) and not store.index.get_ref(BASE).get("needs_pull")
+    assert only_record(store, BASE) and not only_record(store, BASE).needs_pull
 
 
 def test_unindexed_blob_a_ref_needs_is_reindexed(store, two):
-    config = Digest.parse(two[BASE]["config"])
+    config = two[BASE].config
     store.index.remove_blob(config)
     report = verify(store)
     assert kinds(report) == [("unindexed", str(config))]
@@ -179,18 +195,18 @@ def test_leased_unindexed_blob_is_a_pull_in_progress_not_an_orphan(store):
 
 
 def test_malformed_entries_are_reported_and_dropped(store, two):
-    store.index.put_ref("127.0.0.1:5000/broken:1", {"nonsense": True})
+    write_raw(store, "ref:127.0.0.1:5000/broken:1", {"nonsense": True})
     report = verify(store)
     assert kinds(report) == [("bad-index-entry", "ref:127.0.0.1:5000/broken:1")]
     verify(store, repair=True)
-    assert store.index.get_ref("127.0.0.1:5000/broken:1") is None
+    assert only_record(store, "127.0.0.1:5000/broken:1") is None
     assert verify(store).ok
     gc.prune(store)  # prune refused while it was there
 
 
 def test_cli_verify_exit_codes_and_json(store, two):
     home = store.home
-    layer = two[APP]["blobs"][-1]["digest"]
+    layer = str(two[APP].blobs[-1].digest)
     flip_byte(store.blobs.path(Digest.parse(layer)))
     store.close()
     env = {**os.environ, "CAS_HOME": str(home)}
@@ -220,7 +236,7 @@ def test_repair_reads_an_unindexed_blob_once_and_records_its_blake3(store, two, 
 
     import blake3
 
-    config = Digest.parse(two[APP]["config"])
+    config = two[APP].config
     path = store.blobs.path(config)
     store.index.remove_blob(config)
     opened: list[str] = []
@@ -253,7 +269,7 @@ def test_repair_reads_an_unindexed_blob_once_and_records_its_blake3(store, two, 
 
 
 def test_repair_deletes_an_unindexed_blob_whose_content_is_not_its_name(store, two):
-    config = Digest.parse(two[APP]["config"])
+    config = two[APP].config
     store.index.remove_blob(config)
     flip_byte(store.blobs.path(config), 5)
     repaired = verify(store, repair=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from cas import manifest as mf
 from cas.delta import NAME, DeltaDescription, DeltaImage, Required
 from cas.digest import Digest
-from cas.errors import BadDigest, CasError, ManifestError, NotCached, UsageError
+from cas.errors import BadDigest, CasError, NotCached, UsageError
 from cas.export import oci
 from cas.export.plan import ExportPlan, lookup
 from cas.export.tarwriter import TarWriter
@@ -40,21 +40,20 @@ class Base:
 def bases_of(store: Store, references: Sequence[Reference]) -> list[Base]:
     """The blobs of each ``--since`` image, from its ref record in this store."""
     hits = {str(reference): lookup(store, reference) for reference in references}
-    not_cached = [text for text, hit in hits.items() if hit is None]
+    not_cached = [text for text, hit in hits.items() if not hit]
     if not_cached:
         raise NotCached(
             f"--since: not in the cache: {', '.join(not_cached)}",
             hint="a delta is computed against images this store holds: pull them, or use --since-inventory",
         )
     bases = []
-    for hit in hits.values():
-        assert hit is not None
-        ref, record = hit
-        try:
-            blobs = {Digest.parse(e["digest"]): e["size"] for e in record["blobs"]}
-        except (BadDigest, KeyError, TypeError) as exc:
-            raise ManifestError(f"the cache record of {ref} is broken", hint=f"pull it again: cas pull {ref}") from exc
-        bases.append(Base(ref, blobs))
+    for records in hits.values():
+        # Only what every cached platform of the base shares: the receiver holds the base for at
+        # least one of them, so the delta is at worst larger, never missing a blob.
+        blobs = {digest: blob.size for digest, blob in records[0].unique_blobs.items()}
+        for record in records[1:]:
+            blobs = {digest: size for digest, size in blobs.items() if record.entry(digest) is not None}
+        bases.append(Base(records[0].ref, blobs))
     return bases
 
 
@@ -101,13 +100,12 @@ def describe(store: Store, plan: ExportPlan, bases: list[Base]) -> tuple[DeltaDe
     carried: list[Descriptor] = []
     required: dict[Digest, Required] = {}
     for image in plan.images:
-        record = store.index.get_ref(image.ref) or {}
-        top = record.get("digest") or str(image.manifest.digest)
+        top = image.record.digest
         for name in image.names or [None]:
             description.images.append(
                 DeltaImage(
                     str(name) if name is not None else None,
-                    Digest.parse(top),
+                    top,
                     image.manifest.digest,
                     image.manifest.media_type,
                     image.platform or None,

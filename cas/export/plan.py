@@ -8,13 +8,14 @@ the right size. It reads the store and the index only; it writes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cas import manifest as mf
-from cas.digest import Digest
-from cas.errors import BadDigest, ManifestError, MissingBlobs, NotCached, UsageError
+from cas.digest import Digest, of_bytes
+from cas.errors import ChangedBlobs, ManifestError, MissingBlobs, NotCached, UsageError
 from cas.manifest import Descriptor, Platform
+from cas.records import RefRecord, choose
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
 from cas.store import Store
@@ -29,13 +30,17 @@ def member(digest: Digest) -> str:
 class ImagePlan:
     """One image in the archive: one manifest, possibly under several names."""
 
-    ref: str  # the canonical ref its record is stored under
+    record: RefRecord  # the ref record it comes from
     names: list[Reference]  # the names it gets in the archive (none for a digest-only ref)
     platform: str
     manifest: Descriptor
     config: Descriptor
     layers: tuple[Descriptor, ...]
-    aliases: list[str] = field(default_factory=list)  # other ref records exported as this same image
+    aliases: list[RefRecord] = field(default_factory=list)  # other ref records exported as this same image
+
+    @property
+    def ref(self) -> str:
+        return self.record.ref
 
     @property
     def blobs(self) -> tuple[Descriptor, ...]:
@@ -56,9 +61,10 @@ class ExportPlan:
         return list(seen.values())
 
     @property
-    def refs(self) -> list[str]:
+    def records(self) -> list[RefRecord]:
         """Every ref record exported (each image's own and its aliases): all of them were used."""
-        return list(dict.fromkeys(ref for image in self.images for ref in (image.ref, *image.aliases)))
+        found = {r.key: r for image in self.images for r in (image.record, *image.aliases)}
+        return list(found.values())
 
 
 def plan(
@@ -79,20 +85,14 @@ def plan(
     if tag is not None and tag.tag is None:
         raise UsageError(f"--tag {tag} has no tag", hint="give a NAME:TAG, e.g. --tag myapp:1.0")
 
-    found: list[tuple[Reference, str, dict]] = []
+    found: list[tuple[Reference, RefRecord]] = []
     not_cached: list[str] = []
     for reference in references:
-        hit = lookup(store, reference)
-        if hit is None:
+        records = lookup(store, reference)
+        if not records:
             not_cached.append(str(reference))
             continue
-        ref, record = hit
-        if platform is not None and not _is_for(platform, record.get("platform")):
-            raise NotCached(
-                f"{ref} is cached for {record.get('platform')}, not {platform}",
-                hint=f"run `cas pull --platform {platform} {ref}` or export with --pull",
-            )
-        found.append((reference, ref, record))
+        found.append((reference, choose(records[0].ref, records, platform, also=", or export with --pull")))
     if not_cached:
         listed = " ".join(not_cached)
         raise NotCached(
@@ -101,59 +101,51 @@ def plan(
         )
 
     by_manifest: dict[Digest, ImagePlan] = {}
-    by_ref: dict[str, ImagePlan | None] = {}
+    by_key: dict[str, ImagePlan | None] = {}
     missing: list[str] = []
-    for reference, ref, record in found:
-        if ref not in by_ref:
-            image, image_missing = _plan_image(store, ref, record)
+    for reference, record in found:
+        if record.key not in by_key:
+            image, image_missing = _plan_image(store, record)
             missing += image_missing
             if image is not None:
                 kept = by_manifest.setdefault(image.manifest.digest, image)
                 if kept is not image:  # another record of the same manifest (app:1 and app:latest)
-                    kept.aliases.append(ref)
+                    kept.aliases.append(record)
                 image = kept
-            by_ref[ref] = image
-        image = by_ref[ref]
+            by_key[record.key] = image
+        image = by_key[record.key]
         name = tag if tag is not None else (reference if reference.tag is not None else None)
         if image is not None and name is not None:
             name = Reference(name.registry, name.repository, name.tag)  # a name in an archive has no digest
             if name not in image.names:
                 image.names.append(name)
     if missing:
-        raise MissingBlobs(missing, [ref for ref, image in by_ref.items() if image is None])
+        raise MissingBlobs(missing, list(dict.fromkeys(r.ref for _, r in found if by_key[r.key] is None)))
 
     return ExportPlan(list(by_manifest.values()))
 
 
-def lookup(store: Store, reference: Reference) -> tuple[str, dict] | None:
-    """The ref record for a reference: by its canonical name, else (name@digest) by digest."""
-    ref = str(reference)
-    record = store.index.get_ref(ref)
-    if record is not None:
-        return ref, record
-    if reference.digest is None:
-        return None
-    wanted = str(reference.digest)
-    for other, candidate in store.index.refs():
-        if (
-            wanted in (candidate.get("digest"), candidate.get("manifest"))
-            and parse_reference(other).name == reference.name
-        ):
-            return other, candidate
-    return None
+def lookup(store: Store, reference: Reference) -> list[RefRecord]:
+    """The cached platforms of a reference: by its canonical name, else (name@digest) by digest."""
+    records = store.index.ref_records(str(reference))
+    if records or reference.digest is None:
+        return records
+    wanted = reference.digest
+    by_digest = [
+        r
+        for r in store.index.refs(malformed=[])
+        if wanted in (r.digest, r.manifest) and parse_reference(r.ref).name == reference.name
+    ]
+    return [r for r in by_digest if r.ref == by_digest[0].ref] if by_digest else []
 
 
-def _plan_image(store: Store, ref: str, record: dict) -> tuple[ImagePlan | None, list[str]]:
+def _plan_image(store: Store, record: RefRecord) -> tuple[ImagePlan | None, list[str]]:
     """The image a ref record describes, or the list of its missing blobs."""
-    entries = list(_record_blobs(ref, record))
-    manifest_digest = _digest(record.get("manifest"), ref, "manifest")
-    position = next((i for i, entry in enumerate(entries) if entry.digest == manifest_digest), None)
-    if position is None:
-        raise ManifestError(
-            f"the cache record of {ref} does not list its manifest {manifest_digest}",
-            hint=f"pull it again: cas pull {ref}",
-        )
+    ref = record.ref
+    entries = list(record.blobs)
+    position = next(i for i, entry in enumerate(entries) if entry.digest == record.manifest)  # checked on read
     manifest_blob = entries[position]
+    manifest_digest = record.manifest
     if not store.blobs.has(manifest_digest, manifest_blob.size):
         # Without the manifest the record's list ([index,] manifest, config, layers...) is all we know.
         config, *layers = entries[position + 1 :] or [None]
@@ -165,9 +157,9 @@ def _plan_image(store: Store, ref: str, record: dict) -> tuple[ImagePlan | None,
                 missing.append(f"{layer.digest} (layer {number}/{len(layers)} of {ref})")
         return None, missing
 
-    data = store.blobs.read(manifest_digest)
+    data = _read_checked(store, manifest_digest, f"manifest of {ref}", ref)
     media_type = mf.media_type_of(data, manifest_blob.media_type or None)
-    manifest_blob = Descriptor(media_type, manifest_digest, manifest_blob.size)
+    manifest = Descriptor(media_type, manifest_digest, manifest_blob.size)
     parsed = mf.parse(data, media_type)
     if not isinstance(parsed, mf.ImageManifest):
         raise ManifestError(
@@ -178,39 +170,21 @@ def _plan_image(store: Store, ref: str, record: dict) -> tuple[ImagePlan | None,
     missing = []
     if not store.blobs.has(config.digest, config.size):
         missing.append(f"{config.digest} (config of {ref})")
-    for position, layer in enumerate(layers, 1):
+    for number, layer in enumerate(layers, 1):
         if not store.blobs.has(layer.digest, layer.size):
-            missing.append(f"{layer.digest} (layer {position}/{len(layers)} of {ref})")
+            missing.append(f"{layer.digest} (layer {number}/{len(layers)} of {ref})")
     if missing:
         return None, missing
 
-    mf.check_rootfs(store.blobs.read(config.digest), len(layers), ref)
-    return ImagePlan(ref, [], str(record.get("platform") or ""), manifest_blob, config, layers), []
+    mf.check_rootfs(_read_checked(store, config.digest, f"config of {ref}", ref), len(layers), ref)
+    return ImagePlan(record, [], record.platform or "", manifest, config, layers), []
 
 
-def _is_for(wanted: Platform, cached: object) -> bool:
-    try:
-        return isinstance(cached, str) and wanted.matches(Platform.parse(cached))
-    except ManifestError:
-        return False
-
-
-def _record_blobs(ref: str, record: dict) -> Iterable[Descriptor]:
-    entries = record.get("blobs")
-    if not isinstance(entries, list):
-        raise ManifestError(f"the cache record of {ref} is broken: no blob list", hint=f"pull it again: cas pull {ref}")
-    for entry in entries:
-        if not isinstance(entry, dict) or not isinstance(entry.get("size"), int):
-            raise ManifestError(
-                f"the cache record of {ref} is broken: bad blob entry", hint=f"pull it again: cas pull {ref}"
-            )
-        yield Descriptor(str(entry.get("media_type") or ""), _digest(entry.get("digest"), ref, "blob"), entry["size"])
-
-
-def _digest(text: object, ref: str, what: str) -> Digest:
-    try:
-        return Digest.parse(text)
-    except BadDigest as exc:
-        raise ManifestError(
-            f"the cache record of {ref} has a bad {what} digest: {exc.message}", hint=f"pull it again: cas pull {ref}"
-        ) from exc
+def _read_checked(store: Store, digest: Digest, role: str, ref: str) -> bytes:
+    """A manifest or config the plan reads: small, so its bytes are checked against its digest
+    (a changed one would otherwise be parsed, and name blobs that never existed)."""
+    data = store.blobs.read(digest)
+    actual = of_bytes(data, digest.algorithm)
+    if actual != digest:
+        raise ChangedBlobs([f"{digest} ({role}): content hashes to {actual}"], [ref])
+    return data

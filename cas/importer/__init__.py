@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from cas import DEFAULT_LOCK_TIMEOUT
 from cas.delta import DeltaDescription
@@ -39,6 +39,9 @@ from cas.recording import commit_bytes, record_blob, record_image
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
 from cas.store import Store
+
+if TYPE_CHECKING:
+    from cas.index import Lease
 
 FORMATS = ("docker-archive", "oci-archive", "oci-dir")
 UNNAMED = "localhost/imported"  # the name an unnamed image is recorded under, with its digest
@@ -97,11 +100,13 @@ def import_archive(store: Store, source: Path | BinaryIO, options: ImportOptions
             if missing:
                 raise IncompleteArchive(missing)
             if tag is not None:
-                if len(images) != 1:
+                tops = {image.top or (image.manifest.digest, "") for image in images}
+                if len(tops) != 1:  # the platforms of one index are one image to name
                     raise UsageError(
-                        f"--tag names one image, but {label} holds {len(images)}", hint="import without --tag"
+                        f"--tag names one image, but {label} holds {len(tops)}", hint="import without --tag"
                     )
-                images[0].names = [tag]
+                for image in images:
+                    image.names = [tag]
             result.format = "oci-dir" if is_dir else layout
             for image in images:
                 result.images.append(_record(store, lease, image, received))
@@ -145,17 +150,21 @@ def _check_requirements(store: Store, delta: DeltaDescription) -> None:
         raise MissingRequirements(missing, bases)
 
 
-def _record(store: Store, lease, source: ImageSource, received: Received) -> dict:
+def _record(store: Store, lease: Lease, source: ImageSource, received: Received) -> dict:
     """Commit what the image still holds in memory, give its blobs their media types, record each name."""
     image = source.image
     if source.config is not None:
         commit_bytes(store, lease, image.config.digest, source.config, image.config.media_type)
     if source.built is not None:
         commit_bytes(store, lease, source.manifest.digest, source.built, source.manifest.media_type)
-    for desc in (source.manifest, *image.blobs):
-        info = received.stored.get(desc.digest)
+    typed = [
+        *([source.top] if source.top else []),
+        *((d.digest, d.media_type) for d in (source.manifest, *image.blobs)),
+    ]
+    for digest, media_type in typed:
+        info = received.stored.get(digest)
         if info is not None:  # committed by this import before anything said what it is
-            record_blob(store, info, desc.media_type)
+            record_blob(store, info, media_type)
     names = source.names or [parse_reference(f"{UNNAMED}@{source.manifest.digest}")]
     refs = []
     for name in names:
@@ -164,18 +173,18 @@ def _record(store: Store, lease, source: ImageSource, received: Received) -> dic
             lease,
             ref=str(name),
             registry=name.registry,
-            chain=[(source.manifest.digest, source.manifest.media_type)],
+            chain=[*([source.top] if source.top else []), (source.manifest.digest, source.manifest.media_type)],
             image=image,
             platform=source.platform,
         )
-        refs.append(record["ref"])
+        refs.append(record.ref)
     return {
         "refs": refs,
         "names": [name.familiar for name in source.names],
         "manifest": str(source.manifest.digest),
         "media_type": source.manifest.media_type,
-        "platform": record["platform"],
-        "size": record["size"],
+        "platform": record.platform,
+        "size": record.size,
         "built_manifest": source.built is not None,
     }
 

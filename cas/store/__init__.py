@@ -21,6 +21,7 @@ from cas.store.locks import FileLock
 
 if TYPE_CHECKING:
     from cas.index import Index
+    from cas.records import RefRecord
 
 LAYOUT_VERSION = "v1"
 OCI_LAYOUT = b'{"imageLayoutVersion": "1.0.0"}'
@@ -35,6 +36,21 @@ def default_home() -> Path:
         return Path(home)
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(cache) / "cas"
+
+
+def layout_refs(home: Path | None = None) -> list[str]:
+    """The references index.json lists, read without opening the index (shell completion must be instant).
+
+    index.json is rewritten after every change to the refs, so this is what `cas images` lists;
+    a store that does not exist or cannot be read lists nothing.
+    """
+    path = (home if home is not None else default_home()) / LAYOUT_VERSION / "index.json"
+    try:
+        entries = json.loads(path.read_bytes())["manifests"]
+        names = {entry["annotations"][REF_NAME] for entry in entries}
+    except (OSError, ValueError, TypeError, KeyError):
+        return []
+    return sorted(name for name in names if isinstance(name, str))
 
 
 class Store:
@@ -67,17 +83,16 @@ class Store:
     ) -> FileLock:
         return FileLock(self.root / "lock", shared=shared, timeout=timeout, purpose="the cas store", on_wait=on_wait)
 
-    def layout_lists(self, record: dict) -> bool:
+    def layout_lists(self, record: RefRecord) -> bool:
         """Whether index.json already names this ref record's manifest (a crash may have left it stale)."""
         try:
             entries = json.loads((self.root / "index.json").read_bytes())["manifests"]
         except (OSError, ValueError, KeyError, TypeError):
             return False
-        listed = _listed_digest(record)
         return any(
             isinstance(e, dict)
-            and e.get("digest") == listed
-            and (e.get("annotations") or {}).get(REF_NAME) == record["ref"]
+            and e.get("digest") == str(record.listed)
+            and (e.get("annotations") or {}).get(REF_NAME) == record.ref
             for e in entries
         )
 
@@ -92,17 +107,16 @@ class Store:
 
     def _write_layout_index(self) -> None:
         entries = []
-        for ref, record in sorted(self.index.refs(), key=lambda item: item[0]):
-            listed = _listed_digest(record)
-            manifest = next((b for b in record["blobs"] if b["digest"] == listed), None)
+        for record in sorted(self.index.refs(malformed=[]), key=lambda r: (r.ref, r.platform or "")):
+            manifest = record.entry(record.listed)
             if manifest is None:
                 continue
             entries.append(
                 {
-                    "mediaType": manifest["media_type"],
-                    "digest": manifest["digest"],
-                    "size": manifest["size"],
-                    "annotations": {REF_NAME: ref},
+                    "mediaType": manifest.media_type,
+                    "digest": str(manifest.digest),
+                    "size": manifest.size,
+                    "annotations": {REF_NAME: record.ref},
                 }
             )
         atomic_write(self.root / "index.json", layout_index(entries))
@@ -111,8 +125,3 @@ class Store:
         if self._index is not None:
             self._index.close()
             self._index = None
-
-
-def _listed_digest(record: dict) -> str:
-    """What index.json lists for a ref: its manifest, or the OCI view of a Docker manifest."""
-    return record.get("layout_manifest") or record["manifest"]

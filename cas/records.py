@@ -1,0 +1,245 @@
+"""The ref record: what the index knows about one reference cached for one platform.
+
+One class reads, validates and writes it; nothing else touches the JSON. A record
+read from the index is validated once, in ``RefRecord.from_json``: a damaged one
+raises ``StoreError`` there (callers that list many records report it as
+malformed instead), so every other module can trust the fields' types.
+
+Keys: a reference can be cached for several platforms, so each (canonical
+reference, platform) pair has its own key, ``ref:<canonical ref>|<platform>``
+(``|`` appears in neither a reference nor a platform). Stores written by the
+previous version hold one record per reference under ``ref:<canonical ref>``;
+those are still read (as the record of the platform they name) and replaced by
+the new key the next time that platform is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from cas.digest import Digest
+from cas.errors import BadDigest, ManifestError, NotCached, StoreError
+from cas.manifest import Platform
+
+PREFIX = "ref:"
+SEPARATOR = "|"
+
+
+def key_of(ref: str, platform: str | None) -> str:
+    """The index key of one reference's record for one platform."""
+    return f"{PREFIX}{ref}{SEPARATOR}{platform or ''}"
+
+
+def legacy_key(ref: str) -> str:
+    """The key the previous version wrote (one platform per reference)."""
+    return f"{PREFIX}{ref}"
+
+
+def ref_of_key(key: str) -> str:
+    """The reference part of a ``ref:`` key, new or legacy."""
+    return key[len(PREFIX) :].partition(SEPARATOR)[0]
+
+
+@dataclass(frozen=True)
+class BlobEntry:
+    """One blob a record needs: the descriptor fields the store and the exporters use."""
+
+    digest: Digest
+    size: int
+    media_type: str
+
+    def to_json(self) -> dict:
+        return {"digest": str(self.digest), "size": self.size, "media_type": self.media_type}
+
+    @classmethod
+    def from_json(cls, obj: object) -> BlobEntry:
+        if not isinstance(obj, dict) or not _is_int(obj.get("size")) or obj["size"] < 0:
+            raise ValueError("bad blob entry")
+        media_type = obj.get("media_type")
+        return cls(Digest.parse(obj.get("digest")), obj["size"], media_type if isinstance(media_type, str) else "")
+
+
+@dataclass(frozen=True)
+class RefRecord:
+    """One reference cached for one platform; written by ``cas.pull`` once every blob is committed."""
+
+    ref: str  # canonical: str(cas.reference.parse(text))
+    registry: str
+    digest: Digest  # what the reference resolved to: an index (multi-platform tag) or a manifest
+    media_type: str  # media type of that top-level object
+    manifest: Digest  # the image manifest for this platform (== digest when not an index)
+    config: Digest
+    platform: str | None  # "linux/arm64/v8": from the index entry, else from the config
+    blobs: tuple[BlobEntry, ...]  # [index,] [OCI view,] manifest, config, layers...
+    pulled: float  # unix time of the last pull
+    used: float  # unix time of the last pull or export (LRU for prune)
+    layout_manifest: Digest | None = None  # a Docker manifest's OCI view, listed in index.json
+    needs_pull: bool = False  # set by `cas verify --repair` when a blob it lists was removed
+
+    @property
+    def key(self) -> str:
+        return key_of(self.ref, self.platform)
+
+    @property
+    def name(self) -> str:
+        """The reference and its platform, as messages show them: ``app:1.0 (linux/amd64)``."""
+        return f"{self.ref} ({self.platform or 'unknown platform'})"
+
+    @property
+    def listed(self) -> Digest:
+        """What the store's index.json lists for this record: the manifest, or its OCI view."""
+        return self.layout_manifest or self.manifest
+
+    @property
+    def unique_blobs(self) -> dict[Digest, BlobEntry]:
+        """Every blob once (a layer may repeat), in record order."""
+        seen: dict[Digest, BlobEntry] = {}
+        for blob in self.blobs:
+            seen.setdefault(blob.digest, blob)
+        return seen
+
+    @property
+    def size(self) -> int:
+        """Bytes of every blob this record needs, each counted once."""
+        return sum(blob.size for blob in self.unique_blobs.values())
+
+    def entry(self, digest: Digest) -> BlobEntry | None:
+        return next((blob for blob in self.blobs if blob.digest == digest), None)
+
+    def replace(self, **changes: object) -> RefRecord:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict:
+        out: dict = {
+            "ref": self.ref,
+            "registry": self.registry,
+            "digest": str(self.digest),
+            "media_type": self.media_type,
+            "manifest": str(self.manifest),
+            "config": str(self.config),
+            "platform": self.platform,
+            "layout_manifest": str(self.layout_manifest) if self.layout_manifest else None,
+            "blobs": [blob.to_json() for blob in self.blobs],
+            "size": self.size,
+            "pulled": self.pulled,
+            "used": self.used,
+        }
+        if self.needs_pull:
+            out["needs_pull"] = True
+        return out
+
+    @classmethod
+    def from_json(cls, obj: object, key: str | None = None) -> RefRecord:
+        """Validate a stored record; ``StoreError`` naming the key when it is damaged."""
+        where = f"of {ref_of_key(key)}" if key else "of a reference"
+        try:
+            if not isinstance(obj, dict):
+                raise ValueError("not a JSON object")
+            ref, registry, media_type = obj.get("ref"), obj.get("registry"), obj.get("media_type")
+            platform, pulled = obj.get("platform"), obj.get("pulled")
+            if not (isinstance(ref, str) and ref and isinstance(registry, str) and isinstance(media_type, str)):
+                raise ValueError("no ref, registry or media type")
+            if platform is not None and (not isinstance(platform, str) or SEPARATOR in platform):
+                raise ValueError("bad platform")
+            if not _is_number(pulled):
+                raise ValueError("no pull time")
+            used = obj.get("used", pulled)
+            blobs = obj.get("blobs")
+            if not isinstance(blobs, list):
+                raise ValueError("no blob list")
+            layout = obj.get("layout_manifest")
+            record = cls(
+                ref=ref,
+                registry=registry,
+                digest=Digest.parse(obj.get("digest")),
+                media_type=media_type,
+                manifest=Digest.parse(obj.get("manifest")),
+                config=Digest.parse(obj.get("config")),
+                platform=platform,
+                blobs=tuple(BlobEntry.from_json(blob) for blob in blobs),
+                pulled=float(pulled),
+                used=float(used) if _is_number(used) else float(pulled),
+                layout_manifest=Digest.parse(layout) if layout is not None else None,
+                needs_pull=obj.get("needs_pull") is True,
+            )
+        except (ValueError, BadDigest) as exc:
+            detail = exc.message if isinstance(exc, BadDigest) else str(exc)
+            raise StoreError(f"the index record {where} is malformed: {detail}", hint=_hint(key)) from None
+        if record.entry(record.manifest) is None:
+            raise StoreError(f"the index record {where} is malformed: it does not list its manifest", hint=_hint(key))
+        if key is not None and key not in (record.key, legacy_key(record.ref)):
+            raise StoreError(f"the index record {where} is malformed: it names {record.name}", hint=_hint(key))
+        return record
+
+
+def choose(ref: str, records: list[RefRecord], platform: Platform | None, *, also: str = "") -> RefRecord:
+    """One platform of a reference; NotCached naming what is cached when none (or no single one) fits.
+
+    ``also`` ends the hint where the caller offers another way (export: ", or export with --pull").
+    """
+    if not records:
+        raise NotCached(f"{ref} is not in the cache", hint=f"run `cas pull {ref}` first")
+    cached = ", ".join(r.platform or "unknown" for r in records)
+    if platform is not None:
+        fits = [r for r in records if platform_matches(platform, r.platform)]
+        if not fits:
+            raise NotCached(
+                f"{ref} is cached for {cached}, not {platform}",
+                hint=f"run `cas pull --platform {platform} {ref}`{also}",
+            )
+        return fits[0]
+    if len(records) == 1:
+        return records[0]
+    host = [r for r in records if platform_matches(Platform.host(), r.platform)]
+    if host:
+        return host[0]
+    raise NotCached(
+        f"{ref} is cached for several platforms ({cached}), none of them this host's ({Platform.host()})",
+        hint=f"pick one with --platform, e.g. --platform {records[0].platform}",
+    )
+
+
+def platform_matches(wanted: Platform, cached: str | None) -> bool:
+    """Whether a record's platform is what the user asked for (a missing variant accepts any)."""
+    try:
+        return cached is not None and wanted.matches(Platform.parse(cached))
+    except ManifestError:
+        return False
+
+
+def read_all(entries: Iterable[tuple[str, object]], malformed: list[str] | None = None) -> Iterator[RefRecord]:
+    """Records from ``(key, value)`` index entries; a damaged one raises StoreError, or goes to ``malformed``.
+
+    A legacy record (``ref:<ref>``) is skipped where a new key holds the same platform.
+    """
+    current: set[str] = set()
+    legacy: list[RefRecord] = []
+    for key, value in entries:
+        try:
+            record = RefRecord.from_json(value, key)
+        except StoreError:
+            if malformed is None:
+                raise
+            malformed.append(key)
+            continue
+        if SEPARATOR in key:
+            current.add(key)
+            yield record
+        else:
+            legacy.append(record)
+    yield from (r for r in legacy if r.key not in current)
+
+
+def _hint(key: str | None) -> str:
+    ref = ref_of_key(key) if key else "REF"
+    return f"run `cas rm {ref}`, then `cas pull {ref}`"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,0 +1,97 @@
+"""RefRecord: validated once when read, written once, keyed by (reference, platform), legacy keys still read."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_lifecycle_support import APP, BASE, images, store_image, write_raw
+
+from cas import gc
+from cas.errors import StoreError
+from cas.images import list_images
+from cas.records import RefRecord, key_of, legacy_key
+from cas.store import Store
+
+
+@pytest.fixture
+def app(store: Store) -> RefRecord:
+    return store_image(store, APP, images({"app": [1, 2]})["app"])
+
+
+def test_round_trip_and_key(store: Store, app: RefRecord) -> None:
+    assert app.key == f"ref:{APP}|linux/amd64"
+    assert RefRecord.from_json(json.loads(json.dumps(app.to_json())), app.key) == app
+    assert store.index.get_ref(APP, "linux/amd64") == app
+    assert store.index.get_ref(APP, "linux/arm64/v8") is None
+    assert app.size == sum(b.size for b in app.unique_blobs.values())
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (lambda d: d.pop("digest"), "invalid digest"),
+        (lambda d: d.update(manifest="sha256:" + "0" * 63), "expected 64"),
+        (lambda d: d.update(blobs=[{"digest": "sha256:" + "a" * 64}]), "bad blob entry"),
+        (lambda d: d.update(blobs=d["blobs"][1:]), "does not list its manifest"),
+        (lambda d: d.update(pulled="yesterday"), "no pull time"),
+        (lambda d: d.update(platform="linux|amd64"), "bad platform"),
+        (lambda d: d.update(ref="127.0.0.1:5000/other:1"), "it names 127.0.0.1:5000/other:1"),
+    ],
+)
+def test_damaged_record_is_a_store_error_naming_it(store: Store, app: RefRecord, change, why: str) -> None:
+    value = app.to_json()
+    change(value)
+    write_raw(store, app.key, value)
+    with pytest.raises(StoreError) as info:
+        store.index.get_ref(APP, "linux/amd64")
+    assert info.value.message.startswith(f"the index record of {APP} is malformed: ") and why in info.value.message
+    assert info.value.hint == f"run `cas rm {APP}`, then `cas pull {APP}`"
+    malformed: list[str] = []
+    assert list(store.index.refs(malformed)) == [] and malformed == [app.key]
+    with pytest.raises(StoreError):
+        store.index.ref_records(APP)  # its own damage is its error...
+
+
+def test_another_references_damage_is_not_this_ones_error(store: Store, app: RefRecord) -> None:
+    write_raw(store, key_of(BASE, "linux/amd64"), {"nonsense": True})
+    assert store.index.ref_records(APP) == [app]  # ...another's is not
+    with pytest.raises(StoreError):
+        list(store.index.refs())
+
+
+def test_legacy_key_is_read_and_replaced_by_the_next_write(store: Store, app: RefRecord) -> None:
+    """A store written by the previous version: one record per reference under ``ref:<ref>``."""
+    old = app.to_json()
+    store.index.remove_ref(app)
+    write_raw(store, legacy_key(APP), old)
+    assert store.index.get_ref(APP, "linux/amd64") == app
+    assert store.index.ref_records(APP) == [app]
+    assert [r.ref for r in store.index.refs()] == [APP]
+    assert list(gc.snapshot(store).images) == [app.key]
+    assert [row["ref"] for row in list_images(store)] == [APP]
+
+    arm = app.replace(platform="linux/arm64/v8")
+    store.index.put_ref(arm)  # another platform: the legacy record stays
+    assert [r.platform for r in store.index.ref_records(APP)] == ["linux/amd64", "linux/arm64/v8"]
+    store.index.put_ref(app.replace(used=5000.0))  # the same platform: the legacy key goes
+    assert store.index._db.get(legacy_key(APP)) is None
+    assert store.index.get_ref(APP, "linux/amd64").used == 5000.0
+    assert len(list(store.index.refs())) == 2
+
+
+def test_removing_a_legacy_record(store: Store, app: RefRecord) -> None:
+    store.index.remove_ref(app)
+    write_raw(store, legacy_key(APP), app.to_json())
+    assert store.index.remove_ref(app) is True
+    assert list(store.index.refs()) == []
+
+
+def test_two_platforms_are_two_images_to_gc(store: Store, app: RefRecord) -> None:
+    store.index.put_ref(app.replace(platform="linux/arm64/v8"))
+    snap = gc.snapshot(store)
+    assert sorted(snap.images) == [app.key, key_of(APP, "linux/arm64/v8")]
+    assert [(row["ref"], row["platform"]) for row in list_images(store)] == [
+        (APP, "linux/amd64"),
+        (APP, "linux/arm64/v8"),
+    ]
