@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 from cas import DEFAULT_LOCK_TIMEOUT
 from cas import manifest as mf
-from cas.digest import Digest, fingerprint_file
-from cas.errors import Cancelled, UnsupportedManifest
+from cas.digest import Digest, fingerprint_file, verify_bytes
+from cas.errors import Cancelled, PlatformMismatch, SizeMismatch, UnsupportedManifest
 from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
-from cas.recording import commit_bytes, record_blob, record_image, unique
+from cas.recording import clear_marks, commit_bytes, platform_of_config, record_blob, record_image, unique
 from cas.records import RefRecord
 from cas.reference import Reference
 from cas.store import Store
@@ -41,7 +41,8 @@ class PullObserver:
 
 @dataclass
 class PullOptions:
-    platform: Platform | None = None
+    platforms: tuple[Platform, ...] = ()  # which platforms of a multi-platform tag; none given: the host's
+    all_platforms: bool = False  # every platform the index names (attestation entries aside)
     jobs: int = 4  # blobs at once
     connections: int = 8  # in all, range requests included (cas.registry.ranged.DEFAULT_CONNECTIONS)
     insecure: bool = False
@@ -53,7 +54,7 @@ class PullOptions:
 @dataclass
 class PullResult:
     ref: str
-    record: RefRecord | None = None
+    records: list[RefRecord] = field(default_factory=list)  # one per platform pulled
     downloaded_blobs: int = 0
     downloaded_bytes: int = 0
     reused_blobs: int = 0
@@ -62,12 +63,13 @@ class PullResult:
     seconds: float = 0.0
 
     def to_json(self) -> dict:
-        assert self.record is not None
+        first = self.records[0]
         return {
             "ref": self.ref,
-            "digest": str(self.record.digest),
-            "manifest": str(self.record.manifest),
-            "platform": self.record.platform,
+            "digest": str(first.digest),
+            "manifest": str(first.manifest),  # the first platform's; every one is in "platforms"
+            "platform": first.platform,
+            "platforms": [{"platform": r.platform, "manifest": str(r.manifest)} for r in self.records],
             "downloaded_blobs": self.downloaded_blobs,
             "downloaded_bytes": self.downloaded_bytes,
             "reused_blobs": self.reused_blobs,
@@ -122,34 +124,71 @@ class _Session:
         return self._client
 
     def run(self) -> PullResult:
-        chain, image, platform = self._resolve()
-        _check_image(image, self.ref)
-        self.lease.add([d for d, _ in chain] + [d.digest for d in image.blobs])
-        self._fetch_missing(list(image.blobs))
-        self.result.record = record_image(
-            self.store,
-            self.lease,
-            ref=str(self.ref),
-            registry=self.ref.registry,
-            chain=chain,
-            image=image,
-            platform=platform,
-        )
+        top_digest, top_type, top, fetched = self._resolve_top()
+        targets = self._targets(top_digest, top_type, top)  # every check before anything is recorded
+        if fetched is not None:  # resolved by tag: the top manifest is kept now that it resolved
+            self._commit_manifest(top_digest, fetched, top_type)
+        for target in targets:
+            _check_image(target.image, self.ref)
+        blobs = [blob for target in targets for blob in target.image.blobs]
+        self.lease.add([d for target in targets for d, _ in target.chain] + [d.digest for d in blobs])
+        restored = self._fetch_missing(blobs)
+        for target in targets:
+            self.result.records.append(
+                record_image(
+                    self.store,
+                    self.lease,
+                    ref=str(self.ref),
+                    registry=self.ref.registry,
+                    chain=target.chain,
+                    image=target.image,
+                    platform=target.platform,
+                )
+            )
+        clear_marks(self.store, restored)
         return self.result
 
-    def _resolve(self) -> tuple[list[tuple[Digest, str]], ImageManifest, str | None]:
-        """The reference down to one image manifest: [(index,) manifest] digests, the image, its platform."""
-        top_digest, top_type, top = self._resolve_top()
+    def _targets(self, top_digest: Digest, top_type: str, top: ImageIndex | ImageManifest) -> list[_Target]:
+        """The image manifest of each platform asked for: ``[(index,) manifest]`` chain, image, platform."""
         if isinstance(top, ImageManifest):
-            return [(top_digest, top_type)], top, None
-        chosen = top.select(self.options.platform or Platform.host())
-        data, media_type = self._manifest_by_digest(chosen.digest)
-        image = mf.parse(data, media_type)
-        if not isinstance(image, ImageManifest):
-            raise UnsupportedManifest(f"{self.ref}: nested index for platform {chosen.platform} is not supported")
-        return [(top_digest, top_type), (chosen.digest, media_type)], image, str(chosen.platform)
+            return [_Target([(top_digest, top_type)], top, self._single_platform(top))]
+        if self.options.all_platforms:
+            chosen = [d for d in top.manifests if d.platform is not None and d.platform.os != "unknown"]
+        else:
+            chosen = [top.select(wanted) for wanted in self.options.platforms or (Platform.host(),)]
+        targets = []
+        for desc in {d.digest: d for d in chosen}.values():  # two spellings of one platform: pulled once
+            data, media_type = self._manifest_by_digest(desc.digest)
+            image = mf.parse(data, media_type)
+            if not isinstance(image, ImageManifest):
+                raise UnsupportedManifest(f"{self.ref}: nested index for platform {desc.platform} is not supported")
+            targets.append(_Target([(top_digest, top_type), (desc.digest, media_type)], image, str(desc.platform)))
+        return targets
 
-    def _fetch_missing(self, blobs: list[Descriptor]) -> None:
+    def _single_platform(self, image: ImageManifest) -> str | None:
+        """A plain manifest is for one platform; when the user named others, that is an error, not a pull."""
+        if not self.options.platforms:
+            return None  # read from the config when the image is recorded
+        platform = platform_of_config(self._config_bytes(image.config))
+        wrong = [str(p) for p in self.options.platforms if platform is None or not p.matches(Platform.parse(platform))]
+        if wrong:
+            raise PlatformMismatch(str(self.ref), platform, wrong)
+        return platform
+
+    def _config_bytes(self, config: Descriptor) -> bytes:
+        """The config of a plain manifest, from the store or into memory (nothing is stored before the check)."""
+        if self.store.blobs.has(config.digest, config.size):
+            return self.store.blobs.read(config.digest)
+        sink = _MemorySink()
+        self.client.download_blob(self.ref.repository, config.digest, sink)
+        data = bytes(sink.data)
+        if len(data) != config.size:
+            raise SizeMismatch(config.digest, config.size, len(data))
+        verify_bytes(data, config.digest, what="config")
+        return data
+
+    def _fetch_missing(self, blobs: list[Descriptor]) -> set[Digest]:
+        """Download what the store lacks; the digests that were missing (now committed)."""
         missing = unique([d for d in blobs if not self.store.blobs.has(d.digest, d.size)])
         self.options.observer.resolved(str(self.ref), blobs, missing)
         self._download(missing)
@@ -157,16 +196,17 @@ class _Session:
         for desc in unique(blobs):
             if desc.digest not in fetched:
                 self._count(reused=desc)
+        return fetched
 
-    def _resolve_top(self) -> tuple[Digest, str, ImageIndex | ImageManifest]:
+    def _resolve_top(self) -> tuple[Digest, str, ImageIndex | ImageManifest, bytes | None]:
+        """What the reference names; by tag also its bytes, which the caller commits once they resolved."""
         if self.ref.digest is not None:
             data, media_type = self._manifest_by_digest(self.ref.digest)
-            return self.ref.digest, media_type, mf.parse(data, media_type)
+            return self.ref.digest, media_type, mf.parse(data, media_type), None
         fetched = self.client.get_manifest(self.ref.repository, self.ref.tag)
         self.result.manifest_requests += 1
         parsed = mf.parse(fetched.data, fetched.media_type)
-        self._commit_manifest(fetched.digest, fetched.data, fetched.media_type)
-        return fetched.digest, fetched.media_type, parsed
+        return fetched.digest, fetched.media_type, parsed, fetched.data
 
     def _manifest_by_digest(self, digest: Digest) -> tuple[bytes, str]:
         """Immutable content: the store's copy when there is one, else the registry's."""
@@ -265,3 +305,29 @@ def _check_image(image: ImageManifest, ref: Reference) -> None:
     for position, layer in enumerate(image.layers, 1):
         if layer.media_type not in mf.LAYER_TYPES:
             raise UnsupportedManifest(f"{ref}: layer {position} has unsupported media type {layer.media_type!r}")
+
+
+@dataclass
+class _Target:
+    """One platform of the reference: ``[(index,) manifest]`` digests and types, the image, its platform."""
+
+    chain: list[tuple[Digest, str]]
+    image: ImageManifest
+    platform: str | None
+
+
+class _MemorySink:
+    """A blob small enough to check in memory before anything is stored (a plain manifest's config)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    @property
+    def offset(self) -> int:
+        return len(self.data)
+
+    def write(self, chunk: bytes) -> None:
+        self.data += chunk
+
+    def restart(self) -> None:
+        self.data.clear()

@@ -19,11 +19,20 @@ def du(as_json: options.Json = False) -> None:
     size = output.human_size
     now = time.time()
     if report["images"]:
-        rows = [("REFERENCE", "SIZE", "UNIQUE", "SHARED", "LAST USED")]
+        rows = [("REFERENCE", "PLATFORM", "SIZE", "UNIQUE", "SHARED", "LAST USED")]
         for image in report["images"]:
             flag = "  (needs pull)" if image["needs_pull"] else ""
             used = output.ago(image["used"], now) if image["used"] else "-"
-            rows.append((image["ref"], size(image["size"]), size(image["unique"]), size(image["shared"]), used + flag))
+            rows.append(
+                (
+                    image["ref"],
+                    image["platform"] or "-",
+                    size(image["size"]),
+                    size(image["unique"]),
+                    size(image["shared"]),
+                    used + flag,
+                )
+            )
         output.table(rows)
         print()
     total, ref = report["total"], report["referenced"]

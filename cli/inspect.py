@@ -11,14 +11,16 @@ from cli import options, output
 
 def inspect(
     ref: Annotated[str, typer.Argument(help="A cached image reference.")],
+    platform: options.CachedPlatform = None,
     as_json: options.Json = False,
 ) -> None:
     """Show a cached image's manifest and config (reads the store only)."""
     from cas import reference
     from cas.images import inspect as run_inspect
+    from cas.manifest import Platform
     from cas.store import Store
 
-    info = run_inspect(Store(), reference.parse(ref))
+    info = run_inspect(Store(), reference.parse(ref), Platform.parse(platform) if platform else None)
     if as_json:
         output.emit_json(info)
         return

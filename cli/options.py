@@ -13,7 +13,15 @@ PlatformOpt = Annotated[
     typer.Option(
         "--platform",
         envvar="CAS_PLATFORM",
-        help="OS/ARCH[/VARIANT] to pick from a multi-platform image (default: this host).",
+        help="OS/ARCH[/VARIANT] to pick from a multi-platform image (default: this host); "
+        "pull takes a comma-separated list.",
+    ),
+]
+CachedPlatform = Annotated[
+    str | None,
+    typer.Option(
+        "--platform",
+        help="OS/ARCH[/VARIANT]: which cached platform of the reference (default: the only one, else this host's).",
     ),
 ]
 Insecure = Annotated[
@@ -70,6 +78,7 @@ def read_credentials(username: str | None, password_stdin: bool):
 def pull_options(
     platform: str | None,
     *,
+    all_platforms: bool = False,
     jobs: int = 4,
     connections: int = 8,
     insecure: bool,
@@ -80,13 +89,19 @@ def pull_options(
     as_json: bool,
 ):
     """The PullOptions that `cas pull` and `cas export --pull` build from the same flags."""
+    from cas.errors import UsageError
     from cas.manifest import Platform
     from cas.pull import PullOptions
     from cli import output
     from cli.progress import BarsObserver, QuietObserver
 
+    if all_platforms and platform:
+        raise UsageError(
+            "--all-platforms and --platform pick the platforms two ways", hint="give one of them, not both"
+        )
     return PullOptions(
-        platform=Platform.parse(platform) if platform else None,
+        platforms=tuple(Platform.parse(text) for text in platform.split(",")) if platform else (),
+        all_platforms=all_platforms,
         jobs=jobs,
         connections=connections,
         insecure=insecure,

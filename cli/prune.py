@@ -77,7 +77,7 @@ def render(result) -> None:
     size = output.human_size
     verb = "would remove" if result.dry_run else "removed"
     for image in result.images:
-        print(f"{verb} image {image.ref} ({size(image.size)})")
+        print(f"{verb} image {image.ref} ({image.platform or 'unknown platform'}, {size(image.size)})")
     if result.dry_run:
         for digest, nbytes, _ in result.blobs:
             print(f"{verb} blob {digest} ({size(nbytes)})")

@@ -12,6 +12,9 @@ from cli import options, output
 def pull(
     refs: Annotated[list[str], typer.Argument(help="Image references: alpine, host:5000/app:1.0, name@sha256:...")],
     platform: options.PlatformOpt = None,
+    all_platforms: Annotated[
+        bool, typer.Option("--all-platforms", help="Every platform of a multi-platform image (one record each).")
+    ] = False,
     jobs: options.Jobs = 4,
     connections: options.Connections = 8,
     insecure: options.Insecure = False,
@@ -29,6 +32,7 @@ def pull(
     parsed = [reference.parse(text) for text in refs]  # every reference is checked before any network call
     opts = options.pull_options(
         platform,
+        all_platforms=all_platforms,
         jobs=jobs,
         connections=connections,
         insecure=insecure,
@@ -45,15 +49,20 @@ def pull(
             result = run_pull(store, ref, opts)
             results.append(result)
             if not (as_json or quiet):
-                output.notice(summary(result))
+                for line in summary(result):
+                    output.notice(line)
     if as_json:
         output.emit_json([r.to_json() for r in results])
 
 
-def summary(result) -> str:
+def summary(result) -> list[str]:
+    """The download counts once per reference, then one line per further platform pulled with it."""
     size = output.human_size
-    return (
-        f"{result.ref}: {str(result.record.manifest)[:19]} {result.record.platform or ''}  "
+    first, *others = result.records
+    lines = [
+        f"{result.ref}: {str(first.manifest)[:19]} {first.platform or ''}  "
         f"downloaded {result.downloaded_blobs} blob(s), {size(result.downloaded_bytes)}; "
         f"reused {result.reused_blobs}, {size(result.reused_bytes)} saved ({result.seconds:.2f}s)"
-    )
+    ]
+    lines += [f"{result.ref}: {str(r.manifest)[:19]} {r.platform or ''}" for r in others]
+    return lines
