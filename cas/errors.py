@@ -17,7 +17,10 @@ line, then ``hint`` when there is one, and exits with ``exit_code``.
     │   ├── NotFound            404
     │   ├── RateLimited         429 after every retry
     │   ├── ServerError         5xx after every retry
-    │   └── Unreachable         connection refused, DNS, dropped stream
+    │   ├── Unreachable         connection refused, DNS, dropped stream
+    │   ├── Stalled             a transfer below the minimum rate for too long (resumable)
+    │   └── Blocked             a registry the configuration blocks (registries.conf)
+    ├── ConfigError             a mirror configuration file cas cannot use (hosts.toml, registries.conf, daemon.json)
     ├── CredentialError         docker config or credential helper failed
     ├── StoreError              the local store
     │   ├── DiskFull
@@ -141,6 +144,18 @@ class Unreachable(RegistryError):
     pass
 
 
+class Stalled(Unreachable):
+    pass
+
+
+class Blocked(RegistryError):
+    pass
+
+
+class ConfigError(CasError):
+    pass
+
+
 class CredentialError(CasError):
     pass
 
@@ -162,19 +177,19 @@ class NotCached(StoreError):
 
 
 class MissingBlobs(CasError):
-    """An export that would reference blobs the store does not hold.
+    """An export or push that would reference blobs the store does not hold.
 
     ``missing`` holds one line per missing blob: digest, image and position.
     """
 
-    def __init__(self, missing: list[str], refs: list[str], *, offer_pull: bool = True) -> None:
+    def __init__(self, missing: list[str], refs: list[str], *, action: str = "export", offer_pull: bool = True) -> None:
         lines = "\n  ".join(missing)
         pulls = " ".join(refs)
         also = " or export with --pull" if offer_pull else ""  # never after --pull: that would go round in a circle
-        super().__init__(
-            f"cannot export: {len(missing)} blob(s) missing from the store:\n  {lines}",
-            hint=f"run `cas pull {pulls}`{also}; nothing was written",
-        )
+        hint = f"run `cas pull {pulls}`{also}; nothing was written"
+        if action != "export":
+            hint = f"run `cas pull {pulls}` first; nothing was sent"
+        super().__init__(f"cannot {action}: {len(missing)} blob(s) missing from the store:\n  {lines}", hint=hint)
         self.missing = missing
 
 

@@ -1,7 +1,8 @@
 """The metadata index (diskcache): refs, blobs, leases and cached tokens.
 
 Values are JSON, never pickles, and never blob bytes. Keys are namespaced:
-``ref:<canonical ref>|<platform>`` (see cas.records), ``blob:<alg>:<hex>``, ``lease:<id>``, ``token:<key>``.
+``ref:<canonical ref>|<platform>`` (see cas.records), ``blob:<alg>:<hex>``, ``lease:<id>``, ``token:<key>``,
+and ``pushed:<registry>|<repository>`` (blobs a push put there: mount sources for the next push).
 Eviction is off: this is a database, not a cache that may forget.
 """
 
@@ -29,6 +30,7 @@ from cas.errors import DiskFull, StoreError, disk_full
 from cas.records import PREFIX, RefRecord, key_of, legacy_key, read_all, ref_of_key
 
 LEASE_TTL = 6 * 3600.0
+MAX_PUSHED = 20_000  # blobs remembered per pushed repository (newest first)
 log = logging.getLogger("cas.index")
 _F = TypeVar("_F", bound=Callable)
 
@@ -384,6 +386,25 @@ class Index:
     @_guarded
     def put_token(self, key: str, token: str, expires_in: float) -> None:
         self._db.set(f"token:{key}", token, expire=max(expires_in, 1.0))
+
+    # push destinations -------------------------------------------------
+    @_guarded
+    def put_pushed(self, registry: str, repository: str, digests: Iterable[Digest]) -> None:
+        """Remember that ``registry/repository`` holds these blobs (a push put them there), so a later
+        push to another repository of that registry mounts them instead of uploading them again."""
+        key = f"pushed:{registry}|{repository}"
+        with self.transact():
+            held = self._db.get(key)
+            known = held if isinstance(held, list) else []
+            self._db.set(key, list(dict.fromkeys([*map(str, digests), *known]))[:MAX_PUSHED])
+
+    @_guarded
+    def pushed(self, registry: str) -> Iterator[tuple[str, list[str]]]:
+        """``(repository, digests)`` for every repository of ``registry`` a push has filled."""
+        prefix = f"pushed:{registry}|"
+        for key, value in self.scan(prefix):
+            if isinstance(value, list):
+                yield key[len(prefix) :], value
 
 
 class Lease:

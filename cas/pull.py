@@ -9,9 +9,9 @@ network request at all.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,20 +23,19 @@ from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
 from cas.recording import clear_marks, commit_bytes, platform_of_config, record_blob, record_image, unique
 from cas.records import RefRecord
 from cas.reference import Reference
+from cas.registry.stall import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
 from cas.store import Store
+from cas.transfer import TransferObserver, run_parallel
 
 if TYPE_CHECKING:
     from cas.index import Lease
     from cas.registry import Credentials, RegistryClient
+    from cas.registry.endpoints import Sources
 
 
-class PullObserver:
-    """Progress hooks; the default does nothing. Called from worker threads."""
+MAX_NESTING = 4  # indexes naming indexes
 
-    def resolved(self, ref: str, blobs: list[Descriptor], missing: list[Descriptor]) -> None: ...
-    def blob_bytes(self, digest: Digest, n: int) -> None: ...
-    def blob_done(self, digest: Digest, downloaded: bool) -> None: ...
-    def waiting(self, message: str) -> None: ...
+PullObserver = TransferObserver  # blob_done(digest, moved): moved is "downloaded" here
 
 
 @dataclass
@@ -49,6 +48,9 @@ class PullOptions:
     credentials: Credentials | None = None
     observer: PullObserver = field(default_factory=PullObserver)
     lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT
+    sources: Sources | None = None  # mirror configuration; None: the machine's (cas.registry.endpoints)
+    timeout: float = DEFAULT_TIMEOUT  # connect, answer, and the stall window (cas.registry.stall)
+    min_rate: int = DEFAULT_MIN_RATE  # bytes/s below which a transfer is stalled
 
 
 @dataclass
@@ -61,6 +63,10 @@ class PullResult:
     reused_bytes: int = 0
     manifest_requests: int = 0
     seconds: float = 0.0
+    manifest_endpoint: str | None = None  # the endpoint that answered the first manifest request
+    endpoint_bytes: dict[str, int] = field(default_factory=dict)  # endpoint URL -> bytes it served
+    fallbacks: list = field(default_factory=list)  # cas.registry.walk.Fallback, in order
+    mirrored: bool = False  # mirrors are configured for this reference
 
     def to_json(self) -> dict:
         first = self.records[0]
@@ -75,6 +81,9 @@ class PullResult:
             "reused_blobs": self.reused_blobs,
             "reused_bytes": self.reused_bytes,
             "manifest_requests": self.manifest_requests,
+            "manifest_endpoint": self.manifest_endpoint,
+            "endpoints": [{"url": url, "downloaded_bytes": n} for url, n in self.endpoint_bytes.items()],
+            "fallbacks": [f.to_json() for f in self.fallbacks],
             "seconds": round(self.seconds, 3),
         }
 
@@ -100,13 +109,21 @@ class _Session:
         self.lease = lease
         self._client: RegistryClient | None = None
         self.result = PullResult(str(reference))
+        # Read before anything else, so a blocked registry is refused even when nothing needs the network.
+        sources = options.sources if options.sources is not None else _machine_sources()
+        self.endpoints = sources.endpoints(reference, insecure=options.insecure)
 
     def __enter__(self) -> _Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._client is not None:
+            served = self._client.served
+            self.result.manifest_endpoint = served.manifest_endpoint
+            self.result.endpoint_bytes = dict(served.bytes)
+            self.result.fallbacks = list(served.fallbacks)
             self._client.close()
+        self.result.mirrored = any(ep.mirror for ep in self.endpoints)
 
     @property
     def client(self) -> RegistryClient:
@@ -116,9 +133,11 @@ class _Session:
 
             self._client = RegistryClient(
                 self.ref.api_host,
-                insecure=self.options.insecure,
+                endpoints=self.endpoints,
                 credentials=self.options.credentials,
                 token_cache=self.store.index,
+                timeout=self.options.timeout,
+                min_rate=self.options.min_rate,
                 ranges=RangePolicy(ConnectionBudget(self.options.connections)),
             )
         return self._client
@@ -149,7 +168,11 @@ class _Session:
         return self.result
 
     def _targets(self, top_digest: Digest, top_type: str, top: ImageIndex | ImageManifest) -> list[_Target]:
-        """The image manifest of each platform asked for: ``[(index,) manifest]`` chain, image, platform."""
+        """The image manifest of each platform asked for: ``[(index,)... manifest]`` chain, image, platform.
+
+        An index may name another index for a platform (containerd walks them too); the walk
+        stops after MAX_NESTING levels, so a registry cannot lead it round in circles.
+        """
         if isinstance(top, ImageManifest):
             return [_Target([(top_digest, top_type)], top, self._single_platform(top))]
         if self.options.all_platforms:
@@ -158,11 +181,18 @@ class _Session:
             chosen = [top.select(wanted) for wanted in self.options.platforms or (Platform.host(),)]
         targets = []
         for desc in {d.digest: d for d in chosen}.values():  # two spellings of one platform: pulled once
-            data, media_type = self._manifest_by_digest(desc.digest)
-            image = mf.parse(data, media_type)
-            if not isinstance(image, ImageManifest):
-                raise UnsupportedManifest(f"{self.ref}: nested index for platform {desc.platform} is not supported")
-            targets.append(_Target([(top_digest, top_type), (desc.digest, media_type)], image, str(desc.platform)))
+            chain: list[tuple[Digest, str]] = [(top_digest, top_type)]
+            step = desc
+            while True:
+                data, media_type = self._manifest_by_digest(step.digest)
+                chain.append((step.digest, media_type))
+                node = mf.parse(data, media_type)
+                if isinstance(node, ImageManifest):
+                    break
+                if len(chain) > MAX_NESTING:
+                    raise UnsupportedManifest(f"{self.ref}: indexes nested more than {MAX_NESTING} deep")
+                step = node.select(desc.platform or Platform.host())
+            targets.append(_Target(chain, node, str(desc.platform)))
         return targets
 
     def _single_platform(self, image: ImageManifest) -> str | None:
@@ -224,28 +254,8 @@ class _Session:
         commit_bytes(self.store, self.lease, digest, data, media_type)
 
     def _download(self, missing: list[Descriptor]) -> None:
-        if not missing:
-            return
-        cancelled = threading.Event()
-        jobs = max(1, min(self.options.jobs, len(missing)))
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cas-pull") as pool:
-            futures = [pool.submit(self._fetch_blob, desc, cancelled) for desc in missing]
-
-            def stop() -> None:
-                """Queued blobs never start; running ones stop at their next chunk, keeping partial data."""
-                cancelled.set()
-                for future in futures:
-                    future.cancel()
-
-            try:
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            except BaseException:  # Ctrl-C or SIGTERM
-                stop()
-                raise
-            failed = next((f for f in done if f.exception() is not None), None)
-            if failed is not None:
-                stop()
-                raise failed.exception()  # type: ignore[misc]
+        tasks = [functools.partial(self._fetch_blob, desc) for desc in missing]
+        run_parallel(tasks, self.options.jobs, "cas-pull")
 
     def _fetch_blob(self, desc: Descriptor, cancelled: threading.Event) -> None:
         observer = self.options.observer
@@ -270,8 +280,9 @@ class _Session:
             client = self.client
             assert client.ranges is not None
             with client.ranges.budget.slot():  # this blob's own connection, out of the pull's total
-                client.download_blob(self.ref.repository, desc.digest, ing, on_bytes)
-            record_blob(self.store, ing.commit(), desc.media_type)
+                client.download_blob(self.ref.repository, desc.digest, ing, on_bytes, commit=ing.commit)
+            assert ing.info is not None
+            record_blob(self.store, ing.info, desc.media_type)
         self._count(downloaded=desc, received=received)
         observer.blob_done(desc.digest, True)
 
@@ -294,6 +305,12 @@ class _Session:
             if reused is not None:
                 self.result.reused_blobs += 1
                 self.result.reused_bytes += reused.size
+
+
+def _machine_sources() -> Sources:
+    from cas.registry.endpoints import Sources
+
+    return Sources.from_env()
 
 
 def _check_image(image: ImageManifest, ref: Reference) -> None:

@@ -42,22 +42,29 @@ def import_(
     and cas delta archives; from a file or streamed from stdin (docker save IMG | cas import -). An image whose blobs
     are neither in the archive nor in the store is refused, naming each missing digest, and no reference is recorded.
     """
+    import contextlib
     import sys
     from pathlib import Path
 
+    from cas.errors import UsageError
     from cas.importer import ImportOptions, import_archive
     from cas.store import Store
 
     if path == "-" and sys.stdin.isatty():
-        raise typer.BadParameter(
-            "refusing to read an archive from a terminal; pipe one in: docker save IMG | cas import -"
+        raise UsageError(
+            "refusing to read an archive from a terminal", hint="pipe one in: docker save IMG | cas import -"
         )
+    source = sys.stdin.buffer if path == "-" else Path(path)
+    bar = _Bar(source) if output.want_progress(quiet, as_json) else contextlib.nullcontext()
     opts = ImportOptions(
         format=fmt.value if fmt is not None else None, tag=tag, on_wait=output.notice, lock_timeout=lock_timeout
     )
     store = Store()
     try:
-        result = import_archive(store, sys.stdin.buffer if path == "-" else Path(path), opts)
+        with bar:
+            if isinstance(bar, _Bar):
+                opts.on_bytes = bar.advance
+            result = import_archive(store, source, opts)
     finally:
         store.close()
 
@@ -79,3 +86,28 @@ def import_(
         f"{result.format} from {result.source}: stored {result.stored_blobs} blob(s), {size(result.stored_bytes)}; "
         f"reused {result.reused_blobs}, {size(result.reused_bytes)} ({result.seconds:.2f}s)"
     )
+
+
+class _Bar:
+    """One transient bar of the bytes stored so far (a file's size is the total; a pipe has none)."""
+
+    def __init__(self, source: object) -> None:
+        from pathlib import Path
+
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        total = source.stat().st_size if isinstance(source, Path) and source.is_file() else None
+        self._progress = Progress(
+            TextColumn("importing"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True
+        )
+        self._task = self._progress.add_task("import", total=total)
+
+    def __enter__(self) -> _Bar:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def advance(self, n: int) -> None:
+        self._progress.advance(self._task, n)

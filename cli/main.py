@@ -57,10 +57,11 @@ def _interruptible(command: Callable) -> Callable:
 
 
 def _register() -> None:
-    from cli import du, export, images, import_, inspect, prune, pull, rm, verify
+    from cli import du, export, images, import_, inspect, prune, pull, push, rm, verify
 
     for name, command in (
         ("pull", pull.pull),
+        ("push", push.push),
         ("export", export.export),
         ("import", import_.import_),
         ("images", images.images),

@@ -44,6 +44,24 @@ Username = Annotated[
 PasswordStdin = Annotated[
     bool, typer.Option("--password-stdin", help="Read the registry password or token from stdin.")
 ]
+HostsDir = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--hosts-dir",
+        help="A containerd hosts.toml directory (DIR/HOST/hosts.toml) naming mirrors; repeatable. "
+        "Replaces $CAS_HOSTS_DIR (':'-separated) and the defaults /etc/containerd/certs.d, /etc/docker/certs.d.",
+    ),
+]
+Timeout = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        min=0.1,
+        envvar="CAS_TIMEOUT",
+        help="Seconds to wait for a connection or an answer (default 30). A download moving slower than "
+        "$CAS_MIN_RATE bytes/s (default 1024) for this long is aborted; the next pull resumes it.",
+    ),
+]
 LockTimeout = Annotated[
     float,
     typer.Option(
@@ -87,11 +105,20 @@ def pull_options(
     lock_timeout: float,
     quiet: bool,
     as_json: bool,
+    hosts_dirs: list[str] | None = None,
+    timeout: float | None = None,
 ):
-    """The PullOptions that `cas pull` and `cas export --pull` build from the same flags."""
+    """The PullOptions that `cas pull` and `cas export --pull` build from the same flags.
+
+    The mirror configuration is read here, so a malformed file fails before any pull starts.
+    """
+    import os
+
     from cas.errors import UsageError
     from cas.manifest import Platform
     from cas.pull import PullOptions
+    from cas.registry.endpoints import Sources
+    from cas.registry.stall import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
     from cli import output
     from cli.progress import BarsObserver, QuietObserver
 
@@ -99,6 +126,8 @@ def pull_options(
         raise UsageError(
             "--all-platforms and --platform pick the platforms two ways", hint="give one of them, not both"
         )
+    if timeout is None:
+        timeout = _positive_env("CAS_TIMEOUT", DEFAULT_TIMEOUT)
     return PullOptions(
         platforms=tuple(Platform.parse(text) for text in platform.split(",")) if platform else (),
         all_platforms=all_platforms,
@@ -108,4 +137,24 @@ def pull_options(
         credentials=read_credentials(username, password_stdin),
         observer=BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver(),
         lock_timeout=lock_timeout,
+        sources=Sources.from_env(hosts_dirs, os.environ),
+        timeout=timeout,
+        min_rate=int(_positive_env("CAS_MIN_RATE", DEFAULT_MIN_RATE, allow_zero=True)),
     )
+
+
+def _positive_env(name: str, default: float, *, allow_zero: bool = False) -> float:
+    import os
+
+    from cas.errors import CasError
+
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0 or (value == 0 and not allow_zero) or value != value:
+        raise CasError(f"${name}={text!r} is not a {'non-negative' if allow_zero else 'positive'} number")
+    return value

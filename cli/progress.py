@@ -1,4 +1,4 @@
-"""Rich progress bars for pulls: one bar per blob being downloaded, one for the total."""
+"""Rich progress bars for pulls and pushes: one bar per blob being moved, one for the total."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import threading
 
 from cas.digest import Digest
 from cas.manifest import Descriptor
-from cas.pull import PullObserver
+from cas.transfer import TransferObserver
 from cli import output
 
 
-class QuietObserver(PullObserver):
+class QuietObserver(TransferObserver):
     """No bars, but a process waiting on a lock still says why it is stuck."""
 
     def __enter__(self) -> QuietObserver:

@@ -21,6 +21,8 @@ def pull(
     username: options.Username = None,
     password_stdin: options.PasswordStdin = False,
     lock_timeout: options.LockTimeout = 600.0,
+    hosts_dir: options.HostsDir = None,
+    timeout: options.Timeout = None,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
 ) -> None:
@@ -41,6 +43,8 @@ def pull(
         lock_timeout=lock_timeout,
         quiet=quiet,
         as_json=as_json,
+        hosts_dirs=hosts_dir,
+        timeout=timeout,
     )
     store = Store()
     results = []
@@ -65,4 +69,21 @@ def summary(result) -> list[str]:
         f"reused {result.reused_blobs}, {size(result.reused_bytes)} saved ({result.seconds:.2f}s)"
     ]
     lines += [f"{result.ref}: {str(r.manifest)[:19]} {r.platform or ''}" for r in others]
+    if result.mirrored:
+        lines.append(endpoints_line(result))
     return lines
+
+
+def endpoints_line(result) -> str:
+    """Where the image came from when mirrors are configured: the manifest's endpoint, bytes per
+    endpoint, then each endpoint that was fallen back from, once, with its first reason."""
+    served = ", ".join(f"{url} {output.human_size(n)}" for url, n in result.endpoint_bytes.items()) or "nothing"
+    lines = [f"  manifest from {result.manifest_endpoint or 'the store'}; bytes from {served}"]
+    seen: dict[str, list] = {}
+    for fallback in result.fallbacks:
+        seen.setdefault(fallback.endpoint, []).append(fallback)
+    for endpoint, fallbacks in seen.items():
+        first = fallbacks[0]
+        more = f" (and {len(fallbacks) - 1} more)" if len(fallbacks) > 1 else ""
+        lines.append(f"  fell back from {endpoint} for {first.what}{more}: {first.reason}")
+    return "\n".join(lines)

@@ -138,24 +138,26 @@ def test_seed_case_across_a_gap_with_a_delta(cas_in, registry, clean_dockerd, tm
 def test_import_of_docker_save_legacy_layout_streamed_from_stdin(
     cas, cas_in, registry, test_images, clean_dockerd, tmp_path
 ):
-    app = test_images.ref(registry, "app")
-    cas("pull", app)
-    archive = tmp_path / "app.tar"
-    cas("export", app, "-o", archive)
+    app, base = test_images.ref(registry, "app"), test_images.ref(registry, "base")
+    cas("pull", app, base)
+    archive = tmp_path / "both.tar"
+    cas("export", app, base, "-o", archive)
     clean_dockerd.load(archive)
     saved = tmp_path / "saved.tar"
-    clean_dockerd.docker("save", "-o", str(saved), app)
+    clean_dockerd.docker("save", "-o", str(saved), app, base)
     with tarfile.open(saved) as tar:
         names = tar.getnames()
     assert "index.json" not in names and any(n.endswith("/layer.tar") for n in names)  # dockerd 20.10: legacy
+    assert names.index("manifest.json") > max(i for i, n in enumerate(names) if n.endswith("/layer.tar"))
 
     home = tmp_path / "from-docker-save"
-    save = subprocess.Popen([clean_dockerd.client, "save", app], stdout=subprocess.PIPE, env=clean_dockerd.env)
+    save = subprocess.Popen([clean_dockerd.client, "save", app, base], stdout=subprocess.PIPE, env=clean_dockerd.env)
     proc = cas_in(home, "import", "-", stdin=save.stdout)
     assert save.wait() == 0
     err = proc.stderr
-    assert f"imported {app}" in err
+    assert f"imported {app}" in err and f"imported {base}" in err
     assert "differs from the registry's" in err
+    assert sorted(refs_of(cas_in, home)) == sorted([app, base])
     inspect = json.loads(cas_in(home, "inspect", app, "--json").stdout)
     assert inspect["manifest"] != test_images.app.digest  # a manifest cas built for the uncompressed layers
     assert inspect["config"]["digest"] == test_images.app.config_blob.digest  # the same image

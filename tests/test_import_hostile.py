@@ -162,3 +162,15 @@ def test_incomplete_archive_names_every_missing_blob_and_records_nothing(
     cas("rm", app, env=env)
     cas("import", partial, env=env)
     assert app in {row["ref"] for row in json.loads(cas("images", "--json", env=env).stdout)}
+
+
+def test_layout_directory_with_a_symlink_out_is_refused_unread(cas, cas_home, tmp_path):
+    layout = tmp_path / "layout"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    (layout / "index.json").write_bytes(INDEX)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    secret = tmp_path / "secret"
+    secret.write_text("not for the store")
+    (layout / "blobs" / "sha256" / hashlib.sha256(b"not for the store").hexdigest()).symlink_to(secret)
+    _assert_refused(cas, cas_home, layout, "points to an absolute path")
+    assert not any((cas_home / "v1").rglob(hashlib.sha256(b"not for the store").hexdigest()))

@@ -294,5 +294,5 @@ def test_tls_to_a_plain_http_server_is_unreachable_with_a_hint_and_not_retried(c
         info.value.message
         == f"cannot reach registry {server.host}: TLS handshake failed: it looks like a plain-HTTP registry"
     )
-    assert "SSL_CERT_FILE" in info.value.hint and "--insecure" in info.value.hint
+    assert info.value.hint == "the server answered in plain HTTP, not TLS"  # on loopback --insecure cannot help
     assert [s.path for s in server.seen] == [BLOB_PATH]  # a TLS failure is not retried

@@ -137,10 +137,29 @@ def _wrapped(outer: BaseException, inner: BaseException) -> BaseException:
     ],
 )
 def test_describe_transport_error(exc, reason, retryable):
-    got_reason, hint, got_retryable = describe_transport_error(exc)
-    assert got_reason.startswith(reason)
-    assert got_retryable is retryable
-    assert "--insecure" in hint
+    failure = describe_transport_error(exc, "https://registry.example")
+    assert failure.reason.startswith(reason)
+    assert failure.retryable is retryable
+    assert ("--insecure" in failure.hint) == (failure.kind == "tls-plain")  # the only failure it can fix
+
+
+@pytest.mark.parametrize(
+    ("url", "source", "expected"),
+    [
+        ("https://registry.example:5000", "", "for a registry that serves plain HTTP, pass --insecure"),
+        ("https://127.0.0.1:5000", "", "the server answered in plain HTTP, not TLS"),
+        ("https://localhost:5000", "", "the server answered in plain HTTP, not TLS"),
+        (
+            "https://mirror.example",
+            "/etc/containerd/certs.d/docker.io/hosts.toml",
+            "if it serves plain HTTP, write its URL as http://... in /etc/containerd/certs.d/docker.io/hosts.toml",
+        ),
+    ],
+)
+def test_insecure_is_suggested_only_where_it_can_help(url, source, expected):
+    exc = _wrapped(httpx.ConnectError("[SSL: WRONG_VERSION_NUMBER] wrong version number"), ssl.SSLError(1, "x"))
+    failure = describe_transport_error(exc, url, source)
+    assert failure.kind == "tls-plain" and failure.hint == expected
 
 
 @pytest.mark.parametrize(

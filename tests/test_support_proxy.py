@@ -104,3 +104,32 @@ def test_redirect_origin_records_whether_credentials_were_forwarded(basic_regist
     assert fp.origin.authorizations == [None]
     httpx.get(resp.history[0].headers["Location"], auth=creds)  # a leaky client would look like this
     assert fp.origin.authorizations[-1].startswith("Basic ")
+
+
+def test_strip_range_makes_the_registry_answer_the_whole_blob(proxy, big):
+    proxy.strip_range(times=1)
+    url = f"{proxy.url}/v2/proxy-big/blobs/{big.digest}"
+    stripped = httpx.get(url, headers={"Range": "bytes=10-19"})
+    assert (stripped.status_code, stripped.content) == (200, big.data)
+    honoured = httpx.get(url, headers={"Range": "bytes=10-19"})
+    assert (honoured.status_code, honoured.content) == (206, big.data[10:20])
+    assert [r.fault for r in proxy.requests] == ["strip-range", None]
+
+
+def test_wrong_content_range_shifts_the_header_after_good_ones(proxy, big):
+    proxy.wrong_content_range(times=1, after=1)
+    url = f"{proxy.url}/v2/proxy-big/blobs/{big.digest}"
+    answers = [httpx.get(url, headers={"Range": "bytes=10-19"}) for _ in range(3)]
+    assert [a.headers["Content-Range"] for a in answers] == [
+        f"bytes 10-19/{big.size}",
+        f"bytes 11-20/{big.size}",
+        f"bytes 10-19/{big.size}",
+    ]
+    assert all(a.content == big.data[10:20] for a in answers)  # only the header lies
+
+
+def test_repeated_request_headers_reach_the_registry_joined(proxy, test_images):
+    headers = [("Accept", "application/vnd.oci.image.manifest.v1+json")]
+    headers += [("Accept", "application/vnd.docker.distribution.manifest.v2+json")]
+    answer = httpx.get(f"{proxy.url}/v2/base/manifests/latest", headers=headers)
+    assert answer.status_code == 200  # base is OCI: the first Accept was not lost

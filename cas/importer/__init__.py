@@ -77,7 +77,7 @@ def import_archive(store: Store, source: Path | BinaryIO, options: ImportOptions
     tag = _tag(options.tag)
     label = str(source) if isinstance(source, Path) else "standard input"
     is_dir = isinstance(source, Path) and source.is_dir()
-    if (options.format == "oci-dir") != is_dir:
+    if options.format is not None and (options.format == "oci-dir") != is_dir:
         what = "a directory" if is_dir else "not a directory"
         raise UsageError(
             f"{label} is {what}", hint="--format oci-dir reads an OCI layout directory; the others read a tar"

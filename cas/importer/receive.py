@@ -32,9 +32,10 @@ if TYPE_CHECKING:
 METADATA = ("manifest.json", "index.json", "oci-layout", "repositories")
 METADATA_LIMIT = 64 << 20  # a manifest.json of 64 MiB would list about half a million images
 CONFIG_LIMIT = 16 << 20
+HELD_LIMIT = 256 << 20  # all legacy configs held in memory until the archive ends
 UNKNOWN_TYPE = "application/octet-stream"  # until a manifest says what a blob is
 _BLOB = re.compile(r"blobs/([a-z0-9]+)/([0-9a-f]+)")
-_CLAIMED = re.compile(r"(?:.*/)?(?:sha256:)?([0-9a-f]{64})\.tar")
+_CLAIMED = re.compile(r"(?:sha256:)?([0-9a-f]{64})\.tar")  # skopeo's <diffid>.tar
 _MAX_HOPS = 40
 
 
@@ -78,6 +79,7 @@ class Receiver:
         self.on_bytes = on_bytes or (lambda n: None)
         self.received = Received()
         self._files = 0
+        self._held = 0  # bytes of configs held in memory
 
     def take(self, member: Member, chunks: Callable[[], Iterator[bytes]]) -> None:
         """One member; ``chunks()`` streams its data (whatever is not read, the reader skips)."""
@@ -103,6 +105,9 @@ class Receiver:
         elif blob is not None:
             self._ingest(member, _blob_digest(name, blob), chunks)
         elif "/" not in name and name.endswith(".json") and member.size <= CONFIG_LIMIT:
+            self._held += member.size
+            if self._held > HELD_LIMIT:
+                raise UnsafeArchive(f"more than {HELD_LIMIT >> 20} MiB of top-level .json members")
             data = _read(member, chunks, CONFIG_LIMIT)
             digest = of_bytes(data)
             got.files[name] = digest
@@ -154,7 +159,7 @@ class Receiver:
                 self.on_bytes(len(chunk))
             digest = staged.digest
             claimed = _CLAIMED.fullmatch(member.name)
-            if claimed is not None and claimed.group(1) != digest.hex and "/" not in member.name:
+            if claimed is not None and claimed.group(1) != digest.hex:
                 raise ArchiveError(
                     f"member {member.name}: its bytes have digest {digest}, not the one its name claims",
                     hint="the archive is damaged or forged; no image was recorded",

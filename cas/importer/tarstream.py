@@ -56,6 +56,7 @@ class TarStream:
 
     def __iter__(self) -> Iterator[Member]:
         pax: dict[str, str] = {}
+        extended = 0  # bytes of PAX headers and GNU long names before the current member
         while True:
             self._skip_rest()
             header = self._read(BLOCK, "a member header", eof_ok=True)
@@ -64,6 +65,9 @@ class TarStream:
             name, size, typeflag, linkname = _parse_header(header)
             if typeflag in (b"x", b"L", b"K"):
                 data = self._extended(size, typeflag)
+                extended += len(data)
+                if extended > _MAX_EXTENDED:
+                    raise UnsafeArchive(f"over {_MAX_EXTENDED} bytes of extended headers for one member")
                 if typeflag == b"x":
                     pax.update(_pax_records(data))
                 else:
@@ -75,7 +79,7 @@ class TarStream:
             name = pax.get("path", name)
             linkname = pax.get("linkpath", linkname)
             size = int(pax["size"]) if pax.get("size", "").isdigit() else size
-            pax = {}
+            pax, extended = {}, 0
             kind = _TYPES.get(typeflag)
             if kind is None:
                 raise UnsafeArchive(f"member {name!r} is a device, FIFO or sparse file (tar type {typeflag!r})")

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cas.registry.auth import TokenCache, parse_www_authenticate
-    from cas.registry.client import FetchedManifest, RegistryClient, Sink
+    from cas.registry.client import FetchedManifest, RegistryClient
     from cas.registry.credentials import Credentials, lookup_credentials
+    from cas.registry.download import Sink
 
 _EXPORTS = {
     "Credentials": "cas.registry.credentials",
@@ -25,7 +26,7 @@ _EXPORTS = {
     "parse_www_authenticate": "cas.registry.auth",
     "FetchedManifest": "cas.registry.client",
     "RegistryClient": "cas.registry.client",
-    "Sink": "cas.registry.client",
+    "Sink": "cas.registry.download",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,11 +1,13 @@
 """Registry authentication: WWW-Authenticate parsing (pure) and Basic/Bearer as an ``httpx.Auth``.
 
 One ``RegistryAuth`` lives per RegistryClient and is shared by its threads;
-``RegistryAuth.scoped(repository)`` gives the per-request ``httpx.Auth``.
+``RegistryAuth.scoped(repository, scopes)`` gives the per-request ``httpx.Auth``;
+``scopes`` defaults to pull on ``repository`` (a push asks for
+``repository:NAME:pull,push``, plus pull on every repository it mounts from).
 
 The flow for one request:
 
-1. a cached token for ``repository:NAME:pull`` (memory, then the TokenCache) is
+1. a cached token for the scopes (memory, then the TokenCache) is
    sent pre-emptively, so a warm pull costs one request; so are Basic
    credentials once this registry is known to want Basic;
 2. on a 401 the challenge decides: Basic resends with credentials; Bearer gets a
@@ -78,8 +80,28 @@ def parse_www_authenticate(header: str) -> tuple[str, dict[str, str]]:
     return scheme, params
 
 
-def scope_for(repository: str) -> str:
-    return f"repository:{repository}:pull"
+def scope_for(repository: str, actions: str = "pull") -> str:
+    return f"repository:{repository}:{actions}"
+
+
+def merge_scopes(ours: tuple[str, ...], challenged: str | None) -> list[str]:
+    """The scopes to ask the token server for: ours, then any other the challenge names.
+
+    A challenge's ``scope`` may list several, space-separated (a mount needs pull on
+    its source too); each goes in its own ``scope`` parameter, as Docker's token spec says.
+    """
+    merged = list(ours)
+    for scope in (challenged or "").split():
+        if not any(_covers(held, scope) for held in merged):
+            merged.append(scope)
+    return merged
+
+
+def _covers(held: str, wanted: str) -> bool:
+    """``repository:x:pull,push`` covers ``repository:x:pull``: same resource, no action missing."""
+    held_resource, _, held_actions = held.rpartition(":")
+    resource, _, actions = wanted.rpartition(":")
+    return held_resource == resource and set(actions.split(",")) <= set(held_actions.split(","))
 
 
 def basic_header(credentials: Credentials) -> str:
@@ -144,8 +166,8 @@ class RegistryAuth:
         self._lock = threading.Lock()
         self._lookup_lock = threading.Lock()  # a helper may take seconds: do not block token reads
 
-    def scoped(self, repository: str) -> httpx.Auth:
-        return _ScopedAuth(self, repository)
+    def scoped(self, repository: str, scopes: tuple[str, ...] | None = None) -> httpx.Auth:
+        return _ScopedAuth(self, repository, scopes or (scope_for(repository),))
 
     # credentials ---------------------------------------------------------
     def credentials(self) -> Credentials | None:
@@ -199,8 +221,10 @@ class RegistryAuth:
         self._basic = True
 
     # the flow ------------------------------------------------------------
-    def flow(self, request: httpx.Request, repository: str) -> Generator[httpx.Request, httpx.Response, None]:
-        scope = scope_for(repository)
+    def flow(
+        self, request: httpx.Request, repository: str, scopes: tuple[str, ...]
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        scope = " ".join(scopes)
         sent_token = self.cached_token(scope)
         if sent_token:
             request.headers["Authorization"] = f"Bearer {sent_token}"
@@ -217,7 +241,7 @@ class RegistryAuth:
         if scheme == "basic":
             yield from self._basic_flow(request, response)
         elif scheme == "bearer":
-            yield from self._bearer_flow(request, params, repository, sent_token)
+            yield from self._bearer_flow(request, params, repository, scopes, sent_token)
         else:
             raise AuthError(
                 f"registry {self.host} asks for unsupported authentication {scheme or '(none given)'!r}",
@@ -239,16 +263,22 @@ class RegistryAuth:
             self._fail(response, creds)
 
     def _bearer_flow(
-        self, request: httpx.Request, params: dict[str, str], repository: str, sent_token: str | None
+        self,
+        request: httpx.Request,
+        params: dict[str, str],
+        repository: str,
+        scopes: tuple[str, ...],
+        sent_token: str | None,
     ) -> Generator[httpx.Request, httpx.Response, None]:
-        scope = scope_for(repository)
+        scope = " ".join(scopes)
         realm = params.get("realm")
         if not realm:
             raise AuthError(f"registry {self.host} sent a Bearer challenge without a realm")
         # No lock is held across the yield: a generator httpx abandons must never keep one.
         token = self.cached_token(scope)
         if not token or token == sent_token:  # no other thread fetched one meanwhile
-            token_request = self._token_request(realm, params.get("service"), params.get("scope") or scope)
+            wanted = merge_scopes(scopes, params.get("scope"))
+            token_request = self._token_request(realm, params.get("service"), wanted)
             token_response = yield token_request
             token_response.read()
             token, expires_in = self._token_from(token_response, repository)
@@ -259,16 +289,18 @@ class RegistryAuth:
             self._drop_token(scope, token)
             self._fail(response, self.credentials(), maybe_missing=True)
 
-    def _token_request(self, realm: str, service: str | None, scope: str) -> httpx.Request:
+    def _token_request(self, realm: str, service: str | None, scopes: list[str]) -> httpx.Request:
         creds = self.credentials()
-        query = {k: v for k, v in (("service", service), ("scope", scope)) if v}
-        if creds is not None and creds.identity_token:
-            form = dict(query, grant_type="refresh_token", refresh_token=creds.identity_token, client_id="cas")
+        first = {"service": service} if service else {}
+        if creds is not None and creds.identity_token:  # OAuth2: one space-separated scope field
+            form = dict(first, scope=" ".join(scopes), grant_type="refresh_token", client_id="cas")
+            form["refresh_token"] = creds.identity_token
             return httpx.Request("POST", realm, data=form)
+        query = [*first.items(), *(("scope", s) for s in scopes)]
         headers = {}
         if creds is not None and creds.has_basic:
             headers["Authorization"] = basic_header(creds)
-            query["account"] = creds.username or ""
+            query.append(("account", creds.username or ""))
         return httpx.Request("GET", realm, params=query, headers=headers)
 
     def _token_from(self, response: httpx.Response, repository: str) -> tuple[str, float]:
@@ -280,7 +312,7 @@ class RegistryAuth:
             _, detail = error_detail(response.content)
             raise AuthError(
                 f"access denied to {repository} on {self.host}" + (f": {detail}" if detail else ""),
-                hint=f"check that your account may pull {repository}; `docker login {self.host}` to change accounts",
+                hint=f"check that your account may access {repository}; `docker login {self.host}` to change accounts",
             )
         if is_retryable_status(status):
             kind = RateLimited if status == 429 else ServerError
@@ -306,9 +338,10 @@ class RegistryAuth:
 
 
 class _ScopedAuth(httpx.Auth):
-    def __init__(self, state: RegistryAuth, repository: str) -> None:
+    def __init__(self, state: RegistryAuth, repository: str, scopes: tuple[str, ...]) -> None:
         self._state = state
         self._repository = repository
+        self._scopes = scopes
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        return self._state.flow(request, self._repository)
+        return self._state.flow(request, self._repository, self._scopes)

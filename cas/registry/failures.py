@@ -9,17 +9,16 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import httpx
 
 from cas.errors import AuthError, NotFound, RateLimited, RegistryError, ServerError
 from cas.registry.retry import MAX_RETRY_AFTER, Transient, is_retryable_status, parse_retry_after
-from cas.registry.wire import error_detail
+from cas.registry.wire import error_detail, is_loopback
 
-UNREACHABLE_HINT = "check the address, or --insecure for a plain-HTTP registry that is not on loopback"
-TLS_HINT = (
-    "if the registry uses a private CA, point SSL_CERT_FILE at a bundle that includes it; "
-    "for a plain-HTTP registry that is not on loopback use --insecure"
+TLS_CA_HINT = (
+    "if the registry uses a private CA, point SSL_CERT_FILE at a bundle that includes it, or put it in certs.d"
 )
 
 
@@ -28,8 +27,8 @@ def status_error(
 ) -> Exception:
     """The CasError (or Transient, for a retry) for a status we did not want.
 
-    ``kind`` is "manifest" or "blob"; ``shown`` names what was asked for, e.g.
-    ``HOST/REPO:TAG`` or ``blob sha256:... of HOST/REPO``.
+    ``kind`` is "manifest", "blob" or "upload" (a push's requests); ``shown`` names
+    what was asked for, e.g. ``HOST/REPO:TAG`` or ``blob sha256:... of HOST/REPO``.
     """
     status = response.status_code
     code, detail = error_detail(body)
@@ -50,9 +49,15 @@ def status_error(
     if status == 401:  # only from a redirect target: the registry's own 401s end in the auth flow
         return AuthError(f"{response.url.netloc.decode()} refused {shown} (401){said}")
     if status == 403:
+        verb = "push to" if kind == "upload" else "pull"
         return AuthError(
             f"access denied to {repository} on {registry}{said}",
-            hint=f"check that your account may pull {repository}; `docker login {registry}` to change accounts",
+            hint=f"check that your account may {verb} {repository}; `docker login {registry}` to change accounts",
+        )
+    if kind == "upload":
+        return RegistryError(
+            f"registry {registry} answered {status} to {shown}{said}",
+            hint="nothing was tagged: the manifest is pushed only after every blob is in place",
         )
     if status == 404:
         if kind == "blob" or code == "BLOB_UNKNOWN":
@@ -70,28 +75,64 @@ def _rate_hint(retry_after: float | None) -> str:
     return "try again later, or log in for a higher limit"
 
 
-def describe_transport_error(exc: BaseException) -> tuple[str, str, bool]:
-    """``(reason, hint, retryable)`` for an httpx transport error, from its cause chain."""
+@dataclass(frozen=True)
+class TransportFailure:
+    """What went wrong below HTTP, for the user: ``reason`` fits "cannot reach X: <reason>"."""
+
+    kind: str  # tls-plain, tls-cert, tls, connect-timeout, timeout, dns, refused, connect, dropped
+    reason: str
+    hint: str
+    retryable: bool
+
+
+def describe_transport_error(exc: BaseException, url: str = "", source: str = "") -> TransportFailure:
+    """The failure an httpx transport error stands for, from its cause chain.
+
+    ``url`` is the endpoint's base URL and ``source`` the file that configured it
+    ("" for the registry named in the reference): they decide which fix the hint
+    offers. ``--insecure`` is offered only where it can help: a registry named in
+    the reference, not on loopback, that speaks plain HTTP.
+    """
     chain = list(_causes(exc))
     tls = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
     text = " ".join(str(e) for e in chain).lower()
     if tls is not None or "[ssl" in text or "certificate verify" in text:
         if "wrong_version_number" in text or "record layer" in text or "http request" in text:
-            return "TLS handshake failed: it looks like a plain-HTTP registry", TLS_HINT, False
+            return TransportFailure(
+                "tls-plain",
+                "TLS handshake failed: it looks like a plain-HTTP registry",
+                _plain_hint(url, source),
+                False,
+            )
+        where = f", or set ca = in {source}" if source else ""
         if "certificate" in text:
-            return f"TLS certificate not trusted ({_first_line(tls or exc)})", TLS_HINT, False
-        return f"TLS error ({_first_line(tls or exc)})", TLS_HINT, False
+            reason = f"TLS certificate not trusted ({_first_line(tls or exc)})"
+            return TransportFailure("tls-cert", reason, TLS_CA_HINT + where, False)
+        return TransportFailure("tls", f"TLS error ({_first_line(tls or exc)})", TLS_CA_HINT + where, False)
     if isinstance(exc, httpx.TimeoutException):
-        reason = "connection timed out" if isinstance(exc, httpx.ConnectTimeout) else "timed out"
-        return reason, UNREACHABLE_HINT, True
+        hint = "check the network, or allow more time with --timeout (or $CAS_TIMEOUT)"
+        if isinstance(exc, httpx.ConnectTimeout):
+            return TransportFailure("connect-timeout", "connection timed out", hint, True)
+        return TransportFailure("timeout", "timed out", hint, True)
     dns_words = ("name or service not known", "name resolution", "nodename nor servname")
     if any(isinstance(e, socket.gaierror) for e in chain) or any(w in text for w in dns_words):
-        return "cannot resolve the host name", UNREACHABLE_HINT, True
+        return TransportFailure("dns", "cannot resolve the host name", "check the registry's host name", True)
     if any(isinstance(e, ConnectionRefusedError) for e in chain) or "refused" in text:
-        return "connection refused", UNREACHABLE_HINT, True
+        return TransportFailure(
+            "refused", "connection refused", "check that the registry is running at that host and port", True
+        )
     if isinstance(exc, httpx.ConnectError):
-        return f"cannot connect ({_first_line(exc)})", UNREACHABLE_HINT, True
-    return "connection dropped", UNREACHABLE_HINT, True
+        return TransportFailure("connect", f"cannot connect ({_first_line(exc)})", "check the network", True)
+    return TransportFailure("dropped", "connection dropped", "run the command again; downloads resume", True)
+
+
+def _plain_hint(url: str, source: str) -> str:
+    if source:
+        return f"if it serves plain HTTP, write its URL as http://... in {source}"
+    host = url.split("://", 1)[-1].split("/", 1)[0]
+    if host and not is_loopback(host):
+        return "for a registry that serves plain HTTP, pass --insecure"
+    return "the server answered in plain HTTP, not TLS"
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:

@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 
 from cas.errors import RegistryError
+from cas.registry.endpoints.model import TLS
 from cas.registry.wire import is_loopback
 
 READ_SIZE = 1 << 20
@@ -36,21 +37,40 @@ READ_SIZE = 1 << 20
 CERTS_DIRS = ("/etc/docker/certs.d", "/etc/containers/certs.d")  # $CAS_CERTS_DIRS overrides (":"-separated)
 
 _tls_lock = threading.Lock()
-_tls_contexts: dict[str, ssl.SSLContext] = {}
+_tls_contexts: dict[tuple[str, TLS | None], ssl.SSLContext] = {}
 
 
-def tls_context(netloc: str) -> ssl.SSLContext:
+def tls_context(netloc: str, settings: TLS | None = None) -> ssl.SSLContext:
     """The verified client context for one registry ("host" or "host:port"), built once per process.
 
     Trust is what docker trusts: the system store (or SSL_CERT_FILE / SSL_CERT_DIR),
     certifi only when the system has no store, plus the registry's own certs.d
-    directory: ``*.crt`` are extra CAs, ``NAME.cert`` + ``NAME.key`` a client certificate.
+    directory: ``*.crt`` are extra CAs, ``NAME.cert`` + ``NAME.key`` a client certificate;
+    plus ``settings`` from a hosts.toml (``ca``, ``client``, ``skip_verify``).
     """
     with _tls_lock:
-        context = _tls_contexts.get(netloc)
+        context = _tls_contexts.get((netloc, settings))
         if context is None:
-            context = _tls_contexts[netloc] = _build_context(netloc)
+            context = _tls_contexts[(netloc, settings)] = _build_context(netloc)
+            if settings is not None:
+                _apply(context, netloc, settings)
         return context
+
+
+def _apply(context: ssl.SSLContext, netloc: str, settings: TLS) -> None:
+    try:
+        for ca in settings.ca:
+            context.load_verify_locations(cafile=ca)
+        for cert, key in settings.client:
+            context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise RegistryError(
+            f"cannot use the TLS files configured for {netloc}: {exc}",
+            hint="ca and client in hosts.toml name PEM files (client: a certificate and its key)",
+        ) from exc
+    if settings.skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
 
 
 def _build_context(netloc: str) -> ssl.SSLContext:
@@ -98,8 +118,10 @@ def proxy_for(url: httpx.URL) -> str | None:
 
 
 class LazyTLSTransport(httpx.BaseTransport):
-    def __init__(self) -> None:
+    def __init__(self, tls: dict[str, TLS] | None = None) -> None:
+        """``tls``: per host[:port], TLS settings on top of docker's trust (from hosts.toml)."""
         _raise_read_size()
+        self._tls = tls or {}
         self._lock = threading.Lock()
         self._pools: dict[tuple[str, str, str | None], httpx.HTTPTransport] = {}  # https: one per host (its certs.d)
 
@@ -109,7 +131,7 @@ class LazyTLSTransport(httpx.BaseTransport):
             pool = self._pools.get(key)
             if pool is None:
                 context = (
-                    tls_context(_netloc(url))
+                    tls_context(_netloc(url), self._tls.get(_netloc(url)))
                     if url.scheme == "https" or key[2]
                     else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
                 )

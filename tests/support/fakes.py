@@ -2,7 +2,7 @@
 
 Why: the client tests check the bytes a download delivered, its restarts and the tokens it
 cached without a store or an index on disk. Both classes match cas's protocols by shape
-(``cas.registry.client.Sink``, ``cas.registry.auth.TokenCache``); nothing here imports cas.
+(``cas.registry.download.Sink``, ``cas.registry.auth.TokenCache``); nothing here imports cas.
 """
 
 from __future__ import annotations

@@ -18,6 +18,16 @@ Knobs (settable while a test runs; ``reset()`` clears them and the counters):
   headers and ``nbytes`` of body, then the connection is cut (``times=None``: until reset).
 - ``fail_next(status, count=1, pattern=..., retry_after=...)``: answer the next ``count``
   requests whose path matches the regex ``pattern`` with ``status`` (429 + Retry-After, 5xx).
+- ``throttle_uploads(bytes_per_second)``: read the body of every upload request (a push's PUT
+  or PATCH) no faster than that, so a client's upload progress can be watched.
+- ``upload_headers({name: value})``: add headers to every answer to an upload request, e.g.
+  ``{"OCI-Chunk-Min-Length": "65536"}`` to make a client upload in chunks (distribution 2.8
+  never asks for them; it accepts them all the same).
+- ``foreign_uploads(host="localhost")``: upload ``Location`` headers name ``http://HOST:PORT``
+  of this same proxy, which is another origin for a client that came in as 127.0.0.1 (like an
+  upload URL on a storage host). Requests that arrive under that name are recorded with
+  ``ProxiedRequest.foreign`` set, and are forwarded with the upstream's own credentials (the
+  signed URL's stand-in), so a client must send none there.
 - ``redirect_blobs(times=None)``: blob GETs that the upstream would answer 200 get a 307 to
   ``self.origin``, a second server on another port that serves the same bytes (from the
   registry's storage) and records the Authorization header it received (``origin.requests``),
@@ -77,6 +87,7 @@ class ProxiedRequest:
     status: int = 0  # status sent to the client
     bytes_sent: int = 0  # response body bytes sent to the client
     fault: str | None = None  # "status", "drop", "redirect" when a knob acted
+    foreign: bool = False  # arrived under the foreign_uploads host name
 
 
 @dataclass
@@ -95,6 +106,9 @@ class _Knobs:
     drop_left: int | None = 0  # None = every response
     failures: list[_Failure] = field(default_factory=list)
     redirect_left: int | None = 0  # None = every blob GET
+    upload_headers: dict[str, str] = field(default_factory=dict)
+    upload_rate: int | None = None
+    foreign_host: str | None = None
     strip_range_left: int | None = 0  # None = every blob GET
     wrong_range_left: int | None = 0  # None = every 206 blob answer
     wrong_range_after: int = 0  # 206 blob answers left alone before those
@@ -171,6 +185,18 @@ class FaultProxy:
             self._knobs.failures.append(
                 _Failure(status, count, re.compile(pattern), method, None if retry_after is None else str(retry_after))
             )
+
+    def throttle_uploads(self, bytes_per_second: int | None) -> None:
+        with self._lock:
+            self._knobs.upload_rate = bytes_per_second
+
+    def upload_headers(self, headers: dict[str, str]) -> None:
+        with self._lock:
+            self._knobs.upload_headers = dict(headers)
+
+    def foreign_uploads(self, host: str | None = "localhost") -> None:
+        with self._lock:
+            self._knobs.foreign_host = host
 
     def redirect_blobs(self, times: int | None = None) -> None:
         """307 blob GETs to ``self.origin`` (``times=None``: every one until reset)."""
@@ -259,6 +285,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         proxy: FaultProxy = self.server.owner  # type: ignore[attr-defined]
         kind = classify_path(self.path)[0]
         rec = ProxiedRequest(self.command, self.path, kind, {k.lower(): v for k, v in self.headers.items()})
+        foreign = proxy._knobs.foreign_host
+        rec.foreign = foreign is not None and self.headers.get("Host", "").partition(":")[0] == foreign
         proxy._record(rec)
         try:
             failure = proxy._take_failure(self.command, self.path)
@@ -332,6 +360,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 headers = {k: v for k, v in headers.items() if k.lower() != "range"}
                 rec.fault = "strip-range"
             body = self._request_body()
+            if rec.kind == "upload" and isinstance(body, _Limited):
+                body.rate = proxy._knobs.upload_rate
             conn.request(self.command, self.path, body=body, headers=headers, encode_chunked=self._is_chunked())
             resp = conn.getresponse()
             self._relay(proxy, rec, resp)
@@ -348,11 +378,14 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             if lname in HOP_BY_HOP:
                 continue
             if lname == "location" and value.startswith(proxy.upstream.url):
-                value = proxy.url + value[len(proxy.upstream.url) :]
+                value = self._proxied_location(proxy, rec) + value[len(proxy.upstream.url) :]
             if lname == "content-range" and shift:
                 value = _shifted(value)
                 rec.fault = "wrong-range"
             self.send_header(name, value)
+        if rec.kind == "upload":
+            for name, value in proxy._knobs.upload_headers.items():
+                self.send_header(name, value)
         has_body = self.command != "HEAD" and resp.status not in (204, 304) and resp.status >= 200
         chunked = has_body and length is None
         if chunked:
@@ -405,9 +438,21 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     def _upstream(self, proxy: FaultProxy) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", proxy.upstream.port, timeout=120)
 
+    def _proxied_location(self, proxy: FaultProxy, rec: ProxiedRequest) -> str:
+        foreign = proxy._knobs.foreign_host
+        if rec.kind == "upload" and foreign is not None:
+            return f"http://{foreign}:{proxy.host.rpartition(':')[2]}"
+        return proxy.url
+
     def _forward_headers(self, proxy: FaultProxy) -> dict[str, str]:
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "host"}
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():  # repeated headers (skopeo sends Accept several times) joined
+            if name.lower() not in HOP_BY_HOP and name.lower() != "host":
+                headers[name] = f"{headers[name]}, {value}" if name in headers else value
         headers["Host"] = proxy.upstream.host
+        foreign = proxy._knobs.foreign_host
+        if foreign is not None and self.headers.get("Host", "").partition(":")[0] == foreign:
+            headers.update(proxy.upstream.basic_auth_header())  # the signed upload URL's stand-in
         return headers
 
     def _is_chunked(self) -> bool:
@@ -461,11 +506,19 @@ class _Limited:
 
     def __init__(self, f: BinaryIO, length: int) -> None:
         self.f, self.left = f, length
+        self.rate: int | None = None  # bytes/s, for throttle_uploads
+        self._started, self._read = time.monotonic(), 0
 
     def read(self, n: int = -1) -> bytes:
         if self.left <= 0:
             return b""
         n = self.left if n is None or n < 0 else min(n, self.left)
+        if self.rate:
+            n = min(n, max(1024, self.rate // 20))
+            ahead = self._read / self.rate - (time.monotonic() - self._started)
+            if ahead > 0:
+                time.sleep(ahead)
         data = self.f.read(n)
         self.left -= len(data)
+        self._read += len(data)
         return data

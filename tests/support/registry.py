@@ -92,9 +92,15 @@ class Registry:
         token_server: TokenServer | None = None,
         tls: Pki | None = None,
         client_certs: bool = False,
+        proxy_remote: str | None = None,
+        proxy_credentials: tuple[str, str] | None = None,
+        extra_config: str = "",
     ) -> None:
         """``tls``: serve https with ``tls.server``; ``client_certs``: also require a client
-        certificate signed by ``tls.ca`` (mutual TLS)."""
+        certificate signed by ``tls.ca`` (mutual TLS). ``proxy_remote``: run as a pull-through
+        cache of that URL (start the upstream first: distribution panics when it cannot reach
+        it), logging in there with ``proxy_credentials`` (a token upstream only, in 2.8).
+        ``extra_config``: more top-level YAML sections, e.g. ``validation:`` to allow foreign-layer URLs."""
         if auth not in AUTH_MODES:
             raise ValueError(f"auth must be one of {AUTH_MODES}, not {auth!r}")
         self.workdir = Path(workdir)
@@ -108,6 +114,9 @@ class Registry:
         self.token_server = token_server
         self.tls = tls
         self.client_certs = client_certs
+        self.extra_config = extra_config
+        self.proxy_remote = proxy_remote
+        self.proxy_credentials = proxy_credentials
         self._own_token_server = False
         self.port: int | None = None
         self._proc = None
@@ -129,13 +138,14 @@ class Registry:
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}"
 
-    def start(self, timeout: float = 20) -> Registry:
+    def start(self, timeout: float = 20, port: int | None = None) -> Registry:
+        """Start on a free port, or on ``port`` (a restart keeps its address)."""
         binary = require("docker-registry", "docker-registry")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.storage_dir.mkdir(exist_ok=True)
         auth_yaml = self._auth_config()
         for attempt in range(3):  # another process may grab the port between probe and bind
-            self.port = free_port()
+            self.port = port or free_port()
             self.config_path.write_text(self._config(auth_yaml))
             self._offset, self._records, self._mark = 0, [], 0
             for log in (self.log_path, self.access_log_path):
@@ -153,6 +163,16 @@ class Registry:
                 if not (exited and "address already in use" in log) or attempt == 2:
                     raise RuntimeError(f"docker-registry did not start; its log:\n{log[-3000:]}") from None
         raise AssertionError("unreachable")
+
+    def restart(self) -> Registry:
+        """Stop and start again on the same port; the storage is kept, the log counters start over."""
+        terminate(self._proc)
+        return self.start(port=self.port)
+
+    def stop_only(self) -> None:
+        """Stop the registry process and nothing else (its token server keeps running); ``restart()`` later."""
+        terminate(self._proc)
+        self._proc = None
 
     def stop(self) -> None:
         terminate(self._proc)
@@ -197,8 +217,20 @@ class Registry:
             "http:\n"
             f"  addr: 127.0.0.1:{self.port}\n"
             "  secret: cas-test-secret\n"
-            "  headers:\n    X-Content-Type-Options: [nosniff]\n" + self._tls_config() + auth_yaml
+            "  headers:\n    X-Content-Type-Options: [nosniff]\n"
+            + self._tls_config()
+            + auth_yaml
+            + self._proxy_config()
+            + self.extra_config
         )
+
+    def _proxy_config(self) -> str:
+        if self.proxy_remote is None:
+            return ""
+        text = f"proxy:\n  remoteurl: {self.proxy_remote}\n"
+        if self.proxy_credentials is not None:
+            text += f"  username: {self.proxy_credentials[0]}\n  password: {self.proxy_credentials[1]}\n"
+        return text
 
     def _tls_config(self) -> str:
         if self.tls is None:

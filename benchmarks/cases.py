@@ -1,0 +1,269 @@
+"""The benchmark cases: cas and skopeo doing the same job on the same local servers, in turn.
+
+Each case returns ``Row``s; ``run.py`` prints them as one table. Every timed command is a fresh
+process wrapped in GNU time, cas and skopeo alike (so both pay the same ~1 ms), and cas's
+peak RSS is the largest that GNU time reported over its runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import CAS, PYTHON
+
+from tests.support import images
+from tests.support.registry import Registry
+from tests.support.tools import require
+
+MiB = 1 << 20
+CAP = 20_000_000  # bytes/s per connection for the capped-link cases
+
+
+@dataclass
+class Row:
+    case: str
+    cas: float | None = None  # median seconds
+    skopeo: float | None = None
+    floor: float | None = None
+    floor_name: str = ""
+    target: str = ""  # e.g. "<= 0.3x skopeo"
+    ok: bool | None = None
+    rss_mib: float | None = None
+    note: str = ""
+
+
+@dataclass
+class Images:
+    """The images of the issue's list, pushed once: name -> (reference, blob digests, bytes)."""
+
+    registry: Registry
+    refs: dict[str, str] = field(default_factory=dict)
+    digests: dict[str, list[str]] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def push(self, name: str, layer_sizes: list[int], seed: int) -> None:
+        image = images.Image([images.random_layer(size, seed=seed + i) for i, size in enumerate(layer_sizes)])
+        images.push(self.registry, f"bench/{name}", "1", image)
+        self.refs[name] = f"{self.registry.host}/bench/{name}:1"
+        self.digests[name] = image.digests
+        self.sizes[name] = image.size
+        self.labels[name] = (
+            f"{sum(layer_sizes) / MiB:.0f} MiB/{len(layer_sizes)} layer{'s' if len(layer_sizes) > 1 else ''}"
+        )
+
+
+class Runner:
+    """Times fresh processes; keeps the peak RSS of each command kind."""
+
+    def __init__(self, scratch: Path) -> None:
+        self.time = require("time", "time", prefer=["/usr/bin/time"])
+        self.skopeo = require("skopeo", "skopeo")
+        self.scratch = scratch
+        self.rss: dict[str, int] = {}  # kind -> KiB
+
+    def timed(self, kind: str, cmd: list[str], env: dict[str, str] | None = None, stdout=subprocess.DEVNULL) -> float:
+        report = self.scratch / "rss.txt"
+        started = time.perf_counter()
+        proc = subprocess.run(
+            [self.time, "-f", "%M", "-o", str(report), *cmd], env=env, stdout=stdout, stderr=subprocess.PIPE
+        )
+        elapsed = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise RuntimeError(f"`{' '.join(cmd)}` exited {proc.returncode}:\n{proc.stderr.decode(errors='replace')}")
+        self.rss[kind] = max(self.rss.get(kind, 0), int(report.read_text().split()[-1]))
+        return elapsed
+
+    def rss_mib(self, kind: str) -> float:
+        return self.rss.get(kind, 0) / 1024
+
+    def skopeo_pull(self, ref: str, layout: Path) -> list[str]:
+        return [self.skopeo, "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"oci:{layout}:bench"]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def ratio_row(case: str, cas: list[float], skopeo: list[float], limit: float, rss: float, **extra) -> Row:
+    row = Row(case, median(cas), median(skopeo), target=f"<= {limit}x skopeo", rss_mib=rss, **extra)
+    row.ok = row.cas / row.skopeo <= limit
+    return row
+
+
+def pulls(runner: Runner, imgs: Images, work: Path, runs: int) -> list[Row]:
+    """Cold and warm pulls of the 64 MiB and the 640 MiB image, straight from the registry."""
+    rows = []
+    for name, cold_limit in (("small", 1.2), ("big", 0.9)):
+        ref, kind = imgs.refs[name], f"pull {name}"
+        home, layout = work / "home-pull", work / "oci-pull"
+        env = dict(os.environ, CAS_HOME=str(home))
+        t: dict[str, list[float]] = {"cold": [], "skopeo cold": [], "warm": [], "skopeo warm": []}
+        for _ in range(runs):
+            shutil.rmtree(home, ignore_errors=True)
+            shutil.rmtree(layout, ignore_errors=True)
+            t["cold"].append(runner.timed(kind, [CAS, "pull", "-q", ref], env))
+            t["skopeo cold"].append(runner.timed("skopeo", runner.skopeo_pull(ref, layout)))
+            t["warm"].append(runner.timed(kind + " warm", [CAS, "pull", "-q", ref], env))
+            t["skopeo warm"].append(runner.timed("skopeo", runner.skopeo_pull(ref, layout)))
+        label = imgs.labels[name]
+        rows.append(ratio_row(f"cold pull {label}", t["cold"], t["skopeo cold"], cold_limit, runner.rss_mib(kind)))
+        rows.append(
+            ratio_row(f"warm pull by tag {label}", t["warm"], t["skopeo warm"], 4, runner.rss_mib(kind + " warm"))
+        )
+        shutil.rmtree(layout, ignore_errors=True)
+    shutil.rmtree(work / "home-pull", ignore_errors=True)
+    return rows
+
+
+def capped_pulls(runner: Runner, imgs: Images, work: Path, runs: int) -> list[Row]:
+    """Cold pulls through a proxy that caps each connection at 20 MB/s (a CDN, a long fat link)."""
+    from tests.support.proxy import FaultProxy
+
+    rows = []
+    with FaultProxy(imgs.registry) as proxy:
+        proxy.throttle(CAP)
+        for name, limit in (("single", 0.3), ("big", 0.8)):
+            ref = imgs.refs[name].replace(imgs.registry.host, proxy.host)
+            kind, home, layout = f"capped {name}", work / "home-capped", work / "oci-capped"
+            env = dict(os.environ, CAS_HOME=str(home))
+            cas, skopeo = [], []
+            for _ in range(runs):
+                shutil.rmtree(home, ignore_errors=True)
+                shutil.rmtree(layout, ignore_errors=True)
+                cas.append(runner.timed(kind, [CAS, "pull", "-q", ref], env))
+                skopeo.append(runner.timed("skopeo", runner.skopeo_pull(ref, layout)))
+            wire = imgs.sizes[name] / (8 * CAP)  # 8 connections at the cap: the default --connections
+            rows.append(
+                ratio_row(
+                    f"pull {imgs.labels[name]}, 20 MB/s per conn",
+                    cas,
+                    skopeo,
+                    limit,
+                    runner.rss_mib(kind),
+                    floor=wire,
+                    floor_name="8 conns at cap",
+                )
+            )
+    shutil.rmtree(work / "home-capped", ignore_errors=True)
+    shutil.rmtree(work / "oci-capped", ignore_errors=True)
+    return rows
+
+
+def export(runner: Runner, imgs: Images, place: Path, runs: int, label: str, *, reflinks: bool) -> Row:
+    """`cas export` of the 640 MiB image vs `skopeo copy oci: docker-archive:`, and cat + fsync of its blobs.
+
+    Store, skopeo layout and outputs all live under ``place`` (ext4, or the loop-mounted XFS).
+    """
+    from tests.support.xfs import used_bytes
+
+    name = "big"
+    ref, home, layout, out = imgs.refs[name], place / "home", place / "oci", place / "out"
+    place.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, CAS_HOME=str(home))
+    subprocess.run([CAS, "pull", "-q", ref], env=env, check=True)
+    subprocess.run(runner.skopeo_pull(ref, layout), check=True, stdout=subprocess.DEVNULL)
+    blobs = [str(home / "v1" / "blobs" / "sha256" / d.removeprefix("sha256:")) for d in imgs.digests[name]]
+    cat, sync = require("cat", "coreutils"), require("sync", "coreutils")
+    out.mkdir(exist_ok=True)
+    kind = f"export {label}"
+    cas, skopeo, floor, added = [], [], [], []
+    for _ in range(runs):
+        for target in out.iterdir():
+            target.unlink()
+        before = used_bytes(place)
+        cas.append(runner.timed(kind, [CAS, "export", "-q", ref, "-o", str(out / "cas.tar")], env))
+        added.append((used_bytes(place) - before) / (out / "cas.tar").stat().st_size)
+        skopeo.append(
+            runner.timed(
+                "skopeo", [runner.skopeo, "copy", "-q", f"oci:{layout}:bench", f"docker-archive:{out / 's.tar'}:{ref}"]
+            )
+        )
+        with open(out / "floor.tar", "wb") as fh:
+            copy = runner.timed("cat", [cat, *blobs], stdout=fh)
+        floor.append(copy + runner.timed("sync", [sync, str(out / "floor.tar")]))
+    limit = 0.05 if reflinks else None
+    row = Row(
+        f"export {imgs.labels[name]} {label}",
+        median(cas),
+        median(skopeo),
+        floor=median(floor),
+        floor_name="cat+fsync",
+        rss_mib=runner.rss_mib(kind),
+        note=f"archive added {median(added) * 100:.1f}% of its size to used space",
+    )
+    if reflinks:
+        row.target = "<= 0.05x skopeo, < 5% space"
+        row.ok = row.cas / row.skopeo <= limit and median(added) < 0.05
+    else:
+        row.target = "<= 1.1x floor"
+        row.ok = row.cas / row.floor <= 1.1
+    for path in (home, layout, out):
+        shutil.rmtree(path, ignore_errors=True)
+    return row
+
+
+def version(runner: Runner, runs: int) -> Row:
+    cas, skopeo, floor = [], [], []
+    for _ in range(runs):
+        cas.append(runner.timed("version", [CAS, "--version"]))
+        skopeo.append(runner.timed("skopeo", [runner.skopeo, "--version"]))
+        floor.append(runner.timed("python", [PYTHON, "-c", "pass"]))
+    row = Row("cas --version", median(cas), median(skopeo), median(floor), "python -c pass", "<= 45 ms")
+    row.rss_mib, row.ok = runner.rss_mib("version"), row.cas <= 0.045
+    return row
+
+
+def _bench_json(root: Path, script: str, *args: str) -> dict | Row:
+    """The JSON figures another benchmark script prints last, or a failed row saying why."""
+    proc = subprocess.run(
+        [PYTHON, str(root / "benchmarks" / script), *args, "--json"], capture_output=True, text=True, check=False
+    )
+    start = proc.stdout.rfind("\n{")
+    if proc.returncode != 0 or start < 0:
+        return Row(script, note=f"FAILED: {(proc.stderr or proc.stdout).strip()[-300:]}", ok=False)
+    return json.loads(proc.stdout[start:])
+
+
+def gc(root: Path) -> list[Row]:
+    """benchmarks/bench_gc.py (10,000 blobs, 1,000 images) as rows: cas only, no peer does this."""
+    report = _bench_json(root, "bench_gc.py")
+    if isinstance(report, Row):
+        return [report]
+    rows = []
+    for step in report["steps"]:
+        row = Row(f"{step['name']} (10k blobs)", step["seconds"], rss_mib=step.get("peak_rss_mib"))
+        if step["name"].startswith(("du", "prune")):
+            row.target, row.ok = f"< {report['target_seconds']:.0f} s", step["seconds"] < report["target_seconds"]
+        rows.append(row)
+    return rows
+
+
+def imports(root: Path, runs: int) -> list[Row]:
+    """benchmarks/bench_import.py as rows: `cas import` vs skopeo, and the delta archive's size."""
+    figures = _bench_json(root, "bench_import.py", "--runs", str(runs))
+    if isinstance(figures, Row):
+        return [figures]
+    med, mib = figures["median_seconds"], figures["archive_bytes"] / MiB
+    rows = [
+        ratio_row(f"import {mib:.0f} MiB archive ({how})", [med[f"cas {how}"]], [med["skopeo"]], 0.6, None)
+        for how in ("file", "stdin")
+    ]
+    over = figures["delta_vs_new_layer"] - 1
+    rows.append(
+        Row(
+            "export --since (delta archive)",
+            med["delta"],
+            target="size <= new layer + 1%",
+            ok=over <= 0.01,
+            note=f"delta {figures['delta_bytes']:,} bytes for a {figures['new_layer_bytes']:,}-byte new layer",
+        )
+    )
+    return rows

@@ -1,0 +1,100 @@
+"""Where a reference's content may come from: an ordered list of endpoints, mirrors first, upstream last.
+
+The configuration is the one the machine's runtimes already read; nothing else
+in cas knows where an endpoint came from. For one reference, the first source
+that configures its registry gives the whole list:
+
+1. containerd ``hosts.toml``: ``<dir>/<registry>/hosts.toml``, else
+   ``<dir>/_default/hosts.toml``, in the hosts directories in order
+   (``--hosts-dir`` / ``$CAS_HOSTS_DIR``, default /etc/containerd/certs.d and
+   /etc/docker/certs.d);
+2. containers ``registries.conf`` (+ ``registries.conf.d``): the ``[[registry]]``
+   with the longest matching prefix (``$CAS_REGISTRIES_CONF``, default
+   /etc/containers/registries.conf);
+3. docker ``daemon.json`` ``registry-mirrors``, for docker.io only
+   (``$CAS_DOCKER_DAEMON_JSON``, default /etc/docker/daemon.json);
+4. otherwise the registry named in the reference, alone.
+
+``blocked = true`` in registries.conf refuses the reference whatever gives its
+endpoints, before any request. A default file that does not exist is no
+configuration; a file or directory named explicitly must exist.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cas.errors import Blocked, ConfigError
+from cas.reference import DOCKER_HUB, Reference
+from cas.registry.endpoints import daemon_json, hosts_toml, registries_conf
+from cas.registry.endpoints.model import PULL, RESOLVE, TLS, Endpoint, upstream
+
+__all__ = ["PULL", "RESOLVE", "TLS", "Endpoint", "Sources", "upstream"]
+
+DEFAULT_HOSTS_DIRS = ("/etc/containerd/certs.d", "/etc/docker/certs.d")
+DEFAULT_REGISTRIES_CONF = "/etc/containers/registries.conf"
+DEFAULT_DAEMON_JSON = "/etc/docker/daemon.json"
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The configuration files to read; ``endpoints(ref)`` reads them for one reference."""
+
+    hosts_dirs: tuple[Path, ...] = ()
+    registries_conf: Path | None = None
+    daemon_json: Path | None = None
+
+    @classmethod
+    def from_env(cls, hosts_dirs: list[str] | None = None, env: Mapping[str, str] | None = None) -> Sources:
+        """``--hosts-dir`` values (they replace $CAS_HOSTS_DIR and the defaults), then the environment."""
+        env = os.environ if env is None else env
+        if hosts_dirs:
+            dirs = [Path(d) for d in hosts_dirs]
+        elif "CAS_HOSTS_DIR" in env:
+            dirs = [Path(d) for d in env["CAS_HOSTS_DIR"].split(":") if d]
+        else:
+            dirs = [Path(d) for d in DEFAULT_HOSTS_DIRS if os.path.isdir(d)]
+        for directory in dirs:
+            if not directory.is_dir():
+                raise ConfigError(
+                    f"hosts directory {directory} does not exist", hint="check --hosts-dir or $CAS_HOSTS_DIR"
+                )
+        return cls(
+            hosts_dirs=tuple(dirs),
+            registries_conf=_file(env, "CAS_REGISTRIES_CONF", DEFAULT_REGISTRIES_CONF),
+            daemon_json=_file(env, "CAS_DOCKER_DAEMON_JSON", DEFAULT_DAEMON_JSON),
+        )
+
+    def endpoints(self, ref: Reference, *, insecure: bool = False) -> list[Endpoint]:
+        """The endpoints to try for ``ref``, in order; raises Blocked or ConfigError before any request."""
+        registries = registries_conf.load(self.registries_conf) if self.registries_conf else []
+        found = registries_conf.match(registries, ref.name)
+        if found is not None and found[0].blocked:
+            raise Blocked(
+                f"registry {ref.registry} is blocked for {ref.name} by {found[0].source} (prefix {found[0].prefix!r})",
+                hint=f"remove `blocked = true` from that [[registry]] in {found[0].source} to pull from it",
+            )
+        hosts = hosts_toml.find(list(self.hosts_dirs), ref.registry)
+        if hosts is not None:
+            return hosts_toml.read(hosts, ref.registry, ref.repository)
+        if found is not None:
+            return registries_conf.endpoints(found[0], found[1], ref.name, by_digest=ref.digest is not None)
+        own = upstream(ref.registry, ref.repository, insecure=insecure)
+        if ref.registry == DOCKER_HUB and self.daemon_json is not None:
+            mirrors = daemon_json.read(self.daemon_json)
+            return [*daemon_json.endpoints(self.daemon_json, mirrors, ref.repository), own]
+        return [own]
+
+
+def _file(env: Mapping[str, str], name: str, default: str) -> Path | None:
+    if name in env:
+        if not env[name]:
+            return None  # set but empty: read no such file
+        path = Path(env[name])
+        if not path.is_file():
+            raise ConfigError(f"{path} (from ${name}) does not exist", hint=f"unset {name} or point it at a file")
+        return path
+    return Path(default) if os.path.isfile(default) else None

@@ -1,0 +1,69 @@
+"""cas push REF DEST: copy a cached image to a registry, then one summary line."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli import options, output
+
+
+def push(
+    ref: Annotated[str, typer.Argument(help="A cached image: alpine, host:5000/app:1.0, name@sha256:...")],
+    dest: Annotated[str, typer.Argument(help="Where to push it: host:5000/team/app:1.0 (a tag or a digest).")],
+    platform: Annotated[
+        str | None,
+        typer.Option(
+            "--platform",
+            help="OS/ARCH[/VARIANT]: push only this platform's manifest of a multi-platform image "
+            "(needed when not every platform is cached).",
+        ),
+    ] = None,
+    jobs: options.Jobs = 4,
+    insecure: options.Insecure = False,
+    username: options.Username = None,
+    password_stdin: options.PasswordStdin = False,
+    lock_timeout: options.LockTimeout = 600.0,
+    quiet: options.Quiet = False,
+    as_json: options.Json = False,
+) -> None:
+    """Push a cached image to a registry: blobs it lacks first (mounted from another repository of the same
+    registry when possible), manifests last, byte for byte, so the digest stays the same."""
+    from cas import reference
+    from cas.manifest import Platform
+    from cas.push import PushOptions
+    from cas.push import push as run_push
+    from cas.store import Store
+    from cli.progress import BarsObserver, QuietObserver
+
+    source, target = reference.parse(ref), reference.parse(dest)
+    opts = PushOptions(
+        platform=Platform.parse(platform) if platform else None,
+        jobs=jobs,
+        insecure=insecure,
+        credentials=options.read_credentials(username, password_stdin),
+        observer=BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver(),
+        lock_timeout=lock_timeout,
+    )
+    store = Store()
+    try:
+        with opts.observer:
+            result = run_push(store, source, target, opts)
+    finally:
+        store.close()
+    if as_json:
+        output.emit_json(result.to_json())
+    elif not quiet:
+        output.notice(summary(result))
+
+
+def summary(result) -> str:
+    size = output.human_size
+    top = result.plan.top
+    return (
+        f"{result.destination}: {str(top.digest)[:19]} ({len(result.plan.manifests)} manifest(s))  "
+        f"uploaded {result.uploaded_blobs} blob(s), {size(result.uploaded_bytes)}; "
+        f"mounted {result.mounted_blobs}, {size(result.mounted_bytes)}; "
+        f"skipped {result.skipped_blobs}, {size(result.skipped_bytes)} ({result.seconds:.2f}s)"
+    )

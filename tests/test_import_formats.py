@@ -1,0 +1,203 @@
+"""cas import beyond the round trip: OCI layout directories, --tag, unnamed images, deltas against
+the receiver's inventory, and the tar reader on the tar dialects real tools write."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pty
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from cas.importer.tarstream import DIR, FILE, HARDLINK, SYMLINK, TarStream, TruncatedArchive, UnsafeArchive
+
+
+@pytest.fixture
+def cas_in(cas):
+    return lambda home, *args, **kwargs: cas(*args, env={"CAS_HOME": str(home)}, **kwargs)
+
+
+def _images(cas_in, home) -> list[dict]:
+    return json.loads(cas_in(home, "images", "--json").stdout)
+
+
+def test_oci_layout_directory_from_cas_and_from_skopeo(cas, cas_in, registry, test_images, skopeo, tmp_path):
+    ref = test_images.ref(registry, "ocidata")
+    cas("pull", ref)
+    layout = tmp_path / "layout"
+    cas("export", ref, "--format", "oci-dir", "-o", layout)
+    out = json.loads(cas_in(tmp_path / "b", "import", layout, "--json").stdout)
+    assert out["format"] == "oci-dir"
+    assert out["images"][0]["refs"] == [ref] and out["images"][0]["manifest"] == test_images.ocidata.digest
+
+    # skopeo names the image with a bare tag ("ocidata"): that is no full name, so --tag names it
+    sk = tmp_path / "sk-layout"
+    skopeo.copy(f"docker://{ref}", f"oci:{sk}:ocidata", extra=("--preserve-digests",))
+    refused = cas_in(tmp_path / "c", "import", sk, "--format", "oci-archive", check=False)
+    assert refused.returncode == 2 and "is a directory" in refused.stderr
+    out = json.loads(cas_in(tmp_path / "c", "import", sk, "--tag", "mirror.local/ocidata:1", "--json").stdout)
+    assert out["images"][0]["refs"] == ["mirror.local/ocidata:1"]
+    assert [row["ref"] for row in _images(cas_in, tmp_path / "c")] == ["mirror.local/ocidata:1"]
+
+
+def test_unnamed_image_is_imported_and_listed_by_digest(cas_in, registry, test_images, skopeo, clean_dockerd, tmp_path):
+    pushed = test_images.push(registry)["base"]
+    archive = tmp_path / "unnamed.tar"
+    skopeo.copy(f"docker://{pushed.ref}", f"oci-archive:{archive}")
+    out = json.loads(cas_in(tmp_path / "b", "import", archive, "--json").stdout)
+    recorded = f"localhost/imported@{pushed.digest}"
+    assert out["images"][0]["names"] == [] and out["images"][0]["refs"] == [recorded]
+    assert [row["manifest"] for row in _images(cas_in, tmp_path / "b")] == [pushed.digest]
+    again = tmp_path / "again.tar"
+    cas_in(tmp_path / "b", "export", recorded, "-o", again)
+    loaded = clean_dockerd.load(again).stdout
+    assert "Loaded image ID: " in loaded
+    assert clean_dockerd.run(loaded.split("Loaded image ID: ")[1].strip()).stdout == "hello from base\n"
+
+
+def test_tag_needs_exactly_one_image(cas, cas_in, registry, test_images, tmp_path):
+    base, app = test_images.ref(registry, "base"), test_images.ref(registry, "app")
+    cas("pull", base, app)
+    both = tmp_path / "both.tar"
+    cas("export", base, app, "-o", both)
+    refused = cas_in(tmp_path / "b", "import", both, "--tag", "x:1", check=False)
+    assert refused.returncode == 2 and "holds 2" in refused.stderr
+    assert _images(cas_in, tmp_path / "b") == []
+    out = json.loads(cas_in(tmp_path / "b", "import", both, "--json").stdout)
+    assert sorted(ref for image in out["images"] for ref in image["refs"]) == sorted([app, base])
+
+
+def test_delta_against_the_receivers_inventory(cas, cas_in, registry, test_images, tmp_path):
+    base, app = test_images.ref(registry, "base"), test_images.ref(registry, "app")
+    cas("pull", base, app)
+    full = tmp_path / "base.tar"
+    cas("export", base, "-o", full)
+    receiver = tmp_path / "receiver"
+    cas_in(receiver, "import", full)
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(cas_in(receiver, "images", "--json").stdout)
+
+    delta = tmp_path / "app.delta"
+    summary = json.loads(cas("export", app, "--since-inventory", inventory, "-o", delta, "--json").stdout)
+    assert summary["delta"]["required_blobs"] == 3 and summary["delta"]["carried_blobs"] == 4
+    with tarfile.open(delta) as tar:
+        description = json.load(tar.extractfile("cas-delta.json"))
+    assert {r["from"] for r in description["requires"]} == {f"{base} (inventory)"}
+    assert {r["digest"] for r in description["requires"]} == {layer.digest for layer in test_images.base.layers}
+    cas_in(receiver, "import", delta)
+    assert sorted(row["ref"] for row in _images(cas_in, receiver)) == sorted([app, base])
+
+    refused = cas("export", app, "--since", base, "--format", "oci-archive", "-o", delta, check=False)
+    assert refused.returncode == 2 and "own format" in refused.stderr
+
+
+# --- the tar reader ------------------------------------------------------------------------
+def _read_all(data: bytes) -> list[tuple[str, str, bytes, str | None]]:
+    stream = TarStream(io.BytesIO(data))
+    return [(m.name, m.kind, b"".join(stream.chunks()), m.target) for m in stream]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+def test_tar_dialects_long_names_links_and_directories(fmt):
+    name = "p" * 60 + "/" + "q" * 60 + "/layer.tar"  # over 100 bytes: GNU long name, PAX path, ustar prefix
+    data = b"x" * 1000
+
+    def add(tar, member, *, kind=tarfile.REGTYPE, target="", content=None):
+        info = tarfile.TarInfo(member)
+        info.type, info.linkname = kind, target
+        if content is not None:
+            info.size = len(content)
+        tar.addfile(info, io.BytesIO(content) if content is not None else None)
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        add(tar, "./sub", kind=tarfile.DIRTYPE)
+        add(tar, name, content=data)
+        add(tar, "short.tar", content=b"y")
+        add(tar, "sub/link.tar", kind=tarfile.SYMTYPE, target="../short.tar")
+        add(tar, "hard.tar", kind=tarfile.LNKTYPE, target="short.tar")
+        if fmt != tarfile.USTAR_FORMAT:  # a link target over 100 bytes
+            add(tar, "sub/long.tar", kind=tarfile.SYMTYPE, target=f"../{name}")
+    expected = [
+        ("sub", DIR, b"", None),
+        (name, FILE, data, None),
+        ("short.tar", FILE, b"y", None),
+        ("sub/link.tar", SYMLINK, b"", "short.tar"),
+        ("hard.tar", HARDLINK, b"", "short.tar"),
+    ]
+    if fmt != tarfile.USTAR_FORMAT:
+        expected.append(("sub/long.tar", SYMLINK, b"", name))
+    assert _read_all(buf.getvalue()) == expected
+
+
+def test_a_stream_cut_anywhere_is_truncated_or_ends_between_members():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for i in range(3):
+            data = hashlib.sha256(bytes([i])).digest() * 40
+            info = tarfile.TarInfo(f"m{i}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    whole = buf.getvalue()
+    clean = []
+    for cut in [*range(1, 3 * 2048, 97), 2048, 4096, 3 * 2048]:  # up to the end-of-archive blocks
+        stream = TarStream(io.BytesIO(whole[:cut]))
+        try:
+            for _ in stream:
+                pass
+        except TruncatedArchive:
+            continue
+        clean.append(cut)
+    assert clean == [2048, 4096, 6144]  # only a cut between members (512-byte header + 1536 of data) ends cleanly
+
+
+def test_refuses_to_read_an_archive_from_a_terminal(cas_home, tmp_path):
+    main, secondary = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cli", "import", "-"],
+            stdin=secondary,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    finally:
+        os.close(main)
+        os.close(secondary)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: refusing to read an archive from a terminal")
+
+
+def test_delta_since_several_bases_names_the_base_of_each_required_blob(cas, registry, test_images, tmp_path):
+    base, app, dockermedia = (test_images.ref(registry, name) for name in ("base", "app", "dockermedia"))
+    cas("pull", base, app, dockermedia)
+    delta = tmp_path / "app.delta"
+    cas("export", app, "--since", dockermedia, "--since", base, "-o", delta)
+    with tarfile.open(delta) as tar:
+        description = json.load(tar.extractfile("cas-delta.json"))
+        carried = {name.removeprefix("blobs/sha256/") for name in tar.getnames() if name.startswith("blobs/sha256/")}
+    busybox, *base_own = (layer.digest for layer in test_images.base.layers)
+    assert {r["digest"]: r["from"] for r in description["requires"]} == {
+        busybox: dockermedia,  # the first base that holds it
+        **dict.fromkeys(base_own, base),
+    }
+    app_own = [layer.digest for layer in test_images.app.layers[3:]]
+    assert carried == {d[7:] for d in [test_images.app.digest, test_images.app.config_blob.digest, *app_own]}
+    assert [image["ref"] for image in description["images"]] == [app]
+    assert description["images"][0]["manifest"] == test_images.app.digest
+
+
+def test_extended_headers_are_bounded():
+    info = tarfile.TarInfo("m")
+    info.pax_headers = {"comment": "c" * 600_000}
+    one = info.tobuf(format=tarfile.PAX_FORMAT)
+    pax, header = one[:-512], one[-512:]
+    assert len(_read_all(pax + header + bytes(1024))) == 1
+    with pytest.raises(UnsafeArchive, match="extended headers"):
+        _read_all(pax + pax + header + bytes(1024))  # two of them: over 1 MiB before one member
