@@ -226,10 +226,11 @@ def _bench_json(root: Path, script: str, *args: str) -> dict | Row:
     proc = subprocess.run(
         [PYTHON, str(root / "benchmarks" / script), *args, "--json"], capture_output=True, text=True, check=False
     )
-    start = proc.stdout.rfind("\n{")
-    if proc.returncode != 0 or start < 0:
+    out = "\n" + proc.stdout
+    start = out.rfind("\n{")  # the last top-level object; printed even when it then exits 1 for a missed target
+    if start < 0:
         return Row(script, note=f"FAILED: {(proc.stderr or proc.stdout).strip()[-300:]}", ok=False)
-    return json.loads(proc.stdout[start:])
+    return json.loads(out[start:])
 
 
 def gc(root: Path) -> list[Row]:
@@ -267,3 +268,32 @@ def imports(root: Path, runs: int) -> list[Row]:
         )
     )
     return rows
+
+
+def pushes(root: Path, runs: int) -> list[Row]:
+    """benchmarks/bench_push.py as rows: `cas push` vs `skopeo copy oci: docker://` (no target set)."""
+    med = _bench_json(root, "bench_push.py", "--runs", str(runs))
+    if isinstance(med, Row):
+        return [med]
+    return [
+        Row(f"push 64 MiB/2 layers ({case})", med[f"cas {case}"], med[f"skopeo {case}"], target="(none set)")
+        for case in ("cold", "warm")
+    ]
+
+
+def mirrors(root: Path, runs: int) -> list[Row]:
+    """benchmarks/bench_mirror.py as a row: later hosts through a warm pull-through mirror vs the first."""
+    figures = _bench_json(root, "bench_mirror.py", "--rounds", str(runs))
+    if isinstance(figures, Row):
+        return [figures]
+    return [
+        Row(
+            "pull via mirror, hosts 2.. vs host 1",
+            figures["later_hosts_ms"] / 1000,
+            floor=figures["host1_ms"] / 1000,
+            floor_name="host 1",
+            target="< 1.0x host 1",
+            ok=figures["later_vs_first"] < 1.0,
+            note=f"the upstream served {figures['upstream_copies']:.2f} copies of the image in all",
+        )
+    ]

@@ -1,6 +1,6 @@
 """Every benchmark, one command, one table: cas against skopeo on real local servers.
 
-    .venv/bin/python benchmarks/run.py [--runs 3] [--only pull,capped,export,xfs,version,gc,import] [--json FILE]
+    .venv/bin/python benchmarks/run.py [--runs 3] [--only pull,capped,...,mirror] [--json FILE]
 
 It starts a docker-registry on 127.0.0.1, pushes incompressible images (64 MiB in 2 layers,
 640 MiB in 10 layers, 256 MiB in 1 layer), and times, as medians of ``--runs`` fresh processes:
@@ -12,8 +12,9 @@ It starts a docker-registry on 127.0.0.1, pushes incompressible images (64 MiB i
   loop-mounts itself (root); when it cannot, the row says NOT MEASURED and why, and the
   command exits 1: never a quiet skip;
 - `cas --version` vs `skopeo --version` (floor: the interpreter alone);
-- benchmarks/bench_gc.py (du, prune, verify on 10,000 blobs), cas only, and
-  benchmarks/bench_import.py (`cas import` vs `skopeo copy docker-archive: oci:`, delta size).
+- the other scripts here, as rows: bench_gc.py (du, prune, verify on 10,000 blobs),
+  bench_import.py (`cas import` vs `skopeo copy docker-archive: oci:`, delta size),
+  bench_push.py (`cas push` vs skopeo) and bench_mirror.py (hosts behind a pull-through mirror).
 Peak RSS is GNU time's, the largest over cas's runs of that row. Wall-clock figures: run it on
 a quiet machine.
 """
@@ -35,7 +36,7 @@ from harness import ROOT, compile_cas
 
 from tests.support.registry import Registry
 
-GROUPS = ("pull", "capped", "export", "xfs", "version", "gc", "import")
+GROUPS = ("pull", "capped", "export", "xfs", "version", "gc", "import", "push", "mirror")
 
 
 def main() -> int:
@@ -74,6 +75,10 @@ def main() -> int:
             rows += cases.gc(ROOT)
         if "import" in only:
             rows += cases.imports(ROOT, args.runs)
+        if "push" in only:
+            rows += cases.pushes(ROOT, args.runs)
+        if "mirror" in only:
+            rows += cases.mirrors(ROOT, args.runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -114,11 +114,3 @@ class StreamVerifier:
         actual = self.digest
         if actual != self.expected:
             raise DigestMismatch(self.expected, actual)
-
-
-def fingerprint_file(fileobj, chunk_size: int = 1 << 20) -> str:
-    """blake3 of an open file, read from its current position to EOF."""
-    hasher = _blake3.blake3()
-    while chunk := fileobj.read(chunk_size):
-        hasher.update(chunk)
-    return hasher.hexdigest()

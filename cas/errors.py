@@ -8,7 +8,8 @@ line, then ``hint`` when there is one, and exits with ``exit_code``.
     ├── BadDigest               a digest string that is not valid
     ├── IntegrityError          bytes that do not match what was promised
     │   ├── DigestMismatch
-    │   └── SizeMismatch
+    │   ├── SizeMismatch
+    │   └── ChangedBlobs        store files whose bytes changed after commit (export refuses them)
     ├── ManifestError           a manifest we cannot use
     │   ├── UnsupportedManifest
     │   └── PlatformNotFound
@@ -85,6 +86,23 @@ class SizeMismatch(IntegrityError):
         self.digest = digest
         self.expected = expected
         self.actual = actual
+
+
+class ChangedBlobs(IntegrityError):
+    """Blobs whose files in the store no longer hold the bytes that were committed.
+
+    ``changed`` holds one line per blob: digest, image and position, what is wrong.
+    """
+
+    def __init__(
+        self, changed: list[str], refs: list[str], outcome: str = "nothing was written", *, action: str = "export"
+    ) -> None:
+        lines = "\n  ".join(changed)
+        super().__init__(
+            f"cannot {action}: {len(changed)} blob(s) in the store changed after they were committed:\n  {lines}",
+            hint=f"run `cas pull {' '.join(refs)}`: it downloads them again and replaces them; {outcome}",
+        )
+        self.changed = changed
 
 
 class ManifestError(CasError):

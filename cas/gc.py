@@ -1,5 +1,8 @@
 """Prune: mark from refs and live leases, sweep every other blob and stale ingest entry.
 
+Stale means no pull can resume it (``IngestEntry.resumable``, the rule verify uses too);
+a resumable partial download is kept, except by ``--all``, which empties the store.
+
 The order is diskcache's: change the index first (one ``BEGIN IMMEDIATE``
 transaction that re-reads the roots, then forgets the evicted refs and the
 swept blob records), delete files second. A crash in between leaves only files
@@ -145,7 +148,8 @@ def plan(snap: Snapshot, policy: Policy, *, now: float | None = None, dry_run: b
         images=evicted,
         blobs=blobs,
         strays=list(snap.strays),
-        ingests=snap.stale_ingests(),
+        # stale downloads only; --all empties the store, resumable downloads included
+        ingests=snap.stale_ingests(now) + (snap.resumable_ingests(now) if policy.everything else []),
         kept_images=len(snap.images) - len(evicted),
         kept_blobs=len(kept),
         kept_bytes=sum(files.get(d, 0) for d in kept),

@@ -330,12 +330,36 @@ class Index:
         return self._db.get(f"blob:{digest}")
 
     @_guarded
-    def put_blob(self, digest: Digest, *, size: int, media_type: str, fingerprint: str) -> None:
+    def put_blob(
+        self, digest: Digest, *, size: int, media_type: str, fingerprint: str, stat: dict | None = None
+    ) -> None:
+        """``stat``: the file's stat fingerprint at commit (see cas.store.trust); None when unknown."""
         now = time.time()
-        self._db.set(
-            f"blob:{digest}",
-            {"size": size, "media_type": media_type, "blake3": fingerprint, "added": now, "used": now},
-        )
+        record = {"size": size, "media_type": media_type, "blake3": fingerprint, "added": now, "used": now}
+        if stat is not None:
+            record["stat"] = stat
+        self._db.set(f"blob:{digest}", record)
+
+    @_guarded
+    def refresh_blob(self, digest: Digest, *, size: int, media_type: str, fingerprint: str, stat: dict) -> None:
+        """A re-hashed file was good: record its new stat fingerprint (and a record for a file that had none)."""
+        with self.transact():
+            record = self.get_blob(digest)
+            if not isinstance(record, dict):
+                self.put_blob(digest, size=size, media_type=media_type, fingerprint=fingerprint, stat=stat)
+                return
+            record.update(blake3=fingerprint, stat=stat)
+            self._db.set(f"blob:{digest}", record)
+
+    @_guarded
+    def set_blob_stats(self, stats: dict[Digest, dict]) -> None:
+        """New stat fingerprints for existing blob records, in one transaction."""
+        with self.transact():
+            for digest, stat in stats.items():
+                record = self.get_blob(digest)
+                if isinstance(record, dict):
+                    record["stat"] = stat
+                    self._db.set(f"blob:{digest}", record)
 
     @_guarded
     def remove_blob(self, digest: Digest) -> bool:

@@ -10,6 +10,7 @@ network request at all.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,14 +18,14 @@ from typing import TYPE_CHECKING
 
 from cas import DEFAULT_LOCK_TIMEOUT
 from cas import manifest as mf
-from cas.digest import Digest, fingerprint_file, verify_bytes
+from cas.digest import Digest, of_bytes, verify_bytes
 from cas.errors import Cancelled, PlatformMismatch, SizeMismatch, UnsupportedManifest
 from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
 from cas.recording import clear_marks, commit_bytes, platform_of_config, record_blob, record_image, unique
 from cas.records import RefRecord
 from cas.reference import Reference
 from cas.registry.stall import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
-from cas.store import Store
+from cas.store import Store, trust
 from cas.transfer import TransferObserver, run_parallel
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 
 MAX_NESTING = 4  # indexes naming indexes
+log = logging.getLogger("cas.pull")
 
 PullObserver = TransferObserver  # blob_done(digest, moved): moved is "downloaded" here
 
@@ -207,7 +209,7 @@ class _Session:
 
     def _config_bytes(self, config: Descriptor) -> bytes:
         """The config of a plain manifest, from the store or into memory (nothing is stored before the check)."""
-        if self.store.blobs.has(config.digest, config.size):
+        if self._present(config):
             return self.store.blobs.read(config.digest)
         sink = _MemorySink()
         self.client.download_blob(self.ref.repository, config.digest, sink)
@@ -219,7 +221,7 @@ class _Session:
 
     def _fetch_missing(self, blobs: list[Descriptor]) -> set[Digest]:
         """Download what the store lacks; the digests that were missing (now committed)."""
-        missing = unique([d for d in blobs if not self.store.blobs.has(d.digest, d.size)])
+        missing = unique([d for d in blobs if not self._present(d)])
         self.options.observer.resolved(str(self.ref), blobs, missing)
         self._download(missing)
         fetched = {d.digest for d in missing}
@@ -227,6 +229,13 @@ class _Session:
             if desc.digest not in fetched:
                 self._count(reused=desc)
         return fetched
+
+    def _present(self, desc: Descriptor) -> bool:
+        """In the store and still what was committed (its stat fingerprint, else a re-hash): a file
+        changed since is downloaded again, and the commit replaces it."""
+        return self.store.blobs.has(desc.digest, desc.size) and (
+            trust.confirm(self.store, desc.digest, desc.size, desc.media_type) is None
+        )
 
     def _resolve_top(self) -> tuple[Digest, str, ImageIndex | ImageManifest, bytes | None]:
         """What the reference names; by tag also its bytes, which the caller commits once they resolved."""
@@ -242,9 +251,11 @@ class _Session:
         """Immutable content: the store's copy when there is one, else the registry's."""
         if self.store.blobs.has(digest):
             data = self.store.blobs.read(digest)
-            record = self.store.index.get_blob(digest)
-            media_type = record["media_type"] if record else mf.media_type_of(data, None)
-            return data, media_type
+            if of_bytes(data, digest.algorithm) == digest:  # small: check the bytes, not a fingerprint
+                record = self.store.index.get_blob(digest)
+                media_type = record["media_type"] if record else mf.media_type_of(data, None)
+                return data, media_type
+            log.info("the stored manifest %s changed after commit: fetching it again", digest)
         fetched = self.client.get_manifest(self.ref.repository, digest)
         self.result.manifest_requests += 1
         self._commit_manifest(digest, fetched.data, fetched.media_type)
@@ -269,9 +280,9 @@ class _Session:
             received += max(n, 0)
             observer.blob_bytes(desc.digest, n)
 
-        with self.store.blobs.ingest(desc.digest, desc.size, on_wait=observer.waiting) as ing:
+        present = functools.partial(trust.unchanged, self.store, desc.digest)  # a changed file is replaced
+        with self.store.blobs.ingest(desc.digest, desc.size, on_wait=observer.waiting, present=present) as ing:
             if ing.committed:  # another process stored it while we waited
-                self._ensure_blob_record(desc)
                 self._count(reused=desc)
                 observer.blob_done(desc.digest, False)
                 return
@@ -285,13 +296,6 @@ class _Session:
             record_blob(self.store, ing.info, desc.media_type)
         self._count(downloaded=desc, received=received)
         observer.blob_done(desc.digest, True)
-
-    def _ensure_blob_record(self, desc: Descriptor) -> None:
-        """A process killed between commit and index write leaves a blob with no record; mend it."""
-        if self.store.index.get_blob(desc.digest) is None:
-            with self.store.blobs.open(desc.digest) as fh:
-                fingerprint = fingerprint_file(fh)
-            self.store.index.put_blob(desc.digest, size=desc.size, media_type=desc.media_type, fingerprint=fingerprint)
 
     _count_lock = threading.Lock()
 

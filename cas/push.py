@@ -31,6 +31,7 @@ from cas.errors import (
     BadReference,
     Cancelled,
     CasError,
+    ChangedBlobs,
     DigestMismatch,
     IntegrityError,
     MissingBlobs,
@@ -42,7 +43,7 @@ from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
 from cas.recording import unique
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
-from cas.store import Store
+from cas.store import Store, trust
 from cas.transfer import TransferObserver, run_parallel
 
 if TYPE_CHECKING:
@@ -225,14 +226,21 @@ def _read_manifest(store: Store, digest: Digest, media_type: str | None) -> Stor
 
 
 def _check_blobs(store: Store, source: Reference, images: list[tuple[StoredManifest, ImageManifest]]) -> None:
-    missing = []
+    """Every config and layer present with its size, and still the bytes committed (the stat
+    fingerprint, ``cas.store.trust``), before the first request: else each one is named."""
+    missing, changed = [], []
     for manifest, image in images:
         for position, desc in enumerate(image.blobs):
+            where = "config" if position == 0 else f"layer {position}/{len(image.layers)}"
+            named = f"{desc.digest} ({where} of {source}, manifest {manifest.digest.short})"
             if not store.blobs.has(desc.digest, desc.size):
-                where = "config" if position == 0 else f"layer {position}/{len(image.layers)}"
-                missing.append(f"{desc.digest} ({where} of {source}, manifest {manifest.digest.short})")
+                missing.append(named)
+            elif (problem := trust.confirm(store, desc.digest, desc.size, desc.media_type)) is not None:
+                changed.append(f"{named}: {problem}")
     if missing:
         raise MissingBlobs(missing, [str(source)], action="push")
+    if changed:
+        raise ChangedBlobs(changed, [str(source)], "nothing was pushed", action="push")
 
 
 def _check_destination(dest: Reference, planned: PushPlan) -> None:

@@ -32,7 +32,9 @@ def commit_bytes(store: Store, lease: Lease, digest: Digest, data: bytes, media_
 
 def record_blob(store: Store, info: BlobInfo, media_type: str) -> None:
     """Step 5 of the commit protocol: call it while the digest is still locked."""
-    store.index.put_blob(info.digest, size=info.size, media_type=media_type, fingerprint=info.fingerprint)
+    store.index.put_blob(
+        info.digest, size=info.size, media_type=media_type, fingerprint=info.fingerprint, stat=info.stat
+    )
 
 
 def record_image(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,9 +83,16 @@ class Snapshot:
             counts.update(d for d, _ in image.blobs)
         return counts
 
-    def stale_ingests(self) -> list[IngestEntry]:
-        """Ingest entries no process held when the snapshot was taken."""
-        return [i for i in self.ingests if i.path not in self.active]
+    def stale_ingests(self, now: float | None = None) -> list[IngestEntry]:
+        """Ingest entries no process held when the snapshot was taken and no pull can resume
+        (``IngestEntry.resumable``): what verify reports as stale and prune removes."""
+        now = time.time() if now is None else now
+        return [i for i in self.ingests if i.path not in self.active and not i.resumable(now)]
+
+    def resumable_ingests(self, now: float | None = None) -> list[IngestEntry]:
+        """Partial downloads no process holds that the next pull of their digest resumes: not damage."""
+        now = time.time() if now is None else now
+        return [i for i in self.ingests if i.path not in self.active and i.resumable(now)]
 
 
 def snapshot(store: Store) -> Snapshot:

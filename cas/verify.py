@@ -10,7 +10,9 @@ is checked for its size and its blake3 fingerprint (recorded at commit);
   references, a name that is no digest, a directory, a symlink;
 - ``unindexed``: a file a ref needs but with no index record (a process killed
   between commit and index write);
-- ``stale-ingest``: a download directory no process holds;
+- ``stale-ingest``: a download directory no process holds that no pull can resume
+  (unreadable, empty, or untouched for ``RESUMABLE_FOR``); a resumable one is listed in
+  ``Report.resumable`` instead: it is not damage, and ``repair`` keeps it;
 - ``bad-index-entry``: a ``ref:`` or ``blob:`` entry that does not parse;
 - ``needs-pull``: a ref an earlier repair marked, not pulled again since.
 
@@ -26,25 +28,20 @@ symlink) and the stale ingest entries.
 from __future__ import annotations
 
 import os
-import stat
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import NamedTuple
-
-import blake3
 
 from cas import DEFAULT_LOCK_TIMEOUT
 from cas.digest import Digest
 from cas.records import PREFIX
 from cas.snapshot import Snapshot, snapshot
-from cas.store import Store
+from cas.store import IngestEntry, Store
+from cas.store.blobs import RESUMABLE_FOR
 from cas.store.remover import Remover
-
-_CHUNK = 1 << 20
-_THREADED = 8 << 20  # files above this hash blake3 on every core
+from cas.store.trust import check_file
 
 
 @dataclass
@@ -74,6 +71,8 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     needs_pull: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    resumable: list[dict] = field(default_factory=list)  # partial downloads a pull resumes: not damage
+    now: float = field(default_factory=time.time)  # when it was taken: the age of downloads is measured from it
 
     @property
     def ok(self) -> bool:
@@ -91,6 +90,7 @@ class Report:
             "counts": dict(counts),
             "findings": [f.to_json() for f in self.findings],
             "needs_pull": self.needs_pull,
+            "resumable": self.resumable,
             "errors": self.errors,
         }
 
@@ -115,12 +115,18 @@ def verify(
         findings = _check_blobs(store, snap, users, deep, report, workers)
         findings += _check_files(store, snap, users)
         findings += [
-            Finding(
-                "stale-ingest",
-                str(i.path.relative_to(store.root)),
-                f"abandoned download of {i.label}, {i.partial} bytes",
-            )
-            for i in snap.stale_ingests()
+            Finding("stale-ingest", str(i.path.relative_to(store.root)), _why_stale(i, report.now))
+            for i in snap.stale_ingests(report.now)
+        ]
+        report.resumable = [
+            {
+                "digest": i.label,
+                "path": str(i.path.relative_to(store.root)),
+                "size": i.partial,
+                "age_seconds": max(0, int(report.now - i.modified)),
+                "modified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(i.modified)),
+            }
+            for i in snap.resumable_ingests(report.now)
         ]
         findings += [Finding("bad-index-entry", key, "index entry that does not parse") for key in snap.bad_keys]
         findings += _check_refs(snap)
@@ -131,6 +137,23 @@ def verify(
 
 
 # checking ------------------------------------------------------------------
+
+
+RESUMABLE_DAYS = f"{RESUMABLE_FOR / 86400:.0f} days"
+
+
+def _why_stale(entry: IngestEntry, now: float) -> str:
+    """Why no pull can resume this download (the complement of ``IngestEntry.resumable``)."""
+    what = f"abandoned download of {entry.label}, {entry.partial} bytes"
+    if entry.is_link:
+        return f"{what}: a symlink, not a download"
+    if entry.digest is None:
+        return f"{what}: a staged import, never resumed"
+    if not entry.readable:
+        return f"{what}: its data cannot be read"
+    if entry.partial == 0:
+        return f"{what}: nothing to resume"
+    return f"{what}: untouched for {int((now - entry.modified) // 86400)} days (resumable for {RESUMABLE_DAYS})"
 
 
 def _check_blobs(
@@ -166,44 +189,6 @@ def _check_blobs(
                 if problem is not None:
                     findings.append(Finding("corrupt", digest, problem, sorted(users.get(digest, ()))))
     return findings
-
-
-class FileCheck(NamedTuple):
-    problem: str | None  # None when the file is what was committed; else what is wrong, in words
-    fingerprint: str | None = None  # blake3 of the bytes read; None when the check stopped before reading
-
-
-def check_file(path: Path, digest: Digest, size: int | None, fingerprint: str | None, deep: bool) -> FileCheck:
-    """Read the file once: its problem (None when it is what was committed) and its blake3."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return FileCheck("file vanished while checking")
-    except OSError as exc:
-        return FileCheck(f"cannot open: {exc.strerror}")
-    with os.fdopen(fd, "rb", buffering=0) as fh:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return FileCheck("not a regular file")
-        if size is not None and st.st_size != size:
-            return FileCheck(f"size is {st.st_size} bytes, committed as {size}")
-        fp = blake3.blake3(max_threads=blake3.blake3.AUTO) if st.st_size > _THREADED else blake3.blake3()
-        own = digest.hasher() if deep or fingerprint is None else None
-        buf = bytearray(_CHUNK)
-        view = memoryview(buf)
-        while n := fh.readinto(buf):
-            chunk = view[:n]
-            fp.update(chunk)
-            if own is not None:
-                own.update(chunk)
-        actual = fp.hexdigest()
-        if fingerprint is not None and actual != fingerprint:
-            return FileCheck(
-                f"content changed since commit: blake3 {actual[:16]}..., recorded {fingerprint[:16]}...", actual
-            )
-        if own is not None and own.hexdigest() != digest.hex:
-            return FileCheck(f"content hashes to {digest.algorithm}:{own.hexdigest()}", actual)
-    return FileCheck(None, actual)
 
 
 def _check_files(store: Store, snap: Snapshot, users: dict) -> list[Finding]:
@@ -246,7 +231,7 @@ def _check_refs(snap: Snapshot) -> list[Finding]:
 def _repair(store: Store, snap: Snapshot, users: dict, report: Report) -> None:
     index = store.index
     bad: set[str] = set()
-    reindex: list[tuple[Digest, int, str, str]] = []
+    reindex: list[tuple[Digest, int, str, str, dict | None]] = []
     for f in report.findings:
         if f.kind in ("corrupt", "missing"):
             bad.add(f.what)
@@ -257,7 +242,7 @@ def _repair(store: Store, snap: Snapshot, users: dict, report: Report) -> None:
                 f.detail += f"; {checked.problem}"
                 bad.add(f.what)
                 continue
-            reindex.append((digest, snap.files[f.what], _media_type(snap, digest), checked.fingerprint))
+            reindex.append((digest, snap.files[f.what], _media_type(snap, digest), checked.fingerprint, checked.stat))
     images = {image.record.name: image.record for image in snap.images.values()}
     affected = sorted({name for d in bad for name in users.get(d, ())})
     # a marked image whose blobs are all present, none of them bad: the mark can go
@@ -277,8 +262,8 @@ def _repair(store: Store, snap: Snapshot, users: dict, report: Report) -> None:
             record = index.get_ref(images[name].ref, images[name].platform)  # re-read: a pull may have rewritten it
             if record is not None:
                 index.put_ref(record.replace(needs_pull=mark))
-        for digest, size, media_type, fingerprint in reindex:
-            index.put_blob(digest, size=size, media_type=media_type, fingerprint=fingerprint)
+        for digest, size, media_type, fingerprint, committed in reindex:
+            index.put_blob(digest, size=size, media_type=media_type, fingerprint=fingerprint, stat=committed)
         for key in snap.bad_keys:
             index.discard(key)
     marked = set(affected) | {f.what for f in report.findings if f.kind == "needs-pull"} - set(complete)
@@ -310,7 +295,7 @@ def _repair(store: Store, snap: Snapshot, users: dict, report: Report) -> None:
                 f.repaired = "mark cleared" if f.what in complete else f"still needs `cas pull {f.what}`"
     finally:
         remover.close()
-    for entry in snap.stale_ingests():
+    for entry in snap.stale_ingests(report.now):
         if store.blobs.remove_ingest(entry):  # False when a download took it up since
             for f in report.findings:
                 if f.kind == "stale-ingest" and f.what == str(entry.path.relative_to(store.root)):

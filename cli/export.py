@@ -40,6 +40,13 @@ def export(
             "--pull", help="First pull the references that are missing or incomplete (only missing blobs are fetched)."
         ),
     ] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Re-hash every blob while it is written (the same pass) and fail on any mismatch: end-to-end proof.",
+        ),
+    ] = False,
     since: Annotated[
         list[str] | None,
         typer.Option(
@@ -94,6 +101,7 @@ def export(
         warn=lambda message: output.notice(f"warning: {message}"),
         on_wait=output.notice,
         lock_timeout=lock_timeout,
+        verify=verify,
     )
     if pull:
         opts.pull_options = options.pull_options(
@@ -121,6 +129,7 @@ def export(
     elif not quiet:
         names = ", ".join(", ".join(image["names"]) or image["ref"] for image in result.images)
         how = "" if result.format != "oci-dir" or result.linked else " (copied, not linked)"
+        how += ", every blob re-hashed" if result.verified else ""
         if result.delta is not None:
             d, size = result.delta, output.human_size
             output.notice(

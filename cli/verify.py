@@ -18,7 +18,8 @@ def verify(
     repair: Annotated[
         bool,
         typer.Option(
-            "--repair", help="Delete bad blobs, orphans and stale downloads; mark affected images for a re-pull."
+            "--repair",
+            help="Delete bad blobs, orphans and stale downloads (resumable ones stay); mark affected images for a re-pull.",
         ),
     ] = False,
     lock_timeout: options.LockTimeout = DEFAULT_LOCK_TIMEOUT,
@@ -49,6 +50,12 @@ def render(report) -> None:
         print(line)
         if f.repaired:
             print(f"  repaired: {f.repaired}")
+    for entry in report.resumable:
+        when = output.ago(report.now - entry["age_seconds"], report.now)
+        print(
+            f"resumable: {entry['digest']}: {output.human_size(entry['size'])} downloaded, last written {when};"
+            " the next `cas pull` resumes it (kept)"
+        )
     if report.needs_pull:
         print("pull again to restore: cas pull " + " ".join(report.needs_pull))
     if report.ok:

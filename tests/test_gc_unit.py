@@ -12,7 +12,18 @@ import textwrap
 import time
 
 import pytest
-from test_lifecycle_support import APP, BASE, OTHER, commit, files_on_disk, indexed, only_record, store_three, write_raw
+from test_lifecycle_support import (
+    APP,
+    BASE,
+    OTHER,
+    abandon,
+    commit,
+    files_on_disk,
+    indexed,
+    only_record,
+    store_three,
+    write_raw,
+)
 
 from cas import gc
 from cas.digest import Digest
@@ -188,6 +199,7 @@ def test_stale_ingest_is_removed_and_active_one_kept(store):
     stale = Digest.parse("sha256:" + "11" * 32)
     with store.blobs.ingest(stale, 100) as ing:
         ing.write(b"x" * 40)
+    abandon(store, stale)
     active = Digest.parse("sha256:" + "22" * 32)
     with store.blobs.ingest(active, 100) as ing:
         ing.write(b"y" * 30)
@@ -345,6 +357,7 @@ def test_prune_walks_the_files_before_its_index_transaction(store, three, monkey
     commit(store, b"garbage" * 100, "application/octet-stream")
     with store.blobs.ingest(Digest.parse("sha256:" + "33" * 32), 100) as ing:
         ing.write(b"partial")
+    abandon(store, Digest.parse("sha256:" + "33" * 32))
     database = store.root / "index" / "cache.db"
     assert database.is_file()
     seen: list[str] = []
@@ -389,6 +402,7 @@ def test_each_ingest_lock_is_tested_once_per_command(store, three, monkeypatch):
     for n in (1, 2, 3):
         with store.blobs.ingest(Digest.parse("sha256:" + f"{n}{n}" * 32), 100) as ing:
             ing.write(b"stale")
+        abandon(store, Digest.parse("sha256:" + f"{n}{n}" * 32))
     real_is_locked = blobs_module.is_locked
     tested: list[str] = []
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 from support.images import Image, random_layer
@@ -135,3 +136,11 @@ def tiny_record(ref: str, *, pad: int = 0, platform: str = "linux/amd64") -> Ref
         pulled=1000.0,
         used=1000.0,
     )
+
+
+def abandon(store: Store, digest: Digest) -> None:
+    """Age a partial download past RESUMABLE_FOR: no pull resumes it, so verify and prune call it stale."""
+    from cas.store.blobs import RESUMABLE_FOR
+
+    old = time.time() - RESUMABLE_FOR - 3600
+    os.utime(store.blobs.ingest_dir / f"{digest.algorithm}-{digest.hex}" / "data", (old, old))

@@ -251,6 +251,40 @@ def test_an_https_loopback_upstream_in_hosts_toml_is_reached_with_its_ca(cas, tm
         wait_until(lambda: len(blob_lines()) == len(image.blobs), timeout=10, what="the TLS registry's log")
 
 
+def test_mutual_tls_and_skip_verify_from_hosts_toml(cas, tmp_path):
+    from support.pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    image = images.Image([images.random_layer(30_000, seed=75)])
+    with Registry(tmp_path / "mtls") as plain:
+        images.push(plain, REPO, "1", image)
+    with Registry(tmp_path / "mtls", tls=pki, client_certs=True) as upstream:
+        ref = f"{upstream.host}/{REPO}:1"
+        body = f'server = "https://{upstream.host}"\nca = "{pki.ca}"\n'
+        hosts = hosts_dir(tmp_path / "no-client", upstream.host, body)
+        refused = cas("pull", ref, env=env_for(hosts=hosts), check=False)  # the server wants a client certificate
+        assert refused.returncode == 1 and "--insecure" not in refused.stderr
+        hosts = hosts_dir(
+            tmp_path / "client", upstream.host, body + f'client = ["{pki.client.cert}", "{pki.client.key}"]\n'
+        )
+        assert pull_json(cas, ref, env_for(hosts=hosts))["downloaded_blobs"] == len(image.blobs)
+        # skip_verify: no CA at all, and the pull still goes over TLS
+        body = f'server = "https://{upstream.host}"\nskip_verify = true\nclient = ["{pki.client.cert}", "{pki.client.key}"]\n'
+        hosts = hosts_dir(tmp_path / "skip", upstream.host, body)
+        env = {**env_for(hosts=hosts), "CAS_HOME": str(tmp_path / "host-skip")}
+        assert pull_json(cas, ref, env)["manifest_endpoint"] == f"https://{upstream.host}"
+
+
+def test_configured_headers_are_sent_to_their_endpoint(cas, tmp_path, registry, test_images, proxy):
+    body = (
+        f'server = "{registry.url}"\n\n[host."{proxy.url}"]\n  capabilities = ["pull", "resolve"]\n'
+        '  header = { X-Fleet = "build-7" }\n'
+    )
+    result = pull_json(cas, f"{registry.host}/base:latest", env_for(hosts=hosts_dir(tmp_path, registry.host, body)))
+    assert result["manifest_endpoint"] == proxy.url
+    assert proxy.requests and all(r.headers.get("x-fleet") == "build-7" for r in proxy.requests)
+
+
 def test_connection_refused_with_no_endpoint_left_fails_fast(cas, monkeypatch):
     from cas.errors import Unreachable
     from cas.registry import RegistryClient

@@ -63,6 +63,22 @@ def _pull_command(cas_home: Path, *args: str, command: str = "pull") -> str:
     return f"cd {shlex.quote(str(REPO_ROOT))} && {env} {cas}; echo EXIT=$?; sleep 600"
 
 
+BLOB_BAR = re.compile(rf"  sha256:[0-9a-f]{{12}} +{BAR}")
+
+
+def _bars_then_end(terminal: Pane, what: str) -> tuple[list[str], list[str]]:
+    """The non-blank lines of the screen once a blob's bar is drawn, then once the command has exited."""
+    drawing = wait_until(
+        lambda: (lambda s: s if any(BLOB_BAR.match(line) for line in s) else None)(terminal.screen()),
+        timeout=60,
+        what=f"{what} progress bars on the terminal",
+    )
+    final = wait_until(
+        lambda: (lambda s: s if "EXIT=0" in s else None)(terminal.screen()), timeout=60, what=f"the {what} to end"
+    )
+    return [line for line in drawing if line], [line for line in final if line]
+
+
 @pytest.mark.parametrize("width", [200, 80], ids=["wide", "summary-wraps"])
 def test_bars_appear_while_downloading_and_give_way_to_the_summary(width, pane, cas_home, proxy, registry, test_images):
     test_images.push(registry)
@@ -71,20 +87,9 @@ def test_bars_appear_while_downloading_and_give_way_to_the_summary(width, pane, 
     terminal = pane(width)
     terminal.start(_pull_command(cas_home, ref))
 
-    blob_bar = re.compile(rf"  sha256:[0-9a-f]{{12}} +{BAR}")
-    drawing = wait_until(
-        lambda: (lambda s: s if any(blob_bar.match(line) for line in s) else None)(terminal.screen()),
-        timeout=60,
-        what="progress bars on the terminal",
-    )
-    drawn = [line for line in drawing if line]
-    assert drawn[0].startswith(f"{ref} {BAR}"), drawing  # the total first, then one bar per blob
-    assert 1 <= len(drawn) - 1 <= 4 and all(blob_bar.match(line) for line in drawn[1:]), drawing
-
-    final = wait_until(
-        lambda: (lambda s: s if "EXIT=0" in s else None)(terminal.screen()), timeout=60, what="the pull to end"
-    )
-    final = [line for line in final if line]
+    drawn, final = _bars_then_end(terminal, "pull")
+    assert drawn[0].startswith(f"{ref} {BAR}"), drawn  # the total first, then one bar per blob
+    assert 1 <= len(drawn) - 1 <= 4 and all(BLOB_BAR.match(line) for line in drawn[1:]), drawn
     assert final[-1] == "EXIT=0" and not any(BAR in line for line in final), final  # no bar left behind
     summary = " ".join(final[:-1])  # rich wraps the line at the terminal's width
     assert re.fullmatch(
@@ -102,19 +107,9 @@ def test_push_draws_bars_while_uploading_then_its_summary(pane, cas, cas_home, p
     terminal = pane(200)
     terminal.start(_pull_command(cas_home, source, dest, command="push"))
 
-    blob_bar = re.compile(rf"  sha256:[0-9a-f]{{12}} +{BAR}")
-    drawing = wait_until(
-        lambda: (lambda s: s if any(blob_bar.match(line) for line in s) else None)(terminal.screen()),
-        timeout=60,
-        what="upload progress bars on the terminal",
-    )
-    drawn = [line for line in drawing if line]
-    assert drawn[0].startswith(f"{dest} {BAR}"), drawing
-
-    final = wait_until(
-        lambda: (lambda s: s if "EXIT=0" in s else None)(terminal.screen()), timeout=60, what="the push to end"
-    )
-    final = [line for line in final if line]
+    drawn, final = _bars_then_end(terminal, "push")
+    assert drawn[0].startswith(f"{dest} {BAR}"), drawn
+    assert 1 <= len(drawn) - 1 <= 4 and all(BLOB_BAR.match(line) for line in drawn[1:]), drawn
     assert final[-1] == "EXIT=0" and not any(BAR in line for line in final), final
     assert re.fullmatch(
         rf"{re.escape(dest)}: {test_images.base.digest[:19]} \(1 manifest\(s\)\) +uploaded 4 blob\(s\), 1\.1 MiB; "

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support.tools import wait_until
+from support.tools import cas_in_background, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,13 +127,7 @@ def test_sigkill_mid_blob_then_the_next_pull_resumes_and_completes(cas, cas_home
     test_images.push(registry)
     ref = f"{proxy.host}/base:latest"
     proxy.throttle(200_000)
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "cli", "pull", "--jobs", "1", ref],
-        cwd=REPO_ROOT,
-        env={**os.environ, "CAS_HOME": str(cas_home)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    victim = cas_in_background(cas_home, "pull", "--jobs", "1", ref)
     ingest = cas_home / "v1" / "ingest"
 
     def partial_bytes() -> int:

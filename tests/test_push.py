@@ -185,13 +185,21 @@ def test_a_transient_upload_failure_is_retried_from_a_fresh_session(cas, registr
     ref = test_images.ref(registry, "base")
     cas("pull", ref)
     repository = _repo("base")
-    proxy.fail_next(503, count=2, pattern=r"/blobs/uploads/", method="PUT")
+    proxy.fail_next(503, count=2, pattern=r"/blobs/uploads/.+digest=", method="PUT")
+    proxy.fail_next(429, count=1, pattern=r"/blobs/uploads/$", method="POST", retry_after=0)
+    proxy.fail_next(503, count=1, pattern=r"/manifests/", method="PUT")
     out = _push_json(cas, ref, f"{proxy.host}/{repository}:retried")
     assert out["uploaded_blobs"] == len(test_images.base.blobs)
-    faulted = [r for r in proxy.requests if r.fault == "status"]
-    assert len(faulted) == 2
+    faulted = [(r.method, r.kind, r.status) for r in proxy.requests if r.fault == "status"]
+    assert sorted(faulted) == [
+        ("POST", "upload", 429),
+        ("PUT", "manifest", 503),
+        ("PUT", "upload", 503),
+        ("PUT", "upload", 503),
+    ]
     posts = [r for r in proxy.requests if r.kind == "upload" and r.method == "POST"]
-    assert len(posts) == len(test_images.base.blobs) + 2  # each failed PUT starts a new upload
+    assert len(posts) == len(test_images.base.blobs) + 2 + 1  # a failed PUT starts a new upload; a 429 is asked again
+    assert [r.status for r in proxy.requests if r.kind == "manifest" and r.method == "PUT"] == [503, 201]
     assert skopeo.inspect(f"docker://{registry.host}/{repository}:retried")["Digest"] == test_images.base.digest
 
 
@@ -243,10 +251,10 @@ def test_a_store_blob_changed_after_commit_is_never_pushed(cas, cas_home, regist
     repository = _repo("base")
     mark = registry.mark()
     proc = cas("push", ref, f"{proxy.host}/{repository}:bad", check=False)
-    assert proc.returncode == 1 and layer.digest in proc.stderr and "Traceback" not in proc.stderr
-    logged = registry.requests(mark)
-    assert not [r for r in logged if r.kind == "upload" and r.method == "PUT" and layer.digest.split(":")[1] in r.uri]
-    assert [r for r in logged if r.kind == "manifest" and r.method == "PUT"] == []
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: cannot push: 1 blob(s) in the store changed after they were committed")
+    assert f"{layer.digest} (layer " in proc.stderr and "nothing was pushed" in proc.stderr
+    assert registry.requests(mark) == []  # the stat fingerprint caught it before the first request
 
 
 def test_push_to_a_digest_checks_it_and_summary_names_the_counts(cas, registry, proxy, test_images):
@@ -296,3 +304,52 @@ def test_a_later_push_mounts_blobs_an_earlier_push_put_in_another_repository(cas
     mounts = [r for r in registry.requests(mark) if r.kind == "upload" and "mount=" in r.uri]
     assert len(mounts) == len(shared)
     assert all(r.status == 201 and f"from={first}" in unquote(r.uri) for r in mounts)
+
+
+def test_a_mount_the_registry_declines_becomes_an_upload_in_the_session_it_opened(cas, registry, proxy, test_images):
+    import httpx
+
+    base, app = test_images.base, test_images.app
+    cas("pull", test_images.ref(registry, "app"))
+    first, second = _repo("base"), _repo("app")
+    cas("pull", test_images.ref(registry, "base"))
+    _push_json(cas, test_images.ref(registry, "base"), f"{proxy.host}/{first}:1")
+    for layer in base.layers:  # the store still believes `first` holds them
+        assert httpx.delete(f"{registry.url}/v2/{first}/blobs/{layer.digest}").status_code == 202
+    mark = registry.mark()
+    out = _push_json(cas, test_images.ref(registry, "app"), f"{proxy.host}/{second}:1")
+    assert out["mounted_blobs"] == 0 and out["uploaded_blobs"] == len(app.blobs)
+    logged = registry.requests(mark)
+    declined = [r for r in logged if r.kind == "upload" and r.method == "POST" and "mount=" in r.uri]
+    assert len(declined) == len(base.layers) and all(r.status == 202 for r in declined)
+    plain_posts = [r for r in logged if r.kind == "upload" and r.method == "POST" and "mount=" not in r.uri]
+    assert len(plain_posts) == len(app.blobs) - len(base.layers)  # the declined mounts' sessions were used
+    assert _manifest_status(registry, second, "1") == 200
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["monolithic", "chunked"])
+def test_bytes_that_do_not_match_their_digest_never_complete_an_upload(registry, proxy, chunked):
+    """The in-flight check behind the fingerprint one: a file that changes while it is read."""
+    import hashlib
+    import io
+
+    from cas.digest import Digest
+    from cas.errors import IntegrityError
+    from cas.registry import RegistryClient
+    from cas.registry.upload import Uploader
+
+    good = bytes(range(256)) * 1024  # 256 KiB
+    digest = Digest.parse("sha256:" + hashlib.sha256(good).hexdigest())
+    bad = good[:-1] + b"\x00"
+    if chunked:
+        proxy.upload_headers({"OCI-Chunk-Min-Length": "65536"})
+    repository = _repo("torn")
+    with RegistryClient(proxy.host) as client:
+        with pytest.raises(IntegrityError, match=str(digest)):
+            Uploader(client, repository).upload(digest, len(good), lambda: io.BytesIO(bad), lambda n: None)
+    finishing = [r for r in proxy.requests if r.kind == "upload" and r.method == "PUT"]
+    assert finishing == [] or all(r.status != 201 for r in finishing)
+    assert registry.requests() and not [r for r in registry.requests() if r.status == 201]
+    from support.tools import http_status
+
+    assert http_status(f"{registry.url}/v2/{repository}/blobs/{digest}") == 404

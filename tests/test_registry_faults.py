@@ -7,6 +7,7 @@ Authorization to the CDN" are checked on the server side.
 from __future__ import annotations
 
 import hashlib
+import socket
 import time
 
 import pytest
@@ -175,3 +176,24 @@ def test_a_cdn_redirect_does_not_carry_authorization(request, proxy_factory, no_
     assert all(r.headers["authorization"].startswith(("Basic ", "Bearer ")) for r in redirected)
     assert [r.status for r in front.origin.requests] == [200] * len(image.blobs)
     assert front.origin.authorizations == [None] * len(image.blobs)
+
+
+@pytest.mark.parametrize(
+    ("error", "attempts"),
+    [(socket.EAI_NONAME, 1), (socket.EAI_AGAIN, 1 + FAST["retries"])],
+    ids=["unknown-name", "temporary-failure"],
+)
+def test_an_unknown_host_name_fails_at_once_and_a_temporary_dns_failure_is_retried(
+    monkeypatch, no_docker_config, error, attempts
+):
+    lookups = []
+
+    def resolve(host, *args, **kwargs):
+        lookups.append(host)
+        raise socket.gaierror(error, "Name or service not known" if error == socket.EAI_NONAME else "Temporary failure")
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    with RegistryClient("registry.cas.test:5000", insecure=True, **FAST) as client, pytest.raises(Unreachable) as info:
+        client.get_manifest("x", "1")
+    assert info.value.message == "cannot reach registry registry.cas.test:5000: cannot resolve the host name"
+    assert lookups == ["registry.cas.test"] * attempts

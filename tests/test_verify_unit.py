@@ -11,6 +11,7 @@ import pytest
 from test_lifecycle_support import (
     APP,
     BASE,
+    abandon,
     files_on_disk,
     flip_byte,
     images,
@@ -157,6 +158,7 @@ def test_orphans_and_stale_ingests_are_reported_and_removed(store, two, tmp_path
     (sha / "README").write_text("not a blob")
     with store.blobs.ingest(Digest.parse("sha256:" + "12" * 32), 50) as ing:
         ing.write(b"partial")
+    abandon(store, Digest.parse("sha256:" + "12" * 32))
 
     report = verify(store)
     found = kinds(report)

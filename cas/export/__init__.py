@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,15 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from cas import DEFAULT_LOCK_TIMEOUT
-from cas.errors import DiskFull, OutputError, StoreError, UsageError
+from cas.errors import CasError, ChangedBlobs, DiskFull, OutputError, StoreError, UsageError
 from cas.export import delta, docker_archive, oci
-from cas.export.output import archive_output, check_stream, dir_output
+from cas.export.output import NOTHING_KEPT, archive_output, check_stream, dir_output, is_stream, partial_stream
 from cas.export.plan import ExportPlan, ImagePlan, Missing, plan
-from cas.export.tarwriter import TarWriter, TruncatedFile, UnsafeSource
+from cas.export.tarwriter import TarWriter, TruncatedFile, UnsafeSource, open_regular
 from cas.manifest import Descriptor, Platform
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
-from cas.store import Store
+from cas.store import Store, trust
 from cas.store.fs import Linker
 
 FORMATS = ("docker-archive", "oci-archive", "oci-dir", "delta")
@@ -66,6 +67,7 @@ class ExportOptions:
     lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT
     since: list[Reference] = field(default_factory=list)  # delta: images the receiver holds
     since_inventory: Path | None = None  # delta: the receiver's `cas images --json`
+    verify: bool = False  # re-hash every blob while it is written (one pass), fail on a mismatch
 
 
 @dataclass
@@ -81,6 +83,7 @@ class ExportResult:
     copy_method: str = "copy_file_range"  # tar formats: copy_file_range (clones where it can), sendfile, read-write
     pulled: list[str] = field(default_factory=list)
     delta: dict | None = None  # a delta's carried and required blobs
+    verified: bool = False  # --verify: every blob was re-hashed while it was written
     seconds: float = 0.0
 
     def to_json(self) -> dict:
@@ -147,29 +150,62 @@ def export(
 
 def _write(store: Store, checked: ExportPlan, output: Path | int, options: ExportOptions, result: ExportResult) -> None:
     """Write the checked plan (under the caller's shared store lock) and mark its refs used."""
-    if options.on_plan is not None:
-        options.on_plan(checked)
-    with contextlib.ExitStack() as held, _store_damage():
-        recorded = _lease(store, checked, held)
-        if options.format == "oci-dir":
-            assert not isinstance(output, int)
-            linker = Linker(options.warn or (lambda message: None))
-            with dir_output(Path(output)) as tmp:
-                oci.write_dir(tmp, store, checked, linker, options.on_blob)
-            result.linked = not linker.copying
-        else:
-            if options.format == "delta":
-                write = _delta_writer(store, checked, options, result)
+    writer: TarWriter | None = None
+    try:
+        with contextlib.ExitStack() as held, _store_damage(checked):
+            _confirm(store, checked)
+            if options.on_plan is not None:
+                options.on_plan(checked)
+            recorded = _lease(store, checked, held)
+            if options.format == "oci-dir":
+                assert not isinstance(output, int)
+                linker = Linker(options.warn or (lambda message: None))
+                with dir_output(Path(output)) as tmp:
+                    oci.write_dir(tmp, store, checked, linker, options.on_blob, verify=options.verify)
+                result.linked = not linker.copying
             else:
-                write = docker_archive.write_archive if options.format == "docker-archive" else oci.write_archive
-            with archive_output(output) as fd:
-                writer = TarWriter(fd)
-                write(writer, store, checked, options.on_blob)
-            result.written = writer.written
-            result.copy_method = writer.method
-        if recorded:
-            with contextlib.suppress(DiskFull):  # the archive is complete; only the LRU time is lost
-                store.index.touch_refs(checked.records)
+                if options.format == "delta":
+                    write = _delta_writer(store, checked, options, result)
+                else:
+                    write = docker_archive.write_archive if options.format == "docker-archive" else oci.write_archive
+                with archive_output(output) as fd:
+                    writer = TarWriter(fd, verify=options.verify)
+                    write(writer, store, checked, options.on_blob)
+                result.written = writer.written
+                result.copy_method = writer.method
+            if recorded:
+                with contextlib.suppress(DiskFull):  # the archive is complete; only the LRU time is lost
+                    store.index.touch_refs(checked.records)
+    except CasError as exc:
+        if writer is not None and is_stream(output):
+            partial_stream(exc, writer.written)
+        raise
+    result.verified = options.verify
+
+
+def _confirm(store: Store, checked: ExportPlan) -> None:
+    """The fingerprint check, before the first byte: a blob whose file changed after commit is
+    never exported (see cas.store.trust); every such blob is named, with its image and position."""
+    changed: list[str] = []
+    refs: list[str] = []
+    seen: set = set()
+    for image in checked.images:
+        layers = len(image.layers)
+        roles = ["manifest", "config", *(f"layer {n}/{layers}" for n in range(1, layers + 1))]
+        for role, blob in zip(roles, image.blobs, strict=True):
+            if blob.digest in seen:
+                continue
+            seen.add(blob.digest)
+            try:
+                os.close(open_regular(store.blobs.path(blob.digest)))  # a symlink is UnsafeSource, never followed
+                problem = trust.confirm(store, blob.digest, blob.size, blob.media_type)
+            except OSError as exc:
+                problem = f"cannot open: {exc.strerror}"
+            if problem is not None:
+                changed.append(f"{blob.digest} ({role} of {image.ref}): {problem}")
+                refs.append(image.ref)
+    if changed:
+        raise ChangedBlobs(changed, list(dict.fromkeys(refs)))
 
 
 def _lease(store: Store, checked: ExportPlan, held: contextlib.ExitStack) -> bool:
@@ -202,19 +238,22 @@ def _delta_writer(store: Store, checked: ExportPlan, options: ExportOptions, res
 
 
 @contextlib.contextmanager
-def _store_damage() -> Iterator[None]:
+def _store_damage(checked: ExportPlan) -> Iterator[None]:
     try:
         yield
     except TruncatedFile as exc:
         raise StoreError(
             f"a blob in the store changed while it was exported ({exc})",
-            hint="run `cas verify`, then pull the image again; nothing was kept",
+            hint=f"run `cas verify`, then pull the image again; {NOTHING_KEPT}",
         ) from exc
     except UnsafeSource as exc:
         raise StoreError(
             f"refusing to export from the store: {exc}",
-            hint="run `cas verify --repair` (it removes what is not a blob), then pull the image again; nothing was kept",
+            hint=f"run `cas verify --repair` (it removes what is not a blob), then pull the image again; {NOTHING_KEPT}",
         ) from exc
+    except oci.ChangedWhileExported as exc:
+        refs = [image.ref for image in checked.images if any(b.digest == exc.digest for b in image.blobs)]
+        raise ChangedBlobs([f"{exc.digest}: {exc.problem} (found by --verify)"], refs, NOTHING_KEPT) from exc
 
 
 def _pull_missing(store: Store, missing: list[Missing], options: ExportOptions) -> list[str]:

@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
+from cas.digest import Digest
 from cas.export.plan import ExportPlan, IndexPlan, member
 from cas.export.tarwriter import TarWriter, UnsafeSource
 from cas.manifest import Descriptor, layout_index
-from cas.store import OCI_LAYOUT, REF_NAME, Store
+from cas.store import OCI_LAYOUT, REF_NAME, Store, trust
 from cas.store.fs import Linker
 
 CONTAINERD_NAME = "io.containerd.image.name"
@@ -58,7 +59,10 @@ def write_blobs(
     for algorithm in algorithms:
         writer.add_dir(f"blobs/{algorithm}")
     for blob in blobs:
-        writer.add_file(member(blob.digest), store.blobs.path(blob.digest), blob.size)
+        hasher = blob.digest.hasher() if writer.verify else None
+        writer.add_file(member(blob.digest), store.blobs.path(blob.digest), blob.size, hasher)
+        if hasher is not None and hasher.hexdigest() != blob.digest.hex:
+            raise ChangedWhileExported(blob.digest, f"content hashes to {blob.digest.algorithm}:{hasher.hexdigest()}")
         if on_blob is not None:
             on_blob(blob)
     for index in made:
@@ -75,13 +79,31 @@ def write_archive(
     writer.close()
 
 
+class ChangedWhileExported(Exception):
+    """``--verify``: a blob's bytes, as they were written, do not hash to its digest."""
+
+    def __init__(self, digest: Digest, problem: str) -> None:
+        super().__init__(f"{digest}: {problem}")
+        self.digest = digest
+        self.problem = problem
+
+
 def write_dir(
-    target: Path, store: Store, plan: ExportPlan, linker: Linker, on_blob: Callable[[Descriptor], None] | None = None
+    target: Path,
+    store: Store,
+    plan: ExportPlan,
+    linker: Linker,
+    on_blob: Callable[[Descriptor], None] | None = None,
+    *,
+    verify: bool = False,
 ) -> None:
     """An OCI image layout directory in ``target`` (which exists and is empty); blobs hard-linked from the store.
 
     Every file written here is fsynced (copies by the linker, ``oci-layout``, ``index.json``);
-    a hard link needs only its directory fsynced, which ``output.dir_output`` does.
+    a hard link needs only its directory fsynced, which ``output.dir_output`` does. A hard
+    link changes the store file's ctime: the new stat fingerprints are recorded at the end
+    (``trust.note_links``), so the next export does not re-hash them. ``verify`` re-hashes
+    each file after it is linked or copied (a link copies nothing: reading it is the one pass).
     """
     for algorithm in _algorithms(store, [*plan.blobs, *(index.descriptor for index in plan.indexes)]):
         (target / "blobs" / algorithm).mkdir(parents=True)
@@ -98,10 +120,13 @@ def write_dir(
             raise UnsafeSource(f"{src} is a symlink; it was not followed")
         if not stat.S_ISREG(mode):
             raise UnsafeSource(f"{src} is not a regular file")
+        if verify and (problem := trust.check_file(dst, blob.digest, blob.size, None, deep=True).problem):
+            raise ChangedWhileExported(blob.digest, problem)
         if on_blob is not None:
             on_blob(blob)
     for index in plan.indexes:
         _write_synced(target / member(index.descriptor.digest), index.data)
+    trust.note_links(store, [blob.digest for blob in plan.blobs])
     _write_synced(target / "oci-layout", OCI_LAYOUT)
     _write_synced(target / "index.json", index_json(plan, lambda full: full))
 

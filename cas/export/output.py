@@ -14,10 +14,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from cas.errors import OutputError, disk_full
+from cas.errors import CasError, OutputError, disk_full
 from cas.store.fs import fsync_dir
 
 PARTIAL_SUFFIX = ".cas-partial"
+NOTHING_KEPT = "nothing was kept"  # the end of every hint of a failed export to a file
 
 
 def check_stream(fd: int) -> None:
@@ -36,11 +37,29 @@ def output_errors(target: Path | str) -> Iterator[None]:
     except BrokenPipeError:
         raise
     except OSError as exc:
-        if full := disk_full(exc, str(target), hint="free space there or write elsewhere; nothing was kept"):
+        if full := disk_full(exc, str(target), hint=f"free space there or write elsewhere; {NOTHING_KEPT}"):
             raise full from exc
         raise OutputError(
-            f"cannot write {target}: {exc.strerror or exc}", hint="check the path and its permissions; nothing was kept"
+            f"cannot write {target}: {exc.strerror or exc}", hint=f"check the path and its permissions; {NOTHING_KEPT}"
         ) from exc
+
+
+def is_stream(target: Path | int) -> bool:
+    """Whether an export goes to a stream (an fd, a device, a FIFO): what reached it cannot be taken back."""
+    if isinstance(target, int):
+        return True
+    path = Path(target)
+    return path.exists() and not path.is_file() and not path.is_dir()
+
+
+def partial_stream(exc: CasError, sent: int) -> None:
+    """Reword the hint of an error that stopped a stream after ``sent`` bytes: its reader got
+    part of an archive, so "nothing was kept" would be false."""
+    if sent <= 0:
+        return
+    told = f"the reader already got {sent} bytes of an incomplete archive: discard it"
+    hint = exc.hint or ""
+    exc.hint = hint.replace(NOTHING_KEPT, told) if NOTHING_KEPT in hint else (f"{hint}; {told}" if hint else told)
 
 
 @contextlib.contextmanager
@@ -53,7 +72,7 @@ def archive_output(target: Path | int) -> Iterator[int]:
             yield target
         return
     path = Path(target)
-    if path.exists() and not path.is_file() and not path.is_dir():
+    if is_stream(path):
         with output_errors(path):
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         try:

@@ -28,6 +28,7 @@ import stat
 import tarfile
 from pathlib import Path
 
+from cas.digest import Hasher
 from cas.store.fs import KERNEL_COPY_REFUSED
 
 BLOCK = 512
@@ -50,9 +51,10 @@ class UnsafeSource(Exception):
 class TarWriter:
     """Write a tar stream to ``fd`` (not closed). Call ``close()`` to write the end-of-archive blocks."""
 
-    def __init__(self, fd: int, *, mtime: int = 0) -> None:
+    def __init__(self, fd: int, *, mtime: int = 0, verify: bool = False) -> None:
         self.fd = fd
         self.mtime = mtime
+        self.verify = verify  # the caller hands add_file a hasher for each file (``cas export --verify``)
         self.written = 0  # bytes handed to the kernel so far
         self.method = SENDFILE  # how file bytes move now (COPY_FILE_RANGE, SENDFILE, READ_WRITE)
         self._start = 0  # the output's offset when we began: alignment is relative to the file
@@ -63,6 +65,8 @@ class TarWriter:
                 self._start = os.lseek(fd, 0, os.SEEK_CUR)
             except OSError:
                 self._start = 0
+        if verify:
+            self.method = READ_WRITE  # bytes must pass through user space to be hashed
         self._pending = bytearray()
 
     # members -----------------------------------------------------------------
@@ -74,18 +78,22 @@ class TarWriter:
         self._pending += data
         self._pending += _padding(len(data))
 
-    def add_file(self, name: str, path: Path | str, size: int) -> None:
+    def add_file(self, name: str, path: Path | str, size: int, hasher: Hasher | None = None) -> None:
         """Stream ``size`` bytes of ``path`` as member ``name``, its data 4 KiB-aligned in the output;
         raise TruncatedFile if the file is shorter.
 
         ``path`` is opened before the header is written and never through a symlink: a symlink
-        or anything but a regular file raises UnsafeSource.
+        or anything but a regular file raises UnsafeSource. With ``hasher``, every byte also goes
+        through it on the way (read, then hashed while a helper thread writes it: one pass).
         """
-        fd = _open_regular(path)
+        fd = open_regular(path)
         try:
             self._pending += header(name, size, self.mtime, at=self._start + self.written + len(self._pending))
             self._flush()
-            self._copy(fd, size, name)
+            if hasher is None:
+                self._copy(fd, size, name)
+            else:
+                self._copy_hashed(fd, size, name, hasher)
         finally:
             os.close(fd)
         self._pending += _padding(size)
@@ -145,11 +153,35 @@ class TarWriter:
             self._write_all(view[:n])
             offset += n
 
+    def _copy_hashed(self, src: int, size: int, name: str, hasher: Hasher) -> None:
+        """Read into two buffers in turn; each chunk is hashed here while the helper writes it."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        buffers = [bytearray(min(_COPY_CHUNK, max(size, 1))) for _ in range(2)]
+        offset, turn = 0, 0
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cas-export-write") as pool:
+            pending = None
+            try:
+                while offset < size:
+                    view = memoryview(buffers[turn])[: min(_COPY_CHUNK, size - offset)]
+                    n = os.preadv(src, [view], offset)
+                    if n == 0:
+                        raise TruncatedFile(f"{name}: file ended after {offset} of {size} bytes")
+                    if pending is not None:
+                        pending.result()  # the other buffer's write is done: it may be refilled next turn
+                    pending = pool.submit(self._write_all, view[:n])
+                    hasher.update(view[:n])  # hashlib and blake3 release the GIL: this overlaps the write
+                    offset += n
+                    turn ^= 1
+            finally:
+                if pending is not None:
+                    pending.result()
+
     def _wait_writable(self) -> None:
         select.select([], [self.fd], [])
 
 
-def _open_regular(path: Path | str) -> int:
+def open_regular(path: Path | str) -> int:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:

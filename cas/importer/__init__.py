@@ -35,7 +35,7 @@ from cas.importer.layouts import ImageSource, find_images
 from cas.importer.receive import Received, Receiver
 from cas.importer.sources import read_dir, read_tar
 from cas.importer.tarstream import BadTar
-from cas.recording import commit_bytes, record_image
+from cas.recording import commit_bytes, record_blob, record_image
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
 from cas.store import Store
@@ -155,7 +155,7 @@ def _record(store: Store, lease, source: ImageSource, received: Received) -> dic
     for desc in (source.manifest, *image.blobs):
         info = received.stored.get(desc.digest)
         if info is not None:  # committed by this import before anything said what it is
-            store.index.put_blob(desc.digest, size=info.size, media_type=desc.media_type, fingerprint=info.fingerprint)
+            record_blob(store, info, desc.media_type)
     names = source.names or [parse_reference(f"{UNNAMED}@{source.manifest.digest}")]
     refs = []
     for name in names:

@@ -90,12 +90,18 @@ class BlobDownloads:
         repository = ep.repository or repository
         shown = f"blob {digest} of {ep.host}/{repository}"
         url = f"{ep.api}/{repository}/blobs/{digest}"
-        if (
-            self.ranges is not None
-            and self.ranges.wants(sink)
-            and self._fetch_ranges(ep, has_next, url, repository, shown, sink, report)
-        ):
-            return
+        if self.ranges is not None and self.ranges.wants(sink):
+            watch = StallWatch(self.min_rate, self.timeout)  # over all ranges together
+
+            def watched(n: int) -> None:
+                report(n)
+                watch.update(max(n, 0))
+
+            try:
+                if self._fetch_ranges(ep, has_next, url, repository, shown, sink, watched):
+                    return
+            except StallWatch.Stalled as exc:
+                raise _stalled(shown, watch, sink) from exc
         failures, furthest = 0, sink.offset
         budget = min(1, self.retries) if has_next else self.retries
         while True:
@@ -124,11 +130,7 @@ class BlobDownloads:
                     watch.update(len(chunk))
                 return
             except (StallWatch.Stalled, httpx.ReadTimeout) as exc:
-                raise Stalled(
-                    f"download of {shown} stalled: {watch.describe()} ({sink.offset} bytes held)",
-                    hint="run the pull again: it resumes where it stopped; "
-                    "--timeout (or $CAS_TIMEOUT) sets how long a transfer may stall",
-                ) from exc
+                raise _stalled(shown, watch, sink) from exc
             except (_Resume, httpx.TransportError) as exc:
                 if sink.offset > furthest:
                     failures, furthest = 0, sink.offset
@@ -175,6 +177,14 @@ class BlobDownloads:
             f"cannot reach {ep.named(self.registry)}: {reason} while downloading {shown} ({sink.offset} bytes held)",
             hint="run the pull again: it resumes where it stopped",
         )
+
+
+def _stalled(shown: str, watch: StallWatch, sink: Sink) -> Stalled:
+    return Stalled(
+        f"download of {shown} stalled: {watch.describe()} ({sink.offset} bytes held)",
+        hint="run the pull again: it resumes where it stopped; "
+        "--timeout (or $CAS_TIMEOUT) sets how long a transfer may stall",
+    )
 
 
 class _Resume(Exception):

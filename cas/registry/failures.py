@@ -116,7 +116,11 @@ def describe_transport_error(exc: BaseException, url: str = "", source: str = ""
         return TransportFailure("timeout", "timed out", hint, True)
     dns_words = ("name or service not known", "name resolution", "nodename nor servname")
     if any(isinstance(e, socket.gaierror) for e in chain) or any(w in text for w in dns_words):
-        return TransportFailure("dns", "cannot resolve the host name", "check the registry's host name", True)
+        # "Name or service not known" (EAI_NONAME) is an answer, not an outage: retrying only delays
+        # the error (about 13 s of backoff); "Temporary failure in name resolution" is worth retrying.
+        unknown = any(isinstance(e, socket.gaierror) and e.errno == socket.EAI_NONAME for e in chain)
+        unknown = unknown or "name or service not known" in text or "nodename nor servname" in text
+        return TransportFailure("dns", "cannot resolve the host name", "check the registry's host name", not unknown)
     if any(isinstance(e, ConnectionRefusedError) for e in chain) or "refused" in text:
         return TransportFailure(
             "refused", "connection refused", "check that the registry is running at that host and port", True

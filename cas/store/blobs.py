@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import BinaryIO
 from cas.digest import Digest, StreamVerifier
 from cas.errors import BadDigest, IntegrityError, SizeMismatch
 from cas.store import ranges
-from cas.store.fs import OverlappedWriter, fsync_dir, storage_errors
+from cas.store.fs import OverlappedWriter, fsync_dir, stat_fingerprint, storage_errors
 from cas.store.locks import FileLock, is_locked
 
 
@@ -28,8 +29,10 @@ class BlobInfo:
     digest: Digest
     size: int
     fingerprint: str  # blake3 hex
+    stat: dict | None = None  # the committed file's stat fingerprint (cas.store.trust)
 
 
+RESUMABLE_FOR = 7 * 86400.0  # a partial download untouched for longer is stale (verify reports it, prune removes it)
 STAGING_PREFIX = "new-"  # ingest/new-<uuid>/: bytes whose digest is known only at their end
 
 
@@ -42,10 +45,23 @@ class IngestEntry:
     partial: int
     started: float
     is_link: bool = False  # a symlink planted in ingest/: removed as a link, never entered
+    modified: float = 0.0  # when bytes last reached its data (the entry's own time when it has none)
+    readable: bool = True  # its data is a regular file that can be opened for reading
 
     @property
     def active(self) -> bool:
         return not self.is_link and is_locked(self.path / "lock")
+
+    def resumable(self, now: float) -> bool:
+        """Whether the next pull of this digest would resume it: a readable, non-empty download
+        touched within RESUMABLE_FOR. Anything else, when no process holds it, is stale."""
+        return (
+            self.digest is not None
+            and not self.is_link
+            and self.readable
+            and self.partial > 0
+            and now - self.modified <= RESUMABLE_FOR
+        )
 
     @property
     def label(self) -> str:
@@ -77,8 +93,16 @@ class BlobStore:
     def read(self, digest: Digest) -> bytes:
         return self.path(digest).read_bytes()
 
-    def ingest(self, digest: Digest, size: int | None, on_wait: Callable[[str], None] | None = None) -> Ingest:
-        return Ingest(self, digest, size, on_wait)
+    def ingest(
+        self,
+        digest: Digest,
+        size: int | None,
+        on_wait: Callable[[str], None] | None = None,
+        present: Callable[[], bool] | None = None,
+    ) -> Ingest:
+        """``present``: asked (under the digest's lock) whether a file already in blobs/ is good;
+        when it says no, the download goes ahead and its commit replaces that file."""
+        return Ingest(self, digest, size, on_wait, present)
 
     def staging(self, algorithm: str = "sha256") -> Staging:
         return Staging(self, algorithm)
@@ -89,9 +113,13 @@ class BlobStore:
         ``on_commit`` runs while the digest is still locked (to record the blob in the
         index before any waiter sees it).
         """
-        if self.has(digest, len(data)):  # blobs are visible only once complete: no ingest entry needed
+
+        def present() -> bool:  # small: compare the bytes themselves, so a changed file is replaced
+            return self.has(digest, len(data)) and self.read(digest) == data
+
+        if present():  # blobs are visible only once complete: no ingest entry needed
             return None
-        with self.ingest(digest, len(data)) as ing:
+        with self.ingest(digest, len(data), present=present) as ing:
             if ing.committed:
                 return None
             ing.restart()
@@ -144,13 +172,10 @@ class BlobStore:
                 if entry.is_symlink():
                     yield IngestEntry(path, digest, 0, started, is_link=True)
                     continue
-                try:
-                    partial = (path / "data").lstat().st_size
-                except FileNotFoundError:
-                    partial = 0
+                partial, modified, readable = _partial_data(path / "data", started)
             except FileNotFoundError:
                 continue
-            yield IngestEntry(path, digest, partial, started)
+            yield IngestEntry(path, digest, partial, started, modified=modified, readable=readable)
 
     def remove_ingest(self, entry: IngestEntry) -> bool:
         """Remove an abandoned ingest entry; False when a process is still writing it."""
@@ -181,11 +206,17 @@ class Ingest:
     """
 
     def __init__(
-        self, store: BlobStore, digest: Digest, size: int | None, on_wait: Callable[[str], None] | None
+        self,
+        store: BlobStore,
+        digest: Digest,
+        size: int | None,
+        on_wait: Callable[[str], None] | None,
+        present: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
         self.digest = digest
         self.size = size
+        self._present = present
         self.dir = store.ingest_dir / f"{digest.algorithm}-{digest.hex}"
         self.committed = False
         self.info: BlobInfo | None = None
@@ -205,7 +236,7 @@ class Ingest:
         with storage_errors(f"ingest of {self.digest}"):
             self._lock.acquire()
             try:
-                if self.store.has(self.digest, self.size):
+                if self.store.has(self.digest, self.size) and (self._present is None or self._present()):
                     self.committed = True
                     return self
                 self._file = open(self.dir / "data", "ab+")
@@ -324,10 +355,11 @@ class Ingest:
             data = self.dir / "data"
             os.chmod(data, 0o444)
             final.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(data, final)
+            os.rename(data, final)  # over a changed file that a pull replaces, too
             fsync_dir(final.parent)
+            committed = stat_fingerprint(os.stat(final))  # after the rename, which may change ctime
         self.committed = True
-        self.info = BlobInfo(self.digest, self._verifier.size, self._verifier.fingerprint)
+        self.info = BlobInfo(self.digest, self._verifier.size, self._verifier.fingerprint, committed)
         return self.info
 
     def __exit__(self, *exc: object) -> None:
@@ -390,6 +422,25 @@ class Staging:
 
     def __exit__(self, *exc: object) -> None:
         _close_entry(self, remove=True)
+
+
+def _partial_data(data: Path, started: float) -> tuple[int, float, bool]:
+    """Size, last write time and readability of an ingest entry's data (none: 0 bytes, readable)."""
+    try:
+        fd = os.open(data, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return 0, started, True
+    except OSError:  # a symlink, no permission, an I/O error: nothing a pull could resume
+        try:
+            st = data.lstat()
+            return st.st_size, st.st_mtime, False
+        except OSError:
+            return 0, started, False
+    try:
+        st = os.fstat(fd)
+        return st.st_size, st.st_mtime, stat.S_ISREG(st.st_mode)
+    finally:
+        os.close(fd)
 
 
 def _close_entry(entry: Ingest | Staging, *, remove: bool) -> None:

@@ -16,6 +16,11 @@ if TYPE_CHECKING:
 from cas.errors import StoreError, disk_full
 
 
+def stat_fingerprint(st: os.stat_result) -> dict:
+    """What git's index compares to tell a file changed without reading it: inode, size, mtime, ctime."""
+    return {"ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -24,6 +24,7 @@ import random
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import auth
 from .tools import MissingTool, require, run
@@ -326,12 +327,21 @@ class PushError(RuntimeError):
     pass
 
 
-def push(target: auth.Target, repository: str, tag: str | None, obj: Image | Index, *, credentials: bool = True) -> str:
+def push(
+    target: auth.Target,
+    repository: str,
+    tag: str | None,
+    obj: Image | Index,
+    *,
+    credentials: bool = True,
+    **client: Any,
+) -> str:
     """Upload ``obj`` (children first for an index) and tag it; returns its digest.
 
-    ``target`` is a Registry or a FaultProxy; ``tag=None`` pushes by digest only.
+    ``target`` is a Registry or a FaultProxy; ``tag=None`` pushes by digest only; ``client``
+    goes to the httpx client (e.g. ``verify=`` an SSL context for a TLS registry).
     """
-    with auth.client(target, credentials=credentials, push=True) as c:
+    with auth.client(target, credentials=credentials, push=True, **client) as c:
         images = obj.images if isinstance(obj, Index) else [obj]
         for img in images:
             for blob in img.blobs:

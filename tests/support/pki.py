@@ -31,7 +31,8 @@ class Pki:
     client: Pair  # for mutual TLS
 
 
-def make_pki(directory: Path) -> Pki:
+def make_pki(directory: Path, names: tuple[str, ...] = ()) -> Pki:
+    """``names``: DNS names the server certificate is for besides 127.0.0.1 and localhost."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cas test CA")])
@@ -59,7 +60,7 @@ def make_pki(directory: Path) -> Pki:
     server = leaf(
         "server",
         ExtendedKeyUsageOID.SERVER_AUTH,
-        [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")],
+        [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), *(x509.DNSName(n) for n in ("localhost", *names))],
     )
     client = leaf("client", ExtendedKeyUsageOID.CLIENT_AUTH, None)
     return Pki(directory / "ca.pem", server, client)

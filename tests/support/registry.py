@@ -240,6 +240,17 @@ class Registry:
             text += f"    clientcas:\n      - {self.tls.ca}\n"
         return text
 
+    def _client_context(self):
+        """For our own requests to a TLS registry: trust its CA, and present a client certificate."""
+        if self.tls is None:
+            return None
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(self.tls.ca))
+        if self.client_certs:
+            context.load_cert_chain(str(self.tls.client.cert), str(self.tls.client.key))
+        return context
+
     def _answers(self) -> bool:
         if self._proc is not None and self._proc.poll() is not None:
             raise GiveUp("registry exited")
@@ -251,7 +262,7 @@ class Registry:
     def _sync(self) -> None:
         """Make sure every request that finished before this call is in ``self._records``."""
         token = f"{_SYNC}{next(self._sync_ids)}"
-        http_status(f"{self.url}/v2/?{token}", timeout=5)  # 401 in the auth modes: logged all the same
+        http_status(f"{self.url}/v2/?{token}", timeout=5, context=self._client_context())  # 401: logged all the same
         wait_until(
             lambda: self._read_new() or token in self._synced,
             timeout=15,

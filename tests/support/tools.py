@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -82,10 +83,19 @@ def wait_until(check: Callable[[], Any], *, timeout: float, what: str, interval:
 _direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def http_status(url: str, *, timeout: float = 2, headers: dict[str, str] | None = None) -> int:
-    """Status of a plain GET to ``url``, never through an HTTP proxy from the environment."""
+def http_status(
+    url: str, *, timeout: float = 2, headers: dict[str, str] | None = None, context: ssl.SSLContext | None = None
+) -> int:
+    """Status of a plain GET to ``url``, never through an HTTP proxy from the environment.
+
+    ``context``: the TLS context for an https URL (e.g. trusting a test CA)."""
+    opener = (
+        _direct
+        if context is None
+        else urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context))
+    )
     try:
-        with _direct.open(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as resp:
+        with opener.open(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as resp:
             resp.read()
             return resp.status
     except urllib.error.HTTPError as exc:
@@ -192,3 +202,16 @@ def run(
     if check and proc.returncode != 0:
         raise CommandFailed(proc.returncode, proc.args, stdout, stderr)
     return result
+
+
+def cas_in_background(home: Path, *args: str) -> subprocess.Popen:
+    """``python -m cli ARGS`` with ``CAS_HOME=home``, output discarded: a command a test will kill."""
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli", *args],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "CAS_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

@@ -1,0 +1,202 @@
+"""A blob changed after commit is never exported, and the next pull heals it (issue 9, item 2).
+
+The store records each blob file's stat fingerprint at commit (inode, size, mtime_ns,
+ctime_ns); an export and a pull compare it and re-hash on any difference. These tests
+change real files under a real store, with the real registry and skopeo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+
+def _flip_byte(path: Path, offset: int = 100) -> None:
+    """Change one byte in place, size unchanged (root may write a 0444 file)."""
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _blob_path(home: Path, digest: str) -> Path:
+    algorithm, hexpart = digest.split(":")
+    return home / "v1" / "blobs" / algorithm / hexpart
+
+
+def _records(home: Path) -> dict[str, dict]:
+    from cas.store import Store
+
+    store = Store(home)
+    try:
+        return {str(d): r for d, r in store.index.blobs()}
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def app(cas, cas_home, registry, test_images):
+    ref = test_images.ref(registry, "app")
+    cas("pull", ref)
+    layer = test_images.app.blobs[4].digest  # the 4th layer: app's own data (config is blobs[0])
+    return ref, layer, _blob_path(cas_home, layer)
+
+
+def test_a_byte_flipped_in_a_stored_layer_is_never_exported(cas, cas_home, app, tmp_path):
+    ref, layer, path = app
+    _flip_byte(path)
+    for fmt in ("docker-archive", "oci-archive", "oci-dir"):
+        out = tmp_path / f"out-{fmt}"
+        proc = cas("export", "--format", fmt, ref, "-o", out, check=False)
+        assert proc.returncode == 1, (fmt, proc.stderr)
+        assert proc.stderr.startswith("error: cannot export: 1 blob(s) in the store changed after they were committed")
+        assert f"{layer} (layer 4/5 of {ref}): content changed since commit" in proc.stderr
+        assert f"hint: run `cas pull {ref}`" in proc.stderr and "Traceback" not in proc.stderr
+        assert not any(p.name.startswith((f"out-{fmt}", f".out-{fmt}")) for p in tmp_path.iterdir())  # nothing left
+    streamed = cas("export", ref, "-o", "-", text=False, check=False)
+    assert streamed.returncode == 1 and streamed.stdout == b""  # checked before the first byte
+
+
+def test_the_next_pull_downloads_a_changed_blob_again_and_replaces_it(cas, cas_home, app, registry, skopeo, tmp_path):
+    ref, layer, path = app
+    _flip_byte(path)
+    mark = registry.mark()
+    out = json.loads(cas("pull", "--json", ref).stdout)[0]
+    assert [r.reference for r in registry.blob_gets(mark)] == [layer]  # that blob only
+    assert out["downloaded_blobs"] == 1
+    assert "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest() == layer
+    assert oct(path.stat().st_mode & 0o777) == "0o444"
+    assert _records(cas_home)[layer]["stat"]["ino"] == path.stat().st_ino
+
+    archive = tmp_path / "app.tar"
+    cas("export", ref, "-o", archive)
+    skopeo.copy(f"docker-archive:{archive}", f"oci:{tmp_path / 'checked'}:app")  # skopeo checks every digest
+
+
+def test_a_changed_manifest_is_fetched_again_by_a_pull_by_digest(cas, cas_home, registry, test_images):
+    base = test_images.base
+    by_digest = f"{registry.host}/base@{base.digest}"
+    cas("pull", by_digest)
+    manifest = _blob_path(cas_home, base.digest)
+    _flip_byte(manifest, offset=len(manifest.read_bytes()) // 2)
+    mark = registry.mark()
+    cas("pull", by_digest)
+    assert len(registry.manifest_requests(mark)) == 1  # no longer "no request at all": the copy is bad
+    assert "sha256:" + hashlib.sha256(manifest.read_bytes()).hexdigest() == base.digest
+
+
+def test_metadata_changes_cost_one_re_hash_then_the_new_fingerprint_is_trusted(cas, cas_home, app, tmp_path):
+    ref, layer, path = app
+    committed = _records(cas_home)[layer]["stat"]
+    assert committed == {
+        "ino": path.stat().st_ino,
+        "size": path.stat().st_size,
+        "mtime_ns": path.stat().st_mtime_ns,
+        "ctime_ns": path.stat().st_ctime_ns,
+    }
+    os.utime(path)  # a touch: same bytes, new mtime and ctime
+    cas("export", ref, "-o", tmp_path / "one.tar")
+    refreshed = _records(cas_home)[layer]["stat"]
+    assert refreshed != committed and refreshed["mtime_ns"] == path.stat().st_mtime_ns
+    # an oci-dir export hard-links the file (a new ctime) and records that, so the next export trusts it
+    cas("export", "--format", "oci-dir", ref, "-o", tmp_path / "layout")
+    assert path.stat().st_nlink == 2
+    assert _records(cas_home)[layer]["stat"]["ctime_ns"] == path.stat().st_ctime_ns
+
+
+def test_records_from_before_fingerprints_keep_working_and_get_one(cas, cas_home, app, registry, test_images, tmp_path):
+    from cas.digest import Digest
+    from cas.store import Store
+
+    ref, layer, path = app
+    store = Store(cas_home)
+    try:
+        for digest, record in list(store.index.blobs()):  # as a store made by an older cas
+            record.pop("stat")
+            store.index._db.set(f"blob:{digest}", record)
+        assert "stat" not in store.index.get_blob(Digest.parse(layer))
+    finally:
+        store.close()
+    mark = registry.mark()
+    assert json.loads(cas("pull", "--json", ref).stdout)[0]["downloaded_blobs"] == 0
+    assert registry.blob_gets(mark) == []
+    layers = {b.digest for b in test_images.app.blobs}  # config and layers: what a pull confirms
+    assert all("stat" in record for digest, record in _records(cas_home).items() if digest in layers)
+    cas("export", ref, "-o", tmp_path / "app.tar")
+    assert all("stat" in record for record in _records(cas_home).values())  # the export re-hashed the manifest
+    with tarfile.open(tmp_path / "app.tar") as tar:
+        assert f"blobs/sha256/{layer[7:]}" in tar.getnames()
+
+
+def _rot_silently(home: Path, digest: str) -> None:
+    """Flip a byte, then record the file's new stat as its fingerprint: bit rot that no stat can see."""
+    _flip_byte(_blob_path(home, digest))
+    _trust_as_is(home, digest)
+
+
+def _trust_as_is(home: Path, digest: str) -> None:
+    from cas.digest import Digest
+    from cas.store import Store
+    from cas.store.fs import stat_fingerprint
+
+    path = _blob_path(home, digest)
+    store = Store(home)
+    try:
+        store.index.set_blob_stats({Digest.parse(digest): stat_fingerprint(os.lstat(path))})
+    finally:
+        store.close()
+
+
+def test_export_verify_re_hashes_every_blob_and_catches_what_no_stat_can_see(cas, cas_home, app, tmp_path):
+    ref, layer, _ = app
+    good = json.loads(cas("export", "--verify", "--json", ref, "-o", tmp_path / "good.tar").stdout)
+    assert good["verified"] is True and good["blobs"] == 7
+
+    _rot_silently(cas_home, layer)
+    assert cas("export", ref, "-o", tmp_path / "unverified.tar").returncode == 0  # the stat check cannot see it
+    for fmt in ("docker-archive", "oci-archive", "oci-dir"):
+        proc = cas("export", "--verify", "--format", fmt, ref, "-o", tmp_path / f"bad-{fmt}", check=False)
+        assert proc.returncode == 1, (fmt, proc.stderr)
+        assert f"{layer}: content hashes to sha256:" in proc.stderr and "(found by --verify)" in proc.stderr
+        assert proc.stderr.rstrip().endswith("nothing was kept"), proc.stderr
+        assert not any(p.name.startswith(("bad-", ".bad-")) for p in tmp_path.iterdir())
+
+    _trust_as_is(cas_home, layer)  # the failed oci-dir export linked and unlinked it: its ctime moved
+    streamed = cas("export", "--verify", ref, "-o", "-", text=False, check=False)
+    assert streamed.returncode == 1 and len(streamed.stdout) > 0  # the reader got the blobs before the bad one
+    assert f"the reader already got {len(streamed.stdout)} bytes of an incomplete archive: discard it" in (
+        streamed.stderr
+    )
+    assert "nothing was kept" not in streamed.stderr
+
+
+def test_a_stream_that_fails_mid_way_says_the_reader_got_a_partial_archive(cas_home, app, tmp_path):
+    import subprocess
+    import sys
+
+    ref, _, _ = app
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], check=True)
+    try:
+        with open(small / "app.tar", "wb") as out:  # `cas export -o - > app.tar` on a disk too small for it
+            proc = subprocess.run(
+                [sys.executable, "-m", "cli", "export", ref, "-o", "-"],
+                stdout=out,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=Path(__file__).resolve().parent.parent,
+                env={**os.environ, "CAS_HOME": str(cas_home)},
+            )
+        got = (small / "app.tar").stat().st_size
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: no space left on device"), proc.stderr
+    assert "nothing was kept" not in proc.stderr
+    assert f"the reader already got {got} bytes of an incomplete archive: discard it" in proc.stderr
