@@ -29,12 +29,18 @@ def _tar_json(archive: Path, name: str):
         return json.load(tar.extractfile(name))
 
 
-def test_pulling_another_platform_keeps_the_first(cas, registry, test_images):
+def test_pulling_another_platform_keeps_the_first(cas, cas_home, registry, test_images, skopeo):
     """Before: the second pull replaced the first record, and prune freed the first platform's blobs."""
     ref = test_images.ref(registry, "multi")
     cas("pull", "--platform", "linux/amd64", ref)
     cas("pull", "--platform", "linux/arm64", ref)
     assert _rows(cas, ref) == [(ref, AMD64), (ref, ARM64)]
+    layout = json.loads((cas_home / "v1" / "index.json").read_text())["manifests"]
+    assert [(m["annotations"]["org.opencontainers.image.ref.name"], m["platform"]["architecture"]) for m in layout] == [
+        (ref, "amd64"),
+        (ref, "arm64"),
+    ]
+    assert skopeo.inspect(f"oci:{cas_home / 'v1'}:{ref}")["Architecture"] == "amd64"  # the first entry of the name
     pruned = json.loads(cas("prune", "--json").stdout)
     assert pruned["freed"]["images"] == 0 and pruned["freed"]["blobs"] == 0
     for platform in (AMD64, ARM64):
