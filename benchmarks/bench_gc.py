@@ -206,12 +206,12 @@ def main() -> None:
             result["name"] = name
             body = json.loads(result["output"]) if result["output"].lstrip().startswith("{") else {}
             if name == "du (after prune)":
-                half = body["total"]["bytes"] // 2
+                half = body["stored_bytes"] // 2
             if name.startswith("prune"):
-                result["freed"] = body.get("freed")
+                result["freed"] = body
             if name.startswith("verify"):
                 result["ok"] = body.get("ok")
-                result["checked"] = body.get("checked")
+                result["checked_blobs"] = body.get("checked_blobs")
                 result["counts"] = body.get("counts")
             # verify exits 1 on the fresh store: it reports the garbage and stale ingests prune then clears
             ok_rc = (0, 1) if name == "verify" else (0,)
@@ -234,10 +234,10 @@ def main() -> None:
                 detail = ""
                 if r.get("freed"):
                     f = r["freed"]
-                    detail = f"freed {f['images']} images, {f['blobs']} blobs, {f['ingests']} ingests, {f['bytes'] / 2**20:.1f} MiB"
-                if r.get("checked"):
+                    detail = f"freed {f['freed_images']} images, {f['freed_blobs']} blobs, {f['freed_stale_downloads']} stale downloads, {f['freed_bytes'] / 2**20:.1f} MiB"
+                if r.get("checked_blobs") is not None:
                     counts = ", ".join(f"{n} {k}" for k, n in r["counts"].items()) or "nothing"
-                    detail = f"checked {r['checked']['blobs']} blobs; found {counts}"
+                    detail = f"checked {r['checked_blobs']} blobs; found {counts}"
                 flag = ""
                 if r["name"].startswith(("du", "prune")) and r["seconds"] >= TARGET_SECONDS:
                     flag = "  OVER TARGET"

@@ -73,25 +73,54 @@ class Plan:
     def over_target(self) -> bool:
         return self.target is not None and self.kept_bytes > self.target
 
+    def freed_by_image(self) -> tuple[list[tuple[Image, int]], int]:
+        """What each evicted image freed, and the bytes of removed blobs no evicted image listed.
+
+        A blob two evicted images shared is counted once, for the one evicted first.
+        """
+        removed = {digest: size for digest, size, _ in self.blobs}
+        claimed: set[str] = set()
+        per_image = []
+        for image in self.images:
+            mine = {digest for digest, _ in image.blobs if digest in removed} - claimed
+            claimed |= mine
+            per_image.append((image, sum(removed[digest] for digest in mine)))
+        return per_image, sum(size for digest, size in removed.items() if digest not in claimed)
+
     def to_json(self) -> dict:
+        """The `cas prune --json` fields (conventions in cas.jsonout); a dry run reports what would go."""
+        from cas.jsonout import timestamp
+
+        per_image, unreferenced = self.freed_by_image()
         return {
             "dry_run": self.dry_run,
-            "freed": {
-                "images": len(self.images),
-                "blobs": len(self.blobs),
-                "stray_files": len(self.strays),
-                "ingests": len(self.ingests),
-                "bytes": self.freed_bytes,
-            },
+            "freed_bytes": self.freed_bytes,
+            "freed_images": len(self.images),
+            "freed_blobs": len(self.blobs),
+            "freed_stray_files": len(self.strays),
+            "freed_stale_downloads": len(self.ingests),
             "images": [
-                {"ref": i.ref, "platform": i.platform, "size": i.size, "used": i.used or None} for i in self.images
+                {
+                    "ref": i.ref,
+                    "platform": i.platform,
+                    "size": i.size,
+                    "freed_bytes": freed,
+                    "used_at": timestamp(i.used or None),
+                }
+                for i, freed in per_image
             ],
+            "unreferenced_bytes": unreferenced,
             "blobs": [{"digest": d, "size": b, "indexed": x} for d, b, x in self.blobs],
             "stray_files": [{"path": str(s.path), "size": s.size, "kind": s.kind} for s in self.strays],
-            "ingests": [{"digest": i.label, "partial": i.partial, "started": i.started} for i in self.ingests],
-            "kept": {"images": self.kept_images, "blobs": self.kept_blobs, "bytes": self.kept_bytes},
+            "stale_downloads": [
+                {"digest": i.label, "partial_bytes": i.partial, "started_at": timestamp(i.started)}
+                for i in self.ingests
+            ],
+            "kept_images": self.kept_images,
+            "kept_blobs": self.kept_blobs,
+            "kept_bytes": self.kept_bytes,
             "leased_blobs": self.leased_blobs,
-            "keep_storage": self.target,
+            "keep_storage_bytes": self.target,
             "over_target": self.over_target,
             "errors": self.errors,
         }

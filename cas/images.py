@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from cas import manifest as mf
 from cas.digest import Digest
 from cas.errors import NotCached, StoreError
+from cas.jsonout import timestamp
 from cas.manifest import Platform
 from cas.records import RefRecord, choose, matching, ref_of_key
 from cas.reference import Reference
@@ -56,11 +57,17 @@ def inspect(store: Store, ref: Reference, platform: Platform | None = None) -> d
         raise StoreError(f"the config {image.config.digest} of {ref} is not a JSON object", hint="run `cas verify`")
     runtime = config.get("config") or {}
     return {
-        **_row(record),
+        "ref": record.ref,
+        "digest": str(record.digest),
+        "manifest": str(record.manifest),
         "media_type": media_type,
+        "platform": record.platform,
+        "size": record.size,
+        "pulled_at": timestamp(record.pulled),
+        "used_at": timestamp(record.used),
         "config": {
             "digest": str(image.config.digest),
-            "created": config.get("created"),
+            "created_at": config.get("created"),  # as the image states it (RFC 3339 by the OCI spec)
             "os": config.get("os"),
             "architecture": config.get("architecture"),
             "entrypoint": runtime.get("Entrypoint"),
@@ -73,6 +80,17 @@ def inspect(store: Store, ref: Reference, platform: Platform | None = None) -> d
             {"digest": str(layer.digest), "size": layer.size, "media_type": layer.media_type} for layer in image.layers
         ],
     }
+
+
+def raw(store: Store, ref: Reference, what: str, platform: Platform | None = None) -> bytes:
+    """The stored bytes of a cached ref's ``"manifest"`` (its own: the index for a multi-platform tag) or ``"config"``.
+
+    Exactly as the registry served them, so they hash to their digest (`crane manifest`, `skopeo inspect --raw`).
+    """
+    record = record_of(store, ref, platform)
+    if what == "config":
+        return _read(store, record, ref, Digest.parse(inspect(store, ref, platform)["config"]["digest"]), what)
+    return _read(store, record, ref, record.digest, what)
 
 
 def _read(store: Store, record: RefRecord, ref: Reference, digest: Digest, what: str) -> bytes:

@@ -119,9 +119,8 @@ class _Attached(diskcache.Cache):
                 raise _Uninitialized()
             disk_args = {key[5:]: value for key, value in settings.items() if key.startswith("disk_")}
             self._disk = diskcache.JSONDisk(self._directory, **disk_args)
-            for key, value in settings.items():
-                if not key.startswith(("disk_", "sqlite_")):  # pragmas: applied to each connection by _con
-                    object.__setattr__(self, key, value)
+            for key, value in settings.items():  # sqlite_ pragmas are applied to each connection by _con
+                object.__setattr__(self, key, value)
             ((self._page_size,),) = self._sql("PRAGMA page_size").fetchall()
         except BaseException:
             self.close()

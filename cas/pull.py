@@ -84,7 +84,7 @@ class PullResult:
             "reused_bytes": self.reused_bytes,
             "manifest_requests": self.manifest_requests,
             "manifest_endpoint": self.manifest_endpoint,
-            "endpoints": [{"url": url, "downloaded_bytes": n} for url, n in self.endpoint_bytes.items()],
+            "endpoints": [{"url": url, "served_bytes": n} for url, n in self.endpoint_bytes.items()],  # manifests too
             "fallbacks": [f.to_json() for f in self.fallbacks],
             "seconds": round(self.seconds, 3),
         }

@@ -111,7 +111,7 @@ class PushResult:
             "digest": str(self.plan.top.digest),
             "media_type": self.plan.top.media_type,
             "platforms": self.plan.platforms,
-            "manifests": len(self.plan.manifests),
+            "manifest_count": len(self.plan.manifests),
             "uploaded_blobs": self.uploaded_blobs,
             "uploaded_bytes": self.uploaded_bytes,
             "mounted_blobs": self.mounted_blobs,
@@ -306,7 +306,11 @@ class _Session:
         wanted = {d.digest for d in result.plan.blobs}
         self.mounts = {digest: repo for digest, repo in mounts.items() if digest in wanted}
         self.client = RegistryClient(
-            dest.api_host, insecure=options.insecure, credentials=options.credentials, token_cache=store.index
+            dest.api_host,
+            endpoints=_push_endpoints(dest, options.insecure),
+            insecure=options.insecure,
+            credentials=options.credentials,
+            token_cache=store.index,
         )
         self.uploader: Uploader = Uploader(self.client, dest.repository, mount_from=tuple(self.mounts.values()))
 
@@ -364,3 +368,11 @@ class _Session:
         self.uploader.upload(desc.digest, desc.size, opener, on_bytes, session)
         self.result.count("uploaded", desc)
         observer.blob_done(desc.digest, True)
+
+
+def _push_endpoints(dest: Reference, insecure: bool) -> list:
+    """Where DEST's registry is, as the machine's configuration says (a hosts.toml ``server`` with its
+    ``ca``, ``client``, ``skip_verify``: e.g. https on loopback); mirrors are read-only, never pushed to."""
+    from cas.registry.endpoints import Sources
+
+    return [ep for ep in Sources.from_env().endpoints(dest, insecure=insecure) if not ep.mirror]

@@ -1,4 +1,5 @@
-"""Parse the sizes and durations users type: ``10GB``, ``500MiB``, ``4096``; ``7d``, ``12h``, ``1h30m``. Pure.
+"""Sizes and durations: parse what users type (``10GB``, ``500MiB``, ``4096``; ``7d``, ``12h``, ``1h30m``)
+and print sizes the one way every command prints them (IEC: ``1.5 MiB``). Pure.
 
 Sizes follow the SI/IEC split: ``KB``/``MB``/``GB``/``TB`` (and ``K``/``M``/``G``/``T``)
 are powers of 1000, ``KiB``/``MiB``/``GiB``/``TiB`` powers of 1024. A plain number is bytes.
@@ -55,3 +56,25 @@ def parse_duration(text: str) -> float:
             f"invalid duration {text!r}: expected a number with a unit (s, m, h, d, w), e.g. 7d, 12h, 30m or 1h30m"
         )
     return float(sum(float(n) * _DURATION_UNITS[u] for n, u in parts))
+
+
+_IEC_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def format_size(n: float) -> str:
+    """A byte count for humans, in IEC units as every cas command and progress bar shows it.
+
+    ``512`` -> ``512 B``, ``1536`` -> ``1.5 KiB``, ``10 * 2**30`` -> ``10.0 GiB``.
+    """
+    if abs(n) < 1024:
+        return f"{n:.0f} B"
+    for unit in _IEC_UNITS:
+        n /= 1024
+        if abs(n) < 1024 or unit == _IEC_UNITS[-1]:
+            break
+    return f"{n:.1f} {unit}"
+
+
+def format_rate(bytes_per_second: float) -> str:
+    """A transfer speed in the same units: ``12.3 MiB/s``."""
+    return f"{format_size(bytes_per_second)}/s"

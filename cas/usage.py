@@ -3,13 +3,17 @@
 Sizes come from the ref records (every blob digest and size) and one walk of
 ``blobs/``; no manifest is opened. An image's *unique* bytes are those of blobs no
 other image lists (what ``cas rm`` plus ``cas prune`` would free); its *shared*
-bytes are the rest.
+bytes are the rest. Blob counts are of files in ``blobs/``: an image's blobs are every
+blob its record lists (index, manifest, OCI view, config, layers), each once.
+
+The returned dict is the ``cas du --json`` body (field conventions in cas.jsonout).
 """
 
 from __future__ import annotations
 
 from cas import gc, snapshot
 from cas.errors import StoreError
+from cas.jsonout import timestamp
 from cas.store import Store
 
 
@@ -32,12 +36,12 @@ def usage(store: Store) -> dict:
                 "ref": image.ref,
                 "platform": image.platform,
                 "size": image.size,
-                "unique": unique,
-                "shared": image.size - unique,
-                "blobs": len(image.blobs),
+                "unique_bytes": unique,
+                "shared_bytes": image.size - unique,
+                "blob_count": len(image.blobs),
                 "missing_blobs": len(missing),
-                "used": image.used or None,
-                "pulled": image.pulled or None,
+                "pulled_at": timestamp(image.pulled or None),
+                "used_at": timestamp(image.used or None),
                 "needs_pull": image.needs_pull,
             }
         )
@@ -45,33 +49,28 @@ def usage(store: Store) -> dict:
     try:
         reclaim = gc.plan(snap, gc.Policy(), dry_run=True)
         reclaimable = {
-            "blobs": len(reclaim.blobs),
-            "stray_files": len(reclaim.strays),
-            "ingests": len(reclaim.ingests),
-            "bytes": reclaim.freed_bytes,
+            "size": reclaim.freed_bytes,
+            "blob_count": len(reclaim.blobs),
+            "stray_file_count": len(reclaim.strays),
+            "stale_download_count": len(reclaim.ingests),
         }
     except StoreError as exc:  # a malformed ref: prune refuses, du still reports
         reclaimable = {"error": exc.message}
     return {
         "root": str(store.root),
-        "total": {
-            "blobs": len(snap.files),
-            "bytes": sum(snap.files.values()),
-            "indexed_blobs": len(snap.indexed),
-            "stray_files": len(snap.strays),
-            "stray_bytes": sum(s.size for s in snap.strays),
-        },
+        "stored_blobs": len(snap.files),
+        "stored_bytes": sum(snap.files.values()),
+        "indexed_blobs": len(snap.indexed),
+        "stray_file_count": len(snap.strays),
+        "stray_bytes": sum(s.size for s in snap.strays),
         "images": images,
-        "referenced": {
-            "blobs": sum(1 for d in counts if d in snap.files),
-            "bytes": referenced,
-            "shared_bytes": shared_total,
-        },
-        "leased": {"blobs": len(snap.leased), "bytes": sum(snap.files.get(d, 0) for d in snap.leased)},
-        "ingest": {
-            "entries": len(snap.ingests),
-            "active": len(active),
-            "bytes": sum(i.partial for i in snap.ingests),
-        },
+        "referenced_blobs": sum(1 for d in counts if d in snap.files),
+        "referenced_bytes": referenced,
+        "shared_bytes": shared_total,
+        "leased_blobs": len(snap.leased),
+        "leased_bytes": sum(snap.files.get(d, 0) for d in snap.leased),
+        "download_count": len(snap.ingests),
+        "active_downloads": len(active),
+        "download_bytes": sum(i.partial for i in snap.ingests),
         "reclaimable": reclaimable,
     }

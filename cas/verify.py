@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 from cas import DEFAULT_LOCK_TIMEOUT
 from cas.digest import Digest
+from cas.jsonout import timestamp
 from cas.records import PREFIX
 from cas.snapshot import Snapshot, snapshot
 from cas.store import IngestEntry, Store
@@ -86,10 +87,11 @@ class Report:
             "ok": self.ok,
             "deep": self.deep,
             "repair": self.repair,
-            "checked": {"blobs": self.checked_blobs, "bytes": self.checked_bytes},
+            "checked_blobs": self.checked_blobs,
+            "checked_bytes": self.checked_bytes,
             "counts": dict(counts),
             "findings": [f.to_json() for f in self.findings],
-            "needs_pull": self.needs_pull,
+            "needs_pull_refs": self.needs_pull,
             "resumable": self.resumable,
             "errors": self.errors,
         }
@@ -122,9 +124,9 @@ def verify(
             {
                 "digest": i.label,
                 "path": str(i.path.relative_to(store.root)),
-                "size": i.partial,
+                "partial_bytes": i.partial,
                 "age_seconds": max(0, int(report.now - i.modified)),
-                "modified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(i.modified)),
+                "modified_at": timestamp(i.modified),
             }
             for i in snap.resumable_ingests(report.now)
         ]

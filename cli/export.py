@@ -19,20 +19,29 @@ class Format(StrEnum):
 
 def export(
     refs: Annotated[
-        list[str], typer.Argument(help="Cached image references: alpine, host:5000/app:1.0, name@sha256:...")
+        list[str],
+        typer.Argument(metavar="REF...", help="Cached image references: alpine, host:5000/app:1.0, name@sha256:..."),
     ],
     out: Annotated[
         str,
         typer.Option(
-            "--output", "-o", help="Archive file, '-' for stdout (| docker load), or a directory for oci-dir."
+            "--output",
+            "-o",
+            metavar="PATH",
+            help="Archive file, '-' for stdout (| docker load), or a directory for oci-dir.",
         ),
     ],
     fmt: Annotated[
-        Format, typer.Option("--format", "-f", help="docker-archive (docker/podman load), oci-archive, or oci-dir.")
+        Format,
+        typer.Option(
+            "--format", "-f", metavar="FORMAT", help="docker-archive (docker/podman load), oci-archive, or oci-dir."
+        ),
     ] = Format.docker_archive,
     tag: Annotated[
         str | None,
-        typer.Option("--tag", "-t", help="NAME:TAG to give the one exported image instead of its own name."),
+        typer.Option(
+            "--tag", "-t", metavar="REF", help="NAME:TAG to give the one exported image instead of its own name."
+        ),
     ] = None,
     pull: Annotated[
         bool,
@@ -51,13 +60,16 @@ def export(
         list[str] | None,
         typer.Option(
             "--since",
+            metavar="REF",
             help="Write a delta archive: only the layers none of these cached BASE images holds (repeatable).",
         ),
     ] = None,
     since_inventory: Annotated[
         str | None,
         typer.Option(
-            "--since-inventory", help="Write a delta against what the receiver holds: its `cas images --json` output."
+            "--since-inventory",
+            metavar="PATH",
+            help="Write a delta against what the receiver holds: its `cas images --json` output.",
         ),
     ] = None,
     platform: options.PlatformOpt = None,
@@ -67,10 +79,18 @@ def export(
     lock_timeout: options.LockTimeout = DEFAULT_LOCK_TIMEOUT,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
+    verbose: options.Verbose = False,
 ) -> None:
     """Export cached images as one archive that docker load, podman load and skopeo accept.
 
-    Every manifest, config and layer is checked to be in the store before the first byte is written; if any is missing, nothing is written and each missing digest is named. With -o - the archive goes to stdout: cas export IMG -o - | docker load.
+    Every manifest, config and layer is checked to be in the store before the first byte is
+    written; if any is missing, nothing is written and each missing digest is named.
+
+    \b
+    Examples:
+      cas export alpine:3.20 127.0.0.1:5000/app:1.0 -o images.tar
+      cas export app:1.0 -o - | docker load
+      cas export --pull app:1.0 --format oci-dir -o app-layout/
     """
     import contextlib
     import sys
@@ -125,7 +145,7 @@ def export(
         store.close()
 
     if as_json:
-        output.emit_json(result.to_json())
+        output.emit_json("export", result.to_json())
     elif not quiet:
         names = ", ".join(", ".join(image["names"]) or image["ref"] for image in result.images)
         how = "" if result.format != "oci-dir" or result.linked else " (copied, not linked)"

@@ -20,17 +20,25 @@ def import_(
     path: Annotated[
         str,
         typer.Argument(
+            metavar="PATH",
             help="A docker-archive (docker save), an oci-archive, a cas delta archive, an OCI layout directory, "
-            "or '-' for stdin."
+            "or '-' for stdin.",
         ),
     ],
     fmt: Annotated[
         Format | None,
-        typer.Option("--format", "-f", help="Refuse anything but this format (default: detected)."),
+        typer.Option(
+            "--format",
+            "-f",
+            metavar="FORMAT",
+            help="Refuse anything but this format: docker-archive, oci-archive or oci-dir (default: detected).",
+        ),
     ] = None,
     tag: Annotated[
         str | None,
-        typer.Option("--tag", "-t", help="NAME:TAG for the one image of the archive (its names are dropped)."),
+        typer.Option(
+            "--tag", "-t", metavar="REF", help="NAME:TAG for the one image of the archive (its names are dropped)."
+        ),
     ] = None,
     lock_timeout: options.LockTimeout = 600.0,
     quiet: options.Quiet = False,
@@ -41,6 +49,12 @@ def import_(
     Reads docker save output (old and new layouts), skopeo's docker-archive and oci-archive, OCI layout directories
     and cas delta archives; from a file or streamed from stdin (docker save IMG | cas import -). An image whose blobs
     are neither in the archive nor in the store is refused, naming each missing digest, and no reference is recorded.
+
+    \b
+    Examples:
+      cas import app.tar
+      docker save app:1.0 | cas import -
+      cas import --tag app:1.0 app-layout/
     """
     import contextlib
     import sys
@@ -69,7 +83,7 @@ def import_(
         store.close()
 
     if as_json:
-        output.emit_json(result.to_json())
+        output.emit_json("import", result.to_json())
         return
     if quiet:
         return

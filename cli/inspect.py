@@ -1,7 +1,8 @@
-"""cas inspect REF: manifest and config summary of a cached image."""
+"""cas inspect REF: what a cached image is and how it runs, read from the store only."""
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -10,20 +11,45 @@ from cli import options, output
 
 
 def inspect(
-    ref: Annotated[str, typer.Argument(help="A cached image reference.")],
+    ref: Annotated[str, typer.Argument(metavar="REF", help="A cached image reference, as `cas images` lists it.")],
+    raw: Annotated[
+        bool,
+        typer.Option("--raw", help="Print the manifest bytes exactly as stored (the index, for a multi-platform tag)."),
+    ] = False,
+    config: Annotated[bool, typer.Option("--config", help="Print the image config blob exactly as stored.")] = False,
     platform: options.CachedPlatform = None,
     as_json: options.Json = False,
 ) -> None:
-    """Show a cached image's manifest and config (reads the store only)."""
-    from cas import reference
-    from cas.images import inspect as run_inspect
+    """Show a cached image's manifest and config: platform, env, entrypoint, labels, layers.
+
+    \b
+    Examples:
+      cas inspect alpine:3.20
+      cas inspect alpine:3.20 --raw | sha256sum     # the digest `cas images --digests` shows
+      cas inspect alpine:3.20 --config | jq .config.Env
+      cas inspect --platform linux/arm64 alpine:3.20
+    """
+    from cas import images, reference
+    from cas.errors import UsageError
     from cas.manifest import Platform
     from cas.store import Store
 
-    info = run_inspect(Store(), reference.parse(ref), Platform.parse(platform) if platform else None)
-    if as_json:
-        output.emit_json(info)
+    if sum((raw, config, as_json)) > 1:
+        raise UsageError("--raw, --config and --json each print one thing", hint="choose one of them")
+    parsed = reference.parse(ref)
+    picked = Platform.parse(platform) if platform else None
+    if raw or config:
+        data = images.raw(Store(), parsed, "config" if config else "manifest", picked)
+        sys.stdout.buffer.write(data)  # the stored bytes, no newline added: they hash to the digest
         return
+    info = images.inspect(Store(), parsed, picked)
+    if as_json:
+        output.emit_json("inspect", info)
+    else:
+        render(info)
+
+
+def render(info: dict) -> None:
     cfg = info["config"]
     lines = [
         ("Reference", info["ref"]),
@@ -31,14 +57,28 @@ def inspect(
         ("Manifest", f"{info['manifest']} ({info['media_type']})"),
         ("Platform", info["platform"] or "-"),
         ("Config", cfg["digest"]),
-        ("Created", cfg["created"] or "-"),
-        ("Entrypoint", " ".join(cfg["entrypoint"] or []) or "-"),
-        ("Cmd", " ".join(cfg["cmd"] or []) or "-"),
+        ("Created", cfg["created_at"] or "-"),
+        ("Entrypoint", _command(cfg["entrypoint"])),
+        ("Cmd", _command(cfg["cmd"])),
+        ("Working dir", cfg["working_dir"] or "-"),
         ("Size", output.human_size(info["size"])),
-        ("Layers", str(len(info["layers"]))),
     ]
-    width = max(len(k) for k, _ in lines)
+    width = max(len(key) for key, _ in lines + [("Labels", "")])
     for key, value in lines:
-        print(f"{key:<{width}}  {value}")
+        print(f"{key + ':':<{width + 1}}  {value}")
+    for title, items in (("Env", cfg["env"]), ("Labels", [f"{k}={v}" for k, v in sorted(cfg["labels"].items())])):
+        print(f"{title + ':':<{width + 1}}  {'-' if not items else ''}".rstrip())
+        for item in items:
+            print(f"  {item}")
+    print(f"Layers: {len(info['layers'])}")
+    rows = [("  #", "DIGEST", "SIZE", "MEDIA TYPE")]
     for n, layer in enumerate(info["layers"], 1):
-        print(f"  {n:>3}  {layer['digest']}  {output.human_size(layer['size']):>10}  {layer['media_type']}")
+        rows.append((f"{n:>3}", layer["digest"], output.human_size(layer["size"]), layer["media_type"]))
+    output.table(rows)
+
+
+def _command(argv: list[str] | None) -> str:
+    """An argv as a shell line: ["sh", "-c", "echo hi"] -> sh -c 'echo hi'."""
+    import shlex
+
+    return shlex.join(argv) if argv else "-"

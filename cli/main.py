@@ -10,16 +10,17 @@ from collections.abc import Callable
 from typing import Annotated
 
 import typer
+import typer.core
 
 from cas.errors import CasError, Interrupted
-from cli import output
+from cli import options, output
 
 app = typer.Typer(
     name="cas",
     help="A content-addressed cache for container images: pull only what is missing, export complete archives.\n\n"
     "The store lives in $CAS_HOME (default: ${XDG_CACHE_HOME:-~/.cache}/cas).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=False,  # cli.completion: no rich import, and an explicit SHELL argument
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help texts say OS/ARCH[/VARIANT]: brackets are not markup
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -34,11 +35,32 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _completion_option(action: str, help_text: str) -> typer.models.OptionInfo:
+    """``--install-completion`` / ``--show-completion``: run at parse time, then exit."""
+
+    def callback(shell: str | None) -> None:
+        if shell is not None:
+            from cli import completion
+
+            completion.run_option(action, shell)
+            raise typer.Exit()
+
+    flag = f"--{action}-completion"
+    return typer.Option(flag, metavar="[bash|zsh|fish]", callback=callback, is_eager=True, help=help_text)
+
+
 @app.callback()
 def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    verbose: options.Verbose = False,
+    install_completion: Annotated[
+        str | None, _completion_option("install", "Install tab completion for SHELL (default: $SHELL), say where.")
+    ] = None,
+    show_completion: Annotated[
+        str | None, _completion_option("show", "Print the completion script for SHELL (default: $SHELL).")
+    ] = None,
 ) -> None:
     """Options that come before the command."""
 
@@ -56,8 +78,15 @@ def _interruptible(command: Callable) -> Callable:
     return run
 
 
+class _Command(typer.core.TyperCommand):
+    """Usage lines as users write them: `cas pull [OPTIONS] REF...` (typer braces required arguments)."""
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        return [piece.strip("{}") for piece in super().collect_usage_pieces(ctx)]
+
+
 def _register() -> None:
-    from cli import du, export, images, import_, inspect, prune, pull, push, rm, verify
+    from cli import du, export, images, import_, inspect, login, prune, pull, push, rm, verify
 
     for name, command in (
         ("pull", pull.pull),
@@ -70,8 +99,11 @@ def _register() -> None:
         ("du", du.du),
         ("prune", prune.prune),
         ("verify", verify.verify),
+        ("login", login.login),
+        ("logout", login.logout),
     ):
-        app.command(name)(_interruptible(command))
+        summary = " ".join((command.__doc__ or "").split("\n\n", 1)[0].split())  # whole, never cut at 45 characters
+        app.command(name, cls=_Command, short_help=summary)(_interruptible(command))
 
 
 _register()
@@ -80,17 +112,39 @@ _register()
 def main() -> None:
     # SIGTERM unwinds like Ctrl-C: temp files are removed, partial downloads kept for resuming.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if os.environ.get("_CAS_COMPLETE"):  # a shell asking for completions: answered without the commands' imports
+        from cli import completion
+
+        _exit(completion.complete(app, os.environ["_CAS_COMPLETE"]))
+    args = sys.argv[1:]
+    if args and args[-1] in ("--install-completion", "--show-completion"):
+        args.append("")  # the shell is optional (typer has no optional option values): "" means $SHELL's
     try:
-        app()
-        code: object = 0
-    except SystemExit as exc:  # typer ends every run this way
+        code: object = app(args, prog_name="cas", standalone_mode=False)  # click's own error printing is replaced below
+    except SystemExit as exc:
         code = exc.code
     except CasError as exc:
         output.error(exc.message, exc.hint)
         code = exc.exit_code
+    except typer.TyperException as exc:  # click's errors: usage mistakes (exit 2) and a few others
+        code = _click_error(exc)
+    except typer.Abort:  # EOF or Ctrl-C at a prompt
+        output.error(Interrupted().message, Interrupted().hint)
+        code = Interrupted.exit_code
     except BrokenPipeError:
         code = 141
     _exit(code)
+
+
+def _click_error(exc: Exception) -> int:
+    from cli import usage
+
+    if type(exc).__name__ == "NoArgsIsHelpError":  # plain `cas`: the help is the answer, not a mistake
+        print(exc.format_message())
+        return 0
+    message, hint = usage.describe(exc)
+    output.error(message, hint)
+    return getattr(exc, "exit_code", usage.USAGE_EXIT)
 
 
 def _exit(code: object) -> None:

@@ -6,28 +6,88 @@ from typing import Annotated
 
 import typer
 
-Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+def _verbose(value: bool) -> bool:
+    if value:
+        from cli import output
+
+        output.enable_logging()
+    return value
+
+
+Json = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON object on stdout.")]
+Verbose = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        callback=_verbose,
+        is_eager=True,
+        help="Log each HTTP request (method, URL, status, bytes, time) and each lock wait to stderr.",
+    ),
+]
+
+
+def check_platform(value: str | None) -> str | None:
+    """A bad --platform (or $CAS_PLATFORM) is a usage error, caught before anything runs."""
+    if value is not None:
+        from cas.errors import CasError
+        from cas.manifest import Platform
+
+        try:
+            Platform.parse(value)
+        except CasError as exc:
+            raise typer.BadParameter(f"{exc.message} ({exc.hint})" if exc.hint else exc.message) from None
+    return value
+
+
+def check_platforms(value: str | None) -> str | None:
+    """`cas pull --platform A,B`: each platform of the list is checked as one --platform is."""
+    for text in value.split(",") if value is not None else ():
+        check_platform(text)
+    return value
+
+
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only: no progress bars, no summary.")]
 PlatformOpt = Annotated[
     str | None,
     typer.Option(
         "--platform",
         envvar="CAS_PLATFORM",
-        help="OS/ARCH[/VARIANT] to pick from a multi-platform image (default: this host); "
-        "pull takes a comma-separated list.",
+        metavar="OS/ARCH[/VARIANT]",
+        callback=check_platform,
+        help="Platform to pick from a multi-platform image, e.g. linux/arm64 (default: this host).",
+    ),
+]
+PlatformsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--platform",
+        envvar="CAS_PLATFORM",
+        metavar="OS/ARCH[/VARIANT][,...]",
+        callback=check_platforms,
+        help="Platforms to pick from a multi-platform image, comma-separated, e.g. linux/amd64,linux/arm64 "
+        "(default: this host).",
     ),
 ]
 CachedPlatform = Annotated[
     str | None,
     typer.Option(
         "--platform",
-        help="OS/ARCH[/VARIANT]: which cached platform of the reference (default: the only one, else this host's).",
+        metavar="OS/ARCH[/VARIANT]",
+        callback=check_platform,
+        help="Which cached platform of the reference (default: the only one cached, else this host's).",
     ),
 ]
 Insecure = Annotated[
     bool, typer.Option("--insecure", help="Use plain HTTP for this registry (loopback registries always use it).")
 ]
-Jobs = Annotated[int, typer.Option("--jobs", "-j", min=1, max=32, envvar="CAS_JOBS", help="Blobs downloaded at once.")]
+Jobs = Annotated[
+    int,
+    typer.Option(
+        "--jobs", "-j", min=1, max=32, envvar="CAS_JOBS", metavar="N", help="Blobs downloaded at once (1-32)."
+    ),
+]
 Connections = Annotated[
     int,
     typer.Option(
@@ -35,11 +95,15 @@ Connections = Annotated[
         min=1,
         max=64,
         envvar="CAS_CONNECTIONS",
+        metavar="N",
         help="Connections per pull in all: large blobs are fetched as parallel Range requests while some are free (1: one stream per blob).",
     ),
 ]
 Username = Annotated[
-    str | None, typer.Option("--username", "-u", help="Registry user name (else ~/.docker/config.json).")
+    str | None,
+    typer.Option(
+        "--username", "-u", metavar="USER", help="Registry user name, with --password-stdin (else `cas login`)."
+    ),
 ]
 PasswordStdin = Annotated[
     bool, typer.Option("--password-stdin", help="Read the registry password or token from stdin.")
@@ -48,6 +112,7 @@ HostsDir = Annotated[
     list[str] | None,
     typer.Option(
         "--hosts-dir",
+        metavar="PATH",
         help="A containerd hosts.toml directory (DIR/HOST/hosts.toml) naming mirrors; repeatable. "
         "Replaces $CAS_HOSTS_DIR (':'-separated) and the defaults /etc/containerd/certs.d, /etc/docker/certs.d.",
     ),
@@ -58,6 +123,7 @@ Timeout = Annotated[
         "--timeout",
         min=0.1,
         envvar="CAS_TIMEOUT",
+        metavar="SECONDS",
         help="Seconds to wait for a connection or an answer (default 30). A download moving slower than "
         "$CAS_MIN_RATE bytes/s (default 1024) for this long is aborted; the next pull resumes it.",
     ),
@@ -68,6 +134,7 @@ LockTimeout = Annotated[
         "--lock-timeout",
         min=0,
         envvar="CAS_LOCK_TIMEOUT",
+        metavar="SECONDS",
         help="Seconds to wait for the store lock (pulls and exports share it; prune and verify --repair need it alone).",
     ),
 ]
@@ -77,12 +144,12 @@ def read_credentials(username: str | None, password_stdin: bool):
     """--username with --password-stdin, as docker login takes them; None means look in docker's config."""
     import sys
 
-    from cas.errors import CasError
+    from cas.errors import CasError, UsageError
 
     if username is None and not password_stdin:
         return None
     if username is None or not password_stdin:
-        raise CasError(
+        raise UsageError(
             "--username and --password-stdin go together", hint='echo "$TOKEN" | cas pull -u USER --password-stdin REF'
         )
     password = sys.stdin.readline().rstrip("\r\n")

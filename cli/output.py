@@ -1,6 +1,6 @@
-"""Rendering shared by every command: errors, notices, JSON, sizes.
+"""Rendering shared by every command: errors, notices, JSON, sizes, tables.
 
-Rich is imported only when a table or progress bar is drawn, never for plain lines.
+Rich is imported only when a progress bar is drawn, never for plain lines.
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import sys
 from typing import Any
+
+from cas.sizes import format_size as human_size  # noqa: F401  (one IEC formatter for every command)
 
 
 def error(message: str, hint: str | None = None) -> None:
@@ -21,21 +23,34 @@ def notice(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def emit_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, sort_keys=False)
+def emit_json(command: str, body: dict[str, Any]) -> None:
+    """Print ``body`` as ``command``'s one JSON object, with the schema envelope (cas.jsonout)."""
+    from cas.jsonout import document
+
+    json.dump(document(command, body), sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
 
 
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+def enable_logging() -> None:
+    """`-v`: every logger under "cas" (HTTP requests, lock waits, mirror fallbacks...) to stderr."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d %(name)s: %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("cas")
+    if not logger.handlers:
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
 
 
 def want_progress(quiet: bool, as_json: bool) -> bool:
     return not quiet and not as_json and sys.stderr.isatty()
+
+
+def short_digest(digest: str) -> str:
+    """A digest as tables and summaries show it: ``sha256:`` and 12 hex digits, like docker's IDs."""
+    algorithm, _, hex_ = digest.partition(":")
+    return f"{algorithm}:{hex_[:12]}"
 
 
 def ago(then: float, now: float) -> str:
@@ -44,6 +59,15 @@ def ago(then: float, now: float) -> str:
         if seconds >= length:
             return f"{seconds // length}{unit} ago"
     return f"{seconds}s ago"
+
+
+def ago_text(stamp: str | None, now: float) -> str:
+    """``ago`` for an RFC 3339 timestamp from a JSON body; ``-`` when unknown."""
+    if not stamp:
+        return "-"
+    import datetime
+
+    return ago(datetime.datetime.fromisoformat(stamp).timestamp(), now)
 
 
 def table(rows: list[tuple[str, ...]]) -> None:

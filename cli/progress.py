@@ -1,4 +1,7 @@
-"""Rich progress bars for pulls and pushes: one bar per blob being moved, one for the total."""
+"""Rich progress bars for pulls and pushes: one bar per blob being moved, one for the total.
+
+Sizes and speeds are in IEC units (MiB, MiB/s), as in every other line cas prints.
+"""
 
 from __future__ import annotations
 
@@ -25,20 +28,13 @@ class QuietObserver(TransferObserver):
 
 class BarsObserver(QuietObserver):
     def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
+            DownloadColumn(binary_units=True),
+            _speed_column(),
             TimeRemainingColumn(),
             transient=True,
         )
@@ -75,3 +71,17 @@ class BarsObserver(QuietObserver):
 
     def waiting(self, message: str) -> None:
         self._progress.console.print(message)
+
+
+def _speed_column():
+    """rich's TransferSpeedColumn prints MB/s; this one prints cas's MiB/s."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    from cas.sizes import format_rate
+
+    class Speed(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text("?" if task.speed is None else format_rate(task.speed), style="progress.data.speed")
+
+    return Speed()

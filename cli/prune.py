@@ -54,9 +54,19 @@ def prune(
         bool, typer.Option("--dry-run", "-n", help="Print what would go and how many bytes; change nothing.")
     ] = False,
     lock_timeout: options.LockTimeout = DEFAULT_LOCK_TIMEOUT,
+    quiet: options.Quiet = False,
     as_json: options.Json = False,
 ) -> None:
-    """Remove blobs no kept image needs and stale downloads; evict images by --keep-storage, --older-than or --all."""
+    """Remove blobs no kept image needs and stale downloads; evict images by --keep-storage, --older-than or --all.
+
+    Each evicted image is listed with the bytes its removal freed (a blob two evicted images
+    shared counts for the first); --dry-run says what it would free and changes nothing.
+
+    \b
+    Examples:
+      cas prune --dry-run --keep-storage 10GiB
+      cas prune --older-than 7d
+    """
     from cas.gc import Policy
     from cas.gc import prune as run_prune
     from cas.store import Store
@@ -64,8 +74,8 @@ def prune(
     policy = Policy(keep_storage=keep_storage, older_than=older_than, everything=everything)
     result = run_prune(Store(), policy, dry_run=dry_run, lock_timeout=lock_timeout, on_wait=output.notice)
     if as_json:
-        output.emit_json(result.to_json())
-    else:
+        output.emit_json("prune", result.to_json())
+    elif not quiet:
         render(result)
     for message in result.errors:
         output.error(message)
@@ -75,9 +85,14 @@ def prune(
 
 def render(result) -> None:
     size = output.human_size
-    verb = "would remove" if result.dry_run else "removed"
-    for image in result.images:
-        print(f"{verb} image {image.ref} ({image.platform or 'unknown platform'}, {size(image.size)})")
+    verb, frees = ("would remove", "would free") if result.dry_run else ("removed", "freed")
+    per_image, unreferenced = result.freed_by_image()
+    for image, freed in per_image:
+        print(
+            f"{verb} image {image.ref} ({image.platform or 'unknown platform'}): {frees} {size(freed)} of its {size(image.size)}"
+        )
+    if unreferenced:
+        print(f"{verb} blobs no image needs: {frees} {size(unreferenced)}")
     if result.dry_run:
         for digest, nbytes, _ in result.blobs:
             print(f"{verb} blob {digest} ({size(nbytes)})")

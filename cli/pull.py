@@ -10,8 +10,10 @@ from cli import options, output
 
 
 def pull(
-    refs: Annotated[list[str], typer.Argument(help="Image references: alpine, host:5000/app:1.0, name@sha256:...")],
-    platform: options.PlatformOpt = None,
+    refs: Annotated[
+        list[str], typer.Argument(metavar="REF...", help="Image references: alpine, host:5000/app:1.0, name@sha256:...")
+    ],
+    platform: options.PlatformsOpt = None,
     all_platforms: Annotated[
         bool, typer.Option("--all-platforms", help="Every platform of a multi-platform image (one record each).")
     ] = False,
@@ -25,8 +27,16 @@ def pull(
     timeout: options.Timeout = None,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
+    verbose: options.Verbose = False,
 ) -> None:
-    """Pull images into the store, downloading only the blobs it does not hold yet."""
+    """Pull images into the store, downloading only the blobs it does not hold yet.
+
+    \b
+    Examples:
+      cas pull alpine:3.20 127.0.0.1:5000/team/app:1.4
+      cas pull --platform linux/arm64 ghcr.io/org/tool:2
+      echo "$TOKEN" | cas pull -u ci --password-stdin registry.example/app:1
+    """
     from cas import reference
     from cas.pull import pull as run_pull
     from cas.store import Store
@@ -53,25 +63,23 @@ def pull(
             result = run_pull(store, ref, opts)
             results.append(result)
             if not (as_json or quiet):
-                for line in summary(result):
-                    output.notice(line)
+                output.notice(summary(result))
     if as_json:
-        output.emit_json([r.to_json() for r in results])
+        output.emit_json("pull", {"images": [r.to_json() for r in results]})
 
 
-def summary(result) -> list[str]:
-    """The download counts once per reference, then one line per further platform pulled with it."""
+def summary(result) -> str:
+    """One line per reference: its digest (the index's, for a multi-platform tag), every platform pulled, counts."""
     size = output.human_size
-    first, *others = result.records
-    lines = [
-        f"{result.ref}: {str(first.manifest)[:19]} {first.platform or ''}  "
+    platforms = ", ".join(r.platform for r in result.records if r.platform)
+    line = (
+        f"{result.ref}: {output.short_digest(str(result.records[0].digest))}{' ' + platforms if platforms else ''}  "
         f"downloaded {result.downloaded_blobs} blob(s), {size(result.downloaded_bytes)}; "
         f"reused {result.reused_blobs}, {size(result.reused_bytes)} saved ({result.seconds:.2f}s)"
-    ]
-    lines += [f"{result.ref}: {str(r.manifest)[:19]} {r.platform or ''}" for r in others]
+    )
     if result.mirrored:
-        lines.append(endpoints_line(result))
-    return lines
+        line += "\n" + endpoints_line(result)
+    return line
 
 
 def endpoints_line(result) -> str:

@@ -10,12 +10,18 @@ from cli import options, output
 
 
 def push(
-    ref: Annotated[str, typer.Argument(help="A cached image: alpine, host:5000/app:1.0, name@sha256:...")],
-    dest: Annotated[str, typer.Argument(help="Where to push it: host:5000/team/app:1.0 (a tag or a digest).")],
+    ref: Annotated[
+        str, typer.Argument(metavar="REF", help="A cached image: alpine, host:5000/app:1.0, name@sha256:...")
+    ],
+    dest: Annotated[
+        str, typer.Argument(metavar="DEST", help="Where to push it: host:5000/team/app:1.0 (a tag or a digest).")
+    ],
     platform: Annotated[
         str | None,
         typer.Option(
             "--platform",
+            metavar="OS/ARCH[/VARIANT]",
+            callback=options.check_platform,
             help="OS/ARCH[/VARIANT]: push only this platform's manifest of a multi-platform image "
             "(needed when not every platform is cached).",
         ),
@@ -27,9 +33,16 @@ def push(
     lock_timeout: options.LockTimeout = 600.0,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
+    verbose: options.Verbose = False,
 ) -> None:
     """Push a cached image to a registry: blobs it lacks first (mounted from another repository of the same
-    registry when possible), manifests last, byte for byte, so the digest stays the same."""
+    registry when possible), manifests last, byte for byte, so the digest stays the same.
+
+    \b
+    Examples:
+      cas push alpine:3.20 registry.example:5000/mirror/alpine:3.20
+      cas push --platform linux/arm64 ghcr.io/org/tool:2 127.0.0.1:5000/tool:2
+    """
     from cas import reference
     from cas.manifest import Platform
     from cas.push import PushOptions
@@ -53,7 +66,7 @@ def push(
     finally:
         store.close()
     if as_json:
-        output.emit_json(result.to_json())
+        output.emit_json("push", result.to_json())
     elif not quiet:
         output.notice(summary(result))
 

@@ -23,16 +23,25 @@ def verify(
         ),
     ] = False,
     lock_timeout: options.LockTimeout = DEFAULT_LOCK_TIMEOUT,
+    quiet: options.Quiet = False,
     as_json: options.Json = False,
 ) -> None:
-    """Check blob sizes and fingerprints; report corrupt, missing and orphan blobs and stale downloads (exit 1 if any)."""
+    """Check blob sizes and fingerprints; report corrupt, missing and orphan blobs and stale downloads (exit 1 if any).
+
+    With --quiet only the exit status says whether the store is sound.
+
+    \b
+    Examples:
+      cas verify
+      cas verify --deep --repair
+    """
     from cas.store import Store
     from cas.verify import verify as run_verify
 
     report = run_verify(Store(), deep=deep, repair=repair, lock_timeout=lock_timeout, on_wait=output.notice)
     if as_json:
-        output.emit_json(report.to_json())
-    else:
+        output.emit_json("verify", report.to_json())
+    elif not quiet:
         render(report)
     for message in report.errors:
         output.error(message)
@@ -53,7 +62,7 @@ def render(report) -> None:
     for entry in report.resumable:
         when = output.ago(report.now - entry["age_seconds"], report.now)
         print(
-            f"resumable: {entry['digest']}: {output.human_size(entry['size'])} downloaded, last written {when};"
+            f"resumable: {entry['digest']}: {output.human_size(entry['partial_bytes'])} downloaded, last written {when};"
             " the next `cas pull` resumes it (kept)"
         )
     if report.needs_pull:

@@ -3,7 +3,9 @@
 - httpcore's ``HTTP11Connection.READ_NUM_BYTES`` (cas.registry.transport raises it to 1 MiB:
   ~40 % faster blob streaming). pyproject pins ``httpcore>=1.0,<1.1``.
 - diskcache's ``Cache._sql`` and ``Disk.get/fetch`` (cas.index.Index.scan pages through the
-  table in one query per 1,000 rows). pyproject pins ``diskcache>=5.6,<5.7``.
+  table in one query per 1,000 rows), and the attributes ``Cache.__init__`` sets (cas.index
+  opens an existing index without diskcache's writing ``__init__``). pyproject pins
+  ``diskcache>=5.6,<5.7``.
 
 When an upgrade removes or renames one, these tests fail and say what to change, instead of
 cas silently slowing down (httpcore) or breaking at the first `cas du` (diskcache).
@@ -54,3 +56,27 @@ def test_diskcache_internals_used_by_index_scan(tmp_path):
         assert [v["size"] for _, v in sorted(found.items())] == [0, 1, 2]
     finally:
         index.close()
+
+
+def test_index_opened_without_writing_has_every_attribute_diskcache_init_sets(tmp_path):
+    """cas.index._Attached sets by hand what diskcache.Cache.__init__ would (minus its writes)."""
+    from cas.index import _SETTINGS, _Attached
+
+    made = diskcache.Cache(str(tmp_path), disk=diskcache.JSONDisk, **_SETTINGS)
+    attached = _Attached(tmp_path, immutable=False)
+    try:
+        expected = {k: v for k, v in vars(made).items() if k != "_local"}
+        got = {k: v for k, v in vars(attached).items() if k not in ("_local", "_immutable")}
+        assert sorted(got) == sorted(expected), (
+            "diskcache.Cache.__init__ sets other attributes now: update cas.index._Attached and the diskcache pin"
+        )
+        for key, value in expected.items():
+            if key == "_disk":
+                assert vars(value) == vars(got[key])
+            else:
+                assert got[key] == value, key
+        attached.set("k", {"v": 1})
+        assert made.get("k") == {"v": 1}
+    finally:
+        attached.close()
+        made.close()

@@ -253,7 +253,7 @@ def test_never_pulled_is_one_line_with_a_hint(cas, registry, test_images, tmp_pa
 def test_pull_flag_on_an_empty_cache(cas, registry, test_images, clean_dockerd, tmp_path):
     ref = test_images.ref(registry, "base")
     result = cas("export", "--pull", ref, "-o", tmp_path / "base.tar", "--json")
-    assert json.loads(result.stdout)["pulled"] == [ref]
+    assert json.loads(result.stdout)["pulled_refs"] == [ref]
     assert clean_dockerd.load(tmp_path / "base.tar").returncode == 0
     assert clean_dockerd.run(ref).stdout == "hello from base\n"
 
@@ -273,7 +273,7 @@ def test_refuses_to_write_a_tar_to_a_terminal(cas_home, registry, test_images, c
     finally:
         os.close(secondary)
         os.close(main)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a usage mistake, like a bad option
     assert b"refusing to write a tar archive to a terminal" in proc.stderr
 
 
@@ -386,7 +386,7 @@ def test_both_tags_of_one_manifest_are_kept_by_prune_after_an_export(cas, cas_ho
 
     cas("export", one, latest, "-o", tmp_path / "app.tar")
     cas("prune", "--older-than", "1h")
-    listed = [row["ref"] for row in json.loads(cas("images", "--json").stdout)]
+    listed = [row["ref"] for row in json.loads(cas("images", "--json").stdout)["images"]]
     assert sorted(listed) == sorted([one, latest])  # the export used both names
 
 

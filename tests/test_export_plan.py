@@ -331,7 +331,7 @@ def test_refuses_a_terminal_and_bad_outputs(store: Store, out_dir: Path) -> None
     put_image(store, APP, APP_LAYERS)
     main, secondary = pty.openpty()
     try:
-        with pytest.raises(OutputError, match="terminal"):
+        with pytest.raises(UsageError, match="terminal"):
             export(store, [parse(APP)], secondary)
     finally:
         os.close(main)
@@ -498,7 +498,7 @@ def test_refusals_come_before_any_pull(store: Store, out_dir: Path, monkeypatch)
         export(store, never, out_dir / "x.tar", ExportOptions(tag="x:1", pull=True))
     main, secondary = pty.openpty()
     try:
-        with pytest.raises(OutputError, match="terminal"):
+        with pytest.raises(UsageError, match="terminal"):
             export(store, never[:1], secondary, ExportOptions(pull=True))
     finally:
         os.close(main)

@@ -62,7 +62,7 @@ def full_store(cas, tmp_path, registry, test_images):
 
 def test_read_only_commands_work_on_a_full_disk(cas, full_store, tmp_path):
     home, env, (base, app) = full_store
-    rows = json.loads(cas("images", "--json", env=env).stdout)
+    rows = json.loads(cas("images", "--json", env=env).stdout)["images"]
     assert sorted(r["ref"] for r in rows) == sorted([base, app])
     assert json.loads(cas("inspect", "--json", app, env=env).stdout)
     assert cas("du", env=env).returncode == 0
@@ -89,14 +89,14 @@ def test_rm_and_prune_free_space_on_a_full_disk(cas, full_store, test_images):
     assert not (home / "v1" / "ballast").exists()  # released to make room for the index transaction
     pruned = cas("prune", "--json", env=env, check=False)
     assert pruned.returncode == 0, pruned.stderr
-    freed = json.loads(pruned.stdout)["freed"]
+    freed = json.loads(pruned.stdout)
     own = set(test_images.app.digests) - set(test_images.base.digests)  # app's manifest, config, 2 own layers
-    assert freed["images"] == 0 and freed["blobs"] == len(own) and freed["bytes"] > 0
-    assert [r["ref"] for r in json.loads(cas("images", "--json", env=env).stdout)] == [base]
+    assert freed["freed_images"] == 0 and freed["freed_blobs"] == len(own) and freed["freed_bytes"] > 0
+    assert [r["ref"] for r in json.loads(cas("images", "--json", env=env).stdout)["images"]] == [base]
 
     pruned = cas("prune", "--all", "--json", env=env, check=False)
     assert pruned.returncode == 0, pruned.stderr
-    assert json.loads(cas("images", "--json", env=env).stdout) == []
+    assert json.loads(cas("images", "--json", env=env).stdout)["images"] == []
     (home.parent / "filler").unlink()
     cas("prune", env=env)  # with room again, the ballast goes back
     assert (home / "v1" / "ballast").exists()

@@ -307,8 +307,8 @@ def test_prune_reports_as_freed_only_what_it_removed(store, three, monkeypatch):
     assert [d for d, _, _ in result.blobs] == [str(goes)]
     assert [s.path.name for s in result.strays] == ["junk"]
     assert result.freed_bytes == 100 + 30
-    freed = result.to_json()["freed"]
-    assert freed["blobs"] == 1 and freed["stray_files"] == 1 and freed["bytes"] == 130
+    freed = result.to_json()
+    assert freed["freed_blobs"] == 1 and freed["freed_stray_files"] == 1 and freed["freed_bytes"] == 130
     assert sorted(result.errors) == [
         f"could not remove blobs/sha256/{stuck.hex}: Permission denied",
         "could not remove blobs/sha256/stuck-junk: Permission denied",
@@ -346,7 +346,7 @@ def test_stray_directory_counts_the_bytes_of_its_contents_without_following_link
     assert [(s.kind, s.size) for s in dry.strays] == [("directory", 1234)]
     assert dry.freed_bytes == 1234
     du = usage(store)
-    assert du["total"]["stray_bytes"] == 1234 and du["reclaimable"]["bytes"] == 1234
+    assert du["stray_bytes"] == 1234 and du["reclaimable"]["size"] == 1234
     result = gc.prune(store)
     assert result.freed_bytes == 1234 and not stray.exists()
     assert (outside / "big").stat().st_size == 10_000 and (outside / "sub" / "also").exists()

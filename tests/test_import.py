@@ -22,7 +22,7 @@ def cas_in(cas):
 
 
 def refs_of(cas_in, home: Path) -> list[str]:
-    return [row["ref"] for row in json.loads(cas_in(home, "images", "--json").stdout)]
+    return [row["ref"] for row in json.loads(cas_in(home, "images", "--json").stdout)["images"]]
 
 
 def store_debris(home: Path) -> list[str]:

@@ -24,7 +24,7 @@ def cas_in(cas):
 
 
 def _images(cas_in, home) -> list[dict]:
-    return json.loads(cas_in(home, "images", "--json").stdout)
+    return json.loads(cas_in(home, "images", "--json").stdout)["images"]
 
 
 def test_oci_layout_directory_from_cas_and_from_skopeo(cas, cas_in, registry, test_images, skopeo, tmp_path):

@@ -39,7 +39,7 @@ def _assert_refused(cas, cas_home: Path, archive: Path, *expected: str) -> str:
     assert lines[0].startswith("error: ") and all(text in lines[0] for text in expected), proc.stderr
     assert len(lines) <= 2 and (len(lines) == 1 or lines[1].startswith("hint: ")), proc.stderr
     assert "Traceback" not in proc.stderr
-    assert json.loads(cas("images", "--json").stdout) == []
+    assert json.loads(cas("images", "--json").stdout)["images"] == []
     ingest = cas_home / "v1" / "ingest"
     assert not ingest.exists() or os.listdir(ingest) == []
     return lines[0]
@@ -106,7 +106,7 @@ def test_truncated_archive(cas, cas_home, registry, test_images, tmp_path):
     assert (
         proc.returncode == 1 and proc.stderr.startswith("error: cannot import") and "ends in the middle" in proc.stderr
     )
-    assert json.loads(cas("images", "--json", env=env).stdout) == []
+    assert json.loads(cas("images", "--json", env=env).stdout)["images"] == []
     assert os.listdir(receiver / "v1" / "ingest") == []
 
 
@@ -153,7 +153,7 @@ def test_incomplete_archive_names_every_missing_blob_and_records_nothing(
     assert "2 blob(s) neither in the archive nor in the store" in proc.stderr
     assert f"{dropped[0]} (layer 2/5 of {app})" in proc.stderr
     assert f"{dropped[1]} (layer 4/5 of {app})" in proc.stderr
-    assert json.loads(cas("images", "--json", env=env).stdout) == []
+    assert json.loads(cas("images", "--json", env=env).stdout)["images"] == []
     assert os.listdir(receiver / "v1" / "ingest") == []
     # the same archive completes once the store holds the missing layers
     cas("pull", test_images.ref(registry, "base"), env=env)
@@ -161,7 +161,7 @@ def test_incomplete_archive_names_every_missing_blob_and_records_nothing(
     cas("pull", app, env=env)
     cas("rm", app, env=env)
     cas("import", partial, env=env)
-    assert app in {row["ref"] for row in json.loads(cas("images", "--json", env=env).stdout)}
+    assert app in {row["ref"] for row in json.loads(cas("images", "--json", env=env).stdout)["images"]}
 
 
 def test_layout_directory_with_a_symlink_out_is_refused_unread(cas, cas_home, tmp_path):

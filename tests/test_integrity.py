@@ -67,7 +67,7 @@ def test_the_next_pull_downloads_a_changed_blob_again_and_replaces_it(cas, cas_h
     ref, layer, path = app
     _flip_byte(path)
     mark = registry.mark()
-    out = json.loads(cas("pull", "--json", ref).stdout)[0]
+    out = json.loads(cas("pull", "--json", ref).stdout)["images"][0]
     assert [r.reference for r in registry.blob_gets(mark)] == [layer]  # that blob only
     assert out["downloaded_blobs"] == 1
     assert "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest() == layer
@@ -124,7 +124,7 @@ def test_records_from_before_fingerprints_keep_working_and_get_one(cas, cas_home
     finally:
         store.close()
     mark = registry.mark()
-    assert json.loads(cas("pull", "--json", ref).stdout)[0]["downloaded_blobs"] == 0
+    assert json.loads(cas("pull", "--json", ref).stdout)["images"][0]["downloaded_blobs"] == 0
     assert registry.blob_gets(mark) == []
     layers = {b.digest for b in test_images.app.blobs}  # config and layers: what a pull confirms
     assert all("stat" in record for digest, record in _records(cas_home).items() if digest in layers)
@@ -156,7 +156,7 @@ def _trust_as_is(home: Path, digest: str) -> None:
 def test_export_verify_re_hashes_every_blob_and_catches_what_no_stat_can_see(cas, cas_home, app, tmp_path):
     ref, layer, _ = app
     good = json.loads(cas("export", "--verify", "--json", ref, "-o", tmp_path / "good.tar").stdout)
-    assert good["verified"] is True and good["blobs"] == 7
+    assert good["verified"] is True and good["exported_blobs"] == 7
 
     _rot_silently(cas_home, layer)
     assert cas("export", ref, "-o", tmp_path / "unverified.tar").returncode == 0  # the stat check cannot see it

@@ -35,7 +35,7 @@ def test_zstd_layers_pull_export_and_load_where_zstd_is_understood(
     manifest = skopeo.inspect(f"docker://{ref}", raw=True)
     assert {layer["mediaType"] for layer in manifest["layers"]} == {"application/vnd.oci.image.layer.v1.tar+zstd"}
 
-    pulled = json.loads(cas("pull", "--json", ref).stdout)[0]
+    pulled = json.loads(cas("pull", "--json", ref).stdout)["images"][0]
     assert pulled["downloaded_blobs"] == 1 + len(manifest["layers"])  # the config, and every layer again: new bytes
     for fmt in ("docker-archive", "oci-archive"):
         archive = tmp_path / f"{fmt}.tar"
@@ -91,7 +91,7 @@ def test_non_distributable_layers_are_pulled_from_the_registry_and_load(
     images.push(foreign_registry, f"foreign-{media}", "1", img)
     ref = f"{foreign_registry.host}/foreign-{media}:1"
 
-    info = json.loads(cas("pull", "--json", ref).stdout)[0]
+    info = json.loads(cas("pull", "--json", ref).stdout)["images"][0]
     assert info["manifest"] == img.digest and info["downloaded_blobs"] == 3
     archive = tmp_path / "foreign.tar"
     cas("export", ref, "-o", archive)
@@ -111,7 +111,7 @@ def test_a_foreign_layer_the_registry_lacks_is_one_error_naming_it(cas, foreign_
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     lines = failed.stderr.splitlines()
     assert len(lines) == 2 and lines[0].startswith("error: ") and img.layers[1].digest in lines[0], lines
-    assert json.loads(cas("images", "--json").stdout) == []
+    assert json.loads(cas("images", "--json").stdout)["images"] == []
 
 
 def test_a_nested_index_resolves_to_the_platform_and_exports(cas, registry, test_images, clean_dockerd, tmp_path):
@@ -126,7 +126,7 @@ def test_a_nested_index_resolves_to_the_platform_and_exports(cas, registry, test
     images.push(registry, "nested", "1", outer)
     ref = f"{registry.host}/nested:1"
 
-    pulled = json.loads(cas("pull", "--json", "--platform", "linux/amd64", ref).stdout)[0]
+    pulled = json.loads(cas("pull", "--json", "--platform", "linux/amd64", ref).stdout)["images"][0]
     amd64 = inner.for_platform("linux/amd64")
     assert (pulled["digest"], pulled["manifest"], pulled["platform"]) == (outer.digest, amd64.digest, "linux/amd64")
     archive = tmp_path / "nested.tar"
@@ -171,4 +171,4 @@ def test_an_artifact_is_refused_as_not_a_container_image(kind, cas, registry):
         f"error: {ref} is not a container image: config media type {config_type!r}",
         "hint: cas caches container images; artifacts such as charts or signatures are not supported",
     ]
-    assert json.loads(cas("images", "--json").stdout) == []
+    assert json.loads(cas("images", "--json").stdout)["images"] == []

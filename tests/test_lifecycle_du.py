@@ -35,14 +35,14 @@ def test_du_splits_each_image_into_unique_and_shared(store, three):
         row = by_ref[ref]
         assert row["size"] == record.size
         expected_shared = sum(shared_layers.values()) if ref in (BASE, APP) else 0
-        assert row["shared"] == expected_shared
-        assert row["unique"] == record.size - expected_shared
+        assert row["shared_bytes"] == expected_shared
+        assert row["unique_bytes"] == record.size - expected_shared
     everything = {str(b.digest): b.size for r in three.values() for b in r.blobs}
-    assert report["total"]["blobs"] == len(everything)
-    assert report["total"]["bytes"] == sum(everything.values())
-    assert report["referenced"]["bytes"] == sum(everything.values())
-    assert report["referenced"]["shared_bytes"] == sum(shared_layers.values())
-    assert report["reclaimable"]["bytes"] == 0
+    assert report["stored_blobs"] == len(everything)
+    assert report["stored_bytes"] == sum(everything.values())
+    assert report["referenced_bytes"] == sum(everything.values())
+    assert report["shared_bytes"] == sum(shared_layers.values())
+    assert report["reclaimable"]["size"] == 0
 
 
 def test_du_reclaimable_is_what_prune_frees(store, three):
@@ -50,9 +50,9 @@ def test_du_reclaimable_is_what_prune_frees(store, three):
     remove_images(store, [APP])
     predicted = usage(store)["reclaimable"]
     result = gc.prune(store)
-    assert predicted["bytes"] == result.freed_bytes > 0
-    assert predicted["blobs"] == len(result.blobs)
-    assert usage(store)["reclaimable"]["bytes"] == 0
+    assert predicted["size"] == result.freed_bytes > 0
+    assert predicted["blob_count"] == len(result.blobs)
+    assert usage(store)["reclaimable"]["size"] == 0
 
 
 def test_cli_rm_du_prune_verify(store, three):
@@ -75,8 +75,8 @@ def test_cli_rm_du_prune_verify(store, three):
     assert "Would free" in dry.stdout and "would remove blob sha256:" in dry.stdout
     real = run_cli(home, "prune", "--json")
     assert real.returncode == 0, real.stderr
-    freed = json.loads(real.stdout)["freed"]
-    assert freed["blobs"] == 3 and freed["bytes"] > 0
+    freed = json.loads(real.stdout)
+    assert freed["freed_blobs"] == 3 and freed["freed_bytes"] > 0
 
     keep = run_cli(home, "prune", "--keep-storage", "1KB")
     assert keep.returncode == 0 and "Freed" in keep.stdout and f"removed image {BASE}" in keep.stdout
@@ -88,7 +88,8 @@ def test_cli_rm_du_prune_verify(store, three):
     clean = run_cli(home, "verify")
     assert clean.returncode == 0 and "ok" in clean.stdout
     everything = run_cli(home, "prune", "--all", "--json")
-    assert json.loads(everything.stdout)["kept"] == {"images": 0, "blobs": 0, "bytes": 0}
+    kept = json.loads(everything.stdout)
+    assert (kept["kept_images"], kept["kept_blobs"], kept["kept_bytes"]) == (0, 0, 0)
 
 
 def test_images_skips_malformed_records_and_inspect_names_them(store, three):
@@ -112,7 +113,7 @@ def test_images_skips_malformed_records_and_inspect_names_them(store, three):
         in listed.stderr
     )
     as_json = run_cli(home, "images", "--json")
-    assert as_json.returncode == 0 and [row["ref"] for row in json.loads(as_json.stdout)] == sorted(three)
+    assert as_json.returncode == 0 and [row["ref"] for row in json.loads(as_json.stdout)["images"]] == sorted(three)
 
     for ref in (no_digest, "127.0.0.1:5000/broken:1", "127.0.0.1:5000/odd:1"):
         shown = run_cli(home, "inspect", ref)

@@ -41,14 +41,14 @@ def test_rm_and_prune_remove_exactly_the_unique_blobs_and_the_rest_still_loads(
 
     du = as_json(cas("du", "--json"))
     app_row = next(i for i in du["images"] if i["ref"] == app)
-    assert app_row["unique"] == sum(os.path.getsize(blob_path(cas_home, d)) for d in unique_to_app)
+    assert app_row["unique_bytes"] == sum(os.path.getsize(blob_path(cas_home, d)) for d in unique_to_app)
 
     cas("rm", app)
     assert blobs_on_disk(cas_home) == before  # rm frees nothing by itself
     assert app not in layout_refs(cas_home)
     result = as_json(cas("prune", "--json"))
     assert {b["digest"] for b in result["blobs"]} == unique_to_app
-    assert result["freed"]["bytes"] == app_row["unique"] and result["freed"]["images"] == 0
+    assert result["freed_bytes"] == app_row["unique_bytes"] and result["freed_images"] == 0
     assert blobs_on_disk(cas_home) == before - unique_to_app
     assert as_json(cas("verify", "--json", "--deep"))["ok"]
 
@@ -81,7 +81,11 @@ def test_dry_run_deletes_nothing(cas, cas_home, registry, test_images):
     predicted = as_json(cas("prune", "--dry-run", "--all", "--json"))
     assert {b["digest"] for b in predicted["blobs"]} == files
     real = as_json(cas("prune", "--all", "--json"))
-    assert real["freed"] == predicted["freed"] and blobs_on_disk(cas_home) == set()
+    assert (
+        real["freed_bytes"] == predicted["freed_bytes"]
+        and real["freed_blobs"] == predicted["freed_blobs"]
+        and blobs_on_disk(cas_home) == set()
+    )
     assert layout_refs(cas_home) == []
 
 
@@ -96,22 +100,22 @@ def test_keep_storage_evicts_least_recently_used_and_keeps_shared_blobs(
     # LRU order: base, ocidata, app
     du = as_json(cas("du", "--json"))
     rows = {i["ref"]: i for i in du["images"]}
-    total = du["total"]["bytes"]
-    assert rows[base]["unique"] < rows[base]["size"]  # base shares its layers with app
+    total = du["stored_bytes"]
+    assert rows[base]["unique_bytes"] < rows[base]["size"]  # base shares its layers with app
 
     # room for everything except base's own manifest and config: base alone goes
-    first = as_json(cas("prune", "--keep-storage", str(total - rows[base]["unique"]), "--json"))
+    first = as_json(cas("prune", "--keep-storage", str(total - rows[base]["unique_bytes"]), "--json"))
     assert [i["ref"] for i in first["images"]] == [base]
     assert {b["digest"] for b in first["blobs"]} == {test_images.base.digest, test_images.base.config_blob.digest}
     assert set(test_images.app.digests) <= blobs_on_disk(cas_home), "a blob shared with a kept image went"
 
     # one byte less than what is left: the next least recently used (ocidata) goes, app stays
     du = as_json(cas("du", "--json"))
-    left, oci_unique = du["total"]["bytes"], {i["ref"]: i for i in du["images"]}[oci]["unique"]
+    left, oci_unique = du["stored_bytes"], {i["ref"]: i for i in du["images"]}[oci]["unique_bytes"]
     second = as_json(cas("prune", "--keep-storage", f"{left - 1}B", "--json"))
     assert [i["ref"] for i in second["images"]] == [oci]
-    assert second["kept"]["bytes"] == left - oci_unique
-    assert [i["ref"] for i in as_json(cas("images", "--json"))] == [app]
+    assert second["kept_bytes"] == left - oci_unique
+    assert [i["ref"] for i in as_json(cas("images", "--json"))["images"]] == [app]
 
     clean_dockerd.wipe()
     cas("export", app, "-o", tmp_path / "app.tar")
@@ -122,7 +126,7 @@ def test_keep_storage_evicts_least_recently_used_and_keeps_shared_blobs(
 def test_older_than_evicts_images_not_used_recently(cas, cas_home, registry, test_images):
     base, oci = test_images.ref(registry, "base"), test_images.ref(registry, "ocidata")
     cas("pull", base, oci)
-    assert as_json(cas("prune", "--older-than", "1h", "--json"))["freed"]["images"] == 0
+    assert as_json(cas("prune", "--older-than", "1h", "--json"))["freed_images"] == 0
     from cas.store import Store
 
     store = Store(cas_home)  # two hours pass, for both images...
@@ -131,7 +135,7 @@ def test_older_than_evicts_images_not_used_recently(cas, cas_home, registry, tes
     cas("export", oci, "-o", cas_home.parent / "oci.tar")  # ...then an export uses one of them
     result = as_json(cas("prune", "--older-than", "1h", "--json"))
     assert [i["ref"] for i in result["images"]] == [base]
-    assert [i["ref"] for i in as_json(cas("images", "--json"))] == [oci]
+    assert [i["ref"] for i in as_json(cas("images", "--json"))["images"]] == [oci]
 
 
 def test_flipped_byte_is_found_named_repaired_and_pulled_back(
@@ -149,12 +153,15 @@ def test_flipped_byte_is_found_named_repaired_and_pulled_back(
     assert [(f["kind"], f["what"]) for f in deep["findings"]] == [("corrupt", victim)]
 
     repaired = as_json(cas("verify", "--repair", "--json", check=False))
-    assert repaired["needs_pull"] == sorted([base, app])
+    assert repaired["needs_pull_refs"] == sorted([base, app])
     assert not blob_path(cas_home, victim).exists()
     assert sorted(layout_refs(cas_home)) == sorted([base, app])  # still listed: a layout may miss blobs
     failed = cas("export", app, "-o", tmp_path / "broken.tar", check=False)
     assert failed.returncode != 0 and victim in failed.stderr
-    assert {row["ref"]: row["needs_pull"] for row in as_json(cas("images", "--json"))} == {base: True, app: True}
+    assert {row["ref"]: row["needs_pull"] for row in as_json(cas("images", "--json"))["images"]} == {
+        base: True,
+        app: True,
+    }
     assert cas("images").stdout.count("needs pull") == 2
 
     registry.mark()

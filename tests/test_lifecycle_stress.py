@@ -77,7 +77,7 @@ def test_concurrent_pulls_exports_rm_prune_keep_the_store_consistent(
             if listed.returncode != 0:
                 fail("images", listed)
                 continue
-            cached = [row["ref"] for row in json.loads(listed.stdout)]
+            cached = [row["ref"] for row in json.loads(listed.stdout)["images"]]
             if cached:
                 victim = rng.choice(cached)
                 proc = cas("rm", victim, check=False)
@@ -91,7 +91,7 @@ def test_concurrent_pulls_exports_rm_prune_keep_the_store_consistent(
                 fail("prune", proc)
             else:
                 with lock:
-                    freed_blobs.append(json.loads(proc.stdout)["freed"]["blobs"])
+                    freed_blobs.append(json.loads(proc.stdout)["freed_blobs"])
             note("prune")
 
     def checker(seed: int) -> None:
@@ -130,7 +130,7 @@ def test_concurrent_pulls_exports_rm_prune_keep_the_store_consistent(
     final = cas("verify", "--deep", "--json", check=False)
     assert final.returncode == 0, final.stdout
     assert json.loads(final.stdout)["ok"]
-    assert json.loads(cas("prune", "--dry-run", "--json").stdout)["freed"]["ingests"] == 0
+    assert json.loads(cas("prune", "--dry-run", "--json").stdout)["freed_stale_downloads"] == 0
 
     for name, archive in exported:
         clean_dockerd.wipe()

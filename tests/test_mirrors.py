@@ -52,7 +52,7 @@ def env_for(hosts=None, registries_conf=None, daemon_json=None) -> dict[str, str
 
 
 def pull_json(cas, ref: str, env: dict[str, str], *extra: str) -> dict:
-    return json.loads(cas("pull", "--json", *extra, ref, env=env).stdout)[0]
+    return json.loads(cas("pull", "--json", *extra, ref, env=env).stdout)["images"][0]
 
 
 def by_cas(records):
@@ -75,7 +75,7 @@ def test_hosts_toml_mirror_is_the_only_way_to_the_upstream(cas, fleet, tmp_path)
     assert {r.reference for r in mirror_gets if r.kind == "blob"} == {b.digest for b in image.blobs}
     assert result["manifest_endpoint"] == mirror.url
     assert [e["url"] for e in result["endpoints"]] == [mirror.url]
-    assert result["endpoints"][0]["downloaded_bytes"] == sum(b.size for b in image.blobs) + image.manifest_blob.size
+    assert result["endpoints"][0]["served_bytes"] == sum(b.size for b in image.blobs) + image.manifest_blob.size
     assert result["fallbacks"] == []
 
 
@@ -207,7 +207,7 @@ def test_the_upstreams_credentials_never_reach_the_mirror(cas, tmp_path, proxy_f
         env["CAS_HOME"] = str(tmp_path / "host2")
         result = json.loads(
             cas("pull", "--json", "-u", "builder", "--password-stdin", ref, input="s3cret\n", env=env).stdout
-        )[0]
+        )["images"][0]
         assert result["fallbacks"][0]["endpoint"] == challenging.url
         assert result["manifest_endpoint"] == upstream.url
         assert challenging.requests and all("authorization" not in r.headers for r in challenging.requests)

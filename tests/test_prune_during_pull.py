@@ -55,7 +55,7 @@ def test_prune_all_during_a_held_download_leaves_the_export_complete(
 
     exported, export_err = export.communicate(timeout=120)
     assert export.returncode == 0, export_err
-    assert json.loads(exported)["pulled"] == [ref]
+    assert json.loads(exported)["pulled_refs"] == [ref]
     pruned, prune_err = prune.communicate(timeout=120)
     assert prune.returncode == 0, prune_err
 

@@ -38,7 +38,7 @@ def test_push_uploads_each_blob_once_and_a_second_push_uploads_nothing(cas, regi
 
     mark = registry.mark()
     out = _push_json(cas, test_images.ref(registry, "base"), dest)
-    assert out["digest"] == base.digest and out["manifests"] == 1
+    assert out["digest"] == base.digest and out["manifest_count"] == 1
     assert out["uploaded_blobs"] == len(base.blobs) and out["uploaded_bytes"] == sum(b.size for b in base.blobs)
     assert out["mounted_blobs"] == 0 and out["skipped_blobs"] == 0
     logged = registry.requests(mark)
@@ -150,14 +150,14 @@ def test_multi_platform_index_is_pushed_only_when_every_platform_is_cached(cas, 
 
     one = _push_json(cas, "--platform", "linux/amd64", ref, f"{proxy.host}/{repository}:amd64")
     amd64 = multi.for_platform("linux/amd64")
-    assert one["digest"] == amd64.digest and one["platforms"] == ["linux/amd64"] and one["manifests"] == 1
+    assert one["digest"] == amd64.digest and one["platforms"] == ["linux/amd64"] and one["manifest_count"] == 1
     assert skopeo.inspect(f"docker://{registry.host}/{repository}:amd64")["Digest"] == amd64.digest
 
     for platform in ("linux/arm64/v8", "linux/arm/v7"):
         cas("pull", "--platform", platform, ref)
     mark = registry.mark()
     whole = _push_json(cas, ref, f"{proxy.host}/{repository}:all")
-    assert whole["digest"] == multi.digest and whole["manifests"] == 4
+    assert whole["digest"] == multi.digest and whole["manifest_count"] == 4
     assert whole["platforms"] == ["linux/amd64", "linux/arm64/v8", "linux/arm/v7"]
     assert whole["skipped_blobs"] == len(amd64.blobs)  # pushed with the amd64 manifest just before
     raw = skopeo.run("inspect", "--tls-verify=false", "--raw", f"docker://{registry.host}/{repository}:all").stdout

@@ -260,7 +260,7 @@ def test_bearer_anonymous_denied_hints_at_login():
     registry = FakeRegistry("bearer", anonymous=False)
     with pytest.raises(AuthError) as info:
         fetch(registry, RegistryAuth(HOST, lookup=lambda host: None))
-    assert "docker login reg.example" in info.value.hint and "--password-stdin" in info.value.hint
+    assert "cas login reg.example" in info.value.hint and "--password-stdin" in info.value.hint
 
 
 def test_bearer_401_after_a_fresh_token_is_an_auth_error():
@@ -311,7 +311,10 @@ def test_basic_without_credentials_hints_at_login():
     with pytest.raises(AuthError) as info:
         fetch(FakeRegistry("basic"), RegistryAuth(HOST, lookup=lambda host: None))
     assert info.value.message == f"registry {HOST} requires authentication"
-    assert info.value.hint == f"log in with `docker login {HOST}` or pass --username and --password-stdin"
+    assert (
+        info.value.hint
+        == f"log in with `cas login {HOST}` (or `docker login`), or pass --username and --password-stdin"
+    )
 
 
 def test_basic_bad_password_is_an_auth_error():

@@ -252,7 +252,7 @@ def test_basic_without_credentials_says_how_to_log_in(basic_registry, no_docker_
     with RegistryClient(basic_registry.host, **FAST) as client, pytest.raises(AuthError) as info:
         client.get_manifest("cas-test/basic", "1")
     assert info.value.message == f"registry {basic_registry.host} requires authentication"
-    assert f"docker login {basic_registry.host}" in info.value.hint and "--password-stdin" in info.value.hint
+    assert f"cas login {basic_registry.host}" in info.value.hint and "--password-stdin" in info.value.hint
 
 
 def test_basic_bad_password_is_an_auth_error(basic_registry, no_docker_config):

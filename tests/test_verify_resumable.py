@@ -47,14 +47,14 @@ def test_a_resumable_download_is_reported_as_such_and_kept(cas, cas_home, partia
     assert report["ok"] is True and report["findings"] == []
     [resumable] = report["resumable"]
     assert resumable["digest"] == "sha256:" + entry.name.split("-", 1)[1]
-    assert resumable["size"] == size and 0 <= resumable["age_seconds"] < 600
-    assert resumable["modified"].endswith("Z") and resumable["path"] == f"ingest/{entry.name}"
+    assert resumable["partial_bytes"] == size and 0 <= resumable["age_seconds"] < 600
+    assert resumable["modified_at"].endswith("Z") and resumable["path"] == f"ingest/{entry.name}"
 
     human = cas("verify")
     assert "resumable: sha256:" in human.stdout and "the next `cas pull` resumes it" in human.stdout
 
     assert cas("verify", "--repair", check=False).returncode == 0
-    assert json.loads(cas("prune", "--json").stdout)["freed"]["ingests"] == 0
+    assert json.loads(cas("prune", "--json").stdout)["freed_stale_downloads"] == 0
     assert (entry / "data").stat().st_size == size  # kept by both
 
     mark = len(proxy.requests)
@@ -72,7 +72,7 @@ def test_downloads_nobody_can_resume_are_stale_for_verify_and_prune_alike(cas, c
     assert report["ok"] is False and report["resumable"] == []
     [stale] = report["findings"]
     assert stale["kind"] == "stale-ingest" and "untouched for 8 days (resumable for 7 days)" in stale["detail"]
-    assert json.loads(cas("prune", "--dry-run", "--json").stdout)["freed"]["ingests"] == 1
+    assert json.loads(cas("prune", "--dry-run", "--json").stdout)["freed_stale_downloads"] == 1
 
     os.utime(entry / "data")  # fresh again, but unreadable: its data is a symlink now
     (entry / "data").rename(entry / "elsewhere")
@@ -80,11 +80,11 @@ def test_downloads_nobody_can_resume_are_stale_for_verify_and_prune_alike(cas, c
     report = json.loads(cas("verify", "--json", check=False).stdout)
     assert [f["detail"].rsplit(": ", 1)[1] for f in report["findings"]] == ["its data cannot be read"]
     pruned = json.loads(cas("prune", "--json").stdout)
-    assert pruned["freed"]["ingests"] == 1 and not entry.exists()
+    assert pruned["freed_stale_downloads"] == 1 and not entry.exists()
     assert cas("verify", check=False).returncode == 0
 
 
 def test_prune_all_empties_the_store_resumable_downloads_included(cas, partial):
     _, entry = partial
-    assert json.loads(cas("prune", "--all", "--json").stdout)["freed"]["ingests"] == 1
+    assert json.loads(cas("prune", "--all", "--json").stdout)["freed_stale_downloads"] == 1
     assert not entry.exists()

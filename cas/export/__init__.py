@@ -87,7 +87,18 @@ class ExportResult:
     seconds: float = 0.0
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        """The `cas export --json` fields: these names, renamed to the conventions of cas.jsonout."""
+        body = {_JSON_NAMES.get(key, key): value for key, value in self.__dict__.items()}
+        body["seconds"] = round(self.seconds, 3)
+        return body
+
+
+_JSON_NAMES = {
+    "blobs": "exported_blobs",
+    "bytes": "exported_bytes",
+    "written": "written_bytes",
+    "pulled": "pulled_refs",
+}
 
 
 def export(

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from cas.errors import CasError, OutputError, disk_full
+from cas.errors import CasError, OutputError, UsageError, disk_full
 from cas.store.fs import fsync_dir
 
 PARTIAL_SUFFIX = ".cas-partial"
@@ -23,7 +23,7 @@ NOTHING_KEPT = "nothing was kept"  # the end of every hint of a failed export to
 
 def check_stream(fd: int) -> None:
     if os.isatty(fd):
-        raise OutputError(
+        raise UsageError(
             "refusing to write a tar archive to a terminal",
             hint="redirect it (`cas export IMG -o - | docker load`) or write a file with -o FILE",
         )

@@ -43,7 +43,7 @@ from cas.registry.wire import error_detail
 
 DEFAULT_EXPIRES_IN = 60.0
 BASIC_MEMORY = 24 * 3600.0  # how long "this registry wants Basic" is remembered
-LOGIN_HINT = "log in with `docker login {host}` or pass --username and --password-stdin"
+LOGIN_HINT = "log in with `cas login {host}` (or `docker login`), or pass --username and --password-stdin"
 
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _PARAM = re.compile(rf'\s*({_TOKEN})\s*=\s*(?:"((?:[^"\\]|\\.)*)"|({_TOKEN}))\s*(,|$)', re.DOTALL)
@@ -167,7 +167,9 @@ class RegistryAuth:
         self._lookup_lock = threading.Lock()  # a helper may take seconds: do not block token reads
 
     def scoped(self, repository: str, scopes: tuple[str, ...] | None = None) -> httpx.Auth:
-        return _ScopedAuth(self, repository, scopes or (scope_for(repository),))
+        if scopes is None:  # pull on the repository; nothing for the registry itself (GET /v2/, a login's check)
+            scopes = (scope_for(repository),) if repository else ()
+        return _ScopedAuth(self, repository, scopes)
 
     # credentials ---------------------------------------------------------
     def credentials(self) -> Credentials | None:
@@ -312,7 +314,7 @@ class RegistryAuth:
             _, detail = error_detail(response.content)
             raise AuthError(
                 f"access denied to {repository} on {self.host}" + (f": {detail}" if detail else ""),
-                hint=f"check that your account may access {repository}; `docker login {self.host}` to change accounts",
+                hint=f"check that your account may access {repository}; `cas login {self.host}` to change accounts",
             )
         if is_retryable_status(status):
             kind = RateLimited if status == 429 else ServerError
@@ -333,7 +335,7 @@ class RegistryAuth:
             if maybe_missing:  # Docker Hub answers an anonymous token for a missing repository this way
                 hint = f"the repository may not exist, or it is private: {hint}"
         else:
-            hint = f"check the username and password, then `docker login {self.host}` again"
+            hint = f"check the username and password, then `cas login {self.host}` again"
         raise AuthError(f"authentication failed for {self.host}: {detail or response.status_code}", hint=hint)
 
 

@@ -188,6 +188,17 @@ class RegistryClient(BlobDownloads):
         self.served.manifest_from(ep)
         return FetchedManifest(data, media_type_of(data, headers.get("Content-Type")), digest, ep.url)
 
+    def check_login(self) -> None:
+        """GET /v2/ with the credentials, as `docker login` checks them; AuthError when they are refused."""
+
+        own = self._upstream
+        url = f"{own.api}/"  # the /v2/ base, never a mirror
+
+        def attempt() -> None:
+            self._open(own, url, {}, "", f"registry {self.registry}", kind="registry", ok=(200,)).close()
+
+        self._retrying(own, attempt)
+
     # pushes (cas.registry.upload): the upstream only, never a mirror -------
     def push_request(
         self,

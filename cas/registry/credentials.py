@@ -61,18 +61,28 @@ def config_path() -> Path:
     return base / "config.json"
 
 
+def read_config(registry: str) -> tuple[Path, dict | None, str]:
+    """The docker config's path, its contents (None when absent or empty), and ``registry`` normalized."""
+    path = config_path()
+    return path, _load_config(path), normalize_registry(registry)
+
+
+def cred_helper(config: dict, host: str, path: Path) -> str | None:
+    """The ``credHelpers`` entry for ``host``, validated; None when there is none."""
+    for key, name in _section(config, "credHelpers", path).items():
+        if normalize_registry(key) == host:
+            return _helper_name(name, f"credHelpers[{key!r}]", path)
+    return None
+
+
 def lookup_credentials(registry: str) -> Credentials | None:
     """Credentials for ``registry`` (a host[:port]), or None to go anonymous."""
-    path = config_path()
-    config = _load_config(path)
+    path, config, host = read_config(registry)
     if config is None:
         return None
-    host = normalize_registry(registry)
-
-    helpers = _section(config, "credHelpers", path)
-    for key, name in helpers.items():
-        if normalize_registry(key) == host:
-            return run_helper(_helper_name(name, f"credHelpers[{key!r}]", path), _helper_key(host))
+    helper = cred_helper(config, host, path)
+    if helper is not None:
+        return run_helper(helper, _helper_key(host))
 
     auths = _section(config, "auths", path)
     for key, entry in auths.items():

@@ -15,6 +15,7 @@ import httpx
 
 from cas.errors import AuthError, NotFound, RateLimited, RegistryError, ServerError
 from cas.registry.retry import MAX_RETRY_AFTER, Transient, is_retryable_status, parse_retry_after
+from cas.registry.transport import proxy_for
 from cas.registry.wire import error_detail, is_loopback
 
 TLS_CA_HINT = (
@@ -85,7 +86,21 @@ class TransportFailure:
     retryable: bool
 
 
+PROXY_HINT = "check the proxy in HTTPS_PROXY / HTTP_PROXY / ALL_PROXY, or list the registry in NO_PROXY"
+_TO_PROXY = frozenset({"dns", "refused", "connect", "connect-timeout"})  # the first hop is the proxy
+
+
 def describe_transport_error(exc: BaseException, url: str = "", source: str = "") -> TransportFailure:
+    """What ``_describe`` says, naming the proxy when the connection that failed was the proxy's."""
+    failure = _describe(exc, url, source)
+    proxy = proxy_for(httpx.URL(url)) if url else None
+    if proxy and (failure.kind in _TO_PROXY or isinstance(exc, httpx.ProxyError)):
+        reason = failure.reason if failure.kind in _TO_PROXY else f"the proxy said {_first_line(exc)}"
+        return TransportFailure(failure.kind, f"{reason} (through proxy {proxy})", PROXY_HINT, failure.retryable)
+    return failure
+
+
+def _describe(exc: BaseException, url: str = "", source: str = "") -> TransportFailure:
     """The failure an httpx transport error stands for, from its cause chain.
 
     ``url`` is the endpoint's base URL and ``source`` the file that configured it

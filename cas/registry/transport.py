@@ -14,16 +14,24 @@ is about 40 % faster with 1 MiB reads (measured on loopback), and httpcore has
 no per-pool setting for it, so this module raises the class-wide
 ``httpcore.HTTP11Connection.READ_NUM_BYTES`` to READ_SIZE when a transport is
 made. A recv returns what is there, so small answers are not slowed down.
-It is a private attribute: pyproject pins ``httpcore<1.1`` and
+
+Every request is logged on ``cas.registry.http`` at DEBUG (``cas -v``): method, URL
+without user info or query string (a CDN's signed query is a credential), status,
+body bytes and time, once the body is read or closed. Headers are never logged.
+
+The read size is a private attribute: pyproject pins ``httpcore<1.1`` and
 tests/test_dependency_internals.py fails loudly when an upgrade drops it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 import threading
+import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -33,6 +41,7 @@ from cas.registry.endpoints.model import TLS
 from cas.registry.wire import is_loopback
 
 READ_SIZE = 1 << 20
+log = logging.getLogger("cas.registry.http")
 
 CERTS_DIRS = ("/etc/docker/certs.d", "/etc/containers/certs.d")  # $CAS_CERTS_DIRS overrides (":"-separated)
 
@@ -140,13 +149,51 @@ class LazyTLSTransport(httpx.BaseTransport):
             return pool
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return self._pool(request.url).handle_request(request)
+        if not log.isEnabledFor(logging.DEBUG):
+            return self._pool(request.url).handle_request(request)
+        started = time.monotonic()
+        try:
+            response = self._pool(request.url).handle_request(request)
+        except httpx.TransportError as exc:
+            log.debug("%s %s: %s after %.3f s", request.method, shown_url(request.url), exc, time.monotonic() - started)
+            raise
+        response.stream = _LoggedStream(response.stream, request, response.status_code, started)
+        return response
 
     def close(self) -> None:
         with self._lock:
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             pool.close()
+
+
+class _LoggedStream(httpx.SyncByteStream):
+    """A response body that logs its request once, with the bytes read, when it is closed."""
+
+    def __init__(self, inner: httpx.SyncByteStream, request: httpx.Request, status: int, started: float) -> None:
+        self._inner = inner
+        self._line = f"{request.method} {shown_url(request.url)} {status}"
+        self._started = started
+        self._bytes = 0
+        self._logged = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._inner:
+            self._bytes += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            if not self._logged:
+                self._logged = True
+                log.debug("%s, %d bytes in %.3f s", self._line, self._bytes, time.monotonic() - self._started)
+
+
+def shown_url(url: httpx.URL) -> str:
+    """``url`` fit for a log: no user info, and no query (signed CDN queries carry credentials)."""
+    return str(url.copy_with(userinfo=b"", query=None)) + ("?..." if url.query else "")
 
 
 def _netloc(url: httpx.URL) -> str:

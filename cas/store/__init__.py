@@ -39,6 +39,21 @@ def default_home() -> Path:
     return Path(cache) / "cas"
 
 
+def layout_refs(home: Path | None = None) -> list[str]:
+    """The references index.json lists, read without opening the index (shell completion must be instant).
+
+    index.json is rewritten after every change to the refs, so this is what `cas images` lists;
+    a store that does not exist or cannot be read lists nothing.
+    """
+    path = (home if home is not None else default_home()) / LAYOUT_VERSION / "index.json"
+    try:
+        entries = json.loads(path.read_bytes())["manifests"]
+        names = {entry["annotations"][REF_NAME] for entry in entries}
+    except (OSError, ValueError, TypeError, KeyError):
+        return []
+    return sorted(name for name in names if isinstance(name, str))
+
+
 class Store:
     def __init__(self, home: Path | None = None) -> None:
         self.home = Path(home) if home is not None else default_home()

@@ -7,6 +7,7 @@ sweep. Per-digest ingest locks make a second downloader wait for the first.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from cas.errors import LockTimeout
 from cas.store.fs import storage_errors
 
 _POLL = 0.05
+log = logging.getLogger("cas.store.locks")  # `cas -v` shows every wait, not only the first notice
 
 
 class FileLock:
@@ -37,7 +39,8 @@ class FileLock:
 
     def acquire(self) -> None:
         mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        started = time.monotonic()
+        deadline = None if self.timeout is None else started + self.timeout
         announced = False
         while True:
             with storage_errors(f"the lock {self.path}"):
@@ -51,14 +54,15 @@ class FileLock:
             except BlockingIOError:
                 os.close(fd)
                 if deadline is not None and time.monotonic() >= deadline:
-                    kind = "shared" if self.shared else "exclusive"
                     raise LockTimeout(
-                        f"timed out after {self.timeout:g}s waiting for a {kind} lock on {self.purpose} ({self.path})",
+                        f"timed out after {self.timeout:g}s waiting for a {_kind(self.shared)} lock on {self.purpose} ({self.path})",
                         hint="another cas process (a prune, pull or export) holds it; wait for it to finish, "
                         "or raise --lock-timeout",
                     ) from None
-                if not announced and self.on_wait is not None:
-                    self.on_wait(f"waiting for another cas process to release {self.purpose}...")
+                if not announced:
+                    log.debug("waiting to lock %s (%s) at %s", self.purpose, _kind(self.shared), self.path)
+                    if self.on_wait is not None:
+                        self.on_wait(f"waiting for another cas process to release {self.purpose}...")
                     announced = True
                 time.sleep(_POLL)
                 continue
@@ -70,6 +74,13 @@ class FileLock:
                 same = False
             if same:
                 self._fd = fd
+                if announced:
+                    log.debug(
+                        "locked %s (%s) after %.2f s",
+                        self.purpose,
+                        _kind(self.shared),
+                        time.monotonic() - started,
+                    )
                 return
             os.close(fd)
 
@@ -93,6 +104,10 @@ class FileLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _kind(shared: bool) -> str:
+    return "shared" if shared else "exclusive"
 
 
 def is_locked(path: Path) -> bool:

@@ -56,6 +56,8 @@ class Squid:
             f"coredump_dir {self.workdir}\n"
             f"hosts_file {self.workdir}/hosts\n"
             "dns_nameservers 127.0.0.1\n"  # nothing beyond hosts_file: names it does not know fail fast
+            "dns_timeout 1 seconds\n"
+            "negative_dns_ttl 60 seconds\n"
             "cache deny all\n"
             "http_access allow all\n"  # CONNECT to any port too: the tests' registries are not on 443
             "visible_hostname cas-test-proxy\n"

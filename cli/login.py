@@ -1,0 +1,91 @@
+"""cas login REGISTRY / cas logout REGISTRY: credentials in docker's config.json, shared with docker and podman."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from cli import options, output
+
+Registry = Annotated[
+    str, typer.Argument(metavar="REGISTRY", help="Registry host[:port], e.g. ghcr.io or 127.0.0.1:5000.")
+]
+
+
+def login(
+    registry: Registry,
+    username: Annotated[
+        str | None, typer.Option("--username", "-u", metavar="USER", help="User name (else asked for).")
+    ] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password or token from stdin (else asked for).")
+    ] = False,
+    insecure: options.Insecure = False,
+    quiet: options.Quiet = False,
+    verbose: options.Verbose = False,
+) -> None:
+    """Log in to a registry: check the credentials, then save them where docker keeps its logins.
+
+    The password is read from stdin or a prompt, never from an argument (it would show in `ps`
+    and shell history). Saved in $DOCKER_CONFIG/config.json, or through its credsStore or
+    credHelpers, so `docker` and `podman` see the same login.
+
+    \b
+    Examples:
+      cas login registry.example.com
+      echo "$TOKEN" | cas login -u ci --password-stdin ghcr.io
+    """
+    from cas.errors import UsageError
+    from cas.reference import DOCKER_HUB, DOCKER_HUB_API
+    from cas.registry import Credentials, RegistryClient
+    from cas.registry.credentials import normalize_registry
+    from cas.registry.login import store_credentials
+
+    host = normalize_registry(registry)
+    if password_stdin:
+        if username is None:
+            raise UsageError(
+                "--password-stdin needs --username",
+                hint=f'echo "$TOKEN" | cas login -u USER --password-stdin {registry}',
+            )
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        if not sys.stdin.isatty():
+            raise UsageError(
+                "no terminal to ask for the password on",
+                hint=f'pipe it: echo "$TOKEN" | cas login -u USER --password-stdin {registry}',
+            )
+        import getpass
+
+        username = username or input("Username: ").strip()
+        password = getpass.getpass("Password: ")
+    if not username or not password:
+        raise UsageError("a login needs a user name and a password", hint=f"cas login -u USER {registry}")
+    credentials = Credentials(username=username, password=password)
+    with RegistryClient(
+        DOCKER_HUB_API if host == DOCKER_HUB else host, insecure=insecure, credentials=credentials
+    ) as client:
+        client.check_login()
+    where = store_credentials(host, credentials)
+    if not quiet:
+        output.notice(f"logged in to {host} as {username} (saved in {where})")
+
+
+def logout(registry: Registry, quiet: options.Quiet = False) -> None:
+    """Remove a registry's saved login from docker's config.json (or its credential helper).
+
+    \b
+    Examples:
+      cas logout registry.example.com
+    """
+    from cas.errors import CredentialError
+    from cas.registry.credentials import normalize_registry
+    from cas.registry.login import erase_credentials
+
+    host = normalize_registry(registry)
+    if not erase_credentials(host):
+        raise CredentialError(f"not logged in to {host}", hint="nothing was changed")
+    if not quiet:
+        output.notice(f"removed login for {host}")

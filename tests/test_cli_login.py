@@ -1,0 +1,97 @@
+"""cas login / logout against the htpasswd registry: docker's config.json, or its credential helper."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+
+HELPER = """#!/bin/sh
+# a docker credential helper keeping one secret in a file, and a log of its calls
+dir={dir}
+echo "$1" >> "$dir/calls"
+case "$1" in
+  store) cat > "$dir/secret.json" ;;
+  get)
+    read server
+    [ -f "$dir/secret.json" ] || {{ echo "credentials not found in native keychain"; exit 1; }}
+    {python} -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))))' "$dir/secret.json" ;;
+  erase)
+    read server
+    [ -f "$dir/secret.json" ] || {{ echo "credentials not found in native keychain"; exit 1; }}
+    rm "$dir/secret.json" ;;
+esac
+"""
+
+
+def _config(cas_home: Path) -> dict:
+    path = Path(os.environ["DOCKER_CONFIG"]) / "config.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def test_login_then_pull_needs_no_username(cas, cas_home, basic_registry, test_images):
+    ref = test_images.ref(basic_registry, "base")
+    host, user, password = basic_registry.host, basic_registry.username, basic_registry.password
+    assert cas("pull", "-q", ref, check=False).returncode == 1  # anonymous: refused
+
+    proc = cas("login", "-u", user, "--password-stdin", host, input=f"{password}\n")
+    assert proc.stderr.startswith(f"logged in to {host} as {user}")
+    assert password not in proc.stderr + proc.stdout
+    entry = _config(cas_home)["auths"][host]
+    assert base64.b64decode(entry["auth"]).decode() == f"{user}:{password}"
+    mode = (Path(os.environ["DOCKER_CONFIG"]) / "config.json").stat().st_mode & 0o777
+    assert mode == 0o600
+    assert cas("pull", "-q", ref).returncode == 0
+
+    assert cas("logout", host).stderr == f"removed login for {host}\n"
+    assert host not in _config(cas_home)["auths"]
+    again = cas("logout", host, check=False)
+    assert again.returncode == 1 and again.stderr.startswith(f"error: not logged in to {host}")
+
+
+def test_a_refused_login_saves_nothing(cas, cas_home, basic_registry):
+    proc = cas(
+        "login", "-u", basic_registry.username, "--password-stdin", basic_registry.host, input="wrong\n", check=False
+    )
+    assert proc.returncode == 1 and "authentication failed" in proc.stderr
+    assert len(proc.stderr.splitlines()) == 2
+    assert _config(cas_home) == {}
+
+
+def test_login_keeps_other_entries_and_never_takes_a_password_argument(cas, cas_home, basic_registry):
+    config_path = Path(os.environ["DOCKER_CONFIG"]) / "config.json"
+    config_path.write_text(json.dumps({"auths": {"other.example": {"auth": "eDp5"}}, "psFormat": "table"}))
+    cas("login", "-u", basic_registry.username, "--password-stdin", basic_registry.host, input=basic_registry.password)
+    config = _config(cas_home)
+    assert config["psFormat"] == "table" and config["auths"]["other.example"] == {"auth": "eDp5"}
+    assert basic_registry.host in config["auths"]
+    for args in (["--password", "x"], ["-p", "x"]):
+        proc = cas("login", *args, basic_registry.host, check=False)
+        assert proc.returncode == 2 and "no such option" in proc.stderr
+    no_tty = cas("login", basic_registry.host, input="", check=False)  # stdin is a pipe: no prompt possible
+    assert no_tty.returncode == 2 and "--password-stdin" in no_tty.stderr
+
+
+def test_login_goes_through_the_credential_store_when_docker_has_one(
+    cas, cas_home, basic_registry, test_images, tmp_path
+):
+    helper_dir = tmp_path / "helper"
+    helper_dir.mkdir()
+    program = helper_dir / "docker-credential-castest"
+    program.write_text(HELPER.format(dir=helper_dir, python=sys.executable))
+    program.chmod(0o755)
+    env = {"PATH": f"{helper_dir}:{os.environ['PATH']}"}
+    config_path = Path(os.environ["DOCKER_CONFIG"]) / "config.json"
+    config_path.write_text(json.dumps({"credsStore": "castest"}))
+    host = basic_registry.host
+
+    cas("login", "-u", basic_registry.username, "--password-stdin", host, input=basic_registry.password, env=env)
+    assert _config(cas_home)["auths"] == {host: {}}  # the marker docker writes; the secret is in the helper
+    secret = json.loads((helper_dir / "secret.json").read_text())
+    assert secret == {"ServerURL": host, "Username": basic_registry.username, "Secret": basic_registry.password}
+    assert cas("pull", "-q", test_images.ref(basic_registry, "base"), env=env).returncode == 0
+    cas("logout", host, env=env)
+    assert not (helper_dir / "secret.json").exists() and _config(cas_home)["auths"] == {}
+    assert (helper_dir / "calls").read_text().split() == ["store", "get", "erase"]
