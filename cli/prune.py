@@ -89,7 +89,8 @@ def render(result) -> None:
     per_image, unreferenced = result.freed_by_image()
     for image, freed in per_image:
         print(
-            f"{verb} image {image.ref} ({image.platform or 'unknown platform'}): {frees} {size(freed)} of its {size(image.size)}"
+            f"{verb} image {image.ref}: {frees} {size(freed)} of its {size(image.size)}"
+            f" ({image.platform or 'unknown platform'})"
         )
     if unreferenced:
         print(f"{verb} blobs no image needs: {frees} {size(unreferenced)}")

@@ -16,7 +16,13 @@ AMD64, ARM64, ARM = "linux/amd64", "linux/arm64/v8", "linux/arm/v7"
 
 
 def _rows(cas, ref: str) -> list[tuple[str, str]]:
-    return [(r["ref"], r["platform"]) for r in json.loads(cas("images", "--json").stdout) if r["ref"] == ref]
+    return [(r["ref"], r["platform"]) for r in _json(cas, "images") if r["ref"] == ref]
+
+
+def _json(cas, command: str, *args: str, check: bool = True):
+    """The body of ``cas COMMAND --json``; for a command that lists images, its ``images``."""
+    body = json.loads(cas(command, "--json", *args, check=check).stdout)
+    return body["images"] if command in ("images", "pull", "rm") else body
 
 
 def _blob(cas_home: Path, digest: str) -> Path:
@@ -41,18 +47,18 @@ def test_pulling_another_platform_keeps_the_first(cas, cas_home, registry, test_
         (ref, "arm64"),
     ]
     assert skopeo.inspect(f"oci:{cas_home / 'v1'}:{ref}")["Architecture"] == "amd64"  # the first entry of the name
-    pruned = json.loads(cas("prune", "--json").stdout)
-    assert pruned["freed"]["images"] == 0 and pruned["freed"]["blobs"] == 0
+    pruned = _json(cas, "prune")
+    assert pruned["freed_images"] == 0 and pruned["freed_blobs"] == 0
     for platform in (AMD64, ARM64):
         image = test_images.multi.for_platform(platform)
-        info = json.loads(cas("inspect", "--json", "--platform", platform, ref).stdout)
+        info = _json(cas, "inspect", "--platform", platform, ref)
         assert info["manifest"] == image.digest and info["digest"] == test_images.multi.digest
 
 
 def test_pull_several_platforms_at_once_and_all_of_them(cas, registry, test_images):
     ref = test_images.ref(registry, "multidocker")
     mark = registry.mark()
-    out = json.loads(cas("pull", "--json", "--platform", "linux/amd64,linux/arm64/v8", ref).stdout)
+    out = _json(cas, "pull", "--platform", "linux/amd64,linux/arm64/v8", ref)
     assert [p["platform"] for p in out[0]["platforms"]] == [AMD64, ARM64]
     assert [p["manifest"] for p in out[0]["platforms"]] == [
         test_images.multidocker.for_platform(p).digest for p in (AMD64, ARM64)
@@ -78,7 +84,7 @@ def test_another_platform_of_a_single_platform_image_is_an_error_caching_nothing
     error, hint = failed.stderr.strip().splitlines()[-2:]
     assert error == f"error: {ref} is a single-platform image for {AMD64}, not {ARM64}; nothing was cached"
     assert hint.startswith("hint: pull it without --platform")
-    assert json.loads(cas("images", "--json").stdout) == []
+    assert _json(cas, "images") == []
     assert [p for p in (cas_home / "v1" / "blobs").rglob("*") if p.is_file()] == []
 
     # the same through export --pull: the error names the platform, and never suggests --pull again
@@ -93,7 +99,7 @@ def test_another_platform_of_a_single_platform_image_is_an_error_caching_nothing
 def test_rm_removes_every_platform_or_the_one_named(cas, registry, test_images):
     ref = test_images.ref(registry, "multi")
     cas("pull", "--all-platforms", ref)
-    removed = json.loads(cas("rm", "--json", "--platform", "linux/arm/v7", ref).stdout)["removed"]
+    removed = _json(cas, "rm", "--platform", "linux/arm/v7", ref)
     assert [(r["ref"], r["platform"]) for r in removed] == [(ref, ARM)]
     assert _rows(cas, ref) == [(ref, AMD64), (ref, ARM64)]
     gone = cas("rm", "--platform", "linux/arm/v7", ref, check=False)
@@ -107,24 +113,24 @@ def test_prune_du_and_verify_count_per_platform(cas, cas_home, registry, test_im
     amd64, arm64 = (test_images.multi.for_platform(p) for p in (AMD64, ARM64))
     cas("pull", "--platform", "linux/arm64", ref)
     cas("pull", "--platform", "linux/amd64", ref)  # used after arm64
-    du = json.loads(cas("du", "--json").stdout)
+    du = _json(cas, "du")
     assert [(i["ref"], i["platform"]) for i in du["images"]] == [(ref, AMD64), (ref, ARM64)]
     by_platform = {i["platform"]: i for i in du["images"]}
-    assert by_platform[ARM64]["shared"] == len(test_images.multi.manifest_blob.data)  # the index, listed by both
+    assert by_platform[ARM64]["shared_bytes"] == len(test_images.multi.manifest_blob.data)  # the index, listed by both
 
     victim = arm64.layers[0].digest  # arm64's own layer
     flip_byte(_blob(cas_home, victim), 10)
-    found = json.loads(cas("verify", "--json", check=False).stdout)["findings"]
+    found = _json(cas, "verify", check=False)["findings"]
     assert [(f["kind"], f["what"], f["refs"]) for f in found] == [("corrupt", victim, [f"{ref} ({ARM64})"])]
     cas("verify", "--repair", check=False)
-    assert {r["platform"]: r["needs_pull"] for r in json.loads(cas("images", "--json").stdout)} == {
+    assert {r["platform"]: r["needs_pull"] for r in _json(cas, "images")} == {
         AMD64: False,
         ARM64: True,
     }
     cas("pull", "--platform", "linux/arm64", ref)  # heals arm64, leaves amd64 alone
 
     keep = amd64.size + len(test_images.multi.manifest_blob.data) + 100  # room for one platform, not two
-    pruned = json.loads(cas("prune", "--json", "--keep-storage", str(keep)).stdout)
+    pruned = _json(cas, "prune", "--keep-storage", str(keep))
     assert [(i["ref"], i["platform"]) for i in pruned["images"]] == [(ref, AMD64)]  # least recently used
     assert _rows(cas, ref) == [(ref, ARM64)]
 
@@ -159,7 +165,7 @@ def test_oci_archive_holds_every_cached_platform_under_one_index(
         ref = test_images.ref(registry, name)
         cas("pull", "--platform", "linux/amd64,linux/arm64", ref)
         archive = tmp_path / f"{name}.tar"
-        result = json.loads(cas("export", "--json", "--format", "oci-archive", ref, "-o", archive).stdout)
+        result = _json(cas, "export", "--format", "oci-archive", ref, "-o", archive)
         top = _tar_json(archive, "index.json")["manifests"]
         assert len(top) == 1 and top[0]["annotations"]["org.opencontainers.image.ref.name"] == ref
         assert top[0]["digest"] == result["indexes"][0]["digest"]
