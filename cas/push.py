@@ -36,6 +36,7 @@ from cas.errors import (
     IntegrityError,
     MissingBlobs,
     NotCached,
+    PlatformNotFound,
     StoreError,
     UnsupportedManifest,
 )
@@ -144,6 +145,8 @@ def plan(store: Store, source: Reference, platform: Platform | None) -> PushPlan
     top, record_platform = _top_manifest(store, source)
     parsed = mf.parse(top.data, top.media_type)
     if isinstance(parsed, ImageManifest):
+        if platform is not None and record_platform and not platform.matches(Platform.parse(record_platform)):
+            raise PlatformNotFound(str(platform), [record_platform])
         _check_blobs(store, source, [(top, parsed)])
         return PushPlan(str(source), [top], unique(list(parsed.blobs)), [p for p in [record_platform] if p])
     if platform is not None:

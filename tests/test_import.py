@@ -46,6 +46,7 @@ def test_round_trip_pull_export_import_export_loads_and_runs(
     assert out["stored_blobs"] == len(test_images.app.digests)
     assert refs_of(cas_in, other) == [app]
     assert store_debris(other) == []
+    cas_in(other, "verify", "--deep")  # every blob indexed, with the fingerprint of its bytes
 
     registry.mark()
     second = tmp_path / "again.tar"
@@ -164,6 +165,7 @@ def test_import_of_docker_save_legacy_layout_streamed_from_stdin(
     assert [layer["media_type"] for layer in inspect["layers"]] == ["application/vnd.oci.image.layer.v1.tar"] * 5
     assert [layer["digest"] for layer in inspect["layers"]] == test_images.app.diff_ids
     assert store_debris(home) == []
+    cas_in(home, "verify", "--deep")  # staged layers too: indexed, fingerprinted while they were written
 
     again = tmp_path / "again.tar"
     cas_in(home, "export", app, "-o", again)

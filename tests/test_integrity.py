@@ -200,3 +200,17 @@ def test_a_stream_that_fails_mid_way_says_the_reader_got_a_partial_archive(cas_h
     assert proc.returncode == 1 and proc.stderr.startswith("error: no space left on device"), proc.stderr
     assert "nothing was kept" not in proc.stderr
     assert f"the reader already got {got} bytes of an incomplete archive: discard it" in proc.stderr
+
+
+@pytest.mark.parametrize("role", ["manifest", "config"])
+def test_a_changed_manifest_or_config_fails_the_export_naming_it(role, cas, cas_home, app, test_images, tmp_path):
+    ref, _, _ = app
+    digest = test_images.app.digest if role == "manifest" else test_images.app.config_blob.digest
+    path = _blob_path(cas_home, digest)
+    _flip_byte(path, offset=len(path.read_bytes()) - 30)  # inside a digest string: still valid JSON
+    proc = cas("export", ref, "-o", tmp_path / "app.tar", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{digest} ({role} of {ref}): content hashes to sha256:" in proc.stderr, proc.stderr
+    assert list(tmp_path.glob("*app.tar*")) == []
+    cas("pull", ref)  # heals it
+    cas("export", ref, "-o", tmp_path / "app.tar")

@@ -120,14 +120,20 @@ def test_push_to_registries_that_want_credentials(
     assert skopeo.inspect(f"docker://{dest}", creds=creds)["Digest"] == test_images.base.digest
 
 
+@pytest.mark.parametrize("kind", ["basic", "token"])
 def test_anonymous_push_to_a_registry_that_wants_credentials_fails_with_a_hint(
-    cas, registry, basic_registry, test_images
+    cas, registry, basic_registry, token_registry, test_images, kind
 ):
+    target = basic_registry if kind == "basic" else token_registry  # the token server lets anyone pull
     ref = test_images.ref(registry, "base")
     cas("pull", ref)
-    proc = cas("push", ref, f"{basic_registry.host}/{_repo('base')}:anon", check=False)
-    assert proc.returncode == 1
-    assert proc.stderr.startswith("error: ") and "hint: " in proc.stderr and "Traceback" not in proc.stderr
+    repository = _repo("base")
+    mark = target.mark()
+    proc = cas("push", ref, f"{target.host}/{repository}:anon", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: ") and target.host in lines[0] and "log in" in lines[1]
+    assert not [r for r in target.requests(mark) if r.status in (201, 202)]  # nothing was accepted
 
 
 def _manifest_status(registry, repository: str, reference: str) -> int:
@@ -353,3 +359,26 @@ def test_bytes_that_do_not_match_their_digest_never_complete_an_upload(registry,
     from support.tools import http_status
 
     assert http_status(f"{registry.url}/v2/{repository}/blobs/{digest}") == 404
+
+
+def test_one_child_of_an_index_pushes_by_its_digest_and_platforms_are_checked(
+    cas, registry, proxy, skopeo, test_images
+):
+    multi = test_images.multi
+    amd64 = multi.for_platform("linux/amd64")
+    cas("pull", "--platform", "linux/amd64", test_images.ref(registry, "multi"))
+    repository = _repo("child")
+    out = _push_json(cas, f"{registry.host}/multi@{amd64.digest}", f"{proxy.host}/{repository}:child")
+    assert out["digest"] == amd64.digest and out["manifest_count"] == 1
+    assert skopeo.inspect(f"docker://{registry.host}/{repository}:child")["Digest"] == amd64.digest
+
+    cas("pull", test_images.ref(registry, "base"))
+    wrong = cas(
+        "push",
+        "--platform",
+        "linux/arm64",
+        test_images.ref(registry, "base"),
+        f"{proxy.host}/{repository}:x",
+        check=False,
+    )
+    assert wrong.returncode == 1 and "linux/arm64" in wrong.stderr and "linux/amd64" in wrong.stderr

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from cas import manifest as mf
 from cas.digest import Digest, of_bytes
-from cas.errors import ManifestError, MissingBlobs, NotCached, UsageError
+from cas.errors import ChangedBlobs, ManifestError, MissingBlobs, NotCached, UsageError
 from cas.manifest import Descriptor, Platform
 from cas.records import RefRecord, default_platform, matching
 from cas.reference import Reference
@@ -238,7 +238,7 @@ def _plan_image(store: Store, record: RefRecord) -> tuple[ImagePlan | None, list
                 missing.append(f"{layer.digest} (layer {number}/{len(layers)} of {ref})")
         return None, missing
 
-    data = store.blobs.read(manifest_digest)
+    data = _read_checked(store, manifest_digest, f"manifest of {ref}", ref)
     media_type = mf.media_type_of(data, manifest_blob.media_type or None)
     manifest = Descriptor(media_type, manifest_digest, manifest_blob.size)
     parsed = mf.parse(data, media_type)
@@ -257,5 +257,15 @@ def _plan_image(store: Store, record: RefRecord) -> tuple[ImagePlan | None, list
     if missing:
         return None, missing
 
-    mf.check_rootfs(store.blobs.read(config.digest), len(layers), ref)
+    mf.check_rootfs(_read_checked(store, config.digest, f"config of {ref}", ref), len(layers), ref)
     return ImagePlan(record, [], record.platform or "", manifest, config, layers), []
+
+
+def _read_checked(store: Store, digest: Digest, role: str, ref: str) -> bytes:
+    """A manifest or config the plan reads: small, so its bytes are checked against its digest
+    (a changed one would otherwise be parsed, and name blobs that never existed)."""
+    data = store.blobs.read(digest)
+    actual = of_bytes(data, digest.algorithm)
+    if actual != digest:
+        raise ChangedBlobs([f"{digest} ({role}): content hashes to {actual}"], [ref])
+    return data

@@ -97,11 +97,13 @@ def import_archive(store: Store, source: Path | BinaryIO, options: ImportOptions
             if missing:
                 raise IncompleteArchive(missing)
             if tag is not None:
-                if len(images) != 1:
+                tops = {image.top or (image.manifest.digest, "") for image in images}
+                if len(tops) != 1:  # the platforms of one index are one image to name
                     raise UsageError(
-                        f"--tag names one image, but {label} holds {len(images)}", hint="import without --tag"
+                        f"--tag names one image, but {label} holds {len(tops)}", hint="import without --tag"
                     )
-                images[0].names = [tag]
+                for image in images:
+                    image.names = [tag]
             result.format = "oci-dir" if is_dir else layout
             for image in images:
                 result.images.append(_record(store, lease, image, received))
@@ -152,10 +154,14 @@ def _record(store: Store, lease, source: ImageSource, received: Received) -> dic
         commit_bytes(store, lease, image.config.digest, source.config, image.config.media_type)
     if source.built is not None:
         commit_bytes(store, lease, source.manifest.digest, source.built, source.manifest.media_type)
-    for desc in (source.manifest, *image.blobs):
-        info = received.stored.get(desc.digest)
+    typed = [
+        *([source.top] if source.top else []),
+        *((d.digest, d.media_type) for d in (source.manifest, *image.blobs)),
+    ]
+    for digest, media_type in typed:
+        info = received.stored.get(digest)
         if info is not None:  # committed by this import before anything said what it is
-            record_blob(store, info, desc.media_type)
+            record_blob(store, info, media_type)
     names = source.names or [parse_reference(f"{UNNAMED}@{source.manifest.digest}")]
     refs = []
     for name in names:
@@ -164,7 +170,7 @@ def _record(store: Store, lease, source: ImageSource, received: Received) -> dic
             lease,
             ref=str(name),
             registry=name.registry,
-            chain=[(source.manifest.digest, source.manifest.media_type)],
+            chain=[*([source.top] if source.top else []), (source.manifest.digest, source.manifest.media_type)],
             image=image,
             platform=source.platform,
         )

@@ -49,7 +49,7 @@ class ImageSource:
     platform: str | None = None
     built: bytes | None = None  # the manifest cas built for a legacy image (not yet committed)
     config: bytes | None = None  # a legacy config held in memory (not yet committed)
-    top: tuple[Digest, str] | None = None  # what a delta's ref resolved to on the sending side
+    top: tuple[Digest, str] | None = None  # the index it was found under (its names resolve to that)
 
     @property
     def label(self) -> str:
@@ -112,7 +112,8 @@ def _oci_images(received: Received, store: Store, legacy: list[dict]) -> tuple[l
 def _resolve(
     store: Store, desc: Descriptor, names: list[Reference], missing: list[str], where: str
 ) -> list[ImageSource]:
-    """The image manifests an index.json entry leads to (an index: the children present)."""
+    """The image manifests an index.json entry leads to: itself, or each platform of an index that
+    came along (an archive may carry only some of an index's platforms, as a pull caches one)."""
     if not store.blobs.has(desc.digest, desc.size):
         label = names[0].familiar if names else where
         missing.append(f"{desc.digest} (manifest of {label})")
@@ -130,8 +131,13 @@ def _resolve(
         if child is not None:
             missing.append(f"{child.digest} (manifest for {child.platform} of {names[0].familiar if names else where})")
         return []
-    host = [c for c in present if c.platform is not None and Platform.host().matches(c.platform)]
-    return _resolve(store, (host or present)[0], names, missing, where)
+    sources = []
+    host_last = sorted(present, key=lambda c: c.platform is not None and Platform.host().matches(c.platform))
+    for child in host_last:
+        for source in _resolve(store, child, names, missing, where):
+            source.top = source.top or (desc.digest, media_type)
+            sources.append(source)
+    return sources
 
 
 def _names_of(annotations: dict[str, str]) -> list[Reference]:
