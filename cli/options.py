@@ -70,14 +70,16 @@ PlatformsOpt = Annotated[
         "(default: this host).",
     ),
 ]
+
+
+def one_platform(help: str) -> typer.models.OptionInfo:
+    """A ``--platform`` that names one cached platform (inspect, rm, push), checked like pull's."""
+    return typer.Option("--platform", metavar="OS/ARCH[/VARIANT]", callback=check_platform, help=help)
+
+
 CachedPlatform = Annotated[
     str | None,
-    typer.Option(
-        "--platform",
-        metavar="OS/ARCH[/VARIANT]",
-        callback=check_platform,
-        help="Which cached platform of the reference (default: the only one cached, else this host's).",
-    ),
+    one_platform("Which cached platform of the reference (default: the only one cached, else this host's)."),
 ]
 Insecure = Annotated[
     bool, typer.Option("--insecure", help="Use plain HTTP for this registry (loopback registries always use it).")

@@ -14,13 +14,7 @@ def rm(
         list[str], typer.Argument(metavar="REF...", help="Cached references to remove (as `cas images` lists them).")
     ],
     platform: Annotated[
-        str | None,
-        typer.Option(
-            "--platform",
-            metavar="OS/ARCH[/VARIANT]",
-            callback=options.check_platform,
-            help="Remove only this cached platform (default: every platform of each REF).",
-        ),
+        str | None, options.one_platform("Remove only this cached platform (default: every platform of each REF).")
     ] = None,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
