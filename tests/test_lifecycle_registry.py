@@ -168,7 +168,10 @@ def test_flipped_byte_is_found_named_repaired_and_pulled_back(
     cas("pull", app)
     assert [r.reference for r in registry.blob_gets()] == [victim]  # only the bad blob came back
     # the blob app's pull brought back was base's too: both marks go (before: base still "needs pull")
-    assert {row["ref"]: row["needs_pull"] for row in as_json(cas("images", "--json"))} == {base: False, app: False}
+    assert {row["ref"]: row["needs_pull"] for row in as_json(cas("images", "--json"))["images"]} == {
+        base: False,
+        app: False,
+    }
     assert as_json(cas("verify", "--deep", "--json"))["ok"]
     registry.mark()
     cas("pull", base)
