@@ -119,15 +119,27 @@ def test_completion_offers_commands_options_and_choices(cas):
     assert fish[0].startswith("pull\tPull images")
 
 
+def _shell_env(cas_home: Path, tmp_path: Path) -> dict[str, str]:
+    """`cas` on PATH, as an installed one would be, and the test's store."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "cas").write_text(f'#!/bin/sh\ncd {REPO_ROOT} && exec {sys.executable} -m cli "$@"\n')
+    (bin_dir / "cas").chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CAS_HOME": str(cas_home)}
+
+
+def _run_shell(argv: list[str], env: dict[str, str]) -> list[str]:
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0, f"{argv[0]} failed (scripts/install installs it): {proc.stderr}"
+    return [line for line in proc.stdout.splitlines() if line]
+
+
 def test_bash_completion_completes_cached_references_in_a_real_bash(cas, cas_home, registry, test_images, tmp_path):
     base, app = test_images.ref(registry, "base"), test_images.ref(registry, "app")
     cas("pull", "-q", base, app)
     script = tmp_path / "cas.bash"
     script.write_text(cas("--show-completion", "bash").stdout)
-    bin_dir = tmp_path / "bin"  # `cas` on PATH, as an installed one would be
-    bin_dir.mkdir()
-    (bin_dir / "cas").write_text(f'#!/bin/sh\ncd {REPO_ROOT} && exec {sys.executable} -m cli "$@"\n')
-    (bin_dir / "cas").chmod(0o755)
+    env = _shell_env(cas_home, tmp_path)
 
     def complete(line: str) -> list[str]:
         words = line.split(" ")  # what bash would hand the function, COMP_WORDBREAKS aside
@@ -139,14 +151,37 @@ def test_bash_completion_completes_cached_references_in_a_real_bash(cas, cas_hom
             _cas_completion
             printf '%s\\n' "${{COMPREPLY[@]}}"
         """
-        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CAS_HOME": str(cas_home)}
-        proc = subprocess.run(["bash", "--norc", "-c", program], capture_output=True, text=True, env=env, check=True)
-        return [line for line in proc.stdout.splitlines() if line]
+        return _run_shell(["bash", "--norc", "-c", program], env)
 
     for command in ("export", "inspect", "rm"):
         assert complete(f"cas {command} ") == sorted([base, app]), command
     assert complete(f"cas export {registry.host}/a") == [app.split(":", 1)[1]]  # bash replaces the word after ':'
     assert complete("cas du ") == []  # du takes no reference
+
+
+def test_fish_and_zsh_completion_scripts_complete_cached_references(cas, cas_home, registry, test_images, tmp_path):
+    base, app = test_images.ref(registry, "base"), test_images.ref(registry, "app")
+    cas("pull", "-q", base, app)
+    env = _shell_env(cas_home, tmp_path)
+    fish_script, zsh_script = tmp_path / "cas.fish", tmp_path / "_cas"
+    fish_script.write_text(cas("--show-completion", "fish").stdout)
+    zsh_script.write_text(cas("--show-completion", "zsh").stdout)
+
+    fish = _run_shell(
+        ["fish", "--no-config", "-c", f"source {fish_script}; complete -C 'cas rm {registry.host}/'"], env
+    )
+    assert [line.split("\t")[0] for line in fish] == sorted([base, app])
+    assert _run_shell(["fish", "--no-config", "-c", f"source {fish_script}; complete -C 'cas ex'"], env) == [
+        "export\tExport cached images as one archive that docker load, podman load and skopeo accept."
+    ]
+
+    # zsh's completion system needs a terminal: its two entry points are stubbed to print what they get
+    stubs = 'compdef() { :; }; _describe() { print -rl -- "${(@P)2}"; }; _files() { print FILES; }'
+    zsh = f"{stubs}; source {zsh_script}; words=(cas inspect ''); CURRENT=3; _cas"
+    expected = [ref.replace(":", "\\:") + ":cached" for ref in sorted([base, app])]
+    assert _run_shell(["zsh", "-f", "-c", zsh], env) == expected
+    zsh_du = f"{stubs}; source {zsh_script}; words=(cas du ''); CURRENT=3; _cas"
+    assert _run_shell(["zsh", "-f", "-c", zsh_du], env) == ["FILES"]  # nothing of ours: the shell's own files
 
 
 def test_completion_imports_neither_httpx_nor_rich_nor_the_index(cas, registry, test_images):

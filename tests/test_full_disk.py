@@ -117,3 +117,14 @@ def test_opening_the_index_writes_nothing(tmp_path):
         reader.close()
     after = db.stat()
     assert (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size)
+
+
+def test_on_a_disk_with_room_the_ballast_stays_put(cas, cas_home, registry, test_images):
+    ref = test_images.ref(registry, "base")
+    cas("pull", ref)
+    ballast = cas_home / "v1" / "ballast"
+    before = ballast.stat()
+    assert before.st_size == 4 << 20
+    cas("rm", ref)
+    cas("prune")
+    assert ballast.stat().st_ino == before.st_ino  # not deleted and re-made by every rm and prune

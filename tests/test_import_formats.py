@@ -201,3 +201,15 @@ def test_extended_headers_are_bounded():
     assert len(_read_all(pax + header + bytes(1024))) == 1
     with pytest.raises(UnsafeArchive, match="extended headers"):
         _read_all(pax + pax + header + bytes(1024))  # two of them: over 1 MiB before one member
+
+
+def test_every_platform_an_archive_carries_is_recorded_under_its_index(cas_in, registry, test_images, skopeo, tmp_path):
+    pushed = test_images.push(registry)["multi"]
+    archive = tmp_path / "multi.tar"
+    skopeo.copy(f"docker://{pushed.ref}", f"oci-archive:{archive}:{pushed.ref}", all=True)
+    out = json.loads(cas_in(tmp_path / "b", "import", archive, "--json").stdout)
+    assert sorted(image["platform"] for image in out["images"]) == ["linux/amd64", "linux/arm/v7", "linux/arm64/v8"]
+    rows = [row for row in _images(cas_in, tmp_path / "b") if row["ref"] == pushed.ref]
+    assert sorted(row["platform"] for row in rows) == ["linux/amd64", "linux/arm/v7", "linux/arm64/v8"]
+    assert {row["digest"] for row in rows} == {pushed.digest}  # the index, as a pull records it
+    assert {row["manifest"] for row in rows} == {image.digest for image in test_images.multi.images}

@@ -214,3 +214,17 @@ def test_a_changed_manifest_or_config_fails_the_export_naming_it(role, cas, cas_
     assert list(tmp_path.glob("*app.tar*")) == []
     cas("pull", ref)  # heals it
     cas("export", ref, "-o", tmp_path / "app.tar")
+
+
+def test_a_delta_checks_only_the_blobs_it_carries(cas, cas_home, app, registry, test_images, tmp_path):
+    ref, own_layer, _ = app
+    base = test_images.ref(registry, "base")
+    cas("pull", base)
+    shared = test_images.base.blobs[1].digest  # base's first layer, which app lists too
+    _flip_byte(_blob_path(cas_home, shared))
+    delta = json.loads(cas("export", ref, "--since", base, "-o", tmp_path / "d.tar", "--json").stdout)
+    assert delta["delta"]["required_blobs"] >= 1  # the changed layer is the receiver's business, not carried
+    _flip_byte(_blob_path(cas_home, own_layer))
+    proc = cas("export", ref, "--since", base, "-o", tmp_path / "d2.tar", check=False)
+    assert proc.returncode == 1 and f"{own_layer} (layer 4/5 of {ref})" in proc.stderr
+    assert shared not in proc.stderr

@@ -152,4 +152,4 @@ def test_nothing_is_drawn_when_stderr_is_not_a_terminal_or_the_output_is_json(
     cas("prune")
     as_json = _recorded(tmp_path, f"{cas_cmd} --json {base}")
     assert b"\x1b" not in as_json and BAR.encode() not in as_json, as_json[:300]
-    assert as_json.lstrip().startswith(b"[") and b'"downloaded_blobs": 4' in as_json
+    assert as_json.lstrip().startswith(b"{") and b'"downloaded_blobs": 4' in as_json

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cas import DEFAULT_LOCK_TIMEOUT
+from cas.digest import Digest
 from cas.errors import CasError, ChangedBlobs, DiskFull, OutputError, StoreError, UsageError
 from cas.export import delta, docker_archive, oci
 from cas.export.output import NOTHING_KEPT, archive_output, check_stream, dir_output, is_stream, partial_stream
@@ -164,7 +165,12 @@ def _write(store: Store, checked: ExportPlan, output: Path | int, options: Expor
     writer: TarWriter | None = None
     try:
         with contextlib.ExitStack() as held, _store_damage(checked):
-            _confirm(store, checked)
+            written = None  # every blob of the plan, except for a delta: what it carries
+            if options.format == "delta":
+                write, written = _delta_writer(store, checked, options, result)
+            else:
+                write = docker_archive.write_archive if options.format == "docker-archive" else oci.write_archive
+            _confirm(store, checked, written)
             if options.on_plan is not None:
                 options.on_plan(checked)
             recorded = _lease(store, checked, held)
@@ -175,10 +181,6 @@ def _write(store: Store, checked: ExportPlan, output: Path | int, options: Expor
                     oci.write_dir(tmp, store, checked, linker, options.on_blob, verify=options.verify)
                 result.linked = not linker.copying
             else:
-                if options.format == "delta":
-                    write = _delta_writer(store, checked, options, result)
-                else:
-                    write = docker_archive.write_archive if options.format == "docker-archive" else oci.write_archive
                 with archive_output(output) as fd:
                     writer = TarWriter(fd, verify=options.verify)
                     write(writer, store, checked, options.on_blob)
@@ -194,12 +196,13 @@ def _write(store: Store, checked: ExportPlan, output: Path | int, options: Expor
     result.verified = options.verify
 
 
-def _confirm(store: Store, checked: ExportPlan) -> None:
+def _confirm(store: Store, checked: ExportPlan, written: set[Digest] | None = None) -> None:
     """The fingerprint check, before the first byte: a blob whose file changed after commit is
-    never exported (see cas.store.trust); every such blob is named, with its image and position."""
+    never exported (see cas.store.trust); every such blob is named, with its image and position.
+    ``written``: only these blobs go into the output (a delta); None: all of the plan's."""
     changed: list[str] = []
     refs: list[str] = []
-    seen: set = set()
+    seen: set = set() if written is None else {b.digest for b in checked.blobs} - written
     for image in checked.images:
         layers = len(image.layers)
         roles = ["manifest", "config", *(f"layer {n}/{layers}" for n in range(1, layers + 1))]
@@ -232,8 +235,11 @@ def _lease(store: Store, checked: ExportPlan, held: contextlib.ExitStack) -> boo
     return True
 
 
-def _delta_writer(store: Store, checked: ExportPlan, options: ExportOptions, result: ExportResult) -> Callable:
-    """Work out the delta before the output is opened; the writer then only streams it."""
+def _delta_writer(
+    store: Store, checked: ExportPlan, options: ExportOptions, result: ExportResult
+) -> tuple[Callable, set[Digest]]:
+    """Work out the delta before the output is opened; the writer then only streams it.
+    Returns the writer and the digests it carries."""
     bases = delta.bases_of(store, options.since)
     if options.since_inventory is not None:
         bases += delta.inventory_bases(store, options.since_inventory, options.warn or (lambda message: None))
@@ -245,7 +251,11 @@ def _delta_writer(store: Store, checked: ExportPlan, options: ExportOptions, res
         "required_bytes": sum(r.size for r in description.requires),
         "bases": [base.name for base in bases],
     }
-    return lambda writer, store, plan, on_blob: delta.write_delta(writer, store, description, carried, on_blob)
+
+    def write(writer: TarWriter, store: Store, plan: ExportPlan, on_blob: Callable | None) -> None:
+        delta.write_delta(writer, store, description, carried, on_blob)
+
+    return write, {b.digest for b in carried}
 
 
 @contextlib.contextmanager

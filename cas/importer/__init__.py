@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from cas import DEFAULT_LOCK_TIMEOUT
 from cas.delta import DeltaDescription
@@ -39,6 +39,9 @@ from cas.recording import clear_marks, commit_bytes, record_blob, record_image
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
 from cas.store import Store
+
+if TYPE_CHECKING:
+    from cas.index import Lease
 
 FORMATS = ("docker-archive", "oci-archive", "oci-dir")
 UNNAMED = "localhost/imported"  # the name an unnamed image is recorded under, with its digest
@@ -148,7 +151,7 @@ def _check_requirements(store: Store, delta: DeltaDescription) -> None:
         raise MissingRequirements(missing, bases)
 
 
-def _record(store: Store, lease, source: ImageSource, received: Received) -> dict:
+def _record(store: Store, lease: Lease, source: ImageSource, received: Received) -> dict:
     """Commit what the image still holds in memory, give its blobs their media types, record each name."""
     image = source.image
     if source.config is not None:

@@ -40,15 +40,19 @@ class Ballast:
         log.info("released %d bytes of ballast", SIZE)
         return True
 
-    def restore(self) -> bool:
-        """Put the ballast back if the disk has room for it twice over; True when it is in place."""
-        if self.present():
-            return True
+    def _roomy(self) -> bool:
+        """Whether the disk has room for the ballast twice over (then nothing needs it released)."""
         try:
             stats = os.statvfs(self.path.parent)
         except OSError:
             return False
-        if stats.f_bavail * stats.f_frsize < 2 * SIZE:
+        return stats.f_bavail * stats.f_frsize >= 2 * SIZE
+
+    def restore(self) -> bool:
+        """Put the ballast back if the disk has room for it twice over; True when it is in place."""
+        if self.present():
+            return True
+        if not self._roomy():
             return False
         tmp = None
         try:
@@ -68,8 +72,10 @@ class Ballast:
 
     @contextlib.contextmanager
     def released(self) -> Iterator[None]:
-        """Room for an index transaction on a full disk; the ballast goes back afterwards if it fits."""
-        self.release()
+        """Room for an index transaction on a (nearly) full disk; the ballast goes back afterwards if it
+        fits. A disk with room to spare keeps it where it is: no churn for every rm and prune."""
+        if not self._roomy():
+            self.release()
         try:
             yield
         finally:
