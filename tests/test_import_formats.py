@@ -213,3 +213,15 @@ def test_every_platform_an_archive_carries_is_recorded_under_its_index(cas_in, r
     assert sorted(row["platform"] for row in rows) == ["linux/amd64", "linux/arm/v7", "linux/arm64/v8"]
     assert {row["digest"] for row in rows} == {pushed.digest}  # the index, as a pull records it
     assert {row["manifest"] for row in rows} == {image.digest for image in test_images.multi.images}
+
+
+def test_forced_format_refuses_another_layout(cas, cas_in, registry, test_images, tmp_path):
+    ref = test_images.ref(registry, "base")
+    cas("pull", ref)
+    oci_archive = tmp_path / "base-oci.tar"
+    cas("export", ref, "--format", "oci-archive", "-o", oci_archive)
+    refused = cas_in(tmp_path / "b", "import", oci_archive, "--format", "docker-archive", check=False)
+    assert refused.returncode == 1 and "not a docker-archive: it has no manifest.json" in refused.stderr
+    assert _images(cas_in, tmp_path / "b") == []
+    out = json.loads(cas_in(tmp_path / "b", "import", oci_archive, "--format", "oci-archive", "--json").stdout)
+    assert out["format"] == "oci-archive"
