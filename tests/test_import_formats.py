@@ -225,3 +225,15 @@ def test_forced_format_refuses_another_layout(cas, cas_in, registry, test_images
     assert _images(cas_in, tmp_path / "b") == []
     out = json.loads(cas_in(tmp_path / "b", "import", oci_archive, "--format", "oci-archive", "--json").stdout)
     assert out["format"] == "oci-archive"
+
+
+def test_a_delta_is_no_image_archive_for_skopeo_or_podman(cas, registry, test_images, skopeo, clean_podman, tmp_path):
+    base, app = test_images.ref(registry, "base"), test_images.ref(registry, "app")
+    cas("pull", base, app)
+    delta = tmp_path / "app.delta"
+    cas("export", app, "--since", base, "-o", delta)
+    for transport in ("docker-archive", "oci-archive"):
+        refused = skopeo.copy(f"{transport}:{delta}", f"oci:{tmp_path / transport}:app", check=False)
+        assert refused.returncode != 0, transport
+    assert clean_podman.load(delta, check=False).returncode != 0
+    assert clean_podman.images() == []
