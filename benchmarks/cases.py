@@ -50,7 +50,7 @@ class Images:
     labels: dict[str, str] = field(default_factory=dict)
 
     def push(self, name: str, layer_sizes: list[int], seed: int) -> None:
-        image = images.Image([images.random_layer(size, seed=seed + i) for i, size in enumerate(layer_sizes)])
+        image = images.Image([_random_layer(size, seed + 1000 * i) for i, size in enumerate(layer_sizes)])
         images.push(self.registry, f"bench/{name}", "1", image)
         self.refs[name] = f"{self.registry.host}/bench/{name}:1"
         self.digests[name] = image.digests
@@ -58,6 +58,17 @@ class Images:
         self.labels[name] = (
             f"{sum(layer_sizes) / MiB:.0f} MiB/{len(layer_sizes)} layer{'s' if len(layer_sizes) > 1 else ''}"
         )
+
+
+def _random_layer(size: int, seed: int) -> images.Layer:
+    """A layer of ``size`` incompressible bytes, in files of at most 64 MiB (randbytes' limit is 256 MiB)."""
+    if size <= 64 * MiB:
+        return images.random_layer(size, seed=seed)
+    files = {
+        f"random{i}.bin": images.random_bytes(min(64 * MiB, size - at), seed + i)
+        for i, at in enumerate(range(0, size, 64 * MiB))
+    }
+    return images.layer(files, gzip_level=1, comment=f"random {size} bytes, seed {seed}")
 
 
 class Runner:

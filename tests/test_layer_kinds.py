@@ -15,10 +15,20 @@ from support import auth, images
 from support.registry import Registry
 
 
-def _zstd_image(registry, skopeo, test_images) -> str:
+@pytest.fixture(scope="module")
+def zstd_registry(tmp_path_factory):
+    """A registry that has never held base's gzip layers: skopeo 1.9 reuses a blob the destination
+    already has in another compression and ignores --dest-compress-format (containers/image's
+    blob-info cache), so the zstd copy must go where nothing can be reused."""
+    reg = Registry(tmp_path_factory.mktemp("registry-zstd")).start()
+    yield reg
+    reg.stop()
+
+
+def _zstd_image(registry, zstd_registry, skopeo, test_images) -> str:
     """base, recompressed to zstd by skopeo (OCI media types: Docker's have no zstd)."""
     test_images.push(registry)
-    ref = f"{registry.host}/base-zstd:latest"
+    ref = f"{zstd_registry.host}/base-zstd:latest"
     skopeo.copy(
         f"docker://{test_images.ref(registry, 'base')}",
         f"docker://{ref}",
@@ -29,9 +39,9 @@ def _zstd_image(registry, skopeo, test_images) -> str:
 
 
 def test_zstd_layers_pull_export_and_load_where_zstd_is_understood(
-    cas, registry, skopeo, test_images, clean_podman, clean_dockerd, tmp_path
+    cas, registry, zstd_registry, skopeo, test_images, clean_podman, clean_dockerd, tmp_path
 ):
-    ref = _zstd_image(registry, skopeo, test_images)
+    ref = _zstd_image(registry, zstd_registry, skopeo, test_images)
     manifest = skopeo.inspect(f"docker://{ref}", raw=True)
     assert {layer["mediaType"] for layer in manifest["layers"]} == {"application/vnd.oci.image.layer.v1.tar+zstd"}
 

@@ -39,14 +39,15 @@ def blob(registry):
     return pushed
 
 
-def policy(connections: int = 4) -> RangePolicy:
-    return RangePolicy(ConnectionBudget(connections), chunk=CHUNK, min_size=2 * CHUNK)
+def policy(connections: int = 4, fast_enough: float | None = None) -> RangePolicy:
+    """Splits whatever the speed (the loopback registry is fast): the split itself is under test."""
+    return RangePolicy(ConnectionBudget(connections), chunk=CHUNK, min_size=2 * CHUNK, fast_enough=fast_enough)
 
 
-def download(store, host: str, blob, *, connections: int = 4, progress: list | None = None):
+def download(store, host: str, blob, *, connections: int = 4, progress: list | None = None, fast_enough=None):
     digest = Digest.parse(blob.digest)
     report = progress.append if progress is not None else None
-    with RegistryClient(host, ranges=policy(connections), **FAST) as client:
+    with RegistryClient(host, ranges=policy(connections, fast_enough), **FAST) as client:
         with store.blobs.ingest(digest, blob.size) as ing:
             client.download_blob(REPO, digest, ing, report)
             info = ing.commit()
@@ -177,12 +178,13 @@ def test_a_wrong_content_range_mid_split_falls_back_to_one_stream_from_the_prefi
 
 
 def test_resets_in_several_ranges_at_once_are_retried_and_verify(store, proxy, blob):
-    proxy.drop_after(100_000, times=4)
+    proxy.drop_after(100_000, times=8)  # the first range alone, then up to 4 at once
     progress: list[int] = []
     download(store, proxy.host, blob, connections=4, progress=progress)
     gets = blob_gets(proxy)
     dropped = [r for r in gets if r.fault == "drop"]
-    assert len(dropped) == 4 and all(r.status == 206 for r in dropped)
+    assert len(dropped) >= 5 and all(r.status == 206 for r in dropped)
+    assert len({r.headers["range"].rsplit("-", 1)[1] for r in dropped}) >= 3  # cuts in several ranges
     for cut in dropped:  # each cut range was asked again from where it stopped
         start, end = map(int, cut.headers["range"].removeprefix("bytes=").split("-"))
         assert f"bytes={start + 100_000}-{end}" in ranges_asked(gets)
@@ -206,6 +208,18 @@ def test_ranges_follow_a_redirect_to_another_origin_without_credentials(store, b
     assert all(r.status == 206 for r in served)
     assert proxy.origin.authorizations == [None] * len(served)  # the registry's credentials stayed home
     assert all(r.headers.get("authorization") for r in blob_gets(proxy) if r.status == 307)
+
+
+def test_a_fast_first_range_keeps_the_rest_on_one_stream(store, proxy, blob):
+    download(store, proxy.host, blob, fast_enough=1)  # any link is "fast" at 1 byte/s
+    assert ranges_asked(blob_gets(proxy)) == [f"bytes=0-{CHUNK - 1}", f"bytes={CHUNK}-"]
+    assert proxy.bytes_sent("blob") == blob.size  # the first range was kept, not fetched again
+
+
+def test_a_slow_first_range_splits_the_rest(store, proxy, blob):
+    proxy.throttle(4 << 20)  # 4 MiB/s per connection
+    download(store, proxy.host, blob, fast_enough=16 << 20)
+    assert len(blob_gets(proxy)) == len(split([(0, blob.size)], CHUNK))
 
 
 def test_one_connection_means_one_stream(store, proxy, blob):

@@ -106,6 +106,14 @@ def _wrapped(outer: BaseException, inner: BaseException) -> BaseException:
                 socket.gaierror(-2, "Name or service not known"),
             ),
             "cannot resolve the host name",
+            False,  # an answer: the name does not exist
+        ),
+        (
+            _wrapped(
+                httpx.ConnectError("[Errno -3] Temporary failure in name resolution"),
+                socket.gaierror(-3, "Temporary failure in name resolution"),
+            ),
+            "cannot resolve the host name",
             True,
         ),
         (httpx.ConnectTimeout("timed out"), "connection timed out", True),

@@ -9,7 +9,9 @@ a tar) and files are opened with ``O_NOFOLLOW``.
 from __future__ import annotations
 
 import os
+import queue
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -21,10 +23,79 @@ Take = Callable[[Member, Callable[[], Iterator[bytes]]], None]
 
 def read_tar(fh: BinaryIO, take: Take) -> int:
     """Every member of the tar on ``fh``; returns the bytes read."""
-    stream = TarStream(fh)
-    for member in stream:
-        take(member, stream.chunks)
+    with ReadAhead(fh) as ahead:
+        stream = TarStream(ahead)  # type: ignore[arg-type]
+        for member in stream:
+            take(member, stream.chunks)
     return stream.offset
+
+
+class ReadAhead:
+    """Reads ``fh`` on a thread, up to ``depth`` chunks ahead of the consumer.
+
+    From a pipe (``docker save x | cas import -``) the writer can only run while the pipe has
+    room; reading ahead lets it run while this process hashes and writes, instead of taking
+    turns. ``read_some`` hands out slices of what was read, without copying them.
+    """
+
+    def __init__(self, fh: BinaryIO, depth: int = 8) -> None:
+        self._fh = fh
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._held = memoryview(b"")
+        self._ended = False
+        self._thread = threading.Thread(target=self._fill, name="cas-import-read", daemon=True)
+
+    def __enter__(self) -> ReadAhead:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()  # the thread stops at its next chunk (a blocked pipe read ends with the process)
+
+    def _fill(self) -> None:
+        try:
+            while not self._stop.is_set():
+                data = self._fh.read(CHUNK)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read_some(self, n: int) -> memoryview | bytes:
+        """At least one byte and at most ``n``; empty only at the end of the stream."""
+        if not self._held:
+            if self._ended:
+                return b""
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if not item:
+                self._ended = True
+                return b""
+            self._held = memoryview(item)
+        out, self._held = self._held[:n], self._held[n:]
+        return out
+
+    def read(self, n: int) -> bytes:
+        """Exactly ``n`` bytes unless the stream ends first (headers and padding)."""
+        parts, got = [], 0
+        while got < n:
+            part = self.read_some(n - got)
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
 
 
 def read_dir(root: Path, take: Take) -> int:

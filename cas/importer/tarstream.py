@@ -46,10 +46,13 @@ class Member:
 
 class TarStream:
     """``for member in TarStream(fh): ...``; read a FILE member's data with ``chunks()``
-    (whatever is not read is skipped before the next header)."""
+    (whatever is not read is skipped before the next header). ``fh.read(n)`` must return
+    n bytes unless the stream ends, as a buffered file does."""
 
     def __init__(self, fh: BinaryIO) -> None:
         self._fh = fh
+        # Any bytes available, at most n: a read-ahead source hands out what it holds, without copying.
+        self._read_some = getattr(fh, "read_some", fh.read)
         self._left = 0  # unread data of the current member
         self._pad = 0  # padding after it
         self.offset = 0  # bytes consumed so far
@@ -89,16 +92,14 @@ class TarStream:
                 yield member
 
     def chunks(self) -> Iterator[bytes]:
-        """The current member's data, in chunks of up to 1 MiB."""
+        """The current member's data, in chunks of up to 1 MiB (memoryviews when the source gives them)."""
         while self._left:
-            chunk = self._read(min(self._left, CHUNK), "a member's data")
+            chunk = self._read_some(min(self._left, CHUNK))
+            if not chunk:
+                raise TruncatedArchive(f"the archive ends in the middle of a member's data (after {self.offset} bytes)")
             self._left -= len(chunk)
+            self.offset += len(chunk)
             yield chunk
-
-    def read_all(self, limit: int, what: str) -> bytes:
-        if self._left > limit:
-            raise UnsafeArchive(f"{what} is {self._left} bytes; refusing more than {limit} bytes of metadata")
-        return b"".join(self.chunks())
 
     # plumbing ----------------------------------------------------------------
     def _begin(self, size: int) -> None:

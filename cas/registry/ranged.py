@@ -8,6 +8,9 @@ logic (bottlerocket-core-kit#764). So here the split is earned, blob by blob:
 - The first request asks for the first missing chunk. Only a 206 whose ``Content-Range``
   names exactly that chunk and the blob's full size lets the blob be split; anything else
   (a 200: the server ignores Range; another size; no header) means one stream, as before.
+- That chunk is fetched alone, and it also measures the link: when one connection already
+  brings FAST_ENOUGH bytes/s, it is not capped, and more connections would only cost CPU
+  (measured: a loopback registry on 2 cores is slower split), so the rest is one stream.
 - Every later range's answer is checked the same way. One odd answer stops the split: the
   ranges stop, the data beyond the hashed prefix is dropped, and the blob continues as one
   stream from the prefix (the caller's ordinary path).
@@ -37,6 +40,7 @@ from cas.registry.wire import parse_content_range
 
 CHUNK = 16 << 20  # bytes per range request: ~0.8 s at a 20 MB/s per-connection cap
 MIN_SIZE = 2 * CHUNK  # smaller blobs are one stream: a split would not pay for its requests
+FAST_ENOUGH = 100_000_000  # bytes/s: a connection this fast is not capped; more would only add CPU
 DEFAULT_CONNECTIONS = 8  # per pull (cas pull --connections)
 
 Interval = tuple[int, int]
@@ -103,6 +107,7 @@ class RangePolicy:
     budget: ConnectionBudget = field(default_factory=lambda: ConnectionBudget(DEFAULT_CONNECTIONS))
     chunk: int = CHUNK
     min_size: int = MIN_SIZE
+    fast_enough: float | None = FAST_ENOUGH  # None: split whatever the first range's speed
 
     def wants(self, sink: object) -> bool:
         size = getattr(sink, "size", None)
@@ -194,7 +199,14 @@ class _Split:
                     response.close()
                     self._drop()
                     return False
-                self._work(first, response)  # this thread is the first worker
+                started = time.monotonic()
+                self._work(first, response, only=True)  # alone first: how fast is one connection?
+                seconds = max(time.monotonic() - started, 1e-6)
+                if self.error is None and self.unusual is None:
+                    if self._fast((first[1] - first[0]) / seconds, first[1]):
+                        self._drop()  # drops nothing: the first range is the hashed prefix
+                        return False
+                    self._work(None)  # this thread stays a worker; others join while slots are free
             self._join()
         except BaseException:
             self.stop.set()
@@ -211,16 +223,24 @@ class _Split:
         return True
 
     # workers -------------------------------------------------------------------
-    def _work(self, interval: Interval | None, response: httpx.Response | None = None) -> None:
-        """Fetch ranges until none is left or the split stops; the first may come with its answer."""
+    def _fast(self, rate: float, prefix: int) -> bool:
+        """One connection is fast enough (and nothing beyond the prefix is held): no split pays."""
+        fast = self.policy.fast_enough
+        return fast is not None and rate >= fast and self.writer.missing() == [(prefix, self.size)]
+
+    def _work(self, interval: Interval | None, response: httpx.Response | None = None, *, only: bool = False) -> None:
+        """Fetch ranges until none is left or the split stops (``only``: just ``interval``, with its answer)."""
         try:
             while not self.stop.is_set():
                 if interval is None:
                     interval = self._take()
                     if interval is None:
                         return
-                self._grow()
+                if not only:
+                    self._grow()
                 self._fetch_range(*interval, response)
+                if only:
+                    return
                 interval, response = None, None
         except Unusual as exc:
             with self.lock:
