@@ -124,6 +124,20 @@ class PlatformNotFound(ManifestError):
         self.available = available
 
 
+class PlatformMismatch(ManifestError):
+    """A plain manifest (no index) is for one platform; the user asked for another."""
+
+    def __init__(self, ref: str, actual: str | None, wanted: list[str]) -> None:
+        super().__init__(
+            f"{ref} is a single-platform image for {actual or 'an unknown platform'}, not {', '.join(wanted)}; "
+            "nothing was cached",
+            hint=f"pull it without --platform (it runs on {actual or 'its own platform'}), "
+            "or use a tag built for the platform you need",
+        )
+        self.actual = actual
+        self.wanted = wanted
+
+
 class RegistryError(CasError):
     pass
 
@@ -186,10 +200,11 @@ class MissingBlobs(CasError):
     ``missing`` holds one line per missing blob: digest, image and position.
     """
 
-    def __init__(self, missing: list[str], refs: list[str], *, action: str = "export") -> None:
+    def __init__(self, missing: list[str], refs: list[str], *, action: str = "export", offer_pull: bool = True) -> None:
         lines = "\n  ".join(missing)
         pulls = " ".join(refs)
-        hint = f"run `cas pull {pulls}` or export with --pull; nothing was written"
+        also = " or export with --pull" if offer_pull else ""  # never after --pull: that would go round in a circle
+        hint = f"run `cas pull {pulls}`{also}; nothing was written"
         if action != "export":
             hint = f"run `cas pull {pulls}` first; nothing was sent"
         super().__init__(f"cannot {action}: {len(missing)} blob(s) missing from the store:\n  {lines}", hint=hint)

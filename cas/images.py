@@ -10,7 +10,7 @@ from cas.digest import Digest
 from cas.errors import NotCached, StoreError
 from cas.jsonout import timestamp
 from cas.manifest import Platform
-from cas.records import RefRecord, choose, ref_of_key
+from cas.records import RefRecord, choose, matching, ref_of_key
 from cas.reference import Reference
 from cas.store import Store
 
@@ -110,30 +110,34 @@ def _gone(record: RefRecord, ref: Reference, digest: Digest, what: str) -> NotCa
     return NotCached(f"{ref} needs a pull: its {what} {digest} {why}", hint=f"run `cas pull {ref}`")
 
 
-def remove_images(store: Store, texts: Iterable[str]) -> list[dict]:
-    """``cas rm``: forget refs, every cached platform of each (all or none); their blobs go at the next prune."""
+def remove_images(store: Store, texts: Iterable[str], platform: Platform | None = None) -> list[dict]:
+    """``cas rm``: forget refs, every cached platform of each or only ``platform`` (all or none);
+    their blobs go at the next prune."""
     from cas.reference import parse
 
     wanted: dict[str, str] = {}
     for text in texts:
         wanted.setdefault(str(parse(text)), text)
     with store.ballast.released():  # room for the index transaction on a full disk
-        return _remove_refs(store, wanted)
+        return _remove_refs(store, wanted, platform)
 
 
-def _remove_refs(store: Store, wanted: dict[str, str]) -> list[dict]:
+def _remove_refs(store: Store, wanted: dict[str, str], platform: Platform | None) -> list[dict]:
     index = store.index
     removed = []
     with index.transact():
         malformed: list[str] = []
-        records = [r for r in index.refs(malformed) if r.ref in wanted]
-        damaged = [key for key in malformed if ref_of_key(key) in wanted]  # a malformed record goes too
+        cached = [r for r in index.refs(malformed) if r.ref in wanted]
+        records = cached if platform is None else matching(cached, platform)
+        damaged = [key for key in malformed if ref_of_key(key) in wanted and platform is None]  # those go too
         found = {r.ref for r in records} | {ref_of_key(key) for key in damaged}
         unknown = [text for ref, text in wanted.items() if ref not in found]
         if unknown:
+            listed = ", ".join(f"{r.ref} ({r.platform})" for r in cached if r.ref not in found)
             raise NotCached(
-                f"not in the cache: {', '.join(unknown)}",
-                hint="`cas images` lists what is cached; nothing was removed",
+                f"not in the cache{f' for {platform}' if platform else ''}: {', '.join(unknown)}",
+                hint=(f"cached: {listed}; " if listed else "`cas images` lists what is cached; ")
+                + "nothing was removed",
             )
         for record in records:
             index.remove_ref(record)

@@ -275,3 +275,15 @@ def _load(data: bytes) -> dict:
 def layout_index(manifests: list[dict]) -> bytes:
     """The ``index.json`` of an OCI image layout naming these descriptors: the store's and every export's."""
     return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}, indent=2).encode()
+
+
+def image_index(manifests: list[Descriptor]) -> tuple[bytes, str]:
+    """A multi-platform index naming ``manifests`` (with their platforms), and its media type.
+
+    A Docker manifest list when every child is a Docker manifest (as registries pair them),
+    else an OCI index. Exports make one for a reference cached for several platforms: the
+    registry's own index may name platforms (and attestations) the archive does not hold.
+    """
+    media_type = DOCKER_LIST if all(m.media_type == DOCKER_MANIFEST for m in manifests) else OCI_INDEX
+    body = {"schemaVersion": 2, "mediaType": media_type, "manifests": [m.to_json() for m in manifests]}
+    return json.dumps(body, separators=(",", ":")).encode(), media_type

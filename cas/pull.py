@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 from cas import DEFAULT_LOCK_TIMEOUT
 from cas import manifest as mf
-from cas.digest import Digest, of_bytes
-from cas.errors import Cancelled, UnsupportedManifest
+from cas.digest import Digest, of_bytes, verify_bytes
+from cas.errors import Cancelled, PlatformMismatch, SizeMismatch, UnsupportedManifest
 from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
-from cas.recording import commit_bytes, record_blob, record_image, unique
+from cas.recording import clear_marks, commit_bytes, platform_of_config, record_blob, record_image, unique
 from cas.records import RefRecord
 from cas.reference import Reference
 from cas.registry.stall import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
@@ -42,7 +42,8 @@ PullObserver = TransferObserver  # blob_done(digest, moved): moved is "downloade
 
 @dataclass
 class PullOptions:
-    platform: Platform | None = None
+    platforms: tuple[Platform, ...] = ()  # which platforms of a multi-platform tag; none given: the host's
+    all_platforms: bool = False  # every platform the index names (attestation entries aside)
     jobs: int = 4  # blobs at once
     connections: int = 8  # in all, range requests included (cas.registry.ranged.DEFAULT_CONNECTIONS)
     insecure: bool = False
@@ -57,7 +58,7 @@ class PullOptions:
 @dataclass
 class PullResult:
     ref: str
-    record: RefRecord | None = None
+    records: list[RefRecord] = field(default_factory=list)  # one per platform pulled
     downloaded_blobs: int = 0
     downloaded_bytes: int = 0
     reused_blobs: int = 0
@@ -70,12 +71,13 @@ class PullResult:
     mirrored: bool = False  # mirrors are configured for this reference
 
     def to_json(self) -> dict:
-        assert self.record is not None
+        first = self.records[0]
         return {
             "ref": self.ref,
-            "digest": str(self.record.digest),
-            "manifest": str(self.record.manifest),
-            "platform": self.record.platform,
+            "digest": str(first.digest),
+            "manifest": str(first.manifest),  # the first platform's; every one is in "platforms"
+            "platform": first.platform,
+            "platforms": [{"platform": r.platform, "manifest": str(r.manifest)} for r in self.records],
             "downloaded_blobs": self.downloaded_blobs,
             "downloaded_bytes": self.downloaded_bytes,
             "reused_blobs": self.reused_blobs,
@@ -143,40 +145,82 @@ class _Session:
         return self._client
 
     def run(self) -> PullResult:
-        chain, image, platform = self._resolve()
-        _check_image(image, self.ref)
-        self.lease.add([d for d, _ in chain] + [d.digest for d in image.blobs])
-        self._fetch_missing(list(image.blobs))
-        self.result.record = record_image(
-            self.store,
-            self.lease,
-            ref=str(self.ref),
-            registry=self.ref.registry,
-            chain=chain,
-            image=image,
-            platform=platform,
-        )
+        top_digest, top_type, top, fetched = self._resolve_top()
+        targets = self._targets(top_digest, top_type, top)  # every check before anything is recorded
+        if fetched is not None:  # resolved by tag: the top manifest is kept now that it resolved
+            self._commit_manifest(top_digest, fetched, top_type)
+        for target in targets:
+            _check_image(target.image, self.ref)
+        blobs = [blob for target in targets for blob in target.image.blobs]
+        self.lease.add([d for target in targets for d, _ in target.chain] + [d.digest for d in blobs])
+        restored = self._fetch_missing(blobs)
+        for target in targets:
+            self.result.records.append(
+                record_image(
+                    self.store,
+                    self.lease,
+                    ref=str(self.ref),
+                    registry=self.ref.registry,
+                    chain=target.chain,
+                    image=target.image,
+                    platform=target.platform,
+                )
+            )
+        clear_marks(self.store, restored)
         return self.result
 
-    def _resolve(self) -> tuple[list[tuple[Digest, str]], ImageManifest, str | None]:
-        """The reference down to one image manifest: [(index,)... manifest] digests, the image, its platform.
+    def _targets(self, top_digest: Digest, top_type: str, top: ImageIndex | ImageManifest) -> list[_Target]:
+        """The image manifest of each platform asked for: ``[(index,)... manifest]`` chain, image, platform.
 
         An index may name another index for a platform (containerd walks them too); the walk
         stops after MAX_NESTING levels, so a registry cannot lead it round in circles.
         """
-        top_digest, top_type, node = self._resolve_top()
-        chain, platform = [(top_digest, top_type)], None
-        while isinstance(node, ImageIndex):
-            if len(chain) > MAX_NESTING:
-                raise UnsupportedManifest(f"{self.ref}: indexes nested more than {MAX_NESTING} deep")
-            chosen = node.select(self.options.platform or Platform.host())
-            data, media_type = self._manifest_by_digest(chosen.digest)
-            node = mf.parse(data, media_type)
-            chain.append((chosen.digest, media_type))
-            platform = str(chosen.platform)
-        return chain, node, platform
+        if isinstance(top, ImageManifest):
+            return [_Target([(top_digest, top_type)], top, self._single_platform(top))]
+        if self.options.all_platforms:
+            chosen = [d for d in top.manifests if d.platform is not None and d.platform.os != "unknown"]
+        else:
+            chosen = [top.select(wanted) for wanted in self.options.platforms or (Platform.host(),)]
+        targets = []
+        for desc in {d.digest: d for d in chosen}.values():  # two spellings of one platform: pulled once
+            chain: list[tuple[Digest, str]] = [(top_digest, top_type)]
+            step = desc
+            while True:
+                data, media_type = self._manifest_by_digest(step.digest)
+                chain.append((step.digest, media_type))
+                node = mf.parse(data, media_type)
+                if isinstance(node, ImageManifest):
+                    break
+                if len(chain) > MAX_NESTING:
+                    raise UnsupportedManifest(f"{self.ref}: indexes nested more than {MAX_NESTING} deep")
+                step = node.select(desc.platform or Platform.host())
+            targets.append(_Target(chain, node, str(desc.platform)))
+        return targets
 
-    def _fetch_missing(self, blobs: list[Descriptor]) -> None:
+    def _single_platform(self, image: ImageManifest) -> str | None:
+        """A plain manifest is for one platform; when the user named others, that is an error, not a pull."""
+        if not self.options.platforms:
+            return None  # read from the config when the image is recorded
+        platform = platform_of_config(self._config_bytes(image.config))
+        wrong = [str(p) for p in self.options.platforms if platform is None or not p.matches(Platform.parse(platform))]
+        if wrong:
+            raise PlatformMismatch(str(self.ref), platform, wrong)
+        return platform
+
+    def _config_bytes(self, config: Descriptor) -> bytes:
+        """The config of a plain manifest, from the store or into memory (nothing is stored before the check)."""
+        if self._present(config):
+            return self.store.blobs.read(config.digest)
+        sink = _MemorySink()
+        self.client.download_blob(self.ref.repository, config.digest, sink)
+        data = bytes(sink.data)
+        if len(data) != config.size:
+            raise SizeMismatch(config.digest, config.size, len(data))
+        verify_bytes(data, config.digest, what="config")
+        return data
+
+    def _fetch_missing(self, blobs: list[Descriptor]) -> set[Digest]:
+        """Download what the store lacks; the digests that were missing (now committed)."""
         missing = unique([d for d in blobs if not self._present(d)])
         self.options.observer.resolved(str(self.ref), blobs, missing)
         self._download(missing)
@@ -184,6 +228,7 @@ class _Session:
         for desc in unique(blobs):
             if desc.digest not in fetched:
                 self._count(reused=desc)
+        return fetched
 
     def _present(self, desc: Descriptor) -> bool:
         """In the store and still what was committed (its stat fingerprint, else a re-hash): a file
@@ -192,15 +237,15 @@ class _Session:
             trust.confirm(self.store, desc.digest, desc.size, desc.media_type) is None
         )
 
-    def _resolve_top(self) -> tuple[Digest, str, ImageIndex | ImageManifest]:
+    def _resolve_top(self) -> tuple[Digest, str, ImageIndex | ImageManifest, bytes | None]:
+        """What the reference names; by tag also its bytes, which the caller commits once they resolved."""
         if self.ref.digest is not None:
             data, media_type = self._manifest_by_digest(self.ref.digest)
-            return self.ref.digest, media_type, mf.parse(data, media_type)
+            return self.ref.digest, media_type, mf.parse(data, media_type), None
         fetched = self.client.get_manifest(self.ref.repository, self.ref.tag)
         self.result.manifest_requests += 1
         parsed = mf.parse(fetched.data, fetched.media_type)
-        self._commit_manifest(fetched.digest, fetched.data, fetched.media_type)
-        return fetched.digest, fetched.media_type, parsed
+        return fetched.digest, fetched.media_type, parsed, fetched.data
 
     def _manifest_by_digest(self, digest: Digest) -> tuple[bytes, str]:
         """Immutable content: the store's copy when there is one, else the registry's."""
@@ -281,3 +326,29 @@ def _check_image(image: ImageManifest, ref: Reference) -> None:
     for position, layer in enumerate(image.layers, 1):
         if layer.media_type not in mf.LAYER_TYPES:
             raise UnsupportedManifest(f"{ref}: layer {position} has unsupported media type {layer.media_type!r}")
+
+
+@dataclass
+class _Target:
+    """One platform of the reference: ``[(index,) manifest]`` digests and types, the image, its platform."""
+
+    chain: list[tuple[Digest, str]]
+    image: ImageManifest
+    platform: str | None
+
+
+class _MemorySink:
+    """A blob small enough to check in memory before anything is stored (a plain manifest's config)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    @property
+    def offset(self) -> int:
+        return len(self.data)
+
+    def write(self, chunk: bytes) -> None:
+        self.data += chunk
+
+    def restart(self) -> None:
+        self.data.clear()

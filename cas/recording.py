@@ -80,6 +80,29 @@ def record_image(
     return record
 
 
+def clear_marks(store: Store, restored: set[Digest]) -> list[RefRecord]:
+    """Clear "needs pull" (set by `cas verify --repair`) on every record that ``restored`` made whole.
+
+    A blob a repair removed may be needed by several references; whichever of them is pulled
+    (or imported) next brings it back for all. Records with a blob still missing keep the mark.
+    Returns the records cleared. Does nothing (no index scan) when nothing was downloaded.
+    """
+    if not restored:
+        return []
+    cleared = []
+    with store.index.transact():
+        for record in list(store.index.refs(malformed=[])):
+            blobs = record.unique_blobs
+            if (
+                record.needs_pull
+                and not restored.isdisjoint(blobs)
+                and all(store.blobs.has(digest, blob.size) for digest, blob in blobs.items())
+            ):
+                store.index.put_ref(record.replace(needs_pull=False))
+                cleared.append(record)
+    return cleared
+
+
 def _commit_oci_view(store: Store, lease: Lease, image: ImageManifest, manifest: Digest) -> tuple[Digest, str] | None:
     """For a Docker manifest, the OCI view that index.json lists."""
     view = mf.oci_view(image, manifest)

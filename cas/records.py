@@ -174,31 +174,37 @@ class RefRecord:
         return record
 
 
-def choose(ref: str, records: list[RefRecord], platform: Platform | None, *, also: str = "") -> RefRecord:
-    """One platform of a reference; NotCached naming what is cached when none (or no single one) fits.
-
-    ``also`` ends the hint where the caller offers another way (export: ", or export with --pull").
-    """
+def choose(ref: str, records: list[RefRecord], platform: Platform | None) -> RefRecord:
+    """One platform of a reference; NotCached naming what is cached when none (or no single one) fits."""
     if not records:
         raise NotCached(f"{ref} is not in the cache", hint=f"run `cas pull {ref}` first")
     cached = ", ".join(r.platform or "unknown" for r in records)
     if platform is not None:
-        fits = [r for r in records if platform_matches(platform, r.platform)]
+        fits = matching(records, platform)
         if not fits:
             raise NotCached(
-                f"{ref} is cached for {cached}, not {platform}",
-                hint=f"run `cas pull --platform {platform} {ref}`{also}",
+                f"{ref} is cached for {cached}, not {platform}", hint=f"run `cas pull --platform {platform} {ref}`"
             )
         return fits[0]
+    default = default_platform(records)
+    if default is None:
+        raise NotCached(
+            f"{ref} is cached for several platforms ({cached}), none of them this host's ({Platform.host()})",
+            hint=f"pick one with --platform, e.g. --platform {records[0].platform}",
+        )
+    return default
+
+
+def matching(records: list[RefRecord], platform: Platform) -> list[RefRecord]:
+    """The records for ``platform`` (a missing variant accepts any)."""
+    return [r for r in records if platform_matches(platform, r.platform)]
+
+
+def default_platform(records: list[RefRecord]) -> RefRecord | None:
+    """Without --platform: the only platform cached, else the host's; None when neither exists."""
     if len(records) == 1:
         return records[0]
-    host = [r for r in records if platform_matches(Platform.host(), r.platform)]
-    if host:
-        return host[0]
-    raise NotCached(
-        f"{ref} is cached for several platforms ({cached}), none of them this host's ({Platform.host()})",
-        hint=f"pick one with --platform, e.g. --platform {records[0].platform}",
-    )
+    return next(iter(matching(records, Platform.host())), None)
 
 
 def platform_matches(wanted: Platform, cached: str | None) -> bool:

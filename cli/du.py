@@ -27,12 +27,12 @@ def du(as_json: options.Json = False) -> None:
     size = output.human_size
     now = time.time()
     if report["images"]:
-        rows = [("REFERENCE", "SIZE", "UNIQUE", "SHARED", "BLOBS", "LAST USED")]
+        rows = [("REFERENCE", "PLATFORM", "SIZE", "UNIQUE", "SHARED", "BLOBS", "LAST USED")]
         for image in report["images"]:
             flag = "  (needs pull)" if image["needs_pull"] else ""
             used = output.ago_text(image["used_at"], now) + flag
             shares = (size(image["size"]), size(image["unique_bytes"]), size(image["shared_bytes"]))
-            rows.append((image["ref"], *shares, str(image["blob_count"]), used))
+            rows.append((image["ref"], image["platform"] or "-", *shares, str(image["blob_count"]), used))
         output.table(rows)
         print()
     r = report

@@ -17,6 +17,7 @@ def inspect(
         typer.Option("--raw", help="Print the manifest bytes exactly as stored (the index, for a multi-platform tag)."),
     ] = False,
     config: Annotated[bool, typer.Option("--config", help="Print the image config blob exactly as stored.")] = False,
+    platform: options.CachedPlatform = None,
     as_json: options.Json = False,
 ) -> None:
     """Show a cached image's manifest and config: platform, env, entrypoint, labels, layers.
@@ -26,19 +27,22 @@ def inspect(
       cas inspect alpine:3.20
       cas inspect alpine:3.20 --raw | sha256sum     # the digest `cas images --digests` shows
       cas inspect alpine:3.20 --config | jq .config.Env
+      cas inspect --platform linux/arm64 alpine:3.20
     """
     from cas import images, reference
     from cas.errors import UsageError
+    from cas.manifest import Platform
     from cas.store import Store
 
     if sum((raw, config, as_json)) > 1:
         raise UsageError("--raw, --config and --json each print one thing", hint="choose one of them")
     parsed = reference.parse(ref)
+    picked = Platform.parse(platform) if platform else None
     if raw or config:
-        data = images.raw(Store(), parsed, "config" if config else "manifest")
+        data = images.raw(Store(), parsed, "config" if config else "manifest", picked)
         sys.stdout.buffer.write(data)  # the stored bytes, no newline added: they hash to the digest
         return
-    info = images.inspect(Store(), parsed)
+    info = images.inspect(Store(), parsed, picked)
     if as_json:
         output.emit_json("inspect", info)
     else:

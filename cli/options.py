@@ -41,6 +41,13 @@ def check_platform(value: str | None) -> str | None:
     return value
 
 
+def check_platforms(value: str | None) -> str | None:
+    """`cas pull --platform A,B`: each platform of the list is checked as one --platform is."""
+    for text in value.split(",") if value is not None else ():
+        check_platform(text)
+    return value
+
+
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only: no progress bars, no summary.")]
 PlatformOpt = Annotated[
     str | None,
@@ -51,6 +58,28 @@ PlatformOpt = Annotated[
         callback=check_platform,
         help="Platform to pick from a multi-platform image, e.g. linux/arm64 (default: this host).",
     ),
+]
+PlatformsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--platform",
+        envvar="CAS_PLATFORM",
+        metavar="OS/ARCH[/VARIANT][,...]",
+        callback=check_platforms,
+        help="Platforms to pick from a multi-platform image, comma-separated, e.g. linux/amd64,linux/arm64 "
+        "(default: this host).",
+    ),
+]
+
+
+def one_platform(help: str) -> typer.models.OptionInfo:
+    """A ``--platform`` that names one cached platform (inspect, rm, push), checked like pull's."""
+    return typer.Option("--platform", metavar="OS/ARCH[/VARIANT]", callback=check_platform, help=help)
+
+
+CachedPlatform = Annotated[
+    str | None,
+    one_platform("Which cached platform of the reference (default: the only one cached, else this host's)."),
 ]
 Insecure = Annotated[
     bool, typer.Option("--insecure", help="Use plain HTTP for this registry (loopback registries always use it).")
@@ -136,6 +165,7 @@ def read_credentials(username: str | None, password_stdin: bool):
 def pull_options(
     platform: str | None,
     *,
+    all_platforms: bool = False,
     jobs: int = 4,
     connections: int = 8,
     insecure: bool,
@@ -153,6 +183,7 @@ def pull_options(
     """
     import os
 
+    from cas.errors import UsageError
     from cas.manifest import Platform
     from cas.pull import PullOptions
     from cas.registry.endpoints import Sources
@@ -160,10 +191,15 @@ def pull_options(
     from cli import output
     from cli.progress import BarsObserver, QuietObserver
 
+    if all_platforms and platform:
+        raise UsageError(
+            "--all-platforms and --platform pick the platforms two ways", hint="give one of them, not both"
+        )
     if timeout is None:
         timeout = _positive_env("CAS_TIMEOUT", DEFAULT_TIMEOUT)
     return PullOptions(
-        platform=Platform.parse(platform) if platform else None,
+        platforms=tuple(Platform.parse(text) for text in platform.split(",")) if platform else (),
+        all_platforms=all_platforms,
         jobs=jobs,
         connections=connections,
         insecure=insecure,

@@ -88,7 +88,10 @@ def render(result) -> None:
     verb, frees = ("would remove", "would free") if result.dry_run else ("removed", "freed")
     per_image, unreferenced = result.freed_by_image()
     for image, freed in per_image:
-        print(f"{verb} image {image.ref}: {frees} {size(freed)} of its {size(image.size)}")
+        print(
+            f"{verb} image {image.ref}: {frees} {size(freed)} of its {size(image.size)}"
+            f" ({image.platform or 'unknown platform'})"
+        )
     if unreferenced:
         print(f"{verb} blobs no image needs: {frees} {size(unreferenced)}")
     if result.dry_run:

@@ -13,7 +13,10 @@ def pull(
     refs: Annotated[
         list[str], typer.Argument(metavar="REF...", help="Image references: alpine, host:5000/app:1.0, name@sha256:...")
     ],
-    platform: options.PlatformOpt = None,
+    platform: options.PlatformsOpt = None,
+    all_platforms: Annotated[
+        bool, typer.Option("--all-platforms", help="Every platform of a multi-platform image (one record each).")
+    ] = False,
     jobs: options.Jobs = 4,
     connections: options.Connections = 8,
     insecure: options.Insecure = False,
@@ -41,6 +44,7 @@ def pull(
     parsed = [reference.parse(text) for text in refs]  # every reference is checked before any network call
     opts = options.pull_options(
         platform,
+        all_platforms=all_platforms,
         jobs=jobs,
         connections=connections,
         insecure=insecure,
@@ -65,10 +69,11 @@ def pull(
 
 
 def summary(result) -> str:
+    """One line per reference: its digest (the index's, for a multi-platform tag), every platform pulled, counts."""
     size = output.human_size
-    platform = f" {result.record.platform}" if result.record.platform else ""
+    platforms = ", ".join(r.platform for r in result.records if r.platform)
     line = (
-        f"{result.ref}: {output.short_digest(str(result.record.digest))}{platform}  "
+        f"{result.ref}: {output.short_digest(str(result.records[0].digest))}{' ' + platforms if platforms else ''}  "
         f"downloaded {result.downloaded_blobs} blob(s), {size(result.downloaded_bytes)}; "
         f"reused {result.reused_blobs}, {size(result.reused_bytes)} saved ({result.seconds:.2f}s)"
     )

@@ -18,12 +18,9 @@ def push(
     ],
     platform: Annotated[
         str | None,
-        typer.Option(
-            "--platform",
-            metavar="OS/ARCH[/VARIANT]",
-            callback=options.check_platform,
-            help="OS/ARCH[/VARIANT]: push only this platform's manifest of a multi-platform image "
-            "(needed when not every platform is cached).",
+        options.one_platform(
+            "OS/ARCH[/VARIANT]: push only this platform's manifest of a multi-platform image "
+            "(needed when not every platform is cached)."
         ),
     ] = None,
     jobs: options.Jobs = 4,

@@ -59,16 +59,16 @@ def test_diskcache_internals_used_by_index_scan(tmp_path):
 
 
 def test_index_opened_without_writing_has_every_attribute_diskcache_init_sets(tmp_path):
-    """cas.index._Attached sets by hand what diskcache.Cache.__init__ would (minus its writes)."""
-    from cas.index import _SETTINGS, _Attached
+    """cas.indexdb._Attached sets by hand what diskcache.Cache.__init__ would (minus its writes)."""
+    from cas.indexdb import SETTINGS, _Attached
 
-    made = diskcache.Cache(str(tmp_path), disk=diskcache.JSONDisk, **_SETTINGS)
+    made = diskcache.Cache(str(tmp_path), disk=diskcache.JSONDisk, **SETTINGS)
     attached = _Attached(tmp_path, immutable=False)
     try:
         expected = {k: v for k, v in vars(made).items() if k != "_local"}
         got = {k: v for k, v in vars(attached).items() if k not in ("_local", "_immutable")}
         assert sorted(got) == sorted(expected), (
-            "diskcache.Cache.__init__ sets other attributes now: update cas.index._Attached and the diskcache pin"
+            "diskcache.Cache.__init__ sets other attributes now: update cas.indexdb._Attached and the diskcache pin"
         )
         for key, value in expected.items():
             if key == "_disk":

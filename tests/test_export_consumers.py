@@ -424,15 +424,18 @@ def test_pull_flag_plans_once_and_again_only_after_a_pull(cas_home, registry, te
     from cas.reference import parse
     from cas.store import Store
 
-    ref = parse(test_images.ref(registry, "base"))
+    ref, app = parse(test_images.ref(registry, "base")), parse(test_images.ref(registry, "app"))
     plans = []
     real_plan = cas.export.plan
     monkeypatch.setattr(cas.export, "plan", lambda *a, **k: plans.append([str(r) for r in a[1]]) or real_plan(*a, **k))
     store = Store(cas_home)
     try:
-        first = export(store, [ref], tmp_path / "first.tar", ExportOptions(pull=True))
-        assert first.pulled == [str(ref)]
-        assert plans == [[str(ref)]] * 3  # the check that failed, which ref to pull, the check after the pull
+        from cas.pull import pull
+
+        pull(store, app)
+        first = export(store, [ref, app], tmp_path / "first.tar", ExportOptions(pull=True))
+        assert first.pulled == [str(ref)]  # exactly what the check found missing: app was cached
+        assert plans == [[str(ref), str(app)]] * 2  # the check, then the check after the pull; never per reference
         plans.clear()
         registry.mark()
         second = export(store, [ref], tmp_path / "second.tar", ExportOptions(pull=True))

@@ -557,3 +557,33 @@ def test_oci_dir_fsyncs_every_file_it_writes_then_its_directories_before_the_ren
     assert set(synced[: len(files)]) == set(files)  # every file before any directory
     assert synced[len(files) :] == directories  # deepest first
     assert ("fsync", str(tmp_path)) in events[renamed:]  # the parent, after the rename
+
+
+def test_plan_returns_what_is_missing_instead_of_raising(store: Store) -> None:
+    """Export planning says which references lack what; ``--pull`` then fetches exactly those."""
+    from cas.export.plan import plan
+
+    put_image(store, BASE, BASE_LAYERS)
+    rec = put_image(store, APP, APP_LAYERS)
+    store.blobs.delete(rec.blobs[-1].digest)
+    checked = plan(store, [parse(BASE), parse(APP), parse("127.0.0.1:5000/never:1")], platform=None)
+    assert [image.ref for image in checked.images] == [BASE]
+    assert [(str(m.reference), m.cached, len(m.blobs)) for m in checked.missing] == [
+        (APP, ["linux/amd64"], 1),
+        ("127.0.0.1:5000/never:1", [], 0),
+    ]
+    assert [m.platforms for m in checked.missing] == [(Platform.parse("linux/amd64"),), ()]
+    with pytest.raises(NotCached, match="never:1") as info:
+        checked.check()
+    assert "--pull" in info.value.hint
+    with pytest.raises(NotCached) as info:
+        checked.check(pulled=True)  # after --pull, never send the user round to --pull again
+    assert "--pull" not in info.value.hint
+
+    wrong = plan(store, [parse(BASE)], platform=Platform.parse("linux/arm64"))
+    assert [(str(m.reference), m.cached, m.platforms) for m in wrong.missing] == [
+        (BASE, ["linux/amd64"], (Platform.parse("linux/arm64"),))
+    ]
+    with pytest.raises(NotCached) as info:
+        wrong.check(pulled=True)
+    assert "--pull" not in info.value.hint and "--platform linux/amd64" in info.value.hint

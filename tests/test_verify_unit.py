@@ -91,6 +91,22 @@ def test_flipped_byte_is_found_named_repaired_and_restored(store, two):
     assert layout_refs(store) == [APP, BASE]
 
 
+def test_restoring_a_shared_blob_clears_the_mark_of_every_image_it_completes(store, two):
+    """What a pull (or an import) does after committing blobs: every marked record made whole loses the mark."""
+    from cas.recording import clear_marks
+
+    layer = two[BASE].blobs[-1]  # shared with app
+    data = store.blobs.read(layer.digest)
+    flip_byte(store.blobs.path(layer.digest))
+    verify(store, repair=True)
+    assert only_record(store, APP).needs_pull and only_record(store, BASE).needs_pull
+    assert clear_marks(store, set()) == []  # nothing downloaded: no scan, nothing cleared
+    store.blobs.put(layer.digest, data)
+    cleared = clear_marks(store, {layer.digest})
+    assert sorted(r.ref for r in cleared) == [APP, BASE]
+    assert not only_record(store, APP).needs_pull and not only_record(store, BASE).needs_pull
+
+
 def test_repair_clears_the_mark_once_every_blob_is_back(store, two):
     layer = str(two[BASE].blobs[-1].digest)  # shared with app
     flip_byte(store.blobs.path(Digest.parse(layer)))

@@ -9,7 +9,8 @@ first byte is written, and that one lock is held to the end, across a ``--pull``
 and the "used" time of every exported ref record is updated (each name of an
 image, not only the first). The network is touched only with ``pull=True``,
 through ``cas.pull`` (imported only then), and only when that one check finds
-an image missing or incomplete: then those are pulled and the check runs again.
+references missing, incomplete or not cached for the platform: exactly those are
+pulled (one pull per reference), and the check runs once more.
 Blob files are never read through a symlink.
 """
 
@@ -20,16 +21,16 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from cas import DEFAULT_LOCK_TIMEOUT
 from cas.digest import Digest
-from cas.errors import CasError, ChangedBlobs, DiskFull, MissingBlobs, NotCached, OutputError, StoreError, UsageError
+from cas.errors import CasError, ChangedBlobs, DiskFull, OutputError, StoreError, UsageError
 from cas.export import delta, docker_archive, oci
 from cas.export.output import NOTHING_KEPT, archive_output, check_stream, dir_output, is_stream, partial_stream
-from cas.export.plan import ExportPlan, ImagePlan, plan
+from cas.export.plan import ExportPlan, ImagePlan, Missing, plan
 from cas.export.tarwriter import TarWriter, TruncatedFile, UnsafeSource, open_regular
 from cas.manifest import Descriptor, Platform
 from cas.reference import Reference
@@ -75,6 +76,7 @@ class ExportResult:
     output: str
     format: str
     images: list[dict] = field(default_factory=list)
+    indexes: list[dict] = field(default_factory=list)  # OCI formats: a reference with several platforms
     blobs: int = 0
     bytes: int = 0  # blob bytes exported
     written: int = 0  # archive bytes written (tar formats)
@@ -125,10 +127,12 @@ def export(
     # One shared lock from the check to the last byte, across a --pull too (the pull's own shared
     # lock stacks on it): a prune waiting for the pull must not evict what it pulled before we write it.
     with store.lock(shared=True, timeout=options.lock_timeout, on_wait=options.on_wait):
-        checked = _plan(store, references, tag, options)
-        if checked is None:  # --pull, and an image was missing or incomplete: pull it, then check again
-            result.pulled = _pull_missing(store, references, options)
-            checked = plan(store, references, tag=tag, platform=options.platform)
+        every_platform = options.format in ("oci-archive", "oci-dir")
+        checked = plan(store, references, tag=tag, platform=options.platform, every_platform=every_platform)
+        if checked.missing and options.pull:  # pull exactly what the check found missing, then check again
+            result.pulled = _pull_missing(store, checked.missing, options)
+            checked = plan(store, references, tag=tag, platform=options.platform, every_platform=every_platform)
+        checked.check(pulled=bool(result.pulled))
         _write(store, checked, output, options, result)
 
     blobs = checked.blobs
@@ -142,22 +146,18 @@ def export(
         }
         for image in checked.images
     ]
+    result.indexes = [
+        {
+            "names": [name.familiar for name in index.names],
+            "digest": str(index.descriptor.digest),
+            "platforms": [image.platform for image in index.images],
+        }
+        for index in checked.indexes
+    ]
     result.blobs = len(blobs)
     result.bytes = sum(b.size for b in blobs)
     result.seconds = time.monotonic() - started
     return result
-
-
-def _plan(
-    store: Store, references: Sequence[Reference], tag: Reference | None, options: ExportOptions
-) -> ExportPlan | None:
-    """The checked plan; None when ``--pull`` may fetch what it found missing."""
-    try:
-        return plan(store, references, tag=tag, platform=options.platform)
-    except (NotCached, MissingBlobs):
-        if options.pull:
-            return None
-        raise
 
 
 def _write(store: Store, checked: ExportPlan, output: Path | int, options: ExportOptions, result: ExportResult) -> None:
@@ -277,20 +277,16 @@ def _store_damage(checked: ExportPlan) -> Iterator[None]:
         raise ChangedBlobs([f"{exc.digest}: {exc.problem} (found by --verify)"], refs, NOTHING_KEPT) from exc
 
 
-def _pull_missing(store: Store, references: Sequence[Reference], options: ExportOptions) -> list[str]:
-    """Pull each reference that is not cached, is incomplete, or is cached for another platform.
-
-    Runs only after the check of all references failed, to tell which of them to pull.
-    """
-    needed = []
-    for reference in references:
-        try:
-            plan(store, [reference], platform=options.platform)
-        except (NotCached, MissingBlobs):
-            needed.append(reference)
-    if not needed:
-        return []
+def _pull_missing(store: Store, missing: list[Missing], options: ExportOptions) -> list[str]:
+    """Pull each reference the check found missing, for the platforms it lacks (one pull per reference)."""
     from cas.pull import PullOptions, pull  # httpx and the registry client: only on --pull
 
-    pull_options = options.pull_options or PullOptions(platform=options.platform)
-    return [pull(store, reference, pull_options).ref for reference in needed]
+    base = options.pull_options or PullOptions()
+    wanted: dict[str, tuple[Reference, tuple[Platform, ...]]] = {}
+    for m in missing:
+        reference, platforms = wanted.get(str(m.reference), (m.reference, ()))
+        wanted[str(m.reference)] = reference, tuple(dict.fromkeys(platforms + m.platforms))
+    return [
+        pull(store, reference, replace(base, platforms=platforms, all_platforms=False)).ref
+        for reference, platforms in wanted.values()
+    ]

@@ -1,7 +1,9 @@
 """OCI image layouts: the oci-archive tar, the oci-dir directory, and the pieces the docker-archive shares.
 
 Our index.json lists exactly the image manifests in the plan, never a pulled
-multi-platform index: that index names platforms the store does not hold.
+multi-platform index: that index names platforms the store does not hold. A
+reference exported with several platforms gets an index made for the archive
+(``plan.IndexPlan``), written as a blob beside the others.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cas.digest import Digest
-from cas.export.plan import ExportPlan, member
+from cas.export.plan import ExportPlan, IndexPlan, member
 from cas.export.tarwriter import TarWriter, UnsafeSource
 from cas.manifest import Descriptor, layout_index
 from cas.store import OCI_LAYOUT, REF_NAME, Store, trust
@@ -25,24 +27,34 @@ CONTAINERD_NAME = "io.containerd.image.name"
 
 
 def index_json(plan: ExportPlan, ref_name: Callable[[str], str]) -> bytes:
-    """One entry per (image, name); ``ref_name`` maps a canonical name to its ref.name annotation."""
+    """One entry per (image or generated index, name); ``ref_name`` maps a canonical name to its ref.name.
+
+    A reference exported with several platforms is listed once, as its generated index; the
+    manifests under it are not listed again unless another reference names one of them alone.
+    """
+    under_index = {image.manifest.digest for index in plan.indexes for image in index.images}
+    listed = [(index.descriptor, index.names) for index in plan.indexes]
+    listed += [(i.manifest, i.names) for i in plan.images if i.names or i.manifest.digest not in under_index]
     entries = []
-    for image in plan.images:
-        if not image.names:
-            entries.append(image.manifest.to_json())
-        for name in image.names:
+    for descriptor, names in listed:
+        if not names:
+            entries.append(descriptor.to_json())
+        for name in names:
             full = str(name)
-            entries.append(
-                replace(image.manifest, annotations={CONTAINERD_NAME: full, REF_NAME: ref_name(full)}).to_json()
-            )
+            entries.append(replace(descriptor, annotations={CONTAINERD_NAME: full, REF_NAME: ref_name(full)}).to_json())
     return layout_index(entries)
 
 
 def write_blobs(
-    writer: TarWriter, store: Store, blobs: list[Descriptor], on_blob: Callable[[Descriptor], None] | None = None
+    writer: TarWriter,
+    store: Store,
+    blobs: list[Descriptor],
+    on_blob: Callable[[Descriptor], None] | None = None,
+    made: Iterable[IndexPlan] = (),
 ) -> None:
-    """``blobs/`` and ``blobs/<alg>/`` directories, then every blob streamed from the store."""
-    algorithms = _algorithms(store, blobs)
+    """``blobs/`` and ``blobs/<alg>/`` directories, every blob streamed from the store, then ``made`` indexes."""
+    made = list(made)
+    algorithms = _algorithms(store, [*blobs, *(index.descriptor for index in made)])
     writer.add_dir("blobs")
     for algorithm in algorithms:
         writer.add_dir(f"blobs/{algorithm}")
@@ -53,6 +65,8 @@ def write_blobs(
             raise ChangedWhileExported(blob.digest, f"content hashes to {blob.digest.algorithm}:{hasher.hexdigest()}")
         if on_blob is not None:
             on_blob(blob)
+    for index in made:
+        writer.add_bytes(member(index.descriptor.digest), index.data)
 
 
 def write_archive(
@@ -60,7 +74,7 @@ def write_archive(
 ) -> None:
     """An OCI image layout as a tar (skopeo/podman ``oci-archive:``); ref.name is the full name."""
     writer.add_bytes("oci-layout", OCI_LAYOUT)
-    write_blobs(writer, store, plan.blobs, on_blob)
+    write_blobs(writer, store, plan.blobs, on_blob, plan.indexes)
     writer.add_bytes("index.json", index_json(plan, lambda full: full))
     writer.close()
 
@@ -91,7 +105,7 @@ def write_dir(
     (``trust.note_links``), so the next export does not re-hash them. ``verify`` re-hashes
     each file after it is linked or copied (a link copies nothing: reading it is the one pass).
     """
-    for algorithm in _algorithms(store, plan.blobs):
+    for algorithm in _algorithms(store, [*plan.blobs, *(index.descriptor for index in plan.indexes)]):
         (target / "blobs" / algorithm).mkdir(parents=True)
     for blob in plan.blobs:
         src, dst = store.blobs.path(blob.digest), target / member(blob.digest)
@@ -110,6 +124,8 @@ def write_dir(
             raise ChangedWhileExported(blob.digest, problem)
         if on_blob is not None:
             on_blob(blob)
+    for index in plan.indexes:
+        _write_synced(target / member(index.descriptor.digest), index.data)
     trust.note_links(store, [blob.digest for blob in plan.blobs])
     _write_synced(target / "oci-layout", OCI_LAYOUT)
     _write_synced(target / "index.json", index_json(plan, lambda full: full))

@@ -1,9 +1,16 @@
-"""What an export will write, and the completeness check that runs before its first byte.
+"""What an export will write, and what it lacks, checked before its first byte.
 
 ``plan()`` reads the ref records and the stored manifests and configs, and
-returns every blob the archive needs, or raises NotCached / MissingBlobs naming
-every image that was never pulled and every blob that is not in the store with
-the right size. It reads the store and the index only; it writes nothing.
+returns every blob the archive needs together with every reference it cannot
+export as asked: never pulled, not cached for the platform wanted, or missing
+blobs. The caller raises for those (``ExportPlan.check``) or pulls exactly
+them (``export --pull``) and plans once more. It reads the store and the index
+only; it writes nothing.
+
+Platforms: a docker-archive holds one platform per reference (``--platform``,
+else the only one cached, else the host's); an OCI layout holds every cached
+platform of a reference under one generated index that names only what the
+archive holds (or the one ``--platform`` picks).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from cas import manifest as mf
 from cas.digest import Digest, of_bytes
 from cas.errors import ChangedBlobs, ManifestError, MissingBlobs, NotCached, UsageError
 from cas.manifest import Descriptor, Platform
-from cas.records import RefRecord, choose
+from cas.records import RefRecord, default_platform, matching
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
 from cas.store import Store
@@ -48,12 +55,35 @@ class ImagePlan:
 
 
 @dataclass
+class IndexPlan:
+    """One reference exported with several platforms: an index, made for the archive, naming each."""
+
+    names: list[Reference]
+    images: list[ImagePlan]
+    descriptor: Descriptor
+    data: bytes
+
+
+@dataclass
+class Missing:
+    """A reference the store cannot export as asked; ``--pull`` fetches exactly these."""
+
+    reference: Reference
+    platforms: tuple[Platform, ...]  # what a pull should fetch (none: the host's)
+    cached: list[str] = field(default_factory=list)  # platforms it is cached for (none: never pulled)
+    blobs: list[str] = field(default_factory=list)  # missing blobs, one line each (none: a platform is missing)
+
+
+@dataclass
 class ExportPlan:
     images: list[ImagePlan] = field(default_factory=list)
+    indexes: list[IndexPlan] = field(default_factory=list)
+    missing: list[Missing] = field(default_factory=list)
+    platform: Platform | None = None  # what was asked for (for messages)
 
     @property
     def blobs(self) -> list[Descriptor]:
-        """Every blob once, in first-use order."""
+        """Every blob from the store once, in first-use order (the generated indexes are not among them)."""
         seen: dict[Digest, Descriptor] = {}
         for image in self.images:
             for blob in image.blobs:
@@ -66,6 +96,33 @@ class ExportPlan:
         found = {r.key: r for image in self.images for r in (image.record, *image.aliases)}
         return list(found.values())
 
+    def check(self, *, pulled: bool = False) -> None:
+        """Raise for what is missing; after a ``--pull`` the hints no longer offer ``--pull``."""
+        never = [str(m.reference) for m in self.missing if not m.cached]
+        if never:
+            also = "" if pulled else ", or export with --pull"
+            raise NotCached(
+                f"not in the cache: {', '.join(never)}", hint=f"run `cas pull {' '.join(never)}` first{also}"
+            )
+        for m in self.missing:
+            if not m.blobs:
+                raise self._wrong_platform(m, pulled)
+        lines = list(dict.fromkeys(line for m in self.missing for line in m.blobs))  # a reference named twice
+        if lines:
+            refs = list(dict.fromkeys(str(m.reference) for m in self.missing))
+            raise MissingBlobs(lines, refs, offer_pull=not pulled)
+
+    def _wrong_platform(self, m: Missing, pulled: bool) -> NotCached:
+        cached = ", ".join(m.cached)
+        if self.platform is not None:
+            what = f"{m.reference} is cached for {cached}, not {self.platform}"
+            want = self.platform
+        else:
+            what = f"{m.reference} is cached for several platforms ({cached}), none of them this host's"
+            want = Platform.host()
+        also = f", or pick a cached one with --platform {m.cached[0]}" if pulled else ", or export with --pull"
+        return NotCached(what, hint=f"run `cas pull --platform {want} {m.reference}`{also}")
+
 
 def plan(
     store: Store,
@@ -73,8 +130,9 @@ def plan(
     *,
     tag: Reference | None = None,
     platform: Platform | None = None,
+    every_platform: bool = False,
 ) -> ExportPlan:
-    """Check that every blob of every reference is in the store, and say what to write."""
+    """What to write for ``references``, and what is missing. ``every_platform``: OCI layouts."""
     if not references:
         raise UsageError("nothing to export", hint="name at least one image: cas export REF... -o FILE")
     if tag is not None and len({str(r) for r in references}) > 1:  # before any lookup (or --pull)
@@ -85,44 +143,67 @@ def plan(
     if tag is not None and tag.tag is None:
         raise UsageError(f"--tag {tag} has no tag", hint="give a NAME:TAG, e.g. --tag myapp:1.0")
 
-    found: list[tuple[Reference, RefRecord]] = []
-    not_cached: list[str] = []
+    result = ExportPlan(platform=platform)
+    asked = (platform,) if platform is not None else ()
+    by_manifest: dict[Digest, ImagePlan] = {}
+    by_key: dict[str, tuple[ImagePlan | None, list[str]]] = {}  # record key -> its image, or its missing blobs
+    by_set: dict[tuple[Digest, ...], IndexPlan] = {}
     for reference in references:
         records = lookup(store, reference)
-        if not records:
-            not_cached.append(str(reference))
+        chosen = _choose(records, platform, every_platform)
+        if not chosen:
+            result.missing.append(Missing(reference, asked, [r.platform or "unknown" for r in records]))
             continue
-        found.append((reference, choose(records[0].ref, records, platform, also=", or export with --pull")))
-    if not_cached:
-        listed = " ".join(not_cached)
-        raise NotCached(
-            f"not in the cache: {', '.join(not_cached)}",
-            hint=f"run `cas pull {listed}` first, or export with --pull",
-        )
-
-    by_manifest: dict[Digest, ImagePlan] = {}
-    by_key: dict[str, ImagePlan | None] = {}
-    missing: list[str] = []
-    for reference, record in found:
-        if record.key not in by_key:
-            image, image_missing = _plan_image(store, record)
-            missing += image_missing
-            if image is not None:
-                kept = by_manifest.setdefault(image.manifest.digest, image)
-                if kept is not image:  # another record of the same manifest (app:1 and app:latest)
-                    kept.aliases.append(record)
-                image = kept
-            by_key[record.key] = image
-        image = by_key[record.key]
+        images, lines = [], []
+        for record in chosen:
+            if record.key not in by_key:
+                image, image_missing = _plan_image(store, record)
+                if image is not None:
+                    kept = by_manifest.setdefault(image.manifest.digest, image)
+                    if kept is not image:  # another record of the same manifest (app:1 and app:latest)
+                        kept.aliases.append(record)
+                    image = kept
+                by_key[record.key] = image, image_missing
+            image, image_missing = by_key[record.key]
+            images.append(image)
+            lines += image_missing
+        if lines:
+            again = tuple(Platform.parse(r.platform) for r in chosen if r.platform) if not asked else asked
+            result.missing.append(Missing(reference, again, [r.platform or "unknown" for r in records], lines))
+            continue
         name = tag if tag is not None else (reference if reference.tag is not None else None)
-        if image is not None and name is not None:
-            name = Reference(name.registry, name.repository, name.tag)  # a name in an archive has no digest
-            if name not in image.names:
-                image.names.append(name)
-    if missing:
-        raise MissingBlobs(missing, list(dict.fromkeys(r.ref for _, r in found if by_key[r.key] is None)))
+        name = Reference(name.registry, name.repository, name.tag) if name is not None else None  # no digest
+        named = images[0] if len(images) == 1 else _index(by_set, images)
+        if name is not None and name not in named.names:
+            named.names.append(name)
+    result.images = list(by_manifest.values())
+    result.indexes = list(by_set.values())
+    return result
 
-    return ExportPlan(list(by_manifest.values()))
+
+def _choose(records: list[RefRecord], platform: Platform | None, every_platform: bool) -> list[RefRecord]:
+    """The records to export: the platform asked for, or every one (OCI), or the default one (docker)."""
+    if platform is not None:
+        return matching(records, platform)[:1]
+    if every_platform:
+        return records
+    default = default_platform(records)
+    return [default] if default is not None else []
+
+
+def _index(by_set: dict[tuple[Digest, ...], IndexPlan], images: list[ImagePlan]) -> IndexPlan:
+    """The archive's index of these platforms (one per set: app:1 and app:latest share it)."""
+    key = tuple(sorted({image.manifest.digest for image in images}))
+    if key not in by_set:
+        children = [
+            Descriptor(i.manifest.media_type, i.manifest.digest, i.manifest.size, Platform.parse(i.platform))
+            if i.platform
+            else i.manifest
+            for i in images
+        ]
+        data, media_type = mf.image_index(children)
+        by_set[key] = IndexPlan([], images, Descriptor(media_type, of_bytes(data), len(data)), data)
+    return by_set[key]
 
 
 def lookup(store: Store, reference: Reference) -> list[RefRecord]:

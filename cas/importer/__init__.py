@@ -35,7 +35,7 @@ from cas.importer.layouts import ImageSource, find_images
 from cas.importer.receive import Received, Receiver
 from cas.importer.sources import read_dir, read_tar
 from cas.importer.tarstream import BadTar
-from cas.recording import commit_bytes, record_blob, record_image
+from cas.recording import clear_marks, commit_bytes, record_blob, record_image
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
 from cas.store import Store
@@ -110,6 +110,7 @@ def import_archive(store: Store, source: Path | BinaryIO, options: ImportOptions
             result.format = "oci-dir" if is_dir else layout
             for image in images:
                 result.images.append(_record(store, lease, image, received))
+            clear_marks(store, set(received.stored))  # blobs it brought back heal other images too
     result.stored_blobs, result.stored_bytes = len(received.stored), sum(i.size for i in received.stored.values())
     result.reused_blobs, result.reused_bytes = len(received.reused), sum(received.reused.values())
     result.seconds = time.monotonic() - started

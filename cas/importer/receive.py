@@ -2,9 +2,9 @@
 
 A member's name proves nothing: ``blobs/<alg>/<hex>`` is ingested under that digest
 and committed only if its bytes hash to it; a legacy layer (``<id>/layer.tar``,
-``<diffid>.tar``) is staged and committed under the digest its bytes turn out to
+``<diffid>.tar``, ``<digest>.tar.gz``) is staged and committed under the digest its bytes turn out to
 have. Small metadata (``manifest.json``, ``index.json``, ``repositories``, top-level
-``*.json`` configs) is kept in memory, with a size limit. A legacy ``docker save``
+``*.json`` or ``sha256:<hex>`` configs) is kept in memory, with a size limit. A legacy ``docker save``
 writes ``manifest.json`` last, so nothing here waits for it: what the members mean
 is decided by ``cas.importer.layouts`` once the stream has ended.
 
@@ -35,7 +35,9 @@ CONFIG_LIMIT = 16 << 20
 HELD_LIMIT = 256 << 20  # all legacy configs held in memory until the archive ends
 UNKNOWN_TYPE = "application/octet-stream"  # until a manifest says what a blob is
 _BLOB = re.compile(r"blobs/([a-z0-9]+)/([0-9a-f]+)")
-_CLAIMED = re.compile(r"(?:sha256:)?([0-9a-f]{64})\.tar")  # skopeo's <diffid>.tar
+_CONFIG_FILE = re.compile(r".*\.json|sha256:[0-9a-f]{64}")  # docker's <id>.json, go-containerregistry's digest
+_LAYER_FILE = re.compile(r".*\.(?:tar|tar\.gz|tgz|tar\.zst)")
+_CLAIMED = re.compile(r"(?:sha256:)?([0-9a-f]{64})\.(?:tar|tar\.gz|tar\.zst)")  # skopeo's <diffid>.tar, ggcr's
 _MAX_HOPS = 40
 
 
@@ -47,7 +49,7 @@ class Received:
     links: dict[str, str] = field(default_factory=dict)  # link member -> the member it points to
     metadata: dict[str, bytes] = field(default_factory=dict)
     configs: dict[Digest, bytes] = field(default_factory=dict)  # top-level *.json, committed only if named
-    heads: dict[Digest, bytes] = field(default_factory=dict)  # first bytes of staged layers (compression)
+    heads: dict[Digest, bytes] = field(default_factory=dict)  # first bytes of blobs read here (compression)
     stored: dict[Digest, BlobInfo] = field(default_factory=dict)  # blobs this import committed
     reused: dict[Digest, int] = field(default_factory=dict)  # blobs the store already held
     delta: delta.DeltaDescription | None = None
@@ -104,7 +106,7 @@ class Receiver:
             got.metadata[name] = _read(member, chunks, METADATA_LIMIT)
         elif blob is not None:
             self._ingest(member, _blob_digest(name, blob), chunks)
-        elif "/" not in name and name.endswith(".json") and member.size <= CONFIG_LIMIT:
+        elif "/" not in name and _CONFIG_FILE.fullmatch(name) and member.size <= CONFIG_LIMIT:
             self._held += member.size
             if self._held > HELD_LIMIT:
                 raise UnsafeArchive(f"more than {HELD_LIMIT >> 20} MiB of top-level .json members")
@@ -112,7 +114,7 @@ class Receiver:
             digest = of_bytes(data)
             got.files[name] = digest
             got.configs[digest] = data
-        elif name.endswith(".tar"):
+        elif _LAYER_FILE.fullmatch(name):
             self._stage(member, chunks)
 
     def _take_delta_blob(self, member: Member, blob: re.Match | None, chunks: Callable[[], Iterator[bytes]]) -> None:
@@ -135,8 +137,11 @@ class Receiver:
                 return
             ing.discard()  # an archive cannot resume: never leave a partial entry behind
             ing.restart()
+            head = b""
             try:
                 for chunk in chunks():
+                    if len(head) < 4:
+                        head += chunk[:4]
                     ing.write(chunk)
                     self.on_bytes(len(chunk))
                 info = ing.commit()
@@ -147,6 +152,7 @@ class Receiver:
                 ) from None
             record_blob(self.store, info, UNKNOWN_TYPE)
         got.stored[digest] = info
+        got.heads[digest] = head[:4]
 
     def _stage(self, member: Member, chunks: Callable[[], Iterator[bytes]]) -> None:
         got = self.received

@@ -28,7 +28,7 @@ from typing import BinaryIO
 import httpx
 
 from cas.digest import Digest, Hasher
-from cas.errors import AuthError, BadDigest, IntegrityError, RegistryError, Unreachable
+from cas.errors import AuthError, BadDigest, CasError, IntegrityError, RegistryError, Unreachable
 from cas.manifest import ACCEPT
 from cas.registry.auth import scope_for
 from cas.registry.client import RegistryClient
@@ -101,16 +101,21 @@ class Uploader:
         failures = 0
         while True:
             sent = _Counter(on_bytes)
+            current = session or self.start()
+            session = None
             try:
-                current = session or self.start()
-                session = None
                 with open_file() as fh:
                     if current.chunk is None:
                         self._put_whole(current, fh, digest, size, sent)
                     else:
                         self._put_chunks(current, fh, digest, size, sent)
                 return
+            except CasError:  # wrong bytes, a refusal, another blob's failure: this upload will not finish
+                self._abandon(current)
+                raise
             except (Transient, httpx.TransportError, httpx.StreamError) as exc:
+                if isinstance(exc, Transient):  # the registry answers: let it drop the half-done upload now
+                    self._abandon(current)
                 sent.rewind()
                 failures += 1
                 retry_after = exc.retry_after if isinstance(exc, Transient) else None
@@ -147,6 +152,13 @@ class Uploader:
         check.done()
         url = location.copy_merge_params({"digest": str(digest)})
         self._send("PUT", url, {"Content-Length": "0"}, b"", ok=(201,), shown=self._shown(digest)).close()
+
+    def _abandon(self, session: UploadSession) -> None:
+        """Best effort: DELETE an upload that will not be finished (a registry purges stale ones anyway)."""
+        try:
+            self._send("DELETE", session.location, {}, None, ok=(202, 204, 404), shown="an abandoned upload").close()
+        except (CasError, Transient, httpx.HTTPError) as exc:
+            log.info("could not cancel the upload at %s: %s", session.location, exc)
 
     # manifests -------------------------------------------------------------
     def manifest_digest(self, reference: str) -> Digest | None:

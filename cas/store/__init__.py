@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cas import DEFAULT_LOCK_TIMEOUT
-from cas.manifest import layout_index
+from cas.errors import ManifestError
+from cas.manifest import Descriptor, Platform, layout_index
 from cas.store.ballast import Ballast
 from cas.store.blobs import BlobInfo, BlobStore, Ingest, IngestEntry
 from cas.store.fs import atomic_write, storage_errors
@@ -111,13 +112,11 @@ class Store:
             manifest = record.entry(record.listed)
             if manifest is None:
                 continue
+            platform = _platform(record.platform)
             entries.append(
-                {
-                    "mediaType": manifest.media_type,
-                    "digest": str(manifest.digest),
-                    "size": manifest.size,
-                    "annotations": {REF_NAME: record.ref},
-                }
+                Descriptor(
+                    manifest.media_type, manifest.digest, manifest.size, platform, {REF_NAME: record.ref}
+                ).to_json()
             )
         atomic_write(self.root / "index.json", layout_index(entries))
 
@@ -125,3 +124,11 @@ class Store:
         if self._index is not None:
             self._index.close()
             self._index = None
+
+
+def _platform(text: str | None) -> Platform | None:
+    """A record's platform for its index.json entry (several platforms of one ref share its name)."""
+    try:
+        return Platform.parse(text) if text else None
+    except ManifestError:
+        return None
