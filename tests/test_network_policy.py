@@ -107,7 +107,7 @@ def test_a_split_download_below_the_minimum_rate_is_a_stall_and_keeps_its_ranges
     layer = slow_image.layers[0]
     digest = Digest.parse(layer.digest)
     proxy.throttle(20_000)  # per connection: 4 ranges together move ~80 KB/s, below the rate asked
-    ranged = RangePolicy(ConnectionBudget(4), chunk=64 << 10, min_size=128 << 10)
+    ranged = RangePolicy(ConnectionBudget(4), chunk=64 << 10, min_size=128 << 10, fast_enough=None)  # split at once
     with RegistryClient(proxy.host, ranges=ranged, timeout=1.0, min_rate=500_000) as client:
         with store.blobs.ingest(digest, layer.size) as ing, pytest.raises(Stalled) as info:
             client.download_blob("cas-test/stall", digest, ing)

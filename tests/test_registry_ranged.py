@@ -40,7 +40,7 @@ def blob(registry):
 
 
 def policy(connections: int = 4, fast_enough: float | None = None) -> RangePolicy:
-    """Splits whatever the speed (the loopback registry is fast): the split itself is under test."""
+    """Splits at once, whatever the speed (the loopback registry is fast): the split itself is under test."""
     return RangePolicy(ConnectionBudget(connections), chunk=CHUNK, min_size=2 * CHUNK, fast_enough=fast_enough)
 
 

@@ -107,7 +107,7 @@ class RangePolicy:
     budget: ConnectionBudget = field(default_factory=lambda: ConnectionBudget(DEFAULT_CONNECTIONS))
     chunk: int = CHUNK
     min_size: int = MIN_SIZE
-    fast_enough: float | None = FAST_ENOUGH  # None: split whatever the first range's speed
+    fast_enough: float | None = FAST_ENOUGH  # None: split at once, without measuring the first range
 
     def wants(self, sink: object) -> bool:
         size = getattr(sink, "size", None)
@@ -199,14 +199,17 @@ class _Split:
                     response.close()
                     self._drop()
                     return False
-                started = time.monotonic()
-                self._work(first, response, only=True)  # alone first: how fast is one connection?
-                seconds = max(time.monotonic() - started, 1e-6)
-                if self.error is None and self.unusual is None:
-                    if self._fast((first[1] - first[0]) / seconds, first[1]):
-                        self._drop()  # drops nothing: the first range is the hashed prefix
-                        return False
-                    self._work(None)  # this thread stays a worker; others join while slots are free
+                if self.policy.fast_enough is None:
+                    self._work(first, response)  # split at once; this thread is the first worker
+                else:
+                    started = time.monotonic()
+                    self._work(first, response, only=True)  # alone first: how fast is one connection?
+                    seconds = max(time.monotonic() - started, 1e-6)
+                    if self.error is None and self.unusual is None:
+                        if self._fast((first[1] - first[0]) / seconds, first[1]):
+                            self._drop()  # drops nothing: the first range is the hashed prefix
+                            return False
+                        self._work(None)  # this thread stays a worker; others join while slots are free
             self._join()
         except BaseException:
             self.stop.set()
@@ -226,7 +229,8 @@ class _Split:
     def _fast(self, rate: float, prefix: int) -> bool:
         """One connection is fast enough (and nothing beyond the prefix is held): no split pays."""
         fast = self.policy.fast_enough
-        return fast is not None and rate >= fast and self.writer.missing() == [(prefix, self.size)]
+        assert fast is not None
+        return rate >= fast and self.writer.missing() == [(prefix, self.size)]
 
     def _work(self, interval: Interval | None, response: httpx.Response | None = None, *, only: bool = False) -> None:
         """Fetch ranges until none is left or the split stops (``only``: just ``interval``, with its answer)."""
