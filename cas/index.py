@@ -11,154 +11,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import logging
 import os
-import sqlite3
-import stat
-import threading
 import time
-import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-import diskcache
-
 from cas.digest import Digest
-from cas.errors import DiskFull, StoreError, disk_full
+from cas.errors import StoreError
+from cas.indexdb import open_database, sqlite_errors
 from cas.records import PREFIX, RefRecord, key_of, legacy_key, read_all
 
 LEASE_TTL = 6 * 3600.0
 MAX_PUSHED = 20_000  # blobs remembered per pushed repository (newest first)
-log = logging.getLogger("cas.index")
 _F = TypeVar("_F", bound=Callable)
-
-
-@contextlib.contextmanager
-def _sqlite_errors(path: Path, read_only: bool = False) -> Iterator[None]:
-    """A full disk or a damaged database becomes one readable error, not a sqlite3 traceback.
-
-    ``read_only``: the index was opened read-only because the disk was full, so any write is DiskFull.
-    """
-    try:
-        yield
-    except diskcache.Timeout as exc:
-        raise StoreError(
-            f"the cas index at {path} stayed locked by another process for too long",
-            hint="another cas command holds it (a long prune?); run this again when it is done",
-        ) from exc
-    except OSError as exc:  # diskcache writes values over 32 KiB to files of their own
-        full = disk_full(exc, f"the cas index at {path}", hint=_FULL_HINT)
-        raise full or _unusable(path, exc) from exc
-    except sqlite3.Error as exc:
-        if read_only or "full" in str(exc) or _nearly_full(path):  # sqlite may say only "disk I/O error"
-            raise DiskFull(f"no space left on device for the cas index at {path}", hint=_FULL_HINT) from exc
-        raise _unusable(path, exc) from exc
-
-
-_FULL_HINT = "free disk space or run `cas prune`"
-
-
-def _unusable(path: Path, exc: Exception) -> StoreError:
-    return StoreError(
-        f"the cas index at {path} cannot be used: {exc}",
-        hint="check free space and permissions of CAS_HOME; `cas verify` reports damage",
-    )
-
-
-def _nearly_full(path: Path) -> bool:
-    try:
-        stats = os.statvfs(path if path.exists() else path.parent)
-    except OSError:
-        return False
-    return stats.f_bavail * stats.f_frsize < (1 << 20)
-
-
-DBNAME = diskcache.core.DBNAME
-# What the index is opened with; _Attached checks that the database already holds exactly these.
-_SETTINGS = {
-    "disk_compress_level": 0,
-    "eviction_policy": "none",
-    "cull_limit": 0,
-    "statistics": False,
-    "tag_index": False,
-}
-
-
-class _Uninitialized(Exception):
-    """The database lacks our settings (an empty file, another program's): diskcache must set it up."""
-
-
-class _Attached(diskcache.Cache):
-    """A diskcache.Cache on an existing database, opened without writing.
-
-    diskcache's own ``__init__`` rewrites every setting (two dozen statements) on each
-    open, which fails on a full disk: it locked every command out, the ``cas prune``
-    that frees the disk included. The database already holds our settings (diskcache's
-    first open wrote them); this reads them and sets what ``__init__`` would have.
-    ``immutable``: the disk has no room left for sqlite's ``-shm`` file and the ``-wal``
-    holds nothing, so the database file alone is the whole truth: read it as it is
-    (sqlite's ``immutable=1``); any write then fails.
-    """
-
-    def __init__(self, path: Path, *, immutable: bool) -> None:
-        self._directory = str(path)
-        self._timeout = 60  # a concurrent open or checkpoint may hold the database for a moment
-        self._local = threading.local()
-        self._txn_id = None
-        self._immutable = immutable
-        try:
-            try:
-                settings = dict(self._sql("SELECT key, value FROM Settings").fetchall())
-            except sqlite3.OperationalError as exc:
-                if "no such table" in str(exc):
-                    raise _Uninitialized() from exc
-                raise
-            if any(settings.get(key) != value for key, value in _SETTINGS.items()):
-                raise _Uninitialized()
-            disk_args = {key[5:]: value for key, value in settings.items() if key.startswith("disk_")}
-            self._disk = diskcache.JSONDisk(self._directory, **disk_args)
-            for key, value in settings.items():  # sqlite_ pragmas are applied to each connection by _con
-                object.__setattr__(self, key, value)
-            ((self._page_size,),) = self._sql("PRAGMA page_size").fetchall()
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def _con(self) -> sqlite3.Connection:
-        if not self._immutable:
-            return super()._con
-        con = getattr(self._local, "con", None)
-        if con is None:
-            uri = f"file:{urllib.parse.quote(os.path.join(self._directory, DBNAME))}?immutable=1"
-            con = self._local.con = sqlite3.connect(uri, uri=True, isolation_level=None)
-        return con
-
-
-def _make_private(path: Path) -> None:
-    """The index directory 0700 and its files 0600, whatever the umask: it holds bearer tokens.
-
-    sqlite gives its -wal and -shm files the database file's mode. Modes are changed only
-    when wrong (a store made before this rule), which needs no free space.
-    """
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for entry in (path, *(path / name for name in (DBNAME, f"{DBNAME}-wal", f"{DBNAME}-shm"))):
-        want = 0o700 if entry == path else 0o600
-        try:
-            if stat.S_IMODE(entry.stat().st_mode) != want:
-                os.chmod(entry, want)
-        except FileNotFoundError:
-            continue
-
-
-def _wal_has_frames(path: Path) -> bool:
-    """Whether the -wal holds changes not yet in the database file (then it must be read through sqlite)."""
-    try:
-        return (path / f"{DBNAME}-wal").stat().st_size > 0
-    except FileNotFoundError:
-        return False
 
 
 def _guarded(method: _F) -> _F:
@@ -166,14 +33,14 @@ def _guarded(method: _F) -> _F:
 
         @functools.wraps(method)
         def generate(self: Index, *args: object, **kwargs: object) -> Iterator:
-            with _sqlite_errors(self.path, self.read_only):
+            with sqlite_errors(self.path, self.read_only):
                 yield from method(self, *args, **kwargs)
 
         return generate  # type: ignore[return-value]
 
     @functools.wraps(method)
     def call(self: Index, *args: object, **kwargs: object) -> object:
-        with _sqlite_errors(self.path, self.read_only):
+        with sqlite_errors(self.path, self.read_only):
             return method(self, *args, **kwargs)
 
     return call  # type: ignore[return-value]
@@ -190,25 +57,8 @@ class Index:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.read_only = False
-        with _sqlite_errors(path):
-            self._db = self._open()
-
-    def _open(self) -> diskcache.Cache:
-        _make_private(self.path)
-        if (self.path / DBNAME).exists():
-            try:
-                return _Attached(self.path, immutable=False)
-            except _Uninitialized:
-                pass
-            except sqlite3.OperationalError:
-                if not _nearly_full(self.path) or _wal_has_frames(self.path):
-                    raise
-                log.info("no room on the disk for sqlite's shared memory: reading the index read-only")
-                self.read_only = True
-                return _Attached(self.path, immutable=True)
-        db = diskcache.Cache(str(self.path), disk=diskcache.JSONDisk, **_SETTINGS)  # creates it: this writes
-        _make_private(self.path)
-        return db
+        with sqlite_errors(path):
+            self._db, self.read_only = open_database(path)
 
     @_guarded
     def close(self) -> None:
@@ -217,7 +67,7 @@ class Index:
     @contextlib.contextmanager
     def transact(self) -> Iterator[None]:
         """BEGIN IMMEDIATE: use for every change that touches more than one key."""
-        with _sqlite_errors(self.path, self.read_only), self._db.transact():
+        with sqlite_errors(self.path, self.read_only), self._db.transact():
             yield
 
     @_guarded
@@ -385,7 +235,7 @@ class Index:
         try:
             yield lease
         finally:
-            with _sqlite_errors(self.path, self.read_only):
+            with sqlite_errors(self.path, self.read_only):
                 self._db.delete(f"lease:{lease.id}")
 
     @_guarded

@@ -44,7 +44,11 @@ def enable_logging() -> None:
 
 
 def want_progress(quiet: bool, as_json: bool) -> bool:
-    return not quiet and not as_json and sys.stderr.isatty()
+    """Bars only on a terminal, and not under `-v`: log lines would tear through them."""
+    import logging
+
+    verbose = logging.getLogger("cas").isEnabledFor(logging.DEBUG)
+    return not quiet and not as_json and not verbose and sys.stderr.isatty()
 
 
 def short_digest(digest: str) -> str:

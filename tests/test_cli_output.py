@@ -221,3 +221,27 @@ def test_progress_bars_count_in_iec_units():
     task = SimpleNamespace(completed=3 * 2**20, total=5 * 2**20, speed=1.5 * 2**20, finished=False)
     rendered = [str(column.render(task)) for column in bars._progress.columns[2:4]]
     assert rendered == ["3.0/5.0 MiB", "1.5 MiB/s"]
+
+
+def test_verbose_on_a_terminal_logs_lines_instead_of_drawing_bars(cas_home, proxy, registry, test_images, tmp_path):
+    import os
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    test_images.push(registry)
+    proxy.throttle(1_000_000)  # slow enough that bars would be drawn
+    root = Path(__file__).resolve().parent.parent
+    command = f"cd {shlex.quote(str(root))} && {shlex.quote(sys.executable)} -m cli -v pull {proxy.host}/base:latest"
+    typescript = tmp_path / "typescript"
+    subprocess.run(
+        ["script", "-q", "-e", "-c", command, str(typescript)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=True,
+        timeout=120,
+        env={**os.environ, "CAS_HOME": str(cas_home), "COLUMNS": "100", "TERM": "xterm"},
+    )
+    screen = typescript.read_text(errors="replace")
+    assert "cas.registry.http: GET " in screen and "━" not in screen and "\x1b[" not in screen

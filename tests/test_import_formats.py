@@ -237,3 +237,59 @@ def test_a_delta_is_no_image_archive_for_skopeo_or_podman(cas, registry, test_im
         assert refused.returncode != 0, transport
     assert clean_podman.load(delta, check=False).returncode != 0
     assert clean_podman.images() == []
+
+
+def test_legacy_archive_with_compressed_layers_named_by_digest(cas_in, test_images, clean_dockerd, tmp_path):
+    """go-containerregistry's tarball: config `sha256:<hex>`, layers `<hex>.tar.gz`, manifest.json only."""
+    app = test_images.app
+    entry = {
+        "Config": app.config_blob.digest,
+        "RepoTags": ["ggcr.local/app:1"],
+        "Layers": [f"{layer.digest[7:]}.tar.gz" for layer in app.layers],
+    }
+    archive = _write_tar(
+        tmp_path / "ggcr.tar",
+        [
+            (app.config_blob.digest, app.config_blob.data),
+            *((f"{layer.digest[7:]}.tar.gz", layer.data) for layer in app.layers),
+            ("manifest.json", json.dumps([entry]).encode()),
+        ],
+    )
+    home = tmp_path / "b"
+    out = json.loads(cas_in(home, "import", archive, "--json").stdout)
+    assert out["images"][0]["refs"] == ["ggcr.local/app:1"] and out["images"][0]["built_manifest"]
+    inspect = json.loads(cas_in(home, "inspect", "ggcr.local/app:1", "--json").stdout)
+    assert [layer["digest"] for layer in inspect["layers"]] == [layer.digest for layer in app.layers]
+    assert {layer["media_type"] for layer in inspect["layers"]} == {"application/vnd.oci.image.layer.v1.tar+gzip"}
+    # the same image as blobs/ members the store already holds: their first bytes are read from the store
+    blobs_only = tmp_path / "blobs-only.tar"
+    entry = {
+        "Config": f"blobs/sha256/{app.config_blob.digest[7:]}",
+        "RepoTags": ["ggcr.local/app:2"],
+        "Layers": [f"blobs/sha256/{layer.digest[7:]}" for layer in app.layers],
+    }
+    _write_tar(
+        blobs_only,
+        [
+            (entry["Config"], app.config_blob.data),
+            *((f"blobs/sha256/{layer.digest[7:]}", layer.data) for layer in app.layers),
+            ("manifest.json", json.dumps([entry]).encode()),
+        ],
+    )
+    second = json.loads(cas_in(home, "import", blobs_only, "--json").stdout)
+    assert second["reused_blobs"] == len(app.layers) + 1 and second["stored_blobs"] == 0
+    assert second["images"][0]["manifest"] == out["images"][0]["manifest"]  # the same built manifest
+
+    again = tmp_path / "again.tar"
+    cas_in(home, "export", "ggcr.local/app:1", "-o", again)
+    assert "Loaded image: ggcr.local/app:1" in clean_dockerd.load(again).stdout
+    assert clean_dockerd.run("ggcr.local/app:1").stdout == "hello from app\n"
+
+
+def _write_tar(path, members: list[tuple[str, bytes]]):
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

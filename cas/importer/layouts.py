@@ -221,9 +221,11 @@ def _legacy_layer(
         missing.append(f"{diff_id} ({where}; {path} is not in the archive)")
         return None
     size = store.blobs.size(digest) or 0
-    media_type = next(
-        (t for magic, t in _LAYER_TYPES.items() if received.heads.get(digest, b"").startswith(magic)), None
-    )
+    head = received.heads.get(digest)
+    if head is None:  # the store held it already: its bytes were not read here
+        with store.blobs.open(digest) as fh:
+            head = fh.read(4)
+    media_type = next((t for magic, t in _LAYER_TYPES.items() if head.startswith(magic)), None)
     if media_type is None:
         if digest != diff_id:
             raise ArchiveError(

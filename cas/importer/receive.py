@@ -2,9 +2,9 @@
 
 A member's name proves nothing: ``blobs/<alg>/<hex>`` is ingested under that digest
 and committed only if its bytes hash to it; a legacy layer (``<id>/layer.tar``,
-``<diffid>.tar``) is staged and committed under the digest its bytes turn out to
+``<diffid>.tar``, ``<digest>.tar.gz``) is staged and committed under the digest its bytes turn out to
 have. Small metadata (``manifest.json``, ``index.json``, ``repositories``, top-level
-``*.json`` configs) is kept in memory, with a size limit. A legacy ``docker save``
+``*.json`` or ``sha256:<hex>`` configs) is kept in memory, with a size limit. A legacy ``docker save``
 writes ``manifest.json`` last, so nothing here waits for it: what the members mean
 is decided by ``cas.importer.layouts`` once the stream has ended.
 
@@ -14,8 +14,11 @@ any blob is read, and then only the blobs it lists are accepted.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,7 +27,7 @@ from cas.digest import Digest, of_bytes
 from cas.errors import ArchiveError, BadDigest, IntegrityError
 from cas.importer.tarstream import DIR, FILE, Member, UnsafeArchive
 from cas.recording import record_blob
-from cas.store import BlobInfo, Store
+from cas.store import BlobInfo, Ingest, Store
 
 if TYPE_CHECKING:
     from cas.index import Lease
@@ -35,7 +38,9 @@ CONFIG_LIMIT = 16 << 20
 HELD_LIMIT = 256 << 20  # all legacy configs held in memory until the archive ends
 UNKNOWN_TYPE = "application/octet-stream"  # until a manifest says what a blob is
 _BLOB = re.compile(r"blobs/([a-z0-9]+)/([0-9a-f]+)")
-_CLAIMED = re.compile(r"(?:sha256:)?([0-9a-f]{64})\.tar")  # skopeo's <diffid>.tar
+_CONFIG_FILE = re.compile(r".*\.json|sha256:[0-9a-f]{64}")  # docker's <id>.json, go-containerregistry's digest
+_LAYER_FILE = re.compile(r".*\.(?:tar|tar\.gz|tgz|tar\.zst)")
+_CLAIMED = re.compile(r"(?:sha256:)?([0-9a-f]{64})\.(?:tar|tar\.gz|tar\.zst)")  # skopeo's <diffid>.tar, ggcr's
 _MAX_HOPS = 40
 
 
@@ -47,7 +52,7 @@ class Received:
     links: dict[str, str] = field(default_factory=dict)  # link member -> the member it points to
     metadata: dict[str, bytes] = field(default_factory=dict)
     configs: dict[Digest, bytes] = field(default_factory=dict)  # top-level *.json, committed only if named
-    heads: dict[Digest, bytes] = field(default_factory=dict)  # first bytes of staged layers (compression)
+    heads: dict[Digest, bytes] = field(default_factory=dict)  # first bytes of blobs read here (compression)
     stored: dict[Digest, BlobInfo] = field(default_factory=dict)  # blobs this import committed
     reused: dict[Digest, int] = field(default_factory=dict)  # blobs the store already held
     delta: delta.DeltaDescription | None = None
@@ -78,6 +83,8 @@ class Receiver:
         self.on_delta = on_delta
         self.on_bytes = on_bytes or (lambda n: None)
         self.received = Received()
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cas-import-commit")
+        self._pending: deque[tuple[Future, contextlib.ExitStack]] = deque()
         self._files = 0
         self._held = 0  # bytes of configs held in memory
 
@@ -104,7 +111,7 @@ class Receiver:
             got.metadata[name] = _read(member, chunks, METADATA_LIMIT)
         elif blob is not None:
             self._ingest(member, _blob_digest(name, blob), chunks)
-        elif "/" not in name and name.endswith(".json") and member.size <= CONFIG_LIMIT:
+        elif "/" not in name and _CONFIG_FILE.fullmatch(name) and member.size <= CONFIG_LIMIT:
             self._held += member.size
             if self._held > HELD_LIMIT:
                 raise UnsafeArchive(f"more than {HELD_LIMIT >> 20} MiB of top-level .json members")
@@ -112,7 +119,7 @@ class Receiver:
             digest = of_bytes(data)
             got.files[name] = digest
             got.configs[digest] = data
-        elif name.endswith(".tar"):
+        elif _LAYER_FILE.fullmatch(name):
             self._stage(member, chunks)
 
     def _take_delta_blob(self, member: Member, blob: re.Match | None, chunks: Callable[[], Iterator[bytes]]) -> None:
@@ -129,24 +136,60 @@ class Receiver:
         if self.store.blobs.has(digest, member.size):
             got.reused[digest] = member.size
             return  # verified when it was committed; the archive's copy is skipped unread
-        with self.store.blobs.ingest(digest, member.size) as ing:
+        held = contextlib.ExitStack()
+        ing = held.enter_context(self.store.blobs.ingest(digest, member.size))
+        try:
             if ing.committed:  # another process committed it while we waited
                 got.reused[digest] = member.size
+                held.close()
                 return
             ing.discard()  # an archive cannot resume: never leave a partial entry behind
             ing.restart()
+            head = b""
+            for chunk in chunks():
+                if len(head) < 4:
+                    head += chunk[:4]
+                ing.write(chunk)
+                self.on_bytes(len(chunk))
+        except BaseException:
+            held.close()
+            raise
+        got.heads[digest] = head[:4]
+        self._wait(1)  # at most one commit waits behind the running one
+        self._pending.append((self._committer.submit(self._commit, member.name, ing, held), held))
+
+    def _commit(self, name: str, ing: Ingest, held: contextlib.ExitStack) -> None:
+        """Verify, fsync and rename one blob on the commit thread, while the next one streams in."""
+        with held:
             try:
-                for chunk in chunks():
-                    ing.write(chunk)
-                    self.on_bytes(len(chunk))
                 info = ing.commit()
             except IntegrityError as exc:
                 raise ArchiveError(
-                    f"member {member.name}: its bytes do not match the digest its name claims ({exc.message})",
+                    f"member {name}: its bytes do not match the digest its name claims ({exc.message})",
                     hint="the archive is damaged or forged; no image was recorded",
                 ) from None
             record_blob(self.store, info, UNKNOWN_TYPE)
-        got.stored[digest] = info
+        self.received.stored[info.digest] = info
+
+    def _wait(self, keep: int = 0) -> None:
+        while len(self._pending) > keep:
+            self._pending.popleft()[0].result()  # a commit's error is raised here
+
+    def finish(self) -> None:
+        """Wait for every commit; the first error among them is raised."""
+        try:
+            self._wait()
+        finally:
+            self._committer.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        """Unwinding from an error: a queued commit never starts (its entry is removed here), a running
+        one ends (and removes its own); their errors are ignored."""
+        for future, held in self._pending:
+            if future.cancel():
+                held.close()
+        self._pending.clear()
+        self._committer.shutdown(wait=True)
 
     def _stage(self, member: Member, chunks: Callable[[], Iterator[bytes]]) -> None:
         got = self.received
