@@ -21,7 +21,7 @@ from typing import TypeVar
 from cas.digest import Digest
 from cas.errors import StoreError
 from cas.indexdb import open_database, sqlite_errors
-from cas.records import PREFIX, RefRecord, key_of, legacy_key, read_all, ref_of_key
+from cas.records import PREFIX, RefRecord, key_of, legacy_key, read_all
 
 LEASE_TTL = 6 * 3600.0
 MAX_PUSHED = 20_000  # blobs remembered per pushed repository (newest first)
@@ -71,8 +71,9 @@ class Index:
             yield
 
     @_guarded
-    def scan(self, *prefixes: str, page: int = 1000) -> Iterator[tuple[str, object]]:
-        """Every live ``(key, value)`` whose key starts with one of ``prefixes``.
+    def scan(self, *prefixes: str, page: int = 1000, tag: str | None = None) -> Iterator[tuple[str, object]]:
+        """Every live ``(key, value)`` whose key starts with one of ``prefixes`` (and, given ``tag``,
+        was written with that diskcache tag: SQLite filters those rows before Python decodes any).
 
         One SQL query per ``page`` rows instead of one per key (``iterkeys`` + ``get``),
         and no cursor held open between pages, so memory stays bounded and the caller
@@ -87,8 +88,8 @@ class Index:
         while True:
             rows = db._sql(
                 "SELECT rowid, key, raw, expire_time, mode, filename, value FROM Cache"
-                " WHERE rowid > ? ORDER BY rowid LIMIT ?",
-                (last, page),
+                f" WHERE rowid > ?{' AND tag = ?' if tag is not None else ''} ORDER BY rowid LIMIT ?",
+                (last, tag, page) if tag is not None else (last, page),
             ).fetchall()
             if not rows:
                 return
@@ -122,12 +123,17 @@ class Index:
 
     @_guarded
     def ref_records(self, ref: str) -> list[RefRecord]:
-        """Every cached platform of one reference, sorted by platform; StoreError if one is damaged."""
-        malformed: list[str] = []
-        found = {r.platform: r for r in self.refs(malformed) if r.ref == ref}
-        for key in malformed:  # another reference's damage is not this one's error
-            if ref_of_key(key) == ref:
-                RefRecord.from_json(self._db.get(key), key)  # raises the StoreError naming it
+        """Every cached platform of one reference, sorted by platform; StoreError if one is damaged.
+
+        Records are written with the reference as their diskcache tag, so this reads only their
+        rows (a full ``refs()`` scan decodes every key of the index: ~70 ms at 11,000 keys,
+        against ~1 ms); a legacy ``ref:<ref>`` key is one direct read.
+        """
+        found = {r.platform: r for r in read_all(self.scan(PREFIX, tag=ref))}
+        value = self._db.get(legacy_key(ref))
+        if value is not None:
+            legacy = RefRecord.from_json(value, legacy_key(ref))
+            found.setdefault(legacy.platform, legacy)
         return [found[p] for p in sorted(found, key=lambda p: p or "")]
 
     @_guarded
@@ -137,7 +143,7 @@ class Index:
             legacy = self._legacy(record.ref)
             if legacy is not None and legacy.platform == record.platform:
                 self._db.delete(legacy_key(record.ref))
-            self._db.set(record.key, record.to_json())
+            self._db.set(record.key, record.to_json(), tag=record.ref)  # ref_records finds it by tag
 
     @_guarded
     def remove_ref(self, record: RefRecord) -> bool:

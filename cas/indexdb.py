@@ -75,6 +75,11 @@ SETTINGS = {
 }
 
 
+# The last schema object diskcache.Cache.__init__ creates: until it exists, a concurrent first open is
+# still running, and attaching would meet a Settings table without its Cache table.
+_LAST_CREATED = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'Settings_size_delete'"
+
+
 class _Uninitialized(Exception):
     """The database lacks our settings (an empty file, another program's): diskcache must set it up."""
 
@@ -98,6 +103,8 @@ class _Attached(diskcache.Cache):
         self._txn_id = None
         self._immutable = immutable
         try:
+            if not self._sql(_LAST_CREATED).fetchall():  # another process is still setting it up
+                raise _Uninitialized()
             try:
                 settings = dict(self._sql("SELECT key, value FROM Settings").fetchall())
             except sqlite3.OperationalError as exc:

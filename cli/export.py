@@ -147,7 +147,7 @@ def export(
     if as_json:
         output.emit_json("export", result.to_json())
     elif not quiet:
-        names = ", ".join(", ".join(image["names"]) or image["ref"] for image in result.images)
+        names = ", ".join(_shown(result))
         how = "" if result.format != "oci-dir" or result.linked else " (copied, not linked)"
         how += ", every blob re-hashed" if result.verified else ""
         if result.delta is not None:
@@ -162,3 +162,15 @@ def export(
             f"exported {names} as {result.format}: {result.blobs} blob(s), {output.human_size(result.bytes)} "
             f"to {result.output}{how} ({result.seconds:.2f}s)"
         )
+
+
+def _shown(result) -> list[str]:
+    """Each exported name once: a reference with several platforms as NAME (PLATFORM, ...)."""
+    under = {digest for index in result.indexes for digest in index["manifests"]}
+    shown = [
+        f"{', '.join(index['names']) or '(unnamed)'} ({', '.join(index['platforms'])})" for index in result.indexes
+    ]
+    for image in result.images:
+        if image["names"] or image["manifest"] not in under:
+            shown.append(", ".join(image["names"]) or image["ref"])
+    return shown

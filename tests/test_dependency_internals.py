@@ -17,6 +17,7 @@ import inspect
 
 import diskcache
 import httpcore
+import pytest
 from test_lifecycle_support import tiny_record
 
 from cas.digest import Digest
@@ -60,9 +61,10 @@ def test_diskcache_internals_used_by_index_scan(tmp_path):
 
 def test_index_opened_without_writing_has_every_attribute_diskcache_init_sets(tmp_path):
     """cas.indexdb._Attached sets by hand what diskcache.Cache.__init__ would (minus its writes)."""
-    from cas.indexdb import SETTINGS, _Attached
+    from cas.indexdb import _LAST_CREATED, SETTINGS, _Attached
 
     made = diskcache.Cache(str(tmp_path), disk=diskcache.JSONDisk, **SETTINGS)
+    assert made._sql(_LAST_CREATED).fetchall(), "diskcache creates other schema objects now: update _LAST_CREATED"
     attached = _Attached(tmp_path, immutable=False)
     try:
         expected = {k: v for k, v in vars(made).items() if k != "_local"}
@@ -80,3 +82,27 @@ def test_index_opened_without_writing_has_every_attribute_diskcache_init_sets(tm
     finally:
         attached.close()
         made.close()
+
+
+def test_a_database_another_process_is_still_creating_is_not_attached(tmp_path):
+    """Two first opens at once: the second must not attach to Settings without the Cache table."""
+    import sqlite3
+
+    from cas.indexdb import SETTINGS, _Attached, _Uninitialized, open_database
+
+    made = diskcache.Cache(str(tmp_path), disk=diskcache.JSONDisk, **SETTINGS)
+    made.close()
+    con = sqlite3.connect(tmp_path / diskcache.core.DBNAME)
+    con.execute("DROP TABLE Cache")  # as a creator mid-way leaves it: settings written, no Cache table yet
+    con.execute("DROP TRIGGER IF EXISTS Settings_size_delete")
+    con.commit()
+    con.close()
+    with pytest.raises(_Uninitialized):
+        _Attached(tmp_path, immutable=False)
+    db, read_only = open_database(tmp_path)  # diskcache finishes the set-up (idempotent CREATE IF NOT EXISTS)
+    try:
+        assert not read_only
+        db.set("k", 1)
+        assert db.get("k") == 1
+    finally:
+        db.close()

@@ -15,33 +15,26 @@ from support import auth, images
 from support.registry import Registry
 
 
-@pytest.fixture(scope="module")
-def zstd_registry(tmp_path_factory):
-    """A registry that has never held base's gzip layers: skopeo 1.9 reuses a blob the destination
-    already has in another compression and ignores --dest-compress-format (containers/image's
-    blob-info cache), so the zstd copy must go where nothing can be reused."""
-    reg = Registry(tmp_path_factory.mktemp("registry-zstd")).start()
-    yield reg
-    reg.stop()
-
-
-def _zstd_image(registry, zstd_registry, skopeo, test_images) -> str:
-    """base, recompressed to zstd by skopeo (OCI media types: Docker's have no zstd)."""
-    test_images.push(registry)
-    ref = f"{zstd_registry.host}/base-zstd:latest"
-    skopeo.copy(
-        f"docker://{test_images.ref(registry, 'base')}",
-        f"docker://{ref}",
-        format="oci",
-        extra=("--dest-compress-format", "zstd"),
+def _zstd_image(registry) -> str:
+    """base's content with zstd layers (OCI media types: Docker's have no zstd), compressed by the zstd
+    tool and pushed with plain PUTs. skopeo --dest-compress-format zstd was tried first: its blob-info
+    cache (root's, shared by every test) made it keep gzip layers depending on what ran before."""
+    img = images.Image(
+        [
+            images.busybox_layer(compression="zstd"),
+            images.layer({"hello.txt": "hello from base\n"}, compression="zstd"),
+        ],
+        media="oci",
+        cmd=("/bin/cat", "/hello.txt"),
     )
-    return ref
+    images.push(registry, "base-zstd", "latest", img)
+    return f"{registry.host}/base-zstd:latest"
 
 
 def test_zstd_layers_pull_export_and_load_where_zstd_is_understood(
-    cas, registry, zstd_registry, skopeo, test_images, clean_podman, clean_dockerd, tmp_path
+    cas, registry, skopeo, clean_podman, clean_dockerd, tmp_path
 ):
-    ref = _zstd_image(registry, zstd_registry, skopeo, test_images)
+    ref = _zstd_image(registry)
     manifest = skopeo.inspect(f"docker://{ref}", raw=True)
     assert {layer["mediaType"] for layer in manifest["layers"]} == {"application/vnd.oci.image.layer.v1.tar+zstd"}
 

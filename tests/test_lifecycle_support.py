@@ -117,8 +117,14 @@ def only_record(store: Store, ref: str) -> RefRecord | None:
 
 
 def write_raw(store: Store, key: str, value: object) -> None:
-    """Write an index entry as another program (or an older cas, or damage) could: bypassing RefRecord."""
-    store.index._db.set(key, value)
+    """Write an index entry as an older cas, or damage in place, could: bypassing RefRecord.
+
+    A ``ref:REF|PLATFORM`` entry keeps the diskcache tag ``put_ref`` gives it (damage changes the
+    value, not the row's tag); a legacy ``ref:REF`` entry never had one.
+    """
+    from cas.records import SEPARATOR, ref_of_key
+
+    store.index._db.set(key, value, tag=ref_of_key(key) if SEPARATOR in key else None)
 
 
 def tiny_record(ref: str, *, pad: int = 0, platform: str = "linux/amd64") -> RefRecord:

@@ -202,7 +202,8 @@ def test_oci_dir_holds_every_cached_platform(cas, registry, test_images, skopeo,
     ref = test_images.ref(registry, "multi")
     cas("pull", "--all-platforms", ref)
     out = tmp_path / "layout"
-    cas("export", "--format", "oci-dir", ref, "-o", out)
+    said = cas("export", "--format", "oci-dir", ref, "-o", out).stderr
+    assert said.startswith(f"exported {ref} ({AMD64}, {ARM}, {ARM64}) as oci-dir: ")
     copied = tmp_path / "copied"
     skopeo.copy(f"oci:{out}:{ref}", f"oci:{copied}:x", all=True)
     index = json.loads((copied / "index.json").read_text())["manifests"][0]

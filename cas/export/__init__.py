@@ -151,6 +151,7 @@ def export(
             "names": [name.familiar for name in index.names],
             "digest": str(index.descriptor.digest),
             "platforms": [image.platform for image in index.images],
+            "manifests": [str(image.manifest.digest) for image in index.images],
         }
         for index in checked.indexes
     ]

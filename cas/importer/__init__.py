@@ -6,7 +6,8 @@
 
 The same shape as ``cas.pull``: plan what is missing, move blobs, record.
   1. move: members stream into the store as they arrive (``receive``); each blob is
-     committed only once its bytes hash to its digest; nothing is staged whole.
+     committed only once its bytes hash to its digest (on a commit thread, while the
+     next member streams in); nothing is staged whole.
      A delta's description comes first and is checked against this store before
      any blob is read (``MissingRequirements``).
   2. plan: once the archive has ended, ``layouts`` says which images it holds and
@@ -118,7 +119,21 @@ def import_archive(store: Store, source: Path | BinaryIO, options: ImportOptions
 
 
 def _receive(source: Path | BinaryIO, is_dir: bool, receiver: Receiver, label: str) -> int:
-    """Every member into the store; a damaged, truncated or hostile archive is one ArchiveError."""
+    """Every member into the store, every commit finished; a damaged, truncated or hostile archive is
+    one ArchiveError."""
+    try:
+        read = _read_members(source, is_dir, receiver, label)
+    except BaseException:
+        receiver.abandon()
+        raise
+    try:
+        receiver.finish()
+    except ArchiveError as exc:
+        raise ArchiveError(f"cannot import {label}: {exc.message}", hint=exc.hint) from None
+    return read
+
+
+def _read_members(source: Path | BinaryIO, is_dir: bool, receiver: Receiver, label: str) -> int:
     try:
         if is_dir:
             assert isinstance(source, Path)

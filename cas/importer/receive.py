@@ -14,8 +14,11 @@ any blob is read, and then only the blobs it lists are accepted.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,7 +27,7 @@ from cas.digest import Digest, of_bytes
 from cas.errors import ArchiveError, BadDigest, IntegrityError
 from cas.importer.tarstream import DIR, FILE, Member, UnsafeArchive
 from cas.recording import record_blob
-from cas.store import BlobInfo, Store
+from cas.store import BlobInfo, Ingest, Store
 
 if TYPE_CHECKING:
     from cas.index import Lease
@@ -80,6 +83,8 @@ class Receiver:
         self.on_delta = on_delta
         self.on_bytes = on_bytes or (lambda n: None)
         self.received = Received()
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cas-import-commit")
+        self._pending: deque[tuple[Future, contextlib.ExitStack]] = deque()
         self._files = 0
         self._held = 0  # bytes of configs held in memory
 
@@ -131,28 +136,60 @@ class Receiver:
         if self.store.blobs.has(digest, member.size):
             got.reused[digest] = member.size
             return  # verified when it was committed; the archive's copy is skipped unread
-        with self.store.blobs.ingest(digest, member.size) as ing:
+        held = contextlib.ExitStack()
+        ing = held.enter_context(self.store.blobs.ingest(digest, member.size))
+        try:
             if ing.committed:  # another process committed it while we waited
                 got.reused[digest] = member.size
+                held.close()
                 return
             ing.discard()  # an archive cannot resume: never leave a partial entry behind
             ing.restart()
             head = b""
+            for chunk in chunks():
+                if len(head) < 4:
+                    head += chunk[:4]
+                ing.write(chunk)
+                self.on_bytes(len(chunk))
+        except BaseException:
+            held.close()
+            raise
+        got.heads[digest] = head[:4]
+        self._wait(1)  # at most one commit waits behind the running one
+        self._pending.append((self._committer.submit(self._commit, member.name, ing, held), held))
+
+    def _commit(self, name: str, ing: Ingest, held: contextlib.ExitStack) -> None:
+        """Verify, fsync and rename one blob on the commit thread, while the next one streams in."""
+        with held:
             try:
-                for chunk in chunks():
-                    if len(head) < 4:
-                        head += chunk[:4]
-                    ing.write(chunk)
-                    self.on_bytes(len(chunk))
                 info = ing.commit()
             except IntegrityError as exc:
                 raise ArchiveError(
-                    f"member {member.name}: its bytes do not match the digest its name claims ({exc.message})",
+                    f"member {name}: its bytes do not match the digest its name claims ({exc.message})",
                     hint="the archive is damaged or forged; no image was recorded",
                 ) from None
             record_blob(self.store, info, UNKNOWN_TYPE)
-        got.stored[digest] = info
-        got.heads[digest] = head[:4]
+        self.received.stored[info.digest] = info
+
+    def _wait(self, keep: int = 0) -> None:
+        while len(self._pending) > keep:
+            self._pending.popleft()[0].result()  # a commit's error is raised here
+
+    def finish(self) -> None:
+        """Wait for every commit; the first error among them is raised."""
+        try:
+            self._wait()
+        finally:
+            self._committer.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        """Unwinding from an error: a queued commit never starts (its entry is removed here), a running
+        one ends (and removes its own); their errors are ignored."""
+        for future, held in self._pending:
+            if future.cancel():
+                held.close()
+        self._pending.clear()
+        self._committer.shutdown(wait=True)
 
     def _stage(self, member: Member, chunks: Callable[[], Iterator[bytes]]) -> None:
         got = self.received

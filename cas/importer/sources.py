@@ -47,6 +47,7 @@ class ReadAhead:
         self._thread = threading.Thread(target=self._fill, name="cas-import-read", daemon=True)
 
     def __enter__(self) -> ReadAhead:
+        _widen_pipe(self._fh)
         self._thread.start()
         return self
 
@@ -134,3 +135,15 @@ def _file_chunks(path: str, size: int, sizes: list[int]) -> Iterator[bytes]:
             left -= len(chunk)
             sizes[0] += len(chunk)
             yield chunk
+
+
+def _widen_pipe(fh: BinaryIO) -> None:
+    """A 1 MiB pipe buffer instead of 64 KiB: the writer and the reader switch 16 times less often."""
+    try:
+        fd = fh.fileno()
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            import fcntl
+
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except (OSError, ValueError, AttributeError):
+        pass  # not a pipe, or the kernel's limit is lower: the default works too
