@@ -449,7 +449,10 @@ def _close_entry(entry: Ingest | Staging, *, remove: bool) -> None:
         entry._writer.close()
         entry._writer = None
     if entry._file is not None:
-        entry._file.close()
+        try:
+            entry._file.close()  # flushes what is buffered; the fd is closed even when that fails
+        except OSError:
+            pass  # a full disk: the unflushed tail is lost, and a resume re-hashes what is on disk
         entry._file = None
     try:
         if remove:
