@@ -16,8 +16,9 @@ from cas import DEFAULT_LOCK_TIMEOUT
 from cas.errors import ManifestError
 from cas.manifest import Descriptor, Platform, layout_index
 from cas.store.ballast import Ballast
-from cas.store.blobs import BlobInfo, BlobStore, Ingest, IngestEntry
+from cas.store.blobs import BlobStore, IngestEntry
 from cas.store.fs import atomic_write, storage_errors
+from cas.store.ingest import BlobInfo, Ingest
 from cas.store.locks import FileLock
 
 if TYPE_CHECKING:
