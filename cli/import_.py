@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cas import DEFAULT_LOCK_TIMEOUT
 from cli import options, output
 
 
@@ -40,7 +41,7 @@ def import_(
             "--tag", "-t", metavar="REF", help="NAME:TAG for the one image of the archive (its names are dropped)."
         ),
     ] = None,
-    lock_timeout: options.LockTimeout = 600.0,
+    lock_timeout: options.LockTimeout = DEFAULT_LOCK_TIMEOUT,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
 ) -> None:

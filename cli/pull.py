@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from cas import DEFAULT_LOCK_TIMEOUT
 from cli import options, output
 
 
@@ -22,7 +23,7 @@ def pull(
     insecure: options.Insecure = False,
     username: options.Username = None,
     password_stdin: options.PasswordStdin = False,
-    lock_timeout: options.LockTimeout = 600.0,
+    lock_timeout: options.LockTimeout = DEFAULT_LOCK_TIMEOUT,
     hosts_dir: options.HostsDir = None,
     timeout: options.Timeout = None,
     quiet: options.Quiet = False,

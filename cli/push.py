@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from cas import DEFAULT_LOCK_TIMEOUT
 from cli import options, output
 
 
@@ -27,7 +28,7 @@ def push(
     insecure: options.Insecure = False,
     username: options.Username = None,
     password_stdin: options.PasswordStdin = False,
-    lock_timeout: options.LockTimeout = 600.0,
+    lock_timeout: options.LockTimeout = DEFAULT_LOCK_TIMEOUT,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
     verbose: options.Verbose = False,
