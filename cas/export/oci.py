@@ -19,11 +19,9 @@ from pathlib import Path
 from cas.digest import Digest
 from cas.export.plan import ExportPlan, IndexPlan, member
 from cas.export.tarwriter import TarWriter, UnsafeSource
-from cas.manifest import Descriptor, layout_index
+from cas.manifest import CONTAINERD_NAME, Descriptor, layout_index
 from cas.store import OCI_LAYOUT, REF_NAME, Store, trust
 from cas.store.fs import Linker
-
-CONTAINERD_NAME = "io.containerd.image.name"
 
 
 def index_json(plan: ExportPlan, ref_name: Callable[[str], str]) -> bytes:

@@ -31,12 +31,10 @@ from cas.reference import Reference
 from cas.reference import parse as parse_reference
 from cas.store import REF_NAME, Store
 
-CONTAINERD_NAME = "io.containerd.image.name"
-_LAYER_TYPES = {  # by the first bytes of a legacy layer
-    b"\x1f\x8b": "application/vnd.oci.image.layer.v1.tar+gzip",
-    b"\x28\xb5\x2f\xfd": "application/vnd.oci.image.layer.v1.tar+zstd",
+_LAYER_TYPES = {  # a legacy layer's media type, by its first bytes
+    b"\x1f\x8b": mf.OCI_LAYER_GZIP,
+    b"\x28\xb5\x2f\xfd": mf.OCI_LAYER_ZSTD,
 }
-_TAR_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 
 @dataclass
@@ -142,7 +140,7 @@ def _resolve(
 
 def _names_of(annotations: dict[str, str]) -> list[Reference]:
     """A full name from io.containerd.image.name, else a ref.name that is one (not a bare tag)."""
-    for key in (CONTAINERD_NAME, REF_NAME):
+    for key in (mf.CONTAINERD_NAME, REF_NAME):
         value = annotations.get(key)
         if isinstance(value, str) and ("/" in value or ":" in value):
             names = _parse_names([value])
@@ -217,7 +215,7 @@ def _legacy_layer(
     digest = received.digest_of(path)
     if digest is None:  # not in the archive: the store may hold the uncompressed layer already
         if store.blobs.has(diff_id):
-            return Descriptor(_TAR_LAYER, diff_id, store.blobs.size(diff_id) or 0)
+            return Descriptor(mf.OCI_LAYER, diff_id, store.blobs.size(diff_id) or 0)
         missing.append(f"{diff_id} ({where}; {path} is not in the archive)")
         return None
     size = store.blobs.size(digest) or 0
@@ -232,7 +230,7 @@ def _legacy_layer(
                 f"{where}: {path} has digest {digest}, but the image config says its layer is {diff_id}",
                 hint="the archive is damaged or forged; no image was recorded",
             )
-        media_type = _TAR_LAYER
+        media_type = mf.OCI_LAYER
     return Descriptor(media_type, digest, size)
 
 
