@@ -59,6 +59,7 @@ class PullOptions:
 class PullResult:
     ref: str
     records: list[RefRecord] = field(default_factory=list)  # one per platform pulled
+    # Blobs of the image, each digest once: index, manifests, config, layers (not cas's own OCI view).
     downloaded_blobs: int = 0
     downloaded_bytes: int = 0
     reused_blobs: int = 0
@@ -111,6 +112,7 @@ class _Session:
         self.lease = lease
         self._client: RegistryClient | None = None
         self.result = PullResult(str(reference))
+        self._counted_manifests: set[Digest] = set()  # an index shared by several platforms counts once
         # Read before anything else, so a blocked registry is refused even when nothing needs the network.
         sources = options.sources if options.sources is not None else _machine_sources()
         self.endpoints = sources.endpoints(reference, insecure=options.insecure)
@@ -148,7 +150,8 @@ class _Session:
         top_digest, top_type, top, fetched = self._resolve_top()
         targets = self._targets(top_digest, top_type, top)  # every check before anything is recorded
         if fetched is not None:  # resolved by tag: the top manifest is kept now that it resolved
-            self._commit_manifest(top_digest, fetched, top_type)
+            new = commit_bytes(self.store, self.lease, top_digest, fetched, top_type)
+            self._count_manifest(top_digest, len(fetched), new=new)
         for target in targets:
             _check_image(target.image, self.ref)
         blobs = [blob for target in targets for blob in target.image.blobs]
@@ -227,7 +230,7 @@ class _Session:
         fetched = {d.digest for d in missing}
         for desc in unique(blobs):
             if desc.digest not in fetched:
-                self._count(reused=desc)
+                self._count(size=desc.size, downloaded=False)
         return fetched
 
     def _present(self, desc: Descriptor) -> bool:
@@ -254,15 +257,20 @@ class _Session:
             if of_bytes(data, digest.algorithm) == digest:  # small: check the bytes, not a fingerprint
                 record = self.store.index.get_blob(digest)
                 media_type = record["media_type"] if record else mf.media_type_of(data, None)
+                self._count_manifest(digest, len(data), new=False)
                 return data, media_type
             log.info("the stored manifest %s changed after commit: fetching it again", digest)
         fetched = self.client.get_manifest(self.ref.repository, digest)
         self.result.manifest_requests += 1
-        self._commit_manifest(digest, fetched.data, fetched.media_type)
+        new = commit_bytes(self.store, self.lease, digest, fetched.data, fetched.media_type)
+        self._count_manifest(digest, len(fetched.data), new=new)
         return fetched.data, fetched.media_type
 
-    def _commit_manifest(self, digest: Digest, data: bytes, media_type: str) -> None:
-        commit_bytes(self.store, self.lease, digest, data, media_type)
+    def _count_manifest(self, digest: Digest, size: int, *, new: bool) -> None:
+        """Manifests are blobs of the image too: downloaded when the store lacked them, else reused."""
+        if digest not in self._counted_manifests:
+            self._counted_manifests.add(digest)
+            self._count(size=size, downloaded=new, received=size if new else 0)
 
     def _download(self, missing: list[Descriptor]) -> None:
         tasks = [functools.partial(self._fetch_blob, desc) for desc in missing]
@@ -283,7 +291,7 @@ class _Session:
         present = functools.partial(trust.unchanged, self.store, desc.digest)  # a changed file is replaced
         with self.store.blobs.ingest(desc.digest, desc.size, on_wait=observer.waiting, present=present) as ing:
             if ing.committed:  # another process stored it while we waited
-                self._count(reused=desc)
+                self._count(size=desc.size, downloaded=False)
                 observer.blob_done(desc.digest, False)
                 return
             if ing.offset:
@@ -294,21 +302,20 @@ class _Session:
                 client.download_blob(self.ref.repository, desc.digest, ing, on_bytes, commit=ing.commit)
             assert ing.info is not None
             record_blob(self.store, ing.info, desc.media_type)
-        self._count(downloaded=desc, received=received)
+        self._count(size=desc.size, downloaded=True, received=received)
         observer.blob_done(desc.digest, True)
 
     _count_lock = threading.Lock()
 
-    def _count(
-        self, *, downloaded: Descriptor | None = None, received: int = 0, reused: Descriptor | None = None
-    ) -> None:
+    def _count(self, *, size: int, downloaded: bool, received: int = 0) -> None:
+        """One blob of the image: downloaded (``received`` bytes crossed the network) or reused (``size``)."""
         with self._count_lock:
-            if downloaded is not None:
+            if downloaded:
                 self.result.downloaded_blobs += 1
                 self.result.downloaded_bytes += received
-            if reused is not None:
+            else:
                 self.result.reused_blobs += 1
-                self.result.reused_bytes += reused.size
+                self.result.reused_bytes += size
 
 
 def _machine_sources() -> Sources:

@@ -24,10 +24,12 @@ if TYPE_CHECKING:
     from cas.index import Lease
 
 
-def commit_bytes(store: Store, lease: Lease, digest: Digest, data: bytes, media_type: str) -> None:
-    """Verify and commit a small blob held in memory (a manifest), with its index record."""
+def commit_bytes(store: Store, lease: Lease, digest: Digest, data: bytes, media_type: str) -> bool:
+    """Verify and commit a small blob held in memory (a manifest), with its index record.
+
+    True when the store did not hold it yet (pull counts it as downloaded, else reused)."""
     lease.add([digest])
-    store.blobs.put(digest, data, on_commit=lambda info: record_blob(store, info, media_type))
+    return store.blobs.put(digest, data, on_commit=lambda info: record_blob(store, info, media_type)) is not None
 
 
 def record_blob(store: Store, info: BlobInfo, media_type: str) -> None:

@@ -54,6 +54,11 @@ class Image:
     def size(self) -> int:
         return sum(size for _, size in self.blobs)
 
+    @property
+    def blob_count(self) -> int:
+        """The image's blobs as pull and export count them: the OCI view cas derives is not one of them."""
+        return len(self.blobs) - (self.record.layout_manifest is not None)
+
 
 @dataclass(frozen=True)
 class Stray:

@@ -3,8 +3,9 @@
 Sizes come from the ref records (every blob digest and size) and one walk of
 ``blobs/``; no manifest is opened. An image's *unique* bytes are those of blobs no
 other image lists (what ``cas rm`` plus ``cas prune`` would free); its *shared*
-bytes are the rest. Blob counts are of files in ``blobs/``: an image's blobs are every
-blob its record lists (index, manifest, OCI view, config, layers), each once.
+bytes are the rest. An image's ``blob_count`` counts its blobs as pull and export do (index,
+manifest, config, layers, each once); its sizes also hold the few hundred bytes of the OCI
+view cas derives for a Docker manifest, a file the image keeps alive.
 
 The returned dict is the ``cas du --json`` body (field conventions in cas.jsonout).
 """
@@ -38,7 +39,7 @@ def usage(store: Store) -> dict:
                 "size": image.size,
                 "unique_bytes": unique,
                 "shared_bytes": image.size - unique,
-                "blob_count": len(image.blobs),
+                "blob_count": image.blob_count,
                 "missing_blobs": len(missing),
                 "pulled_at": timestamp(image.pulled or None),
                 "used_at": timestamp(image.used or None),

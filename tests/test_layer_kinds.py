@@ -39,7 +39,7 @@ def test_zstd_layers_pull_export_and_load_where_zstd_is_understood(
     assert {layer["mediaType"] for layer in manifest["layers"]} == {"application/vnd.oci.image.layer.v1.tar+zstd"}
 
     pulled = json.loads(cas("pull", "--json", ref).stdout)["images"][0]
-    assert pulled["downloaded_blobs"] == 1 + len(manifest["layers"])  # the config, and every layer again: new bytes
+    assert pulled["downloaded_blobs"] == 2 + len(manifest["layers"])  # manifest, config, every layer again: new bytes
     for fmt in ("docker-archive", "oci-archive"):
         archive = tmp_path / f"{fmt}.tar"
         cas("export", "--format", fmt, ref, "-o", archive)
@@ -95,7 +95,7 @@ def test_non_distributable_layers_are_pulled_from_the_registry_and_load(
     ref = f"{foreign_registry.host}/foreign-{media}:1"
 
     info = json.loads(cas("pull", "--json", ref).stdout)["images"][0]
-    assert info["manifest"] == img.digest and info["downloaded_blobs"] == 3
+    assert info["manifest"] == img.digest and info["downloaded_blobs"] == len(img.digests)
     archive = tmp_path / "foreign.tar"
     cas("export", ref, "-o", archive)
     skopeo.copy(f"docker-archive:{archive}", f"oci:{tmp_path / 'layout'}:x")

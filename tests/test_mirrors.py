@@ -90,7 +90,7 @@ def test_upstream_down_a_cached_image_still_pulls_and_loads_on_an_empty_daemon(
 
     env["CAS_HOME"] = str(tmp_path / "host2")  # host 2: a fresh store, the upstream gone
     result = pull_json(cas, ref, env)
-    assert result["downloaded_blobs"] == len(image.blobs) and result["manifest_endpoint"] == mirror.url
+    assert result["downloaded_blobs"] == len(image.digests) and result["manifest_endpoint"] == mirror.url
     archive = tmp_path / "app.tar"
     cas("export", ref, "-o", archive, env=env)
     assert f"Loaded image: {ref}" in clean_dockerd.load(archive).stdout
@@ -244,7 +244,7 @@ def test_an_https_loopback_upstream_in_hosts_toml_is_reached_with_its_ca(cas, tm
         hosts = hosts_dir(tmp_path, upstream.host, f'server = "https://{upstream.host}"\nca = "{pki.ca}"\n')
         result = pull_json(cas, ref, env_for(hosts=hosts))
         assert result["manifest_endpoint"] == f"https://{upstream.host}"
-        assert result["downloaded_blobs"] == len(image.blobs)
+        assert result["downloaded_blobs"] == len(image.digests)
         blob_lines = lambda: [  # noqa: E731  (requests() syncs over plain HTTP; read the log itself)
             line for line in upstream.access_log_path.read_text().splitlines() if "/blobs/" in line and '"cas/' in line
         ]
@@ -267,7 +267,7 @@ def test_mutual_tls_and_skip_verify_from_hosts_toml(cas, tmp_path):
         hosts = hosts_dir(
             tmp_path / "client", upstream.host, body + f'client = ["{pki.client.cert}", "{pki.client.key}"]\n'
         )
-        assert pull_json(cas, ref, env_for(hosts=hosts))["downloaded_blobs"] == len(image.blobs)
+        assert pull_json(cas, ref, env_for(hosts=hosts))["downloaded_blobs"] == len(image.digests)
         # skip_verify: no CA at all, and the pull still goes over TLS
         body = f'server = "https://{upstream.host}"\nskip_verify = true\nclient = ["{pki.client.cert}", "{pki.client.key}"]\n'
         hosts = hosts_dir(tmp_path / "skip", upstream.host, body)

@@ -50,7 +50,7 @@ def test_a_stalled_download_is_aborted_naming_blob_and_registry_then_resumes(cas
 def test_a_slow_download_that_keeps_moving_is_not_aborted(cas, proxy, slow_image):
     proxy.throttle(150_000)  # ~2.7 s for the layer: longer than --timeout, far above the minimum rate
     done = json.loads(cas("pull", "--json", "--timeout", "1", f"{proxy.host}/cas-test/stall:1", env=NO_MIRRORS).stdout)
-    assert done["images"][0]["downloaded_blobs"] == 2
+    assert done["images"][0]["downloaded_blobs"] == len(slow_image.digests)
     assert [r.status for r in layer_gets(proxy, slow_image)] == [200]  # one stream, never cut
 
 

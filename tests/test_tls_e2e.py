@@ -82,7 +82,7 @@ def test_pull_export_and_push_over_tls_with_a_private_ca(cas, tls_registry, host
     image = _image()
     tls_registry.mark()
     pulled = json.loads(cas("pull", "--json", ref).stdout)["images"][0]
-    assert pulled["manifest"] == image.digest and pulled["downloaded_blobs"] == 3
+    assert pulled["manifest"] == image.digest and pulled["downloaded_blobs"] == len(image.digests)
     blob_gets = sorted(r.reference for r in tls_registry.blob_gets() if r.status == 200)
     assert blob_gets == sorted(b.digest for b in image.blobs)
 

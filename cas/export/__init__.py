@@ -77,7 +77,7 @@ class ExportResult:
     format: str
     images: list[dict] = field(default_factory=list)
     indexes: list[dict] = field(default_factory=list)  # OCI formats: a reference with several platforms
-    blobs: int = 0
+    blobs: int = 0  # every blob written, each once: manifests, configs, layers, and indexes made for the archive
     bytes: int = 0  # blob bytes exported
     written: int = 0  # archive bytes written (tar formats)
     linked: bool = True  # oci-dir: hard links (False: fell back to copies)
@@ -155,8 +155,9 @@ def export(
         }
         for index in checked.indexes
     ]
-    result.blobs = len(blobs)
-    result.bytes = sum(b.size for b in blobs)
+    made = [index.descriptor for index in checked.indexes]  # written as blobs too (OCI formats)
+    result.blobs = len(blobs) + len(made)
+    result.bytes = sum(b.size for b in (*blobs, *made))
     result.seconds = time.monotonic() - started
     return result
 
