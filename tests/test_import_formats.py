@@ -193,6 +193,33 @@ def test_delta_since_several_bases_names_the_base_of_each_required_blob(cas, reg
     assert description["images"][0]["manifest"] == test_images.app.digest
 
 
+def test_a_multi_platform_reference_sent_as_a_delta_keeps_its_index_digest(
+    cas, cas_in, registry, test_images, tmp_path
+):
+    """The receiver records what a pull records: the index as the reference's digest, so its
+    `cas images` agrees with the sender's and a later pull from a registry finds everything."""
+    base, multi = test_images.ref(registry, "base"), test_images.ref(registry, "multidocker")
+    cas("pull", base)
+    cas("pull", "--platform", "linux/amd64", multi)
+    full, delta = tmp_path / "base.tar", tmp_path / "multi.delta"
+    cas("export", base, "-o", full)
+    cas("export", multi, "--since", base, "-o", delta)
+    with tarfile.open(delta) as tar:
+        description = json.load(tar.extractfile("cas-delta.json"))
+    assert test_images.multidocker.digest in {blob["digest"] for blob in description["blobs"]}
+
+    receiver = tmp_path / "receiver"
+    cas_in(receiver, "import", full)
+    imported = json.loads(cas_in(receiver, "import", delta, "--json").stdout)
+    assert imported["images"][0]["manifest"] == test_images.multidocker.for_platform("linux/amd64").digest
+    (row,) = [r for r in _images(cas_in, receiver) if r["ref"] == multi]
+    assert row["digest"] == test_images.multidocker.digest  # before: the amd64 manifest's digest
+    raw = cas_in(receiver, "inspect", "--raw", multi, text=False).stdout
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == test_images.multidocker.digest
+    again = json.loads(cas_in(receiver, "pull", "--json", "--platform", "linux/amd64", multi).stdout)["images"][0]
+    assert again["downloaded_blobs"] == 0 and again["digest"] == row["digest"]
+
+
 def test_extended_headers_are_bounded():
     info = tarfile.TarInfo("m")
     info.pax_headers = {"comment": "c" * 600_000}

@@ -11,6 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from support import images
 
 
 def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
@@ -174,3 +175,25 @@ def test_layout_directory_with_a_symlink_out_is_refused_unread(cas, cas_home, tm
     (layout / "blobs" / "sha256" / hashlib.sha256(b"not for the store").hexdigest()).symlink_to(secret)
     _assert_refused(cas, cas_home, layout, "points to an absolute path")
     assert not any((cas_home / "v1").rglob(hashlib.sha256(b"not for the store").hexdigest()))
+
+
+def test_a_delta_naming_a_blob_that_is_no_index_as_its_images_index(cas, cas_home, tmp_path):
+    image = images.Image([images.layer({"hello.txt": "hello\n"})])
+    blobs = [image.manifest_blob, image.config_blob, *(layer.blob(image.media) for layer in image.layers)]
+    description = {
+        "format": 1,
+        "images": [
+            {
+                "ref": "127.0.0.1:5000/forged:1",
+                "digest": image.config_blob.digest,  # claims the config is the index the name resolved to
+                "manifest": image.digest,
+                "media_type": image.media_type,
+                "platform": image.platform,
+            }
+        ],
+        "blobs": [{"digest": blob.digest, "size": blob.size} for blob in blobs],
+        "requires": [],
+    }
+    members = [_file("cas-delta.json", json.dumps(description).encode())]
+    members += [_file(f"blobs/sha256/{blob.digest[7:]}", blob.data) for blob in blobs]
+    _assert_refused(cas, cas_home, _tar(tmp_path / "forged.delta", members), image.config_blob.digest, "not an index")

@@ -5,7 +5,8 @@ A delta is not an image archive and must not look like one: no ``manifest.json``
 instead of half-loading it (the failure in ../shared/seeds/). Its first member is
 ``cas-delta.json`` (``cas.delta``); then ``blobs/<alg>/<hex>`` for every carried blob,
 written by the same functions as every other export. Manifests and configs are always
-carried; a layer only when no base holds it. Every layer left out is listed in
+carried, and so is the index a multi-platform reference resolved to, so the receiver records
+the same digest; a layer only when no base holds it. Every layer left out is listed in
 ``requires`` with its size and base, and ``cas import`` checks them all before it
 writes anything.
 """
@@ -19,12 +20,13 @@ from pathlib import Path
 
 from cas import manifest as mf
 from cas.delta import NAME, DeltaDescription, DeltaImage, Required
-from cas.digest import Digest
-from cas.errors import BadDigest, CasError, NotCached, UsageError
+from cas.digest import Digest, of_bytes
+from cas.errors import BadDigest, CasError, ChangedBlobs, NotCached, UsageError
 from cas.export import oci
 from cas.export.plan import ExportPlan, lookup
 from cas.export.tarwriter import TarWriter
 from cas.manifest import Descriptor
+from cas.records import RefRecord
 from cas.reference import Reference
 from cas.store import Store
 
@@ -101,6 +103,10 @@ def describe(store: Store, plan: ExportPlan, bases: list[Base]) -> tuple[DeltaDe
     required: dict[Digest, Required] = {}
     for image in plan.images:
         top = image.record.digest
+        index = _index_of(store, image.record)
+        if index is not None and index.digest not in description.blobs:
+            description.blobs[index.digest] = index.size
+            carried.append(index)
         for name in image.names or [None]:
             description.images.append(
                 DeltaImage(
@@ -123,6 +129,17 @@ def describe(store: Store, plan: ExportPlan, bases: list[Base]) -> tuple[DeltaDe
                 carried.append(blob)
     description.requires = list(required.values())
     return description, carried
+
+
+def _index_of(store: Store, record: RefRecord) -> Descriptor | None:
+    """The index a multi-platform reference resolved to, carried so the receiver records the same
+    digest (a few hundred bytes). Checked byte for byte here: it is not among the plan's blobs."""
+    entry = record.entry(record.digest) if record.digest != record.manifest else None
+    if entry is None or entry.media_type not in mf.INDEX_TYPES or not store.blobs.has(entry.digest, entry.size):
+        return None
+    if of_bytes(store.blobs.read(entry.digest), entry.digest.algorithm) != entry.digest:
+        raise ChangedBlobs([f"{entry.digest} (index of {record.ref}): content changed since commit"], [record.ref])
+    return Descriptor(entry.media_type, entry.digest, entry.size)
 
 
 def write_delta(

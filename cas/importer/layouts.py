@@ -23,6 +23,7 @@ import json
 from dataclasses import dataclass, field
 
 from cas import manifest as mf
+from cas.delta import DeltaImage
 from cas.digest import Digest, of_bytes
 from cas.errors import ArchiveError, BadReference, CasError
 from cas.importer.receive import Received
@@ -262,8 +263,28 @@ def _delta_images(received: Received, store: Store) -> list[ImageSource]:
         names = _parse_names([entry.ref] if entry.ref else [])
         names = [Reference(n.registry, n.repository, n.tag) for n in names if n.tag is not None]
         source = ImageSource(Descriptor(entry.media_type, entry.manifest, len(data)), parsed, names, entry.platform)
+        source.top = _delta_index(store, entry)
         images.append(source)
     return images
+
+
+def _delta_index(store: Store, entry: DeltaImage) -> tuple[Digest, str] | None:
+    """The index the sender's reference resolved to, when the delta carries it: the image is then
+    recorded under the same digest as on the sender. A delta from a cas that did not carry it,
+    or an index that names the manifest only through another index, keeps the manifest's digest."""
+    if entry.digest == entry.manifest or not store.blobs.has(entry.digest):
+        return None
+    data = store.blobs.read(entry.digest)
+    try:
+        media_type = mf.media_type_of(data, None)
+        index = mf.parse(data, media_type)
+    except CasError:
+        index = None
+    if not isinstance(index, ImageIndex):
+        raise ArchiveError(
+            f"the delta names {entry.digest} as the index of {entry.ref or entry.manifest}, but it is not an index"
+        )
+    return (entry.digest, media_type) if any(d.digest == entry.manifest for d in index.manifests) else None
 
 
 # --- shared ----------------------------------------------------------------------------------
