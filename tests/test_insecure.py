@@ -1,4 +1,4 @@
-""""Insecure" as docker, podman, skopeo and crane mean it, end to end against real registries.
+""" "Insecure" as docker, podman, skopeo and crane mean it, end to end against real registries.
 
 An insecure registry is tried over HTTPS without verifying its certificate, and over plain HTTP
 when its server answers the TLS handshake in plain HTTP. The TLS registry here serves a
@@ -119,8 +119,7 @@ def test_registries_conf_insecure_registry_and_mirror(cas, tls_registry, tmp_pat
 
     dead = f"127.0.0.1:{free_port()}"
     conf.write_text(
-        f'[[registry]]\nlocation = "{dead}"\n'
-        f'[[registry.mirror]]\nlocation = "{tls_registry.host}"\ninsecure = true\n'
+        f'[[registry]]\nlocation = "{dead}"\n[[registry.mirror]]\nlocation = "{tls_registry.host}"\ninsecure = true\n'
     )
     tls_registry.mark()
     pulled = _pulled(cas, f"{dead}/app:1", env={**env, "CAS_HOME": str(tmp_path / "fresh")})

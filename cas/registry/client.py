@@ -108,7 +108,10 @@ class RegistryClient(BlobDownloads):
         if auth is None:
             credentials = None if endpoint.mirror else self._credentials
             auth = self._auths[key] = RegistryAuth(
-                endpoint.host, credentials=credentials, token_cache=self._token_cache
+                endpoint.host,
+                credentials=credentials,
+                token_cache=self._token_cache,
+                plain_http=endpoint.insecure or endpoint.scheme == "http",
             )
         return auth
 

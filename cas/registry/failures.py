@@ -150,7 +150,9 @@ def _kind(source: str) -> str:
     """Which kind of file configured an endpoint: hosts.toml, daemon.json or registries.conf ("" for none)."""
     if not source:
         return ""
-    return "hosts.toml" if source.endswith(".toml") else "daemon.json" if source.endswith(".json") else "registries.conf"
+    return (
+        "hosts.toml" if source.endswith(".toml") else "daemon.json" if source.endswith(".json") else "registries.conf"
+    )
 
 
 def _untrusted_fix(source: str) -> str:

@@ -165,7 +165,9 @@ def _endpoint(registry: Registry, name: str, insecure: bool, capabilities: froze
         url = endpoint_url(host, insecure=insecure)
     except ValueError as exc:
         raise bad(registry.source, host, str(exc)) from None
-    return insecure_endpoint(url, repository, insecure, capabilities=capabilities, mirror=mirror, source=str(registry.source))
+    return insecure_endpoint(
+        url, repository, insecure, capabilities=capabilities, mirror=mirror, source=str(registry.source)
+    )
 
 
 def _str(path: Path, table: dict, key: str, default: str) -> str:
