@@ -12,13 +12,11 @@ which alone resolves it (tests/support/squid.py): its access log shows which sch
 from __future__ import annotations
 
 import json
-import ssl
 
 import pytest
 from support import images
-from support.pki import make_pki
 from support.registry import Registry
-from support.squid import Squid
+from support.squid import Squid, named_tls_registry
 from support.tools import free_port
 
 NAME = "registry.cas.test"
@@ -31,9 +29,7 @@ def _image() -> images.Image:
 
 @pytest.fixture(scope="module")
 def tls_registry(tmp_path_factory):
-    pki = make_pki(tmp_path_factory.mktemp("pki"), names=(NAME,))
-    registry = Registry(tmp_path_factory.mktemp("untrusted"), tls=pki).start()
-    images.push(registry, "app", "1", _image(), verify=ssl.create_default_context(cafile=str(pki.ca)))
+    registry = named_tls_registry(tmp_path_factory.mktemp("tls"), NAME, "app", "1", _image())
     yield registry
     registry.stop()
 

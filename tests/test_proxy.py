@@ -11,13 +11,10 @@ squid, and one that skipped squid fails to resolve.
 from __future__ import annotations
 
 import json
-import ssl
 
 import pytest
 from support import images
-from support.pki import make_pki
-from support.registry import Registry
-from support.squid import Squid
+from support.squid import Squid, named_tls_registry
 
 NAME = "registry.cas.test"
 
@@ -31,9 +28,7 @@ def squid():
 
 @pytest.fixture(scope="module")
 def tls_registry(tmp_path_factory):
-    pki = make_pki(tmp_path_factory.mktemp("pki"), names=(NAME,))
-    registry = Registry(tmp_path_factory.mktemp("tls-registry"), tls=pki).start()
-    images.push(registry, "proxied", "1", _image(), verify=ssl.create_default_context(cafile=str(pki.ca)))
+    registry = named_tls_registry(tmp_path_factory.mktemp("tls"), NAME, "proxied", "1", _image())
     yield registry
     registry.stop()
 
