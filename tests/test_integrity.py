@@ -258,6 +258,17 @@ def test_export_pull_downloads_exactly_the_changed_blob_again_then_exports(
     assert registry.requests(mark) == []  # nothing changed: no pull, no request
 
 
+def test_export_pull_by_digest_pulls_the_reference_given(cas, cas_home, app, registry, test_images, tmp_path):
+    ref, layer, path = app
+    by_digest = f"{ref.rsplit(':', 1)[0]}@{test_images.app.digest}"  # cached as app:latest only
+    _flip_byte(path)
+    mark = registry.mark()
+    out = json.loads(cas("export", "--pull", "--json", by_digest, "-o", tmp_path / "app.tar").stdout)
+    assert out["pulled_refs"] == [by_digest]  # not the tag the image was cached under, which may have moved
+    assert [r.reference for r in registry.blob_gets(mark)] == [layer]
+    assert [r.reference for r in registry.manifest_requests(mark)] == []  # by digest: the stored manifest
+
+
 def test_export_pull_fails_once_when_the_blob_changes_again_after_its_pull(cas_home, app, registry, tmp_path):
     from cas.errors import ChangedBlobs
     from cas.export import ExportOptions, export
@@ -306,3 +317,15 @@ def test_export_pull_of_a_changed_blob_whose_registry_is_gone_fails_in_one_line(
     error, hint = proc.stderr.splitlines()
     assert error.startswith("error: ") and gone.host in error and hint.startswith("hint: "), proc.stderr
     assert list(tmp_path.glob("*app.tar*")) == []
+
+
+def test_one_export_pull_fetches_missing_and_changed_blobs_together(
+    cas, cas_home, app, registry, test_images, tmp_path
+):
+    ref, layer, path = app
+    base = test_images.ref(registry, "base")  # never pulled; its layers are app's too
+    _flip_byte(path)
+    mark = registry.mark()
+    out = json.loads(cas("export", "--pull", "--json", base, ref, "-o", tmp_path / "both.tar").stdout)
+    assert sorted(out["pulled_refs"]) == sorted([base, ref])  # one round: never pulled, and changed
+    assert sorted(r.reference for r in registry.blob_gets(mark)) == sorted([test_images.base.blobs[0].digest, layer])
