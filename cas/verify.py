@@ -22,7 +22,8 @@ ref that lists one with ``needs_pull: true`` (the next ``cas pull`` of that ref
 fetches the blobs again and writes a fresh record without the mark), re-indexes
 unindexed blobs whose content hashes to their name, clears the mark of refs
 whose blobs are all back, and drops malformed entries. Then it deletes the corrupt files, the orphans (never following a
-symlink) and the stale ingest entries.
+symlink) and the stale ingest entries. On a nearly full disk it first releases the store's
+ballast, as rm and prune do (``cas.store.ballast``), so that the transaction has room.
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ def verify(
         findings += _check_refs(snap)
         report.findings = sorted(findings, key=lambda f: (f.kind, f.what))
         if repair and report.findings:
-            _repair(store, snap, users, report)
+            with store.ballast.released():  # room for the index transaction on a full disk, as rm and prune
+                _repair(store, snap, users, report)
     return report
 
 

@@ -1,8 +1,8 @@
 """A full disk must not lock the user out (issue 9, item 3), on a real tmpfs filled to the last byte.
 
 Read-only commands (images, inspect, du, verify, export to another filesystem) work because
-opening the index writes nothing; rm and prune work because they first release the store's
-ballast, which gives sqlite room for its transaction.
+opening the index writes nothing; rm, prune and verify --repair work because they first release
+the store's ballast, which gives sqlite room for its transaction.
 """
 
 from __future__ import annotations
@@ -128,3 +128,33 @@ def test_on_a_disk_with_room_the_ballast_stays_put(cas, cas_home, registry, test
     cas("rm", ref)
     cas("prune")
     assert ballast.stat().st_ino == before.st_ino  # not deleted and re-made by every rm and prune
+
+
+def test_verify_repair_works_on_a_full_disk(cas, full_store, test_images):
+    home, env, (base, app) = full_store
+    own_layer = test_images.app.layers[3].digest  # app's data layer, which base does not list
+    algorithm, hexpart = own_layer.split(":")
+    blob = home / "v1" / "blobs" / algorithm / hexpart
+    with open(blob, "r+b") as fh:  # one byte changed in place: no new block on the full disk
+        fh.seek(100)
+        byte = fh.read(1)
+        fh.seek(100)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    assert os.statvfs(home).f_bavail == 0
+
+    repaired = cas("verify", "--repair", "--json", env=env, check=False)
+    # documented: exit 1 when it found anything, even with --repair (the repair is in the report)
+    assert repaired.returncode == 1 and repaired.stdout, repaired.stderr
+    report = json.loads(repaired.stdout)
+    assert report["errors"] == [], report
+    [finding] = report["findings"]
+    assert (finding["kind"], finding["what"]) == ("corrupt", own_layer)
+    assert finding["repaired"] == f"deleted; refs marked needs_pull: {app} (linux/amd64)"
+    assert report["needs_pull_refs"] == [app]
+    assert not blob.exists()
+    assert not (home / "v1" / "ballast").exists()  # released to make room for the index transaction
+    rows = {r["ref"]: r for r in json.loads(cas("images", "--json", env=env).stdout)["images"]}
+    assert rows[app]["needs_pull"] is True and rows[base]["needs_pull"] is False
+    again = cas("verify", "--json", env=env, check=False)  # the repair was recorded: the blob's gone, the mark stays
+    found = [(f["kind"], f["what"]) for f in json.loads(again.stdout)["findings"]]
+    assert found == [("missing", own_layer), ("needs-pull", f"{app} (linux/amd64)")]

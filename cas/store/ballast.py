@@ -1,10 +1,11 @@
-"""The ballast: a few MiB the store holds back so that `cas rm` and `cas prune` work on a full disk.
+"""The ballast: a few MiB the store holds back so that `cas rm`, `cas prune` and `cas verify --repair`
+work on a full disk.
 
 Without it a full disk locks the user out of the very commands that free it: sqlite
-needs room for its ``-shm`` and ``-wal`` files before it can change the index. ``rm``
-and ``prune`` delete the ballast first, act, then put it back when the disk has room
-for it twice over (so putting it back never fills the disk again). A pull puts it back
-too, which is how a new store gets one. Missing ballast is never an error.
+needs room for its ``-shm`` and ``-wal`` files before it can change the index. ``rm``,
+``prune`` and ``verify --repair`` delete the ballast first (``released``), act, then put
+it back when the disk has room for it twice over (so putting it back never fills the disk
+again). A pull puts it back too, which is how a new store gets one. Missing ballast is never an error.
 """
 
 from __future__ import annotations
