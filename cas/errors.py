@@ -92,15 +92,27 @@ class ChangedBlobs(IntegrityError):
     """Blobs whose files in the store no longer hold the bytes that were committed.
 
     ``changed`` holds one line per blob: digest, image and position, what is wrong.
+    ``pulled``: an ``export --pull`` has just downloaded them again, so a pull is no remedy.
     """
 
     def __init__(
-        self, changed: list[str], refs: list[str], outcome: str = "nothing was written", *, action: str = "export"
+        self,
+        changed: list[str],
+        refs: list[str],
+        outcome: str = "nothing was written",
+        *,
+        action: str = "export",
+        pulled: bool = False,
     ) -> None:
         lines = "\n  ".join(changed)
+        remedy = (
+            "they changed again after --pull downloaded them: something else writes into the store (`cas verify`)"
+            if pulled
+            else f"run `cas pull {' '.join(refs)}`: it downloads them again and replaces them"
+        )
         super().__init__(
             f"cannot {action}: {len(changed)} blob(s) in the store changed after they were committed:\n  {lines}",
-            hint=f"run `cas pull {' '.join(refs)}`: it downloads them again and replaces them; {outcome}",
+            hint=f"{remedy}; {outcome}",
         )
         self.changed = changed
 

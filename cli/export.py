@@ -46,7 +46,9 @@ def export(
     pull: Annotated[
         bool,
         typer.Option(
-            "--pull", help="First pull the references that are missing or incomplete (only missing blobs are fetched)."
+            "--pull",
+            help="First pull the references that are missing, incomplete or hold a blob changed since commit"
+            " (only those blobs are fetched).",
         ),
     ] = False,
     verify: Annotated[

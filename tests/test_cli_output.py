@@ -199,7 +199,7 @@ def test_readme_shows_every_command_and_the_pull_json_as_printed(cas, registry, 
     import cli.main
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    for command in cli.main.app.registered_commands:
+    for command in cli.main.register().registered_commands:
         assert re.search(rf"^(\$ )?(echo .*\| )?cas {command.name}\b", readme, re.MULTILINE), command.name
     shown = readme.split("$ cas pull --json 127.0.0.1:5000/app:latest\n", 1)[1].split("\n```", 1)[0]
     ref = test_images.ref(registry, "app")

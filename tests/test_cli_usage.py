@@ -77,7 +77,9 @@ def test_top_level_help_has_whole_summaries(cas):
 
     top = " ".join(cas("--help").stdout.split())  # undo the wrapping
     assert "..." not in top.split("Commands:")[1]
-    for command in cli.main.app.registered_commands:
+    commands = cli.main.register().registered_commands
+    assert [c.name for c in commands] == list(cli.main.COMMANDS)
+    for command in commands:
         summary = " ".join(command.callback.__doc__.split("\n\n", 1)[0].split())
         assert f"{command.name} {summary}" in top
 
@@ -189,9 +191,32 @@ def test_completion_imports_neither_httpx_nor_rich_nor_the_index(cas, registry, 
     env = {"_CAS_COMPLETE": "zsh", "COMP_LINE": "cas export ", "PYTHONPROFILEIMPORTTIME": "1"}
     proc = cas(env=env)
     assert test_images.ref(registry, "base").replace(":", r"\:") in proc.stdout
-    modules = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)$", proc.stderr, re.MULTILINE))
+    modules = _imported(proc)
     assert "typer" in modules  # the log was read
     assert not {"httpx", "rich", "diskcache", "sqlite3"} & modules
+
+
+def _imported(proc) -> set[str]:
+    return set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)$", proc.stderr, re.MULTILINE))
+
+
+def test_a_command_loads_only_its_own_module_and_a_typo_still_gets_a_suggestion(cas, cas_home):
+    probe = (  # cli.main.main() ends the process through _exit: have it report the loaded modules instead
+        "import sys\n"
+        "import cli.main as m\n"
+        "m._exit = lambda code: print(code, sorted(k for k in sys.modules if k.startswith('cli.')))\n"
+        "sys.argv = ['cas', 'images', '-q']\n"
+        "m.main()\n"
+    )
+    env = {**os.environ, "CAS_HOME": str(cas_home)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, env=env, check=True
+    )
+    code, loaded = out.stdout.strip().split(" ", 1)
+    assert code in ("0", "None") and "'cli.images'" in loaded  # None: the command returned normally
+    assert not {"cli.pull", "cli.push", "cli.export", "cli.verify"} & set(re.findall(r"'([\w.]+)'", loaded))
+    wrong = cas("imagse", check=False)
+    assert wrong.returncode == 2 and "imagse" in wrong.stderr and "images" in wrong.stderr, wrong.stderr
 
 
 @pytest.mark.parametrize(

@@ -283,7 +283,8 @@ def test_export_path_imports_no_http_client(cas_home, registry, test_images, cas
     cas("pull", app)
     probe = (
         "import sys\n"
-        "from cli.main import app\n"  # main() ends the process; run the typer app itself
+        "from cli.main import register\n"  # main() ends the process; run the typer app itself
+        "app = register('export')\n"
         f"app(args=['export', '-q', {app!r}, '-o', {str(tmp_path / 'x.tar')!r}], standalone_mode=False)\n"
         "print(sorted(m for m in ('httpx', 'httpcore', 'ssl', 'cas.pull', 'cas.registry') if m in sys.modules))\n"
     )

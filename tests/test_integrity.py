@@ -212,8 +212,9 @@ def test_a_changed_manifest_or_config_fails_the_export_naming_it(role, cas, cas_
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"{digest} ({role} of {ref}): content hashes to sha256:" in proc.stderr, proc.stderr
     assert list(tmp_path.glob("*app.tar*")) == []
-    cas("pull", ref)  # heals it
-    cas("export", ref, "-o", tmp_path / "app.tar")
+    healed = json.loads(cas("export", "--pull", "--json", ref, "-o", tmp_path / "app.tar").stdout)
+    assert healed["pulled_refs"] == [ref]
+    assert "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest() == digest
 
 
 def test_a_delta_checks_only_the_blobs_it_carries(cas, cas_home, app, registry, test_images, tmp_path):
@@ -228,3 +229,103 @@ def test_a_delta_checks_only_the_blobs_it_carries(cas, cas_home, app, registry, 
     proc = cas("export", ref, "--since", base, "-o", tmp_path / "d2.tar", check=False)
     assert proc.returncode == 1 and f"{own_layer} (layer 4/5 of {ref})" in proc.stderr
     assert shared not in proc.stderr
+
+
+def test_export_pull_downloads_exactly_the_changed_blob_again_then_exports(
+    cas, cas_home, app, registry, skopeo, tmp_path
+):
+    ref, layer, path = app
+    _flip_byte(path)
+    refused = cas("export", ref, "-o", tmp_path / "refused.tar", check=False)  # without --pull: as before
+    assert refused.returncode == 1 and f"hint: run `cas pull {ref}`: it downloads them again" in refused.stderr
+    mark = registry.mark()
+    archive = tmp_path / "app.tar"
+    out = json.loads(cas("export", "--pull", "--json", ref, "-o", archive).stdout)
+    assert out["pulled_refs"] == [ref] and out["exported_blobs"] == 7
+    assert [r.reference for r in registry.blob_gets(mark)] == [layer]  # that blob only, once
+    assert "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest() == layer
+    skopeo.copy(f"docker-archive:{archive}", f"oci:{tmp_path / 'checked'}:app")  # skopeo checks every digest
+
+    _flip_byte(path)  # --verify still re-hashes every blob it writes, the healed one included
+    mark = registry.mark()
+    out = json.loads(
+        cas("export", "--pull", "--verify", "--json", "--format", "oci-dir", ref, "-o", tmp_path / "d").stdout
+    )
+    assert out["pulled_refs"] == [ref] and out["verified"] is True
+    assert [r.reference for r in registry.blob_gets(mark)] == [layer]
+    mark = registry.mark()
+    assert json.loads(cas("export", "--pull", "--json", ref, "-o", tmp_path / "again.tar").stdout)["pulled_refs"] == []
+    assert registry.requests(mark) == []  # nothing changed: no pull, no request
+
+
+def test_export_pull_by_digest_pulls_the_reference_given(cas, cas_home, app, registry, test_images, tmp_path):
+    ref, layer, path = app
+    by_digest = f"{ref.rsplit(':', 1)[0]}@{test_images.app.digest}"  # cached as app:latest only
+    _flip_byte(path)
+    mark = registry.mark()
+    out = json.loads(cas("export", "--pull", "--json", by_digest, "-o", tmp_path / "app.tar").stdout)
+    assert out["pulled_refs"] == [by_digest]  # not the tag the image was cached under, which may have moved
+    assert [r.reference for r in registry.blob_gets(mark)] == [layer]
+    assert [r.reference for r in registry.manifest_requests(mark)] == []  # by digest: the stored manifest
+
+
+def test_export_pull_fails_once_when_the_blob_changes_again_after_its_pull(cas_home, app, registry, tmp_path):
+    from cas.errors import ChangedBlobs
+    from cas.export import ExportOptions, export
+    from cas.pull import PullOptions
+    from cas.reference import parse
+    from cas.store import Store
+    from cas.transfer import TransferObserver
+
+    ref, layer, path = app
+
+    class Tamper(TransferObserver):  # something else writes into the store right after the pull's commit
+        def blob_done(self, digest, moved):
+            if str(digest) == layer:
+                _flip_byte(path)
+
+    _flip_byte(path)
+    mark = registry.mark()
+    store = Store(cas_home)
+    options = ExportOptions(pull=True, pull_options=PullOptions(observer=Tamper()))
+    try:
+        with pytest.raises(ChangedBlobs) as failed:
+            export(store, [parse(ref)], tmp_path / "app.tar", options)
+    finally:
+        store.close()
+    assert f"{layer} (layer 4/5 of {ref}): content changed since commit" in failed.value.message
+    assert failed.value.hint == (
+        "they changed again after --pull downloaded them: something else writes into the store (`cas verify`);"
+        " nothing was written"
+    )
+    assert [r.reference for r in registry.blob_gets(mark)] == [layer]  # one pull, never a loop
+    assert list(tmp_path.glob("*app.tar*")) == []
+
+
+def test_export_pull_of_a_changed_blob_whose_registry_is_gone_fails_in_one_line(cas, cas_home, test_images, tmp_path):
+    from support.images import push
+    from support.registry import Registry
+
+    with Registry(tmp_path / "gone") as gone:
+        push(gone, "app", "latest", test_images.app)
+        ref = f"{gone.host}/app:latest"
+        cas("pull", ref)
+    layer = test_images.app.blobs[4].digest
+    _flip_byte(_blob_path(cas_home, layer))
+    proc = cas("export", "--pull", ref, "-o", tmp_path / "app.tar", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    error, hint = proc.stderr.splitlines()
+    assert error.startswith("error: ") and gone.host in error and hint.startswith("hint: "), proc.stderr
+    assert list(tmp_path.glob("*app.tar*")) == []
+
+
+def test_one_export_pull_fetches_missing_and_changed_blobs_together(
+    cas, cas_home, app, registry, test_images, tmp_path
+):
+    ref, layer, path = app
+    base = test_images.ref(registry, "base")  # never pulled; its layers are app's too
+    _flip_byte(path)
+    mark = registry.mark()
+    out = json.loads(cas("export", "--pull", "--json", base, ref, "-o", tmp_path / "both.tar").stdout)
+    assert sorted(out["pulled_refs"]) == sorted([base, ref])  # one round: never pulled, and changed
+    assert sorted(r.reference for r in registry.blob_gets(mark)) == sorted([test_images.base.blobs[0].digest, layer])

@@ -4,13 +4,15 @@
     export(store, refs, 1, ExportOptions(format="oci-archive"))   # stream to fd 1
     export(store, [new], Path("d.tar"), ExportOptions(format="delta", since=[old]))  # see cas.export.delta
 
-The completeness check (``plan``) runs under the shared store lock before the
-first byte is written, and that one lock is held to the end, across a ``--pull``; the exported digests are leased while they are written,
-and the "used" time of every exported ref record is updated (each name of an
-image, not only the first). The network is touched only with ``pull=True``,
-through ``cas.pull`` (imported only then), and only when that one check finds
-references missing, incomplete or not cached for the platform: exactly those are
-pulled (one pull per reference), and the check runs once more.
+The completeness check (``plan``, then ``confirm``: the fingerprints of what will be
+written) runs under the shared store lock before the first byte is written, and that
+one lock is held to the end, across a ``--pull``; the exported digests are leased
+while they are written, and the "used" time of every exported ref record is updated
+(each name of an image, not only the first). The network is touched only with
+``pull=True``, through ``cas.pull`` (imported only then), and only when that one
+check finds references missing, incomplete, not cached for the platform, or with
+blobs changed after commit: exactly those are pulled (one pull per reference; a pull
+downloads a changed blob again), and the check runs once more, and only once.
 Blob files are never read through a symlink.
 """
 
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -30,12 +31,12 @@ from cas.digest import Digest
 from cas.errors import CasError, ChangedBlobs, DiskFull, OutputError, StoreError, UsageError
 from cas.export import delta, docker_archive, oci
 from cas.export.output import NOTHING_KEPT, archive_output, check_stream, dir_output, is_stream, partial_stream
-from cas.export.plan import ExportPlan, ImagePlan, Missing, plan
-from cas.export.tarwriter import TarWriter, TruncatedFile, UnsafeSource, open_regular
+from cas.export.plan import ExportPlan, ImagePlan, Missing, confirm, plan
+from cas.export.tarwriter import TarWriter, TruncatedFile, UnsafeSource
 from cas.manifest import Descriptor, Platform
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
-from cas.store import Store, trust
+from cas.store import Store
 from cas.store.fs import Linker
 
 FORMATS = ("docker-archive", "oci-archive", "oci-dir", "delta")
@@ -127,13 +128,13 @@ def export(
     # One shared lock from the check to the last byte, across a --pull too (the pull's own shared
     # lock stacks on it): a prune waiting for the pull must not evict what it pulled before we write it.
     with store.lock(shared=True, timeout=options.lock_timeout, on_wait=options.on_wait):
-        every_platform = options.format in ("oci-archive", "oci-dir")
-        checked = plan(store, references, tag=tag, platform=options.platform, every_platform=every_platform)
+        checked, write = _prepare(store, references, tag, options, result)
         if checked.missing and options.pull:  # pull exactly what the check found missing, then check again
             result.pulled = _pull_missing(store, checked.missing, options)
-            checked = plan(store, references, tag=tag, platform=options.platform, every_platform=every_platform)
+            checked, write = _prepare(store, references, tag, options, result)
         checked.check(pulled=bool(result.pulled))
-        _write(store, checked, output, options, result)
+        assert write is not None  # nothing is missing
+        _write(store, checked, write, output, options, result)
 
     blobs = checked.blobs
     result.images = [
@@ -162,17 +163,33 @@ def export(
     return result
 
 
-def _write(store: Store, checked: ExportPlan, output: Path | int, options: ExportOptions, result: ExportResult) -> None:
-    """Write the checked plan (under the caller's shared store lock) and mark its refs used."""
-    writer: TarWriter | None = None
-    try:
-        with contextlib.ExitStack() as held, _store_damage(checked):
-            written = None  # every blob of the plan, except for a delta: what it carries
+def _prepare(
+    store: Store, references: Sequence[Reference], tag: Reference | None, options: ExportOptions, result: ExportResult
+) -> tuple[ExportPlan, Callable | None]:
+    """The plan with everything it lacks, changed blobs included, and its writer (None while
+    something is missing). The fingerprints are checked for what the output holds (a delta: what
+    it carries), or, when a --pull follows anyway, for every planned blob: one pull fetches both."""
+    every_platform = options.format in ("oci-archive", "oci-dir")
+    checked = plan(store, references, tag=tag, platform=options.platform, every_platform=every_platform)
+    write, written = None, None  # written: every blob of the plan, except for a delta: what it carries
+    with _store_damage(checked):
+        if not checked.missing:
             if options.format == "delta":
                 write, written = _delta_writer(store, checked, options, result)
             else:
                 write = docker_archive.write_archive if options.format == "docker-archive" else oci.write_archive
-            _confirm(store, checked, written)
+        if not checked.missing or options.pull:
+            confirm(store, checked, written)
+    return checked, write
+
+
+def _write(
+    store: Store, checked: ExportPlan, write: Callable, output: Path | int, options: ExportOptions, result: ExportResult
+) -> None:
+    """Write the checked plan (under the caller's shared store lock) and mark its refs used."""
+    writer: TarWriter | None = None
+    try:
+        with contextlib.ExitStack() as held, _store_damage(checked):
             if options.on_plan is not None:
                 options.on_plan(checked)
             recorded = _lease(store, checked, held)
@@ -196,32 +213,6 @@ def _write(store: Store, checked: ExportPlan, output: Path | int, options: Expor
             partial_stream(exc, writer.written)
         raise
     result.verified = options.verify
-
-
-def _confirm(store: Store, checked: ExportPlan, written: set[Digest] | None = None) -> None:
-    """The fingerprint check, before the first byte: a blob whose file changed after commit is
-    never exported (see cas.store.trust); every such blob is named, with its image and position.
-    ``written``: only these blobs go into the output (a delta); None: all of the plan's."""
-    changed: list[str] = []
-    refs: list[str] = []
-    seen: set = set() if written is None else {b.digest for b in checked.blobs} - written
-    for image in checked.images:
-        layers = len(image.layers)
-        roles = ["manifest", "config", *(f"layer {n}/{layers}" for n in range(1, layers + 1))]
-        for role, blob in zip(roles, image.blobs, strict=True):
-            if blob.digest in seen:
-                continue
-            seen.add(blob.digest)
-            try:
-                os.close(open_regular(store.blobs.path(blob.digest)))  # a symlink is UnsafeSource, never followed
-                problem = trust.confirm(store, blob.digest, blob.size, blob.media_type)
-            except OSError as exc:
-                problem = f"cannot open: {exc.strerror}"
-            if problem is not None:
-                changed.append(f"{blob.digest} ({role} of {image.ref}): {problem}")
-                refs.append(image.ref)
-    if changed:
-        raise ChangedBlobs(changed, list(dict.fromkeys(refs)))
 
 
 def _lease(store: Store, checked: ExportPlan, held: contextlib.ExitStack) -> bool:

@@ -2,10 +2,13 @@
 
 ``plan()`` reads the ref records and the stored manifests and configs, and
 returns every blob the archive needs together with every reference it cannot
-export as asked: never pulled, not cached for the platform wanted, or missing
-blobs. The caller raises for those (``ExportPlan.check``) or pulls exactly
-them (``export --pull``) and plans once more. It reads the store and the index
-only; it writes nothing.
+export as asked: never pulled, not cached for the platform wanted, missing
+blobs, or a manifest or config whose bytes changed. ``confirm()`` then adds the
+references whose other blobs changed after commit (the stat fingerprint check of
+``cas.store.trust``), for the blobs the output will hold. The caller raises for
+all of those (``ExportPlan.check``) or pulls exactly them (``export --pull``: a
+pull downloads a changed blob again) and plans once more. Neither writes
+anything, except ``confirm`` recording the new fingerprint of a re-hashed good file.
 
 Platforms: a docker-archive holds one platform per reference (``--platform``,
 else the only one cached, else the host's); an OCI layout holds every cached
@@ -15,17 +18,19 @@ archive holds (or the one ``--platform`` picks).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cas import manifest as mf
 from cas.digest import Digest, of_bytes
 from cas.errors import ChangedBlobs, ManifestError, MissingBlobs, NotCached, UsageError
+from cas.export.tarwriter import open_regular
 from cas.manifest import Descriptor, Platform
 from cas.records import RefRecord, default_platform, matching
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
-from cas.store import Store
+from cas.store import Store, trust
 
 
 def member(digest: Digest) -> str:
@@ -44,6 +49,7 @@ class ImagePlan:
     config: Descriptor
     layers: tuple[Descriptor, ...]
     aliases: list[RefRecord] = field(default_factory=list)  # other ref records exported as this same image
+    asked: list[Reference] = field(default_factory=list)  # the references given that chose it (what a pull fetches)
 
     @property
     def ref(self) -> str:
@@ -71,7 +77,9 @@ class Missing:
     reference: Reference
     platforms: tuple[Platform, ...]  # what a pull should fetch (none: the host's)
     cached: list[str] = field(default_factory=list)  # platforms it is cached for (none: never pulled)
-    blobs: list[str] = field(default_factory=list)  # missing blobs, one line each (none: a platform is missing)
+    blobs: list[str] = field(default_factory=list)  # missing blobs, one line each
+    changed: list[str] = field(default_factory=list)  # blobs changed after commit, one line each
+    # neither blobs nor changed: the platform wanted is not cached
 
 
 @dataclass
@@ -105,12 +113,16 @@ class ExportPlan:
                 f"not in the cache: {', '.join(never)}", hint=f"run `cas pull {' '.join(never)}` first{also}"
             )
         for m in self.missing:
-            if not m.blobs:
+            if not m.blobs and not m.changed:
                 raise self._wrong_platform(m, pulled)
-        lines = list(dict.fromkeys(line for m in self.missing for line in m.blobs))  # a reference named twice
-        if lines:
-            refs = list(dict.fromkeys(str(m.reference) for m in self.missing))
-            raise MissingBlobs(lines, refs, offer_pull=not pulled)
+        for kind in ("blobs", "changed"):
+            found = [m for m in self.missing if getattr(m, kind)]
+            lines = list(dict.fromkeys(line for m in found for line in getattr(m, kind)))  # a blob named twice
+            refs = list(dict.fromkeys(str(m.reference) for m in found))
+            if lines and kind == "blobs":
+                raise MissingBlobs(lines, refs, offer_pull=not pulled)
+            if lines:
+                raise ChangedBlobs(lines, refs, pulled=pulled)
 
     def _wrong_platform(self, m: Missing, pulled: bool) -> NotCached:
         cached = ", ".join(m.cached)
@@ -154,23 +166,27 @@ def plan(
         if not chosen:
             result.missing.append(Missing(reference, asked, [r.platform or "unknown" for r in records]))
             continue
-        images, lines = [], []
+        images, lines, changed = [], [], []
         for record in chosen:
             if record.key not in by_key:
-                image, image_missing = _plan_image(store, record)
+                image, image_missing, image_changed = _plan_image(store, record)
                 if image is not None:
                     kept = by_manifest.setdefault(image.manifest.digest, image)
                     if kept is not image:  # another record of the same manifest (app:1 and app:latest)
                         kept.aliases.append(record)
                     image = kept
-                by_key[record.key] = image, image_missing
-            image, image_missing = by_key[record.key]
+                by_key[record.key] = image, image_missing, image_changed
+            image, image_missing, image_changed = by_key[record.key]
             images.append(image)
             lines += image_missing
-        if lines:
+            changed += image_changed
+        if lines or changed:
             again = tuple(Platform.parse(r.platform) for r in chosen if r.platform) if not asked else asked
-            result.missing.append(Missing(reference, again, [r.platform or "unknown" for r in records], lines))
+            cached = [r.platform or "unknown" for r in records]
+            result.missing.append(Missing(reference, again, cached, lines, changed))
             continue
+        for image in images:
+            image.asked.append(reference)
         name = tag if tag is not None else (reference if reference.tag is not None else None)
         name = Reference(name.registry, name.repository, name.tag) if name is not None else None  # no digest
         named = images[0] if len(images) == 1 else _index(by_set, images)
@@ -220,8 +236,8 @@ def lookup(store: Store, reference: Reference) -> list[RefRecord]:
     return [r for r in by_digest if r.ref == by_digest[0].ref] if by_digest else []
 
 
-def _plan_image(store: Store, record: RefRecord) -> tuple[ImagePlan | None, list[str]]:
-    """The image a ref record describes, or the list of its missing blobs."""
+def _plan_image(store: Store, record: RefRecord) -> tuple[ImagePlan | None, list[str], list[str]]:
+    """The image a ref record describes, or its missing blobs and its changed manifest or config."""
     ref = record.ref
     entries = list(record.blobs)
     position = next(i for i, entry in enumerate(entries) if entry.digest == record.manifest)  # checked on read
@@ -236,9 +252,11 @@ def _plan_image(store: Store, record: RefRecord) -> tuple[ImagePlan | None, list
         for number, layer in enumerate(layers, 1):
             if not store.blobs.has(layer.digest, layer.size):
                 missing.append(f"{layer.digest} (layer {number}/{len(layers)} of {ref})")
-        return None, missing
+        return None, missing, []
 
-    data = _read_checked(store, manifest_digest, f"manifest of {ref}", ref)
+    data, changed = _read_checked(store, manifest_digest, f"manifest of {ref}")
+    if changed:
+        return None, [], changed
     media_type = mf.media_type_of(data, manifest_blob.media_type or None)
     manifest = Descriptor(media_type, manifest_digest, manifest_blob.size)
     parsed = mf.parse(data, media_type)
@@ -255,17 +273,45 @@ def _plan_image(store: Store, record: RefRecord) -> tuple[ImagePlan | None, list
         if not store.blobs.has(layer.digest, layer.size):
             missing.append(f"{layer.digest} (layer {number}/{len(layers)} of {ref})")
     if missing:
-        return None, missing
+        return None, missing, []
 
-    mf.check_rootfs(_read_checked(store, config.digest, f"config of {ref}", ref), len(layers), ref)
-    return ImagePlan(record, [], record.platform or "", manifest, config, layers), []
+    data, changed = _read_checked(store, config.digest, f"config of {ref}")
+    if changed:
+        return None, [], changed
+    mf.check_rootfs(data, len(layers), ref)
+    return ImagePlan(record, [], record.platform or "", manifest, config, layers), [], []
 
 
-def _read_checked(store: Store, digest: Digest, role: str, ref: str) -> bytes:
-    """A manifest or config the plan reads: small, so its bytes are checked against its digest
-    (a changed one would otherwise be parsed, and name blobs that never existed)."""
+def _read_checked(store: Store, digest: Digest, role: str) -> tuple[bytes, list[str]]:
+    """A manifest or config the plan reads, and its line when its bytes changed: small, so its bytes
+    are checked against its digest (a changed one would otherwise be parsed, and name blobs that
+    never existed)."""
     data = store.blobs.read(digest)
     actual = of_bytes(data, digest.algorithm)
-    if actual != digest:
-        raise ChangedBlobs([f"{digest} ({role}): content hashes to {actual}"], [ref])
-    return data
+    return data, [f"{digest} ({role}): content hashes to {actual}"] if actual != digest else []
+
+
+def confirm(store: Store, checked: ExportPlan, written: set[Digest] | None = None) -> None:
+    """The fingerprint check (see cas.store.trust), before the first byte: each planned image with a
+    blob whose file changed after commit becomes ``Missing`` (its ``changed`` lines name digest,
+    image and position), for the references that chose it. ``written``: only these blobs go into
+    the output (a delta); None: all of the plan's. A symlink raises ``UnsafeSource``."""
+    seen: set = set() if written is None else {b.digest for b in checked.blobs} - written
+    for image in checked.images:
+        layers = len(image.layers)
+        roles = ["manifest", "config", *(f"layer {n}/{layers}" for n in range(1, layers + 1))]
+        changed = []
+        for role, blob in zip(roles, image.blobs, strict=True):
+            if blob.digest in seen:
+                continue
+            seen.add(blob.digest)
+            try:
+                os.close(open_regular(store.blobs.path(blob.digest)))  # a symlink is UnsafeSource, never followed
+                problem = trust.confirm(store, blob.digest, blob.size, blob.media_type)
+            except OSError as exc:
+                problem = f"cannot open: {exc.strerror}"
+            if problem is not None:
+                changed.append(f"{blob.digest} ({role} of {image.ref}): {problem}")
+        if changed and image.asked:  # not asked: its reference is missing already, and its pull fetches this too
+            platforms = (Platform.parse(image.platform),) if image.platform else ()
+            checked.missing.append(Missing(image.asked[0], platforms, [image.platform or "unknown"], changed=changed))
