@@ -106,7 +106,7 @@ def test_plain_http_registry_marked_insecure_falls_back_once(cas, registry):
     assert {r.reference for r in registry.blob_gets() if r.repository == "plain"} == {b.digest for b in _image().blobs}
 
 
-def test_registries_conf_insecure_registry_and_mirror(cas, tls_registry, tmp_path):
+def test_registries_conf_insecure_registry_and_mirrors(cas, tls_registry, registry, tmp_path):
     conf = tmp_path / "registries.conf"
     ref = f"{tls_registry.host}/app:1"
     conf.write_text(f'[[registry]]\nlocation = "{tls_registry.host}"\n')
@@ -119,13 +119,20 @@ def test_registries_conf_insecure_registry_and_mirror(cas, tls_registry, tmp_pat
     assert _served_over_tls(tls_registry, "app") == sorted(b.digest for b in _image().blobs)
 
     dead = f"127.0.0.1:{free_port()}"
-    conf.write_text(
-        f'[[registry]]\nlocation = "{dead}"\n[[registry.mirror]]\nlocation = "{tls_registry.host}"\ninsecure = true\n'
+    mirrors = "".join(
+        f'[[registry.mirror]]\nlocation = "{host}"\ninsecure = true\n' for host in (tls_registry.host, registry.host)
     )
+    conf.write_text(f'[[registry]]\nlocation = "{dead}"\n{mirrors}')
+    env["CAS_HOME"] = str(tmp_path / "fresh")
     tls_registry.mark()
-    pulled = _pulled(cas, f"{dead}/app:1", env={**env, "CAS_HOME": str(tmp_path / "fresh")})
+    pulled = _pulled(cas, f"{dead}/app:1", env=env)
     assert pulled["manifest_endpoint"] == f"https://{tls_registry.host}"
     assert _served_over_tls(tls_registry, "app") == sorted(b.digest for b in _image().blobs)
+
+    images.push(registry, "app", "2", _image())  # only the plain-HTTP mirror has app:2
+    pulled = _pulled(cas, f"{dead}/app:2", env=env)
+    assert pulled["manifest_endpoint"] == f"http://{registry.host}"  # it fell back to plain HTTP, and says so
+    assert [e["url"] for e in pulled["endpoints"]] == [f"http://{registry.host}"]
 
 
 def test_daemon_json_insecure_registries_by_name_and_by_range(cas, tls_registry, squid, tmp_path):

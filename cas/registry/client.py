@@ -191,7 +191,9 @@ class RegistryClient(BlobDownloads):
             else:
                 digest = of_bytes(data)
         self.served.manifest_from(ep)
-        return FetchedManifest(data, media_type_of(data, headers.get("Content-Type")), digest, ep.url)
+        return FetchedManifest(
+            data, media_type_of(data, headers.get("Content-Type")), digest, insecure.url_for(ep, ep.url)
+        )
 
     def check_login(self) -> None:
         """GET /v2/ with the credentials, as `docker login` checks them; AuthError when they are refused."""

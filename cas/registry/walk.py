@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from cas.errors import IntegrityError, ManifestError, RegistryError, Unreachable
 from cas.registry.endpoints import Endpoint
+from cas.registry.insecure import url_for
 
 log = logging.getLogger("cas.registry")
 _T = TypeVar("_T")
@@ -66,13 +67,14 @@ class Served:
 
     def add(self, endpoint: Endpoint, n: int) -> None:
         if n > 0:
+            url = url_for(endpoint, endpoint.url)  # http:// once an insecure endpoint fell back to it
             with self._lock:
-                self.bytes[endpoint.url] = self.bytes.get(endpoint.url, 0) + n
+                self.bytes[url] = self.bytes.get(url, 0) + n
 
     def manifest_from(self, endpoint: Endpoint) -> None:
         with self._lock:
             if self.manifest_endpoint is None:
-                self.manifest_endpoint = endpoint.url
+                self.manifest_endpoint = url_for(endpoint, endpoint.url)
 
     def fell_back(self, endpoint: Endpoint, what: str, reason: str) -> None:
         log.info("%s: %s failed (%s); trying the next endpoint", endpoint.url, what, reason)
