@@ -82,7 +82,12 @@ CachedPlatform = Annotated[
     one_platform("Which cached platform of the reference (default: the only one cached, else this host's)."),
 ]
 Insecure = Annotated[
-    bool, typer.Option("--insecure", help="Use plain HTTP for this registry (loopback registries always use it).")
+    bool,
+    typer.Option(
+        "--insecure",
+        help="Mark this registry insecure, as docker's insecure-registries does: HTTPS without verifying its "
+        "certificate, plain HTTP if it does not speak TLS. (Loopback registries use plain HTTP without it.)",
+    ),
 ]
 Jobs = Annotated[
     int,

@@ -52,7 +52,9 @@ def test_without_configuration_the_registry_is_alone(tmp_path):
     (own,) = src.endpoints(parse("127.0.0.1:5000/app"))
     assert own.url == "http://127.0.0.1:5000"  # loopback: plain HTTP, as always
     (own,) = src.endpoints(parse("reg.example:5000/app"), insecure=True)
-    assert own.url == "http://reg.example:5000"
+    assert (own.url, own.insecure, own.tls) == ("https://reg.example:5000", True, TLS(skip_verify=True))
+    (own,) = src.endpoints(parse("127.0.0.1:5000/app"), insecure=True)  # insecure on loopback: HTTPS first too
+    assert (own.url, own.insecure, own.tls) == ("https://127.0.0.1:5000", True, TLS(skip_verify=True))
 
 
 # --- hosts.toml --------------------------------------------------------------------------------------
@@ -178,16 +180,17 @@ def test_registries_conf_mirrors_rewrite_the_prefix(tmp_path):
     src = sources(tmp_path, conf=CONF)
     assert summary(src.endpoints(parse("alpine:3"))) == [
         ("https://mirror.example:5000", "https://mirror.example:5000/v2", "hub/library/alpine", "pull,resolve", True),
-        ("http://10.0.0.9:5000", "http://10.0.0.9:5000/v2", "library/alpine", "pull", True),
+        ("https://10.0.0.9:5000", "https://10.0.0.9:5000/v2", "library/alpine", "pull", True),  # insecure: HTTPS first
         ("https://tags.example", "https://tags.example/v2", "library/alpine", "pull,resolve", True),
         ("https://registry-1.docker.io", "https://registry-1.docker.io/v2", "library/alpine", "pull,resolve", False),
     ]
     by_digest = src.endpoints(parse("alpine@sha256:" + "a" * 64))
     assert [e.url for e in by_digest] == [
         "https://mirror.example:5000",
-        "http://10.0.0.9:5000",
+        "https://10.0.0.9:5000",
         "https://registry-1.docker.io",
     ]  # tag-only mirrors serve tag pulls only
+    assert [(e.insecure, e.tls.skip_verify) for e in by_digest] == [(False, False), (True, True), (False, False)]
 
 
 def test_the_longest_prefix_wins_on_a_path_boundary(tmp_path):
@@ -287,12 +290,69 @@ def test_daemon_json_mirrors_apply_to_docker_hub_only(tmp_path):
         ('{\n  "registry-mirrors": ["https://m",]\n}\n', ":2: not valid JSON"),
         ('{\n  "debug": true,\n  "registry-mirrors": "https://m"\n}\n', ":3: 'registry-mirrors' must be a list"),
         ('{"registry-mirrors": ["ftp://m"]}', "not an http or https URL"),
+        ('{\n  "insecure-registries": "reg.lan"\n}\n', ":2: 'insecure-registries' must be a list of strings"),
+        ('{\n  "insecure-registries": [5000]\n}\n', ":2: 'insecure-registries' must be a list of strings"),
+        (
+            '{\n  "debug": true,\n  "insecure-registries": ["http://reg.lan"]\n}\n',
+            ":3: insecure-registries: 'http://reg.lan' must not contain a scheme",
+        ),
+        (
+            '{\n  "insecure-registries": [\n    "10.0.0.0/33"\n  ]\n}\n',
+            ":3: insecure-registries: '10.0.0.0/33' is not a CIDR range",
+        ),
+        ('{"insecure-registries": ["reg.lan:port"]}', ":1: insecure-registries: 'reg.lan:port' is not host[:port]"),
+        ('{"insecure-registries": ["reg lan"]}', "'reg lan' is not host[:port]"),
+        ('["reg.lan"]', ":1: not a JSON object"),
     ],
 )
 def test_a_malformed_daemon_json_is_one_line_naming_the_line(tmp_path, text, problem):
     with pytest.raises(ConfigError) as info:
         sources(tmp_path, daemon=text).endpoints(parse("alpine"))
     assert info.value.message.startswith(str(tmp_path / "daemon.json")) and problem in info.value.message
+    assert "\n" not in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("entries", "ref", "insecure"),
+    [
+        (["reg.lan:5000"], "reg.lan:5000/app", True),
+        (["REG.LAN:5000"], "reg.lan:5000/app", True),  # names compare without case
+        (["reg.lan:5000"], "reg.lan:5001/app", False),  # host[:port] is matched exactly, as docker does
+        (["reg.lan"], "reg.lan:5000/app", False),
+        (["10.0.0.0/8"], "10.1.2.3:5000/app", True),
+        (["10.1.2.3/8"], "10.200.0.1/app", True),  # host bits are ignored, as net.ParseCIDR does
+        (["10.0.0.0/8"], "11.0.0.1:5000/app", False),
+        (["fd00::/8"], "[fd00::5]:5000/app", True),
+        (["10.0.0.0/8"], "reg.lan:5000/app", False),  # a name is not resolved to match a range
+        (["127.0.0.0/8"], "127.0.0.1:5000/app", True),  # loopback marked: HTTPS first, like any insecure one
+        ([], "127.0.0.1:5000/app", False),  # loopback unmarked: plain HTTP, as always
+    ],
+)
+def test_daemon_json_insecure_registries_match_host_port_or_an_ip_range(tmp_path, entries, ref, insecure):
+    (own,) = sources(tmp_path, daemon={"insecure-registries": entries}).endpoints(parse(ref))
+    assert (own.insecure, own.tls.skip_verify) == (insecure, insecure)
+    if insecure:
+        assert own.url.startswith("https://") and own.source == str(tmp_path / "daemon.json")
+
+
+def test_daemon_json_insecure_registries_apply_to_its_mirrors(tmp_path):
+    daemon = {
+        "registry-mirrors": ["https://10.0.0.7:5000", "http://mirror.lan", "https://secure.example"],
+        "insecure-registries": ["10.0.0.0/8", "mirror.lan"],
+    }
+    found = sources(tmp_path, daemon=daemon).endpoints(parse("alpine"))
+    assert [(e.url, e.insecure, e.tls.skip_verify) for e in found] == [
+        ("https://10.0.0.7:5000", True, True),  # HTTPS unverified, plain HTTP if it answers that
+        ("http://mirror.lan", True, False),  # an explicit http:// stays plain HTTP
+        ("https://secure.example", False, False),
+        ("https://registry-1.docker.io", False, False),
+    ]
+
+
+def test_insecure_flag_marks_the_registry_when_daemon_json_does_not(tmp_path):
+    src = sources(tmp_path, daemon={"insecure-registries": ["other.lan"]})
+    (own,) = src.endpoints(parse("reg.lan/app"), insecure=True)
+    assert (own.url, own.insecure, own.source) == ("https://reg.lan", True, "")
 
 
 # --- precedence and environment ----------------------------------------------------------------------

@@ -11,13 +11,10 @@ squid, and one that skipped squid fails to resolve.
 from __future__ import annotations
 
 import json
-import ssl
 
 import pytest
 from support import images
-from support.pki import make_pki
-from support.registry import Registry
-from support.squid import Squid
+from support.squid import Squid, named_tls_registry
 
 NAME = "registry.cas.test"
 
@@ -31,9 +28,7 @@ def squid():
 
 @pytest.fixture(scope="module")
 def tls_registry(tmp_path_factory):
-    pki = make_pki(tmp_path_factory.mktemp("pki"), names=(NAME,))
-    registry = Registry(tmp_path_factory.mktemp("tls-registry"), tls=pki).start()
-    images.push(registry, "proxied", "1", _image(), verify=ssl.create_default_context(cafile=str(pki.ca)))
+    registry = named_tls_registry(tmp_path_factory.mktemp("tls"), NAME, "proxied", "1", _image())
     yield registry
     registry.stop()
 
@@ -71,10 +66,14 @@ def test_plain_http_goes_through_http_proxy(cas, registry, squid):
     ref = f"{NAME}:{registry.port}/proxied:1"
     squid.mark()
     registry.mark()
-    pulled = cas("pull", "--insecure", "--json", ref, env={"http_proxy": squid.url})
+    pulled = cas("pull", "--insecure", "--json", ref, env={"http_proxy": squid.url, "https_proxy": squid.url})
     assert json.loads(pulled.stdout)["images"][0]["downloaded_blobs"] == len(image.digests)
 
+    # insecure tries HTTPS first: one tunnel, whose handshake the server answers in plain HTTP; then
+    # plain HTTP for every request (the switch is remembered, the tunnel never tried again)
     forwarded = squid.new_requests()
+    assert [r.method for r in forwarded].count("CONNECT") == 1, forwarded
+    forwarded = [r for r in forwarded if r.method != "CONNECT"]
     prefix = f"http://{NAME}:{registry.port}/v2/"
     assert forwarded and all(r.url.startswith(prefix) for r in forwarded), forwarded
     blobs = sorted(r.url.rsplit("/", 1)[1] for r in forwarded if "/blobs/" in r.url and r.status == 200)
@@ -135,7 +134,8 @@ def test_loopback_is_never_proxied_like_docker(host, cas, registry, squid):
 
 def test_an_unreachable_proxy_is_one_line_naming_it(cas, registry):
     dead = "http://127.0.0.1:9"
-    failed = cas("pull", "--insecure", f"{NAME}:{registry.port}/proxied:1", env={"http_proxy": dead}, check=False)
+    env = {"http_proxy": dead, "https_proxy": dead}  # insecure tries HTTPS first
+    failed = cas("pull", "--insecure", f"{NAME}:{registry.port}/proxied:1", env=env, check=False)
     assert failed.returncode == 1
     assert failed.stderr.splitlines() == [
         f"error: cannot reach registry {NAME}:{registry.port}: connection refused (through proxy {dead})",

@@ -43,10 +43,11 @@ def test_public_names_are_pinned():
         ("[::1]:5000", False, "http://[::1]:5000"),
         ("registry-1.docker.io", False, "https://registry-1.docker.io"),
         ("10.0.0.5:5000", False, "https://10.0.0.5:5000"),
-        ("10.0.0.5:5000", True, "http://10.0.0.5:5000"),
+        ("10.0.0.5:5000", True, "https://10.0.0.5:5000"),  # insecure: HTTPS unverified, plain HTTP if it must
+        ("127.0.0.1:5000", True, "https://127.0.0.1:5000"),
     ],
 )
-def test_scheme_is_plain_http_only_for_loopback_or_insecure(host, insecure, base):
+def test_scheme_is_plain_http_only_for_loopback(host, insecure, base):
     client = RegistryClient(host, insecure=insecure)  # nothing is contacted
     assert client.base == base
     client.close()

@@ -123,8 +123,10 @@ class FakeRegistry:
         anonymous: bool = True,
         token_status: int = 200,
         token_key: str = "token",
+        realm: str = "https://auth.example/token",
     ) -> None:
         self.mode, self.user, self.password, self.anonymous = mode, user, password, anonymous
+        self.realm = realm
         self.token_status, self.token_key = token_status, token_key
         self.log: list[httpx.Request] = []
         self.issued: list[str] = []
@@ -151,9 +153,7 @@ class FakeRegistry:
             return httpx.Response(200, text="ok")
         return httpx.Response(
             401,
-            headers={
-                "WWW-Authenticate": f'Bearer realm="https://auth.example/token",service="svc",scope="{scope_for("app")}"'
-            },
+            headers={"WWW-Authenticate": f'Bearer realm="{self.realm}",service="svc",scope="{scope_for("app")}"'},
             json={"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
         )
 
@@ -180,9 +180,9 @@ class FakeRegistry:
         return [r.url.path for r in self.log]
 
 
-def fetch(registry: FakeRegistry, state: RegistryAuth, repo: str = "app") -> httpx.Response:
+def fetch(registry: FakeRegistry, state: RegistryAuth, repo: str = "app", scheme: str = "https") -> httpx.Response:
     with httpx.Client(transport=httpx.MockTransport(registry.handler)) as client:
-        return client.get(f"https://{HOST}/v2/{repo}/manifests/latest", auth=state.scoped(repo))
+        return client.get(f"{scheme}://{HOST}/v2/{repo}/manifests/latest", auth=state.scoped(repo))
 
 
 def never_looked_up(host: str):
@@ -337,3 +337,28 @@ def test_token_server_403_is_access_denied():
     with pytest.raises(AuthError) as info:
         fetch(registry, RegistryAuth(HOST, lookup=lambda host: None))
     assert info.value.message == f"access denied to app on {HOST}: busy"
+
+
+# --- credentials and plain HTTP ---------------------------------------------------------------------------
+
+
+def test_credentials_never_go_to_a_plain_http_token_realm_unless_the_registry_is_insecure():
+    registry = FakeRegistry("bearer", anonymous=False, realm="http://auth.example/token")
+    with pytest.raises(AuthError) as info:
+        fetch(registry, RegistryAuth(HOST, credentials=Credentials("alice", "pw")))
+    assert "over plain HTTP to auth.example" in info.value.message and "insecure" in info.value.hint
+    assert registry.paths() == ["/v2/app/manifests/latest"]  # the password never left
+
+    marked = RegistryAuth(HOST, credentials=Credentials("alice", "pw"), plain_http=True)
+    assert fetch(registry, marked).status_code == 200
+    assert registry.log[-2].headers["Authorization"] == registry._basic()
+
+
+def test_credentials_never_go_to_a_plain_http_registry_unless_it_is_insecure():
+    registry = FakeRegistry("basic")
+    with pytest.raises(AuthError):
+        fetch(registry, RegistryAuth(HOST, credentials=Credentials("alice", "pw")), scheme="http")
+    assert [r.headers.get("Authorization") for r in registry.log] == [None]
+    marked = RegistryAuth(HOST, credentials=Credentials("alice", "pw"), plain_http=True)
+    assert fetch(registry, marked, scheme="http").status_code == 200
+    assert registry.log[-1].headers["Authorization"] == registry._basic()

@@ -148,7 +148,7 @@ def test_describe_transport_error(exc, reason, retryable):
     failure = describe_transport_error(exc, "https://registry.example")
     assert failure.reason.startswith(reason)
     assert failure.retryable is retryable
-    assert ("--insecure" in failure.hint) == (failure.kind == "tls-plain")  # the only failure it can fix
+    assert ("--insecure" in failure.hint) == (failure.kind in ("tls-plain", "tls-cert"))  # the ones it can fix
 
 
 @pytest.mark.parametrize(
@@ -162,12 +162,41 @@ def test_describe_transport_error(exc, reason, retryable):
             "/etc/containerd/certs.d/docker.io/hosts.toml",
             "if it serves plain HTTP, write its URL as http://... in /etc/containerd/certs.d/docker.io/hosts.toml",
         ),
+        (
+            "https://mirror.example",
+            "/etc/containers/registries.conf",
+            "if it serves plain HTTP, set insecure = true for it in /etc/containers/registries.conf",
+        ),
+        (
+            "https://mirror.example",
+            "/etc/docker/daemon.json",
+            "if it serves plain HTTP, write its URL as http://... or list it in insecure-registries in "
+            "/etc/docker/daemon.json",
+        ),
     ],
 )
 def test_insecure_is_suggested_only_where_it_can_help(url, source, expected):
     exc = _wrapped(httpx.ConnectError("[SSL: WRONG_VERSION_NUMBER] wrong version number"), ssl.SSLError(1, "x"))
     failure = describe_transport_error(exc, url, source)
     assert failure.kind == "tls-plain" and failure.hint == expected
+
+
+@pytest.mark.parametrize(
+    ("source", "fix"),
+    [
+        ("", ", or pass --insecure to skip verification"),
+        ("/d/reg/hosts.toml", ", or set ca = (or skip_verify = true) in /d/reg/hosts.toml"),
+        ("/etc/docker/daemon.json", ", or list its host[:port] in insecure-registries in /etc/docker/daemon.json"),
+        ("/etc/containers/registries.conf", ", or set insecure = true for it in /etc/containers/registries.conf"),
+    ],
+)
+def test_an_untrusted_certificate_offers_the_insecure_mark_of_its_source(source, fix):
+    exc = _wrapped(
+        httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"),
+        ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"),
+    )
+    failure = describe_transport_error(exc, "https://registry.example", source)
+    assert failure.kind == "tls-cert" and failure.hint.endswith(fix)
 
 
 @pytest.mark.parametrize(

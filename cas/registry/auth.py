@@ -39,7 +39,7 @@ import httpx
 from cas.errors import AuthError, RateLimited, RegistryError, ServerError
 from cas.registry.credentials import Credentials, config_path, lookup_credentials
 from cas.registry.retry import Transient, is_retryable_status, parse_retry_after
-from cas.registry.wire import error_detail
+from cas.registry.wire import error_detail, is_loopback
 
 DEFAULT_EXPIRES_IN = 60.0
 BASIC_MEMORY = 24 * 3600.0  # how long "this registry wants Basic" is remembered
@@ -153,8 +153,12 @@ class RegistryAuth:
         credentials: Credentials | None = None,
         token_cache: TokenCache | None = None,
         lookup: Callable[[str], Credentials | None] = lookup_credentials,
+        plain_http: bool = False,
     ) -> None:
+        """``plain_http``: the registry is explicitly insecure (or configured as http://), so its
+        credentials may cross plain HTTP to another machine; otherwise they never do."""
         self.host = host
+        self._plain_http = plain_http
         self._explicit = credentials
         self._creds = credentials
         self._looked_up = credentials is not None
@@ -178,6 +182,15 @@ class RegistryAuth:
                 self._creds = self._lookup(self.host)
                 self._looked_up = True
             return self._creds
+
+    def _refuse_plain(self, url: httpx.URL) -> None:
+        """Credentials and tokens cross plain HTTP only to loopback, or for a registry marked insecure."""
+        if url.scheme == "http" and not self._plain_http and not is_loopback(url.host):
+            raise AuthError(
+                f"not sending credentials for {self.host} over plain HTTP to {url.netloc.decode()}",
+                hint=f"ask for HTTPS there, or mark {self.host} insecure (--insecure, registries.conf, "
+                "daemon.json insecure-registries) if you trust the network",
+            )
 
     # tokens --------------------------------------------------------------
     def _key(self, scope: str) -> str:
@@ -227,16 +240,18 @@ class RegistryAuth:
         self, request: httpx.Request, repository: str, scopes: tuple[str, ...]
     ) -> Generator[httpx.Request, httpx.Response, None]:
         scope = " ".join(scopes)
-        sent_token = self.cached_token(scope)
+        plain = request.url.scheme == "http" and not self._plain_http and not is_loopback(request.url.host)
+        sent_token = None if plain else self.cached_token(scope)
         if sent_token:
             request.headers["Authorization"] = f"Bearer {sent_token}"
-        elif self.wants_basic():
+        elif self.wants_basic() and not plain:
             creds = self.credentials()
             if creds is not None and creds.has_basic:
                 request.headers["Authorization"] = basic_header(creds)
         response = yield request
         if response.status_code != 401:
             return
+        self._refuse_plain(request.url)
         if sent_token:
             self._drop_token(scope, sent_token)
         scheme, params = parse_www_authenticate(response.headers.get("WWW-Authenticate", ""))
@@ -293,6 +308,8 @@ class RegistryAuth:
 
     def _token_request(self, realm: str, service: str | None, scopes: list[str]) -> httpx.Request:
         creds = self.credentials()
+        if creds is not None and (creds.identity_token or creds.has_basic):
+            self._refuse_plain(httpx.URL(realm))
         first = {"service": service} if service else {}
         if creds is not None and creds.identity_token:  # OAuth2: one space-separated scope field
             form = dict(first, scope=" ".join(scopes), grant_type="refresh_token", client_id="cas")

@@ -10,9 +10,11 @@ CasError. It never writes to the store: blob bytes go to a ``Sink``.
 Each endpoint has its own auth state: credentials are looked up for its own
 host, and ``credentials`` passed in (``-u``) go to the upstream only.
 
-Scheme: the endpoint's; for the registry named in the reference, plain http only
-for loopback hosts or ``insecure=True``, https otherwise. The TLS context (about 90 ms to build) is made only when an https
-URL is actually contacted, once per process.
+Scheme: the endpoint's; for the registry named in the reference, https, or plain
+http for loopback hosts. An insecure endpoint (``insecure=True``, or marked so in
+the configuration) is HTTPS without verification that falls back to plain HTTP
+(``cas.registry.insecure``). The TLS context (about 90 ms to build) is made only
+when an https URL is actually contacted, once per process.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from cas import __version__
 from cas.digest import Digest, of_bytes, verify_bytes
 from cas.errors import BadDigest, ManifestError, RegistryError, Unreachable
 from cas.manifest import ACCEPT, media_type_of
-from cas.registry import ranged
+from cas.registry import insecure, ranged
 from cas.registry.auth import RegistryAuth, TokenCache
 from cas.registry.credentials import Credentials
 from cas.registry.download import BlobDownloads
@@ -106,7 +108,10 @@ class RegistryClient(BlobDownloads):
         if auth is None:
             credentials = None if endpoint.mirror else self._credentials
             auth = self._auths[key] = RegistryAuth(
-                endpoint.host, credentials=credentials, token_cache=self._token_cache
+                endpoint.host,
+                credentials=credentials,
+                token_cache=self._token_cache,
+                plain_http=endpoint.insecure or endpoint.scheme == "http",
             )
         return auth
 
@@ -316,14 +321,25 @@ class RegistryClient(BlobDownloads):
         """
         http = self.http
         auth: httpx.Auth | None = self._auth_for(ep).scoped(repository, scopes)
-        origin = httpx.URL(ep.url)
+        origin = httpx.URL(insecure.url_for(ep, ep.url))
         sent: list[tuple[str, str]] = [*ep.headers, *headers.items()]
-        target = httpx.URL(url)
+        target = httpx.URL(insecure.url_for(ep, url))
         if not _same_origin(target, origin):
             auth, sent = None, list(headers.items())
-        for _ in range(MAX_REDIRECTS + 1):
+
+        def send(target: httpx.URL) -> httpx.Response:
             request = http.build_request(method, target, headers=sent, content=content)
-            response = http.send(request, auth=auth, stream=True, follow_redirects=False)
+            return http.send(request, auth=auth, stream=True, follow_redirects=False)
+
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                response = send(target)
+            except httpx.ConnectError as exc:  # an insecure endpoint may speak plain HTTP: switch once
+                plain = insecure.fall_back(ep, str(target), exc)
+                if plain is None:
+                    raise
+                target, origin = httpx.URL(plain), httpx.URL(insecure.url_for(ep, ep.url))
+                response = send(target)
             location = response.headers.get("Location")
             if not (response.is_redirect and location and method in ("GET", "HEAD")):
                 return response

@@ -106,7 +106,8 @@ def _describe(exc: BaseException, url: str = "", source: str = "") -> TransportF
     ``url`` is the endpoint's base URL and ``source`` the file that configured it
     ("" for the registry named in the reference): they decide which fix the hint
     offers. ``--insecure`` is offered only where it can help: a registry named in
-    the reference, not on loopback, that speaks plain HTTP.
+    the reference whose certificate is not trusted (insecure skips verification),
+    or, not on loopback, that speaks plain HTTP (insecure falls back to it).
     """
     chain = list(_causes(exc))
     tls = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
@@ -119,10 +120,10 @@ def _describe(exc: BaseException, url: str = "", source: str = "") -> TransportF
                 _plain_hint(url, source),
                 False,
             )
-        where = f", or set ca = in {source}" if source else ""
         if "certificate" in text:
             reason = f"TLS certificate not trusted ({_first_line(tls or exc)})"
-            return TransportFailure("tls-cert", reason, TLS_CA_HINT + where, False)
+            return TransportFailure("tls-cert", reason, TLS_CA_HINT + _untrusted_fix(source), False)
+        where = f", or set ca = in {source}" if _kind(source) == "hosts.toml" else ""
         return TransportFailure("tls", f"TLS error ({_first_line(tls or exc)})", TLS_CA_HINT + where, False)
     if isinstance(exc, httpx.TimeoutException):
         hint = "check the network, or allow more time with --timeout (or $CAS_TIMEOUT)"
@@ -145,8 +146,32 @@ def _describe(exc: BaseException, url: str = "", source: str = "") -> TransportF
     return TransportFailure("dropped", "connection dropped", "run the command again; downloads resume", True)
 
 
+def _kind(source: str) -> str:
+    """Which kind of file configured an endpoint: hosts.toml, daemon.json or registries.conf ("" for none)."""
+    if not source:
+        return ""
+    return (
+        "hosts.toml" if source.endswith(".toml") else "daemon.json" if source.endswith(".json") else "registries.conf"
+    )
+
+
+def _untrusted_fix(source: str) -> str:
+    """How to skip verification for one registry, where its endpoint came from."""
+    return {
+        "": ", or pass --insecure to skip verification",
+        "hosts.toml": f", or set ca = (or skip_verify = true) in {source}",
+        "daemon.json": f", or list its host[:port] in insecure-registries in {source}",
+        "registries.conf": f", or set insecure = true for it in {source}",
+    }[_kind(source)]
+
+
 def _plain_hint(url: str, source: str) -> str:
-    if source:
+    kind = _kind(source)
+    if kind == "registries.conf":
+        return f"if it serves plain HTTP, set insecure = true for it in {source}"
+    if kind == "daemon.json":
+        return f"if it serves plain HTTP, write its URL as http://... or list it in insecure-registries in {source}"
+    if kind:
         return f"if it serves plain HTTP, write its URL as http://... in {source}"
     host = url.split("://", 1)[-1].split("/", 1)[0]
     if host and not is_loopback(host):

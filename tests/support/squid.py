@@ -17,8 +17,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .tools import GiveUp, free_port, require, spawn, terminate, wait_until
+
+if TYPE_CHECKING:
+    from .images import Image
+    from .registry import Registry
 
 
 @dataclass(frozen=True)
@@ -108,3 +113,18 @@ class Squid:
 
     def new_requests(self) -> list[ProxiedRequest]:
         return self.requests()[self._seen :]
+
+
+def named_tls_registry(directory: Path, name: str, repository: str, tag: str, image: Image) -> Registry:
+    """A started TLS registry holding ``repository:tag``, its certificate (from a fresh test CA that
+    nothing trusts) valid for ``name`` too, so that it can be reached by that name through squid."""
+    import ssl
+
+    from . import images
+    from .pki import make_pki
+    from .registry import Registry
+
+    pki = make_pki(directory / "pki", names=(name,))
+    registry = Registry(directory / "registry", tls=pki).start()
+    images.push(registry, repository, tag, image, verify=ssl.create_default_context(cafile=str(pki.ca)))
+    return registry

@@ -11,9 +11,14 @@ that configures its registry gives the whole list:
 2. containers ``registries.conf`` (+ ``registries.conf.d``): the ``[[registry]]``
    with the longest matching prefix (``$CAS_REGISTRIES_CONF``, default
    /etc/containers/registries.conf);
-3. docker ``daemon.json`` ``registry-mirrors``, for docker.io only
-   (``$CAS_DOCKER_DAEMON_JSON``, default /etc/docker/daemon.json);
+3. docker ``daemon.json`` (``$CAS_DOCKER_DAEMON_JSON``, default
+   /etc/docker/daemon.json): ``registry-mirrors`` for docker.io, and
+   ``insecure-registries`` for any registry and those mirrors;
 4. otherwise the registry named in the reference, alone.
+
+``insecure`` (``--insecure``) marks the registry named in the reference insecure
+where no file configures it (cases 3 and 4): HTTPS without verification, then
+plain HTTP if the server speaks only that (``cas.registry.insecure``).
 
 ``blocked = true`` in registries.conf refuses the reference whatever gives its
 endpoints, before any request. A default file that does not exist is no
@@ -28,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cas.errors import Blocked, ConfigError
-from cas.reference import DOCKER_HUB, Reference
+from cas.reference import Reference
 from cas.registry.endpoints import daemon_json, hosts_toml, registries_conf
 from cas.registry.endpoints.model import PULL, RESOLVE, TLS, Endpoint, upstream
 
@@ -82,11 +87,9 @@ class Sources:
             return hosts_toml.read(hosts, ref.registry, ref.repository)
         if found is not None:
             return registries_conf.endpoints(found[0], found[1], ref.name, by_digest=ref.digest is not None)
-        own = upstream(ref.registry, ref.repository, insecure=insecure)
-        if ref.registry == DOCKER_HUB and self.daemon_json is not None:
-            mirrors = daemon_json.read(self.daemon_json)
-            return [*daemon_json.endpoints(self.daemon_json, mirrors, ref.repository), own]
-        return [own]
+        if self.daemon_json is not None:
+            return daemon_json.read(self.daemon_json).endpoints(ref.registry, ref.repository, insecure=insecure)
+        return [upstream(ref.registry, ref.repository, insecure=insecure)]
 
 
 def _file(env: Mapping[str, str], name: str, default: str) -> Path | None:

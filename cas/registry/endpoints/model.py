@@ -48,6 +48,7 @@ class Endpoint:
     tls: TLS = field(default_factory=TLS)
     headers: tuple[tuple[str, str], ...] = ()
     source: str = ""  # the file it was configured in; "" for the registry named in the reference
+    insecure: bool = False  # marked insecure by the user: see ``insecure_endpoint``
 
     @property
     def scheme(self) -> str:
@@ -74,8 +75,9 @@ def api_host(host: str) -> str:
 def endpoint_url(text: str, *, insecure: bool = False) -> str:
     """``scheme://host[:port][/path]`` without a trailing slash.
 
-    Without a scheme: plain http when ``insecure`` or the host is on loopback
-    (as cas has always reached loopback registries), https otherwise.
+    Without a scheme: https, or plain http for a loopback host (as cas has always
+    reached loopback registries) unless it is marked ``insecure``: an insecure
+    endpoint tries HTTPS first (``cas.registry.insecure``), as docker does.
     """
     text = text.strip().rstrip("/")
     scheme, sep, rest = text.partition("://")
@@ -85,14 +87,39 @@ def endpoint_url(text: str, *, insecure: bool = False) -> str:
     if not host or (scheme and scheme.lower() not in ("http", "https")):
         raise ValueError(f"{text!r} is not an http or https URL")
     if not scheme:
-        scheme = "http" if insecure or is_loopback(host) else "https"
+        scheme = "http" if is_loopback(host) and not insecure else "https"
     return f"{scheme.lower()}://{api_host(host)}{rest[len(host) :]}"
 
 
 def upstream(host: str, repository: str, *, insecure: bool = False, source: str = "") -> Endpoint:
     """The registry named in a reference, as an endpoint that can do everything."""
-    url = endpoint_url(host, insecure=insecure)
-    return Endpoint(url=url, api=url + "/v2", repository=repository, source=source)
+    return insecure_endpoint(endpoint_url(host, insecure=insecure), repository, insecure, source=source)
+
+
+def insecure_endpoint(
+    url: str,
+    repository: str,
+    insecure: bool,
+    *,
+    capabilities: frozenset[str] = CAPABILITIES,
+    mirror: bool = False,
+    source: str = "",
+) -> Endpoint:
+    """An endpoint at ``url`` (no trailing /v2), with what "insecure" means to docker, podman,
+    skopeo and crane: an https URL is reached without verifying the certificate, and falls back to
+    plain HTTP when the server answers the TLS handshake in plain HTTP (``cas.registry.insecure``);
+    an http URL stays plain HTTP. Not insecure: the URL as it is, verified."""
+    tls = TLS(skip_verify=True) if insecure and url.startswith("https://") else TLS()
+    return Endpoint(
+        url=url,
+        api=url + "/v2",
+        repository=repository,
+        capabilities=capabilities,
+        mirror=mirror,
+        tls=tls,
+        source=source,
+        insecure=insecure,
+    )
 
 
 def load_toml(path: Path) -> dict:

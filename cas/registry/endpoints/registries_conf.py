@@ -6,6 +6,10 @@ Read: ``[[registry]]`` ``prefix`` / ``location`` / ``insecure`` / ``blocked`` /
 search registries, short-name mode) concern short names, which cas does not
 resolve, and are ignored.
 
+``insecure = true`` means what it means to podman: "allows unencrypted HTTP as
+well as TLS connections with untrusted certificates": HTTPS without verifying
+the certificate, plain HTTP when the server speaks only that (on loopback too).
+
 Matching is podman's: the ``[[registry]]`` whose prefix is the longest match of
 the reference's name (``docker.io/library/alpine``) on a path boundary wins;
 ``*.example.com`` matches any host under example.com. The matched prefix is
@@ -22,7 +26,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cas.registry.endpoints.model import PULL, RESOLVE, Endpoint, bad, check_keys, endpoint_url, flag, load_toml
+from cas.registry.endpoints.model import (
+    PULL,
+    RESOLVE,
+    Endpoint,
+    bad,
+    check_keys,
+    endpoint_url,
+    flag,
+    insecure_endpoint,
+    load_toml,
+)
 
 MODES = ("all", "digest-only", "tag-only")
 _REGISTRY_KEYS = frozenset({"prefix", "location", "insecure", "blocked", "mirror-by-digest-only", "mirror"})
@@ -151,13 +165,8 @@ def _endpoint(registry: Registry, name: str, insecure: bool, capabilities: froze
         url = endpoint_url(host, insecure=insecure)
     except ValueError as exc:
         raise bad(registry.source, host, str(exc)) from None
-    return Endpoint(
-        url=url,
-        api=url + "/v2",
-        repository=repository,
-        capabilities=capabilities,
-        mirror=mirror,
-        source=str(registry.source),
+    return insecure_endpoint(
+        url, repository, insecure, capabilities=capabilities, mirror=mirror, source=str(registry.source)
     )
 
 
