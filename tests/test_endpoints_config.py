@@ -380,3 +380,12 @@ def test_hosts_dirs_flag_replaces_the_environment_and_missing_explicit_paths_are
         Sources.from_env(None, env)
     with pytest.raises(ConfigError, match=r"from \$CAS_REGISTRIES_CONF"):
         Sources.from_env(None, {**env, "CAS_HOSTS_DIR": "", "CAS_REGISTRIES_CONF": str(tmp_path / "missing.conf")})
+
+
+def test_hosts_toml_keeps_its_explicit_schemes_and_never_falls_back(tmp_path):
+    body = 'server = "https://10.0.0.2:5000"\nskip_verify = true\n[host."http://10.0.0.1:5000"]\n'
+    found = sources(tmp_path, hosts={"10.0.0.2:5000": body}).endpoints(parse("10.0.0.2:5000/app"), insecure=True)
+    assert [(e.url, e.insecure, e.tls.skip_verify) for e in found] == [
+        ("http://10.0.0.1:5000", False, False),  # plain HTTP, as written
+        ("https://10.0.0.2:5000", False, True),  # HTTPS unverified, never plain HTTP: containerd's meaning
+    ]

@@ -67,6 +67,12 @@ def status_error(
             f"image {shown} not found{said}",
             hint="check the repository name and the tag or digest",
         )
+    if status == 400 and "http request to an https server" in detail.lower():  # Go's answer to plain HTTP
+        return RegistryError(
+            f"registry {registry} speaks HTTPS, not plain HTTP ({shown}){said}",
+            hint="mark it insecure (--insecure) to use HTTPS without verifying its certificate, "
+            "or write https:// with its CA where it is configured",
+        )
     return RegistryError(f"registry {registry} answered {status} for {shown}{said}")
 
 
