@@ -19,7 +19,7 @@ archive holds (or the one ``--platform`` picks).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cas import manifest as mf
@@ -115,14 +115,12 @@ class ExportPlan:
         for m in self.missing:
             if not m.blobs and not m.changed:
                 raise self._wrong_platform(m, pulled)
-        for kind in ("blobs", "changed"):
-            found = [m for m in self.missing if getattr(m, kind)]
-            lines = list(dict.fromkeys(line for m in found for line in getattr(m, kind)))  # a blob named twice
-            refs = list(dict.fromkeys(str(m.reference) for m in found))
-            if lines and kind == "blobs":
-                raise MissingBlobs(lines, refs, offer_pull=not pulled)
-            if lines:
-                raise ChangedBlobs(lines, refs, pulled=pulled)
+        absent = [m for m in self.missing if m.blobs]
+        if absent:
+            raise MissingBlobs(_lines(m.blobs for m in absent), _refs(absent), offer_pull=not pulled)
+        changed = [m for m in self.missing if m.changed]
+        if changed:
+            raise ChangedBlobs(_lines(m.changed for m in changed), _refs(changed), pulled=pulled)
 
     def _wrong_platform(self, m: Missing, pulled: bool) -> NotCached:
         cached = ", ".join(m.cached)
@@ -134,6 +132,15 @@ class ExportPlan:
             want = Platform.host()
         also = f", or pick a cached one with --platform {m.cached[0]}" if pulled else ", or export with --pull"
         return NotCached(what, hint=f"run `cas pull --platform {want} {m.reference}`{also}")
+
+
+def _lines(groups: Iterable[list[str]]) -> list[str]:
+    """Each blob's line once (a reference named twice, or two references of one image)."""
+    return list(dict.fromkeys(line for lines in groups for line in lines))
+
+
+def _refs(missing: list[Missing]) -> list[str]:
+    return list(dict.fromkeys(str(m.reference) for m in missing))
 
 
 def plan(
