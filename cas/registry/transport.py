@@ -60,7 +60,8 @@ def tls_context(netloc: str, settings: TLS | None = None) -> ssl.SSLContext:
     with _tls_lock:
         context = _tls_contexts.get((netloc, settings))
         if context is None:
-            context = _tls_contexts[(netloc, settings)] = _build_context(netloc)
+            verify = settings is None or not settings.skip_verify
+            context = _tls_contexts[(netloc, settings)] = _build_context(netloc, verify)
             if settings is not None:
                 _apply(context, netloc, settings)
         return context
@@ -68,7 +69,7 @@ def tls_context(netloc: str, settings: TLS | None = None) -> ssl.SSLContext:
 
 def _apply(context: ssl.SSLContext, netloc: str, settings: TLS) -> None:
     try:
-        for ca in settings.ca:
+        for ca in settings.ca if not settings.skip_verify else ():
             context.load_verify_locations(cafile=ca)
         for cert, key in settings.client:
             context.load_cert_chain(cert, key)
@@ -82,17 +83,23 @@ def _apply(context: ssl.SSLContext, netloc: str, settings: TLS) -> None:
         context.verify_mode = ssl.CERT_NONE
 
 
-def _build_context(netloc: str) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    paths = ssl.get_default_verify_paths()
-    if not any(p and os.path.exists(p) for p in (paths.cafile, paths.capath)):
-        import certifi
+def _build_context(netloc: str, verify: bool = True) -> ssl.SSLContext:
+    """``verify=False`` (skip_verify, an insecure registry): no CA is loaded, which saves ~40 ms."""
+    if verify:
+        context = ssl.create_default_context()
+        paths = ssl.get_default_verify_paths()
+        if not any(p and os.path.exists(p) for p in (paths.cafile, paths.capath)):
+            import certifi
 
-        context.load_verify_locations(cafile=certifi.where())
+            context.load_verify_locations(cafile=certifi.where())
+    else:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     for directory in certs_dirs(netloc):
         for entry in sorted(directory.iterdir()):
             try:
-                if entry.suffix == ".crt":
+                if entry.suffix == ".crt" and verify:
                     context.load_verify_locations(cafile=str(entry))
                 elif entry.suffix == ".cert":
                     context.load_cert_chain(str(entry), str(entry.with_suffix(".key")))
