@@ -169,7 +169,7 @@ class RegistryClient(BlobDownloads):
         by_digest = isinstance(reference, Digest)
         repository = ep.repository or repository
         shown = f"{ep.host}/{repository}{'@' if by_digest else ':'}{reference}"
-        url = f"{ep.api}/{repository}/manifests/{reference}"
+        url = ep.resource(repository, "manifests", reference)
 
         def attempt() -> tuple[bytes, httpx.Headers]:
             response = self._open(ep, url, {"Accept": ACCEPT}, repository, shown, kind="manifest", ok=(200,))

@@ -89,7 +89,7 @@ class BlobDownloads:
         """
         repository = ep.repository or repository
         shown = f"blob {digest} of {ep.host}/{repository}"
-        url = f"{ep.api}/{repository}/blobs/{digest}"
+        url = ep.resource(repository, "blobs", digest)
         if self.ranges is not None and self.ranges.wants(sink):
             watch = StallWatch(self.min_rate, self.timeout)  # over all ranges together
 

@@ -8,10 +8,15 @@ of either), ``header`` (name = value or [values]) and ``override_path`` (the
 URL's path is the API root instead of ``<path>/v2``). The same keys at the top
 level apply to ``server``. Relative paths are relative to the file's directory,
 as containerd reads them.
+
+Like containerd, every endpoint whose host is not the reference's registry (a
+mirror, or a ``server`` elsewhere) gets ``?ns=<registry>`` on its manifest and
+blob requests (``model.proxy_namespace``), override_path or not.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from cas.registry.endpoints.model import (
@@ -24,6 +29,7 @@ from cas.registry.endpoints.model import (
     endpoint_url,
     flag,
     load_toml,
+    proxy_namespace,
 )
 
 DEFAULT_DIR = "_default"
@@ -48,17 +54,20 @@ def read(path: Path, registry: str, repository: str) -> list[Endpoint]:
     if not isinstance(hosts, dict) or not all(isinstance(t, dict) for t in hosts.values()):
         raise bad(path, "host", '"host" must be tables: [host."https://mirror.example"]')
     endpoints = [
-        _endpoint(path, f'[host."{url}"]', url, table, repository, mirror=True) for url, table in hosts.items()
+        _endpoint(path, f'[host."{url}"]', url, table, registry, repository, mirror=True)
+        for url, table in hosts.items()
     ]
     server = doc.get("server", api_host(registry))
     if not isinstance(server, str):
         raise bad(path, "server", '"server" must be a URL string, e.g. "https://registry-1.docker.io"')
     top = {key: value for key, value in doc.items() if key in HOST_KEYS}
-    endpoints.append(_endpoint(path, "server", server, top, repository, mirror=False))
+    endpoints.append(_endpoint(path, "server", server, top, registry, repository, mirror=False))
     return endpoints
 
 
-def _endpoint(path: Path, where: str, url: str, table: dict, repository: str, *, mirror: bool) -> Endpoint:
+def _endpoint(
+    path: Path, where: str, url: str, table: dict, registry: str, repository: str, *, mirror: bool
+) -> Endpoint:
     check_keys(path, table, HOST_KEYS, where)
     try:
         full = endpoint_url(url)
@@ -67,7 +76,7 @@ def _endpoint(path: Path, where: str, url: str, table: dict, repository: str, *,
     override = table.get("override_path", False)
     if not isinstance(override, bool):
         raise bad(path, "override_path", f"{where}: override_path must be true or false")
-    return Endpoint(
+    endpoint = Endpoint(
         url=full,
         api=full if override else full + "/v2",
         repository=repository,
@@ -81,6 +90,7 @@ def _endpoint(path: Path, where: str, url: str, table: dict, repository: str, *,
         headers=_headers(path, where, table.get("header")),
         source=str(path),
     )
+    return replace(endpoint, namespace=proxy_namespace(endpoint.host, registry))
 
 
 def _capabilities(path: Path, where: str, value: object) -> frozenset[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from cas.errors import ConfigError
 from cas.reference import DOCKER_HUB, DOCKER_HUB_API
@@ -37,7 +38,9 @@ class Endpoint:
 
     ``url`` is shown to users (scheme, host, optional path); ``api`` is the URL
     that ``/<repository>/manifests/<ref>`` is appended to: ``url + "/v2"``, or
-    ``url`` itself when the configuration says ``override_path``.
+    ``url`` itself when the configuration says ``override_path``. ``namespace``:
+    the registry to name in ``?ns=`` on its manifest and blob requests (``resource``),
+    "" for none; only containerd's hosts.toml sets it (``proxy_namespace``).
     """
 
     url: str
@@ -49,6 +52,7 @@ class Endpoint:
     headers: tuple[tuple[str, str], ...] = ()
     source: str = ""  # the file it was configured in; "" for the registry named in the reference
     insecure: bool = False  # marked insecure by the user: see ``insecure_endpoint``
+    namespace: str = ""  # sent as ?ns= on manifest and blob requests; see ``proxy_namespace``
 
     @property
     def scheme(self) -> str:
@@ -58,6 +62,11 @@ class Endpoint:
     def host(self) -> str:
         """host[:port]: whose credentials and certs.d apply to this endpoint."""
         return self.url.split("://", 1)[1].split("/", 1)[0]
+
+    def resource(self, repository: str, kind: str, reference: object) -> str:
+        """The URL of ``<repository>/<kind>/<reference>`` (kind: manifests, blobs) here, with ``ns`` if it has one."""
+        url = f"{self.api}/{repository}/{kind}/{reference}"
+        return with_query(url, "ns", self.namespace) if self.namespace else url
 
     def can(self, capability: str) -> bool:
         return capability in self.capabilities
@@ -70,6 +79,23 @@ class Endpoint:
 def api_host(host: str) -> str:
     """docker.io is served at registry-1.docker.io, wherever it is named."""
     return DOCKER_HUB_API if host == DOCKER_HUB else host
+
+
+def proxy_namespace(host: str, registry: str) -> str:
+    """``registry`` when an endpoint at ``host`` serves it as a proxy, else "": containerd's rule.
+
+    containerd adds ``?ns=<the reference's registry>`` to manifest and blob requests
+    sent to any host that is not that registry (so a pull-through cache serving
+    several upstreams knows which one is meant); registry-1.docker.io is docker.io
+    itself, not a proxy of it.
+    """
+    return "" if host in (registry, api_host(registry)) else registry
+
+
+def with_query(url: str, name: str, value: str) -> str:
+    """``url`` with ``name=value`` appended to its query, the query it had kept."""
+    joiner = "&" if "?" in url and not url.endswith(("?", "&")) else ("" if "?" in url else "?")
+    return f"{url}{joiner}{quote(name, safe='')}={quote(value, safe=':')}"
 
 
 def endpoint_url(text: str, *, insecure: bool = False) -> str:
