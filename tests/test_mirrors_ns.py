@@ -55,27 +55,25 @@ def test_the_upstream_itself_gets_no_ns(cas, fleet, tmp_path):
     assert all(ns_of(r.uri) == [upstream.host] for r in blobs)
 
 
-def test_a_registries_conf_mirror_gets_no_ns_as_with_podman(cas, fleet, tmp_path):
-    upstream, mirror, _ = fleet
-    conf = tmp_path / "registries.conf"
-    conf.write_text(f'[[registry]]\nlocation = "{upstream.host}"\n\n[[registry.mirror]]\nlocation = "{mirror.host}"\n')
-    result = pull_json(cas, f"{upstream.host}/{REPO}:1", env_for(registries_conf=conf))
-
-    assert result["manifest_endpoint"] == mirror.url
-    sent = content(mirror.requests())
-    assert sent and all("?" not in r.uri for r in sent)
-
-
-def test_a_daemon_json_mirror_gets_no_ns_as_with_docker(cas, fleet, tmp_path):
+@pytest.mark.parametrize("source", ["registries.conf", "daemon.json"])
+def test_registries_conf_and_daemon_json_mirrors_get_no_ns_as_with_podman_and_docker(cas, fleet, tmp_path, source):
     upstream, mirror, image = fleet
-    images.push(upstream, "library/mirrored", "1", image)
-    daemon = tmp_path / "daemon.json"
-    daemon.write_text(json.dumps({"registry-mirrors": [mirror.url]}))
-    result = pull_json(cas, "mirrored:1", env_for(daemon_json=daemon))
+    if source == "registries.conf":
+        conf = tmp_path / "registries.conf"
+        conf.write_text(
+            f'[[registry]]\nlocation = "{upstream.host}"\n\n[[registry.mirror]]\nlocation = "{mirror.host}"\n'
+        )
+        ref, env = f"{upstream.host}/{REPO}:1", env_for(registries_conf=conf)
+    else:  # docker.io references only; docker.io itself is unreachable here
+        images.push(upstream, "library/mirrored", "1", image)
+        daemon = tmp_path / "daemon.json"
+        daemon.write_text(json.dumps({"registry-mirrors": [mirror.url]}))
+        ref, env = "mirrored:1", env_for(daemon_json=daemon)
+    result = pull_json(cas, ref, env)
 
     assert result["manifest_endpoint"] == mirror.url
     sent = content(mirror.requests())
-    assert sent and all("?" not in r.uri for r in sent)
+    assert {r.kind for r in sent} == {"manifest", "blob"} and all("?" not in r.uri for r in sent)
 
 
 def test_docker_hub_references_name_docker_io(cas, fleet, tmp_path):
