@@ -13,8 +13,9 @@ host, and ``credentials`` passed in (``-u``) go to the upstream only.
 Scheme: the endpoint's; for the registry named in the reference, https, or plain
 http for loopback hosts. An insecure endpoint (``insecure=True``, or marked so in
 the configuration) is HTTPS without verification that falls back to plain HTTP
-(``cas.registry.insecure``). The TLS context (about 90 ms to build) is made only
-when an https URL is actually contacted, once per process.
+(``cas.registry.insecure``). The TLS context is made only when an https URL is
+actually contacted, once per host and process (the system's CAs are looked up lazily:
+``transport._trust_system_store``).
 """
 
 from __future__ import annotations
