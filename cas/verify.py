@@ -197,9 +197,7 @@ def _check_blobs(
 
 def _check_files(store: Store, snap: Snapshot, users: dict) -> list[Finding]:
     findings = []
-    for digest in snap.files:
-        if digest in snap.indexed or digest in snap.leased:  # leased: a pull between commit and index write
-            continue
+    for digest in _unaccounted(store, snap):
         if digest in users:
             findings.append(
                 Finding(
@@ -211,6 +209,21 @@ def _check_files(store: Store, snap: Snapshot, users: dict) -> list[Finding]:
     for stray in snap.strays:
         findings.append(Finding("orphan", str(stray.path.relative_to(store.root)), f"{stray.kind} in blobs/"))
     return findings
+
+
+def _unaccounted(store: Store, snap: Snapshot) -> list[str]:
+    """Files under blobs/ that neither the index nor a lease accounts for, looked at twice.
+
+    The snapshot reads the index before the disk. Under the shared lock a pull may lease a
+    blob and commit it in between, so its file is on disk while the snapshot's index knows
+    neither: a second look at the index, after the walk, sees its lease or its record (a
+    lease is dropped only after the blob is recorded).
+    """
+    suspects = [d for d in snap.files if d not in snap.indexed and d not in snap.leased]
+    if not suspects:
+        return []
+    leased = store.index.leased_digests()
+    return [d for d in suspects if d not in leased and store.index.get_blob(Digest.parse(d)) is None]
 
 
 def _check_refs(snap: Snapshot) -> list[Finding]:

@@ -21,8 +21,9 @@ from test_lifecycle_support import (
     write_raw,
 )
 
-from cas import gc
+from cas import gc, snapshot
 from cas.digest import Digest, of_bytes
+from cas.recording import record_blob
 from cas.store import Store
 from cas.verify import verify
 
@@ -208,6 +209,33 @@ def test_leased_unindexed_blob_is_a_pull_in_progress_not_an_orphan(store):
     with store.index.lease([digest]):
         store.blobs.put(digest, data)
         assert verify(store).ok
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["committed-and-recorded", "committed-still-leased"])
+def test_a_pull_that_commits_between_the_index_read_and_the_disk_walk_is_no_orphan(store, monkeypatch, recorded):
+    """verify shares the store lock with pulls: the snapshot reads the index, then the disk, and a
+    pull may lease and commit a blob in between (seen once in the concurrent stress test)."""
+    data = b"committed by a pull while verify was reading"
+    digest = of_bytes(data)
+    held = store.index.lease()
+    lease = held.__enter__()
+    walk = snapshot.read_disk
+
+    def pull_then_walk(store_, snap):
+        lease.add([digest])
+        store.blobs.put(digest, data, on_commit=(lambda info: record_blob(store, info, "x")) if recorded else None)
+        if recorded:
+            held.__exit__(None, None, None)  # a pull drops its lease only after recording
+        walk(store_, snap)
+
+    monkeypatch.setattr(snapshot, "read_disk", pull_then_walk)
+    try:
+        report = verify(store)
+    finally:
+        if not recorded:
+            held.__exit__(None, None, None)
+    assert report.ok, report.findings
+    assert str(digest) in files_on_disk(store)  # the walk saw it
 
 
 def test_malformed_entries_are_reported_and_dropped(store, two):
