@@ -149,6 +149,8 @@ def export(
     if as_json:
         output.emit_json("export", result.to_json())
     elif not quiet:
+        if result.pulled:  # what --pull fetched first: references the store lacked, or held changed blobs of
+            output.notice(f"pulled {', '.join(result.pulled)} first (--pull)")
         names = ", ".join(_shown(result))
         how = "" if result.format != "oci-dir" or result.linked else " (copied, not linked)"
         how += ", every blob re-hashed" if result.verified else ""

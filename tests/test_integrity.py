@@ -257,6 +257,11 @@ def test_export_pull_downloads_exactly_the_changed_blob_again_then_exports(
     assert json.loads(cas("export", "--pull", "--json", ref, "-o", tmp_path / "again.tar").stdout)["pulled_refs"] == []
     assert registry.requests(mark) == []  # nothing changed: no pull, no request
 
+    _flip_byte(path)  # without --json the summary says what was pulled before the export line
+    said = cas("export", "--pull", ref, "-o", tmp_path / "said.tar").stderr.splitlines()
+    assert said[-2] == f"pulled {ref} first (--pull)" and said[-1].startswith(f"exported {ref} as docker-archive"), said
+    assert "pulled" not in cas("export", "--pull", ref, "-o", tmp_path / "quiet.tar").stderr  # nothing to pull
+
 
 def test_export_pull_by_digest_pulls_the_reference_given(cas, cas_home, app, registry, test_images, tmp_path):
     ref, layer, path = app
