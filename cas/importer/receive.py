@@ -31,6 +31,7 @@ from cas.store import BlobInfo, Ingest, Store
 
 if TYPE_CHECKING:
     from cas.index import Lease
+    from cas.store.ingest import Staging
 
 METADATA = ("manifest.json", "index.json", "oci-layout", "repositories")
 METADATA_LIMIT = 64 << 20  # a manifest.json of 64 MiB would list about half a million images
@@ -145,16 +146,11 @@ class Receiver:
                 return
             ing.discard()  # an archive cannot resume: never leave a partial entry behind
             ing.restart()
-            head = b""
-            for chunk in chunks():
-                if len(head) < 4:
-                    head += chunk[:4]
-                ing.write(chunk)
-                self.on_bytes(len(chunk))
+            head = self._copy(chunks, ing)
         except BaseException:
             held.close()
             raise
-        got.heads[digest] = head[:4]
+        got.heads[digest] = head
         self._wait(1)  # at most one commit waits behind the running one
         self._pending.append((self._committer.submit(self._commit, member.name, ing, held), held))
 
@@ -191,15 +187,20 @@ class Receiver:
         self._pending.clear()
         self._committer.shutdown(wait=True)
 
+    def _copy(self, chunks: Callable[[], Iterator[bytes]], sink: Ingest | Staging) -> bytes:
+        """Write a member's bytes to ``sink``, reporting each chunk; its first 4 bytes (a layer's compression)."""
+        head = b""
+        for chunk in chunks():
+            if len(head) < 4:
+                head += chunk[:4]
+            sink.write(chunk)
+            self.on_bytes(len(chunk))
+        return head[:4]
+
     def _stage(self, member: Member, chunks: Callable[[], Iterator[bytes]]) -> None:
         got = self.received
         with self.store.blobs.staging() as staged:
-            head = b""
-            for chunk in chunks():
-                if len(head) < 4:
-                    head += chunk[:4]
-                staged.write(chunk)
-                self.on_bytes(len(chunk))
+            head = self._copy(chunks, staged)
             digest = staged.digest
             claimed = _CLAIMED.fullmatch(member.name)
             if claimed is not None and claimed.group(1) != digest.hex:
@@ -210,7 +211,7 @@ class Receiver:
             self.lease.add([digest])
             info = staged.commit(on_commit=lambda info: record_blob(self.store, info, UNKNOWN_TYPE))
         got.files[member.name] = digest
-        got.heads[digest] = head[:4]
+        got.heads[digest] = head
         if info is None:
             got.reused[digest] = member.size
         else:
