@@ -23,7 +23,16 @@ from pathlib import Path
 
 from cas.errors import ConfigError
 from cas.reference import DOCKER_HUB
-from cas.registry.endpoints.model import PULL, RESOLVE, Endpoint, endpoint_url, insecure_endpoint, line_of, upstream
+from cas.registry.endpoints.model import (
+    PULL,
+    RESOLVE,
+    Endpoint,
+    endpoint_url,
+    host_of,
+    insecure_endpoint,
+    line_of,
+    upstream,
+)
 
 KEY = "registry-mirrors"
 INSECURE = "insecure-registries"
@@ -51,12 +60,11 @@ class DaemonJson:
         out = []
         for text in self.mirrors if registry == DOCKER_HUB else ():
             url = self._url(text)
-            mirror = url.split("://", 1)[1].split("/", 1)[0]
             out.append(
                 insecure_endpoint(
                     url,
                     repository,
-                    self.insecure(mirror),
+                    self.insecure(host_of(url)),
                     capabilities=frozenset({PULL, RESOLVE}),
                     mirror=True,
                     source=str(self.path),

@@ -61,7 +61,7 @@ class Endpoint:
     @property
     def host(self) -> str:
         """host[:port]: whose credentials and certs.d apply to this endpoint."""
-        return self.url.split("://", 1)[1].split("/", 1)[0]
+        return host_of(self.url)
 
     def resource(self, repository: str, kind: str, reference: object) -> str:
         """The URL of ``<repository>/<kind>/<reference>`` (kind: manifests, blobs) here, with ``ns`` if it has one."""
@@ -79,6 +79,11 @@ class Endpoint:
 def api_host(host: str) -> str:
     """docker.io is served at registry-1.docker.io, wherever it is named."""
     return DOCKER_HUB_API if host == DOCKER_HUB else host
+
+
+def host_of(url: str) -> str:
+    """The host[:port] of ``scheme://host[:port][/path]``."""
+    return url.split("://", 1)[1].split("/", 1)[0]
 
 
 def proxy_namespace(host: str, registry: str) -> str:
