@@ -14,6 +14,9 @@ Log facts (distribution 2.8.2 as packaged by Debian):
   not used for counting.
 - For a client that hangs up early, the byte count is what the server pushed into the socket
   before noticing, which can exceed what the client read by the socket buffers (~1 MB here).
+- The status is the last one the handler asked for, not always the one sent: an upload DELETE
+  whose cleanup fails (it races the handler of a PUT the client cut short) sends 204, then logs
+  500 ("error serving error json"). Assert what a client received through ``FaultProxy``.
 - A line is written just after the handler returns, so ``requests()`` first sends a sentinel
   ``GET /v2/?cas-sync=N`` straight to the registry and waits until that line shows up;
   sentinels are left out of every result.
