@@ -300,6 +300,7 @@ class _Session:
         self, store: Store, dest: Reference, options: PushOptions, result: PushResult, mounts: dict[Digest, str]
     ) -> None:
         from cas.registry import RegistryClient  # httpx only when something is pushed
+        from cas.registry.endpoints import Sources
         from cas.registry.upload import Uploader
 
         self.store = store
@@ -310,7 +311,7 @@ class _Session:
         self.mounts = {digest: repo for digest, repo in mounts.items() if digest in wanted}
         self.client = RegistryClient(
             dest.api_host,
-            endpoints=_push_endpoints(dest, options.insecure),
+            endpoints=Sources.from_env().own_endpoints(dest, insecure=options.insecure),
             insecure=options.insecure,
             credentials=options.credentials,
             token_cache=store.index,
@@ -371,11 +372,3 @@ class _Session:
         self.uploader.upload(desc.digest, desc.size, opener, on_bytes, session)
         self.result.count("uploaded", desc)
         observer.blob_done(desc.digest, True)
-
-
-def _push_endpoints(dest: Reference, insecure: bool) -> list:
-    """Where DEST's registry is, as the machine's configuration says (a hosts.toml ``server`` with its
-    ``ca``, ``client``, ``skip_verify``: e.g. https on loopback); mirrors are read-only, never pushed to."""
-    from cas.registry.endpoints import Sources
-
-    return [ep for ep in Sources.from_env().endpoints(dest, insecure=insecure) if not ep.mirror]

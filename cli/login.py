@@ -30,7 +30,9 @@ def login(
 
     The password is read from stdin or a prompt, never from an argument (it would show in `ps`
     and shell history). Saved in $DOCKER_CONFIG/config.json, or through its credsStore or
-    credHelpers, so `docker` and `podman` see the same login.
+    credHelpers, so `docker` and `podman` see the same login. The registry is reached as pulls
+    and pushes reach it: hosts.toml `server` and TLS files, certs.d, and `insecure` from
+    registries.conf or daemon.json.
 
     \b
     Examples:
@@ -41,9 +43,11 @@ def login(
     from cas.reference import DOCKER_HUB, DOCKER_HUB_API
     from cas.registry import Credentials, RegistryClient
     from cas.registry.credentials import normalize_registry
+    from cas.registry.endpoints import Sources
     from cas.registry.login import store_credentials
 
     host = normalize_registry(registry)
+    endpoints = Sources.from_env().login_endpoints(host, insecure=insecure)  # a bad file fails before the prompt
     if password_stdin:
         if username is None:
             raise UsageError(
@@ -64,9 +68,8 @@ def login(
     if not username or not password:
         raise UsageError("a login needs a user name and a password", hint=f"cas login -u USER {registry}")
     credentials = Credentials(username=username, password=password)
-    with RegistryClient(
-        DOCKER_HUB_API if host == DOCKER_HUB else host, insecure=insecure, credentials=credentials
-    ) as client:
+    api_host = DOCKER_HUB_API if host == DOCKER_HUB else host
+    with RegistryClient(api_host, endpoints=endpoints, insecure=insecure, credentials=credentials) as client:
         client.check_login()
     where = store_credentials(host, credentials)
     if not quiet:

@@ -389,3 +389,16 @@ def test_hosts_toml_keeps_its_explicit_schemes_and_never_falls_back(tmp_path):
         ("http://10.0.0.1:5000", False, False),  # plain HTTP, as written
         ("https://10.0.0.2:5000", False, True),  # HTTPS unverified, never plain HTTP: containerd's meaning
     ]
+
+
+def test_a_login_gets_the_registrys_own_endpoint_from_an_entry_for_the_registry_or_a_wildcard(tmp_path):
+    conf = (
+        '[[registry]]\nprefix = "*.corp.example"\ninsecure = true\n'
+        '[[registry.mirror]]\nlocation = "cache.corp.example"\n'
+        '[[registry]]\nlocation = "reg.example/team"\ninsecure = true\n'
+    )
+    src = sources(tmp_path, conf=conf)
+    (own,) = src.login_endpoints("git.corp.example")  # the mirror is left out
+    assert (own.url, own.mirror, own.insecure, own.tls.skip_verify) == ("https://git.corp.example", False, True, True)
+    (own,) = src.login_endpoints("reg.example")  # an entry for a repository below the registry is not its own
+    assert (own.url, own.insecure, own.tls.skip_verify) == ("https://reg.example", False, False)

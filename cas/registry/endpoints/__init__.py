@@ -91,6 +91,22 @@ class Sources:
             return daemon_json.read(self.daemon_json).endpoints(ref.registry, ref.repository, insecure=insecure)
         return [upstream(ref.registry, ref.repository, insecure=insecure)]
 
+    def own_endpoints(self, ref: Reference, *, insecure: bool = False) -> list[Endpoint]:
+        """Where a push or a login goes: ``ref``'s registry as configured (a hosts.toml ``server`` with
+        its ``ca``, ``client``, ``skip_verify``; ``insecure`` from any file), mirrors left out: they only
+        serve pulls."""
+        return [ep for ep in self.endpoints(ref, insecure=insecure) if not ep.mirror]
+
+    def login_endpoints(self, registry: str, *, insecure: bool = False) -> list[Endpoint]:
+        """``own_endpoints`` for a login, which names a registry alone. As for ``podman login``, a
+        registries.conf entry applies when its prefix is the registry itself or a wildcard matching
+        it; one for a repository below it does not. The repository filled in is never sent: a login
+        asks only ``/v2/``."""
+        return self.own_endpoints(Reference(registry, LOGIN_REPOSITORY), insecure=insecure)
+
+
+LOGIN_REPOSITORY = "_login"  # stands in for a repository no registries.conf prefix names
+
 
 def _file(env: Mapping[str, str], name: str, default: str) -> Path | None:
     if name in env:
