@@ -15,7 +15,6 @@ from pathlib import Path
 
 from cas.errors import UsageError
 
-SHELLS = ("bash", "zsh", "fish")
 REF_COMMANDS = frozenset({"export", "inspect", "rm", "push"})  # commands whose arguments are cached references
 
 _BASH = """\

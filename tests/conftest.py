@@ -4,8 +4,7 @@ a missing tool fails the test and says to run ``bash .ci/run`` or which apt pack
 Registries (session; ``.host`` is "127.0.0.1:PORT", ``.url`` is "http://..."):
 - ``registry``: no auth. ``basic_registry``: htpasswd (``.username``/``.password``; anonymous
   gets 401). ``token_registry``: bearer tokens from ``token_registry.token_server``
-  (anonymous may pull, push needs the credentials). ``registry_host``, ``basic_registry_host``,
-  ``token_registry_host``: their hosts as strings.
+  (anonymous may pull, push needs the credentials).
 - Server-side counting: ``registry.mark()``, ``registry.requests()``, ``blob_gets()``,
   ``blob_bytes_served()``, ``manifest_requests()``. Each registry that is running is marked
   before every test, so the counters start at zero for each test by default. Blobs flipped
@@ -89,21 +88,6 @@ def token_registry(tmp_path_factory):
     reg = _start_registry(tmp_path_factory, "token")
     yield reg
     reg.stop()
-
-
-@pytest.fixture(scope="session")
-def registry_host(registry) -> str:
-    return registry.host
-
-
-@pytest.fixture(scope="session")
-def basic_registry_host(basic_registry) -> str:
-    return basic_registry.host
-
-
-@pytest.fixture(scope="session")
-def token_registry_host(token_registry) -> str:
-    return token_registry.host
 
 
 @pytest.fixture

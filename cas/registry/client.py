@@ -83,7 +83,7 @@ class RegistryClient(BlobDownloads):
         try:
             self.endpoints = list(endpoints) if endpoints else [upstream(registry, "", insecure=insecure)]
             own = self.endpoints[-1]
-            self._origin = httpx.URL(own.url)
+            httpx.URL(own.url)  # a registry name no URL can hold fails here, in one line
         except (ValueError, httpx.InvalidURL) as exc:
             raise RegistryError(f"invalid registry address {registry!r}: {exc}") from exc
         self.scheme = own.scheme
@@ -98,7 +98,6 @@ class RegistryClient(BlobDownloads):
         self._credentials = credentials
         self._token_cache = token_cache
         self._auths: dict[str, RegistryAuth] = {}
-        self._auth = self._auth_for(own)
         self._http: httpx.Client | None = None
         self._lock = threading.Lock()
 

@@ -49,7 +49,6 @@ class RegistryAuth(httpx.Auth):
         self.push = push
         self._tokens: dict[tuple[str, str], str] = {}
         self._last: tuple[str, str] | None = None  # (scheme, token) of the last success
-        self.token_fetches = 0
 
     def auth_flow(self, request: httpx.Request):
         if self._last is not None and "Authorization" not in request.headers:
@@ -84,7 +83,6 @@ class RegistryAuth(httpx.Auth):
             auth = (self.username, self.password or "") if self.username is not None else None
             with httpx.Client(trust_env=False, timeout=30) as client:
                 resp = client.get(realm, params=params, auth=auth)
-            self.token_fetches += 1
             resp.raise_for_status()
             self._tokens[key] = resp.json()["token"]
         return self._tokens[key]

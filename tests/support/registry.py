@@ -167,13 +167,8 @@ class Registry:
                     raise RuntimeError(f"docker-registry did not start; its log:\n{log[-3000:]}") from None
         raise AssertionError("unreachable")
 
-    def restart(self) -> Registry:
-        """Stop and start again on the same port; the storage is kept, the log counters start over."""
-        terminate(self._proc)
-        return self.start(port=self.port)
-
     def stop_only(self) -> None:
-        """Stop the registry process and nothing else (its token server keeps running); ``restart()`` later."""
+        """Stop the registry process and nothing else (its token server keeps running); ``start(port=...)`` later."""
         terminate(self._proc)
         self._proc = None
 

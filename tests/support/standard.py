@@ -161,8 +161,3 @@ class StandardImages:
 def standard_images() -> StandardImages:
     """The one StandardImages of this process."""
     return StandardImages()
-
-
-def push_standard_images(registry) -> dict[str, Pushed]:
-    """Build (once) and push (once per registry) the standard set; name -> Pushed."""
-    return standard_images().push(registry)
