@@ -27,7 +27,7 @@ from cas.digest import Digest, of_bytes
 from cas.errors import ChangedBlobs, ManifestError, MissingBlobs, NotCached, UsageError
 from cas.export.tarwriter import open_regular
 from cas.manifest import Descriptor, Platform
-from cas.records import BlobEntry, RefRecord, default_platform, matching
+from cas.records import RefRecord, default_platform, matching
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
 from cas.store import Store, trust
@@ -253,7 +253,7 @@ def _plan_image(store: Store, record: RefRecord) -> tuple[ImagePlan | None, list
     if not store.blobs.has(manifest_digest, manifest_blob.size):
         # Without the manifest the record's list ([index,] manifest, config, layers...) is all we know.
         config, *layers = entries[position + 1 :] or [None]
-        return None, [f"{manifest_digest} (manifest of {ref})", *_absent(store, config, layers, ref)], []
+        return None, [f"{manifest_digest} (manifest of {ref})", *store.blobs.lacking(config, layers, ref)], []
 
     data, changed = _read_checked(store, manifest_digest, f"manifest of {ref}")
     if changed:
@@ -267,7 +267,7 @@ def _plan_image(store: Store, record: RefRecord) -> tuple[ImagePlan | None, list
             hint=f"pull it again: cas pull {ref}",
         )
     config, layers = parsed.config, parsed.layers
-    missing = _absent(store, config, layers, ref)
+    missing = store.blobs.lacking(config, layers, ref)
     if missing:
         return None, missing, []
 
@@ -276,17 +276,6 @@ def _plan_image(store: Store, record: RefRecord) -> tuple[ImagePlan | None, list
         return None, [], changed
     mf.check_rootfs(data, len(layers), ref)
     return ImagePlan(record, [], record.platform or "", manifest, config, layers), [], []
-
-
-def _absent(store: Store, config: Descriptor | BlobEntry | None, layers: Sequence, ref: str) -> list[str]:
-    """One line per config or layer the store lacks (at its size), naming its role in ``ref``."""
-    missing = []
-    if config is not None and not store.blobs.has(config.digest, config.size):
-        missing.append(f"{config.digest} (config of {ref})")
-    for number, layer in enumerate(layers, 1):
-        if not store.blobs.has(layer.digest, layer.size):
-            missing.append(f"{layer.digest} (layer {number}/{len(layers)} of {ref})")
-    return missing
 
 
 def _read_checked(store: Store, digest: Digest, role: str) -> tuple[bytes, list[str]]:

@@ -62,7 +62,8 @@ def find_images(received: Received, store: Store, fmt: str | None) -> tuple[str,
     else:
         layout, images, missing = _image_archive(received, store, fmt)
     for image in images:
-        missing += _missing_blobs(store, image)
+        built = image.config is not None  # a built manifest's config is in memory, stored with it
+        missing += store.blobs.lacking(None if built else image.image.config, image.image.layers, image.label)
     return layout, images, missing
 
 
@@ -288,19 +289,6 @@ def _delta_index(store: Store, entry: DeltaImage) -> tuple[Digest, str] | None:
 
 
 # --- shared ----------------------------------------------------------------------------------
-def _missing_blobs(store: Store, source: ImageSource) -> list[str]:
-    """Config and layers not in the store with the right size (a built manifest's config is in memory)."""
-    missing = []
-    config = source.image.config
-    if source.config is None and not store.blobs.has(config.digest, config.size):
-        missing.append(f"{config.digest} (config of {source.label})")
-    layers = source.image.layers
-    for number, layer in enumerate(layers, 1):
-        if not store.blobs.has(layer.digest, layer.size):
-            missing.append(f"{layer.digest} (layer {number}/{len(layers)} of {source.label})")
-    return missing
-
-
 def _parse_manifest(data: bytes, media_type: str, digest: Digest) -> ImageManifest | ImageIndex:
     try:
         return mf.parse(data, media_type)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from cas.digest import Digest
 from cas.errors import BadDigest
@@ -20,6 +20,15 @@ from cas.store.ingest import STAGING_PREFIX, BlobInfo, Ingest, Staging, remove_t
 from cas.store.locks import FileLock, is_locked
 
 RESUMABLE_FOR = 7 * 86400.0  # a partial download untouched for longer is stale (verify reports it, prune removes it)
+
+
+class Described(Protocol):
+    """A blob as a manifest or a record names it."""
+
+    @property
+    def digest(self) -> Digest: ...
+    @property
+    def size(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,17 @@ class BlobStore:
     def has(self, digest: Digest, size: int | None = None) -> bool:
         actual = self.size(digest)
         return actual is not None and (size is None or actual == size)
+
+    def lacking(self, config: Described | None, layers: Sequence[Described], image: str) -> list[str]:
+        """One line per blob of ``image`` not held at its size, with its role: ``DIGEST (config of IMAGE)``,
+        ``DIGEST (layer 2/5 of IMAGE)``, as export plans and imports report them. ``config`` None: not asked."""
+        lines = (
+            [] if config is None or self.has(config.digest, config.size) else [f"{config.digest} (config of {image})"]
+        )
+        for number, layer in enumerate(layers, 1):
+            if not self.has(layer.digest, layer.size):
+                lines.append(f"{layer.digest} (layer {number}/{len(layers)} of {image})")
+        return lines
 
     def open(self, digest: Digest) -> BinaryIO:
         return open(self.path(digest), "rb")
