@@ -97,6 +97,12 @@ def token_server(token_registry):
 
 
 @pytest.fixture(autouse=True)
+def _no_podman_logins_of_this_machine(tmp_path_factory, monkeypatch):
+    """cas reads podman's login files after docker's: a test reads none unless it writes one."""
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path_factory.getbasetemp() / "no-containers-auth.json"))
+
+
+@pytest.fixture(autouse=True)
 def _registry_per_test_state():
     """Counters start at zero for each test; a blob corrupted by a test is restored after it."""
     for reg in _running:

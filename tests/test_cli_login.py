@@ -95,3 +95,17 @@ def test_login_goes_through_the_credential_store_when_docker_has_one(
     cas("logout", host, env=env)
     assert not (helper_dir / "secret.json").exists() and _config(cas_home)["auths"] == {}
     assert (helper_dir / "calls").read_text().split() == ["store", "get", "erase"]
+
+
+def test_a_podman_login_is_used_by_cas(cas, cas_home, basic_registry, test_images, podman, tmp_path):
+    """podman writes its login to $XDG_RUNTIME_DIR/containers/auth.json; docker's config is left empty."""
+    from support.tools import run
+
+    (tmp_path / "run").mkdir()
+    env = {**podman.env, "XDG_RUNTIME_DIR": str(tmp_path / "run"), "REGISTRY_AUTH_FILE": ""}
+    ref = test_images.ref(basic_registry, "base")
+    assert cas("pull", "-q", ref, env=env, check=False).returncode == 1  # anonymous: refused
+    login = [*podman.base, "login", "--tls-verify=false", "-u", basic_registry.username, "--password-stdin"]
+    run([*login, basic_registry.host], input=basic_registry.password, env=env)
+    assert (tmp_path / "run/containers/auth.json").is_file() and _config(cas_home) == {}
+    assert cas("pull", "-q", ref, env=env).returncode == 0

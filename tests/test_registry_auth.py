@@ -313,7 +313,7 @@ def test_basic_without_credentials_hints_at_login():
     assert info.value.message == f"registry {HOST} requires authentication"
     assert (
         info.value.hint
-        == f"log in with `cas login {HOST}` (or `docker login`), or pass --username and --password-stdin"
+        == f"log in with `cas login {HOST}` (or `docker login`, `podman login`), or pass --username and --password-stdin"
     )
 
 

@@ -245,3 +245,69 @@ def test_missing_helper_is_a_credential_error_naming_it(docker_config):
         lookup_credentials("reg.example")
     assert "docker-credential-does-not-exist-anywhere" in info.value.message
     assert info.value.hint
+
+
+# --- the containers auth files of podman, buildah and skopeo -------------------------------------
+@pytest.fixture()
+def auth_files(tmp_path, monkeypatch):
+    """$XDG_RUNTIME_DIR and $XDG_CONFIG_HOME in tmp_path, $REGISTRY_AUTH_FILE unset; write(path, config)."""
+    monkeypatch.delenv("REGISTRY_AUTH_FILE")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    runtime, config = tmp_path / "run/containers/auth.json", tmp_path / "config/containers/auth.json"
+
+    def write(path: Path, auths: dict) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"auths": auths}))
+        return path
+
+    return runtime, config, write
+
+
+def _entry(user: str, password: str = "pw") -> dict:
+    return {"auth": _b64(f"{user}:{password}")}
+
+
+def test_podman_logins_are_read_after_docker_config_runtime_file_first(docker_config, auth_files):
+    runtime, config, write = auth_files
+    write(config, {"reg.example": _entry("from-config-home"), "other.example": _entry("only-here")})
+    assert lookup_credentials("reg.example") == Credentials("from-config-home", "pw")
+    write(runtime, {"reg.example": _entry("from-runtime")})
+    assert lookup_credentials("reg.example") == Credentials("from-runtime", "pw")
+    assert lookup_credentials("other.example") == Credentials("only-here", "pw")  # the next file is read too
+    docker_config({"auths": {"reg.example": _entry("from-docker")}})
+    assert lookup_credentials("reg.example") == Credentials("from-docker", "pw")  # what `cas login` wrote wins
+
+
+def test_registry_auth_file_replaces_the_default_auth_files(docker_config, auth_files, tmp_path, monkeypatch):
+    runtime, _, write = auth_files
+    write(runtime, {"reg.example": _entry("default")})
+    chosen = write(tmp_path / "chosen.json", {"elsewhere.example": _entry("chosen")})
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(chosen))
+    assert lookup_credentials("reg.example") is None
+    assert lookup_credentials("elsewhere.example") == Credentials("chosen", "pw")
+
+
+def test_without_xdg_runtime_dir_the_primary_file_is_under_run_containers(monkeypatch):
+    from cas.registry.credentials import containers_auth_files
+
+    monkeypatch.setenv("HOME", "/home/u")
+    assert containers_auth_files({}) == [
+        Path(f"/run/containers/{os.getuid()}/auth.json"),
+        Path("/home/u/.config/containers/auth.json"),
+    ]
+
+
+def test_an_auth_file_key_naming_a_namespace_is_not_the_hosts(docker_config, auth_files):
+    runtime, _, write = auth_files
+    write(runtime, {"reg.example/team": _entry("team"), "https://legacy.example/v1/": _entry("legacy")})
+    assert lookup_credentials("reg.example") is None
+    assert lookup_credentials("legacy.example") == Credentials("legacy", "pw")  # a scheme: the path is dropped
+
+
+def test_a_malformed_auth_file_names_it(docker_config, auth_files):
+    runtime, _, _ = auth_files
+    runtime.parent.mkdir(parents=True)
+    runtime.write_text("{not json")
+    with pytest.raises(CredentialError, match=f"malformed containers auth file {runtime}"):
+        lookup_credentials("reg.example")

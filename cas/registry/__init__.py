@@ -5,7 +5,7 @@ Never writes to the store. The public names are re-exported lazily so that
 
     RegistryClient(host, ...)         .get_manifest(repo, tag_or_digest) -> FetchedManifest
                                       .download_blob(repo, digest, sink, on_bytes)
-    Credentials, lookup_credentials   docker config.json and credential helpers
+    Credentials, lookup_credentials   docker config.json, credential helpers, podman auth.json
     TokenCache, Sink                  the protocols the index and the store implement
 """
 

@@ -19,8 +19,9 @@ Credentials are looked up (``lookup_credentials``) only when a challenge
 arrives, so anonymous pulls never run a credential helper.
 
 Token cache keys: ``HOST|SCOPE|WHO`` where WHO is a hash of the explicit
-username, or of the docker config path when the credentials come (or would
-come) from it: the key must be known before any credential helper runs.
+username, or of the credential files' paths (docker's config, then podman's auth files) when
+the credentials come (or would come) from them: the key must be known before any credential
+helper runs.
 """
 
 from __future__ import annotations
@@ -37,13 +38,15 @@ from typing import Protocol
 import httpx
 
 from cas.errors import AuthError, RateLimited, RegistryError, ServerError
-from cas.registry.credentials import Credentials, config_path, lookup_credentials
+from cas.registry.credentials import Credentials, config_path, containers_auth_files, lookup_credentials
 from cas.registry.retry import Transient, is_retryable_status, parse_retry_after
 from cas.registry.wire import error_detail, is_loopback
 
 DEFAULT_EXPIRES_IN = 60.0
 BASIC_MEMORY = 24 * 3600.0  # how long "this registry wants Basic" is remembered
-LOGIN_HINT = "log in with `cas login {host}` (or `docker login`), or pass --username and --password-stdin"
+LOGIN_HINT = (
+    "log in with `cas login {host}` (or `docker login`, `podman login`), or pass --username and --password-stdin"
+)
 
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _PARAM = re.compile(rf'\s*({_TOKEN})\s*=\s*(?:"((?:[^"\\]|\\.)*)"|({_TOKEN}))\s*(,|$)', re.DOTALL)
@@ -164,7 +167,8 @@ class RegistryAuth:
         self._looked_up = credentials is not None
         self._lookup = lookup
         self._cache = token_cache
-        self._config = "" if credentials is not None else str(config_path())
+        files = [config_path(), *containers_auth_files()]  # where a lookup would find who we are
+        self._config = "" if credentials is not None else ":".join(map(str, files))
         self._tokens: dict[str, tuple[str, float]] = {}
         self._basic: bool | None = None
         self._lock = threading.Lock()

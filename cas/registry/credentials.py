@@ -1,12 +1,18 @@
-"""Registry credentials from the docker CLI's config and its credential helpers. No HTTP.
+"""Registry credentials from the docker CLI's config, its credential helpers, and the login files
+of podman, buildah and skopeo. No HTTP.
 
-Lookup order for a registry host (the same file ``docker login`` writes):
+Lookup order for a registry host, first the file ``docker login`` (and ``cas login``) writes:
 
 1. ``credHelpers[host]``: run ``docker-credential-<name> get``;
 2. ``auths[host]`` when the entry holds credentials (``auth``, ``username``/``password``
    or ``identitytoken``);
 3. ``credsStore``: run ``docker-credential-<name> get``;
-4. nothing: anonymous.
+4. the containers auth files (containers-auth.json(5)), each's ``credHelpers[host]`` then
+   ``auths[host]``: ``$REGISTRY_AUTH_FILE`` alone when it is set, else
+   ``$XDG_RUNTIME_DIR/containers/auth.json`` (``/run/containers/UID/auth.json`` without it),
+   then ``${XDG_CONFIG_HOME:-~/.config}/containers/auth.json``. Keys naming a namespace
+   (``quay.io/org``) are not read: credentials here belong to a host;
+5. nothing: anonymous.
 
 Keys are compared after ``normalize_registry``: a scheme and path are dropped
 (``https://host:5000/v2/`` is ``host:5000``), and every spelling of Docker Hub
@@ -21,6 +27,7 @@ import base64
 import binascii
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,53 +85,75 @@ def cred_helper(config: dict, host: str, path: Path) -> str | None:
 def lookup_credentials(registry: str) -> Credentials | None:
     """Credentials for ``registry`` (a host[:port]), or None to go anonymous."""
     path, config, host = read_config(registry)
-    if config is None:
-        return None
+    if config is not None:
+        found = _from_file(config, host, path, docker=True)
+        if found is not None:
+            return found
+        store = config.get("credsStore")
+        if store:
+            return run_helper(_helper_name(store, "credsStore", path), _helper_key(host))
+    for auth_file in containers_auth_files():
+        config = _load_config(auth_file)
+        found = None if config is None else _from_file(config, host, auth_file, docker=False)
+        if found is not None:
+            return found
+    return None
+
+
+def containers_auth_files(env: Mapping[str, str] | None = None) -> list[Path]:
+    """Where podman, buildah and skopeo keep logins, in the order they read them."""
+    env = os.environ if env is None else env
+    if env.get("REGISTRY_AUTH_FILE"):
+        return [Path(env["REGISTRY_AUTH_FILE"])]
+    runtime = env.get("XDG_RUNTIME_DIR")
+    primary = Path(runtime, "containers") if runtime else Path("/run/containers", str(os.getuid()))
+    config_home = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else Path.home() / ".config"
+    return [primary / "auth.json", config_home / "containers" / "auth.json"]
+
+
+def _from_file(config: dict, host: str, path: Path, *, docker: bool) -> Credentials | None:
+    """A file's ``credHelpers[host]``, else its ``auths[host]`` holding credentials. In a containers
+    auth file a key with a path and no scheme names a namespace, not the host (docker drops the path)."""
     helper = cred_helper(config, host, path)
     if helper is not None:
         return run_helper(helper, _helper_key(host))
-
-    auths = _section(config, "auths", path)
-    for key, entry in auths.items():
-        if normalize_registry(key) == host:
-            creds = parse_auth_entry(entry, f"{path}: auths[{key!r}]")
+    for key, entry in _section(config, "auths", path).items():
+        namespace = not docker and "://" not in key and "/" in key.rstrip("/")
+        if normalize_registry(key) == host and not namespace:
+            creds = parse_auth_entry(entry, f"{_label(path)}: auths[{key!r}]")
             if creds is not None:
                 return creds
-
-    store = config.get("credsStore")
-    if store:
-        return run_helper(_helper_name(store, "credsStore", path), _helper_key(host))
     return None
 
 
 def parse_auth_entry(entry: object, where: str) -> Credentials | None:
     """One ``auths`` entry; None when it holds no credentials (``{}`` is a helper's marker)."""
     if not isinstance(entry, dict):
-        raise CredentialError(f"malformed docker config {where}: expected an object")
+        raise CredentialError(f"malformed {where}: expected an object")
     token = entry.get("identitytoken") or None
     username, password = entry.get("username") or None, entry.get("password")
     encoded = entry.get("auth")
     if encoded:
         if not isinstance(encoded, str):
-            raise CredentialError(f"malformed docker config {where}: 'auth' is not a string")
+            raise CredentialError(f"malformed {where}: 'auth' is not a string")
         try:
             decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError) as exc:
             raise CredentialError(
-                f"malformed docker config {where}: 'auth' is not base64 of USER:PASSWORD",
+                f"malformed {where}: 'auth' is not base64 of USER:PASSWORD",
                 hint="run `docker login` again to rewrite it",
             ) from exc
         username, sep, password = decoded.partition(":")
         if not sep or not username:
             raise CredentialError(
-                f"malformed docker config {where}: 'auth' is not base64 of USER:PASSWORD",
+                f"malformed {where}: 'auth' is not base64 of USER:PASSWORD",
                 hint="run `docker login` again to rewrite it",
             )
     if not (username or token):
         return None
     for name, value in (("username", username), ("password", password), ("identitytoken", token)):
         if value is not None and not isinstance(value, str):
-            raise CredentialError(f"malformed docker config {where}: {name!r} is not a string")
+            raise CredentialError(f"malformed {where}: {name!r} is not a string")
     return Credentials(username, password, token)
 
 
@@ -175,17 +204,17 @@ def _load_config(path: Path) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
-        raise CredentialError(f"cannot read docker config {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+        raise CredentialError(f"cannot read {_label(path)}: {getattr(exc, 'strerror', None) or exc}") from exc
     if not text.strip():
         return None
     try:
         config = json.loads(text)
     except ValueError as exc:
         raise CredentialError(
-            f"malformed docker config {path}: {exc}", hint="fix or remove the file, then `docker login` again"
+            f"malformed {_label(path)}: {exc}", hint="fix or remove the file, then log in again"
         ) from exc
     if not isinstance(config, dict):
-        raise CredentialError(f"malformed docker config {path}: expected a JSON object")
+        raise CredentialError(f"malformed {_label(path)}: expected a JSON object")
     return config
 
 
@@ -194,14 +223,19 @@ def _section(config: dict, name: str, path: Path) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise CredentialError(f"malformed docker config {path}: {name!r} is not an object")
+        raise CredentialError(f"malformed {_label(path)}: {name!r} is not an object")
     return value
 
 
 def _helper_name(name: object, where: str, path: Path) -> str:
     if not isinstance(name, str) or not name or "/" in name or name.startswith("-"):
-        raise CredentialError(f"malformed docker config {path}: {where} is not a helper name: {name!r}")
+        raise CredentialError(f"malformed {_label(path)}: {where} is not a helper name: {name!r}")
     return name
+
+
+def _label(path: Path) -> str:
+    """How an error names a credentials file."""
+    return f"docker config {path}" if path == config_path() else f"containers auth file {path}"
 
 
 def _helper_key(host: str) -> str:
