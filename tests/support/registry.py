@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -154,7 +155,10 @@ class Registry:
             for log in (self.log_path, self.access_log_path):
                 log.write_bytes(b"")
             self._proc = spawn(
-                [binary, "serve", str(self.config_path)], log=self.access_log_path, stderr_log=self.log_path
+                [binary, "serve", str(self.config_path)],
+                log=self.access_log_path,
+                stderr_log=self.log_path,
+                env=_own_environment(),
             )
             try:
                 wait_until(self._answers, timeout=timeout, what=f"registry on {self.host}")
@@ -412,3 +416,9 @@ def _tls_answers(port: int) -> bool:
         return True  # it speaks TLS (and wants a client certificate)
     except OSError:
         return False
+
+
+def _own_environment() -> dict[str, str]:
+    """The environment without ``REGISTRY_*``: distribution reads those as configuration
+    (``REGISTRY_AUTH_FILE``, podman's login file, would be its ``auth.file`` and stop it)."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("REGISTRY_")}
