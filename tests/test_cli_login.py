@@ -108,4 +108,7 @@ def test_a_podman_login_is_used_by_cas(cas, cas_home, basic_registry, test_image
     login = [*podman.base, "login", "--tls-verify=false", "-u", basic_registry.username, "--password-stdin"]
     run([*login, basic_registry.host], input=basic_registry.password, env=env)
     assert (tmp_path / "run/containers/auth.json").is_file() and _config(cas_home) == {}
-    assert cas("pull", "-q", ref, env=env).returncode == 0
+    pulled = cas("-v", "pull", "-q", ref, env=env)
+    auth_file = tmp_path / "run/containers/auth.json"
+    assert f"credentials for {basic_registry.host}: auths['{basic_registry.host}'] in {auth_file}" in pulled.stderr
+    assert basic_registry.password not in pulled.stderr

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from cas.reference import DOCKER_HUB, DOCKER_HUB_ALIASES
 # The key docker login uses for Docker Hub, and what helpers are asked for.
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 HELPER_TIMEOUT = 30.0
+
+log = logging.getLogger("cas.registry.credentials")
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ def cred_helper(config: dict, host: str, path: Path) -> str | None:
 
 
 def lookup_credentials(registry: str) -> Credentials | None:
-    """Credentials for ``registry`` (a host[:port]), or None to go anonymous."""
+    """Credentials for ``registry`` (a host[:port]), or None to go anonymous. ``-v`` says where they came from."""
     path, config, host = read_config(registry)
     if config is not None:
         found = _from_file(config, host, path, docker=True)
@@ -91,12 +94,16 @@ def lookup_credentials(registry: str) -> Credentials | None:
             return found
         store = config.get("credsStore")
         if store:
-            return run_helper(_helper_name(store, "credsStore", path), _helper_key(host))
-    for auth_file in containers_auth_files():
+            helper = _helper_name(store, "credsStore", path)
+            log.debug("credentials for %s: asking docker-credential-%s (credsStore in %s)", host, helper, path)
+            return run_helper(helper, _helper_key(host))
+    auth_files = containers_auth_files()
+    for auth_file in auth_files:
         config = _load_config(auth_file)
         found = None if config is None else _from_file(config, host, auth_file, docker=False)
         if found is not None:
             return found
+    log.debug("no credentials for %s in %s: anonymous", host, ", ".join(map(str, [path, *auth_files])))
     return None
 
 
@@ -116,12 +123,14 @@ def _from_file(config: dict, host: str, path: Path, *, docker: bool) -> Credenti
     auth file a key with a path and no scheme names a namespace, not the host (docker drops the path)."""
     helper = cred_helper(config, host, path)
     if helper is not None:
+        log.debug("credentials for %s: asking docker-credential-%s (credHelpers in %s)", host, helper, path)
         return run_helper(helper, _helper_key(host))
     for key, entry in _section(config, "auths", path).items():
         namespace = not docker and "://" not in key and "/" in key.rstrip("/")
         if normalize_registry(key) == host and not namespace:
             creds = parse_auth_entry(entry, f"{_label(path)}: auths[{key!r}]")
             if creds is not None:
+                log.debug("credentials for %s: auths[%r] in %s", host, key, path)
                 return creds
     return None
 
