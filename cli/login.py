@@ -1,4 +1,4 @@
-"""cas login REGISTRY / cas logout REGISTRY: credentials in docker's config.json, shared with docker and podman."""
+"""cas login [REGISTRY] / cas logout [REGISTRY]: credentials in docker's config.json, shared with docker and podman."""
 
 from __future__ import annotations
 
@@ -10,12 +10,17 @@ import typer
 from cli import options, output
 
 Registry = Annotated[
-    str, typer.Argument(metavar="REGISTRY", help="Registry host[:port], e.g. ghcr.io or 127.0.0.1:5000.")
+    str,
+    typer.Argument(
+        metavar="[REGISTRY]",
+        help="Registry host[:port], e.g. ghcr.io or 127.0.0.1:5000 (default: Docker Hub, as with docker login).",
+        show_default=False,
+    ),
 ]
 
 
 def login(
-    registry: Registry,
+    registry: Registry = "docker.io",
     username: Annotated[
         str | None, typer.Option("--username", "-u", metavar="USER", help="User name (else asked for).")
     ] = None,
@@ -38,6 +43,7 @@ def login(
     Examples:
       cas login registry.example.com
       echo "$TOKEN" | cas login -u ci --password-stdin ghcr.io
+      cas login -u me                     # Docker Hub
     """
     from cas.errors import UsageError
     from cas.reference import DOCKER_HUB, DOCKER_HUB_API
@@ -76,7 +82,7 @@ def login(
         output.notice(f"logged in to {host} as {username} (saved in {where})")
 
 
-def logout(registry: Registry, quiet: options.Quiet = False) -> None:
+def logout(registry: Registry = "docker.io", quiet: options.Quiet = False) -> None:
     """Remove a registry's saved login from docker's config.json (or its credential helper).
 
     \b

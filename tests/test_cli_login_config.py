@@ -104,3 +104,21 @@ def test_a_broken_configuration_file_fails_before_the_password_is_read(cas, tls_
     proc = cas("login", tls_basic.host, env={"CAS_REGISTRIES_CONF": str(conf)}, check=False)  # no terminal, no -u
     assert proc.returncode == 1 and proc.stderr.startswith(f"error: {conf}")
     assert "password" not in proc.stderr and _checked(tls_basic) == [] and _saved() == {}
+
+
+def test_without_a_registry_login_and_logout_mean_docker_hub(cas, basic_registry, tmp_path):
+    """As with docker login. Docker Hub is reached here through a hosts.toml `server` naming the local
+    htpasswd registry (no network), and the login is saved under docker's own key for it."""
+    directory = tmp_path / "hosts.d" / "docker.io"
+    directory.mkdir(parents=True)
+    (directory / "hosts.toml").write_text(f'server = "http://{basic_registry.host}"\n')
+    env = {"CAS_HOSTS_DIR": str(tmp_path / "hosts.d")}
+    mark = basic_registry.mark()
+    proc = cas(
+        "login", "-u", basic_registry.username, "--password-stdin",
+        input=f"{basic_registry.password}\n", env=env,
+    )  # fmt: skip
+    assert proc.stderr.startswith(f"logged in to docker.io as {basic_registry.username}")
+    assert [r.status for r in basic_registry.requests(mark) if r.path == "/v2/"] == [401, 200]
+    assert list(_saved()) == ["https://index.docker.io/v1/"]
+    assert cas("logout").stderr == "removed login for docker.io\n" and _saved() == {}
