@@ -74,7 +74,7 @@ def export(
             help="Write a delta against what the receiver holds: its `cas images --json` output.",
         ),
     ] = None,
-    platform: options.PlatformOpt = None,
+    platform: options.ExportPlatform = None,
     insecure: options.Insecure = False,
     username: options.Username = None,
     password_stdin: options.PasswordStdin = False,

@@ -49,14 +49,15 @@ def check_platforms(value: str | None) -> str | None:
 
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only: no progress bars, no summary.")]
-PlatformOpt = Annotated[
+ExportPlatform = Annotated[
     str | None,
     typer.Option(
         "--platform",
         envvar="CAS_PLATFORM",
         metavar="OS/ARCH[/VARIANT]",
         callback=check_platform,
-        help="Platform to pick from a multi-platform image, e.g. linux/arm64 (default: this host).",
+        help="Export only this platform of each REF, e.g. linux/arm64 (default: every cached platform in an OCI "
+        "format; in a docker-archive, which holds one, the only one cached, else this host's).",
     ),
 ]
 PlatformsOpt = Annotated[
@@ -92,7 +93,7 @@ Insecure = Annotated[
 Jobs = Annotated[
     int,
     typer.Option(
-        "--jobs", "-j", min=1, max=32, envvar="CAS_JOBS", metavar="N", help="Blobs downloaded at once (1-32)."
+        "--jobs", "-j", min=1, max=32, envvar="CAS_JOBS", metavar="N", help="Blobs transferred at once (1-32)."
     ),
 ]
 Connections = Annotated[

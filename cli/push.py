@@ -20,7 +20,7 @@ def push(
     platform: Annotated[
         str | None,
         options.one_platform(
-            "OS/ARCH[/VARIANT]: push only this platform's manifest of a multi-platform image "
+            "Push only this platform's manifest of a multi-platform image "
             "(needed when not every platform is cached)."
         ),
     ] = None,
