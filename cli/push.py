@@ -20,8 +20,7 @@ def push(
     platform: Annotated[
         str | None,
         options.one_platform(
-            "Push only this platform's manifest of a multi-platform image "
-            "(needed when not every platform is cached)."
+            "Push only this platform's manifest of a multi-platform image (needed when not every platform is cached)."
         ),
     ] = None,
     jobs: options.Jobs = 4,
