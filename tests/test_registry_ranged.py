@@ -26,6 +26,7 @@ from cas.store import ranges
 
 REPO = "cas-test/ranged"
 CHUNK = 256 << 10
+PROBE = 256 << 10  # a first range longer than this is judged before it ends
 FAST = {"retries": 3, "backoff": 0.01}
 
 
@@ -39,15 +40,19 @@ def blob(registry):
     return pushed
 
 
-def policy(connections: int = 4, fast_enough: float | None = None) -> RangePolicy:
+def policy(connections: int = 4, fast_enough: float | None = None, chunk: int = CHUNK) -> RangePolicy:
     """Splits at once, whatever the speed (the loopback registry is fast): the split itself is under test."""
-    return RangePolicy(ConnectionBudget(connections), chunk=CHUNK, min_size=2 * CHUNK, fast_enough=fast_enough)
+    return RangePolicy(
+        ConnectionBudget(connections), chunk=chunk, min_size=2 * chunk, fast_enough=fast_enough, probe=PROBE
+    )
 
 
-def download(store, host: str, blob, *, connections: int = 4, progress: list | None = None, fast_enough=None):
+def download(
+    store, host: str, blob, *, connections: int = 4, progress=None, fast_enough=None, chunk: int = CHUNK
+):  # fmt: skip
     digest = Digest.parse(blob.digest)
-    report = progress.append if progress is not None else None
-    with RegistryClient(host, ranges=policy(connections, fast_enough), **FAST) as client:
+    report = progress.append if isinstance(progress, list) else progress
+    with RegistryClient(host, ranges=policy(connections, fast_enough, chunk), **FAST) as client:
         with store.blobs.ingest(digest, blob.size) as ing:
             client.download_blob(REPO, digest, ing, report)
             info = ing.commit()
@@ -220,6 +225,28 @@ def test_a_slow_first_range_splits_the_rest(store, proxy, blob):
     proxy.throttle(4 << 20)  # 4 MiB/s per connection
     download(store, proxy.host, blob, fast_enough=16 << 20)
     assert len(blob_gets(proxy)) == len(split([(0, blob.size)], CHUNK))
+
+
+def test_a_slow_link_starts_the_other_ranges_once_the_probe_is_in_not_after_the_first_range(store, proxy, blob):
+    """The first range is 1 MiB at 1 MiB/s; its first 256 KiB (the probe) judge the link, so the
+    next ranges are asked while it is still arriving, not a second later."""
+    big = 1 << 20
+    proxy.throttle(1 << 20)
+    seen: list[tuple[int, int]] = []  # at each chunk reported: (blob GETs asked, bytes the first one sent)
+
+    def progress(n: int) -> None:
+        gets = blob_gets(proxy)
+        seen.append((len(gets), gets[0].bytes_sent))
+
+    download(store, proxy.host, blob, progress=progress, fast_enough=16 << 20, chunk=big)
+    assert len(blob_gets(proxy)) == len(split([(0, blob.size)], big))
+    assert any(gets > 1 and first_sent < big for gets, first_sent in seen)
+
+
+def test_a_fast_probe_keeps_one_stream_from_the_end_of_the_first_range(store, proxy, blob):
+    download(store, proxy.host, blob, fast_enough=1, chunk=1 << 20)  # judged after 256 KiB: fast
+    assert ranges_asked(blob_gets(proxy)) == [f"bytes=0-{(1 << 20) - 1}", f"bytes={1 << 20}-"]
+    assert proxy.bytes_sent("blob") == blob.size
 
 
 def test_one_connection_means_one_stream(store, proxy, blob):

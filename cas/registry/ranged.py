@@ -8,9 +8,11 @@ logic (bottlerocket-core-kit#764). So here the split is earned, blob by blob:
 - The first request asks for the first missing chunk. Only a 206 whose ``Content-Range``
   names exactly that chunk and the blob's full size lets the blob be split; anything else
   (a 200: the server ignores Range; another size; no header) means one stream, as before.
-- That chunk is fetched alone, and it also measures the link: when one connection already
-  brings FAST_ENOUGH bytes/s, it is not capped, and more connections would only cost CPU
-  (measured: a loopback registry on 2 cores is slower split), so the rest is one stream.
+- That chunk's first PROBE bytes measure the link: when one connection already brings
+  FAST_ENOUGH bytes/s, it is not capped, and more connections would only cost CPU (measured:
+  a loopback registry on 2 cores is slower split), so the rest is one stream. When it is
+  slower, the other ranges start at once, while the first chunk finishes: a capped link is
+  not left on one connection for the whole first chunk.
 - Every later range's answer is checked the same way. One odd answer stops the split: the
   ranges stop, the data beyond the hashed prefix is dropped, and the blob continues as one
   stream from the prefix (the caller's ordinary path).
@@ -41,6 +43,7 @@ from cas.registry.wire import parse_content_range
 CHUNK = 16 << 20  # bytes per range request: ~0.8 s at a 20 MB/s per-connection cap
 MIN_SIZE = 2 * CHUNK  # smaller blobs are one stream: a split would not pay for its requests
 FAST_ENOUGH = 100_000_000  # bytes/s: a connection this fast is not capped; more would only add CPU
+PROBE = 4 << 20  # bytes of the first range that judge the link (~0.2 s at 20 MB/s); all of it when shorter
 DEFAULT_CONNECTIONS = 8  # per pull (cas pull --connections)
 
 Interval = tuple[int, int]
@@ -108,6 +111,7 @@ class RangePolicy:
     chunk: int = CHUNK
     min_size: int = MIN_SIZE
     fast_enough: float | None = FAST_ENOUGH  # None: split at once, without measuring the first range
+    probe: int = PROBE
 
     def wants(self, sink: object) -> bool:
         size = getattr(sink, "size", None)
@@ -187,6 +191,8 @@ class _Split:
         self.workers: list[threading.Thread] = []
         self.written = 0  # bytes written by this call (what report() was told)
         self._report = report
+        self.splitting = policy.fast_enough is None  # else decided by _judge, during the first range
+        self._probing: tuple[int, float] | None = None  # (start, time) of the first range while it is judged
 
     def run(self) -> bool:
         try:
@@ -199,14 +205,15 @@ class _Split:
                     response.close()
                     self._drop()
                     return False
-                if self.policy.fast_enough is None:
+                if self.splitting:
                     self._work(first, response)  # split at once; this thread is the first worker
                 else:
-                    started = time.monotonic()
-                    self._work(first, response, only=True)  # alone first: how fast is one connection?
-                    seconds = max(time.monotonic() - started, 1e-6)
+                    self._probing = (first[0], time.monotonic())
+                    self._work(first, response, only=True)  # how fast is one connection? (_judge)
                     if self.error is None and self.unusual is None:
-                        if self._fast((first[1] - first[0]) / seconds, first[1]):
+                        if self._probing is not None:
+                            self._judge(first[1], whole=True)  # a first range shorter than the probe
+                        if not self.splitting:
                             self._drop()  # drops nothing: the first range is the hashed prefix
                             return False
                         self._work(None)  # this thread stays a worker; others join while slots are free
@@ -226,11 +233,19 @@ class _Split:
         return True
 
     # workers -------------------------------------------------------------------
-    def _fast(self, rate: float, prefix: int) -> bool:
-        """One connection is fast enough (and nothing beyond the prefix is held): no split pays."""
-        fast = self.policy.fast_enough
-        assert fast is not None
-        return rate >= fast and self.writer.missing() == [(prefix, self.size)]
+    def _judge(self, at: int, *, whole: bool = False) -> None:
+        """Once the first range brought ``policy.probe`` bytes (or all of it), decide: a connection
+        fast enough, with nothing beyond the prefix held, keeps one stream; otherwise the other
+        ranges start now, while this one goes on."""
+        assert self._probing is not None and self.policy.fast_enough is not None
+        start, started = self._probing
+        if at - start < self.policy.probe and not whole:
+            return
+        self._probing = None
+        rate = (at - start) / max(time.monotonic() - started, 1e-6)
+        if rate < self.policy.fast_enough or self.writer.missing() != [(at, self.size)]:
+            self.splitting = True
+            self._grow()
 
     def _work(self, interval: Interval | None, response: httpx.Response | None = None, *, only: bool = False) -> None:
         """Fetch ranges until none is left or the split stops (``only``: just ``interval``, with its answer)."""
@@ -272,6 +287,8 @@ class _Split:
                     self.writer.write_at(at, chunk)
                     at += len(chunk)
                     self.report(len(chunk))
+                    if self._probing is not None:
+                        self._judge(at)
                     if self.stop.is_set():
                         break
                 else:
