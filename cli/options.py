@@ -48,12 +48,13 @@ def check_platforms(value: str | None) -> str | None:
     return value
 
 
+PLATFORM_ENV = ["CAS_PLATFORM", "DOCKER_DEFAULT_PLATFORM"]  # docker's own default, as docker pull reads it
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only: no progress bars, no summary.")]
 ExportPlatform = Annotated[
     str | None,
     typer.Option(
         "--platform",
-        envvar="CAS_PLATFORM",
+        envvar=PLATFORM_ENV,
         metavar="OS/ARCH[/VARIANT]",
         callback=check_platform,
         help="Export only this platform of each REF, e.g. linux/arm64 (default: every cached platform in an OCI "
@@ -64,7 +65,7 @@ PlatformsOpt = Annotated[
     str | None,
     typer.Option(
         "--platform",
-        envvar="CAS_PLATFORM",
+        envvar=PLATFORM_ENV,
         metavar="OS/ARCH[/VARIANT][,...]",
         callback=check_platforms,
         help="Platforms to pick from a multi-platform image, comma-separated, e.g. linux/amd64,linux/arm64 "

@@ -97,9 +97,19 @@ def token_server(token_registry):
 
 
 @pytest.fixture(autouse=True)
-def _no_podman_logins_of_this_machine(tmp_path_factory, monkeypatch):
-    """cas reads podman's login files after docker's: a test reads none unless it writes one."""
+def _no_settings_of_this_machine(tmp_path_factory, monkeypatch):
+    """No test reads the podman logins or the platform and tuning variables of whoever runs it:
+    cas reads podman's login files after docker's, and a test sets any variable it wants."""
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path_factory.getbasetemp() / "no-containers-auth.json"))
+    for name in (
+        "CAS_PLATFORM",
+        "DOCKER_DEFAULT_PLATFORM",
+        "CAS_JOBS",
+        "CAS_CONNECTIONS",
+        "CAS_TIMEOUT",
+        "CAS_MIN_RATE",
+    ):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(autouse=True)

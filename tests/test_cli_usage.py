@@ -56,6 +56,7 @@ def test_bad_values_and_combinations_are_one_line_and_exit_2(cas, args, message)
     ("env", "args", "variable"),
     [
         ({"CAS_PLATFORM": "linux"}, ["pull", "x"], "CAS_PLATFORM"),
+        ({"DOCKER_DEFAULT_PLATFORM": "linux"}, ["export", "x", "-o", "x.tar"], "DOCKER_DEFAULT_PLATFORM"),
         ({"CAS_JOBS": "many"}, ["pull", "x"], "CAS_JOBS"),
         ({"CAS_LOCK_TIMEOUT": "soon"}, ["prune"], "CAS_LOCK_TIMEOUT"),
     ],

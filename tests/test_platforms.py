@@ -6,6 +6,7 @@ linux/amd64 (runnable here: it has busybox), linux/arm64/v8 and linux/arm/v7.
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 from pathlib import Path
@@ -77,6 +78,22 @@ def test_pull_several_platforms_at_once_and_all_of_them(cas, registry, test_imag
 
     both = cas("pull", "--all-platforms", "--platform", "linux/amd64", multi, check=False)
     assert both.returncode == 2 and both.stderr.startswith("error: --all-platforms and --platform")
+
+
+def test_docker_default_platform_picks_the_platform_and_cas_platform_wins_over_it(cas, registry, test_images):
+    """docker pull reads $DOCKER_DEFAULT_PLATFORM; cas does too, after its own $CAS_PLATFORM."""
+    ref = test_images.ref(registry, "multi")
+    cas("pull", "-q", ref, env={"DOCKER_DEFAULT_PLATFORM": "linux/arm64"})
+    assert _rows(cas, ref) == [(ref, ARM64)]
+    cas("pull", "-q", ref, env={"DOCKER_DEFAULT_PLATFORM": "linux/arm64", "CAS_PLATFORM": "linux/arm/v7"})
+    assert _rows(cas, ref) == [(ref, ARM), (ref, ARM64)]
+    archive = cas("export", "-q", ref, "-o", "-", env={"DOCKER_DEFAULT_PLATFORM": "linux/arm/v7"}, text=False)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:  # a docker-archive holds one platform
+        (entry,) = json.load(tar.extractfile("manifest.json"))
+        config = json.load(tar.extractfile(entry["Config"]))
+    assert (config["architecture"], config.get("variant")) == ("arm", "v7")
+    both = cas("export", ref, "-o", "/dev/null", check=False)  # neither set: this host's is not cached
+    assert both.returncode == 1 and "cached for several platforms" in both.stderr
 
 
 def test_another_platform_of_a_single_platform_image_is_an_error_caching_nothing(cas, cas_home, registry, test_images):
