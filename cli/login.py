@@ -48,12 +48,9 @@ def login(
     from cas.errors import UsageError
     from cas.reference import DOCKER_HUB, DOCKER_HUB_API
     from cas.registry import Credentials, RegistryClient
-    from cas.registry.credentials import normalize_registry
-    from cas.registry.endpoints import Sources
     from cas.registry.login import store_credentials
 
-    host = normalize_registry(registry)
-    endpoints = Sources.from_env().login_endpoints(host, insecure=insecure)  # a bad file fails before the prompt
+    host, endpoints, saved_as = _resolve(registry, insecure)  # a bad file fails before the prompt
     if password_stdin:
         if username is None:
             raise UsageError(
@@ -77,9 +74,10 @@ def login(
     api_host = DOCKER_HUB_API if host == DOCKER_HUB else host
     with RegistryClient(api_host, endpoints=endpoints, insecure=insecure, credentials=credentials) as client:
         client.check_login()
-    where = store_credentials(host, credentials)
+    where = store_credentials(saved_as, credentials)
     if not quiet:
-        output.notice(f"logged in to {host} as {username} (saved in {where})")
+        moved = "" if saved_as == host else f", where {endpoints[-1].source} puts {host}"
+        output.notice(f"logged in to {saved_as} as {username}{moved} (saved in {where})")
 
 
 def logout(registry: Registry = "docker.io", quiet: options.Quiet = False) -> None:
@@ -90,11 +88,23 @@ def logout(registry: Registry = "docker.io", quiet: options.Quiet = False) -> No
       cas logout registry.example.com
     """
     from cas.errors import CredentialError
-    from cas.registry.credentials import normalize_registry
     from cas.registry.login import erase_credentials
 
-    host = normalize_registry(registry)
-    if not erase_credentials(host):
-        raise CredentialError(f"not logged in to {host}", hint="nothing was changed")
+    _, _, saved_as = _resolve(registry, insecure=False)
+    if not erase_credentials(saved_as):
+        raise CredentialError(f"not logged in to {saved_as}", hint="nothing was changed")
     if not quiet:
-        output.notice(f"removed login for {host}")
+        output.notice(f"removed login for {saved_as}")
+
+
+def _resolve(registry: str, insecure: bool) -> tuple[str, list, str]:
+    """(the registry, its endpoints, the host a login is saved for). A configuration that puts the
+    registry elsewhere (a registries.conf ``location``, a hosts.toml ``server``) gets the check, so
+    the login is saved for that host: the one a pull asks for credentials. Never for a host it was
+    not checked against."""
+    from cas.registry.credentials import normalize_registry
+    from cas.registry.endpoints import Sources
+
+    host = normalize_registry(registry)
+    endpoints = Sources.from_env().login_endpoints(host, insecure=insecure)
+    return host, endpoints, normalize_registry(endpoints[-1].host)

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from support import images
 from support.pki import make_pki
 from support.registry import Registry
 
@@ -106,19 +107,28 @@ def test_a_broken_configuration_file_fails_before_the_password_is_read(cas, tls_
     assert "password" not in proc.stderr and _checked(tls_basic) == [] and _saved() == {}
 
 
-def test_without_a_registry_login_and_logout_mean_docker_hub(cas, basic_registry, tmp_path):
-    """As with docker login. Docker Hub is reached here through a hosts.toml `server` naming the local
-    htpasswd registry (no network), and the login is saved under docker's own key for it."""
+def test_without_a_registry_login_means_docker_hub_and_is_saved_for_the_host_it_was_checked_on(
+    cas, basic_registry, tmp_path
+):
+    """As with docker login, no registry means Docker Hub. Here a hosts.toml puts Docker Hub's server
+    on the local htpasswd registry (no network), so the check goes there and the login is saved for
+    that host, the one a pull of a docker.io image then asks for credentials."""
     directory = tmp_path / "hosts.d" / "docker.io"
     directory.mkdir(parents=True)
     (directory / "hosts.toml").write_text(f'server = "http://{basic_registry.host}"\n')
+    images.push(basic_registry, "library/hello", "1", images.Image([images.layer({"hello.txt": "hi\n"})]))
     env = {"CAS_HOSTS_DIR": str(tmp_path / "hosts.d")}
+    assert cas("pull", "-q", "hello:1", env=env, check=False).returncode == 1  # anonymous: refused
+
     mark = basic_registry.mark()
     proc = cas(
         "login", "-u", basic_registry.username, "--password-stdin",
         input=f"{basic_registry.password}\n", env=env,
     )  # fmt: skip
-    assert proc.stderr.startswith(f"logged in to docker.io as {basic_registry.username}")
+    where = f"where {directory / 'hosts.toml'} puts docker.io"
+    assert proc.stderr.startswith(f"logged in to {basic_registry.host} as {basic_registry.username}, {where}")
     assert [r.status for r in basic_registry.requests(mark) if r.path == "/v2/"] == [401, 200]
-    assert list(_saved()) == ["https://index.docker.io/v1/"]
-    assert cas("logout").stderr == "removed login for docker.io\n" and _saved() == {}
+    assert list(_saved()) == [basic_registry.host]
+    assert cas("pull", "-q", "hello:1", env=env).returncode == 0  # docker.io/library/hello, with that login
+
+    assert cas("logout", env=env).stderr == f"removed login for {basic_registry.host}\n" and _saved() == {}

@@ -311,3 +311,14 @@ def test_a_malformed_auth_file_names_it(docker_config, auth_files):
     runtime.write_text("{not json")
     with pytest.raises(CredentialError, match=f"malformed containers auth file {runtime}"):
         lookup_credentials("reg.example")
+
+
+def test_a_docker_hub_login_is_saved_under_dockers_own_key_and_found_by_every_spelling(docker_config):
+    from cas.registry.login import erase_credentials, store_credentials
+
+    path = docker_config({"auths": {"other.example": _entry("other")}})
+    assert store_credentials("docker.io", Credentials("hub", "pw")) == str(path)
+    assert list(json.loads(path.read_text())["auths"]) == ["other.example", "https://index.docker.io/v1/"]
+    assert lookup_credentials("registry-1.docker.io") == Credentials("hub", "pw")
+    assert erase_credentials("docker.io") and lookup_credentials("docker.io") is None
+    assert lookup_credentials("other.example") == Credentials("other", "pw")
