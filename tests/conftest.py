@@ -22,7 +22,8 @@ the set to another registry once and returns name -> Pushed(ref, digest, ...);
 
 Consumers: ``skopeo`` (session), ``dockerd`` (session; call ``wipe()`` first, or use
 ``clean_dockerd`` which wipes before the test: docker skips layers it already holds, which
-hides a missing layer file), ``podman`` / ``clean_podman`` likewise.
+hides a missing layer file), ``podman`` / ``clean_podman`` likewise. ``pane(width)`` (function)
+is a real terminal: a tmux pane (``support.terminal.Pane``) whose screen a test reads and types into.
 
 cas itself: ``cas_home`` (function) is a fresh directory set as ``CAS_HOME`` (and an empty
 ``DOCKER_CONFIG``, so the host's docker credentials never leak in); ``cas(*args, input=None,
@@ -235,3 +236,19 @@ def store(tmp_path: Path):
     s = Store(tmp_path / "home")
     yield s
     s.close()
+
+
+@pytest.fixture
+def pane(tmp_path):
+    """``pane(width)``: a real terminal (tmux), stopped after the test."""
+    from support.terminal import Pane
+
+    panes: list[Pane] = []
+
+    def make(width: int = 100) -> Pane:
+        panes.append(Pane(tmp_path, width))
+        return panes[-1]
+
+    yield make
+    for p in panes:
+        p.stop()

@@ -112,3 +112,30 @@ def test_a_podman_login_is_used_by_cas(cas, cas_home, basic_registry, test_image
     auth_file = tmp_path / "run/containers/auth.json"
     assert f"credentials for {basic_registry.host}: auths['{basic_registry.host}'] in {auth_file}" in pulled.stderr
     assert basic_registry.password not in pulled.stderr
+
+
+def test_login_asks_for_the_user_and_a_hidden_password_on_a_terminal(pane, cas_home, basic_registry):
+    """Without --password-stdin, in a real terminal: the prompts, and a password that never shows."""
+    import shlex
+
+    from support.tools import wait_until
+
+    repo = Path(__file__).resolve().parent.parent
+    env = f"CAS_HOME={shlex.quote(str(cas_home))} DOCKER_CONFIG={shlex.quote(os.environ['DOCKER_CONFIG'])}"
+    command = f"{shlex.quote(sys.executable)} -m cli login {basic_registry.host}"
+    terminal = pane(120)
+    terminal.start(f"cd {shlex.quote(str(repo))} && env {env} {command}; echo EXIT=$?; sleep 600")
+
+    def shown(text: str) -> list[str]:
+        return wait_until(lambda: (lambda s: s if any(text in line for line in s) else None)(terminal.screen()),
+                          timeout=30, what=f"{text!r} on the terminal")  # fmt: skip
+
+    shown("Username:")
+    terminal.type(basic_registry.username)
+    shown("Password:")
+    terminal.type(basic_registry.password)
+    screen = shown("EXIT=")
+    assert "EXIT=0" in screen and any(line.startswith(f"logged in to {basic_registry.host} as") for line in screen)
+    assert not any(basic_registry.password in line for line in screen)
+    entry = _config(cas_home)["auths"][basic_registry.host]
+    assert base64.b64decode(entry["auth"]).decode() == f"{basic_registry.username}:{basic_registry.password}"

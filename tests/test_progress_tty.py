@@ -12,48 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.terminal import Pane
 from support.tools import require, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BAR = "━"
-
-
-class Pane:
-    """One tmux pane on a private server (its own socket): only this test's server is ever killed."""
-
-    def __init__(self, tmp_path: Path, width: int) -> None:
-        self.tmux = require("tmux", "tmux")
-        self.socket = tmp_path / "tmux.sock"
-        self.width = width
-
-    def _tmux(self, *args: str) -> str:
-        return subprocess.run(
-            [self.tmux, "-S", str(self.socket), *args], capture_output=True, text=True, check=True
-        ).stdout
-
-    def start(self, command: str) -> None:
-        self._tmux("-f", "/dev/null", "new-session", "-d", "-x", str(self.width), "-y", "30", command)
-
-    def screen(self) -> list[str]:
-        """The visible lines, wrapped lines joined (-J), trailing blank lines dropped."""
-        lines = self._tmux("capture-pane", "-p", "-J").rstrip("\n").splitlines()
-        return [line.rstrip() for line in lines]
-
-    def stop(self) -> None:
-        subprocess.run([self.tmux, "-S", str(self.socket), "kill-server"], capture_output=True)
-
-
-@pytest.fixture
-def pane(tmp_path):
-    panes: list[Pane] = []
-
-    def make(width: int = 100) -> Pane:
-        panes.append(Pane(tmp_path, width))
-        return panes[-1]
-
-    yield make
-    for p in panes:
-        p.stop()
 
 
 def _pull_command(cas_home: Path, *args: str, command: str = "pull") -> str:
