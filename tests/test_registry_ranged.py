@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import httpx
 import pytest
@@ -327,3 +328,65 @@ def test_the_range_record_never_names_bytes_not_on_disk(store, blob, tmp_path):
         assert ing.offset == 2 * CHUNK
         ing.write(blob.data[2 * CHUNK :])  # a single stream from the prefix
         assert ing.commit().size == blob.size
+
+
+class _Held(httpx.SyncByteStream):
+    """A range's bytes, held back until ``release`` is set (or 10 s pass); ``streaming`` is set first."""
+
+    def __init__(self, data: bytes, release: threading.Event) -> None:
+        self.data, self.release, self.streaming = data, release, threading.Event()
+
+    def __iter__(self):
+        self.streaming.set()
+        self.release.wait(10)
+        yield self.data
+
+
+def test_a_connection_given_back_by_one_blob_is_taken_at_once_by_another_blobs_queued_ranges(store):
+    """Blob A holds two of three connections; blob B, split on the third, has ranges queued and its
+    first range held until its second one is asked for. A's connections coming back must start B's
+    second range then, not when B's first range ends (it would wait 10 s for that, and fail)."""
+    from cas.registry.ranged import fetch
+
+    chunk = 64 << 10
+    budget = ConnectionBudget(3)
+    policy = RangePolicy(budget, chunk=chunk, min_size=2 * chunk, fast_enough=None)
+    blobs = {name: os.urandom(count * chunk) for name, count in (("a", 2), ("b", 4))}
+    release_a, b_second_asked = threading.Event(), threading.Event()
+    streams: dict[tuple[str, int], _Held] = {}
+
+    def opener(name: str):
+        def open_range(start: int, end: int) -> httpx.Response:
+            data = blobs[name]
+            if name == "b" and start > 0:
+                b_second_asked.set()  # B's later ranges flow at once, and release its first one
+            release = release_a if name == "a" else b_second_asked
+            streams[(name, start)] = stream = _Held(data[start:end], release)
+            headers = {"Content-Range": f"bytes {start}-{end - 1}/{len(data)}"}
+            return httpx.Response(206, headers=headers, stream=stream)
+
+        return open_range
+
+    results: dict[str, bool] = {}
+
+    def download(name: str) -> None:
+        data = blobs[name]
+        digest = Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
+        with budget.slot(), store.blobs.ingest(digest, len(data)) as ing:
+            results[name] = fetch(opener(name), ing, policy, lambda n: None, retries=0, backoff=0)
+            ing.commit()
+
+    threads = {name: threading.Thread(target=download, args=(name,)) for name in blobs}
+    threads["a"].start()
+    wait_until(lambda: ("a", chunk) in streams and streams[("a", chunk)].streaming.is_set(), timeout=10,
+               what="blob A streaming on both its connections")  # fmt: skip
+    threads["b"].start()
+    wait_until(lambda: ("b", 0) in streams and streams[("b", 0)].streaming.is_set(), timeout=10,
+               what="blob B's first range held")  # fmt: skip
+    assert not b_second_asked.is_set()  # no connection was free for it
+    release_a.set()
+    assert b_second_asked.wait(5), "B's queued range waited for B's own first range to end"
+    for thread in threads.values():
+        thread.join(30)
+    assert results == {"a": True, "b": True}
+    assert all(store.blobs.read(Digest.parse("sha256:" + hashlib.sha256(d).hexdigest())) == d for d in blobs.values())

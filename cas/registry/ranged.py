@@ -22,7 +22,8 @@ logic (bottlerocket-core-kit#764). So here the split is earned, blob by blob:
   moment resumes. The digest is checked at commit as for any download.
 
 Connections are bounded per pull, not per blob: each blob being downloaded holds one slot
-of the pull's ``ConnectionBudget``; range workers borrow more only while slots are free.
+of the pull's ``ConnectionBudget``; range workers borrow more only while slots are free, and
+a slot given back goes at once to a blob with ranges still queued.
 """
 
 from __future__ import annotations
@@ -73,12 +74,15 @@ class RangedSink(Protocol):
 
 class ConnectionBudget:
     """At most ``total`` connections for one pull: ``slot()`` for each blob's own stream
-    (waits), ``borrow()`` for an extra range connection (never waits)."""
+    (waits), ``borrow()`` for an extra range connection (never waits). A split with ranges
+    queued is told when a connection comes back (``hungry``), so that connection does not
+    sit idle until one of its workers ends a range."""
 
     def __init__(self, total: int) -> None:
         self.total = max(1, total)
         self._free = self.total
         self._cond = threading.Condition()
+        self._hungry: list[Callable[[], None]] = []
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
@@ -101,6 +105,20 @@ class ConnectionBudget:
         with self._cond:
             self._free += 1
             self._cond.notify()
+            hungry = list(self._hungry)
+        for grow in hungry:  # each borrows what is free and never waits
+            grow()
+
+    @contextlib.contextmanager
+    def hungry(self, grow: Callable[[], None]) -> Iterator[None]:
+        """Call ``grow()`` whenever a connection is given back, while inside."""
+        with self._cond:
+            self._hungry.append(grow)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._hungry.remove(grow)
 
 
 @dataclass
@@ -163,7 +181,8 @@ def fetch(
     """
     assert sink.size is not None
     split_ = _Split(open_range, sink.ranged(), sink.size, policy, report, retries, backoff)
-    return split_.run()
+    with policy.budget.hungry(split_.grow):
+        return split_.run()
 
 
 class _Split:
@@ -245,7 +264,7 @@ class _Split:
         rate = (at - start) / max(time.monotonic() - started, 1e-6)
         if rate < self.policy.fast_enough or self.writer.missing() != [(at, self.size)]:
             self.splitting = True
-            self._grow()
+            self.grow()
 
     def _work(self, interval: Interval | None, response: httpx.Response | None = None, *, only: bool = False) -> None:
         """Fetch ranges until none is left or the split stops (``only``: just ``interval``, with its answer)."""
@@ -256,7 +275,7 @@ class _Split:
                     if interval is None:
                         return
                 if not only:
-                    self._grow()
+                    self.grow()
                 self._fetch_range(*interval, response)
                 if only:
                     return
@@ -311,11 +330,12 @@ class _Split:
         with self.lock:
             return self.todo.popleft() if self.todo else None
 
-    def _grow(self) -> None:
-        """Start another worker for each free slot of the pull's budget while work is queued."""
+    def grow(self) -> None:
+        """Start another worker for each free slot of the pull's budget while work is queued (also
+        called by the budget, from any thread, when a connection comes back)."""
         while True:
             with self.lock:
-                if not self.todo or self.stop.is_set() or not self.policy.budget.borrow():
+                if not self.splitting or not self.todo or self.stop.is_set() or not self.policy.budget.borrow():
                     return
                 thread = threading.Thread(target=self._borrowed, name="cas-range", daemon=True)
                 self.workers.append(thread)
