@@ -278,6 +278,19 @@ class Cancelled(CasError):
     """A transfer stopped because another one of the same command failed first."""
 
 
+class SomeFailed(CasError):
+    """A command over several references that went on past the ones that failed (each said already)."""
+
+    def __init__(self, message: str, *, hint: str, exit_code: int) -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = exit_code
+
+
+# Failures that belong to one reference: a command over several goes on with the others. Anything
+# else (the store, the configuration, the credentials files, an interrupt) would fail them all.
+PER_REFERENCE = (RegistryError, ManifestError, IntegrityError)
+
+
 def disk_full(exc: OSError, what: str, *, hint: str) -> DiskFull | None:
     """The one place an OSError is recognised as a full disk (ENOSPC, or EDQUOT: over quota)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -39,6 +39,7 @@ def pull(
       echo "$TOKEN" | cas pull -u ci --password-stdin registry.example/app:1
     """
     from cas import reference
+    from cas.errors import PER_REFERENCE, SomeFailed
     from cas.pull import pull as run_pull
     from cas.store import Store
 
@@ -58,15 +59,35 @@ def pull(
         timeout=timeout,
     )
     store = Store()
-    results = []
+    results, failed = [], []
     with opts.observer:
         for ref in parsed:
-            result = run_pull(store, ref, opts)
+            try:
+                result = run_pull(store, ref, opts)
+            except PER_REFERENCE as exc:  # said now; the other references are still pulled, as podman pull does
+                if len(parsed) == 1:
+                    raise
+                output.error(exc.message, exc.hint)
+                failed.append((ref, exc))
+                continue
             results.append(result)
             if not (as_json or quiet):
                 output.notice(summary(result))
     if as_json:
-        output.emit_json("pull", {"images": [r.to_json() for r in results]})
+        output.emit_json(
+            "pull",
+            {
+                "images": [r.to_json() for r in results],
+                "failed": [{"ref": str(ref), "error": exc.message, "hint": exc.hint} for ref, exc in failed],
+            },
+        )
+    if failed:
+        codes = {exc.exit_code for _, exc in failed}
+        raise SomeFailed(
+            f"{len(failed)} of {len(parsed)} references failed to pull: {', '.join(str(ref) for ref, _ in failed)}",
+            hint="see the error for each above; the others were pulled",
+            exit_code=codes.pop() if len(codes) == 1 else 1,
+        )
 
 
 def summary(result) -> str:

@@ -255,6 +255,55 @@ def test_registry_errors_are_one_line(cas, registry):
         assert proc.stderr.startswith("error: ")
 
 
+def test_a_reference_that_fails_does_not_stop_the_others_and_each_failure_is_said(cas, registry, test_images):
+    """As podman pull does: every reference is tried; each failure is its error and hint, then one last line."""
+    base, missing, app = (
+        test_images.ref(registry, "base"),
+        f"{registry.host}/no-such-repo:1",
+        test_images.ref(registry, "app"),
+    )
+    closed = "127.0.0.1:9/x:1"
+    mark = registry.mark()
+    proc = cas("pull", base, missing, closed, app, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith(("error: ", "hint: "))]
+    assert [line.split(":", 1)[0] for line in errors] == ["error", "hint"] * 3
+    assert "not found" in errors[0] and "cannot reach registry 127.0.0.1:9" in errors[2]
+    assert errors[4] == f"error: 2 of 4 references failed to pull: {missing}, {closed}"
+    assert [r["ref"] for r in json.loads(cas("images", "--json").stdout)["images"]] == [app, base]
+    assert {r.repository for r in registry.blob_gets(mark)} == {"base", "app"}  # app was pulled after the failures
+
+    body = json.loads(cas("pull", "--json", missing, app, check=False).stdout)
+    assert [i["ref"] for i in body["images"]] == [app]
+    assert [(f["ref"], f["error"].startswith(f"image {missing} not found")) for f in body["failed"]] == [
+        (missing, True)
+    ]
+
+
+def test_a_store_wide_failure_stops_a_pull_of_several_references_at_once(cas, cas_home, registry, test_images):
+    """The store's lock timing out would time out for every reference: one error, not one per reference."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from cas.store import Store; l = Store(sys.argv[1]).lock(shared=False); "
+            "l.acquire(); print('held', flush=True); time.sleep(30)",
+            str(cas_home),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        refs = [test_images.ref(registry, name) for name in ("base", "app")]
+        proc = cas("pull", "--lock-timeout", "0.2", *refs, check=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 1 and "timed out" in proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if line.startswith("error: ")]) == 1
+
+
 def test_store_is_an_oci_layout_naming_each_ref(cas, cas_home, registry, test_images):
     ref = test_images.ref(registry, "base")
     cas("pull", ref)
