@@ -12,6 +12,7 @@ import textwrap
 import time
 
 import pytest
+from support.tools import store_lock_held
 from test_lifecycle_support import (
     APP,
     BASE,
@@ -251,19 +252,7 @@ def test_crash_after_index_commit_leaves_orphans_the_next_prune_removes(store, t
 
 
 def test_prune_waits_for_a_shared_holder_then_times_out_with_advice(store, three):
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from cas.store import Store; s = Store(sys.argv[1]); "
-            "l = s.lock(shared=True); l.acquire(); print('held', flush=True); time.sleep(30)",
-            str(store.home),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with store_lock_held(store.home, shared=True) as holder:
         notices = []
         started = time.monotonic()
         with pytest.raises(LockTimeout) as info:
@@ -275,9 +264,6 @@ def test_prune_waits_for_a_shared_holder_then_times_out_with_advice(store, three
         assert only_record(store, BASE) is not None  # nothing happened
         # a dry run needs no lock
         assert gc.prune(store, gc.Policy(everything=True), dry_run=True).images
-    finally:
-        holder.kill()
-        holder.wait()
     assert len(gc.prune(store, gc.Policy(everything=True), lock_timeout=5).images) == 3
 
 

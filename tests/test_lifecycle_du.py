@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.tools import store_lock_held
 from test_lifecycle_support import APP, BASE, commit, store_three, write_raw
 
 from cas import gc
@@ -132,19 +133,7 @@ def test_images_skips_malformed_records_and_inspect_names_them(store, three):
 def test_prune_and_verify_take_the_shared_lock_timeout_option(store, three):
     home = store.home
     store.close()
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from cas.store import Store; l = Store(sys.argv[1]).lock(shared=True); "
-            "l.acquire(); print('held', flush=True); time.sleep(30)",
-            str(home),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with store_lock_held(home, shared=True):
         for args, env in (
             (("prune", "--lock-timeout", "0.2"), {}),
             (("verify", "--repair"), {"CAS_LOCK_TIMEOUT": "0.2"}),
@@ -158,9 +147,6 @@ def test_prune_and_verify_take_the_shared_lock_timeout_option(store, three):
             )
             assert proc.returncode == 1, (args, proc.stderr)
             assert "timed out" in proc.stderr and "--lock-timeout" in proc.stderr and "Traceback" not in proc.stderr
-    finally:
-        holder.kill()
-        holder.wait()
     for command in ("prune", "verify"):
         assert run_cli(home, command, "--lock-timeout", "-1").returncode == 2
         assert "CAS_LOCK_TIMEOUT" in run_cli(home, command, "--help").stdout

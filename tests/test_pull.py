@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support.tools import cas_in_background, wait_until
+from support.tools import cas_in_background, store_lock_held, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -282,24 +282,9 @@ def test_a_reference_that_fails_does_not_stop_the_others_and_each_failure_is_sai
 
 def test_a_store_wide_failure_stops_a_pull_of_several_references_at_once(cas, cas_home, registry, test_images):
     """The store's lock timing out would time out for every reference: one error, not one per reference."""
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from cas.store import Store; l = Store(sys.argv[1]).lock(shared=False); "
-            "l.acquire(); print('held', flush=True); time.sleep(30)",
-            str(cas_home),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        refs = [test_images.ref(registry, name) for name in ("base", "app")]
+    refs = [test_images.ref(registry, name) for name in ("base", "app")]
+    with store_lock_held(cas_home, shared=False):
         proc = cas("pull", "--lock-timeout", "0.2", *refs, check=False)
-    finally:
-        holder.kill()
-        holder.wait()
     assert proc.returncode == 1 and "timed out" in proc.stderr
     assert len([line for line in proc.stderr.splitlines() if line.startswith("error: ")]) == 1
 

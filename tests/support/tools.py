@@ -7,6 +7,7 @@ skopeo) must show its own error text in the test report.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -18,7 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
@@ -215,3 +216,31 @@ def cas_in_background(home: Path, *args: str) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+@contextlib.contextmanager
+def store_lock_held(home: Path, *, shared: bool) -> Iterator[subprocess.Popen]:
+    """Another process holding the store's lock at ``home`` (shared or exclusive) until the block ends."""
+    import sys
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from cas.store import Store; "
+            "l = Store(sys.argv[1]).lock(shared=sys.argv[2] == 'shared'); "
+            "l.acquire(); print('held', flush=True); time.sleep(60)",
+            str(home),
+            "shared" if shared else "exclusive",
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        if holder.stdout.readline().strip() != "held":
+            raise RuntimeError(f"no lock holder for {home}")
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
