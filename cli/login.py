@@ -90,11 +90,13 @@ def logout(registry: Registry = "docker.io", quiet: options.Quiet = False) -> No
     from cas.errors import CredentialError
     from cas.registry.login import erase_credentials
 
-    _, _, saved_as = _resolve(registry, insecure=False)
-    if not erase_credentials(saved_as):
-        raise CredentialError(f"not logged in to {saved_as}", hint="nothing was changed")
-    if not quiet:
-        output.notice(f"removed login for {saved_as}")
+    host, _, saved_as = _resolve(registry, insecure=False)
+    for name in dict.fromkeys((saved_as, host)):  # also a login saved under the name before the files moved it
+        if erase_credentials(name):
+            if not quiet:
+                output.notice(f"removed login for {name}")
+            return
+    raise CredentialError(f"not logged in to {saved_as}", hint="nothing was changed")
 
 
 def _resolve(registry: str, insecure: bool) -> tuple[str, list, str]:

@@ -132,3 +132,6 @@ def test_without_a_registry_login_means_docker_hub_and_is_saved_for_the_host_it_
     assert cas("pull", "-q", "hello:1", env=env).returncode == 0  # docker.io/library/hello, with that login
 
     assert cas("logout", env=env).stderr == f"removed login for {basic_registry.host}\n" and _saved() == {}
+    config = Path(os.environ["DOCKER_CONFIG"]) / "config.json"  # a login saved under the name, before the move
+    config.write_text(json.dumps({"auths": {"https://index.docker.io/v1/": {"auth": "dTpw"}}}))
+    assert cas("logout", env=env).stderr == "removed login for docker.io\n" and _saved() == {}
