@@ -220,6 +220,21 @@ def test_a_multi_platform_reference_sent_as_a_delta_keeps_its_index_digest(
     assert again["downloaded_blobs"] == 0 and again["digest"] == row["digest"]
 
 
+def test_a_delta_refuses_an_index_whose_stored_bytes_changed(cas, cas_home, registry, test_images, tmp_path):
+    """The index a delta carries is read and checked like a manifest: changed bytes fail the export."""
+    from test_lifecycle_support import flip_byte
+
+    base, multi = test_images.ref(registry, "base"), test_images.ref(registry, "multidocker")
+    cas("pull", base)
+    cas("pull", "--platform", "linux/amd64", multi)
+    index = test_images.multidocker.digest
+    flip_byte(cas_home / "v1" / "blobs" / "sha256" / index.removeprefix("sha256:"), offset=10)
+    out = tmp_path / "multi.delta"
+    proc = cas("export", multi, "--since", base, "-o", out, check=False)
+    assert proc.returncode == 1 and not out.exists()
+    assert f"{index} (index of {multi}): content hashes to sha256:" in proc.stderr
+
+
 def test_extended_headers_are_bounded():
     info = tarfile.TarInfo("m")
     info.pax_headers = {"comment": "c" * 600_000}

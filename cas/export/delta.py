@@ -20,10 +20,10 @@ from pathlib import Path
 
 from cas import manifest as mf
 from cas.delta import NAME, DeltaDescription, DeltaImage, Required
-from cas.digest import Digest, of_bytes
+from cas.digest import Digest
 from cas.errors import BadDigest, CasError, ChangedBlobs, NotCached, UsageError
 from cas.export import oci
-from cas.export.plan import ExportPlan, lookup
+from cas.export.plan import ExportPlan, lookup, read_checked
 from cas.export.tarwriter import TarWriter
 from cas.manifest import Descriptor
 from cas.records import RefRecord
@@ -137,8 +137,9 @@ def _index_of(store: Store, record: RefRecord) -> Descriptor | None:
     entry = record.entry(record.digest) if record.digest != record.manifest else None
     if entry is None or entry.media_type not in mf.INDEX_TYPES or not store.blobs.has(entry.digest, entry.size):
         return None
-    if of_bytes(store.blobs.read(entry.digest), entry.digest.algorithm) != entry.digest:
-        raise ChangedBlobs([f"{entry.digest} (index of {record.ref}): content changed since commit"], [record.ref])
+    _, changed = read_checked(store, entry.digest, f"index of {record.ref}")
+    if changed:
+        raise ChangedBlobs(changed, [record.ref])
     return Descriptor(entry.media_type, entry.digest, entry.size)
 
 

@@ -255,7 +255,7 @@ def _plan_image(store: Store, record: RefRecord) -> tuple[ImagePlan | None, list
         config, *layers = entries[position + 1 :] or [None]
         return None, [f"{manifest_digest} (manifest of {ref})", *store.blobs.lacking(config, layers, ref)], []
 
-    data, changed = _read_checked(store, manifest_digest, f"manifest of {ref}")
+    data, changed = read_checked(store, manifest_digest, f"manifest of {ref}")
     if changed:
         return None, [], changed
     media_type = mf.media_type_of(data, manifest_blob.media_type or None)
@@ -271,17 +271,17 @@ def _plan_image(store: Store, record: RefRecord) -> tuple[ImagePlan | None, list
     if missing:
         return None, missing, []
 
-    data, changed = _read_checked(store, config.digest, f"config of {ref}")
+    data, changed = read_checked(store, config.digest, f"config of {ref}")
     if changed:
         return None, [], changed
     mf.check_rootfs(data, len(layers), ref)
     return ImagePlan(record, [], record.platform or "", manifest, config, layers), [], []
 
 
-def _read_checked(store: Store, digest: Digest, role: str) -> tuple[bytes, list[str]]:
-    """A manifest or config the plan reads, and its line when its bytes changed: small, so its bytes
-    are checked against its digest (a changed one would otherwise be parsed, and name blobs that
-    never existed)."""
+def read_checked(store: Store, digest: Digest, role: str) -> tuple[bytes, list[str]]:
+    """A small blob an export reads (a manifest, a config, a delta's index), and its line when its
+    bytes changed: its bytes are checked against its digest (a changed one would otherwise be
+    parsed, and name blobs that never existed)."""
     data = store.blobs.read(digest)
     actual = of_bytes(data, digest.algorithm)
     return data, [f"{digest} ({role}): content hashes to {actual}"] if actual != digest else []
