@@ -187,9 +187,12 @@ class RegistryAuth:
                 self._looked_up = True
             return self._creds
 
-    def _refuse_plain(self, url: httpx.URL) -> None:
+    def _withheld_from(self, url: httpx.URL) -> bool:
         """Credentials and tokens cross plain HTTP only to loopback, or for a registry marked insecure."""
-        if url.scheme == "http" and not self._plain_http and not is_loopback(url.host):
+        return url.scheme == "http" and not self._plain_http and not is_loopback(url.host)
+
+    def _refuse_plain(self, url: httpx.URL) -> None:
+        if self._withheld_from(url):
             raise AuthError(
                 f"not sending credentials for {self.host} over plain HTTP to {url.netloc.decode()}",
                 hint=f"ask for HTTPS there, or mark {self.host} insecure (--insecure, registries.conf, "
@@ -244,7 +247,7 @@ class RegistryAuth:
         self, request: httpx.Request, repository: str, scopes: tuple[str, ...]
     ) -> Generator[httpx.Request, httpx.Response, None]:
         scope = " ".join(scopes)
-        plain = request.url.scheme == "http" and not self._plain_http and not is_loopback(request.url.host)
+        plain = self._withheld_from(request.url)
         sent_token = None if plain else self.cached_token(scope)
         if sent_token:
             request.headers["Authorization"] = f"Bearer {sent_token}"
