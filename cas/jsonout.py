@@ -5,7 +5,7 @@
     {"schema": 1, "command": "pull", ...the command's own fields...}
 
 ``schema`` is bumped only when a field is renamed, removed or changes meaning; new
-fields may appear at any time. The field conventions (README "JSON output") are:
+fields may appear at any time. The field conventions (docs/json.md) are:
 snake_case keys; ``ref`` is a canonical reference; ``digest`` is always the
 reference's own digest (the index's for a multi-platform tag) and ``manifest`` the
 image manifest picked for the platform; byte counts are integers named ``size``

@@ -193,24 +193,6 @@ def test_verbose_logs_lock_waits(cas, cas_home):
     assert "timed out" in proc.stderr
 
 
-def test_readme_shows_every_command_and_the_pull_json_as_printed(cas, registry, test_images):
-    from pathlib import Path
-
-    import cli.main
-
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    for command in cli.main.register().registered_commands:
-        assert re.search(rf"^(\$ )?(echo .*\| )?cas {command.name}\b", readme, re.MULTILINE), command.name
-    shown = readme.split("$ cas pull --json 127.0.0.1:5000/app:latest\n", 1)[1].split("\n```", 1)[0]
-    ref = test_images.ref(registry, "app")
-    cas("pull", "-q", ref)
-    live = _body(cas, "pull", ref)
-    documented = json.loads(shown)
-    assert documented.keys() == live.keys()
-    assert documented["images"][0].keys() == live["images"][0].keys()
-    assert documented["images"][0]["endpoints"][0].keys() == live["images"][0]["endpoints"][0].keys()
-
-
 def test_progress_bars_count_in_iec_units():
     """The bars' size and speed columns, rendered for a task 3 MiB into 5 MiB at 1.5 MiB/s."""
     from types import SimpleNamespace

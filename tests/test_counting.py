@@ -1,4 +1,4 @@
-"""One blob counting across pull, export, du and prune (README "Output: units, counts, quiet").
+"""One blob counting across pull, export, du and prune (docs/cli.md, "Output: units, counts, quiet").
 
 An image's blobs are its index (for a multi-platform reference), manifests, config and
 layers, each digest once: pull counts them as downloaded or reused, du's ``blob_count``

@@ -2,7 +2,7 @@
 real consumers: zstd layers (pushed by skopeo), non-distributable (foreign) layers, a nested
 index, and artifacts that must be refused as "not a container image".
 
-What each consumer accepts is in README ("Layer kinds"): zstd layers load in podman and
+What each consumer accepts is in docs/integrity.md ("Layer kinds"): zstd layers load in podman and
 skopeo, and not in docker 20.10 (Debian 12's docker.io), which the test below pins down.
 """
 
@@ -51,7 +51,7 @@ def test_zstd_layers_pull_export_and_load_where_zstd_is_understood(
     assert clean_podman.run(ref).stdout == "hello from base\n"
     # Docker 20.10 has no zstd decompressor (moby added it in 23.0, moby/moby#41759)
     refused = clean_dockerd.load(tmp_path / "docker-archive.tar", check=False)
-    assert refused.returncode != 0, "docker loaded zstd layers: update README's consumer table"
+    assert refused.returncode != 0, "docker loaded zstd layers: update the consumer table in docs/integrity.md"
 
 
 URLS_ALLOWED = "validation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n"

@@ -31,11 +31,14 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from .pki import Pki
-from .tokenserver import TokenServer
 from .tools import GiveUp, free_port, http_status, require, run, spawn, terminate, wait_until
+
+if TYPE_CHECKING:  # both need `cryptography` (a test extra); scripts/demo runs without it
+    from .pki import Pki
+    from .tokenserver import TokenServer
 
 AUTH_MODES = ("none", "basic", "token")
 _SYNC = "cas-sync="
@@ -196,6 +199,8 @@ class Registry:
             return f"auth:\n  htpasswd:\n    realm: cas-test-basic\n    path: {self.workdir / 'htpasswd'}\n"
         if self.auth == "token":
             if self.token_server is None:
+                from .tokenserver import TokenServer
+
                 self.token_server = TokenServer(self.workdir / "token", users={self.username: self.password})
             ts = self.token_server
             if not ts.running:  # one we start is one we stop
