@@ -9,12 +9,12 @@ import base64
 import gzip
 import hashlib
 import json
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from support.fakes import MemorySink
+from support.tools import LocalServer
 
 from cas import manifest
 from cas.digest import Digest
@@ -72,9 +72,7 @@ class Canned:
                     return
                 self.wfile.write(answer.body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        self.server = LocalServer(Handler, self, "canned", poll_interval=0.02)
 
     @property
     def host(self) -> str:
