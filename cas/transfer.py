@@ -10,13 +10,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING
 
 from cas.digest import Digest
 from cas.manifest import Descriptor
-
-if TYPE_CHECKING:
-    pass
 
 
 class TransferObserver:

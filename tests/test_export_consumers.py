@@ -2,7 +2,7 @@
 
 Every docker load goes into a daemon whose image store was just emptied (``clean_dockerd``):
 docker skips layers it already holds and never opens their files, which would hide exactly
-the missing-layer failure these tests exist to catch (../shared/seeds/).
+the missing-layer failure these tests exist to catch.
 """
 
 from __future__ import annotations

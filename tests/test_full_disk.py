@@ -1,4 +1,4 @@
-"""A full disk must not lock the user out (issue 9, item 3), on a real tmpfs filled to the last byte.
+"""A full disk must not lock the user out, on a real tmpfs filled to the last byte.
 
 Read-only commands (images, inspect, du, verify, export to another filesystem) work because
 opening the index writes nothing; rm, prune and verify --repair work because they first release

@@ -1,4 +1,4 @@
-"""A blob changed after commit is never exported, and the next pull heals it (issue 9, item 2).
+"""A blob changed after commit is never exported, and the next pull heals it.
 
 The store records each blob file's stat fingerprint at commit (inode, size, mtime_ns,
 ctime_ns); an export and a pull compare it and re-hash on any difference. These tests

@@ -49,7 +49,7 @@ def test_zstd_layers_pull_export_and_load_where_zstd_is_understood(
     podman_loaded = clean_podman.load(tmp_path / "docker-archive.tar")
     assert ref in podman_loaded.stdout
     assert clean_podman.run(ref).stdout == "hello from base\n"
-    # Docker 20.10 has no zstd decompressor (moby added it in 23.0, moby/moby#41759)
+    # Docker 20.10 has no zstd decompressor (docker 23.0 added it)
     refused = clean_dockerd.load(tmp_path / "docker-archive.tar", check=False)
     assert refused.returncode != 0, "docker loaded zstd layers: update the consumer table in docs/integrity.md"
 

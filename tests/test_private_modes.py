@@ -1,4 +1,4 @@
-"""Credentials at rest (issue 9, item 4): a bearer token obtained with a user's credentials is
+"""Credentials at rest: a bearer token obtained with a user's credentials is
 never in a file other users can read, whatever the umask. Checked with real file modes and a
 real other user (nobody), not by reading our own code's intentions."""
 

@@ -1,4 +1,4 @@
-"""Images `cas pull` must refuse before it records anything (issue 9, item 7)."""
+"""Images `cas pull` must refuse before it records anything."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ def base_archive(skopeo, test_images, registry, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def archive_missing_a_layer(base_archive, tmp_path_factory) -> Path:
-    """``base_archive`` minus one layer file that its manifest.json still lists (the seed bug)."""
+    """``base_archive`` minus one layer file that its manifest.json still lists: the archive cas must never write."""
     out = tmp_path_factory.mktemp("archives") / "missing-layer.tar"
     with tarfile.open(base_archive) as src, tarfile.open(out, "w") as dst:
         manifest = json.load(src.extractfile("manifest.json"))

@@ -1,4 +1,4 @@
-"""The suite's own HTTP servers stay quiet when a client hangs up on them (issue 17 item 12):
+"""The suite's own HTTP servers stay quiet when a client hangs up on them:
 tests cut downloads and time out on purpose, and a traceback per cut buried real failures."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`cas verify` and resumable downloads (issue 9, item 5): a partial download the next pull
+"""`cas verify` and resumable downloads: a partial download the next pull
 resumes is not damage. verify lists it as resumable (size, age) and exits 0; --repair and prune
 keep it; only downloads nobody can resume (unreadable, empty, untouched for RESUMABLE_FOR) are
 stale. The partial download is made the real way: a pull killed mid-blob behind the fault proxy.

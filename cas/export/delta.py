@@ -2,7 +2,7 @@
 
 A delta is not an image archive and must not look like one: no ``manifest.json``, no
 ``index.json``, no ``oci-layout``, so ``docker load``, podman and skopeo refuse it at once
-instead of half-loading it (the failure in ../shared/seeds/). Its first member is
+instead of half-loading it (an archive missing a layer that docker loads anyway). Its first member is
 ``cas-delta.json`` (``cas.delta``); then ``blobs/<alg>/<hex>`` for every carried blob,
 written by the same functions as every other export. Manifests and configs are always
 carried, and so is the index a multi-platform reference resolved to, so the receiver records

@@ -3,7 +3,7 @@
 Why: one TCP connection is often capped far below the link (latency, a CDN's per-connection
 limit), so containerd 2.1 fetches a layer as several Range requests at once. Bottlerocket
 turned that off again after registries with odd Range behaviour and races in the chunk
-logic (bottlerocket-core-kit#764). So here the split is earned, blob by blob:
+logic. So here the split is earned, blob by blob:
 
 - The first request asks for the first missing chunk. Only a 206 whose ``Content-Range``
   names exactly that chunk and the blob's full size lets the blob be split; anything else

@@ -86,7 +86,7 @@ def _docker_client() -> str:
 
 
 class Dockerd:
-    """A private dockerd (vfs, no iptables, own data-root/exec-root/socket), as TESTING.md says."""
+    """A private dockerd (vfs, no iptables, own data-root/exec-root/socket): started by hand, since nothing here runs systemd."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = Path(workdir)
