@@ -116,7 +116,7 @@ def pulls(runner: Runner, imgs: Images, work: Path, runs: int) -> list[Row]:
         ref, kind = imgs.refs[name], f"pull {name}"
         home, layout = work / "home-pull", work / "oci-pull"
         env = dict(os.environ, CAS_HOME=str(home))
-        t: dict[str, list[float]] = {"cold": [], "skopeo cold": [], "warm": [], "skopeo warm": []}
+        t: dict[str, list[float]] = {"cold": [], "skopeo cold": [], "warm": [], "skopeo warm": [], "images": []}
         for _ in range(runs):
             shutil.rmtree(home, ignore_errors=True)
             shutil.rmtree(layout, ignore_errors=True)
@@ -124,11 +124,13 @@ def pulls(runner: Runner, imgs: Images, work: Path, runs: int) -> list[Row]:
             t["skopeo cold"].append(runner.timed("skopeo", runner.skopeo_pull(ref, layout)))
             t["warm"].append(runner.timed(kind + " warm", [CAS, "pull", "-q", ref], env))
             t["skopeo warm"].append(runner.timed("skopeo", runner.skopeo_pull(ref, layout)))
+            t["images"].append(runner.timed("images", [CAS, "images"], env))
         label = imgs.labels[name]
         rows.append(ratio_row(f"cold pull {label}", t["cold"], t["skopeo cold"], cold_limit, runner.rss_mib(kind)))
         rows.append(
             ratio_row(f"warm pull by tag {label}", t["warm"], t["skopeo warm"], 4, runner.rss_mib(kind + " warm"))
         )
+        rows.append(Row(f"cas images (1 image, {label})", median(t["images"]), rss_mib=runner.rss_mib("images")))
         shutil.rmtree(layout, ignore_errors=True)
     shutil.rmtree(work / "home-pull", ignore_errors=True)
     return rows

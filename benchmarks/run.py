@@ -5,7 +5,7 @@
 It starts a docker-registry on 127.0.0.1, pushes incompressible images (64 MiB in 2 layers,
 640 MiB in 10 layers, 256 MiB in 1 layer), and times, as medians of ``--runs`` fresh processes:
 - cold and warm (by tag) pulls of the 64 MiB and 640 MiB images: `cas pull` vs
-  `skopeo copy docker://... oci:DIR`;
+  `skopeo copy docker://... oci:DIR`, and `cas images` on the store each pull leaves;
 - the 256 MiB and 640 MiB pulls through a proxy capping each connection at 20 MB/s;
 - `cas export` of the 640 MiB image vs `skopeo copy oci: docker-archive:` and `cat` + `fsync`
   of its blobs, on this filesystem (ext4 here) and on an XFS with reflinks that it makes and
