@@ -50,7 +50,7 @@ class ProxiedRequest:
     headers: dict[str, str]  # request headers as received (lower-case names)
     status: int = 0  # status sent to the client
     bytes_sent: int = 0  # response body bytes sent to the client
-    fault: str | None = None  # "status", "drop", "redirect" when a knob acted
+    fault: str | None = None  # "status", "drop", "redirect", "corrupt"... when a knob acted
     foreign: bool = False  # arrived under the foreign_uploads host name
 
 
@@ -179,6 +179,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             return
         is_blob_body = rec.kind == "blob" and self.command == "GET" and resp.status in (200, 206)
         drop = proxy._take_drop() if is_blob_body else None
+        corrupt = is_blob_body and proxy._take_corrupt(self.path)
         rate = proxy._knobs.rate if rec.kind == "blob" else None
         chunk = CHUNK if not rate else max(1024, min(CHUNK, rate // 20))
         started = time.monotonic()
@@ -186,6 +187,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
             data = resp.read1(chunk) if hasattr(resp, "read1") else resp.read(chunk)
             if not data:
                 break
+            if corrupt:
+                data, corrupt = bytes([data[0] ^ 0xFF]) + data[1:], False
+                rec.fault = "corrupt"
             # Counted before they are written: a client may finish reading before this thread
             # runs again, and a test reads the counters as soon as its client is done.
             if drop is not None and rec.bytes_sent + len(data) >= drop:

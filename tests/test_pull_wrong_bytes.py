@@ -1,0 +1,55 @@
+"""Wrong bytes from a registry with no mirror configured: the error names the registry, the image
+and the blob's position in it, as the mirror path does (issue 20, item 4), and nothing is stored."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from support import images
+
+REPO = "wrong-bytes/app"
+
+
+@pytest.fixture(scope="module")
+def image(registry) -> images.Image:
+    img = images.Image([images.random_layer(30_000 + n, seed=2040 + n) for n in range(3)])
+    images.push(registry, REPO, "1", img)
+    return img
+
+
+def _stored(cas_home) -> set[str]:
+    blobs = cas_home / "v1" / "blobs" / "sha256"
+    return {p.name for p in blobs.iterdir()} if blobs.exists() else set()
+
+
+@pytest.mark.parametrize("position", [1, 2, 3])
+def test_a_layer_with_wrong_bytes_names_the_registry_the_image_and_the_layer(cas, cas_home, proxy, image, position):
+    ref = f"{proxy.host}/{REPO}:1"
+    bad = image.layers[position - 1].blob("oci").digest
+    proxy.corrupt_blobs(pattern=bad)
+
+    proc = cas("pull", ref, check=False)
+
+    assert proc.returncode == 1, proc.stderr
+    error, hint = proc.stderr.strip().splitlines()
+    assert error == (
+        f"error: layer {position}/3 of {ref}: registry {proxy.host} served wrong bytes for blob {bad}: "
+        f"blob digest mismatch: expected {bad}, got sha256:{error.rsplit('sha256:', 1)[1]}"
+    )
+    assert hint.startswith("hint: ") and "nothing was stored" in hint
+    assert [r.fault for r in proxy.requests if r.kind == "blob" and bad in r.path] == ["corrupt"]
+    assert bad.removeprefix("sha256:") not in _stored(cas_home)
+    assert json.loads(cas("images", "--json").stdout)["images"] == []
+
+
+def test_a_config_with_wrong_bytes_is_named_as_the_config_of_the_image(cas, cas_home, proxy, image):
+    ref = f"{proxy.host}/{REPO}:1"
+    bad = image.config_blob.digest
+    proxy.corrupt_blobs(pattern=bad)
+
+    proc = cas("pull", "--json", ref, check=False)
+
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"error: config of {ref}: registry {proxy.host} served wrong bytes for blob {bad}: ")
+    assert bad.removeprefix("sha256:") not in _stored(cas_home)
