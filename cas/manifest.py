@@ -45,6 +45,7 @@ LAYER_TYPES = (
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 # Sent on every manifest request: without it the registry downgrades to schema1.
 ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
+MAX_MANIFEST = 4 << 20  # the most cas reads as one manifest, from a registry or from the store
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,12 @@ class ImageIndex:
             if desc.platform is not None and wanted.matches(desc.platform):
                 return desc
         raise PlatformNotFound(str(wanted), self.platforms())
+
+
+def blob_place(position: int, layers: int, image: str) -> str:
+    """Where a blob sits in ``image``, in the words every message uses: position 0 of
+    ``ImageManifest.blobs`` is ``config of IMAGE``, then ``layer 1/3 of IMAGE``..."""
+    return f"config of {image}" if position == 0 else f"layer {position}/{layers} of {image}"
 
 
 _OCI_LAYER_OF_DOCKER = {

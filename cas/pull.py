@@ -1,10 +1,16 @@
 """Pull: the one place where the registry, the store and the index meet.
 
-A pull resolves a reference to one image manifest, downloads only the blobs the
-store lacks (whatever image or registry they first came from), and records the
-ref only after every blob it lists is committed. Content addressed by digest is
-read from the store first: a pull by digest whose blobs are all present makes no
-network request at all.
+The same shape as push and import: plan what is missing -> move blobs in parallel -> record.
+  1. plan (``_Planner``): resolve the reference to the image manifest of each platform asked
+     for, check each image, lease every digest, and list the blobs the store lacks, whatever
+     image or registry they first came from. Manifests addressed by digest are read from the
+     store when it holds them intact, so a pull by digest whose blobs are all present makes no
+     network request at all;
+  2. move (``_Mover``): download the missing blobs in parallel; the store commits each one only
+     once its bytes hash to its digest;
+  3. record (``_record``): the ref record of each platform, written only after every blob it
+     lists is committed.
+The result counts each blob of the image once, as downloaded or reused.
 """
 
 from __future__ import annotations
@@ -18,14 +24,15 @@ from typing import TYPE_CHECKING
 
 from cas import DEFAULT_LOCK_TIMEOUT
 from cas import manifest as mf
-from cas.digest import Digest, of_bytes, verify_bytes
-from cas.errors import Cancelled, PlatformMismatch, SizeMismatch, UnsupportedManifest
+from cas.digest import Digest, verify_bytes
+from cas.errors import Cancelled, DigestMismatch, IntegrityError, PlatformMismatch, SizeMismatch, UnsupportedManifest
 from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
 from cas.recording import clear_marks, commit_bytes, platform_of_config, record_blob, record_image, unique
 from cas.records import RefRecord
 from cas.reference import Reference
 from cas.registry.stall import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
 from cas.store import Store, trust
+from cas.stored_manifest import read_manifest
 from cas.transfer import TransferObserver, run_parallel
 
 if TYPE_CHECKING:
@@ -70,6 +77,17 @@ class PullResult:
     endpoint_bytes: dict[str, int] = field(default_factory=dict)  # endpoint URL -> bytes it served
     fallbacks: list = field(default_factory=list)  # cas.registry.walk.Fallback, in order
     mirrored: bool = False  # mirrors are configured for this reference
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, *, size: int, downloaded: bool, received: int = 0) -> None:
+        """One blob of the image: downloaded (``received`` bytes crossed the network) or reused (``size``)."""
+        with self._lock:
+            if downloaded:
+                self.downloaded_blobs += 1
+                self.downloaded_bytes += received
+            else:
+                self.reused_blobs += 1
+                self.reused_bytes += size
 
     def to_json(self) -> dict:
         first = self.records[0]
@@ -91,43 +109,67 @@ class PullResult:
         }
 
 
+@dataclass
+class _Target:
+    """One platform of the reference: ``[(index,) manifest]`` digests and types, the image, its platform."""
+
+    chain: list[tuple[Digest, str]]
+    image: ImageManifest
+    platform: str | None
+
+
+@dataclass
+class PullPlan:
+    """What a pull moves and records, known before its first blob is downloaded."""
+
+    ref: Reference
+    targets: list[_Target]
+    blobs: list[Descriptor]  # every config and layer of every platform, in order
+    missing: list[Descriptor]  # what the store lacks (or holds changed), each digest once
+
+    def place(self, digest: Digest) -> str:
+        """Where a blob sits, for messages: ``layer 2/3 of REF`` (in the first platform that lists it)."""
+        for target in self.targets:
+            for position, desc in enumerate(target.image.blobs):
+                if desc.digest == digest:
+                    name = f"{self.ref} ({target.platform})" if len(self.targets) > 1 else str(self.ref)
+                    return mf.blob_place(position, len(target.image.layers), name)
+        return f"blob {digest} of {self.ref}"
+
+
 def pull(store: Store, reference: Reference, options: PullOptions | None = None) -> PullResult:
     options = options or PullOptions()
     started = time.monotonic()
+    result = PullResult(str(reference))
     store.ballast.restore()  # a new store gets its ballast; a prune that could not put it back is made good
     with store.lock(shared=True, timeout=options.lock_timeout, on_wait=options.observer.waiting):
-        with store.index.lease() as lease, _Session(store, reference, options, lease) as session:
-            result = session.run()
+        with store.index.lease() as lease, _Remote(store, reference, options) as remote:
+            planned = _Planner(store, lease, remote, options, result).plan()
+            _Mover(store, planned, remote, options, result).run()
+            _record(store, lease, planned, result)
+            remote.report(result)
     result.seconds = time.monotonic() - started
     return result
 
 
-class _Session:
-    """One reference being pulled: lazily opens the registry client only if the network is needed."""
+class _Remote:
+    """The registry side of one pull: its endpoints, and a client opened only if the network is needed."""
 
-    def __init__(self, store: Store, reference: Reference, options: PullOptions, lease: Lease) -> None:
+    def __init__(self, store: Store, reference: Reference, options: PullOptions) -> None:
         self.store = store
         self.ref = reference
         self.options = options
-        self.lease = lease
         self._client: RegistryClient | None = None
-        self.result = PullResult(str(reference))
-        self._counted_manifests: set[Digest] = set()  # an index shared by several platforms counts once
         # Read before anything else, so a blocked registry is refused even when nothing needs the network.
         sources = options.sources if options.sources is not None else _machine_sources()
         self.endpoints = sources.endpoints(reference, insecure=options.insecure)
 
-    def __enter__(self) -> _Session:
+    def __enter__(self) -> _Remote:
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._client is not None:
-            served = self._client.served
-            self.result.manifest_endpoint = served.manifest_endpoint
-            self.result.endpoint_bytes = dict(served.bytes)
-            self.result.fallbacks = list(served.fallbacks)
             self._client.close()
-        self.result.mirrored = any(ep.mirror for ep in self.endpoints)
 
     @property
     def client(self) -> RegistryClient:
@@ -146,7 +188,39 @@ class _Session:
             )
         return self._client
 
-    def run(self) -> PullResult:
+    def report(self, result: PullResult) -> None:
+        """Which endpoints served what, into the result."""
+        if self._client is not None:
+            served = self._client.served
+            result.manifest_endpoint = served.manifest_endpoint
+            result.endpoint_bytes = dict(served.bytes)
+            result.fallbacks = list(served.fallbacks)
+        result.mirrored = any(ep.mirror for ep in self.endpoints)
+
+    def wrong_bytes(self, exc: IntegrityError, place: str) -> IntegrityError:
+        """Wrong bytes, named by who served them, the image and the blob's place in it (as a mirror's are)."""
+        if isinstance(exc, SizeMismatch):
+            return exc  # it names the digest; the manifest's size may be what is wrong, not the bytes
+        message = exc.message
+        if isinstance(exc, DigestMismatch):  # not from a mirror: those come named (cas.registry.walk)
+            host = next((ep.host for ep in reversed(self.endpoints) if not ep.mirror), self.ref.registry)
+            message = f"registry {host} served wrong bytes for blob {exc.expected}: {message}"
+        return IntegrityError(f"{place}: {message}", hint=exc.hint)
+
+
+class _Planner:
+    """Step 1: the image manifest of each platform, checked, leased, and the blobs the store lacks."""
+
+    def __init__(self, store: Store, lease: Lease, remote: _Remote, options: PullOptions, result: PullResult) -> None:
+        self.store = store
+        self.lease = lease
+        self.remote = remote
+        self.ref = remote.ref
+        self.options = options
+        self.result = result
+        self._counted_manifests: set[Digest] = set()  # an index shared by several platforms counts once
+
+    def plan(self) -> PullPlan:
         top_digest, top_type, top, fetched = self._resolve_top()
         targets = self._targets(top_digest, top_type, top)  # every check before anything is recorded
         if fetched is not None:  # resolved by tag: the top manifest is kept now that it resolved
@@ -156,21 +230,8 @@ class _Session:
             _check_image(target.image, self.ref)
         blobs = [blob for target in targets for blob in target.image.blobs]
         self.lease.add([d for target in targets for d, _ in target.chain] + [d.digest for d in blobs])
-        restored = self._fetch_missing(blobs)
-        for target in targets:
-            self.result.records.append(
-                record_image(
-                    self.store,
-                    self.lease,
-                    ref=str(self.ref),
-                    registry=self.ref.registry,
-                    chain=target.chain,
-                    image=target.image,
-                    platform=target.platform,
-                )
-            )
-        clear_marks(self.store, restored)
-        return self.result
+        missing = unique([d for d in blobs if not self._present(d)])
+        return PullPlan(self.ref, targets, blobs, missing)
 
     def _targets(self, top_digest: Digest, top_type: str, top: ImageIndex | ImageManifest) -> list[_Target]:
         """The image manifest of each platform asked for: ``[(index,)... manifest]`` chain, image, platform.
@@ -204,34 +265,34 @@ class _Session:
         """A plain manifest is for one platform; when the user named others, that is an error, not a pull."""
         if not self.options.platforms:
             return None  # read from the config when the image is recorded
-        platform = platform_of_config(self._config_bytes(image.config))
+        platform = platform_of_config(self._config_bytes(image))
         wrong = [str(p) for p in self.options.platforms if platform is None or not p.matches(Platform.parse(platform))]
         if wrong:
             raise PlatformMismatch(str(self.ref), platform, wrong)
         return platform
 
-    def _config_bytes(self, config: Descriptor) -> bytes:
+    def _config_bytes(self, image: ImageManifest) -> bytes:
         """The config of a plain manifest, from the store or into memory (nothing is stored before the check)."""
+        config = image.config
         if self._present(config):
             return self.store.blobs.read(config.digest)
         sink = _MemorySink()
-        self.client.download_blob(self.ref.repository, config.digest, sink)
-        data = bytes(sink.data)
-        if len(data) != config.size:
-            raise SizeMismatch(config.digest, config.size, len(data))
-        verify_bytes(data, config.digest, what="config")
-        return data
 
-    def _fetch_missing(self, blobs: list[Descriptor]) -> set[Digest]:
-        """Download what the store lacks; the digests that were missing (now committed)."""
-        missing = unique([d for d in blobs if not self._present(d)])
-        self.options.observer.resolved(str(self.ref), blobs, missing)
-        self._download(missing)
-        fetched = {d.digest for d in missing}
-        for desc in unique(blobs):
-            if desc.digest not in fetched:
-                self._count(size=desc.size, downloaded=False)
-        return fetched
+        def check() -> None:  # wrong bytes from a mirror fall back to the next endpoint, as a blob's do
+            data = bytes(sink.data)
+            try:
+                if len(data) != config.size:
+                    raise SizeMismatch(config.digest, config.size, len(data))
+                verify_bytes(data, config.digest, what="config")
+            except IntegrityError:
+                sink.restart()
+                raise
+
+        try:
+            self.remote.client.download_blob(self.ref.repository, config.digest, sink, commit=check)
+        except IntegrityError as exc:
+            raise self.remote.wrong_bytes(exc, mf.blob_place(0, len(image.layers), str(self.ref))) from exc
+        return bytes(sink.data)
 
     def _present(self, desc: Descriptor) -> bool:
         """In the store and still what was committed (its stat fingerprint, else a re-hash): a file
@@ -245,22 +306,20 @@ class _Session:
         if self.ref.digest is not None:
             data, media_type = self._manifest_by_digest(self.ref.digest)
             return self.ref.digest, media_type, mf.parse(data, media_type), None
-        fetched = self.client.get_manifest(self.ref.repository, self.ref.tag)
+        fetched = self.remote.client.get_manifest(self.ref.repository, self.ref.tag)
         self.result.manifest_requests += 1
         parsed = mf.parse(fetched.data, fetched.media_type)
         return fetched.digest, fetched.media_type, parsed, fetched.data
 
     def _manifest_by_digest(self, digest: Digest) -> tuple[bytes, str]:
-        """Immutable content: the store's copy when there is one, else the registry's."""
-        if self.store.blobs.has(digest):
-            data = self.store.blobs.read(digest)
-            if of_bytes(data, digest.algorithm) == digest:  # small: check the bytes, not a fingerprint
-                record = self.store.index.get_blob(digest)
-                media_type = record["media_type"] if record else mf.media_type_of(data, None)
-                self._count_manifest(digest, len(data), new=False)
-                return data, media_type
+        """Immutable content: the store's copy when it is intact, else the registry's."""
+        stored = read_manifest(self.store, digest)
+        if stored is not None and stored.intact:
+            self._count_manifest(digest, len(stored.data), new=False)
+            return stored.data, stored.media_type
+        if stored is not None:
             log.info("the stored manifest %s changed after commit: fetching it again", digest)
-        fetched = self.client.get_manifest(self.ref.repository, digest)
+        fetched = self.remote.client.get_manifest(self.ref.repository, digest)
         self.result.manifest_requests += 1
         new = commit_bytes(self.store, self.lease, digest, fetched.data, fetched.media_type)
         self._count_manifest(digest, len(fetched.data), new=new)
@@ -270,14 +329,34 @@ class _Session:
         """Manifests are blobs of the image too: downloaded when the store lacked them, else reused."""
         if digest not in self._counted_manifests:
             self._counted_manifests.add(digest)
-            self._count(size=size, downloaded=new, received=size if new else 0)
+            self.result.count(size=size, downloaded=new, received=size if new else 0)
 
-    def _download(self, missing: list[Descriptor]) -> None:
-        tasks = [functools.partial(self._fetch_blob, desc) for desc in missing]
-        run_parallel(tasks, self.options.jobs, "cas-pull")
+
+class _Mover:
+    """Step 2: the missing blobs, downloaded in parallel into the store; the rest counted as reused."""
+
+    def __init__(
+        self, store: Store, planned: PullPlan, remote: _Remote, options: PullOptions, result: PullResult
+    ) -> None:
+        self.store = store
+        self.planned = planned
+        self.remote = remote
+        self.observer = options.observer
+        self.jobs = options.jobs
+        self.result = result
+
+    def run(self) -> None:
+        planned = self.planned
+        self.observer.resolved(str(planned.ref), planned.blobs, planned.missing)
+        tasks = [functools.partial(self._fetch_blob, desc) for desc in planned.missing]
+        run_parallel(tasks, self.jobs, "cas-pull")
+        fetched = {d.digest for d in planned.missing}
+        for desc in unique(planned.blobs):
+            if desc.digest not in fetched:
+                self.result.count(size=desc.size, downloaded=False)
 
     def _fetch_blob(self, desc: Descriptor, cancelled: threading.Event) -> None:
-        observer = self.options.observer
+        observer = self.observer
 
         received = 0  # bytes that crossed the network for this blob (not a resumed prefix)
 
@@ -291,31 +370,40 @@ class _Session:
         present = functools.partial(trust.unchanged, self.store, desc.digest)  # a changed file is replaced
         with self.store.blobs.ingest(desc.digest, desc.size, on_wait=observer.waiting, present=present) as ing:
             if ing.committed:  # another process stored it while we waited
-                self._count(size=desc.size, downloaded=False)
+                self.result.count(size=desc.size, downloaded=False)
                 observer.blob_done(desc.digest, False)
                 return
             if ing.offset:
                 observer.blob_bytes(desc.digest, ing.offset)
-            client = self.client
+            client = self.remote.client
             assert client.ranges is not None
             with client.ranges.budget.slot():  # this blob's own connection, out of the pull's total
-                client.download_blob(self.ref.repository, desc.digest, ing, on_bytes, commit=ing.commit)
+                try:
+                    client.download_blob(self.planned.ref.repository, desc.digest, ing, on_bytes, commit=ing.commit)
+                except IntegrityError as exc:
+                    raise self.remote.wrong_bytes(exc, self.planned.place(desc.digest)) from exc
             assert ing.info is not None
             record_blob(self.store, ing.info, desc.media_type)
-        self._count(size=desc.size, downloaded=True, received=received)
+        self.result.count(size=desc.size, downloaded=True, received=received)
         observer.blob_done(desc.digest, True)
 
-    _count_lock = threading.Lock()
 
-    def _count(self, *, size: int, downloaded: bool, received: int = 0) -> None:
-        """One blob of the image: downloaded (``received`` bytes crossed the network) or reused (``size``)."""
-        with self._count_lock:
-            if downloaded:
-                self.result.downloaded_blobs += 1
-                self.result.downloaded_bytes += received
-            else:
-                self.result.reused_blobs += 1
-                self.result.reused_bytes += size
+def _record(store: Store, lease: Lease, planned: PullPlan, result: PullResult) -> None:
+    """Step 3: one ref record per platform, now that every blob it lists is committed; records the
+    downloads made whole lose their "needs pull" mark."""
+    for target in planned.targets:
+        result.records.append(
+            record_image(
+                store,
+                lease,
+                ref=str(planned.ref),
+                registry=planned.ref.registry,
+                chain=target.chain,
+                image=target.image,
+                platform=target.platform,
+            )
+        )
+    clear_marks(store, {d.digest for d in planned.missing})
 
 
 def _machine_sources() -> Sources:
@@ -332,16 +420,8 @@ def _check_image(image: ImageManifest, ref: Reference) -> None:
         )
     for position, layer in enumerate(image.layers, 1):
         if layer.media_type not in mf.LAYER_TYPES:
-            raise UnsupportedManifest(f"{ref}: layer {position} has unsupported media type {layer.media_type!r}")
-
-
-@dataclass
-class _Target:
-    """One platform of the reference: ``[(index,) manifest]`` digests and types, the image, its platform."""
-
-    chain: list[tuple[Digest, str]]
-    image: ImageManifest
-    platform: str | None
+            place = mf.blob_place(position, len(image.layers), str(ref))
+            raise UnsupportedManifest(f"{place} has unsupported media type {layer.media_type!r}")
 
 
 class _MemorySink:

@@ -26,13 +26,12 @@ from typing import TYPE_CHECKING
 
 from cas import DEFAULT_LOCK_TIMEOUT
 from cas import manifest as mf
-from cas.digest import Digest, verify_bytes
+from cas.digest import Digest
 from cas.errors import (
     BadReference,
     Cancelled,
     CasError,
     ChangedBlobs,
-    DigestMismatch,
     IntegrityError,
     MissingBlobs,
     NotCached,
@@ -45,13 +44,13 @@ from cas.recording import unique
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
 from cas.store import Store, trust
+from cas.stored_manifest import StoredManifest, read_manifest
 from cas.transfer import TransferObserver, run_parallel
 
 if TYPE_CHECKING:
     from cas.registry import Credentials
     from cas.registry.upload import Uploader
 
-MAX_MANIFEST = 4 << 20
 log = logging.getLogger("cas.push")
 
 
@@ -63,13 +62,6 @@ class PushOptions:
     credentials: Credentials | None = None  # for DEST's registry
     observer: TransferObserver = field(default_factory=TransferObserver)
     lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT
-
-
-@dataclass(frozen=True)
-class StoredManifest:
-    digest: Digest
-    media_type: str
-    data: bytes
 
 
 @dataclass
@@ -211,21 +203,13 @@ def _child(store: Store, desc: Descriptor) -> tuple[StoredManifest, ImageManifes
 
 def _read_manifest(store: Store, digest: Digest, media_type: str | None) -> StoredManifest | None:
     """The stored bytes, checked against their digest; None when the store lacks them."""
-    if not store.blobs.has(digest):
-        return None
-    with store.blobs.open(digest) as fh:
-        data = fh.read(MAX_MANIFEST + 1)
-    try:
-        verify_bytes(data, digest, what="manifest")
-    except DigestMismatch as exc:
+    manifest = read_manifest(store, digest, media_type)
+    if manifest is not None and not manifest.intact:
         raise IntegrityError(
             f"manifest {digest} in the store does not match its digest; nothing was pushed",
             hint="run `cas verify --repair`, then pull the image again",
-        ) from exc
-    if media_type is None:
-        record = store.index.get_blob(digest)
-        media_type = record["media_type"] if record else mf.media_type_of(data, None)
-    return StoredManifest(digest, media_type, data)
+        )
+    return manifest
 
 
 def _check_blobs(store: Store, source: Reference, images: list[tuple[StoredManifest, ImageManifest]]) -> None:
@@ -234,8 +218,8 @@ def _check_blobs(store: Store, source: Reference, images: list[tuple[StoredManif
     missing, changed = [], []
     for manifest, image in images:
         for position, desc in enumerate(image.blobs):
-            where = "config" if position == 0 else f"layer {position}/{len(image.layers)}"
-            named = f"{desc.digest} ({where} of {source}, manifest {manifest.digest.short})"
+            where = mf.blob_place(position, len(image.layers), str(source))
+            named = f"{desc.digest} ({where}, manifest {manifest.digest.short})"
             if not store.blobs.has(desc.digest, desc.size):
                 missing.append(named)
             elif (problem := trust.confirm(store, desc.digest, desc.size, desc.media_type)) is not None:

@@ -31,6 +31,7 @@ from cas.records import RefRecord, default_platform, matching
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
 from cas.store import Store, trust
+from cas.stored_manifest import changed_line, read_hashed, read_manifest
 
 
 def member(digest: Digest) -> str:
@@ -255,12 +256,12 @@ def _plan_image(store: Store, record: RefRecord) -> tuple[ImagePlan | None, list
         config, *layers = entries[position + 1 :] or [None]
         return None, [f"{manifest_digest} (manifest of {ref})", *store.blobs.lacking(config, layers, ref)], []
 
-    data, changed = read_checked(store, manifest_digest, f"manifest of {ref}")
-    if changed:
-        return None, [], changed
-    media_type = mf.media_type_of(data, manifest_blob.media_type or None)
-    manifest = Descriptor(media_type, manifest_digest, manifest_blob.size)
-    parsed = mf.parse(data, media_type)
+    stored = read_manifest(store, manifest_digest, manifest_blob.media_type or None)
+    assert stored is not None  # held at its size, just above
+    if not stored.intact:
+        return None, [], [changed_line(manifest_digest, f"manifest of {ref}", stored.actual)]
+    manifest = Descriptor(stored.media_type, manifest_digest, manifest_blob.size)
+    parsed = mf.parse(stored.data, stored.media_type)
     if not isinstance(parsed, mf.ImageManifest):
         raise ManifestError(
             f"the cached manifest {manifest_digest} of {ref} is an index, not an image manifest",
@@ -271,7 +272,7 @@ def _plan_image(store: Store, record: RefRecord) -> tuple[ImagePlan | None, list
     if missing:
         return None, missing, []
 
-    data, changed = read_checked(store, config.digest, f"config of {ref}")
+    data, changed = read_checked(store, config.digest, mf.blob_place(0, len(layers), ref))
     if changed:
         return None, [], changed
     mf.check_rootfs(data, len(layers), ref)
@@ -279,12 +280,10 @@ def _plan_image(store: Store, record: RefRecord) -> tuple[ImagePlan | None, list
 
 
 def read_checked(store: Store, digest: Digest, role: str) -> tuple[bytes, list[str]]:
-    """A small blob an export reads (a manifest, a config, a delta's index), and its line when its
-    bytes changed: its bytes are checked against its digest (a changed one would otherwise be
-    parsed, and name blobs that never existed)."""
-    data = store.blobs.read(digest)
-    actual = of_bytes(data, digest.algorithm)
-    return data, [f"{digest} ({role}): content hashes to {actual}"] if actual != digest else []
+    """A small blob an export reads (a config, a delta's index), and its line when its bytes no
+    longer hash to its digest (see cas.stored_manifest)."""
+    data, actual = read_hashed(store, digest)
+    return data, [changed_line(digest, role, actual)] if actual != digest else []
 
 
 def confirm(store: Store, checked: ExportPlan, written: set[Digest] | None = None) -> None:
@@ -295,9 +294,9 @@ def confirm(store: Store, checked: ExportPlan, written: set[Digest] | None = Non
     seen: set = set() if written is None else {b.digest for b in checked.blobs} - written
     for image in checked.images:
         layers = len(image.layers)
-        roles = ["manifest", "config", *(f"layer {n}/{layers}" for n in range(1, layers + 1))]
+        places = [f"manifest of {image.ref}", *(mf.blob_place(n, layers, image.ref) for n in range(layers + 1))]
         changed = []
-        for role, blob in zip(roles, image.blobs, strict=True):
+        for place, blob in zip(places, image.blobs, strict=True):
             if blob.digest in seen:
                 continue
             seen.add(blob.digest)
@@ -307,7 +306,7 @@ def confirm(store: Store, checked: ExportPlan, written: set[Digest] | None = Non
             except OSError as exc:
                 problem = f"cannot open: {exc.strerror}"
             if problem is not None:
-                changed.append(f"{blob.digest} ({role} of {image.ref}): {problem}")
+                changed.append(f"{blob.digest} ({place}): {problem}")
         if changed and image.asked:  # not asked: its reference is missing already, and its pull fetches this too
             platforms = (Platform.parse(image.platform),) if image.platform else ()
             checked.missing.append(Missing(image.asked[0], platforms, [image.platform or "unknown"], changed=changed))

@@ -189,7 +189,7 @@ def _legacy_images(received: Received, store: Store, entries: list[dict]) -> tup
             )
         layers = []
         for number, (path, diff_id) in enumerate(zip(entry["Layers"], diff_ids, strict=True), 1):
-            where = f"layer {number}/{len(diff_ids)} of {label}"
+            where = mf.blob_place(number, len(diff_ids), label)
             layer = _legacy_layer(received, store, path, diff_id, where, missing)
             if layer is not None:
                 layers.append(layer)

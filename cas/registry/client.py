@@ -31,7 +31,7 @@ import httpx
 from cas import __version__
 from cas.digest import Digest, of_bytes, verify_bytes
 from cas.errors import BadDigest, ManifestError, RegistryError, Unreachable
-from cas.manifest import ACCEPT, media_type_of
+from cas.manifest import ACCEPT, MAX_MANIFEST, media_type_of
 from cas.registry import insecure, ranged
 from cas.registry.auth import RegistryAuth, TokenCache
 from cas.registry.credentials import Credentials
@@ -43,7 +43,6 @@ from cas.registry.stall import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
 from cas.registry.transport import LazyTLSTransport
 from cas.registry.walk import Served, walk
 
-MAX_MANIFEST = 4 << 20
 MAX_REDIRECTS = 5
 REFUSED_RETRIES = 2  # a refused connection with no endpoint left: retried briefly (a registry restarting)
 REFUSED_BACKOFF = 0.1  # so it fails within about 0.3 s, not after the full backoff

@@ -16,6 +16,7 @@ from typing import BinaryIO, Protocol
 
 from cas.digest import Digest
 from cas.errors import BadDigest
+from cas.manifest import blob_place
 from cas.store.ingest import STAGING_PREFIX, BlobInfo, Ingest, Staging, remove_tree
 from cas.store.locks import FileLock, is_locked
 
@@ -86,11 +87,13 @@ class BlobStore:
         """One line per blob of ``image`` not held at its size, with its role: ``DIGEST (config of IMAGE)``,
         ``DIGEST (layer 2/5 of IMAGE)``, as export plans and imports report them. ``config`` None: not asked."""
         lines = (
-            [] if config is None or self.has(config.digest, config.size) else [f"{config.digest} (config of {image})"]
+            []
+            if config is None or self.has(config.digest, config.size)
+            else [f"{config.digest} ({blob_place(0, len(layers), image)})"]
         )
         for number, layer in enumerate(layers, 1):
             if not self.has(layer.digest, layer.size):
-                lines.append(f"{layer.digest} (layer {number}/{len(layers)} of {image})")
+                lines.append(f"{layer.digest} ({blob_place(number, len(layers), image)})")
         return lines
 
     def open(self, digest: Digest) -> BinaryIO:
