@@ -4,22 +4,24 @@ The CLI is the only layer that catches CasError: it prints ``message`` on one
 line, then ``hint`` when there is one, and exits with ``exit_code``.
 
     CasError
-    ├── BadReference            a reference that does not parse
+    ├── BadReference            a reference that does not parse; exit code 2
     ├── BadDigest               a digest string that is not valid
-    ├── IntegrityError          bytes that do not match what was promised
+    ├── IntegrityError          bytes that do not match what was promised (a registry's are named by
+    │   │                       who served them, the image and the blob's place: cas.pull)
     │   ├── DigestMismatch
     │   ├── SizeMismatch
-    │   └── ChangedBlobs        store files whose bytes changed after commit (export refuses them)
+    │   └── ChangedBlobs        store files whose bytes changed after commit (export and push refuse them)
     ├── ManifestError           a manifest we cannot use
     │   ├── UnsupportedManifest
-    │   └── PlatformNotFound
+    │   ├── PlatformNotFound    an index without the platform asked for
+    │   └── PlatformMismatch    a single-platform image that is not the platform asked for
     ├── RegistryError           the registry said no, or could not be reached
     │   ├── AuthError           401 / 403
     │   ├── NotFound            404
     │   ├── RateLimited         429 after every retry
     │   ├── ServerError         5xx after every retry
     │   ├── Unreachable         connection refused, DNS, dropped stream
-    │   ├── Stalled             a transfer below the minimum rate for too long (resumable)
+    │   │   └── Stalled         a transfer below the minimum rate for too long (resumable)
     │   └── Blocked             a registry the configuration blocks (registries.conf)
     ├── ConfigError             a mirror configuration file cas cannot use (hosts.toml, registries.conf, daemon.json)
     ├── CredentialError         docker config or credential helper failed
@@ -27,14 +29,23 @@ line, then ``hint`` when there is one, and exits with ``exit_code``.
     │   ├── DiskFull
     │   ├── LockTimeout
     │   └── NotCached           an image that was never pulled
-    ├── MissingBlobs            an export whose blobs are not all in the store
+    ├── MissingBlobs            an export or push whose blobs are not all in the store
     ├── ArchiveError            an archive to import that is damaged, hostile or not an image
     │   ├── IncompleteArchive   blobs neither in the archive nor in the store
     │   └── MissingRequirements a delta whose required blobs this store lacks
     ├── Interrupted             Ctrl-C or SIGTERM; exit code 130
     ├── UsageError              arguments that cannot work together; exit code 2
     ├── OutputError             an export destination that cannot be written
-    └── Cancelled               a transfer stopped because a sibling transfer failed
+    ├── Cancelled               a transfer stopped because a sibling transfer failed
+    └── SomeFailed              a command over several references that went on past those that failed
+
+PER_REFERENCE names the kinds that fail one reference of such a command, not all of them.
+A few plain exceptions (besides private ones) are signals inside one module and never reach the CLI; each is
+caught there and becomes one of the above or a retry: ``Transient`` (cas.registry.retry),
+``StallWatch.Stalled`` (cas.registry.stall), ``Unusual`` (cas.registry.ranged),
+``BadTar`` and its ``TruncatedArchive``/``UnsafeArchive`` (cas.importer.tarstream),
+``TruncatedFile``/``UnsafeSource`` (cas.export.tarwriter), ``ChangedWhileExported``
+(cas.export.oci).
 
 This module imports nothing from cas so every other module can use it.
 """

@@ -29,10 +29,14 @@ class StoredManifest:
 
 
 def read_hashed(store: Store, digest: Digest, limit: int | None = None) -> tuple[bytes, Digest]:
-    """A stored blob's bytes and what they hash to. ``limit``: read at most one byte more than
-    that, so an oversized file costs no memory and fails the check."""
-    with store.blobs.open(digest) as fh:
-        data = fh.read() if limit is None else fh.read(limit + 1)
+    """A stored blob's bytes and what they hash to. ``limit``: a larger file is read only one byte
+    past it, so it costs no memory and fails the check."""
+    size = store.blobs.size(digest) or 0
+    if limit is not None and size > limit:
+        with store.blobs.open(digest) as fh:
+            data = fh.read(limit + 1)
+    else:
+        data = store.blobs.read(digest)
     return data, of_bytes(data, digest.algorithm)
 
 
