@@ -43,13 +43,28 @@ def test_a_layer_with_wrong_bytes_names_the_registry_the_image_and_the_layer(cas
     assert json.loads(cas("images", "--json").stdout)["images"] == []
 
 
-def test_a_config_with_wrong_bytes_is_named_as_the_config_of_the_image(cas, cas_home, proxy, image):
+# With --platform, a plain manifest's config is fetched into memory first, to check its platform.
+@pytest.mark.parametrize("platform", [[], ["--platform", "linux/amd64"]], ids=["stored", "checked-in-memory"])
+def test_a_config_with_wrong_bytes_is_named_as_the_config_of_the_image(cas, cas_home, proxy, image, platform):
     ref = f"{proxy.host}/{REPO}:1"
     bad = image.config_blob.digest
     proxy.corrupt_blobs(pattern=bad)
 
-    proc = cas("pull", "--json", ref, check=False)
+    proc = cas("pull", *platform, ref, check=False)
 
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"error: config of {ref}: registry {proxy.host} served wrong bytes for blob {bad}: ")
     assert bad.removeprefix("sha256:") not in _stored(cas_home)
+
+
+def test_in_a_multi_platform_pull_the_platform_is_named_too(cas, cas_home, proxy, test_images):
+    ref = f"{proxy.host}/multi:latest"
+    bad = test_images.multi.for_platform("linux/arm64/v8").layers[0].blob("oci").digest
+    proxy.corrupt_blobs(pattern=bad)
+
+    proc = cas("pull", "--all-platforms", ref, check=False)
+
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(
+        f"error: layer 1/1 of {ref} (linux/arm64/v8): registry {proxy.host} served wrong bytes for blob {bad}: "
+    ), proc.stderr
