@@ -129,12 +129,11 @@ class PullPlan:
 
     def place(self, digest: Digest) -> str:
         """Where a blob sits, for messages: ``layer 2/3 of REF`` (in the first platform that lists it)."""
-        for target in self.targets:
-            for position, desc in enumerate(target.image.blobs):
-                if desc.digest == digest:
-                    name = f"{self.ref} ({target.platform})" if len(self.targets) > 1 else str(self.ref)
-                    return mf.blob_place(position, len(target.image.layers), name)
-        return f"blob {digest} of {self.ref}"
+        target, position = next(
+            (t, p) for t in self.targets for p, desc in enumerate(t.image.blobs) if desc.digest == digest
+        )
+        name = f"{self.ref} ({target.platform})" if len(self.targets) > 1 else str(self.ref)
+        return mf.blob_place(position, len(target.image.layers), name)
 
 
 def pull(store: Store, reference: Reference, options: PullOptions | None = None) -> PullResult:
