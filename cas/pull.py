@@ -203,7 +203,7 @@ class _Remote:
         message = exc.message
         if isinstance(exc, DigestMismatch):  # not from a mirror: those come named (cas.registry.walk)
             host = next((ep.host for ep in reversed(self.endpoints) if not ep.mirror), self.ref.registry)
-            message = f"registry {host} served wrong bytes for blob {exc.expected}: {message}"
+            message = f"registry {host} served wrong bytes: {message}"
         return IntegrityError(f"{place}: {message}", hint=exc.hint)
 
 

@@ -34,7 +34,7 @@ def test_a_layer_with_wrong_bytes_names_the_registry_the_image_and_the_layer(cas
     assert proc.returncode == 1, proc.stderr
     error, hint = proc.stderr.strip().splitlines()
     assert error == (
-        f"error: layer {position}/3 of {ref}: registry {proxy.host} served wrong bytes for blob {bad}: "
+        f"error: layer {position}/3 of {ref}: registry {proxy.host} served wrong bytes: "
         f"blob digest mismatch: expected {bad}, got sha256:{error.rsplit('sha256:', 1)[1]}"
     )
     assert hint.startswith("hint: ") and "nothing was stored" in hint
@@ -53,7 +53,8 @@ def test_a_config_with_wrong_bytes_is_named_as_the_config_of_the_image(cas, cas_
     proc = cas("pull", *platform, ref, check=False)
 
     assert proc.returncode == 1
-    assert proc.stderr.startswith(f"error: config of {ref}: registry {proxy.host} served wrong bytes for blob {bad}: ")
+    assert proc.stderr.startswith(f"error: config of {ref}: registry {proxy.host} served wrong bytes: "), proc.stderr
+    assert f"digest mismatch: expected {bad}, got sha256:" in proc.stderr
     assert bad.removeprefix("sha256:") not in _stored(cas_home)
 
 
@@ -66,5 +67,32 @@ def test_in_a_multi_platform_pull_the_platform_is_named_too(cas, cas_home, proxy
 
     assert proc.returncode == 1
     assert proc.stderr.startswith(
-        f"error: layer 1/1 of {ref} (linux/arm64/v8): registry {proxy.host} served wrong bytes for blob {bad}: "
+        f"error: layer 1/1 of {ref} (linux/arm64/v8): registry {proxy.host} served wrong bytes: "
+        f"blob digest mismatch: expected {bad}, got sha256:"
     ), proc.stderr
+
+
+def test_a_config_checked_in_memory_falls_back_from_a_mirror_serving_wrong_bytes(cas, proxy, registry, image, tmp_path):
+    """As a blob does: the mirror is named in the fallback and the upstream's bytes are used."""
+    hosts = tmp_path / "hosts.d" / registry.host
+    hosts.mkdir(parents=True)
+    (hosts / "hosts.toml").write_text(f'server = "{registry.url}"\n\n[host."{proxy.url}"]\n  capabilities = ["pull"]\n')
+    config = image.config_blob.digest
+    proxy.corrupt_blobs(pattern=config)
+
+    out = cas(
+        "pull",
+        "--json",
+        "--platform",
+        "linux/amd64",
+        f"{registry.host}/{REPO}:1",
+        env={"CAS_HOSTS_DIR": str(hosts.parent)},
+    )
+
+    pulled = json.loads(out.stdout)["images"][0]
+    assert pulled["manifest"] == image.digest
+    first = pulled["fallbacks"][0]
+    assert (first["endpoint"], first["what"]) == (proxy.url, f"blob {config}")
+    assert first["reason"].startswith(
+        f"mirror {proxy.url} served wrong bytes for blob {config}: config digest mismatch"
+    )
