@@ -50,3 +50,24 @@ def test_a_changed_file_is_not_intact_and_an_oversized_one_costs_one_byte_past_t
     _overwrite(store, digest, b"x" * (mf.MAX_MANIFEST + 4096))
     oversized = read_manifest(store, digest)
     assert not oversized.intact and len(oversized.data) == mf.MAX_MANIFEST + 1
+
+
+def test_an_inventory_base_whose_stored_manifest_changed_is_left_out_with_a_warning(store, tmp_path):
+    from cas.export.delta import inventory_bases
+
+    layer = {"mediaType": mf.OCI_LAYER_GZIP, "digest": str(of_bytes(b"layer")), "size": 5}
+    config = {"mediaType": mf.OCI_CONFIG, "digest": str(of_bytes(b"{}")), "size": 2}
+    data = json.dumps({"schemaVersion": 2, "mediaType": mf.OCI_MANIFEST, "config": config, "layers": [layer]}).encode()
+    digest = _put(store, data, mf.OCI_MANIFEST)
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps({"images": [{"ref": "base:1", "manifest": str(digest)}]}))
+    warnings: list[str] = []
+
+    (base,) = inventory_bases(store, inventory, warnings.append)
+    assert of_bytes(b"layer") in base.blobs and warnings == []
+
+    _overwrite(store, digest, data.replace(b'"size": 5', b'"size": 6'))
+    assert inventory_bases(store, inventory, warnings.append) == []
+    assert warnings == [
+        f"inventory: base:1 ({digest.short}) changed in this store after its commit; its layers are carried if needed"
+    ]

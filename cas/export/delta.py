@@ -29,6 +29,7 @@ from cas.manifest import Descriptor
 from cas.records import RefRecord
 from cas.reference import Reference
 from cas.store import Store
+from cas.stored_manifest import read_manifest
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,8 @@ def bases_of(store: Store, references: Sequence[Reference]) -> list[Base]:
 def inventory_bases(store: Store, path: Path, warn: Callable[[str], None]) -> list[Base]:
     """The receiver's ``cas images --json``: each image's blobs, from its manifest in this store.
 
-    An entry whose manifest this store does not hold says nothing about its layers: it is
-    left out, with a warning (the delta is then only larger, never wrong).
+    An entry whose manifest this store does not hold, or holds changed, says nothing about its
+    layers: it is left out, with a warning (the delta is then only larger, never wrong).
     """
     try:
         rows = json.loads(path.read_bytes())
@@ -82,16 +83,17 @@ def inventory_bases(store: Store, path: Path, warn: Callable[[str], None]) -> li
             digest = Digest.parse(row.get("manifest") if isinstance(row, dict) else None)
         except BadDigest:
             raise UsageError(f"{path}: an entry without a valid manifest digest ({ref or row!r})") from None
-        if not store.blobs.has(digest):
-            warn(f"inventory: {ref} ({digest.short}) is not in this store; its layers are carried if needed")
-            continue
         try:
-            data = store.blobs.read(digest)
-            image = mf.parse(data, mf.media_type_of(data, None))
+            stored = read_manifest(store, digest)
+            image = mf.parse(stored.data, stored.media_type) if stored is not None and stored.intact else None
         except CasError:
             continue
+        if stored is None or image is None:
+            where = "is not in this store" if stored is None else "changed in this store after its commit"
+            warn(f"inventory: {ref} ({digest.short}) {where}; its layers are carried if needed")
+            continue
         if isinstance(image, mf.ImageManifest):
-            blobs = {digest: len(data), **{d.digest: d.size for d in image.blobs}}
+            blobs = {digest: len(stored.data), **{d.digest: d.size for d in image.blobs}}
             bases.append(Base(f"{ref} (inventory)", blobs))
     return bases
 
