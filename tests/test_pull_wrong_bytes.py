@@ -72,27 +72,43 @@ def test_in_a_multi_platform_pull_the_platform_is_named_too(cas, cas_home, proxy
     ), proc.stderr
 
 
-def test_a_config_checked_in_memory_falls_back_from_a_mirror_serving_wrong_bytes(cas, proxy, registry, image, tmp_path):
-    """As a blob does: the mirror is named in the fallback and the upstream's bytes are used."""
+def _hosts(tmp_path, registry, proxy, server_capabilities: str = "") -> str:
+    """``proxy`` as the registry's pull mirror in a hosts.toml; the CAS_HOSTS_DIR to name it."""
     hosts = tmp_path / "hosts.d" / registry.host
     hosts.mkdir(parents=True)
-    (hosts / "hosts.toml").write_text(f'server = "{registry.url}"\n\n[host."{proxy.url}"]\n  capabilities = ["pull"]\n')
+    top = f"capabilities = {server_capabilities}\n" if server_capabilities else ""
+    (hosts / "hosts.toml").write_text(
+        f'server = "{registry.url}"\n{top}\n[host."{proxy.url}"]\n  capabilities = ["pull"]\n'
+    )
+    return str(hosts.parent)
+
+
+def test_a_mirror_left_last_is_named_with_the_image_and_the_layer(cas, proxy, registry, image, tmp_path):
+    """No endpoint to fall back to: the mirror's own naming, with the place in front."""
+    env = {"CAS_HOSTS_DIR": _hosts(tmp_path, registry, proxy, server_capabilities='["resolve"]')}
+    ref = f"{registry.host}/{REPO}:1"
+    bad = image.layers[1].blob("oci").digest
+    proxy.corrupt_blobs(pattern=bad)
+
+    proc = cas("pull", ref, env=env, check=False)
+
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(
+        f"error: layer 2/3 of {ref}: mirror {proxy.url} served wrong bytes for blob {bad}: "
+        f"blob digest mismatch: expected {bad}, got sha256:"
+    ), proc.stderr
+
+
+def test_a_config_checked_in_memory_falls_back_from_a_mirror_serving_wrong_bytes(cas, proxy, registry, image, tmp_path):
+    """As a blob does: the mirror is named in the fallback and the upstream's bytes are used."""
+    env = {"CAS_HOSTS_DIR": _hosts(tmp_path, registry, proxy)}
     config = image.config_blob.digest
     proxy.corrupt_blobs(pattern=config)
 
-    out = cas(
-        "pull",
-        "--json",
-        "--platform",
-        "linux/amd64",
-        f"{registry.host}/{REPO}:1",
-        env={"CAS_HOSTS_DIR": str(hosts.parent)},
-    )
+    out = cas("pull", "--json", "--platform", "linux/amd64", f"{registry.host}/{REPO}:1", env=env)
 
     pulled = json.loads(out.stdout)["images"][0]
     assert pulled["manifest"] == image.digest
     first = pulled["fallbacks"][0]
     assert (first["endpoint"], first["what"]) == (proxy.url, f"blob {config}")
-    assert first["reason"].startswith(
-        f"mirror {proxy.url} served wrong bytes for blob {config}: config digest mismatch"
-    )
+    assert first["reason"].startswith(f"mirror {proxy.url} served wrong bytes for blob {config}: config digest")
