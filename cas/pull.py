@@ -37,7 +37,7 @@ from cas.transfer import TransferObserver, run_parallel
 
 if TYPE_CHECKING:
     from cas.index import Lease
-    from cas.registry import Credentials, RegistryClient
+    from cas.registry import Credentials, FetchedManifest, RegistryClient
     from cas.registry.endpoints import Sources
 
 
@@ -249,7 +249,7 @@ class _Planner:
             chain: list[tuple[Digest, str]] = [(top_digest, top_type)]
             step = desc
             while True:
-                data, media_type = self._manifest_by_digest(step.digest)
+                data, media_type = self._manifest_by_digest(step.digest, f"manifest of {self.ref} ({desc.platform})")
                 chain.append((step.digest, media_type))
                 node = mf.parse(data, media_type)
                 if isinstance(node, ImageManifest):
@@ -303,14 +303,13 @@ class _Planner:
     def _resolve_top(self) -> tuple[Digest, str, ImageIndex | ImageManifest, bytes | None]:
         """What the reference names; by tag also its bytes, which the caller commits once they resolved."""
         if self.ref.digest is not None:
-            data, media_type = self._manifest_by_digest(self.ref.digest)
+            data, media_type = self._manifest_by_digest(self.ref.digest, f"manifest of {self.ref}")
             return self.ref.digest, media_type, mf.parse(data, media_type), None
-        fetched = self.remote.client.get_manifest(self.ref.repository, self.ref.tag)
-        self.result.manifest_requests += 1
+        fetched = self._fetch_manifest(self.ref.tag, f"manifest of {self.ref}")
         parsed = mf.parse(fetched.data, fetched.media_type)
         return fetched.digest, fetched.media_type, parsed, fetched.data
 
-    def _manifest_by_digest(self, digest: Digest) -> tuple[bytes, str]:
+    def _manifest_by_digest(self, digest: Digest, place: str) -> tuple[bytes, str]:
         """Immutable content: the store's copy when it is intact, else the registry's."""
         stored = read_manifest(self.store, digest)
         if stored is not None and stored.intact:
@@ -318,11 +317,19 @@ class _Planner:
             return stored.data, stored.media_type
         if stored is not None:
             log.info("the stored manifest %s changed after commit: fetching it again", digest)
-        fetched = self.remote.client.get_manifest(self.ref.repository, digest)
-        self.result.manifest_requests += 1
+        fetched = self._fetch_manifest(digest, place)
         new = commit_bytes(self.store, self.lease, digest, fetched.data, fetched.media_type)
         self._count_manifest(digest, len(fetched.data), new=new)
         return fetched.data, fetched.media_type
+
+    def _fetch_manifest(self, reference: str | Digest, place: str) -> FetchedManifest:
+        """One manifest from the registry; wrong bytes are named as a blob's are."""
+        try:
+            fetched = self.remote.client.get_manifest(self.ref.repository, reference)
+        except IntegrityError as exc:
+            raise self.remote.wrong_bytes(exc, place) from exc
+        self.result.manifest_requests += 1
+        return fetched
 
     def _count_manifest(self, digest: Digest, size: int, *, new: bool) -> None:
         """Manifests are blobs of the image too: downloaded when the store lacked them, else reused."""

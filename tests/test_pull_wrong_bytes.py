@@ -27,7 +27,7 @@ def _stored(cas_home) -> set[str]:
 def test_a_layer_with_wrong_bytes_names_the_registry_the_image_and_the_layer(cas, cas_home, proxy, image, position):
     ref = f"{proxy.host}/{REPO}:1"
     bad = image.layers[position - 1].blob("oci").digest
-    proxy.corrupt_blobs(pattern=bad)
+    proxy.corrupt_answers(pattern=bad)
 
     proc = cas("pull", ref, check=False)
 
@@ -48,7 +48,7 @@ def test_a_layer_with_wrong_bytes_names_the_registry_the_image_and_the_layer(cas
 def test_a_config_with_wrong_bytes_is_named_as_the_config_of_the_image(cas, cas_home, proxy, image, platform):
     ref = f"{proxy.host}/{REPO}:1"
     bad = image.config_blob.digest
-    proxy.corrupt_blobs(pattern=bad)
+    proxy.corrupt_answers(pattern=bad)
 
     proc = cas("pull", *platform, ref, check=False)
 
@@ -61,7 +61,7 @@ def test_a_config_with_wrong_bytes_is_named_as_the_config_of_the_image(cas, cas_
 def test_in_a_multi_platform_pull_the_platform_is_named_too(cas, cas_home, proxy, test_images):
     ref = f"{proxy.host}/multi:latest"
     bad = test_images.multi.for_platform("linux/arm64/v8").layers[0].blob("oci").digest
-    proxy.corrupt_blobs(pattern=bad)
+    proxy.corrupt_answers(pattern=bad)
 
     proc = cas("pull", "--all-platforms", ref, check=False)
 
@@ -88,7 +88,7 @@ def test_a_mirror_left_last_is_named_with_the_image_and_the_layer(cas, proxy, re
     env = {"CAS_HOSTS_DIR": _hosts(tmp_path, registry, proxy, server_capabilities='["resolve"]')}
     ref = f"{registry.host}/{REPO}:1"
     bad = image.layers[1].blob("oci").digest
-    proxy.corrupt_blobs(pattern=bad)
+    proxy.corrupt_answers(pattern=bad)
 
     proc = cas("pull", ref, env=env, check=False)
 
@@ -103,7 +103,7 @@ def test_a_config_checked_in_memory_falls_back_from_a_mirror_serving_wrong_bytes
     """As a blob does: the mirror is named in the fallback and the upstream's bytes are used."""
     env = {"CAS_HOSTS_DIR": _hosts(tmp_path, registry, proxy)}
     config = image.config_blob.digest
-    proxy.corrupt_blobs(pattern=config)
+    proxy.corrupt_answers(pattern=config)
 
     out = cas("pull", "--json", "--platform", "linux/amd64", f"{registry.host}/{REPO}:1", env=env)
 
@@ -112,3 +112,30 @@ def test_a_config_checked_in_memory_falls_back_from_a_mirror_serving_wrong_bytes
     first = pulled["fallbacks"][0]
     assert (first["endpoint"], first["what"]) == (proxy.url, f"blob {config}")
     assert first["reason"].startswith(f"mirror {proxy.url} served wrong bytes for blob {config}: config digest")
+
+
+def test_a_manifest_with_wrong_bytes_names_the_registry_and_the_image(cas, proxy, image):
+    ref = f"{proxy.host}/{REPO}:1"
+    proxy.corrupt_answers(pattern=f"/{REPO}/manifests/1$")  # by tag: checked against Docker-Content-Digest
+
+    proc = cas("pull", ref, check=False)
+
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(
+        f"error: manifest of {ref}: registry {proxy.host} served wrong bytes: "
+        f"manifest digest mismatch: expected {image.digest}, got sha256:"
+    ), proc.stderr
+
+
+def test_a_platform_manifest_with_wrong_bytes_names_its_platform(cas, proxy, test_images):
+    ref = f"{proxy.host}/multi:latest"
+    child = test_images.multi.for_platform("linux/arm/v7").digest
+    proxy.corrupt_answers(pattern=f"/manifests/{child}$")
+
+    proc = cas("pull", "--all-platforms", ref, check=False)
+
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(
+        f"error: manifest of {ref} (linux/arm/v7): registry {proxy.host} served wrong bytes: "
+        f"manifest digest mismatch: expected {child}, got sha256:"
+    ), proc.stderr

@@ -135,11 +135,14 @@ def test_repeated_request_headers_reach_the_registry_joined(proxy, test_images):
     assert answer.status_code == 200  # base is OCI: the first Accept was not lost
 
 
-def test_corrupt_blobs_flips_the_first_byte_of_matching_blob_answers_only(proxy, big):
-    proxy.corrupt_blobs(pattern=big.digest, times=1)
+def test_corrupt_answers_flips_the_first_byte_of_matching_answers_only(proxy, big, test_images):
+    proxy.corrupt_answers(pattern=big.digest, times=1)
     url = f"{proxy.url}/v2/proxy-big/blobs/{big.digest}"
     bad = httpx.get(url)
     assert bad.status_code == 200 and len(bad.content) == big.size
     assert bad.content[0] == big.data[0] ^ 0xFF and bad.content[1:] == big.data[1:]
     assert httpx.get(url).content == big.data  # one turn only
     assert [r.fault for r in proxy.requests if r.kind == "blob"] == ["corrupt", None]
+    proxy.corrupt_answers(pattern="/base/manifests/latest", times=1)
+    manifest = httpx.get(f"{proxy.url}/v2/base/manifests/latest", headers={"Accept": auth.MANIFEST_ACCEPT})
+    assert manifest.content[0] == test_images.base.manifest_blob.data[0] ^ 0xFF

@@ -14,9 +14,9 @@ Knobs (settable while a test runs; ``reset()`` clears them and the counters):
   registry answers 200 with the whole blob (a server that ignores Range).
 - ``wrong_content_range(times=1, after=0)``: after ``after`` good ones, the next ``times`` 206
   blob answers carry a ``Content-Range`` shifted by one byte (the body is what was asked for).
-- ``corrupt_blobs(pattern=..., times=None)``: blob GET answers (200/206) whose path matches the
-  regex ``pattern`` have the first byte of their body flipped: a registry serving wrong bytes
-  with the right headers.
+- ``corrupt_answers(pattern=..., times=None)``: blob and manifest GET answers (200/206) whose
+  path matches the regex ``pattern`` have the first byte of their body flipped: a registry
+  serving wrong bytes with the right headers.
 - ``drop_after(nbytes, times=1)``: the next ``times`` blob GET responses (200/206) send their
   headers and ``nbytes`` of body, then the connection is cut (``times=None``: until reset).
 - ``fail_next(status, count=1, pattern=..., retry_after=...)``: answer the next ``count``
@@ -79,7 +79,7 @@ class _Knobs:
     wrong_range_left: int | None = 0  # None = every 206 blob answer
     wrong_range_after: int = 0  # 206 blob answers left alone before those
     corrupt_pattern: re.Pattern | None = None
-    corrupt_left: int | None = 0  # None = every matching blob answer
+    corrupt_left: int | None = 0  # None = every matching answer
 
 
 class FaultProxy:
@@ -181,8 +181,9 @@ class FaultProxy:
         with self._lock:
             self._knobs.wrong_range_left, self._knobs.wrong_range_after = times, after
 
-    def corrupt_blobs(self, pattern: str = r"/blobs/sha256:", times: int | None = None) -> None:
-        """Flip the first body byte of ``times`` blob answers whose path matches ``pattern`` (None: every one)."""
+    def corrupt_answers(self, pattern: str = r"/blobs/sha256:", times: int | None = None) -> None:
+        """Flip the first body byte of ``times`` blob or manifest answers whose path matches ``pattern``
+        (None: every one)."""
         with self._lock:
             self._knobs.corrupt_pattern, self._knobs.corrupt_left = re.compile(pattern), times
 

@@ -179,7 +179,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
             return
         is_blob_body = rec.kind == "blob" and self.command == "GET" and resp.status in (200, 206)
         drop = proxy._take_drop() if is_blob_body else None
-        corrupt = is_blob_body and proxy._take_corrupt(self.path)
+        is_content = rec.kind in ("blob", "manifest") and self.command == "GET" and resp.status in (200, 206)
+        corrupt = is_content and proxy._take_corrupt(self.path)
         rate = proxy._knobs.rate if rec.kind == "blob" else None
         chunk = CHUNK if not rate else max(1024, min(CHUNK, rate // 20))
         started = time.monotonic()
