@@ -89,10 +89,11 @@ class Snapshot:
         return counts
 
     def stale_ingests(self, now: float | None = None) -> list[IngestEntry]:
-        """Ingest entries no process held when the snapshot was taken and no pull can resume
-        (``IngestEntry.resumable``): what verify reports as stale and prune removes."""
+        """Ingest entries no process held when the snapshot was taken, none is making or removing
+        (``IngestEntry.settling``) and no pull can resume (``IngestEntry.resumable``): what
+        verify reports as stale and prune removes."""
         now = time.time() if now is None else now
-        return [i for i in self.ingests if i.path not in self.active and not i.resumable(now)]
+        return [i for i in self.ingests if i.path not in self.active and not i.resumable(now) and not i.settling(now)]
 
     def resumable_ingests(self, now: float | None = None) -> list[IngestEntry]:
         """Partial downloads no process holds that the next pull of their digest resumes: not damage."""

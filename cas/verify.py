@@ -125,7 +125,7 @@ def verify(
             {
                 "digest": i.label,
                 "path": str(i.path.relative_to(store.root)),
-                "partial_bytes": i.partial,
+                "partial_bytes": i.held,
                 "age_seconds": max(0, int(report.now - i.modified)),
                 "modified_at": timestamp(i.modified),
             }
@@ -148,14 +148,14 @@ RESUMABLE_DAYS = f"{RESUMABLE_FOR / 86400:.0f} days"
 
 def _why_stale(entry: IngestEntry, now: float) -> str:
     """Why no pull can resume this download (the complement of ``IngestEntry.resumable``)."""
-    what = f"abandoned download of {entry.label}, {entry.partial} bytes"
+    what = f"abandoned download of {entry.label}, {entry.held} bytes"
     if entry.is_link:
         return f"{what}: a symlink, not a download"
     if entry.digest is None:
         return f"{what}: a staged import, never resumed"
     if not entry.readable:
         return f"{what}: its data cannot be read"
-    if entry.partial == 0:
+    if entry.held == 0:
         return f"{what}: nothing to resume"
     return f"{what}: untouched for {int((now - entry.modified) // 86400)} days (resumable for {RESUMABLE_DAYS})"
 

@@ -17,10 +17,12 @@ from typing import BinaryIO, Protocol
 from cas.digest import Digest
 from cas.errors import BadDigest
 from cas.manifest import blob_place
-from cas.store.ingest import STAGING_PREFIX, BlobInfo, Ingest, Staging, remove_tree
+from cas.store import ranges
+from cas.store.ingest import LOCK, STAGING_PREFIX, BlobInfo, Ingest, Staging, remove_tree
 from cas.store.locks import FileLock, is_locked
 
 RESUMABLE_FOR = 7 * 86400.0  # a partial download untouched for longer is stale (verify reports it, prune removes it)
+SETTLING_FOR = 60.0  # an empty entry nobody holds, changed this recently, is being made or removed
 
 
 class Described(Protocol):
@@ -34,19 +36,18 @@ class Described(Protocol):
 
 @dataclass(frozen=True)
 class IngestEntry:
-    """A download in progress or abandoned (``digest`` None: a staging entry, see ``Staging``)."""
+    """A download in progress or abandoned (``digest`` None: a staging entry, see ``Staging``),
+    as one look saw it: its lock tested first, then its data, then its directory."""
 
     path: Path
     digest: Digest | None
-    partial: int
-    started: float
+    partial: int  # bytes its data takes on disk (what removing it frees)
+    started: float  # its directory's last change
     is_link: bool = False  # a symlink planted in ingest/: removed as a link, never entered
     modified: float = 0.0  # when bytes last reached its data (the entry's own time when it has none)
     readable: bool = True  # its data is a regular file that can be opened for reading
-
-    @property
-    def active(self) -> bool:
-        return not self.is_link and is_locked(self.path / "lock")
+    active: bool = False  # a process held its lock
+    held: int = 0  # bytes a resume keeps: a split download's recorded ranges, else all of ``partial``
 
     def resumable(self, now: float) -> bool:
         """Whether the next pull of this digest would resume it: a readable, non-empty download
@@ -55,9 +56,18 @@ class IngestEntry:
             self.digest is not None
             and not self.is_link
             and self.readable
-            and self.partial > 0
+            and self.held > 0
             and now - self.modified <= RESUMABLE_FOR
         )
+
+    def settling(self, now: float) -> bool:
+        """Being made or removed right now: holding no bytes, changed within SETTLING_FOR.
+
+        A process creates the directory before it locks it, and removes the lock just before
+        the directory (emptied first, ``remove_tree``): in between, nobody holds an entry
+        that is neither stale nor resumable. One a kill left so is stale once SETTLING_FOR passed.
+        """
+        return not self.is_link and self.held == 0 and now - self.started < SETTLING_FOR
 
     @property
     def label(self) -> str:
@@ -167,31 +177,25 @@ class BlobStore:
                     yield None, path
 
     def ingests(self) -> Iterator[IngestEntry]:
+        """Every entry under ingest/, each looked at once (``look``); one that ends meanwhile is left out."""
         if not self.ingest_dir.is_dir():
             return
         for entry in os.scandir(self.ingest_dir):
-            path = Path(entry.path)
             alg, _, hexpart = entry.name.partition("-")
             try:
                 digest = None if entry.name.startswith(STAGING_PREFIX) else Digest(alg, hexpart)
             except BadDigest:
                 continue
-            try:  # a pull may commit and remove its entry while we look at it
-                started = entry.stat(follow_symlinks=False).st_mtime
-                if entry.is_symlink():
-                    yield IngestEntry(path, digest, 0, started, is_link=True)
-                    continue
-                partial, modified, readable = _partial_data(path / "data", started)
-            except FileNotFoundError:
-                continue
-            yield IngestEntry(path, digest, partial, started, modified=modified, readable=readable)
+            found = look(Path(entry.path), digest)
+            if found is not None:
+                yield found
 
     def remove_ingest(self, entry: IngestEntry) -> bool:
         """Remove an abandoned ingest entry; False when a process is still writing it."""
         if entry.is_link:
             remove_tree(entry.path)  # unlinks the link itself
             return True
-        lock = FileLock(entry.path / "lock", timeout=0, purpose=f"ingest of {entry.digest}")
+        lock = FileLock(entry.path / LOCK, timeout=0, purpose=f"ingest of {entry.digest}")
         try:
             lock.acquire()
         except Exception:
@@ -203,18 +207,46 @@ class BlobStore:
             lock.release()
 
 
-def _partial_data(data: Path, started: float) -> tuple[int, float, bool]:
-    """Size, last write time and readability of an ingest entry's data (none: 0 bytes, readable)."""
+def look(path: Path, digest: Digest | None) -> IngestEntry | None:
+    """One ingest entry as it stands; None when it is gone (its download ended meanwhile).
+
+    The lock is tested before the data is read and the directory last, so the three agree:
+    a download that ends between them has removed its directory; one that begins has no
+    bytes yet and a fresh directory (``IngestEntry.settling``).
+    """
+    try:
+        if path.is_symlink():
+            return IngestEntry(path, digest, 0, path.lstat().st_mtime, is_link=True)
+        active = is_locked(path / LOCK)
+        partial, modified, readable = _partial_data(path / "data")
+        started = path.lstat().st_mtime
+    except FileNotFoundError:
+        return None
+    held = ranges.held_bytes(path, partial) if readable else None
+    return IngestEntry(
+        path,
+        digest,
+        partial,
+        started,
+        modified=started if modified is None else modified,
+        readable=readable,
+        active=active,
+        held=partial if held is None else held,
+    )
+
+
+def _partial_data(data: Path) -> tuple[int, float | None, bool]:
+    """Size, last write time (None: no data) and readability of an ingest entry's data."""
     try:
         fd = os.open(data, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
-        return 0, started, True
+        return 0, None, True
     except OSError:  # a symlink, no permission, an I/O error: nothing a pull could resume
         try:
             st = data.lstat()
             return st.st_size, st.st_mtime, False
         except OSError:
-            return 0, started, False
+            return 0, None, False
     try:
         st = os.fstat(fd)
         return st.st_size, st.st_mtime, stat.S_ISREG(st.st_mode)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from cas.store.blobs import BlobStore
 
 STAGING_PREFIX = "new-"  # ingest/new-<uuid>/: bytes whose digest is known only at their end
+LOCK = "lock"  # in each entry: held by the process writing it
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Ingest:
         self.dir = store.ingest_dir / f"{digest.algorithm}-{digest.hex}"
         self.committed = False
         self.info: BlobInfo | None = None
-        self._lock = FileLock(self.dir / "lock", purpose=f"the download of {digest.short}", on_wait=on_wait)
+        self._lock = FileLock(self.dir / LOCK, purpose=f"the download of {digest.short}", on_wait=on_wait)
         self._file: BinaryIO | None = None
         self._writer: OverlappedWriter | None = None
         self._verifier = StreamVerifier(digest)
@@ -206,7 +207,8 @@ class Ingest:
         return self.info
 
     def __exit__(self, *exc: object) -> None:
-        _close_entry(self, remove=self.committed or self._discard)
+        _close_files(self)
+        _release(self, remove=self.committed or self._discard or _holds_nothing(self.dir / "data"))
 
 
 class Staging:
@@ -222,7 +224,7 @@ class Staging:
         self.store = store
         self.dir = store.ingest_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
         self.verifier = StreamVerifier(None, algorithm)
-        self._lock = FileLock(self.dir / "lock", purpose="a staged blob")
+        self._lock = FileLock(self.dir / LOCK, purpose="a staged blob")
         self._file: BinaryIO | None = None
         self._writer: OverlappedWriter | None = None
 
@@ -264,11 +266,12 @@ class Staging:
             return info
 
     def __exit__(self, *exc: object) -> None:
-        _close_entry(self, remove=True)
+        _close_files(self)
+        _release(self, remove=True)
 
 
-def _close_entry(entry: Ingest | Staging, *, remove: bool) -> None:
-    """Close an ingest entry's writer and file, remove its directory if asked, then release its lock."""
+def _close_files(entry: Ingest | Staging) -> None:
+    """Close an ingest entry's writer and file (what was written is then on disk, or lost)."""
     if entry._writer is not None:
         entry._writer.close()
         entry._writer = None
@@ -278,6 +281,10 @@ def _close_entry(entry: Ingest | Staging, *, remove: bool) -> None:
         except OSError:
             pass  # a full disk: the unflushed tail is lost, and a resume re-hashes what is on disk
         entry._file = None
+
+
+def _release(entry: Ingest | Staging, *, remove: bool) -> None:
+    """Remove the entry's directory if asked, then release its lock."""
     try:
         if remove:
             remove_tree(entry.dir)
@@ -285,13 +292,36 @@ def _close_entry(entry: Ingest | Staging, *, remove: bool) -> None:
         entry._lock.release()
 
 
-def remove_tree(path: Path) -> None:
-    """Remove an ingest directory without ever following a symlink out of it.
+def _holds_nothing(data: Path) -> bool:
+    """No byte to resume: a failure before the first byte, or one that dropped them (a wrong digest).
+    Such an entry is removed rather than left for verify and prune to find."""
+    try:
+        return data.stat().st_size == 0
+    except FileNotFoundError:
+        return True
 
-    Errors are ignored: a waiter may already be re-creating the entry's lock.
+
+def remove_tree(path: Path) -> None:
+    """Remove an ingest directory without ever following a symlink out of it, its lock last.
+
+    While the lock file is there its holder holds it; once it is gone the directory is empty, so
+    a scan never finds bytes in an entry whose lock has gone (``cas.store.blobs``). Errors are
+    ignored: a waiter may already be re-creating the entry's lock.
     """
     if path.is_symlink():
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-    else:
-        shutil.rmtree(path, ignore_errors=True)
+        return
+    with contextlib.suppress(OSError), os.scandir(path) as entries:
+        for entry in entries:
+            if entry.name == LOCK:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+    with contextlib.suppress(OSError):
+        (path / LOCK).unlink()
+    with contextlib.suppress(OSError):
+        path.rmdir()

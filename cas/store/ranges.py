@@ -66,14 +66,36 @@ def load(directory: Path, size: int | None) -> list[Interval] | None:
 
     A record for another size, or one that is not well formed, holds nothing: ``[]``.
     """
+    doc = _read(directory)
+    return None if doc is None else _held(doc, size)
+
+
+def held_bytes(directory: Path, have: int) -> int | None:
+    """How many bytes a resume would keep of an entry whose data is ``have`` bytes long: what its
+    record names (as far as the data reaches); None when it has no record (then all ``have``).
+
+    Ranged writes land beyond the record's last save, so the file is larger than what is held.
+    """
+    doc = _read(directory)
+    if doc is None:
+        return None
+    size = doc.get("size") if isinstance(doc, dict) else None
+    return sum(max(0, min(end, have) - start) for start, end in _held(doc, size if type(size) is int else None))
+
+
+def _read(directory: Path) -> object:
+    """The record's JSON; None when there is none, ``{}`` when it cannot be read."""
     try:
-        doc = json.loads((directory / RECORD).read_bytes())
+        return json.loads((directory / RECORD).read_bytes())
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
-        return []
+        return {}
+
+
+def _held(doc: object, size: int | None) -> list[Interval]:
     held = doc.get("held") if isinstance(doc, dict) else None
-    if size is None or doc.get("size") != size or not isinstance(held, list):
+    if size is None or not isinstance(doc, dict) or doc.get("size") != size or not isinstance(held, list):
         return []
     intervals = []
     for item in held:
