@@ -53,7 +53,7 @@ def build(home: Path, n_images: int, n_blobs: int, seed: int = 1) -> dict:
 
     def put(data: bytes, media_type: str) -> dict:
         digest = Digest("sha256", hashlib.sha256(data).hexdigest())
-        info = store.blobs.put(digest, data)
+        info = store.ingests.put(digest, data)
         if info is not None:
             index.put_blob(digest, size=info.size, media_type=media_type, fingerprint=info.fingerprint)
         return {"digest": str(digest), "size": len(data), "media_type": media_type}
@@ -113,7 +113,7 @@ def build(home: Path, n_images: int, n_blobs: int, seed: int = 1) -> dict:
     for j in range(10):  # killed pulls
         digest = Digest("sha256", hashlib.sha256(b"stale %d" % j).hexdigest())
         try:
-            with store.blobs.ingest(digest, 1 << 20) as ing:
+            with store.ingests.open(digest, 1 << 20) as ing:
                 ing.write(rng.randbytes(1000))
                 raise ConnectionError
         except ConnectionError:

@@ -227,7 +227,7 @@ def prune(
             result.strays = [s for s in result.strays if remover.remove_path(s.path, result.errors)]
         finally:
             remover.close()
-        result.ingests = [i for i in result.ingests if store.blobs.remove_ingest(i)]
+        result.ingests = [i for i in result.ingests if store.ingests.remove(i)]
     return result
 
 

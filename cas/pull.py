@@ -374,7 +374,7 @@ class _Mover:
             observer.blob_bytes(desc.digest, n)
 
         present = functools.partial(trust.unchanged, self.store, desc.digest)  # a changed file is replaced
-        with self.store.blobs.ingest(desc.digest, desc.size, on_wait=observer.waiting, present=present) as ing:
+        with self.store.ingests.open(desc.digest, desc.size, on_wait=observer.waiting, present=present) as ing:
             if ing.committed:  # another process stored it while we waited
                 self.result.count(size=desc.size, downloaded=False)
                 observer.blob_done(desc.digest, False)

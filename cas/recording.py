@@ -29,7 +29,7 @@ def commit_bytes(store: Store, lease: Lease, digest: Digest, data: bytes, media_
 
     True when the store did not hold it yet (pull counts it as downloaded, else reused)."""
     lease.add([digest])
-    return store.blobs.put(digest, data, on_commit=lambda info: record_blob(store, info, media_type)) is not None
+    return store.ingests.put(digest, data, on_commit=lambda info: record_blob(store, info, media_type)) is not None
 
 
 def record_blob(store: Store, info: BlobInfo, media_type: str) -> None:

@@ -142,7 +142,7 @@ def read_disk(store: Store, snap: Snapshot) -> None:
             snap.files[str(digest)] = st.st_size
         else:
             snap.strays.append(Stray(path, _stray_size(path, st), _kind(st)))
-    snap.ingests = list(store.blobs.ingests())
+    snap.ingests = list(store.ingests.entries())
     snap.active = {i.path for i in snap.ingests if i.active}
 
 

@@ -41,7 +41,7 @@ from cas.jsonout import timestamp
 from cas.records import PREFIX
 from cas.snapshot import Snapshot, snapshot
 from cas.store import IngestEntry, Store
-from cas.store.blobs import RESUMABLE_FOR
+from cas.store.ingest import RESUMABLE_FOR
 from cas.store.remover import Remover
 from cas.store.trust import check_file
 
@@ -313,7 +313,7 @@ def _repair(store: Store, snap: Snapshot, users: dict, report: Report) -> None:
     finally:
         remover.close()
     for entry in snap.stale_ingests(report.now):
-        if store.blobs.remove_ingest(entry):  # False when a download took it up since
+        if store.ingests.remove(entry):  # False when a download took it up since
             for f in report.findings:
                 if f.kind == "stale-ingest" and f.what == str(entry.path.relative_to(store.root)):
                     f.repaired = "deleted"

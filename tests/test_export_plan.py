@@ -1,6 +1,6 @@
 """Export against a store built by hand: the completeness check, names, and what is left on disk.
 
-These need no registry: blobs go in through ``store.blobs.put`` and ref records through
+These need no registry: blobs go in through ``store.ingests.put`` and ref records through
 ``index.put_ref``, exactly what a pull leaves behind. Consumers (docker, podman, skopeo)
 are in test_export_consumers.py.
 """
@@ -76,7 +76,7 @@ def put_image(
     if index is not None:
         blobs.insert(0, (index, "application/vnd.oci.image.index.v1+json"))
     for data, _ in blobs:
-        store.blobs.put(of_bytes(data, algorithm), data)
+        store.ingests.put(of_bytes(data, algorithm), data)
     record = RefRecord(
         ref=ref,
         registry=ref.split("/")[0],

@@ -31,7 +31,7 @@ from cas.digest import Digest
 from cas.errors import LockTimeout, NotCached, StoreError
 from cas.images import remove_images
 from cas.store import Store
-from cas.store import blobs as blobs_module
+from cas.store import ingest as blobs_module
 from cas.usage import usage
 from cas.verify import verify
 
@@ -146,14 +146,14 @@ def test_older_than_evicts_images_unused_that_long(store, three):
 
 
 def test_all_empties_the_store(store, three, tmp_path):
-    with store.blobs.ingest(Digest.parse("sha256:" + "ab" * 32), 10) as ing:
+    with store.ingests.open(Digest.parse("sha256:" + "ab" * 32), 10) as ing:
         ing.write(b"12345")  # a killed pull: partial data, lock released
     result = gc.prune(store, gc.Policy(everything=True))
     assert len(result.images) == 3 and len(result.ingests) == 1
     assert files_on_disk(store) == set() and indexed(store) == set()
     assert list(store.index.refs()) == []
     assert layout_refs(store) == []
-    assert list(store.blobs.ingests()) == []
+    assert list(store.ingests.entries()) == []
     assert (
         result.freed_bytes
         == sum(r.size for r in three.values())
@@ -167,7 +167,7 @@ def test_leased_blobs_are_roots(store, three):
     with store.index.lease() as lease:
         digest = Digest.parse("sha256:" + __import__("hashlib").sha256(data).hexdigest())
         lease.add([digest])
-        store.blobs.put(digest, data)  # committed; the ref is not written yet
+        store.ingests.put(digest, data)  # committed; the ref is not written yet
         remove_images(store, [OTHER])
         result = gc.prune(store, gc.Policy(everything=True))
         assert store.blobs.has(digest)
@@ -198,18 +198,18 @@ def test_lease_of_a_dead_process_is_not_a_root(store, three):
 
 def test_stale_ingest_is_removed_and_active_one_kept(store):
     stale = Digest.parse("sha256:" + "11" * 32)
-    with store.blobs.ingest(stale, 100) as ing:
+    with store.ingests.open(stale, 100) as ing:
         ing.write(b"x" * 40)
     abandon(store, stale)
     active = Digest.parse("sha256:" + "22" * 32)
-    with store.blobs.ingest(active, 100) as ing:
+    with store.ingests.open(active, 100) as ing:
         ing.write(b"y" * 30)
         dry = gc.prune(store, dry_run=True)
         assert [str(i.digest) for i in dry.ingests] == [str(stale)]
         result = gc.prune(store)
         assert [str(i.digest) for i in result.ingests] == [str(stale)]
         assert result.freed_bytes == 40
-        remaining = {str(i.digest) for i in store.blobs.ingests()}
+        remaining = {str(i.digest) for i in store.ingests.entries()}
         assert remaining == {str(active)}
 
 
@@ -341,7 +341,7 @@ def test_stray_directory_counts_the_bytes_of_its_contents_without_following_link
 def test_prune_walks_the_files_before_its_index_transaction(store, three, monkeypatch):
     """Under the exclusive store lock files cannot change: the walk must not hold the index's write lock."""
     commit(store, b"garbage" * 100, "application/octet-stream")
-    with store.blobs.ingest(Digest.parse("sha256:" + "33" * 32), 100) as ing:
+    with store.ingests.open(Digest.parse("sha256:" + "33" * 32), 100) as ing:
         ing.write(b"partial")
     abandon(store, Digest.parse("sha256:" + "33" * 32))
     database = store.root / "index" / "cache.db"
@@ -359,7 +359,7 @@ def test_prune_walks_the_files_before_its_index_transaction(store, three, monkey
         finally:
             con.close()
 
-    iter_files, ingests = store.blobs.iter_files, store.blobs.ingests
+    iter_files, ingests = store.blobs.iter_files, store.ingests.entries
 
     def walking_files():
         index_writable("blobs/ walk")
@@ -376,7 +376,7 @@ def test_prune_walks_the_files_before_its_index_transaction(store, three, monkey
         return real_is_locked(path)
 
     monkeypatch.setattr(store.blobs, "iter_files", walking_files)
-    monkeypatch.setattr(store.blobs, "ingests", walking_ingests)
+    monkeypatch.setattr(store.ingests, "entries", walking_ingests)
     monkeypatch.setattr(blobs_module, "is_locked", is_locked)
     result = gc.prune(store, gc.Policy(everything=True))
     assert seen == ["blobs/ walk: writable", "ingest/ walk: writable", "ingest lock test: writable"]
@@ -386,7 +386,7 @@ def test_prune_walks_the_files_before_its_index_transaction(store, three, monkey
 
 def test_each_ingest_lock_is_tested_once_per_command(store, three, monkeypatch):
     for n in (1, 2, 3):
-        with store.blobs.ingest(Digest.parse("sha256:" + f"{n}{n}" * 32), 100) as ing:
+        with store.ingests.open(Digest.parse("sha256:" + f"{n}{n}" * 32), 100) as ing:
             ing.write(b"stale")
         abandon(store, Digest.parse("sha256:" + f"{n}{n}" * 32))
     real_is_locked = blobs_module.is_locked
@@ -397,9 +397,9 @@ def test_each_ingest_lock_is_tested_once_per_command(store, three, monkeypatch):
         return real_is_locked(path)
 
     monkeypatch.setattr(blobs_module, "is_locked", is_locked)
-    with store.blobs.ingest(Digest.parse("sha256:" + "44" * 32), 100) as running:
+    with store.ingests.open(Digest.parse("sha256:" + "44" * 32), 100) as running:
         running.write(b"in progress")
-        entries = sorted(p.name for p in store.blobs.ingest_dir.iterdir())
+        entries = sorted(p.name for p in store.ingests.dir.iterdir())
         assert len(entries) == 4
         for command in (
             lambda: usage(store),

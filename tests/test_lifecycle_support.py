@@ -28,7 +28,7 @@ OTHER = "127.0.0.1:5000/other:2"
 
 def commit(store: Store, data: bytes, media_type: str) -> Digest:
     digest = Digest.parse(_sha256(data))
-    info = store.blobs.put(digest, data)
+    info = store.ingests.put(digest, data)
     if info is not None:
         store.index.put_blob(digest, size=info.size, media_type=media_type, fingerprint=info.fingerprint)
     return digest
@@ -146,7 +146,7 @@ def tiny_record(ref: str, *, pad: int = 0, platform: str = "linux/amd64") -> Ref
 
 def abandon(store: Store, digest: Digest) -> None:
     """Age a partial download past RESUMABLE_FOR: no pull resumes it, so verify and prune call it stale."""
-    from cas.store.blobs import RESUMABLE_FOR
+    from cas.store.ingest import RESUMABLE_FOR
 
     old = time.time() - RESUMABLE_FOR - 3600
-    os.utime(store.blobs.ingest_dir / f"{digest.algorithm}-{digest.hex}" / "data", (old, old))
+    os.utime(store.ingests.dir / f"{digest.algorithm}-{digest.hex}" / "data", (old, old))

@@ -101,7 +101,7 @@ def test_range_requests_carry_ns_and_a_redirect_target_gets_none(tmp_path, store
     endpoints = hosts_toml.read(toml, "reg.example", "ns/ranged")
     digest = Digest.parse(blob.digest)
     with RegistryClient("reg.example", endpoints=endpoints, ranges=policy(), **FAST) as client:
-        with store.blobs.ingest(digest, blob.size) as ing:
+        with store.ingests.open(digest, blob.size) as ing:
             client.download_blob("ns/ranged", digest, ing)
             ing.commit()
     assert store.blobs.read(digest) == blob.data

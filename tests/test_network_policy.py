@@ -109,13 +109,13 @@ def test_a_split_download_below_the_minimum_rate_is_a_stall_and_keeps_its_ranges
     proxy.throttle(20_000)  # per connection: 4 ranges together move ~80 KB/s, below the rate asked
     ranged = RangePolicy(ConnectionBudget(4), chunk=64 << 10, min_size=128 << 10, fast_enough=None)  # split at once
     with RegistryClient(proxy.host, ranges=ranged, timeout=1.0, min_rate=500_000) as client:
-        with store.blobs.ingest(digest, layer.size) as ing, pytest.raises(Stalled) as info:
+        with store.ingests.open(digest, layer.size) as ing, pytest.raises(Stalled) as info:
             client.download_blob("cas-test/stall", digest, ing)
     assert info.value.message.startswith(f"download of blob {digest} of {proxy.host}/cas-test/stall stalled: ")
     assert "less than 500000 bytes/s for 1 s" in info.value.message
     assert len({r.headers.get("range") for r in layer_gets(proxy, slow_image)}) > 1  # it was split
     proxy.reset()
-    with RegistryClient(proxy.host, ranges=ranged) as client, store.blobs.ingest(digest, layer.size) as ing:
+    with RegistryClient(proxy.host, ranges=ranged) as client, store.ingests.open(digest, layer.size) as ing:
         client.download_blob("cas-test/stall", digest, ing, commit=ing.commit)  # resumes what it kept
     assert store.blobs.read(digest) == layer.data
     assert proxy.bytes_sent("blob") < layer.size  # what arrived before the stall was kept

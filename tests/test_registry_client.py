@@ -18,6 +18,7 @@ from cas.errors import AuthError, DigestMismatch, NotFound
 from cas.manifest import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from cas.registry import Credentials, RegistryClient
 from cas.store.blobs import BlobStore
+from cas.store.ingest import Ingests
 
 FAST = {"retries": 2, "backoff": 0.01}
 
@@ -124,7 +125,8 @@ def test_the_stores_ingest_is_a_sink(registry, no_docker_config, tmp_path):
     layer = image.layers[0]
     store = BlobStore(tmp_path / "v1")
     digest = Digest.parse(layer.digest)
-    with RegistryClient(registry.host, **FAST) as client, store.ingest(digest, layer.size) as ingest:
+    sink = Ingests(tmp_path / "v1", store).open(digest, layer.size)
+    with RegistryClient(registry.host, **FAST) as client, sink as ingest:
         client.download_blob("cas-test/blobs", digest, ingest)
         ingest.commit()
     assert store.read(digest) == layer.data

@@ -54,7 +54,7 @@ def download(
     digest = Digest.parse(blob.digest)
     report = progress.append if isinstance(progress, list) else progress
     with RegistryClient(host, ranges=policy(connections, fast_enough, chunk), **FAST) as client:
-        with store.blobs.ingest(digest, blob.size) as ing:
+        with store.ingests.open(digest, blob.size) as ing:
             client.download_blob(REPO, digest, ing, report)
             info = ing.commit()
     assert store.blobs.read(digest) == blob.data
@@ -140,7 +140,7 @@ def test_a_large_blob_is_fetched_as_exact_ranges_and_verifies(store, proxy, blob
     assert all(r.status == 206 for r in gets)
     assert sum(progress) == blob.size and min(progress) > 0
     assert proxy.bytes_sent("blob") == blob.size  # no byte fetched twice
-    assert not (store.blobs.ingest_dir / f"sha256-{Digest.parse(blob.digest).hex}").exists()
+    assert not (store.ingests.dir / f"sha256-{Digest.parse(blob.digest).hex}").exists()
 
 
 def test_a_server_that_ignores_range_still_yields_the_blob(store, proxy, blob):
@@ -155,7 +155,7 @@ def test_a_server_that_ignores_range_still_yields_the_blob(store, proxy, blob):
 
 def test_a_resumed_download_from_a_server_that_ignores_range(store, proxy, blob):
     digest = Digest.parse(blob.digest)
-    with store.blobs.ingest(digest, blob.size) as ing:  # an earlier, interrupted single stream
+    with store.ingests.open(digest, blob.size) as ing:  # an earlier, interrupted single stream
         ing.write(blob.data[: 1 << 20])
     proxy.strip_range()
     download(store, proxy.host, blob)
@@ -205,7 +205,7 @@ def test_ranges_follow_a_redirect_to_another_origin_without_credentials(store, b
     digest = Digest.parse(blob.digest)
     credentials = Credentials(basic_registry.username, basic_registry.password)
     with RegistryClient(proxy.host, ranges=policy(), credentials=credentials, **FAST) as client:
-        with store.blobs.ingest(digest, blob.size) as ing:
+        with store.ingests.open(digest, blob.size) as ing:
             client.download_blob(REPO, digest, ing)
             ing.commit()
     assert store.blobs.read(digest) == blob.data
@@ -265,7 +265,7 @@ from cas.store import Store
 host, repo, digest, size, chunk = sys.argv[2], sys.argv[3], Digest.parse(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 store = Store(sys.argv[7])
 policy = RangePolicy(ConnectionBudget(4), chunk=chunk, min_size=2 * chunk)
-with RegistryClient(host, ranges=policy) as client, store.blobs.ingest(digest, size) as ing:
+with RegistryClient(host, ranges=policy) as client, store.ingests.open(digest, size) as ing:
     client.download_blob(repo, digest, ing)
     ing.commit()
 """
@@ -275,7 +275,7 @@ def test_a_ranged_download_killed_with_several_ranges_in_flight_resumes_and_veri
     store, registry, proxy, proxy_factory, blob
 ):
     digest = Digest.parse(blob.digest)
-    entry = store.blobs.ingest_dir / f"sha256-{digest.hex}"
+    entry = store.ingests.dir / f"sha256-{digest.hex}"
     proxy.throttle(1 << 20)  # 1 MiB/s per connection: 4 ranges in flight for a while
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     child = subprocess.Popen(
@@ -313,7 +313,7 @@ def test_a_ranged_download_killed_with_several_ranges_in_flight_resumes_and_veri
 def test_the_range_record_never_names_bytes_not_on_disk(store, blob, tmp_path):
     """The store side alone: the record is written before a byte lands, and after bytes land."""
     digest = Digest.parse(blob.digest)
-    with store.blobs.ingest(digest, blob.size) as ing:
+    with store.ingests.open(digest, blob.size) as ing:
         writer = ing.ranged()
         entry = writer.directory
         assert json.loads((entry / ranges.RECORD).read_text()) == {"size": blob.size, "held": []}
@@ -324,7 +324,7 @@ def test_the_range_record_never_names_bytes_not_on_disk(store, blob, tmp_path):
         writer.write_at(0, blob.data[:CHUNK])
         assert writer.offset == 2 * CHUNK  # the prefix grew over both ranges
         writer.close()
-    with store.blobs.ingest(digest, blob.size) as ing:  # resumed: the prefix is re-hashed, the rest listed
+    with store.ingests.open(digest, blob.size) as ing:  # resumed: the prefix is re-hashed, the rest listed
         assert ing.offset == 2 * CHUNK
         ing.write(blob.data[2 * CHUNK :])  # a single stream from the prefix
         assert ing.commit().size == blob.size
@@ -372,7 +372,7 @@ def test_a_connection_given_back_by_one_blob_is_taken_at_once_by_another_blobs_q
     def download(name: str) -> None:
         data = blobs[name]
         digest = Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
-        with budget.slot(), store.blobs.ingest(digest, len(data)) as ing:
+        with budget.slot(), store.ingests.open(digest, len(data)) as ing:
             results[name] = fetch(opener(name), ing, policy, lambda n: None, retries=0, backoff=0)
             ing.commit()
 

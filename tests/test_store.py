@@ -20,7 +20,7 @@ from cas.store.locks import FileLock
 
 def _write(store, data, digest=None, size=None):
     digest = digest or of_bytes(data)
-    with store.blobs.ingest(digest, len(data) if size is None else size) as ing:
+    with store.ingests.open(digest, len(data) if size is None else size) as ing:
         assert not ing.committed
         ing.write(data)
         return ing.commit()
@@ -32,7 +32,7 @@ def test_commit_makes_a_verified_read_only_blob(store):
     path = store.blobs.path(info.digest)
     assert path.read_bytes() == data
     assert stat.S_IMODE(path.stat().st_mode) == 0o444
-    assert not any(store.blobs.ingest_dir.iterdir()), "ingest entry left behind"
+    assert not any(store.ingests.dir.iterdir()), "ingest entry left behind"
     assert store.root.joinpath("oci-layout").read_text() == '{"imageLayoutVersion": "1.0.0"}'
 
 
@@ -51,7 +51,7 @@ def test_wrong_bytes_are_never_committed(store):
 def test_existing_blob_is_reused_not_rewritten(store):
     data = b"abc" * 1000
     info = _write(store, data)
-    with store.blobs.ingest(info.digest, len(data)) as ing:
+    with store.ingests.open(info.digest, len(data)) as ing:
         assert ing.committed
 
 
@@ -59,13 +59,13 @@ def test_partial_download_resumes_from_offset(store):
     data = os.urandom(300_000)
     digest = of_bytes(data)
     try:
-        with store.blobs.ingest(digest, len(data)) as ing:
+        with store.ingests.open(digest, len(data)) as ing:
             ing.write(data[:123_456])
             raise ConnectionError("dropped")
     except ConnectionError:
         pass
     assert not store.blobs.has(digest)
-    with store.blobs.ingest(digest, len(data)) as ing:
+    with store.ingests.open(digest, len(data)) as ing:
         assert ing.offset == 123_456
         ing.write(data[123_456:])
         ing.commit()
@@ -118,7 +118,7 @@ WRITER = textwrap.dedent(
     hold = int(sys.argv[5])  # after this many bytes: say "held" and block until killed (0: never)
     data = Path(path).read_bytes()
     store = Store(Path(home))
-    with store.blobs.ingest(digest, len(data)) as ing:
+    with store.ingests.open(digest, len(data)) as ing:
         if ing.committed:
             print("reused", flush=True)
             sys.exit(0)
@@ -152,14 +152,14 @@ def test_sigkill_mid_write_leaves_no_bad_blob_and_the_next_writer_completes(tmp_
     source.write_bytes(data)
     proc = _spawn(tmp_path, store, digest, source, 0, hold=1 << 20)
     assert [proc.stdout.readline().strip() for _ in range(3)] == ["writing", "from 0", "held"]
-    data_file = next(e.path for e in store.blobs.ingests() if e.digest == digest) / "data"
+    data_file = next(e.path for e in store.ingests.entries() if e.digest == digest) / "data"
     wait_until(lambda: data_file.stat().st_size >= 1 << 20, timeout=30, what="1 MiB of partial data on disk")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     for found, path in store.blobs.iter_files():
         assert found is not None and hashlib.sha256(path.read_bytes()).hexdigest() == found.hex
     assert not store.blobs.has(digest)
-    partial = [e for e in store.blobs.ingests() if e.digest == digest]
+    partial = [e for e in store.ingests.entries() if e.digest == digest]
     assert partial and 0 < partial[0].partial < len(data) and not partial[0].active
     follower = _spawn(tmp_path, store, digest, source, 0)
     assert follower.communicate()[0].split() == ["writing", "from", str(partial[0].partial), "committed"]

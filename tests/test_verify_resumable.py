@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from support.tools import cas_in_background, wait_until
 
-from cas.store.blobs import RESUMABLE_FOR
+from cas.store.ingest import RESUMABLE_FOR
 
 
 @pytest.fixture

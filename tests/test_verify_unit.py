@@ -102,7 +102,7 @@ def test_restoring_a_shared_blob_clears_the_mark_of_every_image_it_completes(sto
     verify(store, repair=True)
     assert only_record(store, APP).needs_pull and only_record(store, BASE).needs_pull
     assert clear_marks(store, set()) == []  # nothing downloaded: no scan, nothing cleared
-    store.blobs.put(layer.digest, data)
+    store.ingests.put(layer.digest, data)
     cleared = clear_marks(store, {layer.digest})
     assert sorted(r.ref for r in cleared) == [APP, BASE]
     assert not only_record(store, APP).needs_pull and not only_record(store, BASE).needs_pull
@@ -167,13 +167,13 @@ def test_missing_blob_is_reported_and_repair_marks_the_ref(store, two):
 
 def test_orphans_and_stale_ingests_are_reported_and_removed(store, two, tmp_path):
     orphan = of_bytes(b"committed, never indexed")
-    store.blobs.put(orphan, b"committed, never indexed")
+    store.ingests.put(orphan, b"committed, never indexed")
     outside = tmp_path / "precious"
     outside.write_bytes(b"outside the store")
     sha = store.blobs.blobs_dir / "sha256"
     (sha / ("ee" * 32)).symlink_to(outside)
     (sha / "README").write_text("not a blob")
-    with store.blobs.ingest(Digest.parse("sha256:" + "12" * 32), 50) as ing:
+    with store.ingests.open(Digest.parse("sha256:" + "12" * 32), 50) as ing:
         ing.write(b"partial")
     abandon(store, Digest.parse("sha256:" + "12" * 32))
 
@@ -207,7 +207,7 @@ def test_leased_unindexed_blob_is_a_pull_in_progress_not_an_orphan(store):
     data = b"just committed by a running pull"
     digest = of_bytes(data)
     with store.index.lease([digest]):
-        store.blobs.put(digest, data)
+        store.ingests.put(digest, data)
         assert verify(store).ok
 
 
@@ -223,7 +223,7 @@ def test_a_pull_that_commits_between_the_index_read_and_the_disk_walk_is_no_orph
 
     def pull_then_walk(store_, snap):
         lease.add([digest])
-        store.blobs.put(digest, data, on_commit=(lambda info: record_blob(store, info, "x")) if recorded else None)
+        store.ingests.put(digest, data, on_commit=(lambda info: record_blob(store, info, "x")) if recorded else None)
         if recorded:
             held.__exit__(None, None, None)  # a pull drops its lease only after recording
         walk(store_, snap)

@@ -31,7 +31,7 @@ from cas.store import BlobInfo, Ingest, Store
 
 if TYPE_CHECKING:
     from cas.index import Lease
-    from cas.store.ingest import Staging
+    from cas.store.writer import Staging
 
 METADATA = ("manifest.json", "index.json", "oci-layout", "repositories")
 METADATA_LIMIT = 64 << 20  # a manifest.json of 64 MiB would list about half a million images
@@ -138,7 +138,7 @@ class Receiver:
             got.reused[digest] = member.size
             return  # verified when it was committed; the archive's copy is skipped unread
         held = contextlib.ExitStack()
-        ing = held.enter_context(self.store.blobs.ingest(digest, member.size))
+        ing = held.enter_context(self.store.ingests.open(digest, member.size))
         try:
             if ing.committed:  # another process committed it while we waited
                 got.reused[digest] = member.size
@@ -199,7 +199,7 @@ class Receiver:
 
     def _stage(self, member: Member, chunks: Callable[[], Iterator[bytes]]) -> None:
         got = self.received
-        with self.store.blobs.staging() as staged:
+        with self.store.ingests.staging() as staged:
             head = self._copy(chunks, staged)
             digest = staged.digest
             claimed = _CLAIMED.fullmatch(member.name)

@@ -16,10 +16,11 @@ from cas import DEFAULT_LOCK_TIMEOUT
 from cas.errors import ManifestError
 from cas.manifest import Descriptor, Platform, layout_index
 from cas.store.ballast import Ballast
-from cas.store.blobs import BlobStore, IngestEntry
+from cas.store.blobs import BlobStore
 from cas.store.fs import atomic_write, storage_errors
-from cas.store.ingest import BlobInfo, Ingest
+from cas.store.ingest import IngestEntry, Ingests
 from cas.store.locks import FileLock
+from cas.store.writer import BlobInfo, Ingest
 
 if TYPE_CHECKING:
     from cas.index import Index
@@ -29,7 +30,7 @@ LAYOUT_VERSION = "v1"
 OCI_LAYOUT = b'{"imageLayoutVersion": "1.0.0"}'
 REF_NAME = "org.opencontainers.image.ref.name"
 
-__all__ = ["BlobInfo", "BlobStore", "Ingest", "IngestEntry", "Store", "default_home"]
+__all__ = ["BlobInfo", "BlobStore", "Ingest", "IngestEntry", "Ingests", "Store", "default_home"]
 
 
 def default_home() -> Path:
@@ -65,6 +66,7 @@ class Store:
                 atomic_write(self.root / "oci-layout", OCI_LAYOUT)
                 atomic_write(self.root / "index.json", layout_index([]))
         self.blobs = BlobStore(self.root)
+        self.ingests = Ingests(self.root, self.blobs)
         self.ballast = Ballast(self.root)
         self._index: Index | None = None
 

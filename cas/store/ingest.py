@@ -1,327 +1,187 @@
-"""Bytes in flight: an ingest entry from first byte to commit (verify, fsync, 0444, rename).
+"""The ingest area: ``ingest/<alg>-<hex>/``, downloads in flight or abandoned. Knows nothing about HTTP.
 
-``Ingest`` is a download of a known digest: it waits for another process holding the same
-digest, resumes its partial data (one stream, or recorded ranges), verifies and commits.
-``Staging`` is content whose digest is known only at its end (a legacy archive's layer):
-hashed while written, then committed under the digest it turned out to have.
+Bytes in flight live in ``ingest/<alg>-<hex>/`` next to a lock, so a second process that
+wants the same digest waits, and a killed download can be resumed. ``Ingests`` hands out
+the writers (``cas.store.writer``) that commit into ``cas.store.blobs``, lists what is here
+(each entry looked at once, so verify and prune never take a download in motion for an
+abandoned one), says which can be resumed, and removes the abandoned ones.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import uuid
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
 
-from cas.digest import Digest, StreamVerifier
-from cas.errors import IntegrityError, SizeMismatch
+from cas.digest import Digest
+from cas.errors import BadDigest
 from cas.store import ranges
-from cas.store.fs import OverlappedWriter, fsync_dir, stat_fingerprint, storage_errors
-from cas.store.locks import FileLock
+from cas.store.blobs import BlobStore
+from cas.store.locks import FileLock, is_locked
+from cas.store.writer import LOCK, STAGING_PREFIX, BlobInfo, Ingest, Staging, remove_tree
 
-if TYPE_CHECKING:
-    from cas.store.blobs import BlobStore
-
-STAGING_PREFIX = "new-"  # ingest/new-<uuid>/: bytes whose digest is known only at their end
-LOCK = "lock"  # in each entry: held by the process writing it
+RESUMABLE_FOR = 7 * 86400.0  # a partial download untouched for longer is stale (verify reports it, prune removes it)
+SETTLING_FOR = 60.0  # an empty entry nobody holds, changed this recently, is being made or removed
 
 
 @dataclass(frozen=True)
-class BlobInfo:
-    digest: Digest
-    size: int
-    fingerprint: str  # blake3 hex
-    stat: dict | None = None  # the committed file's stat fingerprint (cas.store.trust)
+class IngestEntry:
+    """A download in progress or abandoned (``digest`` None: a staging entry, see ``Staging``),
+    as one look saw it: its lock tested first, then its data, then its directory."""
+
+    path: Path
+    digest: Digest | None
+    partial: int  # bytes its data takes on disk (what removing it frees)
+    started: float  # its directory's last change
+    is_link: bool = False  # a symlink planted in ingest/: removed as a link, never entered
+    modified: float = 0.0  # when bytes last reached its data (the entry's own time when it has none)
+    readable: bool = True  # its data is a regular file that can be opened for reading
+    active: bool = False  # a process held its lock
+    held: int = 0  # bytes a resume keeps: a split download's recorded ranges, else all of ``partial``
+
+    def resumable(self, now: float) -> bool:
+        """Whether the next pull of this digest would resume it: a readable, non-empty download
+        touched within RESUMABLE_FOR. Anything else, when no process holds it, is stale."""
+        return (
+            self.digest is not None
+            and not self.is_link
+            and self.readable
+            and self.held > 0
+            and now - self.modified <= RESUMABLE_FOR
+        )
+
+    def settling(self, now: float) -> bool:
+        """Being made or removed right now: holding no bytes, changed within SETTLING_FOR.
+
+        A process creates the directory before it locks it, and removes the lock just before
+        the directory (emptied first, ``remove_tree``): in between, nobody holds an entry
+        that is neither stale nor resumable. One a kill left so is stale once SETTLING_FOR passed.
+        """
+        return not self.is_link and self.held == 0 and now - self.started < SETTLING_FOR
+
+    @property
+    def label(self) -> str:
+        return str(self.digest) if self.digest is not None else self.path.name
 
 
-class Ingest:
-    """One digest being written. Use as a context manager.
+class Ingests:
+    """The owner of ``ingest/``; commits go to ``blobs``."""
 
-    After ``__enter__`` either ``committed`` is true (another process, or an
-    earlier run, already stored it) or ``offset`` bytes of an earlier partial
-    download are present and already hashed: the caller fetches the rest
-    (HTTP Range) or calls ``restart()``, writes, then calls ``commit()``.
-    The rest may also be written as ranges at their offsets, through ``ranged()``
-    (``cas.store.ranges``); a first ``write()`` after that keeps only the prefix.
-    """
+    def __init__(self, root: Path, blobs: BlobStore) -> None:
+        self.dir = root / "ingest"
+        self.blobs = blobs
 
-    def __init__(
+    def open(
         self,
-        store: BlobStore,
         digest: Digest,
         size: int | None,
-        on_wait: Callable[[str], None] | None,
+        on_wait: Callable[[str], None] | None = None,
         present: Callable[[], bool] | None = None,
-    ) -> None:
-        self.store = store
-        self.digest = digest
-        self.size = size
-        self._present = present
-        self.dir = store.ingest_dir / f"{digest.algorithm}-{digest.hex}"
-        self.committed = False
-        self.info: BlobInfo | None = None
-        self._lock = FileLock(self.dir / LOCK, purpose=f"the download of {digest.short}", on_wait=on_wait)
-        self._file: BinaryIO | None = None
-        self._writer: OverlappedWriter | None = None
-        self._verifier = StreamVerifier(digest)
-        self._held: list[ranges.Interval] | None = None  # ranges on disk beyond the prefix (ranges.json)
-        self._appending = False  # write() has checked that data ends at the prefix
-        self._discard = False
+    ) -> Ingest:
+        """``present``: asked (under the digest's lock) whether a file already in blobs/ is good;
+        when it says no, the download goes ahead and its commit replaces that file."""
+        return Ingest(self.blobs, self.dir, digest, size, on_wait, present)
 
-    @property
-    def offset(self) -> int:
-        return self._verifier.size
+    def staging(self, algorithm: str = "sha256") -> Staging:
+        return Staging(self.blobs, self.dir, algorithm)
 
-    def __enter__(self) -> Ingest:
-        with storage_errors(f"ingest of {self.digest}"):
-            self._lock.acquire()
-            try:
-                if self.store.has(self.digest, self.size) and (self._present is None or self._present()):
-                    self.committed = True
-                    return self
-                self._file = open(self.dir / "data", "ab+")
-                self._resume()
-                self._writer = OverlappedWriter(self._file)
-            except BaseException:  # Ctrl-C while re-hashing a large partial, a full disk...
-                self.__exit__(None, None, None)
-                raise
-        return self
+    def put(self, digest: Digest, data: bytes, on_commit: Callable[[BlobInfo], None] | None = None) -> BlobInfo | None:
+        """Verify and commit small content (manifests). None when it was already there.
 
-    def _resume(self) -> None:
-        assert self._file is not None
-        self._file.seek(0)
-        have = os.fstat(self._file.fileno()).st_size
-        if self.size is not None and have > self.size:
-            self.restart()
-            return
-        held = ranges.load(self.dir, self.size)
-        if held is not None:  # what the record names and the file really holds
-            held = ranges.merge([(start, min(end, have)) for start, end in held])
-        prefix = have if held is None else ranges.prefix_end(held)
-        while self._verifier.size < prefix and (chunk := self._file.read(min(1 << 20, prefix - self._verifier.size))):
-            self._verifier.update(chunk)
-        self._held = held
-        self._file.seek(0, os.SEEK_END)
+        ``on_commit`` runs while the digest is still locked (to record the blob in the
+        index before any waiter sees it).
+        """
 
-    def ranged(self) -> ranges.RangeWriter:
-        """Write the missing ranges at their offsets (the blob's size must be known); see cas.store.ranges."""
-        assert self._file is not None and self._writer is not None and self.size is not None
-        self._writer.settle()
-        self._file.flush()
-        self._appending = False  # a later write() first drops what the ranges left beyond the prefix
-        with storage_errors(f"blob {self.digest}"):
-            return ranges.RangeWriter(self.dir, self.size, self._verifier, self._held or [])
+        def present() -> bool:  # small: compare the bytes themselves, so a changed file is replaced
+            return self.blobs.has(digest, len(data)) and self.blobs.read(digest) == data
 
-    def _keep_prefix_only(self) -> None:
-        """Before appending: drop whatever ranged writes left beyond the hashed prefix."""
-        assert self._file is not None
-        if self._held is not None or os.fstat(self._file.fileno()).st_size != self._verifier.size:
-            self._file.truncate(self._verifier.size)
-            self._file.seek(0, os.SEEK_END)
-            ranges.forget(self.dir)
-        self._held = None
-
-    def restart(self) -> None:
-        """Drop any partial data (the server ignored our Range, or it was bad)."""
-        assert self._file is not None
-        if self._writer is not None:
-            self._writer.settle()
-        self._file.truncate(0)
-        self._file.seek(0)
-        self._verifier = StreamVerifier(self.digest)
-        ranges.forget(self.dir)
-        self._held = None
-        self._appending = True
-
-    def discard(self) -> None:
-        """Remove the entry at exit instead of keeping it for a resume (a source that cannot resume)."""
-        self._discard = True
-
-    def adopt(self, path: Path, verifier: StreamVerifier) -> None:
-        """Take over ``path`` (same filesystem) as this entry's data; ``verifier`` hashed its bytes as
-        they were written, so ``commit()`` checks them without reading them again."""
-        assert self._file is not None and self._writer is not None
-        with storage_errors(f"ingest of {self.digest}"):
-            self._writer.settle()
-            self._file.close()
-            self._file = None
-            os.replace(path, self.dir / "data")
-            self._file = open(self.dir / "data", "ab+")
-            ranges.forget(self.dir)
-        self._held, self._appending = None, True
-        verifier.expected = self.digest
-        self._verifier = verifier
-
-    def write(self, chunk: bytes) -> None:
-        assert self._file is not None and not self.committed
-        if not self._appending:
-            self._keep_prefix_only()
-            self._appending = True
-        if self.size is not None and self._verifier.size + len(chunk) > self.size:
-            got = self._verifier.size + len(chunk)
-            self.restart()
-            raise SizeMismatch(self.digest, self.size, got)
-        assert self._writer is not None
-        with storage_errors(f"blob {self.digest}"):
-            try:
-                self._writer.write(chunk)
-            except OSError:
-                self.restart()
-                raise
-        self._verifier.update(chunk)  # hashes while the helper thread writes
-
-    def commit(self) -> BlobInfo:
-        """Check size and digest, fsync, make read-only, rename into blobs/, fsync the directory."""
-        assert self._file is not None and self._writer is not None
-        with storage_errors(f"blob {self.digest}"):
-            try:
-                self._writer.settle()
-            except OSError:
-                self.restart()
-                raise
-        try:
-            if self.size is not None and self._verifier.size != self.size:
-                raise SizeMismatch(self.digest, self.size, self._verifier.size)
-            self._verifier.check()
-        except IntegrityError:
-            self.restart()
-            raise
-        final = self.store.path(self.digest)
-        with storage_errors(f"blob {self.digest}"):
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
-            data = self.dir / "data"
-            os.chmod(data, 0o444)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(data, final)  # over a changed file that a pull replaces, too
-            fsync_dir(final.parent)
-            committed = stat_fingerprint(os.stat(final))  # after the rename, which may change ctime
-        self.committed = True
-        self.info = BlobInfo(self.digest, self._verifier.size, self._verifier.fingerprint, committed)
-        return self.info
-
-    def __exit__(self, *exc: object) -> None:
-        _close_files(self)
-        _release(self, remove=self.committed or self._discard or _holds_nothing(self.dir / "data"))
-
-
-class Staging:
-    """Bytes whose digest is learned only at their end (a layer of a legacy ``docker save``).
-
-    They are written to ``ingest/new-<uuid>/data`` and hashed as they arrive; ``commit()``
-    then hands the file to an ``Ingest`` of the digest they turned out to have, which
-    commits it like any other blob. The entry is removed at exit whatever happened, and
-    one a killed process left behind is stale ingest for prune.
-    """
-
-    def __init__(self, store: BlobStore, algorithm: str) -> None:
-        self.store = store
-        self.dir = store.ingest_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
-        self.verifier = StreamVerifier(None, algorithm)
-        self._lock = FileLock(self.dir / LOCK, purpose="a staged blob")
-        self._file: BinaryIO | None = None
-        self._writer: OverlappedWriter | None = None
-
-    def __enter__(self) -> Staging:
-        with storage_errors("the store's ingest directory"):
-            self.dir.mkdir(parents=True)
-            try:
-                self._lock.acquire()
-                self._file = open(self.dir / "data", "xb")
-                self._writer = OverlappedWriter(self._file)
-            except BaseException:
-                self.__exit__(None, None, None)
-                raise
-        return self
-
-    def write(self, chunk: bytes) -> None:
-        assert self._writer is not None
-        with storage_errors("a staged blob"):
-            self._writer.write(chunk)
-        self.verifier.update(chunk)
-
-    @property
-    def digest(self) -> Digest:
-        return self.verifier.digest
-
-    def commit(self, on_commit: Callable[[BlobInfo], None] | None = None) -> BlobInfo | None:
-        """Commit the bytes under their digest; None when the store already held it."""
-        assert self._file is not None and self._writer is not None
-        with storage_errors("a staged blob"):
-            self._writer.settle()
-        with self.store.ingest(self.digest, self.verifier.size) as ing:
+        if present():  # blobs are visible only once complete: no ingest entry needed
+            return None
+        with self.open(digest, len(data), present=present) as ing:
             if ing.committed:
                 return None
-            ing.discard()
-            ing.adopt(self.dir / "data", self.verifier)
+            ing.restart()
+            ing.write(data)
             info = ing.commit()
             if on_commit is not None:
                 on_commit(info)
             return info
 
-    def __exit__(self, *exc: object) -> None:
-        _close_files(self)
-        _release(self, remove=True)
-
-
-def _close_files(entry: Ingest | Staging) -> None:
-    """Close an ingest entry's writer and file (what was written is then on disk, or lost)."""
-    if entry._writer is not None:
-        entry._writer.close()
-        entry._writer = None
-    if entry._file is not None:
-        try:
-            entry._file.close()  # flushes what is buffered; the fd is closed even when that fails
-        except OSError:
-            pass  # a full disk: the unflushed tail is lost, and a resume re-hashes what is on disk
-        entry._file = None
-
-
-def _release(entry: Ingest | Staging, *, remove: bool) -> None:
-    """Remove the entry's directory if asked, then release its lock."""
-    try:
-        if remove:
-            remove_tree(entry.dir)
-    finally:
-        entry._lock.release()
-
-
-def _holds_nothing(data: Path) -> bool:
-    """No byte to resume: a failure before the first byte, or one that dropped them (a wrong digest).
-    Such an entry is removed rather than left for verify and prune to find."""
-    try:
-        return data.stat().st_size == 0
-    except FileNotFoundError:
-        return True
-
-
-def remove_tree(path: Path) -> None:
-    """Remove an ingest directory without ever following a symlink out of it, its lock last.
-
-    While the lock file is there its holder holds it; once it is gone the directory is empty, so
-    a scan never finds bytes in an entry whose lock has gone (``cas.store.blobs``). Errors are
-    ignored: a waiter may already be re-creating the entry's lock.
-    """
-    if path.is_symlink():
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        return
-    with contextlib.suppress(OSError), os.scandir(path) as entries:
-        for entry in entries:
-            if entry.name == LOCK:
+    def entries(self) -> Iterator[IngestEntry]:
+        """Every entry under ingest/, each looked at once (``look``); one that ends meanwhile is left out."""
+        if not self.dir.is_dir():
+            return
+        for entry in os.scandir(self.dir):
+            alg, _, hexpart = entry.name.partition("-")
+            try:
+                digest = None if entry.name.startswith(STAGING_PREFIX) else Digest(alg, hexpart)
+            except BadDigest:
                 continue
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
-    with contextlib.suppress(OSError):
-        (path / LOCK).unlink()
-    with contextlib.suppress(OSError):
-        path.rmdir()
+            found = look(Path(entry.path), digest)
+            if found is not None:
+                yield found
+
+    def remove(self, entry: IngestEntry) -> bool:
+        """Remove an abandoned ingest entry; False when a process is still writing it."""
+        if entry.is_link:
+            remove_tree(entry.path)  # unlinks the link itself
+            return True
+        lock = FileLock(entry.path / LOCK, timeout=0, purpose=f"ingest of {entry.digest}")
+        try:
+            lock.acquire()
+        except Exception:
+            return False
+        try:
+            remove_tree(entry.path)
+            return True
+        finally:
+            lock.release()
+
+
+def look(path: Path, digest: Digest | None) -> IngestEntry | None:
+    """One ingest entry as it stands; None when it is gone (its download ended meanwhile).
+
+    The lock is tested before the data is read and the directory last, so the three agree:
+    a download that ends between them has removed its directory; one that begins has no
+    bytes yet and a fresh directory (``IngestEntry.settling``).
+    """
+    try:
+        if path.is_symlink():
+            return IngestEntry(path, digest, 0, path.lstat().st_mtime, is_link=True)
+        active = is_locked(path / LOCK)
+        partial, modified, readable = _partial_data(path / "data")
+        started = path.lstat().st_mtime
+    except FileNotFoundError:
+        return None
+    held = ranges.held_bytes(path, partial) if readable else None
+    return IngestEntry(
+        path,
+        digest,
+        partial,
+        started,
+        modified=started if modified is None else modified,
+        readable=readable,
+        active=active,
+        held=partial if held is None else held,
+    )
+
+
+def _partial_data(data: Path) -> tuple[int, float | None, bool]:
+    """Size, last write time (None: no data) and readability of an ingest entry's data."""
+    try:
+        fd = os.open(data, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return 0, None, True
+    except OSError:  # a symlink, no permission, an I/O error: nothing a pull could resume
+        try:
+            st = data.lstat()
+            return st.st_size, st.st_mtime, False
+        except OSError:
+            return 0, None, False
+    try:
+        st = os.fstat(fd)
+        return st.st_size, st.st_mtime, stat.S_ISREG(st.st_mode)
+    finally:
+        os.close(fd)
