@@ -245,61 +245,85 @@ def _check_refs(snap: Snapshot) -> list[Finding]:
 # repairing ---------------------------------------------------------------------
 
 
+@dataclass
+class _Mend:
+    """What a repair changes, decided from the findings before anything is touched."""
+
+    bad: set[str] = field(default_factory=set)  # digests whose record and file go
+    reindex: list[tuple[Digest, int, str, str, dict | None]] = field(default_factory=list)
+    affected: list[str] = field(default_factory=list)  # images that list a bad blob: marked needs_pull
+    complete: list[str] = field(default_factory=list)  # marked images whose blobs are all back: mark cleared
+
+
 def _repair(store: Store, snap: Snapshot, users: dict, report: Report) -> None:
-    index = store.index
-    bad: set[str] = set()
-    reindex: list[tuple[Digest, int, str, str, dict | None]] = []
+    """The index first, in one transaction; the files second; then the stale downloads."""
+    images = {image.record.name: image.record for image in snap.images.values()}
+    mend = _plan_repair(store, snap, users, report, images)
+    _repair_index(store, snap, mend, images)
+    marked = set(mend.affected) | {f.what for f in report.findings if f.kind == "needs-pull"} - set(mend.complete)
+    report.needs_pull = sorted({images[name].ref for name in marked})
+    if any(k.startswith(PREFIX) for k in snap.bad_keys):
+        store.write_layout_index()
+    _repair_files(store, mend, report)
+    for entry in snap.stale_ingests(report.now):
+        if store.ingests.remove(entry):  # False when a download took it up since
+            for f in report.findings:
+                if f.kind == "stale-ingest" and f.what == str(entry.path.relative_to(store.root)):
+                    f.repaired = "deleted"
+
+
+def _plan_repair(store: Store, snap: Snapshot, users: dict, report: Report, images: dict) -> _Mend:
+    mend = _Mend()
     for f in report.findings:
         if f.kind in ("corrupt", "missing"):
-            bad.add(f.what)
+            mend.bad.add(f.what)
         elif f.kind == "unindexed":
             digest = Digest.parse(f.what)
             checked = check_file(store.blobs.path(digest), digest, None, None, deep=True)  # one read: digest and blake3
             if checked.problem is not None:
                 f.detail += f"; {checked.problem}"
-                bad.add(f.what)
+                mend.bad.add(f.what)
                 continue
-            reindex.append((digest, snap.files[f.what], _media_type(snap, digest), checked.fingerprint, checked.stat))
-    images = {image.record.name: image.record for image in snap.images.values()}
-    affected = sorted({name for d in bad for name in users.get(d, ())})
+            mend.reindex.append(
+                (digest, snap.files[f.what], _media_type(snap, digest), checked.fingerprint, checked.stat)
+            )
+    mend.affected = sorted({name for d in mend.bad for name in users.get(d, ())})
     # a marked image whose blobs are all present, none of them bad: the mark can go
-    complete = [
+    mend.complete = [
         f.what
         for f in report.findings
         if f.kind == "needs-pull"
-        and f.what not in affected
-        and all(d in snap.files and d not in bad for d in map(str, images[f.what].unique_blobs))
+        and f.what not in mend.affected
+        and all(d in snap.files and d not in mend.bad for d in map(str, images[f.what].unique_blobs))
     ]
-    bad_refs = [k for k in snap.bad_keys if k.startswith(PREFIX)]
+    return mend
 
-    with index.transact():  # index first
-        for digest in bad:
+
+def _repair_index(store: Store, snap: Snapshot, mend: _Mend, images: dict) -> None:
+    index = store.index
+    with index.transact():
+        for digest in mend.bad:
             index.remove_blob(Digest.parse(digest))
-        for name, mark in [(name, True) for name in affected] + [(name, False) for name in complete]:
+        for name, mark in [(name, True) for name in mend.affected] + [(name, False) for name in mend.complete]:
             record = index.get_ref(images[name].ref, images[name].platform)  # re-read: a pull may have rewritten it
             if record is not None:
                 index.put_ref(record.replace(needs_pull=mark))
-        for digest, size, media_type, fingerprint, committed in reindex:
+        for digest, size, media_type, fingerprint, committed in mend.reindex:
             index.put_blob(digest, size=size, media_type=media_type, fingerprint=fingerprint, stat=committed)
         for key in snap.bad_keys:
             index.discard(key)
-    marked = set(affected) | {f.what for f in report.findings if f.kind == "needs-pull"} - set(complete)
-    report.needs_pull = sorted({images[name].ref for name in marked})
-    if bad_refs:
-        store.write_layout_index()
 
-    remover = Remover(store.blobs.blobs_dir)  # files second
+
+def _repair_files(store: Store, mend: _Mend, report: Report) -> None:
+    """Delete what the index no longer names (never following a symlink) and say what became of each finding."""
+    remover = Remover(store.blobs.blobs_dir)
     try:
         for f in report.findings:
-            if f.kind in ("corrupt", "unindexed") and f.what in bad:
+            if f.kind in ("corrupt", "unindexed") and f.what in mend.bad:
                 remover.remove_blob(Digest.parse(f.what), report.errors)
-                f.repaired = "deleted; " + (
-                    f"refs marked needs_pull: {', '.join(f.refs)}" if f.refs else "no ref needed it"
-                )
+                f.repaired = "deleted; " + _marked(f)
             elif f.kind == "missing":
-                f.repaired = "index record dropped; " + (
-                    f"refs marked needs_pull: {', '.join(f.refs)}" if f.refs else "no ref needed it"
-                )
+                f.repaired = "index record dropped; " + _marked(f)
             elif f.kind == "unindexed":
                 f.repaired = "content verified and re-indexed"
             elif f.kind == "orphan":
@@ -309,14 +333,13 @@ def _repair(store: Store, snap: Snapshot, users: dict, report: Report) -> None:
             elif f.kind == "bad-index-entry":
                 f.repaired = "dropped from the index"
             elif f.kind == "needs-pull":
-                f.repaired = "mark cleared" if f.what in complete else f"still needs `cas pull {f.what}`"
+                f.repaired = "mark cleared" if f.what in mend.complete else f"still needs `cas pull {f.what}`"
     finally:
         remover.close()
-    for entry in snap.stale_ingests(report.now):
-        if store.ingests.remove(entry):  # False when a download took it up since
-            for f in report.findings:
-                if f.kind == "stale-ingest" and f.what == str(entry.path.relative_to(store.root)):
-                    f.repaired = "deleted"
+
+
+def _marked(finding: Finding) -> str:
+    return f"refs marked needs_pull: {', '.join(finding.refs)}" if finding.refs else "no ref needed it"
 
 
 def _media_type(snap: Snapshot, digest: Digest) -> str:
