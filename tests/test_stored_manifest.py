@@ -17,7 +17,7 @@ BARE = json.dumps({"schemaVersion": 2, "config": {}, "layers": []}).encode()  # 
 
 def _put(store, data: bytes, media_type: str):
     digest = of_bytes(data)
-    store.blobs.put(digest, data, on_commit=lambda info: record_blob(store, info, media_type))
+    store.ingests.put(digest, data, on_commit=lambda info: record_blob(store, info, media_type))
     return digest
 
 
