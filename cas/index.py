@@ -206,14 +206,21 @@ class Index:
             record.update(blake3=fingerprint, stat=stat)
             self._db.set(f"blob:{digest}", record)
 
-    @_guarded
     def set_blob_stats(self, stats: dict[Digest, dict]) -> None:
         """New stat fingerprints for existing blob records, in one transaction."""
+        self._update_blobs("stat", stats)
+
+    def set_blob_types(self, types: dict[Digest, str]) -> None:
+        """New media types for existing blob records (see cas.blobtypes), in one transaction."""
+        self._update_blobs("media_type", types)
+
+    @_guarded
+    def _update_blobs(self, field: str, values: dict[Digest, object]) -> None:
         with self.transact():
-            for digest, stat in stats.items():
+            for digest, value in values.items():
                 record = self.get_blob(digest)
                 if isinstance(record, dict):
-                    record["stat"] = stat
+                    record[field] = value
                     self._db.set(f"blob:{digest}", record)
 
     @_guarded

@@ -2,8 +2,9 @@
 
 Pull and import both end here, once every blob the image lists is committed: the
 small manifests they hold in memory are committed (with their index records), a
-Docker manifest gets its OCI view (see ``cas.manifest.oci_view``), and the ref
-record is written, then index.json if it does not list the image yet. One place,
+Docker manifest gets its OCI view (see ``cas.manifest.oci_view``), blob records that
+do not know their type yet get the one the image's descriptors give (``cas.blobtypes``),
+and the ref record is written, then index.json if it does not list the image yet. One place,
 so a pulled and an imported image are recorded the same way.
 """
 
@@ -13,6 +14,7 @@ import json
 import time
 from typing import TYPE_CHECKING
 
+from cas import blobtypes
 from cas import manifest as mf
 from cas.digest import Digest, of_bytes
 from cas.errors import ManifestError
@@ -76,6 +78,7 @@ def record_image(
         used=now,
         layout_manifest=view[0] if view is not None else None,
     )
+    blobtypes.correct(store.index, ((blob.digest, blob.media_type) for blob in record.blobs))
     store.index.put_ref(record)
     if not store.layout_lists(record):  # a new manifest, or index.json left stale by a crash
         store.write_layout_index()

@@ -14,7 +14,10 @@ is checked for its size and its blake3 fingerprint (recorded at commit);
   (unreadable, empty, or untouched for ``RESUMABLE_FOR``); a resumable one is listed in
   ``Report.resumable`` instead: it is not damage, and ``repair`` keeps it;
 - ``bad-index-entry``: a ``ref:`` or ``blob:`` entry that does not parse;
-- ``needs-pull``: a ref an earlier repair marked, not pulled again since.
+- ``needs-pull``: a ref an earlier repair marked, not pulled again since;
+- ``wrong-type``: a blob record whose media type its content (a manifest) or its image
+  contradicts, as an import cut short by an older cas left them (``cas.blobtypes``);
+  ``repair`` records the right one.
 
 ``repair`` (under the store lock held exclusively) changes the index first, in
 one transaction: it drops the records of corrupt and missing blobs, marks every
@@ -36,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cas import DEFAULT_LOCK_TIMEOUT
+from cas.blobtypes import contradictions
 from cas.digest import Digest
 from cas.jsonout import timestamp
 from cas.records import PREFIX
@@ -133,10 +137,19 @@ def verify(
         ]
         findings += [Finding("bad-index-entry", key, "index entry that does not parse") for key in snap.bad_keys]
         findings += _check_refs(snap)
+        wrong = _wrong_types(store, snap)
+        findings += [
+            Finding("wrong-type", d, f"recorded as {r}, but it is {t}", sorted(users.get(d, ())))
+            for d, (r, t) in wrong.items()
+        ]
         report.findings = sorted(findings, key=lambda f: (f.kind, f.what))
         if repair and report.findings:
             with store.ballast.released():  # room for the index transaction on a full disk, as rm and prune
                 _repair(store, snap, users, report)
+                store.index.set_blob_types({Digest.parse(d): right for d, (_, right) in wrong.items()})
+            for f in report.findings:
+                if f.kind == "wrong-type":
+                    f.repaired = f"recorded as {wrong[f.what][1]}"
     return report
 
 
@@ -144,6 +157,14 @@ def verify(
 
 
 RESUMABLE_DAYS = f"{RESUMABLE_FOR / 86400:.0f} days"
+
+
+def _wrong_types(store: Store, snap: Snapshot) -> dict[str, tuple[str, str]]:
+    """Blob records whose media type their content or their image contradicts (``cas.blobtypes``)."""
+    present = {d: r for d, r in snap.indexed.items() if d in snap.files}
+    return contradictions(
+        (i.record for i in snap.images.values()), present, lambda d: store.blobs.read(Digest.parse(d))
+    )
 
 
 def _why_stale(entry: IngestEntry, now: float) -> str:

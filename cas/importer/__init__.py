@@ -33,10 +33,10 @@ from cas import DEFAULT_LOCK_TIMEOUT
 from cas.delta import DeltaDescription
 from cas.errors import ArchiveError, IncompleteArchive, MissingRequirements, UsageError
 from cas.importer.layouts import ImageSource, find_images
-from cas.importer.receive import Received, Receiver
+from cas.importer.receive import Receiver
 from cas.importer.sources import read_dir, read_tar
 from cas.importer.tarstream import BadTar
-from cas.recording import clear_marks, commit_bytes, record_blob, record_image
+from cas.recording import clear_marks, commit_bytes, record_image
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
 from cas.store import Store
@@ -110,7 +110,7 @@ def import_archive(store: Store, source: Path | BinaryIO, options: ImportOptions
                     image.names = [tag]
             result.format = "oci-dir" if is_dir else layout
             for image in images:
-                result.images.append(_record(store, lease, image, received))
+                result.images.append(_record(store, lease, image))
             clear_marks(store, set(received.stored))  # blobs it brought back heal other images too
     result.stored_blobs, result.stored_bytes = len(received.stored), sum(i.size for i in received.stored.values())
     result.reused_blobs, result.reused_bytes = len(received.reused), sum(received.reused.values())
@@ -166,21 +166,13 @@ def _check_requirements(store: Store, delta: DeltaDescription) -> None:
         raise MissingRequirements(missing, bases)
 
 
-def _record(store: Store, lease: Lease, source: ImageSource, received: Received) -> dict:
-    """Commit what the image still holds in memory, give its blobs their media types, record each name."""
+def _record(store: Store, lease: Lease, source: ImageSource) -> dict:
+    """Commit what the image still holds in memory, record each name (which types its blobs)."""
     image = source.image
     if source.config is not None:
         commit_bytes(store, lease, image.config.digest, source.config, image.config.media_type)
     if source.built is not None:
         commit_bytes(store, lease, source.manifest.digest, source.built, source.manifest.media_type)
-    typed = [
-        *([source.top] if source.top else []),
-        *((d.digest, d.media_type) for d in (source.manifest, *image.blobs)),
-    ]
-    for digest, media_type in typed:
-        info = received.stored.get(digest)
-        if info is not None:  # committed by this import before anything said what it is
-            record_blob(store, info, media_type)
     names = source.names or [parse_reference(f"{UNNAMED}@{source.manifest.digest}")]
     refs = []
     for name in names:

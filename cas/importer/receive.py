@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cas import delta
+from cas.blobtypes import UNKNOWN  # until the image recorded from it says what a blob is
 from cas.digest import Digest, of_bytes
 from cas.errors import ArchiveError, BadDigest, IntegrityError
 from cas.importer.tarstream import DIR, FILE, Member, UnsafeArchive
@@ -37,7 +38,6 @@ METADATA = ("manifest.json", "index.json", "oci-layout", "repositories")
 METADATA_LIMIT = 64 << 20  # a manifest.json of 64 MiB would list about half a million images
 CONFIG_LIMIT = 16 << 20
 HELD_LIMIT = 256 << 20  # all legacy configs held in memory until the archive ends
-UNKNOWN_TYPE = "application/octet-stream"  # until a manifest says what a blob is
 _BLOB = re.compile(r"blobs/([a-z0-9]+)/([0-9a-f]+)")
 _CONFIG_FILE = re.compile(r".*\.json|sha256:[0-9a-f]{64}")  # docker's <id>.json, go-containerregistry's digest
 _LAYER_FILE = re.compile(r".*\.(?:tar|tar\.gz|tgz|tar\.zst)")
@@ -164,7 +164,7 @@ class Receiver:
                     f"member {name}: its bytes do not match the digest its name claims ({exc.message})",
                     hint="the archive is damaged or forged; no image was recorded",
                 ) from None
-            record_blob(self.store, info, UNKNOWN_TYPE)
+            record_blob(self.store, info, UNKNOWN)
         self.received.stored[info.digest] = info
 
     def _wait(self, keep: int = 0) -> None:
@@ -209,7 +209,7 @@ class Receiver:
                     hint="the archive is damaged or forged; no image was recorded",
                 )
             self.lease.add([digest])
-            info = staged.commit(on_commit=lambda info: record_blob(self.store, info, UNKNOWN_TYPE))
+            info = staged.commit(on_commit=lambda info: record_blob(self.store, info, UNKNOWN))
         got.files[member.name] = digest
         got.heads[digest] = head
         if info is None:

@@ -55,9 +55,12 @@ class ReadAhead:
         self._stop.set()  # the thread stops at its next chunk (a blocked pipe read ends with the process)
 
     def _fill(self) -> None:
+        # read1: what the pipe holds now, up to CHUNK; read(CHUNK) would sit on a partial chunk until
+        # more arrived, keeping back the end of a member from a writer that paused
+        read = getattr(self._fh, "read1", self._fh.read)
         try:
             while not self._stop.is_set():
-                data = self._fh.read(CHUNK)
+                data = read(CHUNK)
                 self._put(data)
                 if not data:
                     return
