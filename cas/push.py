@@ -41,6 +41,7 @@ from cas.errors import (
 )
 from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
 from cas.recording import unique
+from cas.records import RefRecord, matching
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
 from cas.store import Store, trust
@@ -133,12 +134,20 @@ def push(store: Store, source: Reference, dest: Reference, options: PushOptions 
 
 
 def plan(store: Store, source: Reference, platform: Platform | None) -> PushPlan:
-    """The manifests and blobs to push, every one present in the store (else an error naming them)."""
-    top, record_platform = _top_manifest(store, source)
+    """The manifests and blobs to push, every one present in the store (else an error naming them).
+
+    With ``platform``, every record of ``source`` is asked: a platform imported or pulled alone is
+    a record of its own, whose top may be its manifest while another record's is the index.
+    """
+    records = store.index.ref_records(str(source))
+    fits = matching(records, platform) if platform is not None else []
+    if fits:
+        return _recorded_platform(store, source, max(fits, key=lambda r: r.pulled))
+    top, record_platform = _top_manifest(store, source, records)
     parsed = mf.parse(top.data, top.media_type)
     if isinstance(parsed, ImageManifest):
         if platform is not None and record_platform and not platform.matches(Platform.parse(record_platform)):
-            raise PlatformNotFound(str(platform), [record_platform])
+            raise PlatformNotFound(str(platform), [r.platform for r in records if r.platform] or [record_platform])
         _check_blobs(store, source, [(top, parsed)])
         return PushPlan(str(source), [top], unique(list(parsed.blobs)), [p for p in [record_platform] if p])
     if platform is not None:
@@ -174,9 +183,19 @@ def _whole_index(store: Store, source: Reference, top: StoredManifest, index: Im
     return PushPlan(str(source), [m for m, _ in children] + [top], blobs, platforms)
 
 
-def _top_manifest(store: Store, source: Reference) -> tuple[StoredManifest, str | None]:
+def _recorded_platform(store: Store, source: Reference, record: RefRecord) -> PushPlan:
+    """One platform's manifest, as its record names it."""
+    entry = record.entry(record.manifest)
+    assert entry is not None  # RefRecord.from_json checked that it lists its manifest
+    child = _child(store, Descriptor(entry.media_type, entry.digest, entry.size))
+    if child is None:
+        raise MissingBlobs([f"{record.manifest} (manifest of {record.name})"], [str(source)], action="push")
+    _check_blobs(store, source, [child])
+    return PushPlan(str(source), [child[0]], unique(list(child[1].blobs)), [p for p in [record.platform] if p])
+
+
+def _top_manifest(store: Store, source: Reference, records: list[RefRecord]) -> tuple[StoredManifest, str | None]:
     """The manifest or index ``source`` names in the store, and the platform its record gives."""
-    records = store.index.ref_records(str(source))
     # every platform pulled of one tag names the same top (its index); the latest pull wins if it moved
     record = max(records, key=lambda r: r.pulled) if records else None
     if record is not None:

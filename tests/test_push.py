@@ -388,3 +388,22 @@ def test_one_child_of_an_index_pushes_by_its_digest_and_platforms_are_checked(
         check=False,
     )
     assert wrong.returncode == 1 and "linux/arm64" in wrong.stderr and "linux/amd64" in wrong.stderr
+
+
+def test_push_platform_finds_a_platform_whatever_record_is_newest(cas, registry, skopeo, test_images, tmp_path):
+    """Issue 20 item 11: an export of one platform imported back is the newest record of the tag,
+    and its top is that platform's manifest; every other cached platform still pushes."""
+    ref = test_images.ref(registry, "multidocker")
+    cas("pull", "--all-platforms", ref)
+    archive = tmp_path / "amd64.tar"
+    cas("export", "--platform", "linux/amd64", ref, "-o", archive)
+    cas("import", archive)
+    arm64 = test_images.multidocker.for_platform("linux/arm64/v8")
+
+    repository = _repo("multidocker")
+    out = _push_json(cas, "--platform", "linux/arm64", ref, f"{registry.host}/{repository}:arm64")
+    assert out["digest"] == arm64.digest and out["platforms"] == ["linux/arm64/v8"]
+    copied = skopeo.inspect(f"docker://{registry.host}/{repository}:arm64", raw=True)
+    assert copied["config"]["digest"] == arm64.config_blob.digest
+    amd64 = _push_json(cas, "--platform", "linux/amd64", ref, f"{registry.host}/{repository}:amd64")
+    assert amd64["digest"] == test_images.multidocker.for_platform("linux/amd64").digest
