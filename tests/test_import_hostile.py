@@ -197,3 +197,33 @@ def test_a_delta_naming_a_blob_that_is_no_index_as_its_images_index(cas, cas_hom
     members = [_file("cas-delta.json", json.dumps(description).encode())]
     members += [_file(f"blobs/sha256/{blob.digest[7:]}", blob.data) for blob in blobs]
     _assert_refused(cas, cas_home, _tar(tmp_path / "forged.delta", members), image.config_blob.digest, "not an index")
+
+
+def test_a_delta_that_neither_carries_nor_requires_a_layer_is_refused(cas, cas_home, tmp_path):
+    """Issue 20 item 8: ``requires`` is the sender's word; the receiver still checks every layer."""
+    image = images.Image([images.layer({"one.txt": "one\n"}), images.layer({"two.txt": "two\n"})])
+    dropped = image.layers[1].blob(image.media)
+    carried = [image.manifest_blob, image.config_blob, image.layers[0].blob(image.media)]
+    description = {
+        "format": 1,
+        "images": [
+            {
+                "ref": "127.0.0.1:5000/forged:1",
+                "digest": image.digest,
+                "manifest": image.digest,
+                "media_type": image.media_type,
+                "platform": image.platform,
+            }
+        ],
+        "blobs": [{"digest": blob.digest, "size": blob.size} for blob in carried],
+        "requires": [],  # the second layer is in neither list
+    }
+    members = [_file("cas-delta.json", json.dumps(description).encode())]
+    members += [_file(f"blobs/sha256/{blob.digest[7:]}", blob.data) for blob in carried]
+    proc = cas("import", _tar(tmp_path / "forged.delta", members), check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines()[:2] == [
+        "error: cannot import: 1 blob(s) neither in the archive nor in the store:",
+        f"  {dropped.digest} (layer 2/2 of 127.0.0.1:5000/forged:1)",
+    ]
+    assert json.loads(cas("images", "--json").stdout)["images"] == []
