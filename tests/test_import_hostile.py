@@ -227,3 +227,22 @@ def test_a_delta_that_neither_carries_nor_requires_a_layer_is_refused(cas, cas_h
         f"  {dropped.digest} (layer 2/2 of 127.0.0.1:5000/forged:1)",
     ]
     assert json.loads(cas("images", "--json").stdout)["images"] == []
+
+
+def test_a_text_file_is_not_a_tar_archive_in_plain_words(cas, cas_home, tmp_path):
+    """Issue 20 item 4: no Python bytes repr of a header field."""
+    text = tmp_path / "passwd"
+    text.write_text("".join(f"user{i}:x:{i}:{i}:login\nsy:/home/u{i}:/bin/sh\n" for i in range(60)))
+    for source in (text, Path("/etc/passwd")):
+        line = _assert_refused(cas, cas_home, source, f"cannot import {source}: not a tar archive")
+        assert "b'" not in line and 'b"' not in line
+
+
+def test_an_empty_stdin_says_it_was_empty(cas, cas_home):
+    """Issue 20 item 7: `: | cas import -` says nothing came, not what an image archive lacks."""
+    proc = cas("import", "-", input=b"", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        "error: cannot import standard input: it was empty: nothing came through the pipe",
+        "hint: pipe an archive in, e.g. `docker save IMAGE | cas import -`, or name a file",
+    ]

@@ -97,7 +97,7 @@ def _wait_recorded(cas_home: Path, digests: list[str], importer: subprocess.Pope
 def test_a_truncated_import_then_pull_push_verify(cas, cas_home, registry, test_images, tmp_path, name):
     ref, data, offset = _exported(cas, registry, test_images, tmp_path, name)
     cut = cas("import", "-", input=data[:offset], check=False)
-    assert cut.returncode == 1 and cut.stderr.startswith("error: not an image archive")
+    assert cut.returncode == 1 and "not an image archive" in cut.stderr
 
     if name == "multi":  # an index among the blobs: even a plain tag pull read a guessed child type
         tagged = cas("pull", ref, check=False)

@@ -23,8 +23,9 @@ unreferenced until the next ``cas prune``.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from cas.index import Lease
 
 FORMATS = ("docker-archive", "oci-archive", "oci-dir")
+STDIN = "standard input"  # the label of `cas import -`
 UNNAMED = "localhost/imported"  # the name an unnamed image is recorded under, with its digest
 
 
@@ -79,7 +81,7 @@ def import_archive(store: Store, source: Path | BinaryIO, options: ImportOptions
     if options.format is not None and options.format not in FORMATS:
         raise UsageError(f"unknown format {options.format!r}", hint=f"choose one of {', '.join(FORMATS)}")
     tag = _tag(options.tag)
-    label = str(source) if isinstance(source, Path) else "standard input"
+    label = str(source) if isinstance(source, Path) else STDIN
     is_dir = isinstance(source, Path) and source.is_dir()
     if options.format is not None and (options.format == "oci-dir") != is_dir:
         what = "a directory" if is_dir else "not a directory"
@@ -92,12 +94,12 @@ def import_archive(store: Store, source: Path | BinaryIO, options: ImportOptions
             receiver = Receiver(
                 store, lease, on_delta=lambda d: _check_requirements(store, d), on_bytes=options.on_bytes
             )
-            result.read_bytes = _receive(source, is_dir, receiver, label)
-            received = receiver.received
-            try:
+            with _errors_of(label):
+                result.read_bytes = _receive(source, is_dir, receiver, label)
+                if result.read_bytes == 0 and not receiver.received.files:
+                    raise _empty(label)
+                received = receiver.received
                 layout, images, missing = find_images(received, store, options.format)
-            except BadTar as exc:
-                raise ArchiveError(f"cannot import {label}: {exc}") from None
             if missing:
                 raise IncompleteArchive(missing)
             if tag is not None:
@@ -118,40 +120,53 @@ def import_archive(store: Store, source: Path | BinaryIO, options: ImportOptions
     return result
 
 
+@contextlib.contextmanager
+def _errors_of(label: str) -> Iterator[None]:
+    """The one place an import's errors are mapped: the tar reader's, and every ArchiveError, name
+    the archive. Those that list missing blobs speak of the store, and say so themselves."""
+    try:
+        yield
+    except BadTar as exc:
+        raise ArchiveError(f"cannot import {label}: {exc}") from None
+    except (MissingRequirements, IncompleteArchive):
+        raise
+    except ArchiveError as exc:
+        raise ArchiveError(f"cannot import {label}: {exc.message}", hint=exc.hint) from None
+
+
+def _empty(label: str) -> ArchiveError:
+    """Nothing came: said as such, not as a tar or layout that lacks something (mapped by ``_errors_of``)."""
+    if label == STDIN:
+        return ArchiveError(
+            "it was empty: nothing came through the pipe",
+            hint="pipe an archive in, e.g. `docker save IMAGE | cas import -`, or name a file",
+        )
+    return ArchiveError("it is empty", hint="name a docker-archive, an oci-archive or an OCI layout directory")
+
+
 def _receive(source: Path | BinaryIO, is_dir: bool, receiver: Receiver, label: str) -> int:
-    """Every member into the store, every commit finished; a damaged, truncated or hostile archive is
-    one ArchiveError."""
+    """Every member into the store, every commit finished; the bytes read."""
     try:
         read = _read_members(source, is_dir, receiver, label)
     except BaseException:
         receiver.abandon()
         raise
-    try:
-        receiver.finish()
-    except ArchiveError as exc:
-        raise ArchiveError(f"cannot import {label}: {exc.message}", hint=exc.hint) from None
+    receiver.finish()
     return read
 
 
 def _read_members(source: Path | BinaryIO, is_dir: bool, receiver: Receiver, label: str) -> int:
-    try:
-        if is_dir:
-            assert isinstance(source, Path)
-            return read_dir(source, receiver.take)
-        if isinstance(source, Path):
-            try:
-                fh = open(source, "rb")
-            except OSError as exc:
-                raise UsageError(f"cannot read {label}: {exc.strerror}", hint="check the path") from None
-            with fh:
-                return read_tar(fh, receiver.take)
+    if is_dir:
+        assert isinstance(source, Path)
+        return read_dir(source, receiver.take)
+    if not isinstance(source, Path):
         return read_tar(source, receiver.take)
-    except BadTar as exc:
-        raise ArchiveError(f"cannot import {label}: {exc}") from None
-    except ArchiveError as exc:
-        if isinstance(exc, MissingRequirements | IncompleteArchive):
-            raise
-        raise ArchiveError(f"cannot import {label}: {exc.message}", hint=exc.hint) from None
+    try:
+        fh = open(source, "rb")
+    except OSError as exc:
+        raise UsageError(f"cannot read {label}: {exc.strerror}", hint="check the path") from None
+    with fh:
+        return read_tar(fh, receiver.take)
 
 
 def _check_requirements(store: Store, delta: DeltaDescription) -> None:

@@ -127,7 +127,10 @@ class TarStream:
 
 
 def _parse_header(header: bytes) -> tuple[str, int, bytes, str]:
-    stored = _number(header[148:156], "checksum")
+    try:
+        stored = _number(header[148:156], "checksum")
+    except BadTar:  # a text file, a gzip: anything but a tar header
+        raise BadTar("not a tar archive (bad header checksum)") from None
     unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
     signed = unsigned - 2 * sum(b for b in header[:148] + header[156:] if b > 127)
     if stored not in (unsigned, signed):
@@ -148,7 +151,7 @@ def _number(field: bytes, what: str) -> int:
     try:
         return int(text, 8) if text else 0
     except ValueError:
-        raise BadTar(f"not a tar archive (bad {what} field {bytes(field)!r})") from None
+        raise BadTar(f"not a tar archive (its {what} field is not an octal number)") from None
 
 
 def _text(field: bytes) -> str:
