@@ -187,3 +187,22 @@ def test_import_of_skopeo_docker_archive(cas_in, registry, test_images, skopeo, 
     cas_in(home, "export", "cas-test/base:1.0", "-o", again)
     assert "Loaded image: cas-test/base:1.0" in clean_dockerd.load(again).stdout
     assert clean_dockerd.run("cas-test/base:1.0").stdout == "hello from base\n"
+
+
+def test_import_of_docker_save_counts_every_blob_it_stored(cas, cas_in, registry, test_images, clean_dockerd, tmp_path):
+    """Issue 20 item 6: the config and the manifest cas builds for a legacy image are stored blobs too."""
+    app = test_images.ref(registry, "app")
+    cas("pull", app)
+    exported = tmp_path / "app.tar"
+    cas("export", app, "-o", exported)
+    clean_dockerd.load(exported)
+    saved = tmp_path / "saved.tar"
+    clean_dockerd.docker("save", "-o", str(saved), app)
+
+    home = tmp_path / "from-docker-save"
+    out = json.loads(cas_in(home, "import", saved, "--json").stdout)
+    files = [p for p in (home / "v1" / "blobs").rglob("*") if p.is_file()]
+    assert out["stored_blobs"] == len(files) == len(test_images.app.layers) + 2  # layers, config, manifest
+    assert out["stored_bytes"] == sum(p.stat().st_size for p in files)
+    again = json.loads(cas_in(home, "import", saved, "--json").stdout)
+    assert (again["stored_blobs"], again["reused_blobs"]) == (0, len(files))

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from cas import DEFAULT_LOCK_TIMEOUT
 from cas.delta import DeltaDescription
+from cas.digest import Digest
 from cas.errors import ArchiveError, IncompleteArchive, MissingRequirements, UsageError
 from cas.importer.layouts import ImageSource, find_images
 from cas.importer.receive import Receiver
@@ -111,10 +112,11 @@ def import_archive(store: Store, source: Path | BinaryIO, options: ImportOptions
                 for image in images:
                     image.names = [tag]
             result.format = "oci-dir" if is_dir else layout
+            stored = {digest: info.size for digest, info in received.stored.items()}
             for image in images:
-                result.images.append(_record(store, lease, image))
-            clear_marks(store, set(received.stored))  # blobs it brought back heal other images too
-    result.stored_blobs, result.stored_bytes = len(received.stored), sum(i.size for i in received.stored.values())
+                result.images.append(_record(store, lease, image, stored, received.reused))
+            clear_marks(store, set(stored))  # blobs it brought back heal other images too
+    result.stored_blobs, result.stored_bytes = len(stored), sum(stored.values())
     result.reused_blobs, result.reused_bytes = len(received.reused), sum(received.reused.values())
     result.seconds = time.monotonic() - started
     return result
@@ -181,13 +183,17 @@ def _check_requirements(store: Store, delta: DeltaDescription) -> None:
         raise MissingRequirements(missing, bases)
 
 
-def _record(store: Store, lease: Lease, source: ImageSource) -> dict:
-    """Commit what the image still holds in memory, record each name (which types its blobs)."""
+def _record(
+    store: Store, lease: Lease, source: ImageSource, stored: dict[Digest, int], reused: dict[Digest, int]
+) -> dict:
+    """Commit what the image still holds in memory (counted as ``stored`` or ``reused``), record each
+    name (which types its blobs)."""
     image = source.image
-    if source.config is not None:
-        commit_bytes(store, lease, image.config.digest, source.config, image.config.media_type)
-    if source.built is not None:
-        commit_bytes(store, lease, source.manifest.digest, source.built, source.manifest.media_type)
+    held = [(image.config, source.config), (source.manifest, source.built)]  # a legacy image's, cas-made
+    for desc, data in held:
+        if data is not None:
+            new = commit_bytes(store, lease, desc.digest, data, desc.media_type)
+            (stored if new else reused)[desc.digest] = len(data)
     names = source.names or [parse_reference(f"{UNNAMED}@{source.manifest.digest}")]
     refs = []
     for name in names:
