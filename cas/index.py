@@ -1,9 +1,13 @@
 """The metadata index (diskcache): refs, blobs, leases and cached tokens.
 
 Values are JSON, never pickles, and never blob bytes. Keys are namespaced:
-``ref:<canonical ref>|<platform>`` (see cas.records), ``blob:<alg>:<hex>``, ``lease:<id>``, ``token:<key>``,
-and ``pushed:<registry>|<repository>`` (blobs a push put there: mount sources for the next push).
-Eviction is off: this is a database, not a cache that may forget.
+``ref:<canonical ref>|<platform>`` (see cas.records; written with the reference as diskcache's tag),
+``blob:<alg>:<hex>``, ``lease:<id>``, ``token:<key>``, and ``pushed:<registry>|<repository>`` (blobs
+a push put there: mount sources for the next push). Eviction is off: this is a database, not a
+cache that may forget. The layout's version is sqlite's ``user_version`` (see ``Index._migrate``).
+
+diskcache is used through its public API here (``get``, ``set``, ``delete``, ``transact``); what
+needs its internals (opening without writing, the paged scan, the version) is ``cas.indexdb``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import logging
 import os
 import time
 import uuid
@@ -19,13 +24,15 @@ from pathlib import Path
 from typing import TypeVar
 
 from cas.digest import Digest
-from cas.errors import StoreError
-from cas.indexdb import open_database, sqlite_errors
-from cas.records import PREFIX, RefRecord, key_of, legacy_key, read_all
+from cas.errors import DiskFull, StoreError
+from cas.indexdb import open_database, scan, schema_version, set_schema_version, sqlite_errors
+from cas.records import PREFIX, RefRecord, is_legacy, key_of, legacy_key, read_all
 
+SCHEMA = 2  # see Index._migrate
 LEASE_TTL = 6 * 3600.0
 MAX_PUSHED = 20_000  # blobs remembered per pushed repository (newest first)
 _F = TypeVar("_F", bound=Callable)
+log = logging.getLogger("cas.index")
 
 
 def _guarded(method: _F) -> _F:
@@ -59,6 +66,12 @@ class Index:
         self.read_only = False
         with sqlite_errors(path):
             self._db, self.read_only = open_database(path)
+            current = schema_version(self._db) >= SCHEMA
+        if not current and not self.read_only:
+            try:
+                self._migrate()
+            except DiskFull:  # no room to move anything: read what is where it belongs, move it next time
+                log.info("no room to bring the index at %s up to date", path)
 
     @_guarded
     def close(self) -> None:
@@ -71,39 +84,14 @@ class Index:
             yield
 
     @_guarded
-    def scan(self, *prefixes: str, page: int = 1000, tag: str | None = None) -> Iterator[tuple[str, object]]:
-        """Every live ``(key, value)`` whose key starts with one of ``prefixes`` (and, given ``tag``,
-        was written with that diskcache tag: SQLite filters those rows before Python decodes any).
+    def scan(self, *prefixes: str, page: int = 1000) -> Iterator[tuple[str, object]]:
+        """Every live ``(key, value)`` whose key starts with one of ``prefixes``, in the order written.
 
-        One SQL query per ``page`` rows instead of one per key (``iterkeys`` + ``get``),
-        and no cursor held open between pages, so memory stays bounded and the caller
-        may write to the index while it iterates. Used by gc, du and verify.
-        ``Cache._sql`` and ``Disk.get/fetch`` are diskcache internals: pyproject pins
-        ``diskcache<5.7`` and tests/test_dependency_internals.py checks them.
+        One SQL query per ``page`` rows and no cursor held between pages (``cas.indexdb.scan``), so
+        memory stays bounded and the caller may write to the index while it iterates. Used by gc,
+        du and verify.
         """
-        db = self._db
-        disk = db._disk
-        now = time.time()
-        last = 0
-        while True:
-            rows = db._sql(
-                "SELECT rowid, key, raw, expire_time, mode, filename, value FROM Cache"
-                f" WHERE rowid > ?{' AND tag = ?' if tag is not None else ''} ORDER BY rowid LIMIT ?",
-                (last, tag, page) if tag is not None else (last, page),
-            ).fetchall()
-            if not rows:
-                return
-            for rowid, key, raw, expire_time, mode, filename, value in rows:
-                last = rowid
-                if expire_time is not None and expire_time < now:
-                    continue
-                name = disk.get(key, raw)
-                if not (isinstance(name, str) and name.startswith(prefixes)):
-                    continue
-                try:
-                    yield name, disk.fetch(mode, filename, value, False)
-                except OSError:  # a large value whose file a concurrent delete removed
-                    continue
+        yield from scan(self._db, prefixes, page)
 
     @_guarded
     def discard(self, key: str) -> bool:
@@ -113,13 +101,10 @@ class Index:
     # refs ------------------------------------------------------------
     @_guarded
     def get_ref(self, ref: str, platform: str | None) -> RefRecord | None:
-        """The record of ``ref`` for exactly ``platform`` (a legacy key counts when it names it)."""
+        """The record of ``ref`` for exactly ``platform``."""
         key = key_of(ref, platform)
         value = self._db.get(key)
-        if value is not None:
-            return RefRecord.from_json(value, key)
-        legacy = self._legacy(ref)
-        return legacy if legacy is not None and legacy.platform == platform else None
+        return RefRecord.from_json(value, key) if value is not None else None
 
     @_guarded
     def ref_records(self, ref: str) -> list[RefRecord]:
@@ -127,33 +112,23 @@ class Index:
 
         Records are written with the reference as their diskcache tag, so this reads only their
         rows (a full ``refs()`` scan decodes every key of the index: ~70 ms at 11,000 keys,
-        against ~1 ms); a legacy ``ref:<ref>`` key is one direct read.
+        against ~1 ms).
         """
-        found = {r.platform: r for r in read_all(self.scan(PREFIX, tag=ref))}
-        value = self._db.get(legacy_key(ref))
-        if value is not None:
-            legacy = RefRecord.from_json(value, legacy_key(ref))
-            found.setdefault(legacy.platform, legacy)
-        return [found[p] for p in sorted(found, key=lambda p: p or "")]
+        entries = list(scan(self._db, (PREFIX,), 1000, tag=ref))
+        stray = self._db.get(legacy_key(ref))
+        if stray is not None:  # a pre-platform record _migrate could not move: damage, named as such
+            entries.append((legacy_key(ref), stray))
+        return sorted(read_all(entries), key=lambda r: r.platform or "")
 
     @_guarded
     def put_ref(self, record: RefRecord) -> None:
-        """Write a record under its (ref, platform) key, replacing a legacy key for the same platform."""
-        with self.transact():
-            legacy = self._legacy(record.ref)
-            if legacy is not None and legacy.platform == record.platform:
-                self._db.delete(legacy_key(record.ref))
-            self._db.set(record.key, record.to_json(), tag=record.ref)  # ref_records finds it by tag
+        """Write a record under its (ref, platform) key."""
+        self._db.set(record.key, record.to_json(), tag=record.ref)  # ref_records finds it by tag
 
     @_guarded
     def remove_ref(self, record: RefRecord) -> bool:
         """Forget one platform of one reference."""
-        with self.transact():
-            removed = self._db.delete(record.key)
-            legacy = self._legacy(record.ref)
-            if legacy is not None and legacy.platform == record.platform:
-                removed = self._db.delete(legacy_key(record.ref)) or removed
-            return removed
+        return self._db.delete(record.key)
 
     @_guarded
     def refs(self, malformed: list[str] | None = None) -> Iterator[RefRecord]:
@@ -170,14 +145,27 @@ class Index:
                 if current is not None:
                     self.put_ref(current.replace(used=when))
 
-    def _legacy(self, ref: str) -> RefRecord | None:
-        value = self._db.get(legacy_key(ref))
-        if value is None:
-            return None
-        try:
-            return RefRecord.from_json(value, legacy_key(ref))
-        except StoreError:  # damaged: verify reports it; it stands for no platform here
-            return None
+    def _migrate(self) -> None:
+        """Bring a store written by an older cas to ``SCHEMA``, once, in one transaction.
+
+        Before 2, a record written before platforms (``ref:<ref>``) moves to its platform's key;
+        a record already there wins, as readers preferred it. A damaged old record stays where it
+        is, for ``cas verify`` to report (and ``--repair`` to drop).
+        """
+        with self.transact():
+            if schema_version(self._db) >= SCHEMA:  # another process did it first
+                return
+            for key, value in list(self.scan(PREFIX)):
+                if not is_legacy(key):
+                    continue
+                try:
+                    record = RefRecord.from_json(value, key)
+                except StoreError:
+                    continue
+                if self._db.get(record.key) is None:
+                    self.put_ref(record)
+                self._db.delete(key)
+            set_schema_version(self._db, SCHEMA)
 
     # blobs -------------------------------------------------------------
     @_guarded

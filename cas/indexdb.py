@@ -1,8 +1,11 @@
-"""Opening the index's sqlite database safely: without writing, privately, with its errors mapped.
+"""The index's sqlite database: opened safely (without writing, privately), read in pages, errors mapped.
 
-Kept apart from cas.index (what the keys mean) because it leans on diskcache's internals
-(``Cache._sql``, ``Cache._con``, the Settings table); tests/test_dependency_internals.py fails
-loudly when an upgrade moves them.
+The one module that leans on diskcache's internals, kept apart from cas.index (what the keys
+mean): ``Cache._con`` and the Settings table, to open a database without diskcache's writing
+``__init__`` (a full disk must not lock every command out), and ``Cache._sql`` with
+``Disk.get/fetch``, to page through the table in the order rows were written (by tag, too), and
+sqlite's ``user_version`` for the layout's version. Each is named by
+a test in tests/test_dependency_internals.py, which fails loudly when an upgrade moves it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,3 +180,46 @@ def open_database(path: Path) -> tuple[diskcache.Cache, bool]:
     db = diskcache.Cache(str(path), disk=diskcache.JSONDisk, **SETTINGS)  # creates it: this writes
     _make_private(path)
     return db, False
+
+
+def scan(
+    db: diskcache.Cache, prefixes: tuple[str, ...], page: int, tag: str | None = None
+) -> Iterator[tuple[str, object]]:
+    """Every live ``(key, value)`` whose key starts with one of ``prefixes`` (and, given ``tag``, was
+    written with that diskcache tag: SQLite filters those rows before Python decodes any), in rowid order.
+
+    One query per ``page`` rows, where diskcache's public ``iterkeys`` + ``get`` cost one per key,
+    and no cursor held open between pages, so the caller may write while it iterates.
+    """
+    disk = db._disk
+    now = time.time()
+    last = 0
+    while True:
+        rows = db._sql(
+            "SELECT rowid, key, raw, expire_time, mode, filename, value FROM Cache"
+            f" WHERE rowid > ?{' AND tag = ?' if tag is not None else ''} ORDER BY rowid LIMIT ?",
+            (last, tag, page) if tag is not None else (last, page),
+        ).fetchall()
+        if not rows:
+            return
+        for rowid, key, raw, expire_time, mode, filename, value in rows:
+            last = rowid
+            if expire_time is not None and expire_time < now:
+                continue
+            name = disk.get(key, raw)
+            if not (isinstance(name, str) and name.startswith(prefixes)):
+                continue
+            try:
+                yield name, disk.fetch(mode, filename, value, False)
+            except OSError:  # a large value whose file a concurrent delete removed
+                continue
+
+
+def schema_version(db: diskcache.Cache) -> int:
+    """The index layout's version, kept in sqlite's ``user_version``: a row would be one more key."""
+    ((version,),) = db._sql("PRAGMA user_version").fetchall()
+    return version
+
+
+def set_schema_version(db: diskcache.Cache, version: int) -> None:
+    db._sql(f"PRAGMA user_version = {int(version)}")

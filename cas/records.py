@@ -7,10 +7,10 @@ malformed instead), so every other module can trust the fields' types.
 
 Keys: a reference can be cached for several platforms, so each (canonical
 reference, platform) pair has its own key, ``ref:<canonical ref>|<platform>``
-(``|`` appears in neither a reference nor a platform). Stores written by the
-previous version hold one record per reference under ``ref:<canonical ref>``;
-those are still read (as the record of the platform they name) and replaced by
-the new key the next time that platform is written.
+(``|`` appears in neither a reference nor a platform). Stores written before
+platforms held one record per reference under ``ref:<canonical ref>``; the index
+moves those to their platform's key once, when it opens such a store
+(``cas.index``); ``legacy_key`` and ``is_legacy`` serve that move alone.
 """
 
 from __future__ import annotations
@@ -33,8 +33,12 @@ def key_of(ref: str, platform: str | None) -> str:
 
 
 def legacy_key(ref: str) -> str:
-    """The key the previous version wrote (one platform per reference)."""
+    """The key written before platforms (one record per reference)."""
     return f"{PREFIX}{ref}"
+
+
+def is_legacy(key: str) -> bool:
+    return key.startswith(PREFIX) and SEPARATOR not in key
 
 
 def ref_of_key(key: str) -> str:
@@ -169,7 +173,7 @@ class RefRecord:
             raise StoreError(f"the index record {where} is malformed: {detail}", hint=_hint(key)) from None
         if record.entry(record.manifest) is None:
             raise StoreError(f"the index record {where} is malformed: it does not list its manifest", hint=_hint(key))
-        if key is not None and key not in (record.key, legacy_key(record.ref)):
+        if key is not None and key != record.key and not (is_legacy(key) and key == legacy_key(record.ref)):
             raise StoreError(f"the index record {where} is malformed: it names {record.name}", hint=_hint(key))
         return record
 
@@ -216,26 +220,21 @@ def platform_matches(wanted: Platform, cached: str | None) -> bool:
 
 
 def read_all(entries: Iterable[tuple[str, object]], malformed: list[str] | None = None) -> Iterator[RefRecord]:
-    """Records from ``(key, value)`` index entries; a damaged one raises StoreError, or goes to ``malformed``.
-
-    A legacy record (``ref:<ref>``) is skipped where a new key holds the same platform.
-    """
-    current: set[str] = set()
-    legacy: list[RefRecord] = []
+    """Records from ``(key, value)`` index entries; a damaged one raises StoreError, or goes to ``malformed``
+    (as does a key that names no platform: a pre-platform record the index could not move)."""
     for key, value in entries:
         try:
             record = RefRecord.from_json(value, key)
+            if is_legacy(key):
+                where = ref_of_key(key)
+                raise StoreError(
+                    f"the index record of {where} is malformed: its key names no platform", hint=_hint(key)
+                )
+            yield record
         except StoreError:
             if malformed is None:
                 raise
             malformed.append(key)
-            continue
-        if SEPARATOR in key:
-            current.add(key)
-            yield record
-        else:
-            legacy.append(record)
-    yield from (r for r in legacy if r.key not in current)
 
 
 def _hint(key: str | None) -> str:

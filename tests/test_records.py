@@ -1,4 +1,5 @@
-"""RefRecord: validated once when read, written once, keyed by (reference, platform), legacy keys still read."""
+"""RefRecord: validated once when read, written once, keyed by (reference, platform); pre-platform keys
+moved once when the index opens."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from test_lifecycle_support import APP, BASE, images, store_image, write_raw
 from cas import gc
 from cas.errors import StoreError
 from cas.images import list_images
+from cas.index import Index
+from cas.indexdb import set_schema_version
 from cas.records import RefRecord, key_of, legacy_key
 from cas.store import Store
 
@@ -60,31 +63,45 @@ def test_another_references_damage_is_not_this_ones_error(store: Store, app: Ref
         list(store.index.refs())
 
 
-def test_legacy_key_is_read_and_replaced_by_the_next_write(store: Store, app: RefRecord) -> None:
-    """A store written by the previous version: one record per reference under ``ref:<ref>``."""
-    old = app.to_json()
-    store.index.remove_ref(app)
-    write_raw(store, legacy_key(APP), old)
-    assert store.index.get_ref(APP, "linux/amd64") == app
-    assert store.index.ref_records(APP) == [app]
-    assert [r.ref for r in store.index.refs()] == [APP]
-    assert list(gc.snapshot(store).images) == [app.key]
-    assert [row["ref"] for row in list_images(store)] == [APP]
+def _as_before_platforms(store: Store, *records: RefRecord) -> None:
+    """The index as an older cas left it: records under ``ref:<ref>``, layout version 0."""
+    for record in records:
+        store.index.remove_ref(record)
+        write_raw(store, legacy_key(record.ref), record.to_json())
+    set_schema_version(store.index._db, 0)
 
-    arm = app.replace(platform="linux/arm64/v8")
-    store.index.put_ref(arm)  # another platform: the legacy record stays
+
+def test_a_pre_platform_record_moves_to_its_platform_key_once_when_the_index_opens(
+    store: Store, app: RefRecord
+) -> None:
+    base = store_image(store, BASE, images({"base": [1]})["base"])
+    _as_before_platforms(store, app, base)
+    store.index.put_ref(base.replace(used=5000.0))  # a newer record of the same platform wins over the old one
+
+    again = Index(store.index.path)
+    try:
+        assert sorted(key for key, _ in again.scan("ref:")) == sorted([app.key, base.key])
+        assert again.get_ref(APP, "linux/amd64") == app and again.ref_records(APP) == [app]
+        assert again.get_ref(BASE, "linux/amd64").used == 5000.0
+        assert again.get_ref(APP, "linux/arm64/v8") is None
+    finally:
+        again.close()
+    assert set(gc.snapshot(store).images) == {app.key, base.key}
+    assert sorted(row["ref"] for row in list_images(store)) == sorted([APP, BASE])
+    store.index.put_ref(app.replace(platform="linux/arm64/v8"))
     assert [r.platform for r in store.index.ref_records(APP)] == ["linux/amd64", "linux/arm64/v8"]
-    store.index.put_ref(app.replace(used=5000.0))  # the same platform: the legacy key goes
-    assert store.index._db.get(legacy_key(APP)) is None
-    assert store.index.get_ref(APP, "linux/amd64").used == 5000.0
-    assert len(list(store.index.refs())) == 2
 
 
-def test_removing_a_legacy_record(store: Store, app: RefRecord) -> None:
+def test_a_damaged_pre_platform_record_stays_for_verify_to_report(store: Store, app: RefRecord) -> None:
     store.index.remove_ref(app)
-    write_raw(store, legacy_key(APP), app.to_json())
-    assert store.index.remove_ref(app) is True
-    assert list(store.index.refs()) == []
+    write_raw(store, legacy_key(APP), {"nonsense": True})
+    set_schema_version(store.index._db, 0)
+    again = Index(store.index.path)
+    try:
+        malformed: list[str] = []
+        assert list(again.refs(malformed)) == [] and malformed == [legacy_key(APP)]
+    finally:
+        again.close()
 
 
 def test_two_platforms_are_two_images_to_gc(store: Store, app: RefRecord) -> None:

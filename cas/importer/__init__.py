@@ -114,7 +114,7 @@ def import_archive(store: Store, source: Path | BinaryIO, options: ImportOptions
             result.format = "oci-dir" if is_dir else layout
             stored = {digest: info.size for digest, info in received.stored.items()}
             for image in images:
-                result.images.append(_record(store, lease, image, stored, received.reused))
+                result.images.append(_record(store, lease, image, stored))
             clear_marks(store, set(stored))  # blobs it brought back heal other images too
     result.stored_blobs, result.stored_bytes = len(stored), sum(stored.values())
     result.reused_blobs, result.reused_bytes = len(received.reused), sum(received.reused.values())
@@ -183,17 +183,14 @@ def _check_requirements(store: Store, delta: DeltaDescription) -> None:
         raise MissingRequirements(missing, bases)
 
 
-def _record(
-    store: Store, lease: Lease, source: ImageSource, stored: dict[Digest, int], reused: dict[Digest, int]
-) -> dict:
-    """Commit what the image still holds in memory (counted as ``stored`` or ``reused``), record each
-    name (which types its blobs)."""
+def _record(store: Store, lease: Lease, source: ImageSource, stored: dict[Digest, int]) -> dict:
+    """Commit what the image still holds in memory (into ``stored`` when new), record each name
+    (which types its blobs)."""
     image = source.image
     held = [(image.config, source.config), (source.manifest, source.built)]  # a legacy image's, cas-made
     for desc, data in held:
-        if data is not None:
-            new = commit_bytes(store, lease, desc.digest, data, desc.media_type)
-            (stored if new else reused)[desc.digest] = len(data)
+        if data is not None and commit_bytes(store, lease, desc.digest, data, desc.media_type):
+            stored[desc.digest] = len(data)
     names = source.names or [parse_reference(f"{UNNAMED}@{source.manifest.digest}")]
     refs = []
     for name in names:
