@@ -22,7 +22,7 @@ from cas import manifest as mf
 from cas.digest import Digest
 from cas.errors import CasError
 from cas.index import Index
-from cas.records import RefRecord
+from cas.records import BlobRecord, RefRecord
 
 UNKNOWN = ""  # recorded for a blob committed before anything said what it is
 _GUESSES = (UNKNOWN, "application/octet-stream")  # the second: what imports wrote before this rule
@@ -42,14 +42,14 @@ def correct(index: Index, typed: Iterable[tuple[Digest, str]]) -> None:
         fixes = {
             digest: media_type
             for digest, media_type in wanted.items()
-            if (record := index.get_blob(digest)) is not None and not known(record.get("media_type"))
+            if (record := index.get_blob(digest)) is not None and not known(record["media_type"])
         }
         if fixes:
             index.set_blob_types(fixes)
 
 
 def contradictions(
-    records: Iterable[RefRecord], indexed: dict[str, dict], read: Callable[[str], bytes]
+    records: Iterable[RefRecord], indexed: dict[str, BlobRecord], read: Callable[[str], bytes]
 ) -> dict[str, tuple[str, str]]:
     """``digest -> (recorded, right)`` for every blob record whose type is wrong (an unknown is not).
 
@@ -64,11 +64,11 @@ def contradictions(
                 described.setdefault(str(entry.digest), entry.media_type)
     wrong = {}
     for digest, record in indexed.items():
-        recorded = record.get("media_type")
-        if not isinstance(recorded, str) or recorded == UNKNOWN:
+        recorded = record["media_type"]
+        if recorded == UNKNOWN:
             continue  # claims nothing, so nothing contradicts it: the image recorded from it will say
         suspect = not known(recorded) or recorded in _MANIFESTS or described.get(digest) in _MANIFESTS
-        content = _content_type(read, digest) if suspect and record.get("size", 0) <= _MAX_MANIFEST else None
+        content = _content_type(read, digest) if suspect and record["size"] <= _MAX_MANIFEST else None
         right = content or (described.get(digest) if not known(recorded) else None)
         if right is not None and right != recorded:
             wrong[digest] = (recorded, right)

@@ -26,7 +26,7 @@ from typing import TypeVar
 from cas.digest import Digest
 from cas.errors import DiskFull, StoreError
 from cas.indexdb import open_database, scan, schema_version, set_schema_version, sqlite_errors
-from cas.records import PREFIX, RefRecord, is_legacy, key_of, legacy_key, read_all
+from cas.records import PREFIX, BlobRecord, RefRecord, blob_record, is_legacy, key_of, legacy_key, read_all
 
 SCHEMA = 2  # see Index._migrate
 LEASE_TTL = 6 * 3600.0
@@ -169,8 +169,14 @@ class Index:
 
     # blobs -------------------------------------------------------------
     @_guarded
-    def get_blob(self, digest: Digest) -> dict | None:
-        return self._db.get(f"blob:{digest}")
+    def get_blob(self, digest: Digest) -> BlobRecord | None:
+        """The blob's record; None when there is none, or it is damaged (verify reports it)."""
+        return blob_record(self._db.get(f"blob:{digest}"))
+
+    @_guarded
+    def has_blob_record(self, digest: Digest) -> bool:
+        """Whether the index holds an entry for the blob, damaged or not (verify tells the two apart)."""
+        return f"blob:{digest}" in self._db
 
     @_guarded
     def put_blob(
@@ -178,7 +184,7 @@ class Index:
     ) -> None:
         """``stat``: the file's stat fingerprint at commit (see cas.store.trust); None when unknown."""
         now = time.time()
-        record = {"size": size, "media_type": media_type, "blake3": fingerprint, "added": now, "used": now}
+        record = BlobRecord(size=size, media_type=media_type, blake3=fingerprint, added=now, used=now)
         if stat is not None:
             record["stat"] = stat
         self._db.set(f"blob:{digest}", record)
@@ -188,7 +194,7 @@ class Index:
         """A re-hashed file was good: record its new stat fingerprint (and a record for a file that had none)."""
         with self.transact():
             record = self.get_blob(digest)
-            if not isinstance(record, dict):
+            if record is None:
                 self.put_blob(digest, size=size, media_type=media_type, fingerprint=fingerprint, stat=stat)
                 return
             record.update(blake3=fingerprint, stat=stat)
@@ -207,8 +213,8 @@ class Index:
         with self.transact():
             for digest, value in values.items():
                 record = self.get_blob(digest)
-                if isinstance(record, dict):
-                    record[field] = value
+                if record is not None:
+                    record[field] = value  # type: ignore[literal-required]
                     self._db.set(f"blob:{digest}", record)
 
     @_guarded
@@ -216,9 +222,10 @@ class Index:
         return self._db.delete(f"blob:{digest}")
 
     @_guarded
-    def blobs(self) -> Iterator[tuple[Digest, dict]]:
-        for key, record in self.scan("blob:"):
-            if isinstance(record, dict):
+    def blobs(self) -> Iterator[tuple[Digest, BlobRecord]]:
+        for key, value in self.scan("blob:"):
+            record = blob_record(value)
+            if record is not None:
                 yield Digest.parse(key[5:]), record
 
     # leases ------------------------------------------------------------

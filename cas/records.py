@@ -1,6 +1,6 @@
-"""The ref record: what the index knows about one reference cached for one platform.
+"""The index's records: a reference cached for one platform (``RefRecord``) and a blob (``BlobRecord``).
 
-One class reads, validates and writes it; nothing else touches the JSON. A record
+One class reads, validates and writes a ref record; nothing else touches the JSON. A record
 read from the index is validated once, in ``RefRecord.from_json``: a damaged one
 raises ``StoreError`` there (callers that list many records report it as
 malformed instead), so every other module can trust the fields' types.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Required, TypedDict, cast
 
 from cas.digest import Digest
 from cas.errors import BadDigest, ManifestError, NotCached, StoreError
@@ -63,6 +64,29 @@ class BlobEntry:
             raise ValueError("bad blob entry")
         media_type = obj.get("media_type")
         return cls(Digest.parse(obj.get("digest")), obj["size"], media_type if isinstance(media_type, str) else "")
+
+
+class BlobRecord(TypedDict, total=False):
+    """What the index knows about one committed blob (``blob:<alg>:<hex>``): read through
+    ``blob_record``, which validates it once, so readers can trust these types."""
+
+    size: Required[int]
+    media_type: Required[str]  # "" until an image names it (see cas.blobtypes)
+    blake3: str  # the file's blake3 at commit: the fingerprint verify checks
+    added: float
+    used: float
+    stat: dict[str, int]  # the file's stat fingerprint at commit (see cas.store.trust)
+
+
+def blob_record(value: object) -> BlobRecord | None:
+    """A stored blob record, validated; None when it is damaged (``cas verify`` reports those)."""
+    if not isinstance(value, dict) or not _is_int(value.get("size")) or value["size"] < 0:
+        return None
+    if not isinstance(value.get("media_type"), str):
+        return None
+    if any(name in value and not isinstance(value[name], kind) for name, kind in (("blake3", str), ("stat", dict))):
+        return None
+    return cast(BlobRecord, value)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cas.digest import Digest
 from cas.errors import BadDigest
-from cas.records import PREFIX, RefRecord, read_all
+from cas.records import PREFIX, BlobRecord, RefRecord, blob_record, read_all
 from cas.store import IngestEntry, Store
 
 
@@ -74,7 +74,7 @@ class Snapshot:
     """What the index and the disk hold, read once: everything gc, du and verify decide from."""
 
     images: dict[str, Image] = field(default_factory=dict)  # record key (ref:REF|PLATFORM) -> image
-    indexed: dict[str, dict] = field(default_factory=dict)  # digest -> blob record
+    indexed: dict[str, BlobRecord] = field(default_factory=dict)  # digest -> blob record
     files: dict[str, int] = field(default_factory=dict)  # digest -> bytes on disk (regular files)
     strays: list[Stray] = field(default_factory=list)
     leased: set[str] = field(default_factory=set)
@@ -122,8 +122,9 @@ def read_index(store: Store, snap: Snapshot) -> None:
         except BadDigest:
             snap.bad_keys.append(key)
             continue
-        if isinstance(value, dict) and isinstance(value.get("size"), int):
-            snap.indexed[digest] = value
+        record = blob_record(value)
+        if record is not None:
+            snap.indexed[digest] = record
         else:
             snap.bad_keys.append(key)
     for record in read_all(refs, snap.bad_keys):

@@ -244,7 +244,7 @@ def _unaccounted(store: Store, snap: Snapshot) -> list[str]:
     if not suspects:
         return []
     leased = store.index.leased_digests()
-    return [d for d in suspects if d not in leased and store.index.get_blob(Digest.parse(d)) is None]
+    return [d for d in suspects if d not in leased and not store.index.has_blob_record(Digest.parse(d))]
 
 
 def _check_refs(snap: Snapshot) -> list[Finding]:
