@@ -42,6 +42,15 @@ class Policy:
     keep_storage: int | None = None  # evict LRU images until blob bytes fit
     older_than: float | None = None  # evict images unused for this many seconds
     everything: bool = False  # evict every image (`--all`)
+    # The size budget's sparing (cas.budget): these (ref, platform) are never evicted (what the running
+    # command pulled or used), nor, with ``spare_in_use``, an image a lease holds a blob of (a running command).
+    spare: frozenset[tuple[str, str | None]] = frozenset()
+    spare_in_use: bool = False
+
+    def spares(self, image: Image, leased: set[str]) -> bool:
+        if (image.ref, image.platform) in self.spare:
+            return True
+        return self.spare_in_use and any(digest in leased for digest, _ in image.blobs)
 
 
 # planning ----------------------------------------------------------------
@@ -147,7 +156,10 @@ def plan(snap: Snapshot, policy: Policy, *, now: float | None = None, dry_run: b
                 freed += files.get(digest, 0)
         return freed
 
-    lru = sorted(snap.images.values(), key=lambda i: (i.used, i.ref, i.platform or ""))
+    lru = sorted(
+        (i for i in snap.images.values() if not policy.spares(i, leased)),
+        key=lambda i: (i.used, i.ref, i.platform or ""),
+    )
     evicted: list[Image] = []
     if policy.everything:
         evicted, lru = lru, []

@@ -3,7 +3,9 @@
 Values are JSON, never pickles, and never blob bytes. Keys are namespaced:
 ``ref:<canonical ref>|<platform>`` (see cas.records; written with the reference as diskcache's tag),
 ``blob:<alg>:<hex>``, ``lease:<id>``, ``token:<key>``, and ``pushed:<registry>|<repository>`` (blobs
-a push put there: mount sources for the next push). Eviction is off: this is a database, not a
+a push put there: mount sources for the next push), and two single keys: ``total:blob-bytes`` (the
+running total of blob bytes, changed in the transaction that records or removes a blob, so the size
+budget never walks the store) and ``stats:counters`` (cas.stats). Eviction is off: this is a database, not a
 cache that may forget. The layout's version is sqlite's ``user_version`` (see ``Index._migrate``).
 
 diskcache is used through its public API here (``get``, ``set``, ``delete``, ``transact``); what
@@ -30,6 +32,8 @@ from cas.records import PREFIX, BlobRecord, RefRecord, blob_record, is_legacy, k
 
 SCHEMA = 2  # see Index._migrate
 LEASE_TTL = 6 * 3600.0
+TOTAL = "total:blob-bytes"
+STATS = "stats:counters"
 MAX_PUSHED = 20_000  # blobs remembered per pushed repository (newest first)
 _F = TypeVar("_F", bound=Callable)
 log = logging.getLogger("cas.index")
@@ -187,7 +191,11 @@ class Index:
         record = BlobRecord(size=size, media_type=media_type, blake3=fingerprint, added=now, used=now)
         if stat is not None:
             record["stat"] = stat
-        self._db.set(f"blob:{digest}", record)
+        with self.transact():
+            total = self.blob_bytes()
+            replaced = self._db.get(f"blob:{digest}")
+            self._db.set(f"blob:{digest}", record)
+            self._db.set(TOTAL, total + size - _size_of(replaced))
 
     @_guarded
     def refresh_blob(self, digest: Digest, *, size: int, media_type: str, fingerprint: str, stat: dict) -> None:
@@ -219,7 +227,13 @@ class Index:
 
     @_guarded
     def remove_blob(self, digest: Digest) -> bool:
-        return self._db.delete(f"blob:{digest}")
+        with self.transact():
+            total = self.blob_bytes()
+            removed = self._db.get(f"blob:{digest}")
+            if not self._db.delete(f"blob:{digest}"):
+                return False
+            self._db.set(TOTAL, total - _size_of(removed))
+            return True
 
     @_guarded
     def blobs(self) -> Iterator[tuple[Digest, BlobRecord]]:
@@ -227,6 +241,49 @@ class Index:
             record = blob_record(value)
             if record is not None:
                 yield Digest.parse(key[5:]), record
+
+    # the running total and the counters ---------------------------------
+    @_guarded
+    def blob_bytes(self) -> int:
+        """The running total of blob bytes; a store from before it has it counted once from the records."""
+        total = self._db.get(TOTAL)
+        if isinstance(total, int):
+            return total
+        return self.recount_blob_bytes()
+
+    @_guarded
+    def recount_blob_bytes(self, *, write: bool = True) -> int:
+        """The blob records' sizes added up (in one transaction), and written as the running total."""
+        with self.transact():
+            total = sum(_size_of(record) for _, record in self.scan("blob:"))
+            if write and not self.read_only:
+                self._db.set(TOTAL, total)
+            return total
+
+    @_guarded
+    def audit_blob_bytes(self) -> tuple[int | None, int]:
+        """(the running total, what the blob records add up to), read in one transaction: `cas verify`."""
+        with self.transact():
+            total = self._db.get(TOTAL)
+            return total if isinstance(total, int) else None, self.recount_blob_bytes(write=False)
+
+    @_guarded
+    def counters(self) -> dict:
+        value = self._db.get(STATS)
+        return value if isinstance(value, dict) else {}
+
+    @_guarded
+    def add_counters(self, counts: dict[str, int], start: dict) -> None:
+        """Add ``counts`` to the counters in one write (``start``: the counters when there are none yet)."""
+        with self.transact():
+            current = self.counters() or dict(start)
+            for key, n in counts.items():
+                current[key] = current.get(key, 0) + n
+            self._db.set(STATS, current)
+
+    @_guarded
+    def set_counters(self, counters: dict) -> None:
+        self._db.set(STATS, counters)
 
     # leases ------------------------------------------------------------
     @contextlib.contextmanager
@@ -300,6 +357,12 @@ class Lease:
             return
         self.digests |= new
         self.index.put_lease(self.id, self.digests)
+
+
+def _size_of(record: object) -> int:
+    """A blob record's size; 0 for none (or a damaged one: verify reports it)."""
+    size = record.get("size") if isinstance(record, dict) else None
+    return size if isinstance(size, int) else 0
 
 
 def _pid_alive(pid: object) -> bool:

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cas import DEFAULT_LOCK_TIMEOUT
+from cas import DEFAULT_LOCK_TIMEOUT, stats
 from cas import manifest as mf
 from cas.digest import Digest, verify_bytes
 from cas.errors import Cancelled, DigestMismatch, IntegrityError, PlatformMismatch, SizeMismatch, UnsupportedManifest
@@ -30,7 +30,7 @@ from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
 from cas.recording import clear_marks, commit_bytes, platform_of_config, record_blob, record_image, unique
 from cas.records import RefRecord
 from cas.reference import Reference
-from cas.registry.stall import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
+from cas.settings import DEFAULT_CONNECTIONS, DEFAULT_JOBS, DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
 from cas.store import Store, trust
 from cas.stored_manifest import read_manifest
 from cas.transfer import TransferObserver, run_parallel
@@ -51,8 +51,8 @@ PullObserver = TransferObserver  # blob_done(digest, moved): moved is "downloade
 class PullOptions:
     platforms: tuple[Platform, ...] = ()  # which platforms of a multi-platform tag; none given: the host's
     all_platforms: bool = False  # every platform the index names (attestation entries aside)
-    jobs: int = 4  # blobs at once
-    connections: int = 8  # in all, range requests included (cas.registry.ranged.DEFAULT_CONNECTIONS)
+    jobs: int = DEFAULT_JOBS  # blobs at once
+    connections: int = DEFAULT_CONNECTIONS  # in all, range requests included
     insecure: bool = False
     credentials: Credentials | None = None
     observer: PullObserver = field(default_factory=PullObserver)
@@ -147,6 +147,13 @@ def pull(store: Store, reference: Reference, options: PullOptions | None = None)
             _Mover(store, planned, remote, options, result).run()
             _record(store, lease, planned, result)
             remote.report(result)
+    stats.count(
+        store.index,
+        downloaded_bytes=result.downloaded_bytes,
+        downloaded_blobs=result.downloaded_blobs,
+        reused_bytes=result.reused_bytes,
+        reused_blobs=result.reused_blobs,
+    )
     result.seconds = time.monotonic() - started
     return result
 

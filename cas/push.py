@@ -44,6 +44,7 @@ from cas.recording import unique
 from cas.records import RefRecord, matching
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
+from cas.settings import DEFAULT_JOBS
 from cas.store import Store, trust
 from cas.stored_manifest import StoredManifest, read_manifest
 from cas.transfer import TransferObserver, run_parallel
@@ -58,7 +59,7 @@ log = logging.getLogger("cas.push")
 @dataclass
 class PushOptions:
     platform: Platform | None = None  # push this platform's manifest of an index, not the index
-    jobs: int = 4  # blobs at once
+    jobs: int = DEFAULT_JOBS  # blobs at once
     insecure: bool = False
     credentials: Credentials | None = None  # for DEST's registry
     observer: TransferObserver = field(default_factory=TransferObserver)

@@ -17,14 +17,16 @@ is checked for its size and its blake3 fingerprint (recorded at commit);
 - ``needs-pull``: a ref an earlier repair marked, not pulled again since;
 - ``wrong-type``: a blob record whose media type its content (a manifest) or its image
   contradicts, as an import cut short by an older cas left them (``cas.blobtypes``);
-  ``repair`` records the right one.
+  ``repair`` records the right one;
+- ``store-total``: the index's running total of blob bytes (what the size budget reads instead
+  of walking the store) disagrees with the blob records it sums.
 
 ``repair`` (under the store lock held exclusively) changes the index first, in
 one transaction: it drops the records of corrupt and missing blobs, marks every
 ref that lists one with ``needs_pull: true`` (the next ``cas pull`` of that ref
 fetches the blobs again and writes a fresh record without the mark), re-indexes
 unindexed blobs whose content hashes to their name, clears the mark of refs
-whose blobs are all back, and drops malformed entries. Then it deletes the corrupt files, the orphans (never following a
+whose blobs are all back, drops malformed entries and recounts the running total. Then it deletes the corrupt files, the orphans (never following a
 symlink) and the stale ingest entries. On a nearly full disk it first releases the store's
 ballast, as rm and prune do (``cas.store.ballast``), so that the transaction has room.
 """
@@ -142,6 +144,7 @@ def verify(
             Finding("wrong-type", d, f"recorded as {r}, but it is {t}", sorted(users.get(d, ())))
             for d, (r, t) in wrong.items()
         ]
+        findings += _check_total(store)
         report.findings = sorted(findings, key=lambda f: (f.kind, f.what))
         if repair and report.findings:
             with store.ballast.released():  # room for the index transaction on a full disk, as rm and prune
@@ -263,6 +266,15 @@ def _check_refs(snap: Snapshot) -> list[Finding]:
     return findings
 
 
+def _check_total(store: Store) -> list[Finding]:
+    total, counted = store.index.audit_blob_bytes()  # one transaction: a concurrent commit changes both or neither
+    if total is None or total == counted:  # none yet (a store from before it): counted on first use
+        return []
+    return [
+        Finding("store-total", "index", f"running total of blob bytes is {total}, the blob records add up to {counted}")
+    ]
+
+
 # repairing ---------------------------------------------------------------------
 
 
@@ -333,6 +345,7 @@ def _repair_index(store: Store, snap: Snapshot, mend: _Mend, images: dict) -> No
             index.put_blob(digest, size=size, media_type=media_type, fingerprint=fingerprint, stat=committed)
         for key in snap.bad_keys:
             index.discard(key)
+        index.recount_blob_bytes()
 
 
 def _repair_files(store: Store, mend: _Mend, report: Report) -> None:
@@ -353,6 +366,8 @@ def _repair_files(store: Store, mend: _Mend, report: Report) -> None:
                     f.repaired = "deleted"
             elif f.kind == "bad-index-entry":
                 f.repaired = "dropped from the index"
+            elif f.kind == "store-total":
+                f.repaired = "recounted from the blob records"
             elif f.kind == "needs-pull":
                 f.repaired = "mark cleared" if f.what in mend.complete else f"still needs `cas pull {f.what}`"
     finally:

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cas import DEFAULT_LOCK_TIMEOUT
-from cli import options, output
+from cli import budget, options, output
 
 
 class Format(StrEnum):
@@ -78,7 +77,8 @@ def export(
     insecure: options.Insecure = False,
     username: options.Username = None,
     password_stdin: options.PasswordStdin = False,
-    lock_timeout: options.LockTimeout = DEFAULT_LOCK_TIMEOUT,
+    lock_timeout: options.LockTimeout = None,
+    max_size: options.MaxSize = None,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
     verbose: options.Verbose = False,
@@ -143,12 +143,15 @@ def export(
     try:
         with observer:
             result = run_export(store, parsed, 1 if to_stdout else Path(out), opts)
+        used = [(image["ref"], image["platform"]) for image in result.images]
+        eviction = budget.keep(store, max_size, used, lock_timeout=lock_timeout) if result.pulled else None
     finally:
         store.close()
 
     if as_json:
-        output.emit_json("export", result.to_json())
+        output.emit_json("export", {**result.to_json(), "budget": eviction and eviction.to_json()})
     elif not quiet:
+        budget.say(eviction)
         if result.pulled:  # what --pull fetched first: references the store lacked, or held changed blobs of
             output.notice(f"pulled {', '.join(result.pulled)} first (--pull)")
         names = ", ".join(_shown(result))

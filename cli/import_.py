@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cas import DEFAULT_LOCK_TIMEOUT
-from cli import options, output
+from cli import budget, options, output
 
 
 class Format(StrEnum):
@@ -41,7 +40,8 @@ def import_(
             "--tag", "-t", metavar="REF", help="NAME:TAG for the one image of the archive (its names are dropped)."
         ),
     ] = None,
-    lock_timeout: options.LockTimeout = DEFAULT_LOCK_TIMEOUT,
+    lock_timeout: options.LockTimeout = None,
+    max_size: options.MaxSize = None,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
 ) -> None:
@@ -80,11 +80,13 @@ def import_(
             if isinstance(bar, _Bar):
                 opts.on_bytes = bar.advance
             result = import_archive(store, source, opts)
+        imported = [(ref, image["platform"]) for image in result.images for ref in image["refs"]]
+        eviction = budget.keep(store, max_size, imported, lock_timeout=lock_timeout)
     finally:
         store.close()
 
     if as_json:
-        output.emit_json("import", result.to_json())
+        output.emit_json("import", {**result.to_json(), "budget": eviction and eviction.to_json()})
         return
     if quiet:
         return
@@ -101,6 +103,7 @@ def import_(
         f"{result.format} from {result.source}: stored {result.stored_blobs} blob(s), {size(result.stored_bytes)}; "
         f"reused {result.reused_blobs}, {size(result.reused_bytes)} ({result.seconds:.2f}s)"
     )
+    budget.say(eviction)
 
 
 class _Bar:

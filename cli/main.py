@@ -64,6 +64,9 @@ def _root(
     ] = None,
 ) -> None:
     """Options that come before the command."""
+    from cas.settings import current
+
+    current()  # a malformed config file stops every command, not only those that read a setting
 
 
 def _interruptible(command: Callable) -> Callable:
@@ -98,6 +101,8 @@ COMMANDS = {
     "du": ("du", "du"),
     "prune": ("prune", "prune"),
     "verify": ("verify", "verify"),
+    "stats": ("stats", "stats"),
+    "config": ("config", "config"),
     "login": ("login", "login"),
     "logout": ("login", "logout"),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -48,16 +49,32 @@ def check_platforms(value: str | None) -> str | None:
     return value
 
 
-PLATFORM_ENV = ["CAS_PLATFORM", "DOCKER_DEFAULT_PLATFORM"]  # docker's own default, as docker pull reads it
+def setting(key: str, check: Callable[[object], object] | None = None) -> Callable:
+    """A callback giving an option the value cas.settings resolves: the flag, else its variable, else
+    config.toml, else the default (``check`` then vets a value that came from elsewhere than a flag)."""
+
+    def resolve(value: object) -> object:
+        from cas.settings import current
+
+        found = current().resolve(key, value)
+        return check(found.value) if check is not None and found.origin != "flag" else found.value
+
+    return resolve
+
+
+def _platforms_setting(value: str | None) -> str | None:
+    return check_platforms(setting("platform")(value))
+
+
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only: no progress bars, no summary.")]
 ExportPlatform = Annotated[
     str | None,
     typer.Option(
         "--platform",
-        envvar=PLATFORM_ENV,
         metavar="OS/ARCH[/VARIANT]",
-        callback=check_platform,
-        help="Export only this platform of each REF, e.g. linux/arm64 (default: every cached platform in an OCI "
+        callback=lambda value: check_platform(setting("platform")(value)),
+        help="Export only this platform of each REF, e.g. linux/arm64 (default: $CAS_PLATFORM, "
+        "$DOCKER_DEFAULT_PLATFORM or `platform` in config.toml, else every cached platform in an OCI "
         "format; in a docker-archive, which holds one, the only one cached, else this host's).",
     ),
 ]
@@ -65,11 +82,10 @@ PlatformsOpt = Annotated[
     str | None,
     typer.Option(
         "--platform",
-        envvar=PLATFORM_ENV,
         metavar="OS/ARCH[/VARIANT][,...]",
-        callback=check_platforms,
+        callback=_platforms_setting,
         help="Platforms to pick from a multi-platform image, comma-separated, e.g. linux/amd64,linux/arm64 "
-        "(default: this host).",
+        "(default: $CAS_PLATFORM, $DOCKER_DEFAULT_PLATFORM or `platform` in config.toml, else this host).",
     ),
 ]
 
@@ -92,20 +108,27 @@ Insecure = Annotated[
     ),
 ]
 Jobs = Annotated[
-    int,
+    int | None,
     typer.Option(
-        "--jobs", "-j", min=1, max=32, envvar="CAS_JOBS", metavar="N", help="Blobs transferred at once (1-32)."
+        "--jobs",
+        "-j",
+        min=1,
+        max=32,
+        metavar="N",
+        callback=setting("jobs"),
+        help="Blobs transferred at once (1-32; default 4, or $CAS_JOBS, or `jobs` in config.toml).",
     ),
 ]
 Connections = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--connections",
         min=1,
         max=64,
-        envvar="CAS_CONNECTIONS",
         metavar="N",
-        help="Connections per pull in all: large blobs are fetched as parallel Range requests while some are free (1: one stream per blob).",
+        callback=setting("connections"),
+        help="Connections per pull in all: large blobs are fetched as parallel Range requests while some are free "
+        "(1: one stream per blob; default 8, or $CAS_CONNECTIONS, or `connections` in config.toml).",
     ),
 ]
 Username = Annotated[
@@ -122,8 +145,9 @@ HostsDir = Annotated[
     typer.Option(
         "--hosts-dir",
         metavar="PATH",
-        help="A containerd hosts.toml directory (DIR/HOST/hosts.toml) naming mirrors; repeatable. "
-        "Replaces $CAS_HOSTS_DIR (':'-separated) and the defaults /etc/containerd/certs.d, /etc/docker/certs.d.",
+        help="A containerd hosts.toml directory (DIR/HOST/hosts.toml) naming mirrors; repeatable. Replaces "
+        "$CAS_HOSTS_DIR (':'-separated), `hosts-dir` in config.toml and the defaults /etc/containerd/certs.d, "
+        "/etc/docker/certs.d.",
     ),
 ]
 Timeout = Annotated[
@@ -131,20 +155,43 @@ Timeout = Annotated[
     typer.Option(
         "--timeout",
         min=0.1,
-        envvar="CAS_TIMEOUT",
         metavar="SECONDS",
-        help="Seconds to wait for a connection or an answer (default 30). A download moving slower than "
-        "$CAS_MIN_RATE bytes/s (default 1024) for this long is aborted; the next pull resumes it.",
+        callback=setting("timeout"),
+        help="Seconds to wait for a connection or an answer (default 30, or $CAS_TIMEOUT, or `timeout` in "
+        "config.toml). A download moving slower than $CAS_MIN_RATE bytes/s (default 1024) for this long is "
+        "aborted; the next pull resumes it.",
     ),
 ]
 LockTimeout = Annotated[
-    float,
+    float | None,
     typer.Option(
         "--lock-timeout",
         min=0,
-        envvar="CAS_LOCK_TIMEOUT",
         metavar="SECONDS",
-        help="Seconds to wait for the store lock (pulls and exports share it; prune and verify --repair need it alone).",
+        callback=setting("lock-timeout"),
+        help="Seconds to wait for the store lock (pulls and exports share it; prune and verify --repair need it "
+        "alone; default 600, or $CAS_LOCK_TIMEOUT, or `lock-timeout` in config.toml).",
+    ),
+]
+
+
+def _size(text: str) -> int:
+    from cas.sizes import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+MaxSize = Annotated[
+    int | None,
+    typer.Option(
+        "--max-size",
+        parser=_size,
+        metavar="SIZE",
+        help="Keep the store under SIZE (10GB, 500MiB): after this command, least-recently-used images are "
+        "evicted to 90% of it (default: $CAS_MAX_SIZE, or `max-size` in config.toml, else no budget).",
     ),
 ]
 
@@ -173,8 +220,8 @@ def pull_options(
     platform: str | None,
     *,
     all_platforms: bool = False,
-    jobs: int = 4,
-    connections: int = 8,
+    jobs: int | None = None,
+    connections: int | None = None,
     insecure: bool,
     username: str | None,
     password_stdin: bool,
@@ -186,15 +233,14 @@ def pull_options(
 ):
     """The PullOptions that `cas pull` and `cas export --pull` build from the same flags.
 
-    The mirror configuration is read here, so a malformed file fails before any pull starts.
+    The mirror configuration is read here, so a malformed file fails before any pull starts. What no
+    flag gave (`cas export --pull` has no --jobs) comes from cas.settings.
     """
-    import os
-
     from cas.errors import UsageError
     from cas.manifest import Platform
     from cas.pull import PullOptions
     from cas.registry.endpoints import Sources
-    from cas.registry.stall import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
+    from cas.settings import current
     from cli import output
     from cli.progress import BarsObserver, QuietObserver
 
@@ -202,35 +248,17 @@ def pull_options(
         raise UsageError(
             "--all-platforms and --platform pick the platforms two ways", hint="give one of them, not both"
         )
-    if timeout is None:
-        timeout = _positive_env("CAS_TIMEOUT", DEFAULT_TIMEOUT)
+    settings = current()
     return PullOptions(
         platforms=tuple(Platform.parse(text) for text in platform.split(",")) if platform else (),
         all_platforms=all_platforms,
-        jobs=jobs,
-        connections=connections,
+        jobs=settings.value("jobs", jobs),
+        connections=settings.value("connections", connections),
         insecure=insecure,
         credentials=read_credentials(username, password_stdin),
         observer=BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver(),
         lock_timeout=lock_timeout,
-        sources=Sources.from_env(hosts_dirs, os.environ),
-        timeout=timeout,
-        min_rate=int(_positive_env("CAS_MIN_RATE", DEFAULT_MIN_RATE, allow_zero=True)),
+        sources=Sources.from_env(hosts_dirs, settings.endpoint_env()),
+        timeout=settings.value("timeout", timeout),
+        min_rate=settings.value("min-rate"),
     )
-
-
-def _positive_env(name: str, default: float, *, allow_zero: bool = False) -> float:
-    import os
-
-    from cas.errors import CasError
-
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value < 0 or (value == 0 and not allow_zero) or value != value:
-        raise CasError(f"${name}={text!r} is not a {'non-negative' if allow_zero else 'positive'} number")
-    return value

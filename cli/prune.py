@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from cas import DEFAULT_LOCK_TIMEOUT
 from cli import options, output
 
 
@@ -53,7 +52,7 @@ def prune(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", "-n", help="Print what would go and how many bytes; change nothing.")
     ] = False,
-    lock_timeout: options.LockTimeout = DEFAULT_LOCK_TIMEOUT,
+    lock_timeout: options.LockTimeout = None,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
 ) -> None:

@@ -6,8 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cas import DEFAULT_LOCK_TIMEOUT
-from cli import options, output
+from cli import budget, options, output
 
 
 def pull(
@@ -18,14 +17,15 @@ def pull(
     all_platforms: Annotated[
         bool, typer.Option("--all-platforms", help="Every platform of a multi-platform image (one record each).")
     ] = False,
-    jobs: options.Jobs = 4,
-    connections: options.Connections = 8,
+    jobs: options.Jobs = None,
+    connections: options.Connections = None,
     insecure: options.Insecure = False,
     username: options.Username = None,
     password_stdin: options.PasswordStdin = False,
-    lock_timeout: options.LockTimeout = DEFAULT_LOCK_TIMEOUT,
+    lock_timeout: options.LockTimeout = None,
     hosts_dir: options.HostsDir = None,
     timeout: options.Timeout = None,
+    max_size: options.MaxSize = None,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
     verbose: options.Verbose = False,
@@ -73,12 +73,17 @@ def pull(
             results.append(result)
             if not (as_json or quiet):
                 output.notice(summary(result))
+    pulled = [(r.ref, r.platform) for result in results for r in result.records]
+    eviction = budget.keep(store, max_size, pulled, lock_timeout=lock_timeout)
+    if not (as_json or quiet):
+        budget.say(eviction)
     if as_json:
         output.emit_json(
             "pull",
             {
                 "images": [r.to_json() for r in results],
                 "failed": [{"ref": str(ref), "error": exc.message, "hint": exc.hint} for ref, exc in failed],
+                "budget": eviction and eviction.to_json(),
             },
         )
     if failed:

@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from cas import DEFAULT_LOCK_TIMEOUT
 from cli import options, output
 
 
@@ -23,11 +22,11 @@ def push(
             "Push only this platform's manifest of a multi-platform image (needed when not every platform is cached)."
         ),
     ] = None,
-    jobs: options.Jobs = 4,
+    jobs: options.Jobs = None,
     insecure: options.Insecure = False,
     username: options.Username = None,
     password_stdin: options.PasswordStdin = False,
-    lock_timeout: options.LockTimeout = DEFAULT_LOCK_TIMEOUT,
+    lock_timeout: options.LockTimeout = None,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
     verbose: options.Verbose = False,

@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from cas import DEFAULT_LOCK_TIMEOUT
 from cli import options, output
 
 
@@ -22,7 +21,7 @@ def verify(
             help="Delete bad blobs, orphans and stale downloads (resumable ones stay); mark affected images for a re-pull.",
         ),
     ] = False,
-    lock_timeout: options.LockTimeout = DEFAULT_LOCK_TIMEOUT,
+    lock_timeout: options.LockTimeout = None,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
 ) -> None:

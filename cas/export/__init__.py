@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cas import DEFAULT_LOCK_TIMEOUT
+from cas import DEFAULT_LOCK_TIMEOUT, stats
 from cas.digest import Digest
 from cas.errors import CasError, ChangedBlobs, DiskFull, OutputError, StoreError, UsageError
 from cas.export import delta, docker_archive, oci
@@ -159,6 +159,7 @@ def export(
     made = [index.descriptor for index in checked.indexes]  # written as blobs too (OCI formats)
     result.blobs = len(blobs) + len(made)
     result.bytes = sum(b.size for b in (*blobs, *made))
+    stats.count(store.index, exports=1, exported_bytes=result.bytes)
     result.seconds = time.monotonic() - started
     return result
 

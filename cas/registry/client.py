@@ -39,9 +39,9 @@ from cas.registry.download import BlobDownloads
 from cas.registry.endpoints import PULL, RESOLVE, TLS, Endpoint, upstream
 from cas.registry.failures import describe_transport_error, status_error
 from cas.registry.retry import MAX_RETRY_AFTER, Transient, backoff_delay
-from cas.registry.stall import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
 from cas.registry.transport import LazyTLSTransport
 from cas.registry.walk import Served, walk
+from cas.settings import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
 
 MAX_REDIRECTS = 5
 REFUSED_RETRIES = 2  # a refused connection with no endpoint left: retried briefly (a registry restarting)

@@ -40,12 +40,12 @@ import httpx
 
 from cas.registry.retry import backoff_delay
 from cas.registry.wire import parse_content_range
+from cas.settings import DEFAULT_CONNECTIONS
 
 CHUNK = 16 << 20  # bytes per range request: ~0.8 s at a 20 MB/s per-connection cap
 MIN_SIZE = 2 * CHUNK  # smaller blobs are one stream: a split would not pay for its requests
 FAST_ENOUGH = 100_000_000  # bytes/s: a connection this fast is not capped; more would only add CPU
 PROBE = 4 << 20  # bytes of the first range that judge the link (~0.2 s at 20 MB/s); all of it when shorter
-DEFAULT_CONNECTIONS = 8  # per pull (cas pull --connections)
 
 Interval = tuple[int, int]
 Opener = Callable[[int, int], httpx.Response]  # (start, end) half-open -> an open response (200 or 206)

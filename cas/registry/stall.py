@@ -6,16 +6,13 @@ stays, so the next pull resumes it) instead of holding a build for hours. A
 slow transfer that keeps moving above the rate is left alone. Total silence is
 caught sooner by the HTTP read timeout, which is the same ``window``.
 
-``--timeout`` (``$CAS_TIMEOUT``) sets the window; ``$CAS_MIN_RATE`` the rate.
+``--timeout`` sets the window and ``$CAS_MIN_RATE`` the rate (cas.settings resolves both, and holds their defaults).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-
-DEFAULT_TIMEOUT = 30.0  # seconds: connect, wait for an answer, stall window
-DEFAULT_MIN_RATE = 1024  # bytes per second
 
 
 class StallWatch:
