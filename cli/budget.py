@@ -37,7 +37,8 @@ def lines(eviction) -> list[str]:
         if budget.max_age is not None:
             why += f"{' and ' if why else ''}as unused for longer than max-age {budget.max_age:g}s"
         count = len(eviction.images)
-        said.append(f"evicted {count} image{'s' if count != 1 else ''}, {size(eviction.freed_bytes)}, {why}")
+        names = ", ".join(image.ref for image, _ in eviction.images)
+        said.append(f"evicted {count} image{'s' if count != 1 else ''} ({names}), {size(eviction.freed_bytes)}, {why}")
     for image in eviction.too_big:
         said.append(
             f"warning: {image.ref} ({image.platform or 'unknown platform'}) alone is {size(image.size)}, "

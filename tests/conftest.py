@@ -99,9 +99,10 @@ def token_server(token_registry):
 
 @pytest.fixture(autouse=True)
 def _no_settings_of_this_machine(tmp_path_factory, monkeypatch):
-    """No test reads the podman logins or the platform and tuning variables of whoever runs it:
-    cas reads podman's login files after docker's, and a test sets any variable it wants."""
+    """No test reads the podman logins, the config file or the platform and tuning variables of whoever
+    runs it: cas reads podman's login files after docker's, and a test sets any variable it wants."""
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path_factory.getbasetemp() / "no-containers-auth.json"))
+    monkeypatch.setenv("CAS_CONFIG", str(tmp_path_factory.getbasetemp() / "no-cas-config.toml"))
     for name in (
         "CAS_PLATFORM",
         "DOCKER_DEFAULT_PLATFORM",
@@ -109,6 +110,8 @@ def _no_settings_of_this_machine(tmp_path_factory, monkeypatch):
         "CAS_CONNECTIONS",
         "CAS_TIMEOUT",
         "CAS_MIN_RATE",
+        "CAS_MAX_SIZE",
+        "CAS_MAX_AGE",
     ):
         monkeypatch.delenv(name, raising=False)
 
