@@ -50,6 +50,7 @@ class Eviction:
     freed_bytes: int = 0  # everything the eviction removed (unreferenced blobs and stale downloads too)
     too_big: list[Image] = field(default_factory=list)  # spared images each bigger than the budget alone
     skipped: str | None = None  # why nothing was evicted although the budget asked for it
+    seconds: float = 0.0  # the eviction, its wait for the store lock included
 
     @property
     def over(self) -> bool:
@@ -58,6 +59,7 @@ class Eviction:
     def to_json(self) -> dict:
         return {
             "max_size": self.budget.max_size,
+            "max_size_from": self.budget.origin or None,
             "max_age_seconds": self.budget.max_age,
             "low_water_bytes": _low_water(self.budget.max_size),
             "store_bytes": self.store_bytes,
@@ -69,6 +71,7 @@ class Eviction:
             ],
             "kept_too_big": [{"ref": i.ref, "platform": i.platform, "size": i.size} for i in self.too_big],
             "skipped": self.skipped,
+            "seconds": round(self.seconds, 3),
         }
 
 
@@ -95,16 +98,19 @@ def keep(
         spare_in_use=True,
     )
     wait = LOCK_WAIT if lock_timeout is None else min(lock_timeout, LOCK_WAIT)
+    started = time.monotonic()
     try:
         result = gc.prune(store, policy, lock_timeout=wait, now=now)
     except LockTimeout:
         skipped = f"another cas command held the store for {wait:g}s; the next write evicts"
-        return _finish(store, budget, spare, Eviction(budget, total, skipped=skipped))
+        eviction = Eviction(budget, total, skipped=skipped)
     except StoreError as exc:  # a damaged index or a full disk: said, and left to `cas verify`, never fatal
-        return _finish(store, budget, spare, Eviction(budget, total, skipped=exc.message))
-    per_image, _ = result.freed_by_image()
-    eviction = Eviction(budget, store.index.blob_bytes(), per_image, result.freed_bytes)
-    stats.count(store.index, evicted_images=len(per_image), evicted_bytes=result.freed_bytes)
+        eviction = Eviction(budget, total, skipped=exc.message)
+    else:
+        per_image, _ = result.freed_by_image()
+        eviction = Eviction(budget, store.index.blob_bytes(), per_image, result.freed_bytes)
+        stats.count(store.index, evicted_images=len(per_image), evicted_bytes=result.freed_bytes)
+    eviction.seconds = time.monotonic() - started
     return _finish(store, budget, spare, eviction)
 
 

@@ -225,7 +225,10 @@ class Settings:
                 try:
                     return Value(key, setting.parse(text), "env", name)
                 except ValueError as exc:
-                    raise UsageError(f"invalid value in ${name}: {exc}", hint=f"fix or unset {name}; `cas config` shows every setting and where it came from") from None
+                    raise UsageError(
+                        f"invalid value in ${name}: {exc}",
+                        hint=f"fix or unset {name}; `cas config` shows every setting and where it came from",
+                    ) from None
         if key in self.config.entries:
             return Value(key, setting.parse(self.config.entries[key][0]), "file", self.config.where(key))
         return Value(key, setting.default, "default")
