@@ -295,6 +295,25 @@ def pushes(root: Path, runs: int) -> list[Row]:
     ]
 
 
+def budget(root: Path, runs: int) -> list[Row]:
+    """benchmarks/bench_budget.py as a row: a pull that evicts 1,000 small images vs the same pull without a budget."""
+    figures = _bench_json(root, "bench_budget.py", "--runs", str(runs))
+    if isinstance(figures, Row):
+        return [figures]
+    return [
+        Row(
+            f"pull evicting {figures['evicted_images']:,} images (--max-size)",
+            figures["budget_seconds"],
+            floor=figures["plain_seconds"],
+            floor_name="no budget",
+            target=f"< +{figures['target_seconds']} s",
+            ok=figures["added_seconds"] < figures["target_seconds"],
+            note=f"eviction adds {figures['added_seconds']:.3f} s ({figures['eviction_seconds']:.3f} s in the pull's "
+            f"own measure) to free {figures['evicted_bytes'] / MiB:.1f} MiB",
+        )
+    ]
+
+
 def mirrors(root: Path, runs: int) -> list[Row]:
     """benchmarks/bench_mirror.py as a row: later hosts through a warm pull-through mirror vs the first."""
     figures = _bench_json(root, "bench_mirror.py", "--rounds", str(runs))

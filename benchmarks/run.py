@@ -14,7 +14,8 @@ It starts a docker-registry on 127.0.0.1, pushes incompressible images (64 MiB i
 - `cas --version` vs `skopeo --version` (floor: the interpreter alone);
 - the other scripts here, as rows: bench_gc.py (du, prune, verify on 10,000 blobs),
   bench_import.py (`cas import` vs `skopeo copy docker-archive: oci:`, delta size),
-  bench_push.py (`cas push` vs skopeo) and bench_mirror.py (hosts behind a pull-through mirror).
+  bench_push.py (`cas push` vs skopeo), bench_mirror.py (hosts behind a pull-through mirror) and
+  bench_budget.py (a pull whose size budget evicts 1,000 small images, against the same pull without one).
 Peak RSS is GNU time's, the largest over cas's runs of that row. Wall-clock figures: run it on
 a quiet machine.
 """
@@ -36,7 +37,7 @@ from harness import ROOT, compile_cas
 
 from tests.support.registry import Registry
 
-GROUPS = ("pull", "capped", "export", "xfs", "version", "gc", "import", "push", "mirror")
+GROUPS = ("pull", "capped", "export", "xfs", "version", "gc", "import", "push", "mirror", "budget")
 
 
 def main() -> int:
@@ -79,6 +80,8 @@ def main() -> int:
             rows += cases.pushes(ROOT, args.runs)
         if "mirror" in only:
             rows += cases.mirrors(ROOT, args.runs)
+        if "budget" in only:
+            rows += cases.budget(ROOT, args.runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -100,7 +100,7 @@ def keep(
     wait = LOCK_WAIT if lock_timeout is None else min(lock_timeout, LOCK_WAIT)
     started = time.monotonic()
     try:
-        result = gc.prune(store, policy, lock_timeout=wait, now=now)
+        result = gc.prune(store, policy, lock_timeout=wait, now=now, walk=False)
     except LockTimeout:
         skipped = f"another cas command held the store for {wait:g}s; the next write evicts"
         eviction = Eviction(budget, total, skipped=skipped)

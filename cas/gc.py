@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cas import DEFAULT_LOCK_TIMEOUT
@@ -33,6 +34,8 @@ from cas.records import PREFIX, ref_of_key
 from cas.snapshot import Image, Snapshot, Stray, read_disk, read_index, snapshot
 from cas.store import IngestEntry, Store
 from cas.store.remover import Remover
+
+SWEEPERS = 8  # blob files unlinked at once
 
 
 @dataclass(frozen=True)
@@ -210,37 +213,64 @@ def prune(
     lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
     on_wait: Callable[[str], None] | None = None,
     now: float | None = None,
+    walk: bool = True,
 ) -> Plan:
     """Remove what no kept image and no running pull or export needs; return what went.
 
     A dry run reads a snapshot and changes nothing. A real prune releases the store's
     ballast (room for its index transaction on a full disk), takes the store lock
     exclusively, then marks, forgets and sweeps while holding it.
+
+    ``walk=False`` (the size budget, cas.budget) trusts the index for what blobs/ holds and
+    leaves stray files and stale downloads to the next `cas prune`: an eviction after every
+    pull must not walk the store.
     """
     if dry_run:
         return plan(snapshot(store), policy, now=now, dry_run=True)
     with store.ballast.released(), store.lock(shared=False, timeout=lock_timeout, on_wait=on_wait):
         index = store.index
         snap = Snapshot()
-        read_disk(store, snap)  # outside the transaction: no file changes under the exclusive lock
+        if walk:
+            read_disk(store, snap)  # outside the transaction: no file changes under the exclusive lock
         with index.transact():  # roots re-read and index changed in one BEGIN IMMEDIATE
             read_index(store, snap)
+            if not walk:
+                snap.files = {digest: record["size"] for digest, record in snap.indexed.items()}
             result = plan(snap, policy, now=now, dry_run=False)
             for image in result.images:
                 index.remove_ref(image.record)
-            for digest, _, indexed in result.blobs:
-                if indexed:
-                    index.remove_blob(Digest.parse(digest))
+            index.remove_blobs(
+                {Digest.parse(digest): snap.indexed[digest]["size"] for digest, _, indexed in result.blobs if indexed}
+            )
         if result.images:
             store.write_layout_index()
         remover = Remover(store.blobs.blobs_dir)
         try:  # report only what went: a file that could not be removed is in errors, not in freed
-            result.blobs = [b for b in result.blobs if _sweep_blob(remover, b[0], b[0] in snap.files, result.errors)]
+            result.blobs = _sweep_blobs(remover, result.blobs, snap.files, result.errors)
             result.strays = [s for s in result.strays if remover.remove_path(s.path, result.errors)]
         finally:
             remover.close()
         result.ingests = [i for i in result.ingests if store.ingests.remove(i)]
     return result
+
+
+def _sweep_blobs(remover: Remover, blobs: list, files: dict[str, int], errors: list[str]) -> list:
+    """Delete the swept blobs' files, SWEEPERS at once; the blobs that went, in their order.
+
+    Freeing a file's blocks is most of an unlink's cost and runs in parallel (on ext4, 4 threads
+    unlink about 4x faster), which is what keeps an eviction of a thousand images short. The
+    first blob of each algorithm goes alone, so the remover opens that directory once.
+    """
+    firsts = {Digest.parse(b[0]).algorithm: b for b in reversed(blobs)}.values()
+
+    def sweep(blob: tuple[str, int, bool]) -> bool:
+        return _sweep_blob(remover, blob[0], blob[0] in files, errors)
+
+    went = {id(b) for b in firsts if sweep(b)}
+    rest = [b for b in blobs if not any(b is f for f in firsts)]
+    with ThreadPoolExecutor(max_workers=SWEEPERS, thread_name_prefix="cas-sweep") as pool:
+        went |= {id(b) for b, gone in zip(rest, pool.map(sweep, rest), strict=True) if gone}
+    return [b for b in blobs if id(b) in went]
 
 
 def _sweep_blob(remover: Remover, digest: str, on_disk: bool, errors: list[str]) -> bool:

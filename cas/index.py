@@ -228,12 +228,17 @@ class Index:
     @_guarded
     def remove_blob(self, digest: Digest) -> bool:
         with self.transact():
+            return self.remove_blobs({digest: _size_of(self.get_blob(digest))}) == 1
+
+    @_guarded
+    def remove_blobs(self, sizes: dict[Digest, int]) -> int:
+        """Forget these blob records (with the sizes they hold, read in the caller's transaction), the running
+        total changed once; how many there were. Prune reads every record first, so this only deletes."""
+        with self.transact():
             total = self.blob_bytes()
-            removed = self._db.get(f"blob:{digest}")
-            if not self._db.delete(f"blob:{digest}"):
-                return False
-            self._db.set(TOTAL, total - _size_of(removed))
-            return True
+            gone = [digest for digest in sizes if self._db.delete(f"blob:{digest}")]
+            self._db.set(TOTAL, total - sum(sizes[digest] for digest in gone))
+            return len(gone)
 
     @_guarded
     def blobs(self) -> Iterator[tuple[Digest, BlobRecord]]:
