@@ -240,13 +240,20 @@ class Settings:
         return [self.resolve(key) for key in SETTINGS]
 
     def endpoint_env(self) -> dict[str, str]:
-        """The variables cas.registry.endpoints reads, with the config file's values where none is set."""
+        """The variables cas.registry.endpoints reads, with the config file's values where none is set
+        (each path checked here, so that a missing one is blamed on its line of the file)."""
         env = dict(self.env)
         for key in ("hosts-dir", "registries-conf", "daemon-json"):
             found = self.resolve(key)
-            if found.origin == "file":
-                value = found.value
-                env[SETTINGS[key].env[0]] = ":".join(value) if isinstance(value, tuple) else str(value)
+            if found.origin != "file":
+                continue
+            paths = found.value if isinstance(found.value, tuple) else (found.value,)
+            for path in paths:
+                if not (os.path.isdir if key == "hosts-dir" else os.path.isfile)(path):
+                    raise ConfigError(
+                        f"{found.source}: {key}: {path} does not exist", hint="fix the path or remove the line"
+                    )
+            env[SETTINGS[key].env[0]] = ":".join(paths)
         return env
 
 

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from cas.settings import DEFAULT_CONNECTIONS, DEFAULT_JOBS, DEFAULT_LOCK_TIMEOUT, DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
+
 
 def _verbose(value: bool) -> bool:
     if value:
@@ -116,7 +118,7 @@ Jobs = Annotated[
         max=32,
         metavar="N",
         callback=setting("jobs"),
-        help="Blobs transferred at once (1-32; default 4, or $CAS_JOBS, or `jobs` in config.toml).",
+        help=f"Blobs transferred at once (1-32; default {DEFAULT_JOBS}, or $CAS_JOBS, or `jobs` in config.toml).",
     ),
 ]
 Connections = Annotated[
@@ -128,7 +130,7 @@ Connections = Annotated[
         metavar="N",
         callback=setting("connections"),
         help="Connections per pull in all: large blobs are fetched as parallel Range requests while some are free "
-        "(1: one stream per blob; default 8, or $CAS_CONNECTIONS, or `connections` in config.toml).",
+        f"(1: one stream per blob; default {DEFAULT_CONNECTIONS}, or $CAS_CONNECTIONS, or `connections` in config.toml).",
     ),
 ]
 Username = Annotated[
@@ -157,9 +159,9 @@ Timeout = Annotated[
         min=0.1,
         metavar="SECONDS",
         callback=setting("timeout"),
-        help="Seconds to wait for a connection or an answer (default 30, or $CAS_TIMEOUT, or `timeout` in "
-        "config.toml). A download moving slower than $CAS_MIN_RATE bytes/s (default 1024) for this long is "
-        "aborted; the next pull resumes it.",
+        help=f"Seconds to wait for a connection or an answer (default {DEFAULT_TIMEOUT:g}, or $CAS_TIMEOUT, or "
+        f"`timeout` in config.toml). A download moving slower than $CAS_MIN_RATE bytes/s (default {DEFAULT_MIN_RATE}) "
+        "for this long is aborted; the next pull resumes it.",
     ),
 ]
 LockTimeout = Annotated[
@@ -170,7 +172,7 @@ LockTimeout = Annotated[
         metavar="SECONDS",
         callback=setting("lock-timeout"),
         help="Seconds to wait for the store lock (pulls and exports share it; prune and verify --repair need it "
-        "alone; default 600, or $CAS_LOCK_TIMEOUT, or `lock-timeout` in config.toml).",
+        f"alone; default {DEFAULT_LOCK_TIMEOUT:g}, or $CAS_LOCK_TIMEOUT, or `lock-timeout` in config.toml).",
     ),
 ]
 
@@ -258,7 +260,7 @@ def pull_options(
         credentials=read_credentials(username, password_stdin),
         observer=BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver(),
         lock_timeout=lock_timeout,
-        sources=Sources.from_env(hosts_dirs, settings.endpoint_env()),
+        sources=Sources.from_env(hosts_dirs),
         timeout=settings.value("timeout", timeout),
         min_rate=settings.value("min-rate"),
     )

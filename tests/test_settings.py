@@ -114,3 +114,22 @@ def test_pull_options_take_jobs_connections_timeout_and_min_rate_from_the_file(t
         None, jobs=9, insecure=False, username=None, password_stdin=False, lock_timeout=1.0, quiet=True, as_json=True
     )
     assert flagged.jobs == 9
+
+
+def test_mirror_files_named_in_the_config_file_are_read_by_pull_and_push(cas, registry, test_images, tmp_path):
+    conf = tmp_path / "registries.conf"
+    conf.write_text(f'[[registry]]\nprefix = "{registry.host}/app"\nlocation = "{registry.host}/app"\nblocked = true\n')
+    config = tmp_path / "config.toml"
+    config.write_text(f'registries-conf = "{conf}"\n')
+    env = {"CAS_CONFIG": str(config)}
+    ref = test_images.ref(registry, "app")
+    base = test_images.ref(registry, "base")
+    cas("pull", "-q", base)  # not blocked: only {host}/app is
+    registry.mark()
+    for args, name in ((["pull", ref], "app"), (["push", base, f"{registry.host}/app/copy:1"], "app/copy")):
+        refused = cas(*args, env=env, check=False)
+        assert refused.returncode != 0 and f"is blocked for {registry.host}/{name} by {conf}" in refused.stderr
+    assert registry.requests() == []
+    config.write_text(f'jobs = 1\nhosts-dir = ["{tmp_path / "nowhere"}"]\n')
+    missing = cas("pull", ref, env=env, check=False)
+    assert f"error: {config}:2: hosts-dir: {tmp_path / 'nowhere'} does not exist" in missing.stderr

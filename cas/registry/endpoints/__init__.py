@@ -36,6 +36,7 @@ from cas.errors import Blocked, ConfigError
 from cas.reference import Reference
 from cas.registry.endpoints import daemon_json, hosts_toml, registries_conf
 from cas.registry.endpoints.model import PULL, RESOLVE, TLS, Endpoint, upstream
+from cas.settings import current
 
 __all__ = ["PULL", "RESOLVE", "TLS", "Endpoint", "Sources", "upstream"]
 
@@ -54,8 +55,9 @@ class Sources:
 
     @classmethod
     def from_env(cls, hosts_dirs: list[str] | None = None, env: Mapping[str, str] | None = None) -> Sources:
-        """``--hosts-dir`` values (they replace $CAS_HOSTS_DIR and the defaults), then the environment."""
-        env = os.environ if env is None else env
+        """``--hosts-dir`` values (they replace $CAS_HOSTS_DIR and the defaults), then the environment
+        (by default this process's, with config.toml's values where no variable is set: cas.settings)."""
+        env = current().endpoint_env() if env is None else env
         if hosts_dirs:
             dirs = [Path(d) for d in hosts_dirs]
         elif "CAS_HOSTS_DIR" in env:
