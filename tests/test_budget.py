@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from support import images
@@ -139,3 +140,34 @@ def test_verify_catches_a_wrong_running_total_and_repair_recounts_it(cas, cas_ho
     store = Store(cas_home)
     assert store.index.blob_bytes() == right
     store.close()
+
+
+def test_max_age_evicts_images_unused_for_that_long(cas, cas_home, registry):
+    from cas.store import Store
+
+    old, recent, new = (
+        _push(registry, name, _image(seed)) for name, seed in (("aged", 11), ("recent", 12), ("new", 13))
+    )
+    cas("pull", "-q", old)
+    cas("pull", "-q", recent)
+    store = Store(cas_home)
+    store.index.touch_refs(store.index.ref_records(old), when=time.time() - 8 * 86400)  # last used 8 days ago
+    store.close()
+    body = json.loads(cas("pull", "--json", new, env={"CAS_MAX_AGE": "7d"}).stdout)["budget"]
+    assert [image["ref"] for image in body["images"]] == [old] and body["max_age_seconds"] == 7 * 86400
+    assert _cached(cas) == {recent, new}
+
+
+def test_an_import_keeps_the_budget_too(cas, cas_home, registry, tmp_path):
+    refs = [_push(registry, f"imp{seed}", _image(seed)) for seed in (14, 15, 16)]
+    archive = tmp_path / "third.tar"
+    elsewhere = {"CAS_HOME": str(tmp_path / "elsewhere")}
+    cas("pull", "-q", refs[2], env=elsewhere)
+    cas("export", "-q", refs[2], "-o", archive, env=elsewhere)
+    for ref in refs[:2]:
+        cas("pull", "-q", ref)
+    budget = int(max(_image(seed).size for seed in (14, 15, 16)) * 2.4)
+    imported = cas("import", "--max-size", budget, archive)
+    assert f"evicted 1 image ({refs[0]})" in imported.stderr
+    assert _cached(cas) == {refs[1], refs[2]}
+    assert _blobs_on_disk(cas_home) <= budget
