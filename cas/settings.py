@@ -157,7 +157,7 @@ def read_config(path: Path) -> Config:
         line = re.search(r"at line (\d+)", str(exc))
         raise ConfigError(
             f"{path}:{line.group(1) if line else '?'}: not valid TOML: {str(exc).split(' (at line')[0]}",
-            hint="fix the file (TOML: key = value); `cas config` shows what it sets",
+            hint='fix the file: TOML is key = value, text in quotes (max-size = "20GiB")',
         ) from None
     entries: dict[str, tuple[object, int]] = {}
     lines = _key_lines(text)
