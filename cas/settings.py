@@ -69,41 +69,45 @@ def _duration(raw: object) -> float:
 
 
 def _platform(raw: object) -> str:
+    """One platform, or several comma-separated (`cas pull` takes a list; export checks that it is one)."""
     from cas.errors import CasError
     from cas.manifest import Platform
 
     text = _text(raw)
     try:
-        Platform.parse(text)
+        for part in text.split(","):
+            Platform.parse(part)
     except CasError as exc:
-        raise ValueError(exc.message) from None
+        raise ValueError(f"{exc.message} ({exc.hint})" if exc.hint else exc.message) from None
     return text
 
 
 @dataclass(frozen=True)
 class Setting:
     key: str  # as written in config.toml ("serve.listen" is `listen` under `[serve]`)
-    env: tuple[str, ...]  # variables read, the first set one wins
     default: object
     parse: Callable[[object], object]  # a variable's text or a TOML value -> the value; ValueError in plain words
+    env: tuple[str, ...] = ()  # variables read, the first set one wins
 
 
 SETTINGS = {
     s.key: s
     for s in (
-        Setting("max-size", ("CAS_MAX_SIZE",), None, _size),
-        Setting("max-age", ("CAS_MAX_AGE",), None, _duration),
-        Setting("jobs", ("CAS_JOBS",), DEFAULT_JOBS, _number(int, 1, 32, "blobs transferred at once")),
-        Setting("connections", ("CAS_CONNECTIONS",), DEFAULT_CONNECTIONS, _number(int, 1, 64, "connections per pull")),
-        Setting("timeout", ("CAS_TIMEOUT",), DEFAULT_TIMEOUT, _number(float, 0.1, None, "seconds")),
-        Setting("min-rate", ("CAS_MIN_RATE",), DEFAULT_MIN_RATE, _number(int, 0, None, "bytes per second")),
-        Setting("lock-timeout", ("CAS_LOCK_TIMEOUT",), DEFAULT_LOCK_TIMEOUT, _number(float, 0, None, "seconds")),
-        Setting("platform", ("CAS_PLATFORM", "DOCKER_DEFAULT_PLATFORM"), None, _platform),
-        Setting("hosts-dir", ("CAS_HOSTS_DIR",), None, _texts),
-        Setting("registries-conf", ("CAS_REGISTRIES_CONF",), None, str),
-        Setting("daemon-json", ("CAS_DOCKER_DAEMON_JSON",), None, str),
-        Setting("serve.listen", (), None, _text),  # for `cas serve`, which reads them when it exists
-        Setting("serve.upstreams", (), (), _texts),
+        Setting("max-size", None, _size, env=("CAS_MAX_SIZE",)),
+        Setting("max-age", None, _duration, env=("CAS_MAX_AGE",)),
+        Setting("jobs", DEFAULT_JOBS, _number(int, 1, 32, "blobs transferred at once"), env=("CAS_JOBS",)),
+        Setting(
+            "connections", DEFAULT_CONNECTIONS, _number(int, 1, 64, "connections per pull"), env=("CAS_CONNECTIONS",)
+        ),
+        Setting("timeout", DEFAULT_TIMEOUT, _number(float, 0.1, None, "seconds"), env=("CAS_TIMEOUT",)),
+        Setting("min-rate", DEFAULT_MIN_RATE, _number(int, 0, None, "bytes per second"), env=("CAS_MIN_RATE",)),
+        Setting("lock-timeout", DEFAULT_LOCK_TIMEOUT, _number(float, 0, None, "seconds"), env=("CAS_LOCK_TIMEOUT",)),
+        Setting("platform", None, _platform, env=("CAS_PLATFORM", "DOCKER_DEFAULT_PLATFORM")),
+        Setting("hosts-dir", None, _texts, env=("CAS_HOSTS_DIR",)),
+        Setting("registries-conf", None, str, env=("CAS_REGISTRIES_CONF",)),
+        Setting("daemon-json", None, str, env=("CAS_DOCKER_DAEMON_JSON",)),
+        Setting("serve.listen", None, _text),  # for `cas serve`, which reads them when it exists
+        Setting("serve.upstreams", (), _texts),
     )
 }
 
@@ -225,10 +229,7 @@ class Settings:
                 try:
                     return Value(key, setting.parse(text), "env", name)
                 except ValueError as exc:
-                    raise UsageError(
-                        f"invalid value in ${name}: {exc}",
-                        hint=f"fix or unset {name}; `cas config` shows every setting and where it came from",
-                    ) from None
+                    raise UsageError(f"invalid value in ${name}: {exc}", hint=f"fix or unset {name}") from None
         if key in self.config.entries:
             return Value(key, setting.parse(self.config.entries[key][0]), "file", self.config.where(key))
         return Value(key, setting.default, "default")

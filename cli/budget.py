@@ -21,6 +21,11 @@ def keep(store, max_size: int | None, spare: Iterable[tuple[str, str | None]], *
     return run_keep(store, budget, spare, lock_timeout=lock_timeout)
 
 
+def json_field(eviction) -> dict:
+    """``"budget"`` in a command's JSON when the budget did something or left the store over it; else nothing."""
+    return {"budget": eviction.to_json()} if eviction is not None else {}
+
+
 def say(eviction) -> None:
     """What the eviction did, or why the store is still over its budget, on stderr."""
     for line in lines(eviction) if eviction is not None else ():

@@ -149,7 +149,7 @@ def export(
         store.close()
 
     if as_json:
-        output.emit_json("export", {**result.to_json(), "budget": eviction and eviction.to_json()})
+        output.emit_json("export", {**result.to_json(), **budget.json_field(eviction)})
     elif not quiet:
         budget.say(eviction)
         if result.pulled:  # what --pull fetched first: references the store lacked, or held changed blobs of

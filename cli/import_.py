@@ -86,7 +86,7 @@ def import_(
         store.close()
 
     if as_json:
-        output.emit_json("import", {**result.to_json(), "budget": eviction and eviction.to_json()})
+        output.emit_json("import", {**result.to_json(), **budget.json_field(eviction)})
         return
     if quiet:
         return

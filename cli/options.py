@@ -51,21 +51,29 @@ def check_platforms(value: str | None) -> str | None:
     return value
 
 
-def setting(key: str, check: Callable[[object], object] | None = None) -> Callable:
+def setting(key: str) -> Callable:
     """A callback giving an option the value cas.settings resolves: the flag, else its variable, else
-    config.toml, else the default (``check`` then vets a value that came from elsewhere than a flag)."""
+    config.toml, else the default."""
 
-    def resolve(value: object) -> object:
+    def resolve(ctx, value: object) -> object:  # click's context names the command for the hint
+        from cas.errors import UsageError
         from cas.settings import current
 
-        found = current().resolve(key, value)
-        return check(found.value) if check is not None and found.origin != "flag" else found.value
+        try:
+            found = current().resolve(key, value)
+        except UsageError as exc:  # a bad variable
+            raise UsageError(exc.message, hint=f"{exc.hint}; see `{ctx.command_path} --help`") from None
+        return found.value
 
     return resolve
 
 
-def _platforms_setting(value: str | None) -> str | None:
-    return check_platforms(setting("platform")(value))
+def _platforms_setting(ctx, value: str | None) -> str | None:
+    return check_platforms(setting("platform")(ctx, value))
+
+
+def _platform_setting(ctx, value: str | None) -> str | None:
+    return check_platform(setting("platform")(ctx, value))
 
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only: no progress bars, no summary.")]
@@ -74,7 +82,7 @@ ExportPlatform = Annotated[
     typer.Option(
         "--platform",
         metavar="OS/ARCH[/VARIANT]",
-        callback=lambda value: check_platform(setting("platform")(value)),
+        callback=_platform_setting,
         help="Export only this platform of each REF, e.g. linux/arm64 (default: $CAS_PLATFORM, "
         "$DOCKER_DEFAULT_PLATFORM or `platform` in config.toml, else every cached platform in an OCI "
         "format; in a docker-archive, which holds one, the only one cached, else this host's).",

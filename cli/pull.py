@@ -83,7 +83,7 @@ def pull(
             {
                 "images": [r.to_json() for r in results],
                 "failed": [{"ref": str(ref), "error": exc.message, "hint": exc.hint} for ref, exc in failed],
-                "budget": eviction and eviction.to_json(),
+                **budget.json_field(eviction),
             },
         )
     if failed:

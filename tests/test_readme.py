@@ -205,12 +205,13 @@ def _variables_in_code() -> set[str]:
         re.compile(r"_env\(\s*" + name),  # _positive_env("X", ...)
     ]
     lists = re.compile(r"^[A-Z_]*ENV[A-Z_]* = [\[(]([^\])\n]*)", re.M)  # PLATFORM_ENV = ["X", "Y"]
+    settings = re.compile(r"\benv=\(([^)\n]*)\)")  # cas.settings: Setting("jobs", env=("CAS_JOBS",), ...)
     found: set[str] = set()
     for source in [*(ROOT / "cas").rglob("*.py"), *(ROOT / "cli").rglob("*.py")]:
         text = source.read_text()
         for pattern in reads:
             found |= set(pattern.findall(text))
-        for names in lists.findall(text):
+        for names in lists.findall(text) + settings.findall(text):
             found |= set(re.findall(r"[A-Z0-9_]+", names))
     return found
 
