@@ -7,9 +7,12 @@ from collections.abc import Iterable
 from cli import output
 
 
-def keep(store, max_size: int | None, spare: Iterable[tuple[str, str | None]], *, lock_timeout: float | None):
+def keep(
+    store, max_size: int | None, spare: Iterable[tuple[str, str | None]], lock_timeout: float | None, *, say: bool
+):
     """Evict to the budget (``max_size``: --max-size, else $CAS_MAX_SIZE or the config file); what
-    happened (a cas.budget.Eviction), None when no budget is set or nothing needed doing."""
+    happened (a cas.budget.Eviction), None when no budget is set or nothing needed doing. ``say``:
+    print it now (else the caller tells it, when its own summary is out)."""
     from cas.budget import Budget
     from cas.budget import keep as run_keep
     from cas.settings import current
@@ -18,7 +21,15 @@ def keep(store, max_size: int | None, spare: Iterable[tuple[str, str | None]], *
     size = settings.resolve("max-size", max_size)
     origin = {"flag": "--max-size", "env": f"${size.source}", "file": size.source}.get(size.origin, "")
     budget = Budget(size.value, settings.value("max-age"), origin)
-    return run_keep(store, budget, spare, lock_timeout=lock_timeout)
+    eviction = run_keep(store, budget, spare, lock_timeout=lock_timeout)
+    if say:
+        tell(eviction)
+    return eviction
+
+
+def pulled(results) -> list[tuple[str, str | None]]:
+    """(ref, platform) of every record cas.pull results wrote: what the budget must not evict."""
+    return [(record.ref, record.platform) for result in results for record in result.records]
 
 
 def json_field(eviction) -> dict:
@@ -26,7 +37,7 @@ def json_field(eviction) -> dict:
     return {"budget": eviction.to_json()} if eviction is not None else {}
 
 
-def say(eviction) -> None:
+def tell(eviction) -> None:
     """What the eviction did, or why the store is still over its budget, on stderr."""
     for line in lines(eviction) if eviction is not None else ():
         output.notice(line)

@@ -144,14 +144,14 @@ def export(
         with observer:
             result = run_export(store, parsed, 1 if to_stdout else Path(out), opts)
         used = [(image["ref"], image["platform"]) for image in result.images]
-        eviction = budget.keep(store, max_size, used, lock_timeout=lock_timeout) if result.pulled else None
+        eviction = budget.keep(store, max_size, used, lock_timeout, say=False) if result.pulled else None
     finally:
         store.close()
 
     if as_json:
         output.emit_json("export", {**result.to_json(), **budget.json_field(eviction)})
     elif not quiet:
-        budget.say(eviction)
+        budget.tell(eviction)
         if result.pulled:  # what --pull fetched first: references the store lacked, or held changed blobs of
             output.notice(f"pulled {', '.join(result.pulled)} first (--pull)")
         names = ", ".join(_shown(result))

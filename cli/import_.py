@@ -81,7 +81,7 @@ def import_(
                 opts.on_bytes = bar.advance
             result = import_archive(store, source, opts)
         imported = [(ref, image["platform"]) for image in result.images for ref in image["refs"]]
-        eviction = budget.keep(store, max_size, imported, lock_timeout=lock_timeout)
+        eviction = budget.keep(store, max_size, imported, lock_timeout, say=False)
     finally:
         store.close()
 
@@ -103,7 +103,7 @@ def import_(
         f"{result.format} from {result.source}: stored {result.stored_blobs} blob(s), {size(result.stored_bytes)}; "
         f"reused {result.reused_blobs}, {size(result.reused_bytes)} ({result.seconds:.2f}s)"
     )
-    budget.say(eviction)
+    budget.tell(eviction)
 
 
 class _Bar:

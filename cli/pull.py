@@ -73,10 +73,7 @@ def pull(
             results.append(result)
             if not (as_json or quiet):
                 output.notice(summary(result))
-    pulled = [(r.ref, r.platform) for result in results for r in result.records]
-    eviction = budget.keep(store, max_size, pulled, lock_timeout=lock_timeout)
-    if not (as_json or quiet):
-        budget.say(eviction)
+    eviction = budget.keep(store, max_size, budget.pulled(results), lock_timeout, say=not (as_json or quiet))
     if as_json:
         output.emit_json(
             "pull",
