@@ -132,7 +132,7 @@ def run_option(action: str, shell: str) -> None:
     if shell not in SCRIPTS:
         raise UsageError(
             f"cannot complete for shell {shell or '(unknown: $SHELL is not set)'!r}",
-            hint="name one: --install-completion bash, zsh or fish",
+            hint=f"cas completes in bash, zsh and fish: --{action}-completion bash, zsh or fish",
         )
     if action == "show":
         print(SCRIPTS[shell], end="")

@@ -109,12 +109,12 @@ class _Bar:
     def __init__(self, source: object) -> None:
         from pathlib import Path
 
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        from cli.progress import size_columns
 
         total = source.stat().st_size if isinstance(source, Path) and source.is_file() else None
-        self._progress = Progress(
-            TextColumn("importing"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True
-        )
+        self._progress = Progress(TextColumn("importing"), BarColumn(), *size_columns(), transient=True)
         self._task = self._progress.add_task("import", total=total)
 
     def __enter__(self) -> _Bar:

@@ -80,10 +80,36 @@ def _interruptible(command: Callable) -> Callable:
 
 
 class _Command(typer.core.TyperCommand):
-    """Usage lines as users write them: `cas pull [OPTIONS] REF...` (typer braces required arguments)."""
+    """Usage lines as users write them: `cas pull [OPTIONS] REF...` (typer braces required arguments).
+
+    With --json, a failure still prints the command's one JSON object (``output.emit_failure``);
+    the error line on stderr is printed by ``main`` as for every failure.
+    """
 
     def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
         return [piece.strip("{}") for piece in super().collect_usage_pieces(ctx)]
+
+    def make_context(self, info_name: str | None, args: list[str], *rest: object, **extra: object) -> typer.Context:
+        typed = args[: args.index("--")] if "--" in args else list(args)  # the parser consumes ``args``
+        try:
+            return super().make_context(info_name, args, *rest, **extra)
+        except typer.TyperException as exc:  # a usage mistake: only the words typed tell whether --json was asked
+            from cli import usage
+
+            if "--json" in typed:
+                code = getattr(exc, "exit_code", usage.USAGE_EXIT)
+                output.emit_failure(self.name or "", *usage.describe(exc), code, {})
+            raise
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except CasError as exc:
+            if ctx.params.get("as_json"):
+                output.emit_failure(
+                    self.name or "", exc.message, exc.hint, exc.exit_code, ctx.meta.get(output.PARTIAL, {})
+                )
+            raise
 
 
 # Each command's module and function, in the order `cas --help` lists them.
@@ -156,8 +182,7 @@ def _click_error(exc: Exception) -> int:
     if type(exc).__name__ == "NoArgsIsHelpError":  # plain `cas`: the help is the answer, not a mistake
         print(exc.format_message())
         return 0
-    message, hint = usage.describe(exc)
-    output.error(message, hint)
+    output.error(*usage.describe(exc))
     return getattr(exc, "exit_code", usage.USAGE_EXIT)
 
 

@@ -151,22 +151,28 @@ LockTimeout = Annotated[
 
 def read_credentials(username: str | None, password_stdin: bool):
     """--username with --password-stdin, as docker login takes them; None means look in docker's config."""
-    import sys
-
-    from cas.errors import CasError, UsageError
+    from cas.errors import UsageError
 
     if username is None and not password_stdin:
         return None
+    example = 'echo "$TOKEN" | cas pull -u USER --password-stdin REF'
     if username is None or not password_stdin:
-        raise UsageError(
-            "--username and --password-stdin go together", hint='echo "$TOKEN" | cas pull -u USER --password-stdin REF'
-        )
-    password = sys.stdin.readline().rstrip("\r\n")
-    if not password:
-        raise CasError("--password-stdin: no password on standard input")
+        raise UsageError("--username and --password-stdin go together", hint=example)
     from cas.registry import Credentials
 
-    return Credentials(username=username, password=password)
+    return Credentials(username=username, password=stdin_password(example))
+
+
+def stdin_password(example: str) -> str:
+    """The first line of stdin, for --password-stdin: an empty one is said as what it is."""
+    import sys
+
+    from cas.errors import UsageError
+
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise UsageError("--password-stdin: the password on standard input was empty", hint=example)
+    return password
 
 
 def pull_options(

@@ -11,6 +11,7 @@ from cli import options, output
 
 
 def pull(
+    ctx: typer.Context,
     refs: Annotated[
         list[str], typer.Argument(metavar="REF...", help="Image references: alpine, host:5000/app:1.0, name@sha256:...")
     ],
@@ -43,6 +44,7 @@ def pull(
     from cas.pull import pull as run_pull
     from cas.store import Store
 
+    body = ctx.meta.setdefault(output.PARTIAL, {"images": [], "failed": []})  # the --json object, on failure too
     parsed = [reference.parse(text) for text in refs]  # every reference is checked before any network call
     opts = options.pull_options(
         platform,
@@ -65,29 +67,25 @@ def pull(
             try:
                 result = run_pull(store, ref, opts)
             except PER_REFERENCE as exc:  # said now; the other references are still pulled, as podman pull does
+                body["failed"].append({"ref": str(ref), "error": exc.message, "hint": exc.hint})
                 if len(parsed) == 1:
                     raise
                 output.error(exc.message, exc.hint)
                 failed.append((ref, exc))
                 continue
             results.append(result)
+            body["images"].append(result.to_json())
             if not (as_json or quiet):
                 output.notice(summary(result))
-    if as_json:
-        output.emit_json(
-            "pull",
-            {
-                "images": [r.to_json() for r in results],
-                "failed": [{"ref": str(ref), "error": exc.message, "hint": exc.hint} for ref, exc in failed],
-            },
-        )
     if failed:
         codes = {exc.exit_code for _, exc in failed}
         raise SomeFailed(
             f"{len(failed)} of {len(parsed)} references failed to pull: {', '.join(str(ref) for ref, _ in failed)}",
-            hint="see the error for each above; the others were pulled",
+            hint="see the error for each above; " + ("the others were pulled" if results else "none was pulled"),
             exit_code=codes.pop() if len(codes) == 1 else 1,
         )
+    if as_json:
+        output.emit_json("pull", body)
 
 
 def summary(result) -> str:
