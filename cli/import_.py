@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cas import DEFAULT_LOCK_TIMEOUT
 from cli import options, output
+
+if TYPE_CHECKING:
+    from cas.importer import ImportResult
 
 
 class Format(StrEnum):
@@ -17,30 +20,35 @@ class Format(StrEnum):
     oci_dir = "oci-dir"
 
 
+Source = Annotated[
+    str,
+    typer.Argument(
+        metavar="PATH",
+        help="A docker-archive (docker save), an oci-archive, a cas delta archive, an OCI layout directory, "
+        "or '-' for stdin.",
+    ),
+]
+FormatOpt = Annotated[
+    Format | None,
+    typer.Option(
+        "--format",
+        "-f",
+        metavar="FORMAT",
+        help="Refuse anything but this format: docker-archive, oci-archive or oci-dir (default: detected).",
+    ),
+]
+Tag = Annotated[
+    str | None,
+    typer.Option(
+        "--tag", "-t", metavar="REF", help="NAME:TAG for the one image of the archive (its names are dropped)."
+    ),
+]
+
+
 def import_(
-    path: Annotated[
-        str,
-        typer.Argument(
-            metavar="PATH",
-            help="A docker-archive (docker save), an oci-archive, a cas delta archive, an OCI layout directory, "
-            "or '-' for stdin.",
-        ),
-    ],
-    fmt: Annotated[
-        Format | None,
-        typer.Option(
-            "--format",
-            "-f",
-            metavar="FORMAT",
-            help="Refuse anything but this format: docker-archive, oci-archive or oci-dir (default: detected).",
-        ),
-    ] = None,
-    tag: Annotated[
-        str | None,
-        typer.Option(
-            "--tag", "-t", metavar="REF", help="NAME:TAG for the one image of the archive (its names are dropped)."
-        ),
-    ] = None,
+    path: Source,
+    fmt: FormatOpt = None,
+    tag: Tag = None,
     lock_timeout: options.LockTimeout = DEFAULT_LOCK_TIMEOUT,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
@@ -85,22 +93,27 @@ def import_(
 
     if as_json:
         output.emit_json("import", result.to_json())
-        return
-    if quiet:
-        return
+    elif not quiet:
+        output.notice(summary(result))
+
+
+def summary(result: ImportResult) -> str:
+    """A line per image recorded (and a note on a manifest cas built), then the blob counts."""
     size = output.human_size
+    lines = []
     for image in result.images:
-        names = ", ".join(image["names"]) or f"unnamed, recorded as {image['refs'][0]}"
-        output.notice(f"imported {names}: {image['manifest'][:19]} {image['platform'] or ''}")
-        if image["built_manifest"]:
-            output.notice(
+        names = ", ".join(image.names) or f"unnamed, recorded as {image.refs[0]}"
+        lines.append(f"imported {names}: {image.manifest[:19]} {image.platform or ''}")
+        if image.built_manifest:
+            lines.append(
                 f"  note: legacy layout: cas built an OCI manifest for its uncompressed layers; its digest "
-                f"{image['manifest'][:19]} differs from the registry's"
+                f"{image.manifest[:19]} differs from the registry's"
             )
-    output.notice(
+    lines.append(
         f"{result.format} from {result.source}: stored {result.stored_blobs} blob(s), {size(result.stored_bytes)}; "
         f"reused {result.reused_blobs}, {size(result.reused_bytes)} ({result.seconds:.2f}s)"
     )
+    return "\n".join(lines)
 
 
 class _Bar:

@@ -7,11 +7,18 @@ from typing import Annotated
 
 import typer
 
-from cli import options, output
+from cli import completion, options, output
 
 
 def inspect(
-    ref: Annotated[str, typer.Argument(metavar="REF", help="A cached image reference, as `cas images` lists it.")],
+    ref: Annotated[
+        str,
+        typer.Argument(
+            metavar="REF",
+            help="A cached image reference, as `cas images` lists it.",
+            autocompletion=completion.cached_refs,
+        ),
+    ],
     raw: Annotated[
         bool,
         typer.Option("--raw", help="Print the manifest bytes exactly as stored (the index, for a multi-platform tag)."),

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:  # the commands that need them import them when they run: `cas images` needs neither
+    from cas.pull import PullOptions
+    from cas.registry import Credentials
+    from cli.progress import QuietObserver
 
 
 def _verbose(value: bool) -> bool:
@@ -149,7 +154,7 @@ LockTimeout = Annotated[
 ]
 
 
-def read_credentials(username: str | None, password_stdin: bool):
+def read_credentials(username: str | None, password_stdin: bool) -> Credentials | None:
     """--username with --password-stdin, as docker login takes them; None means look in docker's config."""
     from cas.errors import UsageError
 
@@ -189,7 +194,7 @@ def pull_options(
     as_json: bool,
     hosts_dirs: list[str] | None = None,
     timeout: float | None = None,
-):
+) -> PullOptions:
     """The PullOptions that `cas pull` and `cas export --pull` build from the same flags.
 
     The mirror configuration is read here, so a malformed file fails before any pull starts.
@@ -201,8 +206,6 @@ def pull_options(
     from cas.pull import PullOptions
     from cas.registry.endpoints import Sources
     from cas.registry.stall import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
-    from cli import output
-    from cli.progress import BarsObserver, QuietObserver
 
     if all_platforms and platform:
         raise UsageError(
@@ -217,12 +220,20 @@ def pull_options(
         connections=connections,
         insecure=insecure,
         credentials=read_credentials(username, password_stdin),
-        observer=BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver(),
+        observer=observer(quiet, as_json),
         lock_timeout=lock_timeout,
         sources=Sources.from_env(hosts_dirs, os.environ),
         timeout=timeout,
         min_rate=int(_positive_env("CAS_MIN_RATE", DEFAULT_MIN_RATE, allow_zero=True)),
     )
+
+
+def observer(quiet: bool, as_json: bool) -> QuietObserver:
+    """Bars for a person at a terminal; else only the lock-wait lines (pull, push, export --pull)."""
+    from cli import output
+    from cli.progress import BarsObserver, QuietObserver
+
+    return BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver()
 
 
 def _positive_env(name: str, default: float, *, allow_zero: bool = False) -> float:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cas import DEFAULT_LOCK_TIMEOUT
 from cli import options, output
+
+if TYPE_CHECKING:
+    from cas.pull import PullResult
 
 
 def pull(
@@ -88,7 +91,7 @@ def pull(
         output.emit_json("pull", body)
 
 
-def summary(result) -> str:
+def summary(result: PullResult) -> str:
     """One line per reference: its digest (the index's, for a multi-platform tag), every platform pulled, counts."""
     size = output.human_size
     platforms = ", ".join(r.platform for r in result.records if r.platform)
@@ -102,7 +105,7 @@ def summary(result) -> str:
     return line
 
 
-def endpoints_line(result) -> str:
+def endpoints_line(result: PullResult) -> str:
     """Where the image came from when mirrors are configured: the manifest's endpoint, bytes per
     endpoint, then each endpoint that was fallen back from, once, with its first reason."""
     served = ", ".join(f"{url} {output.human_size(n)}" for url, n in result.endpoint_bytes.items()) or "nothing"

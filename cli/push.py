@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cas import DEFAULT_LOCK_TIMEOUT
-from cli import options, output
+from cli import completion, options, output
+
+if TYPE_CHECKING:
+    from cas.push import PushResult
 
 
 def push(
     ref: Annotated[
-        str, typer.Argument(metavar="REF", help="A cached image: alpine, host:5000/app:1.0, name@sha256:...")
+        str,
+        typer.Argument(
+            metavar="REF",
+            help="A cached image: alpine, host:5000/app:1.0, name@sha256:...",
+            autocompletion=completion.cached_refs,
+        ),
     ],
     dest: Annotated[
         str, typer.Argument(metavar="DEST", help="Where to push it: host:5000/team/app:1.0 (a tag or a digest).")
@@ -45,7 +53,6 @@ def push(
     from cas.push import PushOptions
     from cas.push import push as run_push
     from cas.store import Store
-    from cli.progress import BarsObserver, QuietObserver
 
     source, target = reference.parse(ref), reference.parse(dest)
     opts = PushOptions(
@@ -53,7 +60,7 @@ def push(
         jobs=jobs,
         insecure=insecure,
         credentials=options.read_credentials(username, password_stdin),
-        observer=BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver(),
+        observer=options.observer(quiet, as_json),
         lock_timeout=lock_timeout,
     )
     store = Store()
@@ -68,7 +75,7 @@ def push(
         output.notice(summary(result))
 
 
-def summary(result) -> str:
+def summary(result: PushResult) -> str:
     size = output.human_size
     top = result.plan.top
     return (

@@ -6,12 +6,17 @@ from typing import Annotated
 
 import typer
 
-from cli import options, output
+from cli import completion, options, output
 
 
 def rm(
     refs: Annotated[
-        list[str], typer.Argument(metavar="REF...", help="Cached references to remove (as `cas images` lists them).")
+        list[str],
+        typer.Argument(
+            metavar="REF...",
+            help="Cached references to remove (as `cas images` lists them).",
+            autocompletion=completion.cached_refs,
+        ),
     ],
     platform: Annotated[
         str | None, options.one_platform("Remove only this cached platform (default: every platform of each REF).")
