@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cas import DEFAULT_LOCK_TIMEOUT
-from cli import completion, options, output
+from cli import options, output
 
 if TYPE_CHECKING:
     from cas.export import ExportResult
@@ -22,11 +22,7 @@ class Format(StrEnum):
 
 Refs = Annotated[
     list[str],
-    typer.Argument(
-        metavar="REF...",
-        help="Cached image references: alpine, host:5000/app:1.0, name@sha256:...",
-        autocompletion=completion.cached_refs,
-    ),
+    options.cached_ref("REF...", "Cached image references: alpine, host:5000/app:1.0, name@sha256:..."),
 ]
 Output = Annotated[
     str,

@@ -7,17 +7,13 @@ from typing import Annotated
 
 import typer
 
-from cli import completion, options, output
+from cli import options, output
 
 
 def inspect(
     ref: Annotated[
         str,
-        typer.Argument(
-            metavar="REF",
-            help="A cached image reference, as `cas images` lists it.",
-            autocompletion=completion.cached_refs,
-        ),
+        options.cached_ref("REF", "A cached image reference, as `cas images` lists it."),
     ],
     raw: Annotated[
         bool,

@@ -84,6 +84,13 @@ def one_platform(help: str) -> typer.models.OptionInfo:
     return typer.Option("--platform", metavar="OS/ARCH[/VARIANT]", callback=check_platform, help=help)
 
 
+def cached_ref(metavar: str, help: str) -> typer.models.ArgumentInfo:
+    """A REF argument naming cached images (export, inspect, rm, push): completed from the store's index.json."""
+    from cli import completion
+
+    return typer.Argument(metavar=metavar, help=help, autocompletion=completion.cached_refs)
+
+
 CachedPlatform = Annotated[
     str | None,
     one_platform("Which cached platform of the reference (default: the only one cached, else this host's)."),

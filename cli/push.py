@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cas import DEFAULT_LOCK_TIMEOUT
-from cli import completion, options, output
+from cli import options, output
 
 if TYPE_CHECKING:
     from cas.push import PushResult
@@ -16,11 +16,7 @@ if TYPE_CHECKING:
 def push(
     ref: Annotated[
         str,
-        typer.Argument(
-            metavar="REF",
-            help="A cached image: alpine, host:5000/app:1.0, name@sha256:...",
-            autocompletion=completion.cached_refs,
-        ),
+        options.cached_ref("REF", "A cached image: alpine, host:5000/app:1.0, name@sha256:..."),
     ],
     dest: Annotated[
         str, typer.Argument(metavar="DEST", help="Where to push it: host:5000/team/app:1.0 (a tag or a digest).")
