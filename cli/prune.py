@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cas import DEFAULT_LOCK_TIMEOUT
 from cli import options, output
+
+if TYPE_CHECKING:
+    from cas.gc import Plan
 
 
 def _size(text: str) -> int:
@@ -83,7 +86,7 @@ def prune(
         raise typer.Exit(1)
 
 
-def render(result) -> None:
+def render(result: Plan) -> None:
     size = output.human_size
     verb, frees = ("would remove", "would free") if result.dry_run else ("removed", "freed")
     per_image, unreferenced = result.freed_by_image()
