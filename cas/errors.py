@@ -214,7 +214,10 @@ class LockTimeout(StoreError):
 
 
 class NotCached(StoreError):
-    pass
+    @classmethod
+    def references(cls, refs: list[str], hint: str, *, platform: object = None) -> NotCached:
+        """The one wording, in every command, for references the store has no record of."""
+        return cls(f"not in the cache{f' for {platform}' if platform else ''}: {', '.join(refs)}", hint=hint)
 
 
 class MissingBlobs(CasError):

@@ -7,17 +7,30 @@ from collections.abc import Iterable
 
 from cas import manifest as mf
 from cas.digest import Digest
-from cas.errors import NotCached, StoreError
+from cas.errors import CasError, NotCached, StoreError
 from cas.jsonout import timestamp
 from cas.manifest import Platform
 from cas.records import RefRecord, choose, matching, ref_of_key
-from cas.reference import Reference
+from cas.reference import Reference, parse
 from cas.store import Store
 
 
 def record_of(store: Store, ref: Reference, platform: Platform | None = None) -> RefRecord:
     """The record of ``ref`` for ``platform``; without one, the only cached platform, else the host's."""
-    return choose(str(ref), store.index.ref_records(str(ref)), platform)
+    records = store.index.ref_records(str(ref))
+    if not records:
+        siblings = sorted({r.ref for r in store.index.refs([]) if _repository(r.ref) == ref.name})
+        hint = f"cached of {ref.name}: {', '.join(siblings)}; or " if siblings else ""
+        raise NotCached.references([str(ref)], hint=f"{hint}run `cas pull {ref}` first")
+    return choose(str(ref), records, platform)
+
+
+def _repository(text: str) -> str | None:
+    """A recorded reference's registry/repository (None if it no longer parses)."""
+    try:
+        return parse(text).name
+    except CasError:
+        return None
 
 
 def list_images(store: Store, skipped: list[str] | None = None) -> list[dict]:
@@ -113,8 +126,6 @@ def _gone(record: RefRecord, ref: Reference, digest: Digest, what: str) -> NotCa
 def remove_images(store: Store, texts: Iterable[str], platform: Platform | None = None) -> list[dict]:
     """``cas rm``: forget refs, every cached platform of each or only ``platform`` (all or none);
     their blobs go at the next prune."""
-    from cas.reference import parse
-
     wanted: dict[str, str] = {}
     for text in texts:
         wanted.setdefault(str(parse(text)), text)
@@ -134,10 +145,11 @@ def _remove_refs(store: Store, wanted: dict[str, str], platform: Platform | None
         unknown = [text for ref, text in wanted.items() if ref not in found]
         if unknown:
             listed = ", ".join(f"{r.ref} ({r.platform})" for r in cached if r.ref not in found)
-            raise NotCached(
-                f"not in the cache{f' for {platform}' if platform else ''}: {', '.join(unknown)}",
+            raise NotCached.references(
+                unknown,
                 hint=(f"cached: {listed}; " if listed else "`cas images` lists what is cached; ")
                 + "nothing was removed",
+                platform=platform,
             )
         for record in records:
             index.remove_ref(record)

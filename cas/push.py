@@ -204,7 +204,7 @@ def _top_manifest(store: Store, source: Reference, records: list[RefRecord]) -> 
     elif source.digest is not None and store.blobs.has(source.digest):
         digest, media_type = source.digest, None
     else:
-        raise NotCached(f"{source} is not in the store", hint=f"run `cas pull {source}` first")
+        raise NotCached.references([str(source)], hint=f"run `cas pull {source}` first")
     manifest = _read_manifest(store, digest, media_type)
     if manifest is None:
         raise MissingBlobs([f"{digest} (manifest of {source})"], [str(source)], action="push")

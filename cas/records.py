@@ -205,7 +205,7 @@ class RefRecord:
 def choose(ref: str, records: list[RefRecord], platform: Platform | None) -> RefRecord:
     """One platform of a reference; NotCached naming what is cached when none (or no single one) fits."""
     if not records:
-        raise NotCached(f"{ref} is not in the cache", hint=f"run `cas pull {ref}` first")
+        raise NotCached.references([ref], hint=f"run `cas pull {ref}` first")
     cached = ", ".join(r.platform or "unknown" for r in records)
     if platform is not None:
         fits = matching(records, platform)

@@ -23,6 +23,7 @@ _TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 _HOST_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = re.compile(rf"(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?")
 _MAX_NAME = 255
+FORM_HINT = "a reference is [HOST[:PORT]/]NAME[:TAG][@DIGEST], e.g. alpine:3.20 or 127.0.0.1:5000/team/app:1.0"
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def parse(text: str) -> Reference:
     if not isinstance(text, str) or not text:
         raise BadReference("empty image reference", hint="e.g. alpine, alpine:3.19, host:5000/app@sha256:...")
     if any(ch.isspace() for ch in text):
-        raise BadReference(f"invalid reference {text!r}: contains whitespace")
+        raise BadReference(f"invalid reference {text!r}: contains whitespace", hint=FORM_HINT)
 
     remainder, digest = text, None
     if "@" in remainder:
@@ -87,9 +88,12 @@ def parse(text: str) -> Reference:
             )
 
     registry, repository = _split_registry(remainder, text)
-    _check_repository(repository, text)
+    _check_repository(repository, text, remainder)
     if len(f"{registry}/{repository}") > _MAX_NAME:
-        raise BadReference(f"invalid reference {text[:80]!r}...: name longer than {_MAX_NAME} characters")
+        raise BadReference(
+            f"invalid reference {text[:80]!r}...: name longer than {_MAX_NAME} characters",
+            hint="registry and repository together are at most 255 characters",
+        )
     if tag is None and digest is None:
         tag = DEFAULT_TAG
     return Reference(registry, repository, tag, digest)
@@ -102,7 +106,7 @@ def _split_registry(name: str, text: str) -> tuple[str, str]:
         registry, repository = DOCKER_HUB, name
     else:
         if not _DOMAIN.fullmatch(first):
-            raise BadReference(f"invalid reference {text!r}: bad registry host {first!r}")
+            raise BadReference(f"invalid reference {text!r}: bad registry host {first!r}", hint=FORM_HINT)
         registry, repository = first, rest
     if registry == "index.docker.io":
         registry = DOCKER_HUB
@@ -111,14 +115,18 @@ def _split_registry(name: str, text: str) -> tuple[str, str]:
     return registry, repository
 
 
-def _check_repository(repository: str, text: str) -> None:
+def _check_repository(repository: str, text: str, name: str) -> None:
+    """``name`` is the text before the tag and digest: lowered, it is the reference the user most likely meant."""
     if not repository:
-        raise BadReference(f"invalid reference {text!r}: missing repository name")
+        raise BadReference(f"invalid reference {text!r}: missing repository name", hint=FORM_HINT)
     for component in repository.split("/"):
         if _COMPONENT.fullmatch(component):
             continue
         if component.lower() != component and _COMPONENT.fullmatch(component.lower()):
-            raise BadReference(f"invalid reference {text!r}: repository name must be lowercase")
+            raise BadReference(
+                f"invalid reference {text!r}: repository name must be lowercase",
+                hint=f"write the name in lowercase (tags may keep capitals): {name.lower()}{text[len(name) :]}",
+            )
         raise BadReference(
             f"invalid reference {text!r}: bad repository component {component!r}",
             hint="components are lowercase letters and digits, separated by '.', '_', '__' or '-'",

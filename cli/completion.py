@@ -1,10 +1,13 @@
-"""Tab completion for bash, zsh and fish: subcommands, options, and cached references.
+"""Tab completion for bash, zsh and fish: subcommands, options, choices and cached references.
 
-The shell scripts below run ``cas`` with ``_CAS_COMPLETE=<shell>`` and ``COMP_LINE`` (the
-command line up to the cursor); ``cli.main`` answers before running any command, so a
+What click already answers, click answers: the subcommands and options (``Command.shell_complete``)
+and an option's or argument's values (``Parameter.shell_complete``: a Choice's values, or the
+``autocompletion=`` hook the REF arguments declare, ``cached_refs``). Kept here, each because
+typer cannot: the shell scripts and their ``_CAS_COMPLETE=<shell>`` + ``COMP_LINE`` protocol
+(typer's scripts hand bash the whole ``host:port/name`` word, which bash splits at ':', and need
+shellingham to guess the shell); ``main`` answering before any command module's imports, so a
 completion imports neither httpx nor rich nor the index (cached references come from the
-store's index.json). Candidates come from the click command tree typer builds, so a new
-command or option completes with no change here.
+store's index.json); and ``--install-completion`` writing where each shell looks, once.
 """
 
 from __future__ import annotations
@@ -14,8 +17,6 @@ import shlex
 from pathlib import Path
 
 from cas.errors import UsageError
-
-REF_COMMANDS = frozenset({"export", "inspect", "rm", "push"})  # commands whose arguments are cached references
 
 _BASH = """\
 _cas_completion() {
@@ -70,50 +71,43 @@ def complete(app: object, shell: str) -> int:
 
 
 def candidates(root: object, args: list[str], incomplete: str) -> list[tuple[str, str]]:
-    """(value, help) pairs for the word being typed after ``args`` (click objects, duck-typed)."""
-    command, expecting = root, None
+    """(value, help) pairs for the word being typed after ``args``, as click's own hooks give them."""
+    import typer
+
+    command, expecting, position = _position(root, args)
+    ctx = typer.Context(command, info_name=command.name, resilient_parsing=True)  # nothing typed is run
+    if expecting is not None:
+        items = expecting.shell_complete(ctx, incomplete)
+    elif incomplete.startswith("-") or hasattr(command, "commands"):
+        items = command.shell_complete(ctx, incomplete)
+    else:
+        arguments = [param for param in command.params if param.param_type_name == "argument"]
+        items = arguments[min(position, len(arguments) - 1)].shell_complete(ctx, incomplete) if arguments else []
+    return [(item.value, (item.help or "").strip().split("\n", 1)[0]) for item in items]
+
+
+def _position(root: object, args: list[str]) -> tuple[object, object | None, int]:
+    """The (sub)command ``args`` reach, the option whose value comes next, and how many arguments were given."""
+    command, expecting, position = root, None, 0
     for arg in args:
         if expecting is not None:
             expecting = None
         elif arg.startswith("-"):
-            option = _option(command, arg)
+            option = next((p for p in command.params if arg in (*getattr(p, "opts", ()), *p.secondary_opts)), None)
             if option is not None and not option.is_flag and not option.count:
                 expecting = option
         elif hasattr(command, "commands") and arg in command.commands:
             command = command.commands[arg]
-    if expecting is not None:
-        choices = getattr(expecting.type, "choices", None) or ()
-        return [(str(c), "") for c in choices if str(c).startswith(incomplete)]
-    if incomplete.startswith("-"):
-        return [
-            (name, _first_line(param.help))
-            for param in command.params
-            if not getattr(param, "hidden", False) and hasattr(param, "opts")
-            for name in (*param.opts, *param.secondary_opts)
-            if name.startswith(incomplete) and param.param_type_name == "option"
-        ]
-    if hasattr(command, "commands"):
-        return [
-            (name, _first_line(sub.short_help or sub.help))
-            for name, sub in command.commands.items()
-            if name.startswith(incomplete) and not sub.hidden
-        ]
-    if command.name in REF_COMMANDS:
-        from cas.store import layout_refs
-
-        return [(ref, "cached") for ref in layout_refs() if ref.startswith(incomplete)]
-    return []
+        else:
+            position += 1
+    return command, expecting, position
 
 
-def _option(command: object, name: str) -> object | None:
-    for param in command.params:
-        if param.param_type_name == "option" and name in (*param.opts, *param.secondary_opts):
-            return param
-    return None
+def cached_refs() -> list[tuple[str, str]]:
+    """The REF arguments' ``autocompletion=``: cached references, read from the store's index.json alone."""
+    from cas.store import layout_refs
 
-
-def _first_line(text: str | None) -> str:
-    return (text or "").strip().split("\n", 1)[0]
+    return [(ref, "cached") for ref in layout_refs()]  # typer keeps those that start with ``incomplete``
 
 
 def _format(shell: str, value: str, help_text: str, incomplete: str) -> str:
@@ -132,7 +126,7 @@ def run_option(action: str, shell: str) -> None:
     if shell not in SCRIPTS:
         raise UsageError(
             f"cannot complete for shell {shell or '(unknown: $SHELL is not set)'!r}",
-            hint="name one: --install-completion bash, zsh or fish",
+            hint=f"cas completes in bash, zsh and fish: --{action}-completion bash, zsh or fish",
         )
     if action == "show":
         print(SCRIPTS[shell], end="")

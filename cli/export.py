@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli import budget, options, output
+
+if TYPE_CHECKING:
+    from cas.export import ExportResult
 
 
 class Format(StrEnum):
@@ -16,63 +19,71 @@ class Format(StrEnum):
     oci_dir = "oci-dir"
 
 
+Refs = Annotated[
+    list[str],
+    options.cached_ref("REF...", "Cached image references: alpine, host:5000/app:1.0, name@sha256:..."),
+]
+Output = Annotated[
+    str,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="PATH",
+        help="Archive file, '-' for stdout (| docker load), or a directory for oci-dir.",
+    ),
+]
+FormatOpt = Annotated[
+    Format,
+    typer.Option(
+        "--format", "-f", metavar="FORMAT", help="docker-archive (docker/podman load), oci-archive, or oci-dir."
+    ),
+]
+Tag = Annotated[
+    str | None,
+    typer.Option("--tag", "-t", metavar="REF", help="NAME:TAG to give the one exported image instead of its own name."),
+]
+Pull = Annotated[
+    bool,
+    typer.Option(
+        "--pull",
+        help="First pull the references that are missing, incomplete or hold a blob changed since commit"
+        " (only those blobs are fetched).",
+    ),
+]
+Verify = Annotated[
+    bool,
+    typer.Option(
+        "--verify",
+        help="Re-hash every blob while it is written (the same pass) and fail on any mismatch: end-to-end proof.",
+    ),
+]
+Since = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--since",
+        metavar="REF",
+        help="Write a delta archive: only the layers none of these cached BASE images holds (repeatable).",
+    ),
+]
+SinceInventory = Annotated[
+    str | None,
+    typer.Option(
+        "--since-inventory",
+        metavar="PATH",
+        help="Write a delta against what the receiver holds: its `cas images --json` output.",
+    ),
+]
+
+
 def export(
-    refs: Annotated[
-        list[str],
-        typer.Argument(metavar="REF...", help="Cached image references: alpine, host:5000/app:1.0, name@sha256:..."),
-    ],
-    out: Annotated[
-        str,
-        typer.Option(
-            "--output",
-            "-o",
-            metavar="PATH",
-            help="Archive file, '-' for stdout (| docker load), or a directory for oci-dir.",
-        ),
-    ],
-    fmt: Annotated[
-        Format,
-        typer.Option(
-            "--format", "-f", metavar="FORMAT", help="docker-archive (docker/podman load), oci-archive, or oci-dir."
-        ),
-    ] = Format.docker_archive,
-    tag: Annotated[
-        str | None,
-        typer.Option(
-            "--tag", "-t", metavar="REF", help="NAME:TAG to give the one exported image instead of its own name."
-        ),
-    ] = None,
-    pull: Annotated[
-        bool,
-        typer.Option(
-            "--pull",
-            help="First pull the references that are missing, incomplete or hold a blob changed since commit"
-            " (only those blobs are fetched).",
-        ),
-    ] = False,
-    verify: Annotated[
-        bool,
-        typer.Option(
-            "--verify",
-            help="Re-hash every blob while it is written (the same pass) and fail on any mismatch: end-to-end proof.",
-        ),
-    ] = False,
-    since: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--since",
-            metavar="REF",
-            help="Write a delta archive: only the layers none of these cached BASE images holds (repeatable).",
-        ),
-    ] = None,
-    since_inventory: Annotated[
-        str | None,
-        typer.Option(
-            "--since-inventory",
-            metavar="PATH",
-            help="Write a delta against what the receiver holds: its `cas images --json` output.",
-        ),
-    ] = None,
+    refs: Refs,
+    out: Output,
+    fmt: FormatOpt = Format.docker_archive,
+    tag: Tag = None,
+    pull: Pull = False,
+    verify: Verify = False,
+    since: Since = None,
+    since_inventory: SinceInventory = None,
     platform: options.ExportPlatform = None,
     insecure: options.Insecure = False,
     username: options.Username = None,
@@ -99,20 +110,14 @@ def export(
     from pathlib import Path
 
     from cas import reference
-    from cas.export import ExportOptions, UsageError
+    from cas.export import ExportOptions
     from cas.export import export as run_export
     from cas.manifest import Platform
     from cas.store import Store
 
     parsed = [reference.parse(text) for text in refs]
     to_stdout = out == "-"
-    if to_stdout and as_json:
-        raise UsageError(
-            "--json prints on stdout, where -o - sends the archive", hint="drop --json, or write to a file"
-        )
-    delta = bool(since or since_inventory)
-    if delta and fmt is not Format.docker_archive:
-        raise UsageError("a delta archive has its own format", hint="drop --format when using --since")
+    delta = _check_combinations(to_stdout, as_json, fmt, since, since_inventory)
     opts = ExportOptions(
         format="delta" if delta else fmt.value,
         since=[reference.parse(text) for text in since or []],
@@ -143,7 +148,7 @@ def export(
     try:
         with observer:
             result = run_export(store, parsed, 1 if to_stdout else Path(out), opts)
-        used = [(image["ref"], image["platform"]) for image in result.images]
+        used = [(image.ref, image.platform) for image in result.images]
         eviction = budget.keep(store, max_size, used, lock_timeout, say=False) if result.pulled else None
     finally:
         store.close()
@@ -152,32 +157,51 @@ def export(
         output.emit_json("export", {**result.to_json(), **budget.json_field(eviction)})
     elif not quiet:
         budget.tell(eviction)
-        if result.pulled:  # what --pull fetched first: references the store lacked, or held changed blobs of
-            output.notice(f"pulled {', '.join(result.pulled)} first (--pull)")
-        names = ", ".join(_shown(result))
-        how = "" if result.format != "oci-dir" or result.linked else " (copied, not linked)"
-        how += ", every blob re-hashed" if result.verified else ""
-        if result.delta is not None:
-            d, size = result.delta, output.human_size
-            output.notice(
-                f"exported {names} as a delta against {', '.join(d['bases']) or 'nothing'}: carried "
-                f"{d['carried_blobs']} blob(s), {size(d['carried_bytes'])}; the receiver must hold "
-                f"{d['required_blobs']}, {size(d['required_bytes'])} ({result.seconds:.2f}s)"
-            )
-            return
-        output.notice(
-            f"exported {names} as {result.format}: {result.blobs} blob(s), {output.human_size(result.bytes)} "
-            f"to {result.output}{how} ({result.seconds:.2f}s)"
+        output.notice(summary(result))
+
+
+def _check_combinations(
+    to_stdout: bool, as_json: bool, fmt: Format, since: list[str] | None, since_inventory: str | None
+) -> bool:
+    """Refuse the options that cannot work together; True for a delta archive."""
+    from cas.errors import UsageError
+
+    if to_stdout and as_json:
+        raise UsageError(
+            "--json prints on stdout, where -o - sends the archive", hint="drop --json, or write to a file"
         )
+    delta = bool(since or since_inventory)
+    if delta and fmt is not Format.docker_archive:
+        raise UsageError("a delta archive has its own format", hint="drop --format when using --since")
+    return delta
 
 
-def _shown(result) -> list[str]:
+def summary(result: ExportResult) -> str:
+    """What was written: what --pull fetched first, then the images, their format, counts and where."""
+    names = ", ".join(_shown(result))
+    pulled = f"pulled {', '.join(result.pulled)} first (--pull)\n" if result.pulled else ""
+    if result.delta is not None:
+        d, size = result.delta, output.human_size
+        return (
+            f"{pulled}exported {names} as a delta against {', '.join(d.bases) or 'nothing'}: carried "
+            f"{d.carried_blobs} blob(s), {size(d.carried_bytes)}; the receiver must hold "
+            f"{d.required_blobs}, {size(d.required_bytes)} ({result.seconds:.2f}s)"
+        )
+    how = "" if result.format != "oci-dir" or result.linked else " (copied, not linked)"
+    how += ", every blob re-hashed" if result.verified else ""
+    return (
+        f"{pulled}exported {names} as {result.format}: {result.blobs} blob(s), {output.human_size(result.bytes)} "
+        f"to {result.output}{how} ({result.seconds:.2f}s)"
+    )
+
+
+def _shown(result: ExportResult) -> list[str]:
     """Each exported name once: a reference with several platforms as NAME (PLATFORM, ...)."""
-    under = {digest for index in result.indexes for digest in index["manifests"]}
+    under = {digest for index in result.indexes for digest in index.manifests}
     shown = [
-        f"{', '.join(index['names']) or '(unnamed)'} ({', '.join(index['platforms'])})" for index in result.indexes
+        f"{', '.join(index.names) or '(unnamed)'} ({', '.join(map(str, index.platforms))})" for index in result.indexes
     ]
     for image in result.images:
-        if image["names"] or image["manifest"] not in under:
-            shown.append(", ".join(image["names"]) or image["ref"])
+        if image.names or image.manifest not in under:
+            shown.append(", ".join(image.names) or image.ref)
     return shown

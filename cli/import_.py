@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli import budget, options, output
+
+if TYPE_CHECKING:
+    from cas.importer import ImportResult
 
 
 class Format(StrEnum):
@@ -16,30 +19,35 @@ class Format(StrEnum):
     oci_dir = "oci-dir"
 
 
+Source = Annotated[
+    str,
+    typer.Argument(
+        metavar="PATH",
+        help="A docker-archive (docker save), an oci-archive, a cas delta archive, an OCI layout directory, "
+        "or '-' for stdin.",
+    ),
+]
+FormatOpt = Annotated[
+    Format | None,
+    typer.Option(
+        "--format",
+        "-f",
+        metavar="FORMAT",
+        help="Refuse anything but this format: docker-archive, oci-archive or oci-dir (default: detected).",
+    ),
+]
+Tag = Annotated[
+    str | None,
+    typer.Option(
+        "--tag", "-t", metavar="REF", help="NAME:TAG for the one image of the archive (its names are dropped)."
+    ),
+]
+
+
 def import_(
-    path: Annotated[
-        str,
-        typer.Argument(
-            metavar="PATH",
-            help="A docker-archive (docker save), an oci-archive, a cas delta archive, an OCI layout directory, "
-            "or '-' for stdin.",
-        ),
-    ],
-    fmt: Annotated[
-        Format | None,
-        typer.Option(
-            "--format",
-            "-f",
-            metavar="FORMAT",
-            help="Refuse anything but this format: docker-archive, oci-archive or oci-dir (default: detected).",
-        ),
-    ] = None,
-    tag: Annotated[
-        str | None,
-        typer.Option(
-            "--tag", "-t", metavar="REF", help="NAME:TAG for the one image of the archive (its names are dropped)."
-        ),
-    ] = None,
+    path: Source,
+    fmt: FormatOpt = None,
+    tag: Tag = None,
     lock_timeout: options.LockTimeout = None,
     max_size: options.MaxSize = None,
     quiet: options.Quiet = False,
@@ -80,30 +88,35 @@ def import_(
             if isinstance(bar, _Bar):
                 opts.on_bytes = bar.advance
             result = import_archive(store, source, opts)
-        imported = [(ref, image["platform"]) for image in result.images for ref in image["refs"]]
+        imported = [(ref, image.platform) for image in result.images for ref in image.refs]
         eviction = budget.keep(store, max_size, imported, lock_timeout, say=False)
     finally:
         store.close()
 
     if as_json:
         output.emit_json("import", {**result.to_json(), **budget.json_field(eviction)})
-        return
-    if quiet:
-        return
+    elif not quiet:
+        output.notice(summary(result))
+        budget.tell(eviction)
+
+
+def summary(result: ImportResult) -> str:
+    """A line per image recorded (and a note on a manifest cas built), then the blob counts."""
     size = output.human_size
+    lines = []
     for image in result.images:
-        names = ", ".join(image["names"]) or f"unnamed, recorded as {image['refs'][0]}"
-        output.notice(f"imported {names}: {image['manifest'][:19]} {image['platform'] or ''}")
-        if image["built_manifest"]:
-            output.notice(
+        names = ", ".join(image.names) or f"unnamed, recorded as {image.refs[0]}"
+        lines.append(f"imported {names}: {image.manifest[:19]} {image.platform or ''}")
+        if image.built_manifest:
+            lines.append(
                 f"  note: legacy layout: cas built an OCI manifest for its uncompressed layers; its digest "
-                f"{image['manifest'][:19]} differs from the registry's"
+                f"{image.manifest[:19]} differs from the registry's"
             )
-    output.notice(
+    lines.append(
         f"{result.format} from {result.source}: stored {result.stored_blobs} blob(s), {size(result.stored_bytes)}; "
         f"reused {result.reused_blobs}, {size(result.reused_bytes)} ({result.seconds:.2f}s)"
     )
-    budget.tell(eviction)
+    return "\n".join(lines)
 
 
 class _Bar:
@@ -112,12 +125,12 @@ class _Bar:
     def __init__(self, source: object) -> None:
         from pathlib import Path
 
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        from cli.progress import size_columns
 
         total = source.stat().st_size if isinstance(source, Path) and source.is_file() else None
-        self._progress = Progress(
-            TextColumn("importing"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True
-        )
+        self._progress = Progress(TextColumn("importing"), BarColumn(), *size_columns(), transient=True)
         self._task = self._progress.add_task("import", total=total)
 
     def __enter__(self) -> _Bar:

@@ -11,7 +11,10 @@ from cli import options, output
 
 
 def inspect(
-    ref: Annotated[str, typer.Argument(metavar="REF", help="A cached image reference, as `cas images` lists it.")],
+    ref: Annotated[
+        str,
+        options.cached_ref("REF", "A cached image reference, as `cas images` lists it."),
+    ],
     raw: Annotated[
         bool,
         typer.Option("--raw", help="Print the manifest bytes exactly as stored (the index, for a multi-platform tag)."),

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 import signal
 import sys
-from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -20,7 +18,6 @@ app = typer.Typer(
     name="cas",
     help="A content-addressed cache for container images: pull only what is missing, export complete archives.\n\n"
     "The store lives in $CAS_HOME (default: ${XDG_CACHE_HOME:-~/.cache}/cas).",
-    no_args_is_help=True,
     add_completion=False,  # cli.completion: no rich import, and an explicit SHELL argument
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help texts say OS/ARCH[/VARIANT]: brackets are not markup
@@ -69,24 +66,42 @@ def _root(
     current()  # a malformed config file stops every command, not only those that read a setting
 
 
-def _interruptible(command: Callable) -> Callable:
-    """Typer turns Ctrl-C into a silent exit 130; we say what happened instead."""
-
-    @functools.wraps(command)
-    def run(*args: object, **kwargs: object) -> object:
-        try:
-            return command(*args, **kwargs)
-        except KeyboardInterrupt:
-            raise Interrupted() from None
-
-    return run
-
-
 class _Command(typer.core.TyperCommand):
-    """Usage lines as users write them: `cas pull [OPTIONS] REF...` (typer braces required arguments)."""
+    """click's Command, through typer's ``cls=`` hook, where cas says things its own way:
+
+    - usage lines as users write them: `cas pull [OPTIONS] REF...` (typer braces required arguments);
+    - with --json, a failure still prints the command's one JSON object (``output.emit_failure``);
+      the error line on stderr is printed by ``main``, as for every failure;
+    - Ctrl-C in a command is ``Interrupted``, said in the one error format.
+    """
 
     def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
         return [piece.strip("{}") for piece in super().collect_usage_pieces(ctx)]
+
+    def make_context(self, info_name: str | None, args: list[str], *rest: object, **extra: object) -> typer.Context:
+        typed = args[: args.index("--")] if "--" in args else list(args)  # the parser consumes ``args``
+        try:
+            return super().make_context(info_name, args, *rest, **extra)
+        except typer.TyperException as exc:  # a usage mistake: only the words typed tell whether --json was asked
+            from cli import usage
+
+            if "--json" in typed:
+                code = getattr(exc, "exit_code", usage.USAGE_EXIT)
+                output.emit_failure(self.name or "", *usage.describe(exc), code, {})
+            raise
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            try:
+                return super().invoke(ctx)
+            except KeyboardInterrupt:  # click would print a blank line and a bare "Aborted!": say what happened
+                raise Interrupted() from None
+        except CasError as exc:
+            if ctx.params.get("as_json"):
+                output.emit_failure(
+                    self.name or "", exc.message, exc.hint, exc.exit_code, ctx.meta.get(output.PARTIAL, {})
+                )
+            raise
 
 
 # Each command's module and function, in the order `cas --help` lists them.
@@ -121,7 +136,7 @@ def register(only: str | None = None) -> typer.Typer:
             continue
         command = getattr(importlib.import_module(f"cli.{module}"), function)
         summary = " ".join((command.__doc__ or "").split("\n\n", 1)[0].split())  # whole, never cut at 45 characters
-        app.command(name, cls=_Command, short_help=summary)(_interruptible(command))
+        app.command(name, cls=_Command, short_help=summary)(command)
         _registered.add(name)
     return app
 
@@ -133,7 +148,7 @@ def main() -> None:
         from cli import completion
 
         _exit(completion.complete(register(), os.environ["_CAS_COMPLETE"]))
-    args = sys.argv[1:]
+    args = sys.argv[1:] or ["--help"]  # plain `cas`: the help is the answer, exit 0 (click's no_args_is_help exits 2)
     named = next((arg for arg in args if not arg.startswith("-")), None)  # root options take no value
     register(named if named in COMMANDS else None)
     if args and args[-1] in ("--install-completion", "--show-completion"):
@@ -158,11 +173,7 @@ def main() -> None:
 def _click_error(exc: Exception) -> int:
     from cli import usage
 
-    if type(exc).__name__ == "NoArgsIsHelpError":  # plain `cas`: the help is the answer, not a mistake
-        print(exc.format_message())
-        return 0
-    message, hint = usage.describe(exc)
-    output.error(message, hint)
+    output.error(*usage.describe(exc))
     return getattr(exc, "exit_code", usage.USAGE_EXIT)
 
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cas.settings import DEFAULT_CONNECTIONS, DEFAULT_JOBS, DEFAULT_LOCK_TIMEOUT, DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
+
+if TYPE_CHECKING:  # the commands that need them import them when they run: `cas images` needs neither
+    from cas.pull import PullOptions
+    from cas.registry import Credentials
+    from cli.progress import QuietObserver
 
 
 def _verbose(value: bool) -> bool:
@@ -103,6 +108,13 @@ PlatformsOpt = Annotated[
 def one_platform(help: str) -> typer.models.OptionInfo:
     """A ``--platform`` that names one cached platform (inspect, rm, push), checked like pull's."""
     return typer.Option("--platform", metavar="OS/ARCH[/VARIANT]", callback=check_platform, help=help)
+
+
+def cached_ref(metavar: str, help: str) -> typer.models.ArgumentInfo:
+    """A REF argument naming cached images (export, inspect, rm, push): completed from the store's index.json."""
+    from cli import completion
+
+    return typer.Argument(metavar=metavar, help=help, autocompletion=completion.cached_refs)
 
 
 CachedPlatform = Annotated[
@@ -206,24 +218,30 @@ MaxSize = Annotated[
 ]
 
 
-def read_credentials(username: str | None, password_stdin: bool):
+def read_credentials(username: str | None, password_stdin: bool) -> Credentials | None:
     """--username with --password-stdin, as docker login takes them; None means look in docker's config."""
-    import sys
-
-    from cas.errors import CasError, UsageError
+    from cas.errors import UsageError
 
     if username is None and not password_stdin:
         return None
+    example = 'echo "$TOKEN" | cas pull -u USER --password-stdin REF'
     if username is None or not password_stdin:
-        raise UsageError(
-            "--username and --password-stdin go together", hint='echo "$TOKEN" | cas pull -u USER --password-stdin REF'
-        )
-    password = sys.stdin.readline().rstrip("\r\n")
-    if not password:
-        raise CasError("--password-stdin: no password on standard input")
+        raise UsageError("--username and --password-stdin go together", hint=example)
     from cas.registry import Credentials
 
-    return Credentials(username=username, password=password)
+    return Credentials(username=username, password=stdin_password(example))
+
+
+def stdin_password(example: str) -> str:
+    """The first line of stdin, for --password-stdin: an empty one is said as what it is."""
+    import sys
+
+    from cas.errors import UsageError
+
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise UsageError("--password-stdin: the password on standard input was empty", hint=example)
+    return password
 
 
 def pull_options(
@@ -240,7 +258,7 @@ def pull_options(
     as_json: bool,
     hosts_dirs: list[str] | None = None,
     timeout: float | None = None,
-):
+) -> PullOptions:
     """The PullOptions that `cas pull` and `cas export --pull` build from the same flags.
 
     The mirror configuration is read here, so a malformed file fails before any pull starts. What no
@@ -251,8 +269,6 @@ def pull_options(
     from cas.pull import PullOptions
     from cas.registry.endpoints import Sources
     from cas.settings import current
-    from cli import output
-    from cli.progress import BarsObserver, QuietObserver
 
     if all_platforms and platform:
         raise UsageError(
@@ -266,9 +282,17 @@ def pull_options(
         connections=settings.value("connections", connections),
         insecure=insecure,
         credentials=read_credentials(username, password_stdin),
-        observer=BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver(),
+        observer=observer(quiet, as_json),
         lock_timeout=lock_timeout,
         sources=Sources.from_env(hosts_dirs),
         timeout=settings.value("timeout", timeout),
         min_rate=settings.value("min-rate"),
     )
+
+
+def observer(quiet: bool, as_json: bool) -> QuietObserver:
+    """Bars for a person at a terminal; else only the lock-wait lines (pull, push, export --pull)."""
+    from cli import output
+    from cli.progress import BarsObserver, QuietObserver
+
+    return BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver()

@@ -31,6 +31,18 @@ def emit_json(command: str, body: dict[str, Any]) -> None:
     sys.stdout.write("\n")
 
 
+PARTIAL = "cas.partial"  # the click context's meta key for what a command did before it failed
+
+
+def emit_failure(command: str, message: str, hint: str | None, exit_code: int, partial: dict[str, Any]) -> None:
+    """`--json` on failure: still one object, what the command did so far (``partial``) and ``error``.
+
+    The error is said on stderr as well, as without --json: a script reading stdout gets the
+    object, a person watching gets the line.
+    """
+    emit_json(command, {**partial, "error": {"message": message, "hint": hint, "exit_code": exit_code}})
+
+
 def enable_logging() -> None:
     """`-v`: every logger under "cas" (HTTP requests, lock waits, mirror fallbacks...) to stderr."""
     import logging

@@ -28,13 +28,12 @@ class QuietObserver(TransferObserver):
 
 class BarsObserver(QuietObserver):
     def __init__(self) -> None:
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
-            DownloadColumn(binary_units=True),
-            _speed_column(),
+            *size_columns(),
             TimeRemainingColumn(),
             transient=True,
         )
@@ -73,15 +72,29 @@ class BarsObserver(QuietObserver):
         self._progress.console.print(message)
 
 
-def _speed_column():
-    """rich's TransferSpeedColumn prints MB/s; this one prints cas's MiB/s."""
+def size_columns() -> tuple:
+    """Done/total and speed in cas's own units (``951 B``, ``1.5 MiB``), as every summary prints them.
+
+    rich's DownloadColumn says ``bytes`` where cas says ``B``, and its speed column counts in MB/s.
+    """
     from rich.progress import ProgressColumn
     from rich.text import Text
 
-    from cas.sizes import format_rate
+    from cas.sizes import format_rate, format_size
+
+    class Size(ProgressColumn):
+        def render(self, task) -> Text:
+            if task.total is None:
+                return Text(format_size(task.completed), style="progress.download")
+            scale = 1
+            while task.total >= scale * 1024 and scale < 1024**4:
+                scale *= 1024
+            unit, digits = format_size(scale).split(" ")[1], 0 if scale == 1 else 1  # both sides in the total's unit
+            shown = f"{task.completed / scale:.{digits}f}/{task.total / scale:.{digits}f} {unit}"
+            return Text(shown, style="progress.download")
 
     class Speed(ProgressColumn):
         def render(self, task) -> Text:
             return Text("?" if task.speed is None else format_rate(task.speed), style="progress.data.speed")
 
-    return Speed()
+    return Size(), Speed()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli import options, output
+
+if TYPE_CHECKING:
+    from cas.gc import Plan
 
 
 def _size(text: str) -> int:
@@ -82,7 +85,7 @@ def prune(
         raise typer.Exit(1)
 
 
-def render(result) -> None:
+def render(result: Plan) -> None:
     size = output.human_size
     verb, frees = ("would remove", "would free") if result.dry_run else ("removed", "freed")
     per_image, unreferenced = result.freed_by_image()

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli import budget, options, output
 
+if TYPE_CHECKING:
+    from cas.pull import PullResult
+
 
 def pull(
+    ctx: typer.Context,
     refs: Annotated[
         list[str], typer.Argument(metavar="REF...", help="Image references: alpine, host:5000/app:1.0, name@sha256:...")
     ],
@@ -43,6 +47,7 @@ def pull(
     from cas.pull import pull as run_pull
     from cas.store import Store
 
+    body = ctx.meta.setdefault(output.PARTIAL, {"images": [], "failed": []})  # the --json object, on failure too
     parsed = [reference.parse(text) for text in refs]  # every reference is checked before any network call
     opts = options.pull_options(
         platform,
@@ -65,34 +70,30 @@ def pull(
             try:
                 result = run_pull(store, ref, opts)
             except PER_REFERENCE as exc:  # said now; the other references are still pulled, as podman pull does
+                body["failed"].append({"ref": str(ref), "error": exc.message, "hint": exc.hint})
                 if len(parsed) == 1:
                     raise
                 output.error(exc.message, exc.hint)
                 failed.append((ref, exc))
                 continue
             results.append(result)
+            body["images"].append(result.to_json())
             if not (as_json or quiet):
                 output.notice(summary(result))
     eviction = budget.keep(store, max_size, budget.pulled(results), lock_timeout, say=not (as_json or quiet))
-    if as_json:
-        output.emit_json(
-            "pull",
-            {
-                "images": [r.to_json() for r in results],
-                "failed": [{"ref": str(ref), "error": exc.message, "hint": exc.hint} for ref, exc in failed],
-                **budget.json_field(eviction),
-            },
-        )
+    body.update(budget.json_field(eviction))
     if failed:
         codes = {exc.exit_code for _, exc in failed}
         raise SomeFailed(
             f"{len(failed)} of {len(parsed)} references failed to pull: {', '.join(str(ref) for ref, _ in failed)}",
-            hint="see the error for each above; the others were pulled",
+            hint="see the error for each above; " + ("the others were pulled" if results else "none was pulled"),
             exit_code=codes.pop() if len(codes) == 1 else 1,
         )
+    if as_json:
+        output.emit_json("pull", body)
 
 
-def summary(result) -> str:
+def summary(result: PullResult) -> str:
     """One line per reference: its digest (the index's, for a multi-platform tag), every platform pulled, counts."""
     size = output.human_size
     platforms = ", ".join(r.platform for r in result.records if r.platform)
@@ -106,7 +107,7 @@ def summary(result) -> str:
     return line
 
 
-def endpoints_line(result) -> str:
+def endpoints_line(result: PullResult) -> str:
     """Where the image came from when mirrors are configured: the manifest's endpoint, bytes per
     endpoint, then each endpoint that was fallen back from, once, with its first reason."""
     served = ", ".join(f"{url} {output.human_size(n)}" for url, n in result.endpoint_bytes.items()) or "nothing"

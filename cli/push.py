@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli import options, output
 
+if TYPE_CHECKING:
+    from cas.push import PushResult
+
 
 def push(
     ref: Annotated[
-        str, typer.Argument(metavar="REF", help="A cached image: alpine, host:5000/app:1.0, name@sha256:...")
+        str,
+        options.cached_ref("REF", "A cached image: alpine, host:5000/app:1.0, name@sha256:..."),
     ],
     dest: Annotated[
         str, typer.Argument(metavar="DEST", help="Where to push it: host:5000/team/app:1.0 (a tag or a digest).")
@@ -44,7 +48,6 @@ def push(
     from cas.push import PushOptions
     from cas.push import push as run_push
     from cas.store import Store
-    from cli.progress import BarsObserver, QuietObserver
 
     source, target = reference.parse(ref), reference.parse(dest)
     opts = PushOptions(
@@ -52,7 +55,7 @@ def push(
         jobs=jobs,
         insecure=insecure,
         credentials=options.read_credentials(username, password_stdin),
-        observer=BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver(),
+        observer=options.observer(quiet, as_json),
         lock_timeout=lock_timeout,
     )
     store = Store()
@@ -67,7 +70,7 @@ def push(
         output.notice(summary(result))
 
 
-def summary(result) -> str:
+def summary(result: PushResult) -> str:
     size = output.human_size
     top = result.plan.top
     return (

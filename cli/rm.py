@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import typer
-
 from cli import options, output
 
 
 def rm(
     refs: Annotated[
-        list[str], typer.Argument(metavar="REF...", help="Cached references to remove (as `cas images` lists them).")
+        list[str],
+        options.cached_ref("REF...", "Cached references to remove (as `cas images` lists them)."),
     ],
     platform: Annotated[
         str | None, options.one_platform("Remove only this cached platform (default: every platform of each REF).")

@@ -24,7 +24,7 @@ def describe(exc: Exception) -> tuple[str, str]:
     if param is None:
         return _one_line(exc.format_message()), hint
     name = param.metavar if param.param_type_name == "argument" else max(param.opts, key=len)
-    if type(exc).__name__ == "MissingParameter":
+    if not getattr(exc, "message", ""):  # click raises MissingParameter with no message, every other error with one
         return f"missing {param.param_type_name} {name}", hint
     return _one_line(f"invalid value for {name}: {getattr(exc, 'message', '')}"), hint
 

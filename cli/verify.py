@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli import options, output
+
+if TYPE_CHECKING:
+    from cas.verify import Report
 
 
 def verify(
@@ -48,7 +51,7 @@ def verify(
         raise typer.Exit(1)
 
 
-def render(report) -> None:
+def render(report: Report) -> None:
     mode = "size, blake3 and digest" if report.deep else "size and blake3"
     print(f"checked {report.checked_blobs} blob(s), {output.human_size(report.checked_bytes)} ({mode})")
     for f in report.findings:

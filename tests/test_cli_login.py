@@ -48,7 +48,7 @@ def test_login_then_pull_needs_no_username(cas, cas_home, basic_registry, test_i
     assert cas("logout", host).stderr == f"removed login for {host}\n"
     assert host not in _config(cas_home)["auths"]
     again = cas("logout", host, check=False)
-    assert again.returncode == 1 and again.stderr.startswith(f"error: not logged in to {host}")
+    assert again.returncode == 0 and again.stderr.startswith(f"not logged in to {host}")  # as docker logout
 
 
 def test_a_refused_login_saves_nothing(cas, cas_home, basic_registry):

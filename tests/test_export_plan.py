@@ -422,7 +422,7 @@ def test_every_exported_name_of_one_manifest_is_marked_used(store: Store, out_di
     other = put_image(store, BASE, BASE_LAYERS)
     before = time.time()
     result = export(store, [parse(APP), parse(latest)], out_dir / "x.tar")
-    assert [image["names"] for image in result.images] == [["127.0.0.1:5000/app:1.0", "127.0.0.1:5000/app:latest"]]
+    assert [image.names for image in result.images] == [["127.0.0.1:5000/app:1.0", "127.0.0.1:5000/app:latest"]]
     assert only_record(store, APP).used >= before
     assert only_record(store, latest).used >= before  # not only the first name
     assert only_record(store, BASE).used == other.used  # not exported, not used

@@ -277,7 +277,7 @@ def test_push_to_a_digest_checks_it_and_summary_names_the_counts(cas, registry, 
 def test_pushing_an_image_that_was_never_pulled_says_so(cas, registry):
     proc = cas("push", f"{registry.host}/never/pulled:1", f"{registry.host}/dest:1", check=False)
     assert proc.returncode == 1
-    assert "not in the store" in proc.stderr and "cas pull" in proc.stderr
+    assert "not in the cache" in proc.stderr and "cas pull" in proc.stderr
     assert registry.requests() == []
 
 

@@ -29,3 +29,13 @@ def test_offline_commands_never_import_httpx(cas, registry, test_images, tmp_pat
         modules = _imported(cas, *args)
         assert "typer" in modules
         assert "httpx" not in modules, args
+
+
+def test_typer_is_pinned_below_0_29_because_0_29_imports_pydantic_on_every_start(cas):
+    """Why pyproject.toml keeps ``typer<0.29``: typer 0.29 requires pydantic and imports it to build an
+    adapter per option on every start (an app of two commands took ~0.9 s longer here). The day a typer
+    without that is out, this test passes with it and the pin can move."""
+    import typer
+
+    assert tuple(int(part) for part in typer.__version__.split(".")[:2]) < (0, 29)
+    assert not {"pydantic", "pydantic_core"} & _imported(cas, "images")

@@ -22,9 +22,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cas import DEFAULT_LOCK_TIMEOUT, stats
 from cas.digest import Digest
@@ -39,6 +39,9 @@ from cas.reference import parse as parse_reference
 from cas.store import Store
 from cas.store.fs import Linker
 
+if TYPE_CHECKING:
+    from cas.pull import PullOptions  # only --pull needs the pull path (and its HTTP client) at run time
+
 FORMATS = ("docker-archive", "oci-archive", "oci-dir", "delta")
 log = logging.getLogger("cas.export")
 
@@ -47,6 +50,8 @@ __all__ = [
     "ExportOptions",
     "ExportPlan",
     "ExportResult",
+    "ExportedImage",
+    "ExportedIndex",
     "ImagePlan",
     "OutputError",
     "UsageError",
@@ -61,7 +66,7 @@ class ExportOptions:
     tag: str | None = None  # NAME:TAG for the one exported image
     platform: Platform | None = None  # the platform the record must hold (or --pull fetches)
     pull: bool = False  # pull refs that are not cached or not complete first
-    pull_options: Any = None  # a cas.pull.PullOptions for those pulls
+    pull_options: PullOptions | None = None  # for those pulls
     warn: Callable[[str], None] | None = None  # e.g. the one "copying instead of linking" warning
     on_wait: Callable[[str], None] | None = None  # waiting for the store lock
     on_plan: Callable[[ExportPlan], None] | None = None  # the checked plan, before the first byte
@@ -72,25 +77,57 @@ class ExportOptions:
     verify: bool = False  # re-hash every blob while it is written (one pass), fail on a mismatch
 
 
+@dataclass(frozen=True)
+class ExportedImage:
+    """One image written: its reference, the names it carries in the archive, its manifest."""
+
+    ref: str
+    names: list[str]
+    manifest: str
+    platform: str | None
+    size: int
+
+
+@dataclass(frozen=True)
+class ExportedIndex:
+    """An index the archive holds for a reference with several platforms (OCI formats)."""
+
+    names: list[str]
+    digest: str
+    platforms: list[str | None]
+    manifests: list[str]
+
+
+@dataclass(frozen=True)
+class DeltaCounts:
+    """What a delta carries and what it needs the receiver to hold."""
+
+    carried_blobs: int
+    carried_bytes: int
+    required_blobs: int
+    required_bytes: int
+    bases: list[str]
+
+
 @dataclass
 class ExportResult:
     output: str
     format: str
-    images: list[dict] = field(default_factory=list)
-    indexes: list[dict] = field(default_factory=list)  # OCI formats: a reference with several platforms
+    images: list[ExportedImage] = field(default_factory=list)
+    indexes: list[ExportedIndex] = field(default_factory=list)  # OCI formats: a reference with several platforms
     blobs: int = 0  # every blob written, each once: manifests, configs, layers, and indexes made for the archive
     bytes: int = 0  # blob bytes exported
     written: int = 0  # archive bytes written (tar formats)
     linked: bool = True  # oci-dir: hard links (False: fell back to copies)
     copy_method: str = "copy_file_range"  # tar formats: copy_file_range (clones where it can), sendfile, read-write
     pulled: list[str] = field(default_factory=list)
-    delta: dict | None = None  # a delta's carried and required blobs
+    delta: DeltaCounts | None = None  # a delta's carried and required blobs
     verified: bool = False  # --verify: every blob was re-hashed while it was written
     seconds: float = 0.0
 
     def to_json(self) -> dict:
         """The `cas export --json` fields: these names, renamed to the conventions of cas.jsonout."""
-        body = {_JSON_NAMES.get(key, key): value for key, value in self.__dict__.items()}
+        body = {_JSON_NAMES.get(key, key): value for key, value in asdict(self).items()}
         body["seconds"] = round(self.seconds, 3)
         return body
 
@@ -138,22 +175,22 @@ def export(
 
     blobs = checked.blobs
     result.images = [
-        {
-            "ref": image.ref,
-            "names": [name.familiar for name in image.names],
-            "manifest": str(image.manifest.digest),
-            "platform": image.platform,
-            "size": sum(b.size for b in image.blobs),
-        }
+        ExportedImage(
+            ref=image.ref,
+            names=[name.familiar for name in image.names],
+            manifest=str(image.manifest.digest),
+            platform=image.platform,
+            size=sum(b.size for b in image.blobs),
+        )
         for image in checked.images
     ]
     result.indexes = [
-        {
-            "names": [name.familiar for name in index.names],
-            "digest": str(index.descriptor.digest),
-            "platforms": [image.platform for image in index.images],
-            "manifests": [str(image.manifest.digest) for image in index.images],
-        }
+        ExportedIndex(
+            names=[name.familiar for name in index.names],
+            digest=str(index.descriptor.digest),
+            platforms=[image.platform for image in index.images],
+            manifests=[str(image.manifest.digest) for image in index.images],
+        )
         for index in checked.indexes
     ]
     made = [index.descriptor for index in checked.indexes]  # written as blobs too (OCI formats)
@@ -238,13 +275,13 @@ def _delta_writer(
     if options.since_inventory is not None:
         bases += delta.inventory_bases(store, options.since_inventory, options.warn or (lambda message: None))
     description, carried = delta.describe(store, checked, bases)
-    result.delta = {
-        "carried_blobs": len(carried),
-        "carried_bytes": sum(b.size for b in carried),
-        "required_blobs": len(description.requires),
-        "required_bytes": sum(r.size for r in description.requires),
-        "bases": [base.name for base in bases],
-    }
+    result.delta = DeltaCounts(
+        carried_blobs=len(carried),
+        carried_bytes=sum(b.size for b in carried),
+        required_blobs=len(description.requires),
+        required_bytes=sum(r.size for r in description.requires),
+        bases=[base.name for base in bases],
+    )
 
     def write(writer: TarWriter, store: Store, plan: ExportPlan, on_blob: Callable | None) -> None:
         delta.write_delta(writer, store, description, carried, on_blob)

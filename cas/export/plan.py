@@ -110,9 +110,7 @@ class ExportPlan:
         never = [str(m.reference) for m in self.missing if not m.cached]
         if never:
             also = "" if pulled else ", or export with --pull"
-            raise NotCached(
-                f"not in the cache: {', '.join(never)}", hint=f"run `cas pull {' '.join(never)}` first{also}"
-            )
+            raise NotCached.references(never, hint=f"run `cas pull {' '.join(never)}` first{also}")
         for m in self.missing:
             if not m.blobs and not m.changed:
                 raise self._wrong_platform(m, pulled)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -60,11 +60,24 @@ class ImportOptions:
     lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT
 
 
+@dataclass(frozen=True)
+class ImportedImage:
+    """One image recorded: every reference it was recorded as, and the names the archive gave it."""
+
+    refs: list[str]
+    names: list[str]
+    manifest: str
+    media_type: str
+    platform: str | None
+    size: int
+    built_manifest: bool  # a legacy `docker save` layout: cas built the manifest, its digest is cas's
+
+
 @dataclass
 class ImportResult:
     source: str
     format: str = ""
-    images: list[dict] = field(default_factory=list)
+    images: list[ImportedImage] = field(default_factory=list)
     stored_blobs: int = 0
     stored_bytes: int = 0
     reused_blobs: int = 0
@@ -73,7 +86,7 @@ class ImportResult:
     seconds: float = 0.0
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        return asdict(self)
 
 
 def import_archive(store: Store, source: Path | BinaryIO, options: ImportOptions | None = None) -> ImportResult:
@@ -183,7 +196,7 @@ def _check_requirements(store: Store, delta: DeltaDescription) -> None:
         raise MissingRequirements(missing, bases)
 
 
-def _record(store: Store, lease: Lease, source: ImageSource, stored: dict[Digest, int]) -> dict:
+def _record(store: Store, lease: Lease, source: ImageSource, stored: dict[Digest, int]) -> ImportedImage:
     """Commit what the image still holds in memory (into ``stored`` when new), record each name
     (which types its blobs)."""
     image = source.image
@@ -204,15 +217,15 @@ def _record(store: Store, lease: Lease, source: ImageSource, stored: dict[Digest
             platform=source.platform,
         )
         refs.append(record.ref)
-    return {
-        "refs": refs,
-        "names": [name.familiar for name in source.names],
-        "manifest": str(source.manifest.digest),
-        "media_type": source.manifest.media_type,
-        "platform": record.platform,
-        "size": record.size,
-        "built_manifest": source.built is not None,
-    }
+    return ImportedImage(
+        refs=refs,
+        names=[name.familiar for name in source.names],
+        manifest=str(source.manifest.digest),
+        media_type=source.manifest.media_type,
+        platform=record.platform,
+        size=record.size,
+        built_manifest=source.built is not None,
+    )
 
 
 def _tag(text: str | None) -> Reference | None:
