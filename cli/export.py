@@ -10,7 +10,7 @@ import typer
 from cli import budget, options, output
 
 if TYPE_CHECKING:
-    from cas.export import ExportResult
+    from cas.export import ExportOptions, ExportResult
 
 
 class Format(StrEnum):
@@ -105,15 +105,12 @@ def export(
       cas export app:1.0 -o - | docker load
       cas export --pull app:1.0 --format oci-dir -o app-layout/
     """
-    import contextlib
     import sys
     from pathlib import Path
 
     from cas import reference
     from cas.export import ExportOptions
-    from cas.export import export as run_export
     from cas.manifest import Platform
-    from cas.store import Store
 
     parsed = [reference.parse(text) for text in refs]
     to_stdout = out == "-"
@@ -143,21 +140,32 @@ def export(
 
     if to_stdout:
         sys.stdout.flush()
-    store = Store()
-    observer = opts.pull_options.observer if opts.pull_options is not None else contextlib.nullcontext()
-    try:
-        with observer:
-            result = run_export(store, parsed, 1 if to_stdout else Path(out), opts)
-        used = [(image.ref, image.platform) for image in result.images]
-        eviction = budget.keep(store, max_size, used, lock_timeout, say=False) if result.pulled else None
-    finally:
-        store.close()
+    result, eviction = _run(parsed, 1 if to_stdout else Path(out), opts, max_size)
 
     if as_json:
         output.emit_json("export", {**result.to_json(), **budget.json_field(eviction)})
     elif not quiet:
         budget.tell(eviction)
         output.notice(summary(result))
+
+
+def _run(parsed: list, target, opts: ExportOptions, max_size: int | None) -> tuple[ExportResult, object]:
+    """The export, then the size budget when --pull added blobs (what was exported is kept)."""
+    import contextlib
+
+    from cas.export import export as run_export
+    from cas.store import Store
+
+    store = Store()
+    observer = opts.pull_options.observer if opts.pull_options is not None else contextlib.nullcontext()
+    try:
+        with observer:
+            result = run_export(store, parsed, target, opts)
+        used = [(image.ref, image.platform) for image in result.images]
+        eviction = budget.keep(store, max_size, used, opts.lock_timeout, say=False) if result.pulled else None
+    finally:
+        store.close()
+    return result, eviction
 
 
 def _check_combinations(
