@@ -291,8 +291,9 @@ def pull_options(
 
 
 def observer(quiet: bool, as_json: bool) -> QuietObserver:
-    """Bars for a person at a terminal; else only the lock-wait lines (pull, push, export --pull)."""
+    """Bars for a person at a terminal; else only the lock-wait lines and, unless quiet, the retry lines
+    (pull, push, export --pull)."""
     from cli import output
     from cli.progress import BarsObserver, QuietObserver
 
-    return BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver()
+    return BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver(quiet)

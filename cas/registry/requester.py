@@ -12,8 +12,8 @@ composes one session into its downloaders) and use only its public methods. It o
 - the endpoint walk with its dead endpoints (``cas.registry.walk``);
 - retries: ``retrying`` runs an attempt under a ``Patience`` (``cas.registry.retry``), so the
   whole wait without progress, retries included, stays within ``timeout``; each attempt may
-  wait only what is left of it. Every retry is reported as it happens (``on_retry``, the
-  ``cas.registry`` log) and counted in ``served.retries``.
+  wait only what is left of it. Every retry is logged (``cas.registry``, -v) and counted in
+  ``served.retries``; one that waits SAID_FROM or more is said as it happens (``on_retry``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ MAX_REDIRECTS = 5
 REFUSED_RETRIES = 2  # a refused connection with no endpoint left: retried briefly (a registry restarting)
 REFUSED_BACKOFF = 0.1  # so it fails within about 0.3 s, not after the full backoff
 MORE_TIME = "allow more time with --timeout (or $CAS_TIMEOUT)"
+SAID_FROM = 0.25  # seconds: a shorter wait (a refused connection's) is over before its line could be read; -v logs it
 _RETRY_LIMITS = {"refused": REFUSED_RETRIES, "connect-timeout": 1}
 _T = TypeVar("_T")
 
@@ -117,7 +118,7 @@ class Requester:
         line = f"retrying in {delay:.1f} s: {reason}"
         log.info("%s", line)
         self.served.retried()
-        if self._on_retry is not None:
+        if self._on_retry is not None and delay >= SAID_FROM:
             self._on_retry(line)
 
     def retrying(

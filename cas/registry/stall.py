@@ -32,7 +32,7 @@ class StallWatch:
         self.window = window
         self._clock = clock
         self._start = clock()
-        self._slices: deque[list[float]] = deque()  # [time of the last bytes in the slice, bytes]
+        self._slices: deque[list[float]] = deque()  # [when the slice began, when its last bytes came, bytes]
         self._bytes = 0  # in the slices kept
         self._lock = threading.Lock()  # ranges of one blob report from several threads
         self.rate = 0.0  # over the last window that was checked
@@ -43,15 +43,15 @@ class StallWatch:
             now = self._clock()
             if n:
                 if self._slices and now - self._slices[-1][0] < self.window / _SLICES:
-                    self._slices[-1][0] = now
-                    self._slices[-1][1] += n
+                    self._slices[-1][1] = now
+                    self._slices[-1][2] += n
                 else:
-                    self._slices.append([now, n])
+                    self._slices.append([now, now, n])
                 self._bytes += n
             if now - self._start < self.window:
                 return
-            while self._slices and self._slices[0][0] <= now - self.window:
-                self._bytes -= int(self._slices.popleft()[1])
+            while self._slices and self._slices[0][1] <= now - self.window:
+                self._bytes -= int(self._slices.popleft()[2])
             self.rate = self._bytes / self.window
             if self.rate < self.min_rate:
                 raise StallWatch.Stalled()
