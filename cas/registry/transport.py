@@ -20,8 +20,9 @@ without user info or query string (a CDN's signed query is a credential), status
 body bytes and time, once the body is read or closed; a body cut short (a reset, a
 timeout) says so, with the error, instead of reading as a success. Headers are never logged.
 
-The read size is a private attribute: pyproject pins ``httpcore<1.1`` and
-tests/test_dependency_internals.py fails loudly when an upgrade drops it.
+The read size is a private attribute, so it is raised only where it exists: an httpcore
+without it is slower, not broken. httpcore is not pinned below a version for it;
+tests/test_dependency_internals.py fails loudly when an upgrade drops or stops reading it.
 """
 
 from __future__ import annotations
@@ -250,5 +251,6 @@ def _netloc(url: httpx.URL) -> str:
 def _raise_read_size() -> None:
     import httpcore  # already imported by httpx's transports
 
-    if getattr(httpcore.HTTP11Connection, "READ_NUM_BYTES", READ_SIZE) < READ_SIZE:
-        httpcore.HTTP11Connection.READ_NUM_BYTES = READ_SIZE
+    connection = getattr(httpcore, "HTTP11Connection", None)
+    if connection is not None and getattr(connection, "READ_NUM_BYTES", READ_SIZE) < READ_SIZE:
+        connection.READ_NUM_BYTES = READ_SIZE
