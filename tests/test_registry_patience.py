@@ -20,6 +20,7 @@ import re
 import socket
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -160,6 +161,33 @@ def test_a_listener_that_never_answers_fails_within_timeout(cas, silent):
     assert done.stderr.startswith(f"error: cannot reach registry {silent.host}: timed out")
     assert "--timeout" in done.stderr.splitlines()[-1]  # waiting longer is what could help here
     assert "Traceback" not in done.stderr
+
+
+def test_a_token_server_that_never_answers_is_bounded_by_timeout_too(cas, silent):
+    """The registry's 401 sends the client to a token realm that accepts and says nothing."""
+
+    class Challenge(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response_only(401)
+            self.send_header("WWW-Authenticate", f'Bearer realm="http://{silent.host}/token",service="x"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Challenge)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        done, took = timed_pull(cas, "--timeout", "2", f"127.0.0.1:{server.server_address[1]}/x:y")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 1
+    assert took < 2 + 1 + SLACK, f"{took:.1f} s for --timeout 2"
+    assert f"cannot reach {silent.host} (for registry 127.0.0.1:" in done.stderr and "timed out" in done.stderr
 
 
 def test_a_listener_that_hangs_up_is_retried_aloud_within_timeout(cas, hanging_up):
