@@ -25,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 from support import auth, images
+from support.registry import Registry
 from support.tools import free_port
 
 from cas.digest import Digest
@@ -316,3 +317,25 @@ def test_a_range_answered_from_a_later_start_ends_the_split_and_the_blob_verifie
     (late,) = [r for r in gets if r.fault == "late-start"]
     assert late.status == 206
     assert gets[-1].headers.get("range", "bytes=0-").endswith("-")  # then one open-ended stream
+
+
+def test_wrong_bytes_from_a_mirror_are_counted_as_discarded_not_as_downloaded(cas, tmp_path, registry, proxy):
+    """The issue's case: a mirror served a damaged layer, the upstream the good one."""
+    upstream = Registry(tmp_path / "upstream").start()
+    try:
+        image = images.Image([images.random_layer(300_000, seed=2021)])
+        images.push(upstream, REPO, "m", image)
+        images.push(registry, REPO, "m", image)  # the mirror (the fault proxy's registry) holds it...
+        registry.corrupt_blob(image.layers[0].digest)  # ...damaged
+        hosts = tmp_path / "hosts.d" / upstream.host
+        hosts.mkdir(parents=True)
+        (hosts / "hosts.toml").write_text(
+            f'server = "{upstream.url}"\n\n[host."{proxy.url}"]\n  capabilities = ["pull", "resolve"]\n'
+        )
+        env = {**NO_MIRRORS, "CAS_HOSTS_DIR": str(tmp_path / "hosts.d")}
+        done = cas("pull", f"{upstream.host}/{REPO}:m", env=env)
+    finally:
+        upstream.stop()
+    summary = done.stderr.splitlines()[-3]  # then the endpoints and the fallback
+    assert f"downloaded 3 blob(s), {format_size(image.size)}; " in summary, done.stderr
+    assert summary.endswith(f"; 0 retries, {format_size(image.layers[0].size)} discarded"), summary
