@@ -179,9 +179,9 @@ Timeout = Annotated[
         min=0.1,
         metavar="SECONDS",
         callback=setting("timeout"),
-        help=f"Seconds to wait for a connection or an answer (default {DEFAULT_TIMEOUT:g}, or $CAS_TIMEOUT, or "
-        f"`timeout` in config.toml). A download moving slower than $CAS_MIN_RATE bytes/s (default {DEFAULT_MIN_RATE}) "
-        "for this long is aborted; the next pull resumes it.",
+        help=f"The longest to wait without progress, in total: connecting, answers, retries (default {DEFAULT_TIMEOUT:g}, "
+        f"or $CAS_TIMEOUT, or `timeout` in config.toml). A download moving slower than $CAS_MIN_RATE bytes/s (default "
+        f"{DEFAULT_MIN_RATE}) for this long is aborted; the next pull resumes it.",
     ),
 ]
 LockTimeout = Annotated[
