@@ -146,7 +146,7 @@ class Requester:
                 except httpx.TransportError as exc:
                     failure = describe_transport_error(exc, ep.url, ep.source)
                     limit = 0 if has_next or not failure.retryable else _RETRY_LIMITS.get(failure.kind)
-                    base = min(REFUSED_BACKOFF, self.backoff) if failure.kind == "refused" else None
+                    base = _first_wait(failure.kind, patience.failures, self.backoff)
                     reason = f"cannot reach {self.who(ep, exc)}: {failure.reason}"
                     delay = patience.failed(limit=limit, base=base)
                     if delay is None:
@@ -264,6 +264,15 @@ class Requester:
             if not _same_origin(target, origin):
                 auth, sent = None, list(headers.items())
         raise RegistryError(f"{ep.named(self.registry)}: more than {MAX_REDIRECTS} redirects for {url}")
+
+
+def _first_wait(kind: str, failures: int, backoff: float) -> float | None:
+    """The backoff base for a transport failure (None: the usual one). A connection dropped before
+    any answer is tried again at once the first time, as Go's and urllib3's clients do: it is most
+    often an idle pooled connection the server had closed. A refused one waits briefly."""
+    if kind == "dropped" and failures == 0:
+        return 0.0
+    return min(REFUSED_BACKOFF, backoff) if kind == "refused" else None
 
 
 def _more_time(error: CasError, patience: Patience) -> CasError:
