@@ -1,0 +1,143 @@
+"""The registry's routes: thin handlers that map a request to a name, ask ``content``, and send the answer.
+
+Nothing here reads the store on the event loop: index and file reads run in worker threads,
+and blobs go out through aiohttp's FileResponse (sendfile, Range, 206 and 416 in one place).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import hdrs, web
+
+from cas.serve import content, negotiate
+from cas.serve.errcode import ServeError
+from cas.serve.leases import LeaseBook
+from cas.serve.names import Name, map_name
+from cas.store import Store
+
+API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+HOSTILE = ("%2f", "%2e", "%5c", "%00")  # encoded '/', '.', '\' and NUL: a name never needs them
+
+
+@dataclass
+class Service:
+    """What every handler shares: the store, the upstream aliases and this server's leases."""
+
+    store: Store
+    aliases: dict[str, str] = field(default_factory=dict)
+    leases: LeaseBook | None = None
+
+    def __post_init__(self) -> None:
+        if self.leases is None:
+            self.leases = LeaseBook(self.store)
+
+    def name(self, request: web.Request) -> Name:
+        return map_name(request.match_info["name"], request.query.get("ns"), self.aliases)
+
+
+SERVICE = web.AppKey("service", Service)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def spec_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer carries the API version header; every error is the spec's JSON; writes are UNSUPPORTED."""
+    try:
+        if any(bad in request.raw_path.lower() for bad in HOSTILE):
+            raise ServeError("NAME_INVALID", "encoded slashes, dots and NULs are not allowed in a name")
+        if request.method in WRITES:
+            raise ServeError("UNSUPPORTED", f"{request.method} is not supported: cas serve is read-only")
+        response = await handler(request)
+    except ServeError as exc:
+        response = web.Response(status=exc.status, body=exc.body(), content_type="application/json")
+    except web.HTTPMethodNotAllowed as exc:
+        error = ServeError(
+            "UNSUPPORTED", f"{request.method} is not supported here", {"allowed": sorted(exc.allowed_methods)}
+        )
+        response = web.Response(status=405, body=error.body(), content_type="application/json")
+    response.headers.update(API_VERSION)
+    return response
+
+
+async def base(request: web.Request) -> web.Response:
+    return web.json_response({})
+
+
+async def manifest(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    name, reference = service.name(request), request.match_info["reference"]
+    accept = negotiate.accepted(request.headers.getall(hdrs.ACCEPT, []))
+    platform = negotiate.client_platform(request.headers.get(hdrs.USER_AGENT))
+    found = await asyncio.to_thread(content.manifest, service.store, name, reference, accept, platform)
+    missing = await asyncio.to_thread(service.leases.hold, found.digest, found.holds)
+    if missing:
+        raise ServeError(
+            "MANIFEST_UNKNOWN", f"{name.ref(reference)} lost blobs to a prune", {"missing": [str(d) for d in missing]}
+        )
+    await asyncio.to_thread(service.store.index.touch_refs, found.records)  # a use, for prune's LRU
+    headers = {"Docker-Content-Digest": str(found.digest), hdrs.ETAG: f'"{found.digest}"'}
+    return web.Response(body=found.data, content_type=found.media_type, headers=headers)
+
+
+async def blob(request: web.Request) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    service.name(request)
+    digest = content.parse_digest(request.match_info["digest"])
+    path = service.store.blobs.path(digest)
+    service.leases.renew(digest)
+    if not path.is_file():
+        raise ServeError("BLOB_UNKNOWN", f"blob {digest} is not in the store", {"digest": str(digest)})
+    headers = {hdrs.CONTENT_TYPE: "application/octet-stream", "Docker-Content-Digest": str(digest)}
+    return web.FileResponse(path, headers=headers)
+
+
+async def tags(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    name = service.name(request)
+    found = await asyncio.to_thread(content.tags, service.store, name)
+    shown, more = content.page(found, _count(request), request.query.get("last"))
+    return _paged(request, {"name": request.match_info["name"], "tags": shown}, shown, more)
+
+
+async def catalog(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    found = await asyncio.to_thread(content.catalog, service.store)
+    shown, more = content.page(found, _count(request), request.query.get("last"))
+    return _paged(request, {"repositories": shown}, shown, more)
+
+
+async def unknown(request: web.Request) -> web.Response:
+    raise ServeError("NAME_UNKNOWN", f"no such route: {request.path[:200]}")
+
+
+def _count(request: web.Request) -> int | None:
+    text = request.query.get("n")
+    if text is None:
+        return None
+    if not text.isdigit() or int(text) > 100_000:
+        raise ServeError("PAGINATION_NUMBER_INVALID", f"n must be a number from 0 to 100000, not {text[:20]!r}")
+    return int(text)
+
+
+def _paged(request: web.Request, body: dict, shown: list[str], more: bool) -> web.Response:
+    """The page, with distribution's ``Link: <...?last=X&n=N>; rel="next"`` when more follow."""
+    headers = {}
+    if more:
+        following = request.rel_url.update_query(last=shown[-1])
+        headers["Link"] = f'<{following.path_qs}>; rel="next"'
+    return web.json_response(body, headers=headers)
+
+
+def routes() -> list[web.AbstractRouteDef]:
+    return [
+        web.get("/v2/", base),
+        web.get("/v2/_catalog", catalog),
+        web.get("/v2/{name:.+}/tags/list", tags),
+        web.get("/v2/{name:.+}/manifests/{reference}", manifest),
+        web.get("/v2/{name:.+}/blobs/{digest}", blob),
+        web.route("*", "/{tail:.*}", unknown),
+    ]

@@ -1,0 +1,120 @@
+"""Run the registry: listen, serve until SIGINT or SIGTERM, then stop as an operator expects.
+
+On a signal the server stops accepting, lets requests in flight finish for up to
+``SHUTDOWN_GRACE`` seconds (aiohttp's runner does the waiting), then drops its leases.
+Nothing it does leaves the store inconsistent: it only reads blobs and writes leases and
+last-use times, so a kill at any moment is safe too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from cas.errors import CasError, UsageError
+from cas.serve.handlers import SERVICE, Service, routes, spec_errors
+from cas.store import Store
+
+DEFAULT_LISTEN = "127.0.0.1:5050"
+SHUTDOWN_GRACE = 10.0
+EXPIRE_EVERY = 10.0  # seconds between sweeps of leases nobody renewed
+KEEPALIVE = 75.0  # idle keep-alive connections are closed after this many seconds (nginx's default)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 5050
+    aliases: dict[str, str] = field(default_factory=dict)
+    allow_anonymous: bool = False
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); UsageError when it is neither."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--listen {text!r}: expected HOST:PORT", hint=f"e.g. --listen {DEFAULT_LISTEN}")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(options: ServeOptions) -> None:
+    """A server others can reach hands out what the operator's credentials fetch: refuse it unless asked."""
+    if not is_loopback(options.host) and not options.allow_anonymous:
+        raise UsageError(
+            f"refusing to serve the store on {options.host}, which is not a loopback address, without authentication",
+            hint="anyone who can reach it could pull every cached image; pass --allow-anonymous if that is intended",
+        )
+
+
+def build_app(service: Service) -> web.Application:
+    app = web.Application(middlewares=[spec_errors])
+    app[SERVICE] = service
+    app.add_routes(routes())
+    return app
+
+
+def serve(store: Store, options: ServeOptions, on_ready: Callable[[str], None]) -> None:
+    """Serve until SIGINT or SIGTERM; ``on_ready`` gets the URL once the socket listens."""
+    check_exposure(options)
+    service = Service(store, dict(options.aliases))
+    try:
+        asyncio.run(_serve(service, options, on_ready))
+    finally:
+        service.leases.release_all()
+
+
+async def _serve(service: Service, options: ServeOptions, on_ready: Callable[[str], None]) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(
+        build_app(service),
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_GRACE,
+        keepalive_timeout=KEEPALIVE,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, options.host, options.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise UsageError(
+                f"cannot listen on {options.host}:{options.port}: {exc.strerror}", hint="pick another --listen"
+            ) from None
+        on_ready(_url(runner))
+        expiring = asyncio.create_task(_expire(service))
+        await stop.wait()
+        expiring.cancel()
+    finally:
+        await runner.cleanup()  # stops accepting; waits for requests in flight up to SHUTDOWN_GRACE
+
+
+async def _expire(service: Service) -> None:
+    while True:
+        await asyncio.sleep(EXPIRE_EVERY)
+        with contextlib.suppress(CasError, OSError):  # a busy index: the next sweep retries
+            await asyncio.to_thread(service.leases.expire)
+
+
+def _url(runner: web.AppRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

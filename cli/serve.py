@@ -1,0 +1,52 @@
+"""cas serve: the store as a registry on HTTP, until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+LISTEN_HELP = "Address to listen on. A non-loopback address needs --allow-anonymous."
+
+
+def serve(
+    listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT", help=LISTEN_HELP)] = "127.0.0.1:5050",
+    upstream: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--upstream",
+            metavar="ALIAS=HOST[:PORT]",
+            help="Name an upstream by a first path component: with lab=127.0.0.1:5000, /v2/lab/app means 127.0.0.1:5000/app. Repeatable.",
+        ),
+    ] = None,
+    allow_anonymous: Annotated[
+        bool,
+        typer.Option("--allow-anonymous", help="Serve on a non-loopback address without authentication."),
+    ] = False,
+) -> None:
+    """Serve the store read-only as an OCI registry (docker, containerd, podman and skopeo pull from it).
+
+    Names map to upstreams as mirrors expect: ?ns=HOST (containerd), an --upstream alias, a first
+    component with a dot or a port (ghcr.io/org/tool), else docker.io (library/ for one-part names).
+
+    \b
+    Examples:
+      cas serve
+      cas serve --listen 127.0.0.1:5050 --upstream lab=127.0.0.1:5000
+    """
+    from cas.errors import UsageError
+    from cas.serve import ServeOptions, parse_listen
+    from cas.serve import serve as run_serve
+    from cas.serve.names import parse_upstreams
+    from cas.store import Store
+    from cli import output
+
+    host, port = parse_listen(listen)
+    try:
+        aliases = parse_upstreams(upstream or [])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    options = ServeOptions(host=host, port=port, aliases=aliases, allow_anonymous=allow_anonymous)
+    store = Store()
+    run_serve(store, options, lambda url: output.notice(f"serving {store.root} on {url} (read-only); Ctrl-C stops"))
+    output.notice("stopped")
