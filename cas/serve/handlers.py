@@ -47,8 +47,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def spec_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every answer carries the API version header; every error is the spec's JSON; writes are UNSUPPORTED."""
     try:
-        if any(bad in request.raw_path.lower() for bad in HOSTILE):
-            raise ServeError("NAME_INVALID", "encoded slashes, dots and NULs are not allowed in a name")
+        raw = request.raw_path.partition("?")[0]
+        if any(bad in raw.lower() for bad in HOSTILE) or {".", ".."} & set(raw.split("/")):
+            raise ServeError(
+                "NAME_INVALID", "dot segments and encoded slashes, dots and NULs are not allowed in a path"
+            )
         if request.method in WRITES:
             raise ServeError("UNSUPPORTED", f"{request.method} is not supported: cas serve is read-only")
         response = await handler(request)
