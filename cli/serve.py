@@ -23,16 +23,22 @@ def serve(
         bool,
         typer.Option("--allow-anonymous", help="Serve on a non-loopback address without authentication."),
     ] = False,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Serve only what the store holds; never pull (the air-gapped side).")
+    ] = False,
 ) -> None:
     """Serve the store read-only as an OCI registry (docker, containerd, podman and skopeo pull from it).
 
     Names map to upstreams as mirrors expect: ?ns=HOST (containerd), an --upstream alias, a first
     component with a dot or a port (ghcr.io/org/tool), else docker.io (library/ for one-part names).
+    GET /archive/NAME[:TAG|@DIGEST]?format=docker-archive|oci-archive&platform=OS/ARCH streams a
+    complete archive; without --offline, what the store lacks is pulled first.
 
     \b
     Examples:
       cas serve
       cas serve --listen 127.0.0.1:5050 --upstream lab=127.0.0.1:5000
+      curl -fsS http://127.0.0.1:5050/archive/library/alpine:3.20 | docker load
     """
     from cas.errors import UsageError
     from cas.serve import ServeOptions, parse_listen
@@ -46,7 +52,7 @@ def serve(
         aliases = parse_upstreams(upstream or [])
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    options = ServeOptions(host=host, port=port, aliases=aliases, allow_anonymous=allow_anonymous)
+    options = ServeOptions(host=host, port=port, aliases=aliases, allow_anonymous=allow_anonymous, offline=offline)
     store = Store()
     run_serve(store, options, lambda url: output.notice(f"serving {store.root} on {url} (read-only); Ctrl-C stops"))
     output.notice("stopped")

@@ -22,6 +22,9 @@ STATUS = {
     "DENIED": 403,
     "UNSUPPORTED": 405,
     "UNAVAILABLE": 503,
+    # not the spec's: /archive/ and /metrics answer these
+    "PARAMETER_INVALID": 400,
+    "INTERNAL": 500,
 }
 
 

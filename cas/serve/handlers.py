@@ -29,6 +29,7 @@ class Service:
 
     store: Store
     aliases: dict[str, str] = field(default_factory=dict)
+    offline: bool = False  # serve only what the store holds: no pull-through
     leases: LeaseBook | None = None
 
     def __post_init__(self) -> None:
@@ -136,11 +137,11 @@ def _paged(request: web.Request, body: dict, shown: list[str], more: bool) -> we
 
 
 def routes() -> list[web.AbstractRouteDef]:
+    """The distribution API's read routes (``unknown`` answers every other path)."""
     return [
         web.get("/v2/", base),
         web.get("/v2/_catalog", catalog),
         web.get("/v2/{name:.+}/tags/list", tags),
         web.get("/v2/{name:.+}/manifests/{reference}", manifest),
         web.get("/v2/{name:.+}/blobs/{digest}", blob),
-        web.route("*", "/{tail:.*}", unknown),
     ]

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from cas.errors import CasError, UsageError
-from cas.serve.handlers import SERVICE, Service, routes, spec_errors
+from cas.serve import archive
+from cas.serve.handlers import SERVICE, Service, routes, spec_errors, unknown
 from cas.store import Store
 
 DEFAULT_LISTEN = "127.0.0.1:5050"
@@ -33,6 +34,7 @@ class ServeOptions:
     port: int = 5050
     aliases: dict[str, str] = field(default_factory=dict)
     allow_anonymous: bool = False
+    offline: bool = False
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -65,14 +67,14 @@ def check_exposure(options: ServeOptions) -> None:
 def build_app(service: Service) -> web.Application:
     app = web.Application(middlewares=[spec_errors])
     app[SERVICE] = service
-    app.add_routes(routes())
+    app.add_routes([*routes(), web.get("/archive/{name:.+}", archive.archive), web.route("*", "/{tail:.*}", unknown)])
     return app
 
 
 def serve(store: Store, options: ServeOptions, on_ready: Callable[[str], None]) -> None:
     """Serve until SIGINT or SIGTERM; ``on_ready`` gets the URL once the socket listens."""
     check_exposure(options)
-    service = Service(store, dict(options.aliases))
+    service = Service(store, dict(options.aliases), offline=options.offline)
     try:
         asyncio.run(_serve(service, options, on_ready))
     finally:
