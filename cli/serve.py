@@ -26,6 +26,12 @@ def serve(
     offline: Annotated[
         bool, typer.Option("--offline", help="Serve only what the store holds; never pull (the air-gapped side).")
     ] = False,
+    tag_ttl: Annotated[
+        float,
+        typer.Option(
+            "--tag-ttl", metavar="SECONDS", min=0, help="Re-resolve a tag at its upstream at most this often."
+        ),
+    ] = 60.0,
 ) -> None:
     """Serve the store read-only as an OCI registry (docker, containerd, podman and skopeo pull from it).
 
@@ -52,7 +58,8 @@ def serve(
         aliases = parse_upstreams(upstream or [])
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    options = ServeOptions(host=host, port=port, aliases=aliases, allow_anonymous=allow_anonymous, offline=offline)
-    store = Store()
-    run_serve(store, options, lambda url: output.notice(f"serving {store.root} on {url} (read-only); Ctrl-C stops"))
+    options = ServeOptions(
+        host=host, port=port, aliases=aliases, allow_anonymous=allow_anonymous, offline=offline, tag_ttl=tag_ttl
+    )
+    run_serve(Store(), options, output.notice)
     output.notice("stopped")

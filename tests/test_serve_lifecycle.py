@@ -33,7 +33,7 @@ def test_a_prune_between_the_manifest_and_the_blobs_never_breaks_the_pull(cas, c
     for name in ("app", "dockermedia"):
         cas("pull", "-q", test_images.ref(registry, name))
     own_layer = other.blobs[-1]  # dockermedia's own layer: app does not share it
-    with CasServer(cas_home, "--upstream", f"lab={registry.host}") as server, client(server) as http:
+    with CasServer(cas_home, "--offline", "--upstream", f"lab={registry.host}") as server, client(server) as http:
         assert http.get("/v2/lab/app/manifests/latest", headers={"Accept": ALL}).status_code == 200
         cas("rm", test_images.ref(registry, "app"), test_images.ref(registry, "dockermedia"))
         pruned = json.loads(cas("prune", "--json").stdout)
@@ -101,7 +101,7 @@ def test_docker_registry_mirror_pulls_a_docker_hub_name_from_the_store(cas, cas_
     daemon.write_text(json.dumps({"registry-mirrors": [registry.url]}))
     cas("pull", "-q", "servedhub:1", env={"CAS_DOCKER_DAEMON_JSON": str(daemon)})
     short = Path(tempfile.mkdtemp(prefix="cas-mirrored-"))  # containerd's socket path must stay under 108 bytes
-    with CasServer(cas_home) as server, contextlib.ExitStack() as cleanup:
+    with CasServer(cas_home, "--offline") as server, contextlib.ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, short, ignore_errors=True)
         with Dockerd(short, f"--registry-mirror={server.url}") as docker:
             registry.mark()

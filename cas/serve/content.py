@@ -47,26 +47,36 @@ def records_of(store: Store, name: Name) -> list[RefRecord]:
     return [r for r in store.index.refs(malformed=[]) if _name_of(r.ref) == str(name)]
 
 
-def manifest(store: Store, name: Name, reference: str, accept: frozenset[str], platform: Platform) -> Found:
-    """The manifest ``reference`` (tag or digest) names, negotiated against ``accept``."""
+def manifest(
+    store: Store, name: Name, reference: str, accept: frozenset[str], platform: Platform, resolved: Digest | None = None
+) -> Found:
+    """The manifest ``reference`` (tag or digest) names, negotiated against ``accept``.
+
+    ``resolved``: the digest an upstream gave the tag (pull-through), served even before a record names it.
+    """
     by_tag = ":" not in reference
-    if by_tag:
+    if by_tag and resolved is None:
         records = _tagged(store, name, reference)
-        top = records[0]
-        digest, media_type = top.digest, top.media_type
+        digest, media_type = records[0].digest, records[0].media_type
         records = [r for r in records if r.digest == digest]
     else:
-        digest = parse_digest(reference)
+        digest = resolved or parse_digest(reference)
         records = [r for r in records_of(store, name) if _is_manifest(r, digest)]
-        if not records:
-            raise _unknown(store, name, reference)
-        media_type = records[0].entry(digest).media_type
+        media_type = records[0].entry(digest).media_type if records else _stored_type(store, name, digest, reference)
     data = _read(store, digest, reference)
     if negotiate.decide(media_type, accept, by_tag=by_tag) == negotiate.SERVE:
         if media_type not in INDEX_TYPES:
             records = [r for r in records if r.manifest == digest or r.layout_manifest == digest]
         return Found(digest, media_type, data, tuple(records))
     return _child(store, name, data, media_type, accept, platform)
+
+
+def cached(store: Store, name: Name, tag: str) -> Digest | None:
+    """What the store's newest record of ``name:tag`` resolved to; None when it has none."""
+    try:
+        return _tagged(store, name, tag)[0].digest
+    except ServeError:
+        return None
 
 
 def _child(store: Store, name: Name, data: bytes, media_type: str, accept: frozenset[str], wanted: Platform) -> Found:
@@ -113,6 +123,15 @@ def _tagged(store: Store, name: Name, tag: str) -> list[RefRecord]:
     if not records:
         raise _unknown(store, name, tag)
     return sorted(records, key=lambda r: r.pulled, reverse=True)
+
+
+def _stored_type(store: Store, name: Name, digest: Digest, reference: str) -> str:
+    """The media type of a manifest committed by a pull still running (no record names it yet)."""
+    blob = store.index.get_blob(digest)
+    media_type = blob.get("media_type") if isinstance(blob, dict) else None
+    if media_type not in (*INDEX_TYPES, *MANIFEST_TYPES) or not store.blobs.has(digest):
+        raise _unknown(store, name, reference)
+    return media_type
 
 
 def _unknown(store: Store, name: Name, reference: str) -> ServeError:

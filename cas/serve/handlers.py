@@ -14,8 +14,10 @@ from aiohttp import hdrs, web
 
 from cas.serve import content, negotiate
 from cas.serve.errcode import ServeError
+from cas.serve.follow import follow
 from cas.serve.leases import LeaseBook
 from cas.serve.names import Name, map_name
+from cas.serve.through import PullThrough
 from cas.store import Store
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -30,6 +32,7 @@ class Service:
     store: Store
     aliases: dict[str, str] = field(default_factory=dict)
     offline: bool = False  # serve only what the store holds: no pull-through
+    through: PullThrough | None = None  # None: --offline
     leases: LeaseBook | None = None
 
     def __post_init__(self) -> None:
@@ -76,7 +79,7 @@ async def manifest(request: web.Request) -> web.Response:
     name, reference = service.name(request), request.match_info["reference"]
     accept = negotiate.accepted(request.headers.getall(hdrs.ACCEPT, []))
     platform = negotiate.client_platform(request.headers.get(hdrs.USER_AGENT))
-    found = await asyncio.to_thread(content.manifest, service.store, name, reference, accept, platform)
+    found = await _find(service, name, reference, accept, platform)
     missing = await asyncio.to_thread(service.leases.hold, found.digest, found.holds)
     if missing:
         raise ServeError(
@@ -87,16 +90,43 @@ async def manifest(request: web.Request) -> web.Response:
     return web.Response(body=found.data, content_type=found.media_type, headers=headers)
 
 
+async def _find(service: Service, name: Name, reference: str, accept: frozenset[str], platform) -> content.Found:
+    """The store's manifest; with pull-through, a tag re-resolved upstream and a missing digest fetched."""
+    store, through, by_tag = service.store, service.through, ":" not in reference
+    resolved = None
+    if through is not None and by_tag:
+        cached = await asyncio.to_thread(content.cached, store, name, reference)
+        resolved = await asyncio.to_thread(through.resolve, name, reference, cached)
+    try:
+        return await asyncio.to_thread(content.manifest, store, name, reference, accept, platform, resolved)
+    except ServeError as exc:
+        if through is None or by_tag or exc.code not in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN"):
+            raise
+        digest = content.parse_digest(reference)
+        if store.blobs.has(digest):
+            raise  # held, but not what the client accepts
+        await asyncio.to_thread(through.manifest, name, digest)
+        return await asyncio.to_thread(content.manifest, store, name, reference, accept, platform)
+
+
 async def blob(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
-    service.name(request)
+    name = service.name(request)
     digest = content.parse_digest(request.match_info["digest"])
     path = service.store.blobs.path(digest)
     service.leases.renew(digest)
-    if not path.is_file():
-        raise ServeError("BLOB_UNKNOWN", f"blob {digest} is not in the store", {"digest": str(digest)})
     headers = {hdrs.CONTENT_TYPE: "application/octet-stream", "Docker-Content-Digest": str(digest)}
-    return web.FileResponse(path, headers=headers)
+    if path.is_file():
+        return web.FileResponse(path, headers=headers)
+    through = service.through
+    known = through.known.get(digest) if through is not None else None
+    if through is None or (request.method == "HEAD" and known is None):
+        raise ServeError("BLOB_UNKNOWN", f"blob {digest} is not in the store", {"digest": str(digest)})
+    task = through.blob(name, digest)
+    if request.method == "HEAD":
+        return web.Response(headers={**headers, hdrs.CONTENT_LENGTH: str(known.size)})
+    ingest = service.store.blobs.ingest_dir / f"{digest.algorithm}-{digest.hex}"  # cas.store.ingest.Ingest.dir
+    return await follow(request, digest, known.size if known else None, ingest, path, task)
 
 
 async def tags(request: web.Request) -> web.Response:

@@ -20,6 +20,7 @@ from aiohttp import web
 from cas.errors import CasError, UsageError
 from cas.serve import archive
 from cas.serve.handlers import SERVICE, Service, routes, spec_errors, unknown
+from cas.serve.through import DEFAULT_TAG_TTL, PullThrough
 from cas.store import Store
 
 DEFAULT_LISTEN = "127.0.0.1:5050"
@@ -35,6 +36,7 @@ class ServeOptions:
     aliases: dict[str, str] = field(default_factory=dict)
     allow_anonymous: bool = False
     offline: bool = False
+    tag_ttl: float = DEFAULT_TAG_TTL
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -71,14 +73,17 @@ def build_app(service: Service) -> web.Application:
     return app
 
 
-def serve(store: Store, options: ServeOptions, on_ready: Callable[[str], None]) -> None:
-    """Serve until SIGINT or SIGTERM; ``on_ready`` gets the URL once the socket listens."""
+def serve(store: Store, options: ServeOptions, say: Callable[[str], None]) -> None:
+    """Serve until SIGINT or SIGTERM; ``say`` gets the URL once the socket listens, and the log lines."""
     check_exposure(options)
-    service = Service(store, dict(options.aliases), offline=options.offline)
+    through = None if options.offline else PullThrough(store, options.tag_ttl, say)
+    service = Service(store, dict(options.aliases), offline=options.offline, through=through)
     try:
-        asyncio.run(_serve(service, options, on_ready))
+        asyncio.run(_serve(service, options, say))
     finally:
         service.leases.release_all()
+        if through is not None:
+            through.close()
 
 
 async def _serve(service: Service, options: ServeOptions, on_ready: Callable[[str], None]) -> None:
@@ -102,7 +107,8 @@ async def _serve(service: Service, options: ServeOptions, on_ready: Callable[[st
             raise UsageError(
                 f"cannot listen on {options.host}:{options.port}: {exc.strerror}", hint="pick another --listen"
             ) from None
-        on_ready(_url(runner))
+        mode = "offline" if service.through is None else "pull-through"
+        on_ready(f"serving {service.store.root} on {_url(runner)} (read-only, {mode}); Ctrl-C stops")
         expiring = asyncio.create_task(_expire(service))
         await stop.wait()
         expiring.cancel()
