@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-LISTEN_HELP = "Address to listen on. A non-loopback address needs --allow-anonymous."
+LISTEN_HELP = "Address to listen on. A non-loopback address needs --htpasswd or --allow-anonymous."
 
 
 def serve(
@@ -26,6 +27,21 @@ def serve(
     offline: Annotated[
         bool, typer.Option("--offline", help="Serve only what the store holds; never pull (the air-gapped side).")
     ] = False,
+    htpasswd: Annotated[
+        Path | None,
+        typer.Option(
+            "--htpasswd", metavar="FILE", help="Require HTTP Basic credentials from this bcrypt htpasswd file."
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", metavar="PEM", help="Serve HTTPS with this certificate.")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", metavar="PEM", help="The certificate's private key.")
+    ] = None,
+    log_format: Annotated[
+        str, typer.Option("--log-format", metavar="text|json", help="The access log's lines on stderr.")
+    ] = "text",
     tag_ttl: Annotated[
         float,
         typer.Option(
@@ -59,7 +75,16 @@ def serve(
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     options = ServeOptions(
-        host=host, port=port, aliases=aliases, allow_anonymous=allow_anonymous, offline=offline, tag_ttl=tag_ttl
+        host=host,
+        port=port,
+        aliases=aliases,
+        allow_anonymous=allow_anonymous,
+        offline=offline,
+        tag_ttl=tag_ttl,
+        log_format=log_format,
+        htpasswd=htpasswd,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     run_serve(Store(), options, output.notice)
     output.notice("stopped")

@@ -31,11 +31,12 @@ STATUS = {
 class ServeError(Exception):
     """One spec error: ``code`` is a key of STATUS; ``detail`` goes to the client as JSON."""
 
-    def __init__(self, code: str, message: str, detail: object = None) -> None:
+    def __init__(self, code: str, message: str, detail: object = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.detail = detail
+        self.headers = headers or {}  # e.g. a 401's WWW-Authenticate
 
     @property
     def status(self) -> int:

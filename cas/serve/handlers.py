@@ -17,6 +17,7 @@ from cas.serve.errcode import ServeError
 from cas.serve.follow import follow
 from cas.serve.leases import LeaseBook
 from cas.serve.names import Name, map_name
+from cas.serve.observe import CACHE
 from cas.serve.through import PullThrough
 from cas.store import Store
 
@@ -60,7 +61,9 @@ async def spec_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             raise ServeError("UNSUPPORTED", f"{request.method} is not supported: cas serve is read-only")
         response = await handler(request)
     except ServeError as exc:
-        response = web.Response(status=exc.status, body=exc.body(), content_type="application/json")
+        response = web.Response(
+            status=exc.status, body=exc.body(), content_type="application/json", headers=exc.headers
+        )
     except web.HTTPMethodNotAllowed as exc:
         error = ServeError(
             "UNSUPPORTED", f"{request.method} is not supported here", {"allowed": sorted(exc.allowed_methods)}
@@ -79,7 +82,8 @@ async def manifest(request: web.Request) -> web.Response:
     name, reference = service.name(request), request.match_info["reference"]
     accept = negotiate.accepted(request.headers.getall(hdrs.ACCEPT, []))
     platform = negotiate.client_platform(request.headers.get(hdrs.USER_AGENT))
-    found = await _find(service, name, reference, accept, platform)
+    found = await _find(request, service, name, reference, accept, platform)
+    request.setdefault(CACHE, "hit")
     missing = await asyncio.to_thread(service.leases.hold, found.digest, found.holds)
     if missing:
         raise ServeError(
@@ -90,13 +94,17 @@ async def manifest(request: web.Request) -> web.Response:
     return web.Response(body=found.data, content_type=found.media_type, headers=headers)
 
 
-async def _find(service: Service, name: Name, reference: str, accept: frozenset[str], platform) -> content.Found:
+async def _find(
+    request: web.Request, service: Service, name: Name, reference: str, accept: frozenset[str], platform
+) -> content.Found:
     """The store's manifest; with pull-through, a tag re-resolved upstream and a missing digest fetched."""
     store, through, by_tag = service.store, service.through, ":" not in reference
     resolved = None
     if through is not None and by_tag:
         cached = await asyncio.to_thread(content.cached, store, name, reference)
         resolved = await asyncio.to_thread(through.resolve, name, reference, cached)
+    if resolved is not None:
+        request[CACHE] = "miss"
     try:
         return await asyncio.to_thread(content.manifest, store, name, reference, accept, platform, resolved)
     except ServeError as exc:
@@ -105,6 +113,7 @@ async def _find(service: Service, name: Name, reference: str, accept: frozenset[
         digest = content.parse_digest(reference)
         if store.blobs.has(digest):
             raise  # held, but not what the client accepts
+        request[CACHE] = "miss"
         await asyncio.to_thread(through.manifest, name, digest)
         return await asyncio.to_thread(content.manifest, store, name, reference, accept, platform)
 
@@ -117,12 +126,14 @@ async def blob(request: web.Request) -> web.StreamResponse:
     service.leases.renew(digest)
     headers = {hdrs.CONTENT_TYPE: "application/octet-stream", "Docker-Content-Digest": str(digest)}
     if path.is_file():
+        request[CACHE] = "hit"
         return web.FileResponse(path, headers=headers)
     through = service.through
     known = through.known.get(digest) if through is not None else None
     if through is None or (request.method == "HEAD" and known is None):
         raise ServeError("BLOB_UNKNOWN", f"blob {digest} is not in the store", {"digest": str(digest)})
     task = through.blob(name, digest)
+    request[CACHE] = "miss"
     if request.method == "HEAD":
         return web.Response(headers={**headers, hdrs.CONTENT_LENGTH: str(known.size)})
     ingest = service.store.blobs.ingest_dir / f"{digest.algorithm}-{digest.hex}"  # cas.store.ingest.Ingest.dir

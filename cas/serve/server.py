@@ -12,13 +12,16 @@ import asyncio
 import contextlib
 import ipaddress
 import signal
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
 from cas.errors import CasError, UsageError
-from cas.serve import archive
+from cas.serve import archive, auth, observe
+from cas.serve.auth import Htpasswd
 from cas.serve.handlers import SERVICE, Service, routes, spec_errors, unknown
 from cas.serve.through import DEFAULT_TAG_TTL, PullThrough
 from cas.store import Store
@@ -37,6 +40,10 @@ class ServeOptions:
     allow_anonymous: bool = False
     offline: bool = False
     tag_ttl: float = DEFAULT_TAG_TTL
+    log_format: str = "text"  # or "json"
+    htpasswd: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -59,48 +66,77 @@ def is_loopback(host: str) -> bool:
 
 def check_exposure(options: ServeOptions) -> None:
     """A server others can reach hands out what the operator's credentials fetch: refuse it unless asked."""
-    if not is_loopback(options.host) and not options.allow_anonymous:
+    if not is_loopback(options.host) and not options.allow_anonymous and options.htpasswd is None:
         raise UsageError(
             f"refusing to serve the store on {options.host}, which is not a loopback address, without authentication",
-            hint="anyone who can reach it could pull every cached image; pass --allow-anonymous if that is intended",
+            hint="anyone who can reach it could pull every cached image: give --htpasswd FILE, or --allow-anonymous if that is intended",
         )
+    if (options.tls_cert is None) != (options.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together", hint="give both, or neither for plain HTTP")
 
 
-def build_app(service: Service) -> web.Application:
-    app = web.Application(middlewares=[spec_errors])
+def build_app(service: Service, htpasswd: Htpasswd | None = None) -> web.Application:
+    middlewares = [observe.counted, spec_errors] + ([auth.required(htpasswd)] if htpasswd is not None else [])
+    app = web.Application(middlewares=middlewares)
     app[SERVICE] = service
-    app.add_routes([*routes(), web.get("/archive/{name:.+}", archive.archive), web.route("*", "/{tail:.*}", unknown)])
+    app[observe.METRICS] = observe.Metrics(lambda: dict(service.through.fetched) if service.through else {})
+    app.add_routes(
+        [
+            *routes(),
+            web.get("/archive/{name:.+}", archive.archive),
+            web.get("/metrics", observe.metrics),
+            web.route("*", "/{tail:.*}", unknown),
+        ]
+    )
     return app
+
+
+def tls_context(options: ServeOptions) -> ssl.SSLContext | None:
+    if options.tls_cert is None or options.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(options.tls_cert, options.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot use --tls-cert {options.tls_cert} with --tls-key {options.tls_key}: {exc}") from None
+    return context
 
 
 def serve(store: Store, options: ServeOptions, say: Callable[[str], None]) -> None:
     """Serve until SIGINT or SIGTERM; ``say`` gets the URL once the socket listens, and the log lines."""
     check_exposure(options)
+    if options.log_format not in observe.FORMATS:
+        raise UsageError(f"--log-format {options.log_format!r}: choose text or json")
+    htpasswd = Htpasswd.read(options.htpasswd) if options.htpasswd is not None else None
     through = None if options.offline else PullThrough(store, options.tag_ttl, say)
     service = Service(store, dict(options.aliases), offline=options.offline, through=through)
     try:
-        asyncio.run(_serve(service, options, say))
+        asyncio.run(_serve(build_app(service, htpasswd), options, say))
     finally:
         service.leases.release_all()
         if through is not None:
             through.close()
 
 
-async def _serve(service: Service, options: ServeOptions, on_ready: Callable[[str], None]) -> None:
+async def _serve(app: web.Application, options: ServeOptions, on_ready: Callable[[str], None]) -> None:
+    service = app[SERVICE]
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     runner = web.AppRunner(
-        build_app(service),
+        app,
         handle_signals=False,
-        access_log=None,
+        access_log=observe.access_logger(),
+        access_log_class=observe.AccessLog,
+        access_log_format=options.log_format,
         shutdown_timeout=SHUTDOWN_GRACE,
         keepalive_timeout=KEEPALIVE,
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, options.host, options.port, reuse_address=True)
+        context = tls_context(options)
+        site = web.TCPSite(runner, options.host, options.port, reuse_address=True, ssl_context=context)
         try:
             await site.start()
         except OSError as exc:
@@ -108,7 +144,8 @@ async def _serve(service: Service, options: ServeOptions, on_ready: Callable[[st
                 f"cannot listen on {options.host}:{options.port}: {exc.strerror}", hint="pick another --listen"
             ) from None
         mode = "offline" if service.through is None else "pull-through"
-        on_ready(f"serving {service.store.root} on {_url(runner)} (read-only, {mode}); Ctrl-C stops")
+        url = _url(runner, "https" if context else "http")
+        on_ready(f"serving {service.store.root} on {url} (read-only, {mode}); Ctrl-C stops")
         expiring = asyncio.create_task(_expire(service))
         await stop.wait()
         expiring.cancel()
@@ -123,6 +160,6 @@ async def _expire(service: Service) -> None:
             await asyncio.to_thread(service.leases.expire)
 
 
-def _url(runner: web.AppRunner) -> str:
+def _url(runner: web.AppRunner, scheme: str) -> str:
     host, port = runner.addresses[0][:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
