@@ -136,7 +136,7 @@ async def blob(request: web.Request) -> web.StreamResponse:
     request[CACHE] = "miss"
     if request.method == "HEAD":
         return web.Response(headers={**headers, hdrs.CONTENT_LENGTH: str(known.size)})
-    ingest = service.store.blobs.ingest_dir / f"{digest.algorithm}-{digest.hex}"  # cas.store.ingest.Ingest.dir
+    ingest = service.store.ingests.dir / f"{digest.algorithm}-{digest.hex}"  # as cas.store.writer.Ingest names it
     return await follow(request, digest, known.size if known else None, ingest, path, task)
 
 

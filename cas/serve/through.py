@@ -130,7 +130,7 @@ class PullThrough:
         try:
             with self.store.lock(shared=True), self.store.index.lease([digest]):
                 desc = self.known.get(digest)
-                with self.store.blobs.ingest(digest, desc.size if desc else None) as ingest:
+                with self.store.ingests.open(digest, desc.size if desc else None) as ingest:
                     task.ready.set()
                     if not ingest.committed:
                         self._client(name).download_blob(name.repository, digest, ingest, commit=ingest.commit)
