@@ -42,6 +42,12 @@ def serve(
     log_format: Annotated[
         str, typer.Option("--log-format", metavar="text|json", help="The access log's lines on stderr.")
     ] = "text",
+    client_timeout: Annotated[
+        float,
+        typer.Option(
+            "--client-timeout", metavar="SECONDS", min=1, help="Drop a client that takes no byte for this long."
+        ),
+    ] = 60.0,
     tag_ttl: Annotated[
         float,
         typer.Option(
@@ -85,6 +91,7 @@ def serve(
         htpasswd=htpasswd,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        client_timeout=client_timeout,
     )
     run_serve(Store(), options, output.notice)
     output.notice("stopped")

@@ -116,3 +116,31 @@ def test_a_non_loopback_listen_is_refused_without_a_decision(cas, listen):
     assert refused.returncode == 2
     assert "not a loopback address" in refused.stderr and "--allow-anonymous" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_a_client_that_never_reads_is_dropped_after_client_timeout(cas, cas_home, registry):
+    big = images.Image([images.random_layer(24 << 20, seed=2020)])
+    images.push(registry, "serveslow", "1", big)
+    cas("pull", "-q", f"{registry.host}/serveslow:1")
+    layer = big.blobs[-1]
+    with CasServer(cas_home, "--offline", "--client-timeout", "2", "--upstream", f"lab={registry.host}") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
+            conn.sendall(f"GET /v2/lab/serveslow/blobs/{layer.digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            mine = conn.getsockname()[1]
+            assert _server_side(server.port, mine)
+            # the kernel times the server's side out without a word to the client: look at the server's side
+            wait_until(
+                lambda: not _server_side(server.port, mine), timeout=30, what="the server to drop the stuck client"
+            )
+        with client(server) as http:  # the server goes on serving
+            assert http.head(f"/v2/lab/serveslow/blobs/{layer.digest}").status_code == 200
+
+
+def _server_side(server_port: int, client_port: int) -> bool:
+    """Whether the kernel still holds the server's end of the connection from ``client_port``."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote = line.split()[1:3]
+        if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
+            return True
+    return False

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import signal
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from cas.store import Store
 DEFAULT_LISTEN = "127.0.0.1:5050"
 SHUTDOWN_GRACE = 10.0
 EXPIRE_EVERY = 10.0  # seconds between sweeps of leases nobody renewed
+CLIENT_TIMEOUT = 60.0  # seconds a client may take no byte before it is dropped
+BACKLOG = 512
 KEEPALIVE = 75.0  # idle keep-alive connections are closed after this many seconds (nginx's default)
 
 
@@ -44,6 +47,7 @@ class ServeOptions:
     htpasswd: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    client_timeout: float = CLIENT_TIMEOUT
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -91,6 +95,20 @@ def build_app(service: Service, htpasswd: Htpasswd | None = None) -> web.Applica
     return app
 
 
+def listen(options: ServeOptions) -> socket.socket:
+    """The listening socket. Its connections inherit TCP_USER_TIMEOUT: a client that takes no byte
+    (its window stays shut) for ``client_timeout`` seconds is dropped by the kernel, which frees its transfer."""
+    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+    try:
+        sock = socket.create_server((options.host, options.port), family=family, backlog=BACKLOG)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot listen on {options.host}:{options.port}: {exc.strerror}", hint="pick another --listen"
+        ) from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(options.client_timeout * 1000))
+    return sock
+
+
 def tls_context(options: ServeOptions) -> ssl.SSLContext | None:
     if options.tls_cert is None or options.tls_key is None:
         return None
@@ -136,13 +154,7 @@ async def _serve(app: web.Application, options: ServeOptions, on_ready: Callable
     await runner.setup()
     try:
         context = tls_context(options)
-        site = web.TCPSite(runner, options.host, options.port, reuse_address=True, ssl_context=context)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise UsageError(
-                f"cannot listen on {options.host}:{options.port}: {exc.strerror}", hint="pick another --listen"
-            ) from None
+        await web.SockSite(runner, listen(options), ssl_context=context).start()
         mode = "offline" if service.through is None else "pull-through"
         url = _url(runner, "https" if context else "http")
         on_ready(f"serving {service.store.root} on {url} (read-only, {mode}); Ctrl-C stops")
