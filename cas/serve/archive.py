@@ -45,30 +45,37 @@ async def archive(request: web.Request) -> web.StreamResponse:
     try:
         await asyncio.wait([planned, exporting], return_when=asyncio.FIRST_COMPLETED)
         if not planned.done():
-            await exporting  # raises: refused before the first byte
-        filename = reference.familiar.replace("/", "_").replace(":", "_").replace("@", "_")
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "application/x-tar",
-                "Content-Disposition": f'attachment; filename="{filename}.tar"',
-            }
-        )
-        await response.prepare(request)
-        while chunk := await asyncio.to_thread(os.read, read_fd, CHUNK):
-            await response.write(chunk)
-        try:
-            await exporting
-        except CasError:
-            request.transport.close()  # cut: the client must not take what it got for a whole archive
-            raise
-        await response.write_eof()
-        return response
-    except CasError as exc:
-        raise _refusal(exc) from None
+            try:
+                await exporting
+            except CasError as exc:  # refused before the first byte
+                raise _refusal(exc) from None
+        return await _stream(request, reference, read_fd, exporting)
     finally:
         os.close(read_fd)  # an export still writing gets EPIPE and stops
         with contextlib.suppress(CasError, OSError):
             await exporting
+
+
+async def _stream(
+    request: web.Request, reference: Reference, read_fd: int, exporting: asyncio.Future
+) -> web.StreamResponse:
+    filename = reference.familiar.replace("/", "_").replace(":", "_").replace("@", "_")
+    response = web.StreamResponse(
+        headers={"Content-Type": "application/x-tar", "Content-Disposition": f'attachment; filename="{filename}.tar"'}
+    )
+    await response.prepare(request)
+    try:
+        while chunk := await asyncio.to_thread(os.read, read_fd, CHUNK):
+            await response.write(chunk)
+        await exporting
+    except ConnectionError:  # the client went away; the caller's closing of the pipe stops the export
+        return response
+    except CasError:
+        if request.transport is not None:
+            request.transport.close()  # cut: the client must not take what it got for a whole archive
+        return response
+    await response.write_eof()
+    return response
 
 
 def _export(service: Service, reference: Reference, fd: int, options: ExportOptions, on_plan: Callable) -> None:

@@ -60,8 +60,11 @@ async def follow(
             else:
                 await asyncio.sleep(POLL)
     except CasError:
-        request.transport.close()  # the client sees a cut transfer, never a wrong blob
+        if request.transport is not None:
+            request.transport.close()  # the client sees a cut transfer, never a wrong blob
         raise
+    except ConnectionError:  # the client went away; the download goes on for the store
+        return response
     finally:
         os.close(fd)
     await response.write_eof()

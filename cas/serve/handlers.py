@@ -7,6 +7,7 @@ and blobs go out through aiohttp's FileResponse (sendfile, Range, 206 and 416 in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -127,7 +128,10 @@ async def blob(request: web.Request) -> web.StreamResponse:
     headers = {hdrs.CONTENT_TYPE: "application/octet-stream", "Docker-Content-Digest": str(digest)}
     if path.is_file():
         request[CACHE] = "hit"
-        return web.FileResponse(path, headers=headers)
+        response = web.FileResponse(path, headers=headers)
+        with contextlib.suppress(ConnectionError):  # the client went away: nothing to answer
+            await response.prepare(request)  # sent here, so the transfer counts as in flight until done
+        return response
     through = service.through
     known = through.known.get(digest) if through is not None else None
     if through is None or (request.method == "HEAD" and known is None):

@@ -33,13 +33,12 @@ class Metrics:
         self.fetched = fetched  # bytes fetched per upstream (the pull-through's own count)
         self._lock = threading.Lock()
 
-    def started(self) -> None:
+    def flight(self, change: int) -> None:
         with self._lock:
-            self.in_flight += 1
+            self.in_flight += change
 
-    def finished(self, status: int, sent: int, cache: str | None) -> None:
+    def answered(self, status: int, sent: int, cache: str | None) -> None:
         with self._lock:
-            self.in_flight -= 1
             self.requests[status] += 1
             self.bytes_served += sent
             if cache:
@@ -72,8 +71,13 @@ METRICS = web.AppKey("metrics", Metrics)
 
 @web.middleware
 async def counted(request: web.Request, handler: Callable) -> web.StreamResponse:
-    request.app[METRICS].started()
-    return await handler(request)
+    """Transfers in flight: handlers send their bodies before they return (blobs: ``prepare``)."""
+    metrics = request.app[METRICS]
+    metrics.flight(+1)
+    try:
+        return await handler(request)
+    finally:
+        metrics.flight(-1)
 
 
 class AccessLog(AbstractAccessLogger):
@@ -82,7 +86,7 @@ class AccessLog(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time_taken: float) -> None:
         cache = request.get(CACHE)
         sent = _body_bytes(request, response)
-        request.app[METRICS].finished(response.status, sent, cache)
+        request.app[METRICS].answered(response.status, sent, cache)
         if self.log_format == "none":
             return
         entry = {
