@@ -91,3 +91,12 @@ def test_without_offline_a_missing_image_is_pulled_first(cas, cas_home, registry
     assert {r.reference for r in registry.blob_gets()} >= {b.digest for b in test_images.base.blobs}
     assert test_images.ref(registry, "base") in cas("images").stdout
     assert cas("verify").returncode == 0
+
+
+def test_a_client_that_goes_away_mid_archive_stops_the_export_quietly(served):
+    with httpx.Client(base_url=served.url, timeout=60, trust_env=False) as http:
+        with http.stream("GET", "/archive/lab/app:latest") as response:
+            assert response.status_code == 200
+            next(response.iter_raw(1024))
+        assert get(served, "/archive/lab/app:latest").status_code == 200  # and it goes on serving
+    assert "Traceback" not in served.output()

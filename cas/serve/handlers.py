@@ -7,7 +7,6 @@ and blobs go out through aiohttp's FileResponse (sendfile, Range, 206 and 416 in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -18,7 +17,7 @@ from cas.serve.errcode import ServeError
 from cas.serve.follow import follow
 from cas.serve.leases import LeaseBook
 from cas.serve.names import Name, map_name
-from cas.serve.observe import CACHE
+from cas.serve.observe import CACHE, METRICS
 from cas.serve.through import PullThrough
 from cas.store import Store
 
@@ -51,7 +50,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def spec_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every answer carries the API version header; every error is the spec's JSON; writes are UNSUPPORTED."""
+    """Every error is the spec's JSON; writes are UNSUPPORTED."""
     try:
         raw = request.raw_path.partition("?")[0]
         if any(bad in raw.lower() for bad in HOSTILE) or {".", ".."} & set(raw.split("/")):
@@ -70,8 +69,12 @@ async def spec_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             "UNSUPPORTED", f"{request.method} is not supported here", {"allowed": sorted(exc.allowed_methods)}
         )
         response = web.Response(status=405, body=error.body(), content_type="application/json")
-    response.headers.update(API_VERSION)
     return response
+
+
+async def api_version(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every answer names the API version, blobs sent by the handler itself too."""
+    response.headers.update(API_VERSION)
 
 
 async def base(request: web.Request) -> web.Response:
@@ -128,10 +131,7 @@ async def blob(request: web.Request) -> web.StreamResponse:
     headers = {hdrs.CONTENT_TYPE: "application/octet-stream", "Docker-Content-Digest": str(digest)}
     if path.is_file():
         request[CACHE] = "hit"
-        response = web.FileResponse(path, headers=headers)
-        with contextlib.suppress(ConnectionError):  # the client went away: nothing to answer
-            await response.prepare(request)  # sent here, so the transfer counts as in flight until done
-        return response
+        return CountedFile(path, headers=headers)
     through = service.through
     known = through.known.get(digest) if through is not None else None
     if through is None or (request.method == "HEAD" and known is None):
@@ -142,6 +142,18 @@ async def blob(request: web.Request) -> web.StreamResponse:
         return web.Response(headers={**headers, hdrs.CONTENT_LENGTH: str(known.size)})
     ingest = service.store.ingests.dir / f"{digest.algorithm}-{digest.hex}"  # as cas.store.writer.Ingest names it
     return await follow(request, digest, known.size if known else None, ingest, path, task)
+
+
+class CountedFile(web.FileResponse):
+    """A blob sent by aiohttp after the handler returned, counted as a transfer in flight until its last byte."""
+
+    async def prepare(self, request: web.BaseRequest) -> object:
+        metrics = request.app[METRICS]
+        metrics.flight(+1)
+        try:
+            return await super().prepare(request)
+        finally:
+            metrics.flight(-1)
 
 
 async def tags(request: web.Request) -> web.Response:

@@ -71,7 +71,7 @@ METRICS = web.AppKey("metrics", Metrics)
 
 @web.middleware
 async def counted(request: web.Request, handler: Callable) -> web.StreamResponse:
-    """Transfers in flight: handlers send their bodies before they return (blobs: ``prepare``)."""
+    """Requests in flight while their handler runs (streams are sent inside it; whole blobs: ``CountedFile``)."""
     metrics = request.app[METRICS]
     metrics.flight(+1)
     try:

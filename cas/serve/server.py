@@ -23,7 +23,7 @@ from aiohttp import web
 from cas.errors import CasError, UsageError
 from cas.serve import archive, auth, observe
 from cas.serve.auth import Htpasswd
-from cas.serve.handlers import SERVICE, Service, routes, spec_errors, unknown
+from cas.serve.handlers import SERVICE, Service, api_version, routes, spec_errors, unknown
 from cas.serve.through import DEFAULT_TAG_TTL, PullThrough
 from cas.store import Store
 
@@ -83,6 +83,7 @@ def build_app(service: Service, htpasswd: Htpasswd | None = None) -> web.Applica
     middlewares = [observe.counted, spec_errors] + ([auth.required(htpasswd)] if htpasswd is not None else [])
     app = web.Application(middlewares=middlewares)
     app[SERVICE] = service
+    app.on_response_prepare.append(api_version)
     app[observe.METRICS] = observe.Metrics(lambda: dict(service.through.fetched) if service.through else {})
     app.add_routes(
         [
