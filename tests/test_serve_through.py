@@ -104,13 +104,26 @@ def test_tag_ttl_and_a_cached_tag_served_when_the_upstream_is_down(cas, cas_home
         upstream.stop()
 
 
-def test_through_a_token_auth_registry(cas, cas_home, token_registry, test_images, skopeo, tmp_path):
+def test_two_clients_through_a_token_auth_registry_one_download(
+    cas, cas_home, token_registry, test_images, skopeo, tmp_path
+):
     test_images.push(token_registry)
     with CasServer(cas_home, "--upstream", f"tok={token_registry.host}") as server:
         token_registry.mark()
-        skopeo.copy(f"docker://{server.host}/tok/app:latest", f"dir:{tmp_path / 'app'}")
+        copies = [
+            threading.Thread(
+                target=skopeo.copy, args=(f"docker://{server.host}/tok/app:latest", f"dir:{tmp_path / str(n)}")
+            )
+            for n in range(2)
+        ]
+        for thread in copies:
+            thread.start()
+        for thread in copies:
+            thread.join(120)
+    for n in range(2):
+        assert (tmp_path / str(n) / "manifest.json").read_bytes() == test_images.app.manifest_blob.data
     assert set(blob_downloads(token_registry)) >= {b.digest for b in test_images.app.blobs}
-    assert all(n == 1 for n in blob_downloads(token_registry).values())
+    assert all(n == 1 for n in blob_downloads(token_registry).values()), blob_downloads(token_registry)
 
 
 def test_offline_serves_only_the_store(cas, cas_home, registry):
