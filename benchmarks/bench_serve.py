@@ -101,11 +101,14 @@ def measure(work: Path, runs: int, scale: float) -> dict:
         served = Serve(home, "--offline", "--log-format", "json", "--upstream", f"lab={registry.host}")
         try:
             big_cas, big_reg, crowd_cas, crowd_reg = [], [], [], []
-            for _ in range(runs):
-                big_cas.append(copy(skopeo, f"{served.host}/lab/bench/big:1", work / "out"))
-                big_reg.append(copy(skopeo, f"{registry.host}/bench/big:1", work / "out"))
-                crowd_cas.append(crowd(skopeo, f"{served.host}/lab/bench/small:1", work))
-                crowd_reg.append(crowd(skopeo, f"{registry.host}/bench/small:1", work))
+            for run in range(runs):  # each goes first in turn: neither always meets the other's page cache
+                for which in (0, 1) if run % 2 == 0 else (1, 0):
+                    if which == 0:
+                        big_cas.append(copy(skopeo, f"{served.host}/lab/bench/big:1", work / "out"))
+                        crowd_cas.append(crowd(skopeo, f"{served.host}/lab/bench/small:1", work))
+                    else:
+                        big_reg.append(copy(skopeo, f"{registry.host}/bench/big:1", work / "out"))
+                        crowd_reg.append(crowd(skopeo, f"{registry.host}/bench/small:1", work))
         finally:
             rss = [served.stop()]
         cold_cas, cold_proxy = [], []
