@@ -7,53 +7,52 @@ from typing import Annotated
 
 import typer
 
-LISTEN_HELP = "Address to listen on. A non-loopback address needs --htpasswd or --allow-anonymous."
+
+def _option(flag: str, help_text: str, metavar: str | None = None, **extra: object) -> typer.models.OptionInfo:
+    return typer.Option(flag, metavar=metavar, help=help_text, **extra)
+
+
+Listen = Annotated[
+    str,
+    _option("--listen", "Address to listen on. A non-loopback one needs --htpasswd or --allow-anonymous.", "HOST:PORT"),
+]
+Upstream = Annotated[
+    list[str] | None,
+    _option(
+        "--upstream",
+        "Name an upstream by a first path component: with lab=127.0.0.1:5000, /v2/lab/app means 127.0.0.1:5000/app. Repeatable.",
+        "ALIAS=HOST[:PORT]",
+    ),
+]
+AllowAnonymous = Annotated[
+    bool, _option("--allow-anonymous", "Serve on a non-loopback address without authentication.")
+]
+Offline = Annotated[bool, _option("--offline", "Serve only what the store holds; never pull (the air-gapped side).")]
+Htpasswd = Annotated[
+    Path | None, _option("--htpasswd", "Require HTTP Basic credentials from this bcrypt htpasswd file.", "FILE")
+]
+TlsCert = Annotated[Path | None, _option("--tls-cert", "Serve HTTPS with this certificate.", "PEM")]
+TlsKey = Annotated[Path | None, _option("--tls-key", "The certificate's private key.", "PEM")]
+LogFormat = Annotated[str, _option("--log-format", "The access log's lines on stderr.", "text|json")]
+ClientTimeout = Annotated[
+    float, _option("--client-timeout", "Drop a client that takes no byte for this long.", "SECONDS", min=1)
+]
+TagTtl = Annotated[
+    float, _option("--tag-ttl", "Re-resolve a tag at its upstream at most this often.", "SECONDS", min=0)
+]
 
 
 def serve(
-    listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT", help=LISTEN_HELP)] = "127.0.0.1:5050",
-    upstream: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--upstream",
-            metavar="ALIAS=HOST[:PORT]",
-            help="Name an upstream by a first path component: with lab=127.0.0.1:5000, /v2/lab/app means 127.0.0.1:5000/app. Repeatable.",
-        ),
-    ] = None,
-    allow_anonymous: Annotated[
-        bool,
-        typer.Option("--allow-anonymous", help="Serve on a non-loopback address without authentication."),
-    ] = False,
-    offline: Annotated[
-        bool, typer.Option("--offline", help="Serve only what the store holds; never pull (the air-gapped side).")
-    ] = False,
-    htpasswd: Annotated[
-        Path | None,
-        typer.Option(
-            "--htpasswd", metavar="FILE", help="Require HTTP Basic credentials from this bcrypt htpasswd file."
-        ),
-    ] = None,
-    tls_cert: Annotated[
-        Path | None, typer.Option("--tls-cert", metavar="PEM", help="Serve HTTPS with this certificate.")
-    ] = None,
-    tls_key: Annotated[
-        Path | None, typer.Option("--tls-key", metavar="PEM", help="The certificate's private key.")
-    ] = None,
-    log_format: Annotated[
-        str, typer.Option("--log-format", metavar="text|json", help="The access log's lines on stderr.")
-    ] = "text",
-    client_timeout: Annotated[
-        float,
-        typer.Option(
-            "--client-timeout", metavar="SECONDS", min=1, help="Drop a client that takes no byte for this long."
-        ),
-    ] = 60.0,
-    tag_ttl: Annotated[
-        float,
-        typer.Option(
-            "--tag-ttl", metavar="SECONDS", min=0, help="Re-resolve a tag at its upstream at most this often."
-        ),
-    ] = 60.0,
+    listen: Listen = "127.0.0.1:5050",
+    upstream: Upstream = None,
+    allow_anonymous: AllowAnonymous = False,
+    offline: Offline = False,
+    htpasswd: Htpasswd = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    log_format: LogFormat = "text",
+    client_timeout: ClientTimeout = 60.0,
+    tag_ttl: TagTtl = 60.0,
 ) -> None:
     """Serve the store read-only as an OCI registry (docker, containerd, podman and skopeo pull from it).
 
