@@ -87,6 +87,8 @@ def test_without_offline_a_missing_image_is_pulled_first(cas, cas_home, registry
     with CasServer(cas_home, "--upstream", f"lab={registry.host}") as server:
         registry.mark()
         got = get(server, "/archive/lab/base:latest")
+        absent = get(server, "/archive/lab/nothing:1")
+    assert absent.status_code == 404 and absent.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
     assert got.status_code == 200
     assert {r.reference for r in registry.blob_gets()} >= {b.digest for b in test_images.base.blobs}
     assert test_images.ref(registry, "base") in cas("images").stdout

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from cas.errors import BadReference, CasError, ManifestError, MissingBlobs, NotCached, RegistryError
+from cas.errors import BadReference, CasError, ManifestError, MissingBlobs, NotCached, NotFound, RegistryError
 from cas.export import ExportOptions, export
 from cas.manifest import Platform
 from cas.reference import Reference
@@ -120,7 +120,7 @@ def _refusal(exc: CasError) -> ServeError:
     if isinstance(exc, MissingBlobs):
         detail["missing"] = [line.split()[0] for line in exc.missing]
         return ServeError("BLOB_UNKNOWN", exc.message.splitlines()[0], detail)
-    if isinstance(exc, NotCached):
+    if isinstance(exc, (NotCached, NotFound)):
         return ServeError("MANIFEST_UNKNOWN", exc.message, detail)
     if isinstance(exc, RegistryError):
         return ServeError("UNAVAILABLE", f"pull-through failed: {exc.message}", detail)
