@@ -30,7 +30,7 @@ def metric(text: str, name: str) -> float:
     return float(found.group(1))
 
 
-def test_json_access_log_and_metrics(pulled, cas_home, registry, test_images):
+def test_json_access_log_and_metrics_and_stats(cas, pulled, cas_home, registry, test_images):
     layer = test_images.app.blobs[-1]
     with CasServer(cas_home, "--offline", "--log-format", "json", "--upstream", f"lab={registry.host}") as server:
         with httpx.Client(base_url=server.url, timeout=30, trust_env=False) as http:
@@ -48,6 +48,8 @@ def test_json_access_log_and_metrics(pulled, cas_home, registry, test_images):
     assert blob_line["method"] == "GET" and blob_line["status"] == 200 and blob_line["bytes"] == layer.size
     assert blob_line["cache"] == "hit" and blob_line["seconds"] >= 0
     assert any(entry["ns"] == registry.host and entry["status"] == 404 for entry in lines)
+    served = json.loads(cas("stats", "--json").stdout)["served_bytes"]  # flushed when the server stopped
+    assert served >= metric(text, "cas_serve_bytes_served_total")  # and the scrape's own body after it
 
 
 def test_text_access_log_and_upstream_bytes_of_a_pull_through(cas_home, registry, test_images, skopeo, tmp_path):

@@ -18,6 +18,9 @@ from collections.abc import Callable, Mapping
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from cas import stats
+from cas.index import Index
+
 FORMATS = ("text", "json")
 CACHE = "cas.cache"  # request key: "hit" or "miss", set by the handlers that know
 
@@ -29,6 +32,7 @@ class Metrics:
         self.requests: Counter[int] = Counter()
         self.cache: Counter[str] = Counter()
         self.bytes_served = 0
+        self._counted = 0  # of bytes_served, what `cas stats` already holds
         self.in_flight = 0
         self.fetched = fetched  # bytes fetched per upstream (the pull-through's own count)
         self._lock = threading.Lock()
@@ -43,6 +47,12 @@ class Metrics:
             self.bytes_served += sent
             if cache:
                 self.cache[cache] += 1
+
+    def flush(self, index: Index) -> None:
+        """Add the bytes served since the last flush to `cas stats` (one index write, not one per request)."""
+        with self._lock:
+            new, self._counted = self.bytes_served - self._counted, self.bytes_served
+        stats.count(index, served_bytes=new)
 
     def text(self) -> str:
         """The Prometheus text exposition of every counter."""

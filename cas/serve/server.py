@@ -159,18 +159,22 @@ async def _serve(app: web.Application, options: ServeOptions, on_ready: Callable
         mode = "offline" if service.through is None else "pull-through"
         url = _url(runner, "https" if context else "http")
         on_ready(f"serving {service.store.root} on {url} (read-only, {mode}); Ctrl-C stops")
-        expiring = asyncio.create_task(_expire(service))
+        expiring = asyncio.create_task(_housekeeping(app))
         await stop.wait()
         expiring.cancel()
     finally:
         await runner.cleanup()  # stops accepting; waits for requests in flight up to SHUTDOWN_GRACE
+        await asyncio.to_thread(app[observe.METRICS].flush, service.store.index)
 
 
-async def _expire(service: Service) -> None:
+async def _housekeeping(app: web.Application) -> None:
+    """Every EXPIRE_EVERY seconds: drop leases nobody renewed, and add the bytes served to `cas stats`."""
+    service = app[SERVICE]
     while True:
         await asyncio.sleep(EXPIRE_EVERY)
         with contextlib.suppress(CasError, OSError):  # a busy index: the next sweep retries
             await asyncio.to_thread(service.leases.expire)
+            await asyncio.to_thread(app[observe.METRICS].flush, service.store.index)
 
 
 def _url(runner: web.AppRunner, scheme: str) -> str:
