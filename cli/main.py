@@ -120,6 +120,7 @@ COMMANDS = {
     "config": ("config", "config"),
     "login": ("login", "login"),
     "logout": ("login", "logout"),
+    "serve": ("serve", "serve"),
 }
 _registered: set[str] = set()
 
