@@ -1,4 +1,4 @@
-"""How long cas waits and what it says meanwhile (issue 20, items 1, 2, 6 and 8).
+"""How long cas waits and what it says meanwhile.
 
 - ``--timeout`` bounds the whole wait without progress, retries included: against a listener
   that accepts and never answers, one that accepts and hangs up, and one that refuses;

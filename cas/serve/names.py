@@ -1,6 +1,6 @@
 """Which upstream a request means: one pure function from (path name, ?ns=, aliases) to a name.
 
-The order (DESIGN.md, "Serving the store"): ``?ns=HOST[:PORT]`` (containerd sends it to a
+The order: ``?ns=HOST[:PORT]`` (containerd sends it to a
 mirror); a first path component given as an alias (``--upstream lab=127.0.0.1:5000``); a
 first component that is a host (a dot or a port, or ``localhost``); else docker.io, with
 ``library/`` for one-part names, so docker's ``registry-mirrors`` works unchanged.
