@@ -60,6 +60,9 @@ class PullOptions:
     sources: Sources | None = None  # mirror configuration; None: the machine's (cas.registry.endpoints)
     timeout: float = DEFAULT_TIMEOUT  # connect, answer, and the stall window (cas.registry.stall)
     min_rate: int = DEFAULT_MIN_RATE  # bytes/s below which a transfer is stalled
+    # The tag's manifest as the caller just fetched it from this registry (`cas serve` resolves a
+    # tag itself): used instead of asking again, so a pull costs one manifest request per manifest.
+    fetched_top: FetchedManifest | None = None
 
 
 @dataclass
@@ -318,7 +321,7 @@ class _Planner:
         if self.ref.digest is not None:
             data, media_type = self._manifest_by_digest(self.ref.digest, f"manifest of {self.ref}")
             return self.ref.digest, media_type, mf.parse(data, media_type), None
-        fetched = self._fetch_manifest(self.ref.tag, f"manifest of {self.ref}")
+        fetched = self.options.fetched_top or self._fetch_manifest(self.ref.tag, f"manifest of {self.ref}")
         parsed = mf.parse(fetched.data, fetched.media_type)
         return fetched.digest, fetched.media_type, parsed, fetched.data
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from support.pki import make_pki
 from support.serving import CasServer
+from support.tools import wait_until
 
 from cas.manifest import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 
@@ -123,3 +124,20 @@ def test_hundreds_of_idle_connections_do_not_stop_the_server(pulled, cas_home, r
         finally:
             for conn in idle:
                 conn.close()
+
+
+def test_a_tls_hello_on_the_plain_port_is_a_counted_400_without_a_traceback(cas_home):
+    """skopeo and docker try HTTPS first: a request refused before routing is still logged and counted."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with CasServer(cas_home, "--offline") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            with pytest.raises(ssl.SSLError):
+                context.wrap_socket(raw, server_hostname="127.0.0.1")
+        with httpx.Client(base_url=server.url, timeout=30, trust_env=False) as http:
+            wait_until(
+                lambda: 'cas_serve_requests_total{status="400"} 1' in http.get("/metrics").text,
+                timeout=10,
+                what="the 400 counted",
+            )
+    assert "Traceback" not in server.output() and " 400 " in server.output()

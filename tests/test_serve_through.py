@@ -33,6 +33,10 @@ def test_skopeo_through_an_empty_store_records_the_image(cas, cas_home, registry
         wait_until(lambda: "pulled through" in server.output(), timeout=30, what="the background pull's record")
     assert all(n == 1 for n in blob_downloads(registry).values()), blob_downloads(registry)
     assert set(blob_downloads(registry)) >= {b.digest for b in test_images.app.blobs}
+    # One upstream request per manifest: the tag the server resolved is not asked again by its pull.
+    manifests = Counter((r.repository, r.reference) for r in registry.manifest_requests())
+    assert manifests[("app", "latest")] == 1 and manifests[("multi", "latest")] == 1, manifests
+    assert all(n == 1 for n in manifests.values()), manifests
     listed = json.loads(cas("images", "--json").stdout)["images"]
     refs = {(row["ref"], row["platform"]) for row in listed}
     assert (test_images.ref(registry, "app"), "linux/amd64") in refs

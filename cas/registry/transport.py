@@ -163,6 +163,12 @@ def proxy_for(url: httpx.URL) -> str | None:
     return proxy
 
 
+def preload() -> None:
+    """Import httpx's connection stack now: it loads on the first request otherwise, which a
+    long-running server's first client would wait for (about 0.1 s)."""
+    httpx.HTTPTransport(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), trust_env=False).close()
+
+
 class LazyTLSTransport(httpx.BaseTransport):
     def __init__(self, tls: dict[str, TLS] | None = None) -> None:
         """``tls``: per host[:port], TLS settings on top of docker's trust (from hosts.toml)."""

@@ -91,12 +91,18 @@ async def counted(request: web.Request, handler: Callable) -> web.StreamResponse
 
 
 class AccessLog(AbstractAccessLogger):
-    """aiohttp's access-log hook: counts every answered request, and writes its line unless quiet."""
+    """aiohttp's access-log hook: counts every answered request, and writes its line unless quiet.
+
+    It holds the counters itself: a request refused before routing (a TLS hello on the plain
+    port, as skopeo sends first) has no application to find them through.
+    """
+
+    metrics: Metrics
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time_taken: float) -> None:
         cache = request.get(CACHE)
         sent = _body_bytes(request, response)
-        request.app[METRICS].answered(response.status, sent, cache)
+        self.metrics.answered(response.status, sent, cache)
         if self.log_format == "none":
             return
         entry = {
@@ -110,6 +116,11 @@ class AccessLog(AbstractAccessLogger):
             "cache": cache,
         }
         self.logger.info(json.dumps(entry) if self.log_format == "json" else _text(entry))
+
+
+def access_log_class(metrics: Metrics) -> type[AccessLog]:
+    """The access-log class aiohttp instantiates per connection, counting into ``metrics``."""
+    return type("CountingAccessLog", (AccessLog,), {"metrics": metrics})
 
 
 def _body_bytes(request: web.BaseRequest, response: web.StreamResponse) -> int:

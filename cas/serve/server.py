@@ -21,6 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 from cas.errors import CasError, UsageError
+from cas.registry import transport
 from cas.serve import archive, auth, observe
 from cas.serve.auth import Htpasswd
 from cas.serve.handlers import SERVICE, Service, api_version, routes, spec_errors, unknown
@@ -128,6 +129,7 @@ def serve(store: Store, options: ServeOptions, say: Callable[[str], None]) -> No
         raise UsageError(f"--log-format {options.log_format!r}: choose text or json")
     htpasswd = Htpasswd.read(options.htpasswd) if options.htpasswd is not None else None
     through = None if options.offline else PullThrough(store, options.tag_ttl, say)
+    _warm(store, pull_through=through is not None)
     service = Service(store, dict(options.aliases), offline=options.offline, through=through)
     try:
         asyncio.run(_serve(build_app(service, htpasswd), options, say))
@@ -135,6 +137,14 @@ def serve(store: Store, options: ServeOptions, say: Callable[[str], None]) -> No
         service.leases.release_all()
         if through is not None:
             through.close()
+
+
+def _warm(store: Store, *, pull_through: bool) -> None:
+    """Pay the one-time costs before the first client waits on them: the index opened (its property
+    opens it on first use) and, for pull-through, the HTTP stack imported."""
+    _ = store.index
+    if pull_through:
+        transport.preload()
 
 
 async def _serve(app: web.Application, options: ServeOptions, on_ready: Callable[[str], None]) -> None:
@@ -147,7 +157,7 @@ async def _serve(app: web.Application, options: ServeOptions, on_ready: Callable
         app,
         handle_signals=False,
         access_log=observe.access_logger(),
-        access_log_class=observe.AccessLog,
+        access_log_class=observe.access_log_class(app[observe.METRICS]),
         access_log_format=options.log_format,
         shutdown_timeout=SHUTDOWN_GRACE,
         keepalive_timeout=KEEPALIVE,

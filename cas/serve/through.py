@@ -26,7 +26,7 @@ from cas.pull import PullOptions, pull
 from cas.recording import record_blob
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
-from cas.registry import RegistryClient
+from cas.registry import FetchedManifest, RegistryClient
 from cas.registry.endpoints import Sources
 from cas.serve.errcode import ServeError
 from cas.serve.names import Name
@@ -68,29 +68,37 @@ class PullThrough:
         self.say = say
         self.known: dict[Digest, Descriptor] = {}  # blobs of manifests fetched through: size and media type
         self.fetched: dict[str, int] = {}  # bytes fetched per upstream registry
-        self._checked: dict[str, float] = {}  # tag reference -> when the upstream last resolved it
+        self._checked: dict[str, tuple[float, Digest]] = {}  # tag reference -> when the upstream resolved it, to what
         self._pulls: dict[str, Task] = {}
         self._fetches: dict[Digest, Task] = {}
-        self._clients: dict[str, RegistryClient] = {}
+        self._clients: dict[str, RegistryClient] = {}  # by repository
         self._lock = threading.Lock()
 
     def resolve(self, name: Name, tag: str, cached: Digest | None) -> Digest | None:
-        """The digest to serve for ``name:tag`` when it is not ``cached`` (the store's), else None."""
+        """The digest to serve for ``name:tag`` when it is not ``cached`` (the store's), else None.
+
+        Within ``tag_ttl`` of asking the upstream, the answer it gave stands, also while its pull
+        has not yet recorded the tag: a client asking twice costs one upstream request.
+        """
         ref = name.ref(tag)
-        if cached is not None and time.monotonic() - self._checked.get(ref, -1e9) < self.tag_ttl:
-            return None
+        checked = self._checked.get(ref)
+        pulling = self._pulls.get(str(parse_reference(ref)))
+        if checked is not None and time.monotonic() - checked[0] < self.tag_ttl and not _failed(pulling):
+            if pulling is not None and checked[1] != cached:
+                pulling.wait_ready()
+            return None if checked[1] == cached else checked[1]
         try:
-            upstream = self._client(name).get_manifest(name.repository, tag).digest
+            fetched = self._client(name).get_manifest(name.repository, tag)
         except RegistryError as exc:
             if cached is None or isinstance(exc, NotFound):
                 raise _mapped(exc) from None
             self.say(f"{name.registry} unreachable ({exc.message}): serving the cached {ref}")
             return None
-        self._checked[ref] = time.monotonic()
-        if upstream == cached:
+        self._checked[ref] = (time.monotonic(), fetched.digest)
+        if fetched.digest == cached:
             return None
-        self._pull(parse_reference(ref)).wait_ready()
-        return upstream
+        self._pull(parse_reference(ref), fetched).wait_ready()  # the pull takes these bytes: one request
+        return fetched.digest
 
     def manifest(self, name: Name, digest: Digest) -> None:
         """Bring a manifest named by digest into the store (its image pulled in the background)."""
@@ -105,17 +113,18 @@ class PullThrough:
                 threading.Thread(target=self._fetch, args=(name, digest, task), daemon=True).start()
         return task
 
-    def _pull(self, reference: Reference) -> Task:
+    def _pull(self, reference: Reference, fetched: FetchedManifest | None = None) -> Task:
         with self._lock:
             task = self._pulls.get(str(reference))
             if task is None or task.done.is_set():
                 task = self._pulls[str(reference)] = Task()
-                threading.Thread(target=self._run_pull, args=(reference, task), daemon=True).start()
+                threading.Thread(target=self._run_pull, args=(reference, fetched, task), daemon=True).start()
         return task
 
-    def _run_pull(self, reference: Reference, task: Task) -> None:
+    def _run_pull(self, reference: Reference, fetched: FetchedManifest | None, task: Task) -> None:
+        options = PullOptions(all_platforms=True, observer=_Resolved(task, self.known), fetched_top=fetched)
         try:
-            result = pull(self.store, reference, PullOptions(all_platforms=True, observer=_Resolved(task, self.known)))
+            result = pull(self.store, reference, options)
             self._count(reference.registry, result.downloaded_bytes)
             self.say(f"pulled through {result.ref}: {result.downloaded_blobs} blob(s), {result.downloaded_bytes} bytes")
         except BaseException as exc:  # handed to the waiting request; a thread has no one else to tell
@@ -146,13 +155,14 @@ class PullThrough:
             task.done.set()
 
     def _client(self, name: Name) -> RegistryClient:
+        """One client per repository: its endpoints name the repository (a mirror may map it)."""
         with self._lock:
-            client = self._clients.get(name.registry)
+            client = self._clients.get(str(name))
             if client is None:
                 reference = parse_reference(f"{name}:latest")
                 endpoints = Sources.from_env().endpoints(reference)
                 client = RegistryClient(reference.api_host, endpoints=endpoints, token_cache=self.store.index)
-                self._clients[name.registry] = client
+                self._clients[str(name)] = client
             return client
 
     def _count(self, registry: str, n: int) -> None:
@@ -162,6 +172,10 @@ class PullThrough:
     def close(self) -> None:
         for client in self._clients.values():
             client.close()
+
+
+def _failed(task: Task | None) -> bool:
+    return task is not None and task.done.is_set() and task.error is not None
 
 
 def _mapped(exc: BaseException) -> ServeError:
