@@ -142,7 +142,7 @@ def serve(store: Store, options: ServeOptions, say: Callable[[str], None]) -> No
 def _warm(store: Store, *, pull_through: bool) -> None:
     """Pay the one-time costs before the first client waits on them: the index opened (its property
     opens it on first use) and, for pull-through, the HTTP stack imported."""
-    _ = store.index
+    _ = store.metadata
     if pull_through:
         transport.preload()
 
@@ -174,7 +174,7 @@ async def _serve(app: web.Application, options: ServeOptions, on_ready: Callable
         expiring.cancel()
     finally:
         await runner.cleanup()  # stops accepting; waits for requests in flight up to SHUTDOWN_GRACE
-        await asyncio.to_thread(app[observe.METRICS].flush, service.store.index)
+        await asyncio.to_thread(app[observe.METRICS].flush, service.store.metadata)
 
 
 async def _housekeeping(app: web.Application) -> None:
@@ -184,7 +184,7 @@ async def _housekeeping(app: web.Application) -> None:
         await asyncio.sleep(EXPIRE_EVERY)
         with contextlib.suppress(CasError, OSError):  # a busy index: the next sweep retries
             await asyncio.to_thread(service.leases.expire)
-            await asyncio.to_thread(app[observe.METRICS].flush, service.store.index)
+            await asyncio.to_thread(app[observe.METRICS].flush, service.store.metadata)
 
 
 def _url(runner: web.AppRunner, scheme: str) -> str:
