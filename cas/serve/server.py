@@ -140,7 +140,7 @@ def serve(store: Store, options: ServeOptions, say: Callable[[str], None]) -> No
 
 
 def _warm(store: Store, *, pull_through: bool) -> None:
-    """Pay the one-time costs before the first client waits on them: the index opened (its property
+    """Pay the one-time costs before the first client waits on them: the metadata opened (its property
     opens it on first use) and, for pull-through, the HTTP stack imported."""
     _ = store.metadata
     if pull_through:
