@@ -23,6 +23,7 @@ DEFAULT_JOBS = 4  # blobs transferred at once
 DEFAULT_CONNECTIONS = 8  # per pull in all, range requests included
 DEFAULT_TIMEOUT = 30.0  # seconds: connect, wait for an answer, stall window
 DEFAULT_MIN_RATE = 1024  # bytes per second below which a transfer is stalled
+DEFAULT_SERVE_CONNECTIONS = 512  # connections `cas serve` holds open at once
 
 
 def _number(kind: type, low: float, high: float | None, what: str) -> Callable[[object], object]:
@@ -108,6 +109,12 @@ SETTINGS = {
         Setting("daemon-json", None, str, env=("CAS_DOCKER_DAEMON_JSON",)),
         Setting("serve.listen", None, _text),  # for `cas serve`, which reads them when it exists
         Setting("serve.upstreams", (), _texts),
+        Setting(
+            "serve.max-connections",
+            DEFAULT_SERVE_CONNECTIONS,
+            _number(int, 1, 65536, "connections cas serve holds open"),
+            env=("CAS_SERVE_MAX_CONNECTIONS",),
+        ),
     )
 }
 

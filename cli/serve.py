@@ -37,6 +37,15 @@ LogFormat = Annotated[str, _option("--log-format", "The access log's lines on st
 ClientTimeout = Annotated[
     float, _option("--client-timeout", "Drop a client that takes no byte for this long.", "SECONDS", min=1)
 ]
+MaxConnections = Annotated[
+    int | None,
+    _option(
+        "--max-connections",
+        "Hold at most this many connections open; past it a new one gets a 503 (default 512, or serve.max-connections).",
+        "N",
+        min=1,
+    ),
+]
 TagTtl = Annotated[
     float, _option("--tag-ttl", "Re-resolve a tag at its upstream at most this often.", "SECONDS", min=0)
 ]
@@ -53,6 +62,7 @@ def serve(
     log_format: LogFormat = "text",
     client_timeout: ClientTimeout = 60.0,
     tag_ttl: TagTtl = 60.0,
+    max_connections: MaxConnections = None,
 ) -> None:
     """Serve the store read-only as an OCI registry (docker, containerd, podman and skopeo pull from it).
 
@@ -71,6 +81,7 @@ def serve(
     from cas.serve import ServeOptions, parse_listen
     from cas.serve import serve as run_serve
     from cas.serve.names import parse_upstreams
+    from cas.settings import current
     from cas.store import Store
     from cli import output
 
@@ -91,6 +102,7 @@ def serve(
         tls_cert=tls_cert,
         tls_key=tls_key,
         client_timeout=client_timeout,
+        max_connections=current().resolve("serve.max-connections", max_connections).value,
     )
     run_serve(Store(), options, output.notice)
     output.notice("stopped")

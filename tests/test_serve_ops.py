@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import json
 import re
+import selectors
 import socket
 import ssl
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -141,3 +143,40 @@ def test_a_tls_hello_on_the_plain_port_is_a_counted_400_without_a_traceback(cas_
                 what="the 400 counted",
             )
     assert "Traceback" not in server.output() and " 400 " in server.output()
+
+
+def test_past_max_connections_a_new_connection_gets_a_503_and_the_server_lives_on(pulled, cas_home, registry):
+    """A bounded pool: 300 idle sockets against a cap of 40 hold 40; the rest are answered 503 (or closed
+    when they never ask), and the server answers again once there is room."""
+    with CasServer(cas_home, "--offline", "--max-connections", "40", "--upstream", f"lab={registry.host}") as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(300)]
+        try:
+            for conn in idle[::2]:  # half of them send half a request and stop
+                conn.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+            answers: dict[socket.socket, bytes] = {}
+            with selectors.DefaultSelector() as watch:
+                for conn in idle:
+                    watch.register(conn, selectors.EVENT_READ)
+                deadline = time.monotonic() + 30
+                while len(answers) < 260 and time.monotonic() < deadline:  # the 503s, then the closes
+                    for key, _ in watch.select(timeout=1):
+                        answers[key.fileobj] = key.fileobj.recv(4096)
+                        watch.unregister(key.fileobj)
+            held = [conn for conn in idle if conn not in answers]
+            refused = [a for a in answers.values() if a]
+            assert len(held) == 40, (len(held), refused[:1])
+            assert all(a.startswith(b"HTTP/1.1 503 ") and b'"code": "UNAVAILABLE"' in a for a in refused)
+            assert (
+                len(refused) >= 100 and b"Retry-After: 1" in refused[0] and b"maximum of 40 connections" in refused[0]
+            )
+            with httpx.Client(base_url=server.url, timeout=30, trust_env=False) as http:
+                assert http.get("/v2/").status_code == 503  # full: still an answer, never a hang or a crash
+                for conn in held:
+                    conn.close()
+                wait_until(lambda: http.get("/v2/").status_code == 200, timeout=10, what="room again")
+                assert http.get("/v2/lab/app/manifests/latest", headers={"Accept": ALL}).status_code == 200
+            assert server.proc.poll() is None
+        finally:
+            for conn in idle:
+                conn.close()
+    assert "Traceback" not in server.output()

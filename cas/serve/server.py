@@ -22,10 +22,11 @@ from aiohttp import web
 
 from cas.errors import CasError, UsageError
 from cas.registry import transport
-from cas.serve import archive, auth, observe
+from cas.serve import archive, auth, observe, pool
 from cas.serve.auth import Htpasswd
 from cas.serve.handlers import SERVICE, Service, api_version, routes, spec_errors, unknown
 from cas.serve.through import DEFAULT_TAG_TTL, PullThrough
+from cas.settings import DEFAULT_SERVE_CONNECTIONS
 from cas.store import Store
 
 DEFAULT_LISTEN = "127.0.0.1:5050"
@@ -49,6 +50,7 @@ class ServeOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_timeout: float = CLIENT_TIMEOUT
+    max_connections: int = DEFAULT_SERVE_CONNECTIONS  # open at once; past it a new one gets a 503
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -128,6 +130,7 @@ def serve(store: Store, options: ServeOptions, say: Callable[[str], None]) -> No
     if options.log_format not in observe.FORMATS:
         raise UsageError(f"--log-format {options.log_format!r}: choose text or json")
     htpasswd = Htpasswd.read(options.htpasswd) if options.htpasswd is not None else None
+    pool.reserve_descriptors(options.max_connections)
     through = None if options.offline else PullThrough(store, options.tag_ttl, say)
     _warm(store, pull_through=through is not None)
     service = Service(store, dict(options.aliases), offline=options.offline, through=through)
@@ -163,17 +166,21 @@ async def _serve(app: web.Application, options: ServeOptions, on_ready: Callable
         keepalive_timeout=KEEPALIVE,
     )
     await runner.setup()
+    listener = None
     try:
-        context = tls_context(options)
-        await web.SockSite(runner, listen(options), ssl_context=context).start()
+        context, sock = tls_context(options), listen(options)
+        connection = pool.Bounded(runner.server, options.max_connections)
+        listener = await loop.create_server(connection, sock=sock, ssl=context, backlog=BACKLOG)
         mode = "offline" if service.through is None else "pull-through"
-        url = _url(runner, "https" if context else "http")
+        url = _url(sock, "https" if context else "http")
         on_ready(f"serving {service.store.root} on {url} (read-only, {mode}); Ctrl-C stops")
         expiring = asyncio.create_task(_housekeeping(app))
         await stop.wait()
         expiring.cancel()
     finally:
-        await runner.cleanup()  # stops accepting; waits for requests in flight up to SHUTDOWN_GRACE
+        if listener is not None:
+            listener.close()  # stops accepting
+        await runner.cleanup()  # waits for requests in flight up to SHUTDOWN_GRACE
         await asyncio.to_thread(app[observe.METRICS].flush, service.store.metadata)
 
 
@@ -187,6 +194,6 @@ async def _housekeeping(app: web.Application) -> None:
             await asyncio.to_thread(app[observe.METRICS].flush, service.store.metadata)
 
 
-def _url(runner: web.AppRunner, scheme: str) -> str:
-    host, port = runner.addresses[0][:2]
+def _url(sock: socket.socket, scheme: str) -> str:
+    host, port = sock.getsockname()[:2]
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
