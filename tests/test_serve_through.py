@@ -139,3 +139,21 @@ def test_offline_serves_only_the_store(cas, cas_home, registry):
     assert got.status_code == 404 and got.json()["errors"][0]["code"] == "NAME_UNKNOWN"
     assert blob.status_code == 404 and blob.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
     assert registry.requests() == []
+
+
+def test_a_blob_asked_for_before_any_manifest_has_the_upstreams_content_length(cas, cas_home, registry):
+    """No manifest fetched through the server yet, so no lease and no size from one: the upstream's HEAD gives it."""
+    image = images.Image([images.random_layer(3 << 20, seed=4343)])
+    images.push(registry, "nomanifest", "1", image)
+    layer = image.blobs[-1]
+    with CasServer(cas_home, "--upstream", f"lab={registry.host}") as server:
+        with httpx.Client(base_url=server.url, timeout=60, trust_env=False) as http:
+            head = http.head(f"/v2/lab/nomanifest/blobs/{layer.digest}")
+            with http.stream("GET", f"/v2/lab/nomanifest/blobs/{layer.digest}") as got:
+                headers, body = got.headers, got.read()
+            missing = http.get("/v2/lab/nomanifest/blobs/sha256:" + "2" * 64)
+    assert head.status_code == 200 and head.headers["content-length"] == str(layer.size)
+    assert got.status_code == 200 and headers["content-length"] == str(layer.size)
+    assert "transfer-encoding" not in headers and body == layer.data
+    assert missing.status_code == 404 and missing.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+    assert (cas_home / "v1" / "blobs" / "sha256" / layer.digest[7:]).read_bytes() == layer.data  # committed

@@ -161,6 +161,23 @@ class RegistryClient:
         self.requester.retrying(own, attempt)
 
     # blobs -----------------------------------------------------------------
+    def blob_size(self, repository: str, digest: Digest) -> int | None:
+        """The blob's size as a HEAD at the first ``pull`` endpoint that has it says; None when it does not say."""
+
+        def from_endpoint(ep: Endpoint, has_next: bool) -> int | None:
+            path = ep.repository or repository
+            url, shown = ep.resource(path, "blobs", digest), f"blob {ep.host}/{path}@{digest}"
+
+            def attempt() -> int | None:
+                response = self.requester.open(ep, url, {}, path, shown, kind="blob", ok=(200,), method="HEAD")
+                response.close()
+                length = response.headers.get("Content-Length", "")
+                return int(length) if length.isdigit() else None
+
+            return self.requester.retrying(ep, attempt, has_next)
+
+        return self.requester.walk(PULL, f"blob {digest}", from_endpoint)
+
     def download_blob(
         self,
         repository: str,

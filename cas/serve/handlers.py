@@ -133,15 +133,15 @@ async def blob(request: web.Request) -> web.StreamResponse:
         request[CACHE] = "hit"
         return CountedFile(path, headers=headers)
     through = service.through
-    known = through.known.get(digest) if through is not None else None
-    if through is None or (request.method == "HEAD" and known is None):
+    if through is None:
         raise ServeError("BLOB_UNKNOWN", f"blob {digest} is not in the store", {"digest": str(digest)})
-    task = through.blob(name, digest)
+    size = await asyncio.to_thread(through.size, name, digest)
     request[CACHE] = "miss"
     if request.method == "HEAD":
-        return web.Response(headers={**headers, hdrs.CONTENT_LENGTH: str(known.size)})
+        return web.Response(headers={**headers, **({hdrs.CONTENT_LENGTH: str(size)} if size is not None else {})})
+    task = through.blob(name, digest)
     ingest = service.store.ingests.dir / f"{digest.algorithm}-{digest.hex}"  # as cas.store.writer.Ingest names it
-    return await follow(request, digest, known.size if known else None, ingest, path, task)
+    return await follow(request, digest, size, ingest, path, task)
 
 
 class CountedFile(web.FileResponse):

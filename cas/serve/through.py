@@ -67,6 +67,7 @@ class PullThrough:
         self.tag_ttl = tag_ttl
         self.say = say
         self.known: dict[Digest, Descriptor] = {}  # blobs of manifests fetched through: size and media type
+        self._sizes: dict[Digest, int] = {}  # blobs asked for before any manifest listing them: the upstream's size
         self.fetched: dict[str, int] = {}  # bytes fetched per upstream registry
         self._checked: dict[str, tuple[float, Digest]] = {}  # tag reference -> when the upstream resolved it, to what
         self._pulls: dict[str, Task] = {}
@@ -104,6 +105,26 @@ class PullThrough:
         """Bring a manifest named by digest into the store (its image pulled in the background)."""
         self._pull(parse_reference(name.ref(str(digest)))).wait_ready()
 
+    def size(self, name: Name, digest: Digest) -> int | None:
+        """A missing blob's size, so the client gets a Content-Length: from a manifest fetched through
+        here, else from a HEAD at the upstream; None when the upstream does not say."""
+        desc = self.known.get(digest)
+        if desc is not None:
+            return desc.size
+        if digest in self._sizes:
+            return self._sizes[digest]
+        try:
+            size = self._client(name).blob_size(name.repository, digest)
+        except NotFound:
+            raise ServeError(
+                "BLOB_UNKNOWN", f"blob {digest} is not at {name.registry}", {"digest": str(digest)}
+            ) from None
+        except RegistryError as exc:
+            raise _mapped(exc) from None
+        if size is not None:
+            self._sizes[digest] = size
+        return size
+
     def blob(self, name: Name, digest: Digest) -> Task:
         """The one download of ``digest`` (started now unless one runs); ``ready`` once its ingest entry exists."""
         with self._lock:
@@ -139,7 +160,7 @@ class PullThrough:
         try:
             with self.store.lock(shared=True), self.store.metadata.lease([digest]):
                 desc = self.known.get(digest)
-                with self.store.ingests.open(digest, desc.size if desc else None) as ingest:
+                with self.store.ingests.open(digest, desc.size if desc else self._sizes.get(digest)) as ingest:
                     task.ready.set()
                     if not ingest.committed:
                         self._client(name).download_blob(name.repository, digest, ingest, commit=ingest.commit)
