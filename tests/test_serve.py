@@ -209,10 +209,13 @@ def test_containerd_with_hosts_toml_sends_ns(served, clean_dockerd, registry, tm
     registry.mark()
     subprocess.run([*ctr, "images", "rm", "--sync", ref], capture_output=True)
     pulled = subprocess.run(
-        [*ctr, "content", "fetch", "--hosts-dir", str(tmp_path / "hosts.d"), ref], capture_output=True, text=True
+        [*ctr, "images", "pull", "--hosts-dir", str(tmp_path / "hosts.d"), ref], capture_output=True, text=True
     )
     assert pulled.returncode == 0, pulled.stderr
     assert registry.requests() == []
+    sent = [line for line in served.output().splitlines() if "/v2/app/" in line]  # no alias: ?ns= named it
+    assert any("/manifests/" in line and f"ns={registry.host} 200" in line for line in sent), sent
+    assert any("/blobs/" in line and f"ns={registry.host} 200" in line for line in sent), sent
     listed = subprocess.run([*ctr, "images", "ls", "-q"], capture_output=True, text=True, check=True).stdout.split()
     assert ref in listed
     subprocess.run([*ctr, "images", "rm", "--sync", ref], capture_output=True)

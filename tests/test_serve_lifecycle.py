@@ -8,7 +8,9 @@ import hashlib
 import json
 import shutil
 import socket
+import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -43,6 +45,37 @@ def test_a_prune_between_the_manifest_and_the_blobs_never_breaks_the_pull(cas, c
             got = http.get(f"/v2/lab/app/blobs/{blob.digest}")
             assert got.status_code == 200 and got.content == blob.data
         assert http.get(f"/v2/lab/dockermedia/blobs/{own_layer.digest}").status_code == 404  # nothing held it
+    assert cas("verify").returncode == 0
+
+
+def test_a_real_prune_while_skopeo_pulls_over_a_slow_link_never_breaks_the_pull(
+    cas, cas_home, registry, skopeo, proxy_factory, tmp_path
+):
+    """skopeo reads the manifest, the image is removed and pruned while its layers trickle through a
+    1 MB/s link, and skopeo still gets every blob (it checks each digest); the store is clean after."""
+    image = images.Image([images.random_layer(2 << 20, seed=4545), images.random_layer(2 << 20, seed=4546)])
+    images.push(registry, "prunedwhile", "1", image)
+    ref = f"{registry.host}/prunedwhile:1"
+    cas("pull", "-q", ref)
+    outcome: list[subprocess.CompletedProcess] = []
+    with CasServer(cas_home, "--offline", "--upstream", f"lab={registry.host}") as server:
+        slow = proxy_factory(server)  # the fault proxy in front of cas serve: the client's link
+        slow.throttle(1_000_000)  # about 4 s for the layers
+        copying = threading.Thread(
+            target=lambda: outcome.append(
+                skopeo.copy(f"docker://{slow.host}/lab/prunedwhile:1", f"dir:{tmp_path / 'out'}", check=False)
+            )
+        )
+        copying.start()
+        wait_until(lambda: "/lab/prunedwhile/manifests/1 200" in server.output(), timeout=30, what="the manifest")
+        cas("rm", ref)
+        pruned = json.loads(cas("prune", "--json").stdout)
+        assert copying.is_alive(), "skopeo ended before the prune: nothing was shown"
+        copying.join(60)
+    assert outcome and outcome[0].returncode == 0, outcome[0].stderr if outcome else "skopeo hung"
+    assert pruned["leased_blobs"] >= len(image.blobs)  # the served manifest held them through the prune
+    for blob in image.blobs:
+        assert (tmp_path / "out" / blob.digest[7:]).read_bytes() == blob.data
     assert cas("verify").returncode == 0
 
 
