@@ -218,6 +218,27 @@ MaxSize = Annotated[
 ]
 
 
+def _duration(text: str) -> float:
+    from cas.sizes import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+MaxAge = Annotated[
+    float | None,
+    typer.Option(
+        "--max-age",
+        parser=_duration,
+        metavar="DURATION",
+        help="After this command, evict images not pulled or exported for DURATION (7d, 12h, 90m) "
+        "(default: $CAS_MAX_AGE, or `max-age` in config.toml, else none).",
+    ),
+]
+
+
 def read_credentials(username: str | None, password_stdin: bool) -> Credentials | None:
     """--username with --password-stdin, as docker login takes them; None means look in docker's config."""
     from cas.errors import UsageError
