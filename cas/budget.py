@@ -44,6 +44,13 @@ class Budget:
     def set(self) -> bool:
         return self.max_size is not None or self.max_age is not None
 
+    def __str__(self) -> str:
+        """``max-size 20.0 GiB (from FILE:LINE) and max-age 1w (from $CAS_MAX_AGE)``: what is set."""
+        limits = [f"max-size {format_size(self.max_size)} (from {self.size_from})"] if self.max_size is not None else []
+        if self.max_age is not None:
+            limits.append(f"max-age {format_duration(self.max_age)} (from {self.age_from})")
+        return " and ".join(limits) or "no budget"
+
     @classmethod
     def resolve(cls, max_size: int | None = None, max_age: float | None = None) -> Budget:
         """Each limit from its flag (given here), else its variable, else config.toml (cas.settings)."""
@@ -100,7 +107,8 @@ class Eviction:
         if self.images:
             why = [f"to stay under {limit}"] if budget.max_size is not None else []
             if budget.max_age is not None:
-                why.append(f"as unused for longer than {format_duration(budget.max_age)} (max-age from {budget.age_from})")
+                age = format_duration(budget.max_age)
+                why.append(f"as unused for longer than {age} (max-age from {budget.age_from})")
             count = len(self.images)
             names = ", ".join(image.ref for image, _ in self.images)
             said.append(
@@ -187,9 +195,7 @@ async def watch(store: Store, say: Callable[[str], None]) -> None:
     if not budget.set:
         return
     every = current().value("serve.budget-interval")
-    limits = [f"max-size {format_size(budget.max_size)} (from {budget.size_from})"] if budget.max_size is not None else []
-    limits += [f"max-age {format_duration(budget.max_age)} (from {budget.age_from})"] if budget.max_age is not None else []
-    say(f"keeping the store's budget, {' and '.join(limits)}, every {format_duration(every)}")
+    say(f"keeping the store's budget, {budget}, every {format_duration(every)}")
     while True:
         await asyncio.sleep(every)
         try:
