@@ -111,10 +111,10 @@ def snapshot(store: Store) -> Snapshot:
 
 def read_index(store: Store, snap: Snapshot) -> None:
     """Refs, blob records and live leases into ``snap``."""
-    index = store.index
+    index = store.metadata
     refs: list[tuple[str, object]] = []
     leases: list[tuple[str, object]] = []
-    for key, value in index.scan(PREFIX, "blob:", "lease:"):  # one pass over the index for all three
+    for key, value in index.scan(PREFIX, "blob:", "lease:"):  # one pass over the metadata for all three
         if not key.startswith("blob:"):
             (leases if key.startswith("lease:") else refs).append((key, value))
             continue

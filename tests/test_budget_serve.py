@@ -28,9 +28,11 @@ def test_a_running_serve_evicts_by_max_age_without_any_write_and_keeps_what_it_s
     for ref in (aged, served, idle):
         cas("pull", "-q", ref)
     store = Store(cas_home)
-    store.index.touch_refs(store.index.ref_records(aged), when=time.time() - 8 * 86400)
+    store.metadata.touch_refs(store.metadata.ref_records(aged), when=time.time() - 8 * 86400)
     # served and idle: used at the same instant; only serving can keep one past max-age
-    store.index.touch_refs([*store.index.ref_records(served), *store.index.ref_records(idle)], when=time.time())
+    store.metadata.touch_refs(
+        [*store.metadata.ref_records(served), *store.metadata.ref_records(idle)], when=time.time()
+    )
     store.close()
     config = tmp_path / "config.toml"
     config.write_text('max-age = "6s"\n\n[serve]\nbudget-interval = "1s"\n')

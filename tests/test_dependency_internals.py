@@ -2,11 +2,11 @@
 
 - httpcore's ``HTTP11Connection.READ_NUM_BYTES`` (cas.registry.transport raises it to 1 MiB where
   it exists: 20-40 % faster blob streaming). httpcore has no upper pin: this test is why.
-- diskcache's ``Cache._sql`` and ``Disk.get/fetch`` (cas.index.Index.scan pages through the
-  table in one query per 1,000 rows), and the attributes ``Cache.__init__`` sets (cas.index
+- diskcache's ``Cache._sql`` and ``Disk.get/fetch`` (cas.metadata.Index.scan pages through the
+  table in one query per 1,000 rows), the attributes ``Cache.__init__`` sets (cas.metadata
   opens an existing index without diskcache's writing ``__init__``), and ``Disk.put`` with the
-  ``Cache`` table's columns (cas.indexdb.delete_many: an eviction forgets thousands of keys in a few
-  statements). pyproject pins
+  ``Cache`` table's columns (cas.metadata_sqlite.delete_many: an eviction forgets thousands of keys
+  in a few statements). pyproject pins
   ``diskcache>=5.6,<5.7``.
 
 When an upgrade removes or renames one, these tests fail and say what to change, instead of
@@ -23,7 +23,7 @@ import pytest
 from test_lifecycle_support import tiny_record
 
 from cas.digest import Digest
-from cas.index import Index
+from cas.metadata import Metadata
 from cas.registry import transport
 
 
@@ -44,11 +44,11 @@ def test_lazy_transport_raises_httpcore_read_size():
 
 def test_diskcache_internals_used_by_index_scan(tmp_path):
     assert isinstance(inspect.getattr_static(diskcache.Cache, "_sql", None), property), (
-        "diskcache.Cache._sql is gone: rewrite cas.index.Index.scan and update the diskcache pin in pyproject.toml"
+        "diskcache.Cache._sql is gone: rewrite cas.metadata.Index.scan and update the diskcache pin in pyproject.toml"
     )
     assert list(inspect.signature(diskcache.Disk.get).parameters) == ["self", "key", "raw"]
     assert list(inspect.signature(diskcache.Disk.fetch).parameters) == ["self", "mode", "filename", "value", "read"]
-    index = Index(tmp_path / "index")
+    index = Metadata(tmp_path / "index")
     try:
         digests = [Digest("sha256", f"{i:064x}") for i in range(3)]
         for i, digest in enumerate(digests):
@@ -62,8 +62,8 @@ def test_diskcache_internals_used_by_index_scan(tmp_path):
 
 
 def test_index_opened_without_writing_has_every_attribute_diskcache_init_sets(tmp_path):
-    """cas.indexdb._Attached sets by hand what diskcache.Cache.__init__ would (minus its writes)."""
-    from cas.indexdb import _LAST_CREATED, SETTINGS, _Attached
+    """cas.metadata_sqlite._Attached sets by hand what diskcache.Cache.__init__ would (minus its writes)."""
+    from cas.metadata_sqlite import _LAST_CREATED, SETTINGS, _Attached
 
     made = diskcache.Cache(str(tmp_path), disk=diskcache.JSONDisk, **SETTINGS)
     assert made._sql(_LAST_CREATED).fetchall(), "diskcache creates other schema objects now: update _LAST_CREATED"
@@ -72,7 +72,7 @@ def test_index_opened_without_writing_has_every_attribute_diskcache_init_sets(tm
         expected = {k: v for k, v in vars(made).items() if k != "_local"}
         got = {k: v for k, v in vars(attached).items() if k not in ("_local", "_immutable")}
         assert sorted(got) == sorted(expected), (
-            "diskcache.Cache.__init__ sets other attributes now: update cas.indexdb._Attached and the diskcache pin"
+            "diskcache.Cache.__init__ sets other attributes now: update cas.metadata_sqlite._Attached and the diskcache pin"
         )
         for key, value in expected.items():
             if key == "_disk":
@@ -90,7 +90,7 @@ def test_a_database_another_process_is_still_creating_is_not_attached(tmp_path):
     """Two first opens at once: the second must not attach to Settings without the Cache table."""
     import sqlite3
 
-    from cas.indexdb import SETTINGS, _Attached, _Uninitialized, open_database
+    from cas.metadata_sqlite import SETTINGS, _Attached, _Uninitialized, open_database
 
     made = diskcache.Cache(str(tmp_path), disk=diskcache.JSONDisk, **SETTINGS)
     made.close()
@@ -111,12 +111,12 @@ def test_a_database_another_process_is_still_creating_is_not_attached(tmp_path):
 
 
 def test_delete_many_deletes_what_diskcache_delete_would_in_a_few_statements(tmp_path):
-    """cas.indexdb.delete_many encodes keys with ``Disk.put`` and deletes rows by ``Cache._sql``: the keys that
+    """cas.metadata_sqlite.delete_many encodes keys with ``Disk.put`` and deletes rows by ``Cache._sql``: the keys that
     were there go (a value kept in a file of its own too, its file removed), an expired or absent one is not
     reported, and diskcache's own count stays right."""
     import time
 
-    from cas.indexdb import SETTINGS, delete_many
+    from cas.metadata_sqlite import SETTINGS, delete_many
 
     db = diskcache.Cache(str(tmp_path), disk=diskcache.JSONDisk, **SETTINGS)
     try:

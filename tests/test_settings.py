@@ -74,7 +74,7 @@ def test_max_age_from_the_file_the_variable_and_the_flag_each_beating_the_next(c
         home = tmp_path / f"home{n}"
         cas("pull", "-q", aged, env={"CAS_HOME": str(home)})
         store = Store(home)
-        store.index.touch_refs(store.index.ref_records(aged), when=time.time() - 4 * 86400)
+        store.metadata.touch_refs(store.metadata.ref_records(aged), when=time.time() - 4 * 86400)
         store.close()
         kept = json.loads(cas("pull", "--json", *flag, new, env={**env, "CAS_HOME": str(home)}).stdout)["budget"]
         assert [i["ref"] for i in kept["images"]] == [aged], origin
