@@ -24,6 +24,7 @@ DEFAULT_CONNECTIONS = 8  # per pull in all, range requests included
 DEFAULT_TIMEOUT = 30.0  # seconds: connect, wait for an answer, stall window
 DEFAULT_MIN_RATE = 1024  # bytes per second below which a transfer is stalled
 DEFAULT_SERVE_CONNECTIONS = 512  # connections `cas serve` holds open at once
+DEFAULT_BUDGET_INTERVAL = 600.0  # seconds between a running `cas serve`'s checks of the budget
 
 
 def _number(kind: type, low: float, high: float | None, what: str) -> Callable[[object], object]:
@@ -67,6 +68,13 @@ def _size(raw: object) -> int:
 
 def _duration(raw: object) -> float:
     return float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else parse_duration(str(raw))
+
+
+def _interval(raw: object) -> float:
+    seconds = _duration(raw)
+    if not seconds > 0:
+        raise ValueError(f"{raw!r} is not a duration longer than 0 (10m, 30s)")
+    return seconds
 
 
 def _platform(raw: object) -> str:
@@ -115,6 +123,7 @@ SETTINGS = {
             _number(int, 1, 65536, "connections cas serve holds open"),
             env=("CAS_SERVE_MAX_CONNECTIONS",),
         ),
+        Setting("serve.budget-interval", DEFAULT_BUDGET_INTERVAL, _interval),  # cas.budget.watch
     )
 }
 

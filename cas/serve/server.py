@@ -20,6 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from cas import budget
 from cas.errors import CasError, UsageError
 from cas.registry import transport
 from cas.serve import archive, auth, observe, pool
@@ -175,8 +176,10 @@ async def _serve(app: web.Application, options: ServeOptions, on_ready: Callable
         url = _url(sock, "https" if context else "http")
         on_ready(f"serving {service.store.root} on {url} (read-only, {mode}); Ctrl-C stops")
         expiring = asyncio.create_task(_housekeeping(app))
+        keeping = asyncio.create_task(budget.watch(service.store, on_ready))  # max-size and max-age, while idle
         await stop.wait()
         expiring.cancel()
+        keeping.cancel()
     finally:
         if listener is not None:
             listener.close()  # stops accepting
