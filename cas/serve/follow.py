@@ -37,17 +37,16 @@ async def follow(
     if size is not None:
         response.content_length = size
     await response.prepare(request)
-    verifier, sent = StreamVerifier(digest), 0
+    verifier, sent, sender = StreamVerifier(digest), 0, _Sender(response)
     try:
         while True:
-            end = _available(fd, ingest, size)  # an fstat and a small read: no thread hop per chunk
+            end = _available(fd, ingest, size)  # an fstat and a small read: no thread hop for it
             if end > sent:
-                chunk = os.pread(fd, min(end - sent, CHUNK), sent)
+                chunk = await asyncio.to_thread(_read_hashed, fd, sent, min(end - sent, CHUNK), verifier)
                 last = size is not None and sent + len(chunk) == size
-                verifier.update(chunk)
                 if last:
                     verifier.check()  # raises: the final chunk is withheld
-                await response.write(chunk)
+                await sender.send(chunk)
                 sent += len(chunk)
                 if last:
                     break
@@ -59,6 +58,7 @@ async def follow(
                     break
             else:
                 await asyncio.sleep(POLL)
+        await sender.flush()
     except CasError:
         if request.transport is not None:
             request.transport.close()  # the client sees a cut transfer, never a wrong blob
@@ -66,9 +66,39 @@ async def follow(
     except ConnectionError:  # the client went away; the download goes on for the store
         return response
     finally:
+        sender.drop()
         os.close(fd)
     await response.write_eof()
     return response
+
+
+def _read_hashed(fd: int, offset: int, n: int, verifier: StreamVerifier) -> bytes:
+    chunk = os.pread(fd, n, offset)
+    verifier.update(chunk)
+    return chunk
+
+
+class _Sender:
+    """One chunk on its way to the client while the next is read and hashed in a worker thread:
+    the socket drains during the hash instead of after it."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        self.response = response
+        self.writing: asyncio.Future | None = None
+
+    async def send(self, chunk: bytes) -> None:
+        await self.flush()
+        self.writing = asyncio.ensure_future(self.response.write(chunk))
+
+    async def flush(self) -> None:
+        writing, self.writing = self.writing, None
+        if writing is not None:
+            await writing
+
+    def drop(self) -> None:
+        """A write left behind by an error: cancelled, or its own error taken so none is logged."""
+        if self.writing is not None and not self.writing.cancel():
+            self.writing.exception()
 
 
 async def _open(data: Path, blob: Path, task: Task) -> int:
