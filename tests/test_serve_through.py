@@ -11,6 +11,7 @@ import threading
 from collections import Counter
 
 import httpx
+import pytest
 from support import images
 from support.registry import Registry
 from support.serving import CasServer
@@ -157,3 +158,23 @@ def test_a_blob_asked_for_before_any_manifest_has_the_upstreams_content_length(c
     assert "transfer-encoding" not in headers and body == layer.data
     assert missing.status_code == 404 and missing.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
     assert (cas_home / "v1" / "blobs" / "sha256" / layer.digest[7:]).read_bytes() == layer.data  # committed
+
+
+def test_wrong_bytes_from_the_upstream_cut_the_client_never_a_whole_wrong_blob(cas, cas_home, registry, proxy_factory):
+    image = images.Image([images.random_layer(3 << 20, seed=4747)])
+    images.push(registry, "corrupted", "1", image)
+    layer = image.blobs[-1]
+    upstream = proxy_factory(registry)
+    upstream.corrupt_answers(rf"/blobs/{layer.digest}")  # every answer for the layer: no good copy anywhere
+    with CasServer(cas_home, "--upstream", f"lab={upstream.host}") as server:
+        with httpx.Client(base_url=server.url, timeout=60, trust_env=False) as http:
+            assert http.get("/v2/lab/corrupted/manifests/1", headers={"Accept": ALL}).status_code == 200
+            received = bytearray()
+            with pytest.raises(httpx.HTTPError):  # the connection is cut before the last chunk
+                with http.stream("GET", f"/v2/lab/corrupted/blobs/{layer.digest}") as got:
+                    for chunk in got.iter_bytes():
+                        received += chunk
+            assert len(received) < layer.size
+            assert http.get("/v2/").status_code == 200  # the server lives on
+    assert not (cas_home / "v1" / "blobs" / "sha256" / layer.digest[7:]).exists()
+    assert cas("verify").returncode == 0
