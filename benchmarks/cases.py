@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import CAS, PYTHON
+from harness import CAS, PYTHON, ROOT
 
 from tests.support import images
 from tests.support.registry import Registry
@@ -37,6 +37,7 @@ class Row:
     ok: bool | None = None
     rss_mib: float | None = None
     note: str = ""
+    baseline: float | None = None  # median seconds of the --baseline checkout's cas, timed in turn with this one
 
 
 @dataclass
@@ -109,31 +110,72 @@ def ratio_row(case: str, cas: list[float], skopeo: list[float], limit: float, rs
     return row
 
 
-def pulls(runner: Runner, imgs: Images, work: Path, runs: int) -> list[Row]:
-    """Cold and warm pulls of the 64 MiB and the 640 MiB image, straight from the registry."""
+def pulls(runner: Runner, imgs: Images, work: Path, runs: int, baseline: str | None = None) -> list[Row]:
+    """Cold and warm pulls of the 64 MiB and the 640 MiB image, straight from the registry; with a
+    ``baseline`` cas, its warm pull and `cas images` in turn with this one's, each on a store of its own."""
     rows = []
     for name, cold_limit in (("small", 1.2), ("big", 0.9)):
         ref, kind = imgs.refs[name], f"pull {name}"
         home, layout = work / "home-pull", work / "oci-pull"
         env = dict(os.environ, CAS_HOME=str(home))
-        t: dict[str, list[float]] = {"cold": [], "skopeo cold": [], "warm": [], "skopeo warm": [], "images": []}
+        base_env = dict(os.environ, CAS_HOME=str(work / "home-pull-baseline"))
+        t: dict[str, list[float]] = {k: [] for k in ("cold", "skopeo cold", "warm", "skopeo warm", "images")}
+        b: dict[str, list[float]] = {"warm": [], "images": []}
         for _ in range(runs):
-            shutil.rmtree(home, ignore_errors=True)
-            shutil.rmtree(layout, ignore_errors=True)
+            for path in (home, layout, work / "home-pull-baseline"):
+                shutil.rmtree(path, ignore_errors=True)
             t["cold"].append(runner.timed(kind, [CAS, "pull", "-q", ref], env))
             t["skopeo cold"].append(runner.timed("skopeo", runner.skopeo_pull(ref, layout)))
+            if baseline:
+                runner.timed("baseline", [baseline, "pull", "-q", ref], base_env)
             t["warm"].append(runner.timed(kind + " warm", [CAS, "pull", "-q", ref], env))
+            if baseline:
+                b["warm"].append(runner.timed("baseline", [baseline, "pull", "-q", ref], base_env))
             t["skopeo warm"].append(runner.timed("skopeo", runner.skopeo_pull(ref, layout)))
             t["images"].append(runner.timed("images", [CAS, "images"], env))
+            if baseline:
+                b["images"].append(runner.timed("baseline", [baseline, "images"], base_env))
         label = imgs.labels[name]
         rows.append(ratio_row(f"cold pull {label}", t["cold"], t["skopeo cold"], cold_limit, runner.rss_mib(kind)))
-        rows.append(
-            ratio_row(f"warm pull by tag {label}", t["warm"], t["skopeo warm"], 4, runner.rss_mib(kind + " warm"))
-        )
-        rows.append(Row(f"cas images (1 image, {label})", median(t["images"]), rss_mib=runner.rss_mib("images")))
+        warm = ratio_row(f"warm pull by tag {label}", t["warm"], t["skopeo warm"], 4, runner.rss_mib(kind + " warm"))
+        listed = Row(f"cas images (1 image, {label})", median(t["images"]), rss_mib=runner.rss_mib("images"))
+        if baseline:
+            warm.baseline, listed.baseline = median(b["warm"]), median(b["images"])
+        rows += [warm, listed]
         shutil.rmtree(layout, ignore_errors=True)
     shutil.rmtree(work / "home-pull", ignore_errors=True)
+    shutil.rmtree(work / "home-pull-baseline", ignore_errors=True)
     return rows
+
+
+def many_images(runner: Runner, work: Path, runs: int, baseline: str | None = None) -> Row:
+    """`cas images` on bench_gc.py's store of 1,000 images (4,000 blobs). With a ``baseline`` cas, that
+    checkout's own bench_gc.py builds the store, so each cas reads a copy in the layout its code writes
+    (this one brings its copy up to date at an untimed first run), in turn."""
+    built = work / "many-built"
+    checkout = Path(baseline).parent.parent.parent if baseline else ROOT
+    build = "import sys; from pathlib import Path; from bench_gc import build; build(Path(sys.argv[1]), 1000, 4000)"
+    subprocess.run(
+        [str(checkout / ".venv" / "bin" / "python"), "-c", build, str(built)],
+        cwd=checkout / "benchmarks",
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    homes = {"cas": work / "many-cas", "baseline": work / "many-baseline"}
+    for home in homes.values():
+        shutil.copytree(built, home, symlinks=True)
+    env = {kind: dict(os.environ, CAS_HOME=str(home)) for kind, home in homes.items()}
+    runner.timed("images many", [CAS, "images"], env["cas"])  # an older layout is brought up to date once
+    t: dict[str, list[float]] = {"cas": [], "baseline": []}
+    for _ in range(runs):
+        t["cas"].append(runner.timed("images many", [CAS, "images"], env["cas"]))
+        if baseline:
+            t["baseline"].append(runner.timed("baseline", [baseline, "images"], env["baseline"]))
+    for path in (built, *homes.values()):
+        shutil.rmtree(path, ignore_errors=True)
+    row = Row("cas images (1,000 images)", median(t["cas"]), rss_mib=runner.rss_mib("images many"))
+    row.baseline = median(t["baseline"]) if baseline else None
+    return row
 
 
 def capped_pulls(runner: Runner, imgs: Images, work: Path, runs: int) -> list[Row]:
@@ -224,14 +266,17 @@ def export(runner: Runner, imgs: Images, place: Path, runs: int, label: str, *, 
     return row
 
 
-def version(runner: Runner, runs: int) -> Row:
-    cas, skopeo, floor = [], [], []
+def version(runner: Runner, runs: int, baseline: str | None = None) -> Row:
+    cas, skopeo, floor, base = [], [], [], []
     for _ in range(runs):
         cas.append(runner.timed("version", [CAS, "--version"]))
+        if baseline:
+            base.append(runner.timed("baseline", [baseline, "--version"]))
         skopeo.append(runner.timed("skopeo", [runner.skopeo, "--version"]))
         floor.append(runner.timed("python", [PYTHON, "-c", "pass"]))
     row = Row("cas --version", median(cas), median(skopeo), median(floor), "python -c pass", "<= 45 ms")
     row.rss_mib, row.ok = runner.rss_mib("version"), row.cas <= 0.045
+    row.baseline = median(base) if base else None
     return row
 
 
