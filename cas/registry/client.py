@@ -30,7 +30,7 @@ from cas.manifest import ACCEPT, MAX_MANIFEST, media_type_of
 from cas.registry import insecure, ranged
 from cas.registry.auth import TokenCache
 from cas.registry.credentials import Credentials
-from cas.registry.download import BlobDownloader, Sink
+from cas.registry.download import BlobDownloader
 from cas.registry.endpoints import PULL, RESOLVE, Endpoint, upstream
 from cas.registry.requester import Requester
 from cas.registry.walk import Served
@@ -87,7 +87,8 @@ class RegistryClient:
             timeout=timeout,
             on_retry=on_retry,
         )
-        self._blobs = BlobDownloader(self.requester, ranges=ranges, min_rate=min_rate)
+        # blobs: streamed into a Sink from the first ``pull`` endpoint that serves them (BlobDownloader.download)
+        self.download_blob = BlobDownloader(self.requester, ranges=ranges, min_rate=min_rate).download
 
     @property
     def served(self) -> Served:
@@ -159,18 +160,6 @@ class RegistryClient:
             self.requester.open(own, url, {}, "", f"registry {self.registry}", kind="registry", ok=(200,)).close()
 
         self.requester.retrying(own, attempt)
-
-    # blobs -----------------------------------------------------------------
-    def download_blob(
-        self,
-        repository: str,
-        digest: Digest,
-        sink: Sink,
-        on_bytes: Callable[[int], None] | None = None,
-        commit: Callable[[], object] | None = None,
-    ) -> None:
-        """Stream a blob into ``sink`` from the first ``pull`` endpoint that serves it (``BlobDownloader.download``)."""
-        self._blobs.download(repository, digest, sink, on_bytes, commit)
 
 
 def _header_digest(value: str | None) -> Digest | None:
