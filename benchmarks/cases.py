@@ -38,6 +38,7 @@ class Row:
     rss_mib: float | None = None
     note: str = ""
     baseline: float | None = None  # median seconds of the --baseline checkout's cas, timed in turn with this one
+    cpu_vs_baseline: float | None = None  # median CPU seconds (user + sys) of this cas over the baseline's
 
 
 @dataclass
@@ -73,28 +74,38 @@ def _random_layer(size: int, seed: int) -> images.Layer:
 
 
 class Runner:
-    """Times fresh processes; keeps the peak RSS of each command kind."""
+    """Times fresh processes; keeps the peak RSS and the CPU seconds of each command kind."""
 
     def __init__(self, scratch: Path) -> None:
         self.time = require("time", "time", prefer=["/usr/bin/time"])
         self.skopeo = require("skopeo", "skopeo")
         self.scratch = scratch
         self.rss: dict[str, int] = {}  # kind -> KiB
+        self.cpu: dict[str, list[float]] = {}  # kind -> user + sys seconds of each run
 
     def timed(self, kind: str, cmd: list[str], env: dict[str, str] | None = None, stdout=subprocess.DEVNULL) -> float:
         report = self.scratch / "rss.txt"
         started = time.perf_counter()
         proc = subprocess.run(
-            [self.time, "-f", "%M", "-o", str(report), *cmd], env=env, stdout=stdout, stderr=subprocess.PIPE
+            [self.time, "-f", "%M %U %S", "-o", str(report), *cmd], env=env, stdout=stdout, stderr=subprocess.PIPE
         )
         elapsed = time.perf_counter() - started
         if proc.returncode != 0:
             raise RuntimeError(f"`{' '.join(cmd)}` exited {proc.returncode}:\n{proc.stderr.decode(errors='replace')}")
-        self.rss[kind] = max(self.rss.get(kind, 0), int(report.read_text().split()[-1]))
+        rss, user, system = report.read_text().split()[-3:]
+        self.rss[kind] = max(self.rss.get(kind, 0), int(rss))
+        self.cpu.setdefault(kind, []).append(float(user) + float(system))
         return elapsed
 
     def rss_mib(self, kind: str) -> float:
         return self.rss.get(kind, 0) / 1024
+
+    def against_baseline(self, row: Row, seconds: list[float], kind: str) -> None:
+        """Give ``row`` the baseline's median and the CPU ratio of ``kind`` to ``baseline KIND``."""
+        if seconds:
+            row.baseline = median(seconds)
+            theirs = median(self.cpu[f"baseline {kind}"])
+            row.cpu_vs_baseline = median(self.cpu[kind]) / theirs if theirs else None
 
     def skopeo_pull(self, ref: str, layout: Path) -> list[str]:
         return [self.skopeo, "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"oci:{layout}:bench"]
@@ -127,20 +138,20 @@ def pulls(runner: Runner, imgs: Images, work: Path, runs: int, baseline: str | N
             t["cold"].append(runner.timed(kind, [CAS, "pull", "-q", ref], env))
             t["skopeo cold"].append(runner.timed("skopeo", runner.skopeo_pull(ref, layout)))
             if baseline:
-                runner.timed("baseline", [baseline, "pull", "-q", ref], base_env)
+                runner.timed("baseline cold", [baseline, "pull", "-q", ref], base_env)
             t["warm"].append(runner.timed(kind + " warm", [CAS, "pull", "-q", ref], env))
             if baseline:
-                b["warm"].append(runner.timed("baseline", [baseline, "pull", "-q", ref], base_env))
+                b["warm"].append(runner.timed(f"baseline {kind} warm", [baseline, "pull", "-q", ref], base_env))
             t["skopeo warm"].append(runner.timed("skopeo", runner.skopeo_pull(ref, layout)))
-            t["images"].append(runner.timed("images", [CAS, "images"], env))
+            t["images"].append(runner.timed(f"images {name}", [CAS, "images"], env))
             if baseline:
-                b["images"].append(runner.timed("baseline", [baseline, "images"], base_env))
+                b["images"].append(runner.timed(f"baseline images {name}", [baseline, "images"], base_env))
         label = imgs.labels[name]
         rows.append(ratio_row(f"cold pull {label}", t["cold"], t["skopeo cold"], cold_limit, runner.rss_mib(kind)))
         warm = ratio_row(f"warm pull by tag {label}", t["warm"], t["skopeo warm"], 4, runner.rss_mib(kind + " warm"))
-        listed = Row(f"cas images (1 image, {label})", median(t["images"]), rss_mib=runner.rss_mib("images"))
-        if baseline:
-            warm.baseline, listed.baseline = median(b["warm"]), median(b["images"])
+        listed = Row(f"cas images (1 image, {label})", median(t["images"]), rss_mib=runner.rss_mib(f"images {name}"))
+        runner.against_baseline(warm, b["warm"], kind + " warm")
+        runner.against_baseline(listed, b["images"], f"images {name}")
         rows += [warm, listed]
         shutil.rmtree(layout, ignore_errors=True)
     shutil.rmtree(work / "home-pull", ignore_errors=True)
@@ -165,16 +176,16 @@ def many_images(runner: Runner, work: Path, runs: int, baseline: str | None = No
     for home in homes.values():
         shutil.copytree(built, home, symlinks=True)
     env = {kind: dict(os.environ, CAS_HOME=str(home)) for kind, home in homes.items()}
-    runner.timed("images many", [CAS, "images"], env["cas"])  # an older layout is brought up to date once
+    runner.timed("images many, first", [CAS, "images"], env["cas"])  # an older layout is brought up to date
     t: dict[str, list[float]] = {"cas": [], "baseline": []}
     for _ in range(runs):
         t["cas"].append(runner.timed("images many", [CAS, "images"], env["cas"]))
         if baseline:
-            t["baseline"].append(runner.timed("baseline", [baseline, "images"], env["baseline"]))
+            t["baseline"].append(runner.timed("baseline images many", [baseline, "images"], env["baseline"]))
     for path in (built, *homes.values()):
         shutil.rmtree(path, ignore_errors=True)
     row = Row("cas images (1,000 images)", median(t["cas"]), rss_mib=runner.rss_mib("images many"))
-    row.baseline = median(t["baseline"]) if baseline else None
+    runner.against_baseline(row, t["baseline"], "images many")
     return row
 
 
@@ -271,12 +282,12 @@ def version(runner: Runner, runs: int, baseline: str | None = None) -> Row:
     for _ in range(runs):
         cas.append(runner.timed("version", [CAS, "--version"]))
         if baseline:
-            base.append(runner.timed("baseline", [baseline, "--version"]))
+            base.append(runner.timed("baseline version", [baseline, "--version"]))
         skopeo.append(runner.timed("skopeo", [runner.skopeo, "--version"]))
         floor.append(runner.timed("python", [PYTHON, "-c", "pass"]))
     row = Row("cas --version", median(cas), median(skopeo), median(floor), "python -c pass", "<= 45 ms")
     row.rss_mib, row.ok = runner.rss_mib("version"), row.cas <= 0.045
-    row.baseline = median(base) if base else None
+    runner.against_baseline(row, base, "version")
     return row
 
 

@@ -20,7 +20,8 @@ It starts a docker-registry on 127.0.0.1, pushes incompressible images (64 MiB i
   and bench_serve.py (`cas serve` vs docker-registry on the same blobs; its peer column is the registry).
 With ``--baseline DIR`` (another checkout of cas, with its own .venv: an older commit), the
 start-up rows (--version, the warm pulls, `cas images`) also time that checkout's cas, in turn
-with this one's in the same run, and the table gives the ratio against it.
+with this one's in the same run, and the table gives the ratios against it: wall time, and CPU
+time (user + sys, GNU time's), which a busy machine disturbs less.
 Peak RSS is GNU time's, the largest over cas's runs of that row. Wall-clock figures: run it on
 a quiet machine.
 """
@@ -78,6 +79,8 @@ def main() -> int:
         parser.error(f"--baseline: no {baseline}: run `bash scripts/install` in that checkout")
 
     compile_cas()
+    if args.baseline:
+        compile_cas(args.baseline.resolve())
     rows: list[Row] = []
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="cas-bench-"))
@@ -156,6 +159,7 @@ def table(rows: list[Row]) -> str:
         "cas/floor",
         "baseline",
         "cas/baseline",
+        "cpu/baseline",
         "peak RSS",
         "target",
         "",
@@ -172,6 +176,7 @@ def table(rows: list[Row]) -> str:
                 _ratio(r.cas, r.floor),
                 _time(r.baseline),
                 _ratio(r.cas, r.baseline),
+                f"{r.cpu_vs_baseline:.2f}x" if r.cpu_vs_baseline else "",
                 f"{r.rss_mib:.0f} MiB" if r.rss_mib else "",
                 r.target,
                 ("ok" if r.ok else "MISSED") if r.ok is not None else "",
