@@ -157,9 +157,10 @@ def test_a_layout_2_index_lists_each_references_platforms_as_data_once_when_it_o
     root = Path(__file__).resolve().parent.parent
     shown = subprocess.run([sys.executable, "-m", "cli", "inspect", APP], env=env, cwd=root, capture_output=True)
     assert shown.returncode == 0, shown.stderr
-    removed = subprocess.run([sys.executable, "-m", "cli", "rm", APP], env=env, cwd=root, capture_output=True)
-    assert removed.returncode == 0, removed.stderr
-    assert store.metadata.ref_records(APP) == [] and store.metadata._db.get(platforms_key(APP)) is None
+    for ref in (APP, BROKEN):  # a record, and a damaged one (dropped by its key): each unlisted with it
+        removed = subprocess.run([sys.executable, "-m", "cli", "rm", ref], env=env, cwd=root, capture_output=True)
+        assert removed.returncode == 0, removed.stderr
+        assert store.metadata.ref_records(ref) == [] and store.metadata._db.get(platforms_key(ref)) is None
 
 
 def test_an_index_a_full_disk_left_in_layout_2_still_finds_a_references_records(
