@@ -23,6 +23,9 @@ from tests.support.registry import Registry
 from tests.support.tools import require
 
 MiB = 1 << 20
+Env = dict[str, str] | None
+Baseline = tuple[str, Env] | None  # another checkout's cas, and the environment it runs in
+Times = list[float]
 CAP = 20_000_000  # bytes/s per connection for the capped-link cases
 
 
@@ -100,6 +103,17 @@ class Runner:
     def rss_mib(self, kind: str) -> float:
         return self.rss.get(kind, 0) / 1024
 
+    def in_turn(
+        self, i: int, kind: str, args: list[str], env: Env, baseline: Baseline, mine: Times, theirs: Times
+    ) -> None:
+        """``cas ARGS`` and, given a ``baseline`` (its cas, its environment), that cas's ``ARGS``, one after
+        the other: the baseline first every other run, so that neither always follows the same command."""
+        turns = [(mine, kind, CAS, env)]
+        if baseline:
+            turns.append((theirs, f"baseline {kind}", *baseline))
+        for into, what, program, where in turns if i % 2 == 0 else turns[::-1]:
+            into.append(self.timed(what, [program, *args], where))
+
     def against_baseline(self, row: Row, seconds: list[float], kind: str) -> None:
         """Give ``row`` the baseline's median and the CPU ratio of ``kind`` to ``baseline KIND``."""
         if seconds:
@@ -132,20 +146,17 @@ def pulls(runner: Runner, imgs: Images, work: Path, runs: int, baseline: str | N
         base_env = dict(os.environ, CAS_HOME=str(work / "home-pull-baseline"))
         t: dict[str, list[float]] = {k: [] for k in ("cold", "skopeo cold", "warm", "skopeo warm", "images")}
         b: dict[str, list[float]] = {"warm": [], "images": []}
-        for _ in range(runs):
+        theirs = (baseline, base_env) if baseline else None
+        for i in range(runs):
             for path in (home, layout, work / "home-pull-baseline"):
                 shutil.rmtree(path, ignore_errors=True)
             t["cold"].append(runner.timed(kind, [CAS, "pull", "-q", ref], env))
             t["skopeo cold"].append(runner.timed("skopeo", runner.skopeo_pull(ref, layout)))
             if baseline:
                 runner.timed("baseline cold", [baseline, "pull", "-q", ref], base_env)
-            t["warm"].append(runner.timed(kind + " warm", [CAS, "pull", "-q", ref], env))
-            if baseline:
-                b["warm"].append(runner.timed(f"baseline {kind} warm", [baseline, "pull", "-q", ref], base_env))
+            runner.in_turn(i, kind + " warm", ["pull", "-q", ref], env, theirs, t["warm"], b["warm"])
             t["skopeo warm"].append(runner.timed("skopeo", runner.skopeo_pull(ref, layout)))
-            t["images"].append(runner.timed(f"images {name}", [CAS, "images"], env))
-            if baseline:
-                b["images"].append(runner.timed(f"baseline images {name}", [baseline, "images"], base_env))
+            runner.in_turn(i, f"images {name}", ["images"], env, theirs, t["images"], b["images"])
         label = imgs.labels[name]
         rows.append(ratio_row(f"cold pull {label}", t["cold"], t["skopeo cold"], cold_limit, runner.rss_mib(kind)))
         warm = ratio_row(f"warm pull by tag {label}", t["warm"], t["skopeo warm"], 4, runner.rss_mib(kind + " warm"))
@@ -178,10 +189,9 @@ def many_images(runner: Runner, work: Path, runs: int, baseline: str | None = No
     env = {kind: dict(os.environ, CAS_HOME=str(home)) for kind, home in homes.items()}
     runner.timed("images many, first", [CAS, "images"], env["cas"])  # an older layout is brought up to date
     t: dict[str, list[float]] = {"cas": [], "baseline": []}
-    for _ in range(runs):
-        t["cas"].append(runner.timed("images many", [CAS, "images"], env["cas"]))
-        if baseline:
-            t["baseline"].append(runner.timed("baseline images many", [baseline, "images"], env["baseline"]))
+    theirs = (baseline, env["baseline"]) if baseline else None
+    for i in range(runs):
+        runner.in_turn(i, "images many", ["images"], env["cas"], theirs, t["cas"], t["baseline"])
     for path in (built, *homes.values()):
         shutil.rmtree(path, ignore_errors=True)
     row = Row("cas images (1,000 images)", median(t["cas"]), rss_mib=runner.rss_mib("images many"))
@@ -279,10 +289,8 @@ def export(runner: Runner, imgs: Images, place: Path, runs: int, label: str, *, 
 
 def version(runner: Runner, runs: int, baseline: str | None = None) -> Row:
     cas, skopeo, floor, base = [], [], [], []
-    for _ in range(runs):
-        cas.append(runner.timed("version", [CAS, "--version"]))
-        if baseline:
-            base.append(runner.timed("baseline version", [baseline, "--version"]))
+    for i in range(runs):
+        runner.in_turn(i, "version", ["--version"], None, (baseline, None) if baseline else None, cas, base)
         skopeo.append(runner.timed("skopeo", [runner.skopeo, "--version"]))
         floor.append(runner.timed("python", [PYTHON, "-c", "pass"]))
     row = Row("cas --version", median(cas), median(skopeo), median(floor), "python -c pass", "<= 45 ms")
