@@ -28,7 +28,7 @@ from typing import TypeVar
 
 from cas.digest import Digest
 from cas.errors import DiskFull, StoreError
-from cas.metadata_sqlite import open_database, scan, schema_version, set_schema_version, sqlite_errors
+from cas.metadata_sqlite import delete_many, open_database, scan, schema_version, set_schema_version, sqlite_errors
 from cas.records import (
     PREFIX,
     BlobRecord,
@@ -115,7 +115,7 @@ class Metadata:
         """Delete one entry by its full key (``cas verify --repair`` drops malformed ones)."""
         with self.transact():
             if key.startswith(PREFIX) and not is_legacy(key):
-                self._unlist(*split_key(key))
+                self._drop(self._unlist(*split_key(key)))
             return self._db.delete(key)
 
     # refs ------------------------------------------------------------
@@ -157,23 +157,41 @@ class Metadata:
     def remove_ref(self, record: RefRecord) -> bool:
         """Forget one platform of one reference."""
         with self.transact():
-            self._unlist(record.ref, record.platform or "")
+            self._drop(self._unlist(record.ref, record.platform or ""))
             return self._db.delete(record.key)
+
+    @_guarded
+    def remove_refs(self, records: Iterable[RefRecord]) -> int:
+        """Forget many records in one transaction, a few statements in all (an eviction), and unlist their
+        platforms; how many there were."""
+        records = list(records)
+        with self.transact():
+            gone = delete_many(self._db, [record.key for record in records])
+            by_ref: dict[str, set[str]] = {}
+            for record in records:
+                by_ref.setdefault(record.ref, set()).add(record.platform or "")
+            emptied = [self._unlist(ref, *platforms) for ref, platforms in by_ref.items()]
+            delete_many(self._db, [key for key in emptied if key is not None])
+            return len(gone)
 
     def _platforms(self, ref: str) -> list[str]:
         listed = self._db.get(platforms_key(ref))
         return [p for p in listed if isinstance(p, str)] if isinstance(listed, list) else []
 
-    def _unlist(self, ref: str, platform: str) -> None:
-        """Take ``platform`` off the reference's list (in the caller's transaction); an empty list goes."""
-        platforms = self._platforms(ref)
-        if platform not in platforms:
-            return
-        platforms.remove(platform)
-        if platforms:
-            self._db.set(platforms_key(ref), platforms)
-        else:
-            self._db.delete(platforms_key(ref))
+    def _unlist(self, ref: str, *platforms: str) -> str | None:
+        """Take ``platforms`` off the reference's list (in the caller's transaction); the list's key when
+        that empties it, for the caller to delete."""
+        listed = self._platforms(ref)
+        left = [platform for platform in listed if platform not in platforms]
+        if listed and not left:
+            return platforms_key(ref)
+        if len(left) != len(listed):
+            self._db.set(platforms_key(ref), left)
+        return None
+
+    def _drop(self, key: str | None) -> None:
+        if key is not None:
+            self._db.delete(key)
 
     @_guarded
     def refs(self, malformed: list[str] | None = None) -> Iterator[RefRecord]:
@@ -292,8 +310,8 @@ class Metadata:
         total changed once; how many there were. Prune reads every record first, so this only deletes."""
         with self.transact():
             total = self.blob_bytes()
-            gone = [digest for digest in sizes if self._db.delete(f"blob:{digest}")]
-            self._db.set(TOTAL, total - sum(sizes[digest] for digest in gone))
+            gone = delete_many(self._db, [f"blob:{digest}" for digest in sizes])
+            self._db.set(TOTAL, total - sum(size for digest, size in sizes.items() if f"blob:{digest}" in gone))
             return len(gone)
 
     @_guarded
@@ -359,10 +377,11 @@ class Metadata:
                 self._db.delete(f"lease:{lease.id}")
 
     @_guarded
-    def leased_digests(self) -> set[str]:
-        """Digests held by live leases; leases of dead processes are dropped."""
+    def leased_digests(self, leases: Iterable[tuple[str, object]] | None = None) -> set[str]:
+        """Digests held by live leases; leases of dead processes are dropped. ``leases``: the ``lease:``
+        entries, when the caller's own scan read them already (cas.snapshot: one pass over the metadata)."""
         held: set[str] = set()
-        for key, record in list(self.scan("lease:")):
+        for key, record in list(self.scan("lease:") if leases is None else leases):
             if not isinstance(record, dict):
                 continue
             if not _pid_alive(record.get("pid", -1)):

@@ -30,6 +30,7 @@ def pull(
     hosts_dir: options.HostsDir = None,
     timeout: options.Timeout = None,
     max_size: options.MaxSize = None,
+    max_age: options.MaxAge = None,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
     verbose: options.Verbose = False,
@@ -80,7 +81,7 @@ def pull(
             body["images"].append(result.to_json())
             if not (as_json or quiet):
                 output.notice(summary(result))
-    eviction = budget.keep(store, max_size, budget.pulled(results), lock_timeout, say=not (as_json or quiet))
+    eviction = budget.keep(store, (max_size, max_age), budget.pulled(results), lock_timeout, say=not (as_json or quiet))
     body.update(budget.json_field(eviction))
     if failed:
         codes = {exc.exit_code for _, exc in failed}

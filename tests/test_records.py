@@ -184,3 +184,13 @@ def test_an_index_a_full_disk_left_in_layout_2_still_finds_a_references_records(
         assert again._db.get(platforms_key(APP)) == ["linux/amd64"]
     finally:
         again.close()
+
+
+def test_records_forgotten_together_leave_their_references_lists_right(store: Store, app: RefRecord) -> None:
+    arm = app.replace(platform="linux/arm64/v8")
+    store.metadata.put_ref(arm)
+    base = store_image(store, BASE, images({"base": [1]})["base"])
+    assert store.metadata.remove_refs([app, base]) == 2  # as an eviction forgets them
+    assert store.metadata._db.get(platforms_key(APP)) == ["linux/arm64/v8"]
+    assert store.metadata._db.get(platforms_key(BASE)) is None
+    assert store.metadata.ref_records(APP) == [arm] and store.metadata.ref_records(BASE) == []
