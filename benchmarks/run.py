@@ -12,6 +12,7 @@ It starts a docker-registry on 127.0.0.1, pushes incompressible images (64 MiB i
   loop-mounts itself (root); when it cannot, the row says NOT MEASURED and why, and the
   command exits 1: never a quiet skip;
 - `cas --version` vs `skopeo --version` (floor: the interpreter alone);
+- a warm `cas pull -f` of 20 cached images (one process) vs 20 warm `skopeo copy` runs;
 - the other scripts here, as rows: bench_gc.py (du, prune, verify on 10,000 blobs),
   bench_import.py (`cas import` vs `skopeo copy docker-archive: oci:`, delta size),
   bench_push.py (`cas push` vs skopeo), bench_mirror.py (hosts behind a pull-through mirror) and
@@ -37,7 +38,7 @@ from harness import ROOT, compile_cas
 
 from tests.support.registry import Registry
 
-GROUPS = ("pull", "capped", "export", "xfs", "version", "gc", "import", "push", "mirror", "budget")
+GROUPS = ("pull", "capped", "export", "xfs", "version", "gc", "import", "push", "mirror", "budget", "set")
 
 
 def main() -> int:
@@ -61,6 +62,9 @@ def main() -> int:
         runner = Runner(work)
         if "version" in only:
             rows.append(cases.version(runner, 7 * args.runs))
+        if "set" in only:
+            with Registry(work / "registry-set") as registry:
+                rows.append(cases.image_set(runner, registry, work, args.runs))
         if only & {"pull", "capped", "export", "xfs"}:
             with Registry(work / "registry") as registry:
                 imgs = push_images(registry, only, args.scale)

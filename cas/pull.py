@@ -282,7 +282,7 @@ class _Planner:
         config = image.config
         if self._present(config):
             return self.store.blobs.read(config.digest)
-        sink = _MemorySink()
+        sink = MemorySink()
 
         def check() -> None:  # wrong bytes from a mirror fall back to the next endpoint, as a blob's do
             data = bytes(sink.data)
@@ -437,8 +437,9 @@ def _check_image(image: ImageManifest, ref: Reference) -> None:
             raise UnsupportedManifest(f"{place} has unsupported media type {layer.media_type!r}")
 
 
-class _MemorySink:
-    """A blob small enough to check in memory before anything is stored (a plain manifest's config)."""
+class MemorySink:
+    """A blob small enough to check in memory before anything is stored (a plain manifest's config;
+    `cas inspect --remote`'s config)."""
 
     def __init__(self) -> None:
         self.data = bytearray()

@@ -108,10 +108,13 @@ class _Command(typer.core.TyperCommand):
 COMMANDS = {
     "pull": ("pull", "pull"),
     "push": ("push", "push"),
+    "copy": ("copy", "copy"),
     "export": ("export", "export"),
     "import": ("import_", "import_"),
+    "ls": ("ls", "ls"),
     "images": ("images", "images"),
     "inspect": ("inspect", "inspect"),
+    "tag": ("tag", "tag"),
     "rm": ("rm", "rm"),
     "du": ("du", "du"),
     "prune": ("prune", "prune"),
@@ -120,6 +123,8 @@ COMMANDS = {
     "config": ("config", "config"),
     "login": ("login", "login"),
     "logout": ("login", "logout"),
+    "version": ("version", "version"),
+    "help": ("version", "help_"),
 }
 _registered: set[str] = set()
 
@@ -136,7 +141,8 @@ def register(only: str | None = None) -> typer.Typer:
             continue
         command = getattr(importlib.import_module(f"cli.{module}"), function)
         summary = " ".join((command.__doc__ or "").split("\n\n", 1)[0].split())  # whole, never cut at 45 characters
-        app.command(name, cls=_Command, short_help=summary)(command)
+        hidden = name == "help"  # `cas --help` is its own answer; `cas help` is there for git's and docker's users
+        app.command(name, cls=_Command, short_help=summary, hidden=hidden)(command)
         _registered.add(name)
     return app
 
@@ -150,7 +156,7 @@ def main() -> None:
         _exit(completion.complete(register(), os.environ["_CAS_COMPLETE"]))
     args = sys.argv[1:] or ["--help"]  # plain `cas`: the help is the answer, exit 0 (click's no_args_is_help exits 2)
     named = next((arg for arg in args if not arg.startswith("-")), None)  # root options take no value
-    register(named if named in COMMANDS else None)
+    register(named if named in COMMANDS and named != "help" else None)  # help explains them all
     if args and args[-1] in ("--install-completion", "--show-completion"):
         args.append("")  # the shell is optional (typer has no optional option values): "" means $SHELL's
     try:

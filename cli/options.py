@@ -81,6 +81,16 @@ def _platform_setting(ctx, value: str | None) -> str | None:
     return check_platform(setting("platform")(ctx, value))
 
 
+ImageSetFile = Annotated[
+    str | None,
+    typer.Option(
+        "--file",
+        "-f",
+        metavar="FILE",
+        help="Read image references from FILE ('-': stdin): one a line, REF [PLATFORM,...], '#' comments; "
+        "a lock file's NAME:TAG@DIGEST lines are taken exactly.",
+    ),
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only: no progress bars, no summary.")]
 ExportPlatform = Annotated[
     str | None,
@@ -296,3 +306,19 @@ def observer(quiet: bool, as_json: bool) -> QuietObserver:
     from cli.progress import BarsObserver, QuietObserver
 
     return BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver()
+
+
+def remote_options(
+    insecure: bool, username: str | None, password_stdin: bool, hosts_dirs: list[str] | None, timeout: float | None
+):
+    """The RemoteOptions of `cas ls` and `cas inspect --remote`: a pull's endpoints, logins and timeout."""
+    from cas.registry.endpoints import Sources
+    from cas.remote import RemoteOptions
+    from cas.settings import current
+
+    return RemoteOptions(
+        insecure=insecure,
+        credentials=read_credentials(username, password_stdin),
+        sources=Sources.from_env(hosts_dirs),
+        timeout=current().value("timeout", timeout),
+    )

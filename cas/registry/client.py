@@ -20,6 +20,7 @@ actually contacted, once per host and process (the system's CAs are looked up la
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,11 +33,12 @@ from cas import __version__
 from cas.digest import Digest, of_bytes, verify_bytes
 from cas.errors import BadDigest, ManifestError, RegistryError, Unreachable
 from cas.manifest import ACCEPT, MAX_MANIFEST, media_type_of
-from cas.registry import insecure, ranged
+from cas.registry import insecure, ranged, wire
 from cas.registry.auth import RegistryAuth, TokenCache
 from cas.registry.credentials import Credentials
 from cas.registry.download import BlobDownloads
 from cas.registry.endpoints import PULL, RESOLVE, TLS, Endpoint, upstream
+from cas.registry.endpoints.model import with_query
 from cas.registry.failures import describe_transport_error, status_error
 from cas.registry.retry import MAX_RETRY_AFTER, Transient, backoff_delay
 from cas.registry.transport import LazyTLSTransport
@@ -193,6 +195,38 @@ class RegistryClient(BlobDownloads):
         return FetchedManifest(
             data, media_type_of(data, headers.get("Content-Type")), digest, insecure.url_for(ep, ep.url)
         )
+
+    def list_tags(self, repository: str, page_size: int | None = None) -> list[str]:
+        """Every tag of ``repository`` (``GET /v2/NAME/tags/list``), following the ``Link`` of each page,
+        from the first ``resolve`` endpoint that answers; ``page_size`` asks for pages of ``n``."""
+        return walk(
+            self.endpoints,
+            RESOLVE,
+            f"tags of {self.registry}/{repository}",
+            self.served,
+            lambda ep, has_next: self._tags_from(ep, has_next, repository, page_size),
+        )
+
+    def _tags_from(self, ep: Endpoint, has_next: bool, repository: str, page_size: int | None) -> list[str]:
+        repository = ep.repository or repository
+        shown = f"{ep.host}/{repository}"
+        url: str | None = ep.resource(repository, "tags", "list")
+        if page_size:
+            url = with_query(url, "n", str(page_size))
+        tags: list[str] = []
+        while url is not None:
+            data, response = self._retrying(ep, functools.partial(self._tag_page, ep, url, repository, shown), has_next)
+            self.served.add(ep, len(data))
+            tags += wire.tag_page(data, shown)
+            url = wire.next_link(response.headers.get("Link"), str(response.url))
+        return tags
+
+    def _tag_page(self, ep: Endpoint, url: str, repository: str, shown: str) -> tuple[bytes, httpx.Response]:
+        response = self._open(ep, url, {}, repository, shown, kind="tags", ok=(200,))
+        try:
+            return _read_limited(response, MAX_MANIFEST, shown), response
+        finally:
+            response.close()
 
     def check_login(self) -> None:
         """GET /v2/ with the credentials, as `docker login` checks them; AuthError when they are refused."""

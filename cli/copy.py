@@ -1,0 +1,87 @@
+"""cas copy SRC DEST: registry to registry through the store, then one summary line per image."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli import options, output, sets
+
+
+def copy(
+    source: Annotated[
+        str | None, options.cached_ref("SRC", "The image to copy: host:5000/app:1.0, name@sha256:...")
+    ] = None,
+    dest: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="DEST", help="Where it goes: host:5000/team/app:1.0; with -f, a prefix: host:5000/mirror."
+        ),
+    ] = None,
+    file: options.ImageSetFile = None,
+    platform: options.PlatformsOpt = None,
+    all_platforms: Annotated[
+        bool,
+        typer.Option("--all-platforms", help="Every platform of a multi-platform image: the index is copied whole."),
+    ] = False,
+    jobs: options.Jobs = None,
+    connections: options.Connections = None,
+    insecure: options.Insecure = False,
+    lock_timeout: options.LockTimeout = None,
+    hosts_dir: options.HostsDir = None,
+    timeout: options.Timeout = None,
+    quiet: options.Quiet = False,
+    as_json: options.Json = False,
+    verbose: options.Verbose = False,
+) -> None:
+    """Copy an image from one registry or repository to another through the store: pull what the store lacks,
+    push what DEST lacks (mounted across repositories where it can), digest unchanged.
+
+    \b
+    Examples:
+      cas copy 127.0.0.1:5000/app:1.0 127.0.0.1:5000/release/app:1.0
+      cas copy --all-platforms ghcr.io/org/tool:2 registry.example/tools/tool:2
+      cas copy -f images.lock registry.example/mirror
+    """
+    from cas import imagesets
+    from cas.copy import copy as run_copy
+    from cas.push import PushOptions
+    from cas.store import Store
+
+    todo = sets.pairs(source, dest, imagesets.read(file) if file is not None else None, "copy", cached=False)
+    pulling = options.pull_options(
+        platform,
+        all_platforms=all_platforms,
+        jobs=jobs,
+        connections=connections,
+        insecure=insecure,
+        username=None,
+        password_stdin=False,
+        lock_timeout=lock_timeout,
+        quiet=quiet,
+        as_json=as_json,
+        hosts_dirs=hosts_dir,
+        timeout=timeout,
+    )
+    pushing = PushOptions(jobs=pulling.jobs, insecure=insecure, observer=pulling.observer, lock_timeout=lock_timeout)
+    store = Store()
+    with pulling.observer:
+        sets.run_each(
+            todo,
+            lambda src, dst: run_copy(store, src, dst, pulling, pushing),
+            summary,
+            command="copy",
+            quiet=quiet,
+            as_json=as_json,
+        )
+
+
+def summary(result) -> str:
+    pulled, pushed, size = result.pulled, result.pushed, output.human_size
+    return (
+        f"copied {result.source} to {result.destination}: {output.short_digest(str(pushed.plan.top.digest))}  "
+        f"downloaded {pulled.downloaded_blobs} blob(s), {size(pulled.downloaded_bytes)}; "
+        f"uploaded {pushed.uploaded_blobs}, {size(pushed.uploaded_bytes)}; "
+        f"mounted {pushed.mounted_blobs}; skipped {pushed.skipped_blobs} ({result.seconds:.2f}s)"
+    )

@@ -1,0 +1,74 @@
+"""What push and copy share for `-f FILE PREFIX`: the (source, destination) pairs and the run over them.
+
+A failing image is said and the others go on, as `cas pull A B C` does; a lone pair's error is the
+command's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cli import output
+
+
+def pairs(first: str | None, second: str | None, entries: list | None, command: str, *, cached: bool) -> list[tuple]:
+    """(SRC, DEST, FILE:LINE): the two arguments, or each of ``entries`` (read from -f FILE) sent under
+    the prefix given.
+
+    ``cached``: SRC is what the store calls the image (push); else what a pull fetches (copy).
+    """
+    from cas import imagesets, reference
+    from cas.errors import UsageError
+
+    if entries is not None:
+        if second is not None or first is None:
+            raise UsageError(
+                "with -f FILE, give only the destination prefix", hint=f"cas {command} -f images.txt HOST[/PATH]"
+            )
+        prefix = imagesets.prefix_of(first)
+        return [(e.name if cached else e.fetch, imagesets.destination(e, prefix), e.where) for e in entries]
+    if first is None or second is None:
+        missing = ("REF" if cached else "SRC") if first is None else "DEST"
+        raise UsageError(f"missing argument {missing}", hint=f"see `cas {command} --help`")
+    return [(reference.parse(first), reference.parse(second), "")]
+
+
+def run_each(
+    todo: list[tuple],
+    action: Callable[[object, object], object],
+    summary: Callable[[object], str],
+    *,
+    command: str,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """``action(src, dest)`` for each pair; a summary line each (unless quiet), one JSON object at the end."""
+    from cas.errors import PER_REFERENCE, SomeFailed
+
+    done, failed = [], []
+    for src, dst, where in todo:
+        try:
+            result = action(src, dst)
+        except PER_REFERENCE as exc:
+            if len(todo) == 1:
+                raise
+            output.error(f"{where}: {exc.message}" if where else exc.message, exc.hint)
+            failed.append((src, exc))
+            continue
+        done.append(result)
+        if not (as_json or quiet):
+            output.notice(summary(result))
+    if as_json:
+        rows = [{"ref": str(ref), "error": exc.message, "hint": exc.hint} for ref, exc in failed]
+        body = {"images": [r.to_json() for r in done], "failed": rows} if len(todo) > 1 else done[0].to_json()
+        output.emit_json(command, body)
+    if failed:
+        codes = {exc.exit_code for _, exc in failed}
+        raise SomeFailed(
+            f"{len(failed)} of {len(todo)} images failed to {command}: {', '.join(str(ref) for ref, _ in failed)}",
+            hint="see the error for each above" + (f"; the others were {_DONE[command]}" if done else ""),
+            exit_code=codes.pop() if len(codes) == 1 else 1,
+        )
+
+
+_DONE = {"copy": "copied", "push": "pushed"}
