@@ -18,7 +18,7 @@ from cas.digest import Digest, verify_bytes
 from cas.errors import ManifestError, UsageError
 from cas.manifest import ImageIndex, ImageManifest, Platform
 from cas.reference import Reference
-from cas.registry.stall import DEFAULT_TIMEOUT
+from cas.settings import DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
     from cas.registry import Credentials, RegistryClient
