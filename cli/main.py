@@ -141,8 +141,7 @@ def register(only: str | None = None) -> typer.Typer:
             continue
         command = getattr(importlib.import_module(f"cli.{module}"), function)
         summary = " ".join((command.__doc__ or "").split("\n\n", 1)[0].split())  # whole, never cut at 45 characters
-        hidden = name == "help"  # `cas --help` is its own answer; `cas help` is there for git's and docker's users
-        app.command(name, cls=_Command, short_help=summary, hidden=hidden)(command)
+        app.command(name, cls=_Command, short_help=summary)(command)
         _registered.add(name)
     return app
 

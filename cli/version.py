@@ -60,6 +60,9 @@ def help_(
     command: Annotated[
         str | None, typer.Argument(metavar="[COMMAND]", help="The command to explain (default: list every command).")
     ] = None,
+    every: Annotated[
+        bool, typer.Option("--all", "-a", help="Print the help of every command, one after another (as `git help -a`).")
+    ] = False,
 ) -> None:
     """Show the help of cas or of one COMMAND, as `cas COMMAND --help` does.
 
@@ -67,17 +70,32 @@ def help_(
     Examples:
       cas help
       cas help pull
+      cas help --all | less
     """
     from cas.errors import UsageError
 
     ctx = ctx.find_root()
     group = ctx.command
+    if every:
+        if command is not None:
+            raise UsageError("--all explains every command", hint="drop COMMAND, or drop --all")
+        names = group.list_commands(ctx)  # type: ignore[attr-defined]
+        print("\n\n".join([group.get_help(ctx), *(_help_of(ctx, group, name) for name in names)]))
+        return
     if command is None:
         print(group.get_help(ctx))
         return
     sub = group.get_command(ctx, command)  # type: ignore[attr-defined]
     if sub is None:
-        names = ", ".join(group.list_commands(ctx))  # type: ignore[attr-defined]
-        raise UsageError(f"no such command: {command!r}", hint=f"the commands are: {names}")
-    with typer.Context(sub, info_name=command, parent=ctx) as sub_ctx:
-        print(sub.get_help(sub_ctx))
+        import difflib
+
+        near = difflib.get_close_matches(command, group.list_commands(ctx), n=1)  # type: ignore[attr-defined]
+        also = f"did you mean `cas help {near[0]}`? " if near else ""
+        raise UsageError(f"no such command: {command!r}", hint=f"{also}`cas help` lists every command")
+    print(_help_of(ctx, group, command))
+
+
+def _help_of(ctx: typer.Context, group, name: str) -> str:
+    sub = group.get_command(ctx, name)
+    with typer.Context(sub, info_name=name, parent=ctx) as sub_ctx:
+        return sub.get_help(sub_ctx)
