@@ -36,5 +36,5 @@ def _records_of(store: Store, source: Reference) -> list[RefRecord]:
         found = {r.platform: r for r in store.index.refs() if r.digest == source.digest or r.manifest == source.digest}
         records = list(found.values())
     if not records:
-        raise NotCached(f"{source} is not in the cache", hint=f"run `cas pull {source}` first")
+        raise NotCached.references([str(source)], hint=f"run `cas pull {source}` first")
     return records

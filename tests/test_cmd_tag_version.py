@@ -71,7 +71,7 @@ def test_tag_errors_are_one_line_with_a_hint(cas, registry):
     missing = cas("tag", f"{registry.host}/nothing:1", "x:1", check=False)
     assert missing.returncode == 1
     assert missing.stderr.splitlines() == [
-        f"error: {registry.host}/nothing:1 is not in the cache",
+        f"error: not in the cache: {registry.host}/nothing:1",
         f"hint: run `cas pull {registry.host}/nothing:1` first",
     ]
     usage = cas("tag", "only-one", check=False)
