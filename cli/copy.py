@@ -10,6 +10,7 @@ from cli import options, output, sets
 
 
 def copy(
+    ctx: typer.Context,
     source: Annotated[
         str | None, options.cached_ref("SRC", "The image to copy: host:5000/app:1.0, name@sha256:...")
     ] = None,
@@ -74,6 +75,7 @@ def copy(
             command="copy",
             quiet=quiet,
             as_json=as_json,
+            body=ctx.meta.setdefault(output.PARTIAL, {}),
         )
 
 

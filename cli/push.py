@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 
 def push(
+    ctx: typer.Context,
     ref: Annotated[
         str | None,
         options.cached_ref("REF", "A cached image: alpine, host:5000/app:1.0, name@sha256:..."),
@@ -77,6 +78,7 @@ def push(
                 command="push",
                 quiet=quiet,
                 as_json=as_json,
+                body=ctx.meta.setdefault(output.PARTIAL, {}),
             )
     finally:
         store.close()

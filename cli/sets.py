@@ -41,16 +41,19 @@ def run_each(
     command: str,
     quiet: bool,
     as_json: bool,
+    body: dict,
 ) -> None:
-    """``action(src, dest)`` for each pair; a summary line each (unless quiet), one JSON object at the end."""
+    """``action(src, dest)`` for each pair; a summary line each (unless quiet), one JSON object at the end:
+    ``body``, which cli.main prints with the error when the command fails."""
     from cas.errors import PER_REFERENCE, SomeFailed
 
     done, failed = [], []
+    one = len(todo) == 1 and not todo[0][2]  # SRC DEST on the command line, not a set from -f
     for src, dst, where in todo:
         try:
             result = action(src, dst)
         except PER_REFERENCE as exc:
-            if len(todo) == 1:
+            if one:
                 raise
             output.error(f"{where}: {exc.message}" if where else exc.message, exc.hint)
             failed.append((src, exc))
@@ -58,10 +61,11 @@ def run_each(
         done.append(result)
         if not (as_json or quiet):
             output.notice(summary(result))
-    if as_json:
-        rows = [{"ref": str(ref), "error": exc.message, "hint": exc.hint} for ref, exc in failed]
-        body = {"images": [r.to_json() for r in done], "failed": rows} if len(todo) > 1 else done[0].to_json()
-        output.emit_json(command, body)
+    if one:
+        body.update(done[0].to_json())
+    else:
+        body["images"] = [r.to_json() for r in done]
+        body["failed"] = [{"ref": str(ref), "error": exc.message, "hint": exc.hint} for ref, exc in failed]
     if failed:
         codes = {exc.exit_code for _, exc in failed}
         raise SomeFailed(
@@ -69,6 +73,8 @@ def run_each(
             hint="see the error for each above" + (f"; the others were {_DONE[command]}" if done else ""),
             exit_code=codes.pop() if len(codes) == 1 else 1,
         )
+    if as_json:
+        output.emit_json(command, body)
 
 
 _DONE = {"copy": "copied", "push": "pushed"}

@@ -106,8 +106,10 @@ def test_copy_and_push_f_send_each_image_under_a_prefix(cas, registry, skopeo, t
     tagged = cas("copy", "-f", listing, f"{prefix}/x:1", check=False)
     assert tagged.returncode == 2 and "DEST is a prefix" in tagged.stderr
     listing.write_text(f"{registry.host}/no/such:1\n{base}\n")
-    failed = cas("copy", "-f", listing, prefix, check=False)
+    failed = cas("copy", "--json", "-f", listing, prefix, check=False)
     assert failed.returncode == 1
+    body = json.loads(failed.stdout)  # one object, the failure in it
+    assert [i["ref"] for i in body["images"]] == [base] and body["error"]["exit_code"] == 1
     lines = failed.stderr.splitlines()
     assert lines[0].startswith(f"error: {listing}:1: image {registry.host}/no/such:1 not found")
     assert lines[-1] == "hint: see the error for each above; the others were copied"
