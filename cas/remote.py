@@ -60,8 +60,16 @@ def repository_of(text: str) -> Reference:
 
 def list_tags(repository: Reference, options: RemoteOptions, page_size: int | None = None) -> list[str]:
     """Every tag, sorted: registries answer in their own order (distribution 2.8 in none at all)."""
+    from cas.errors import NotFound
+
     with client_for(repository, options) as client:
-        return sorted(set(client.list_tags(repository.repository, page_size)))
+        try:
+            return sorted(set(client.list_tags(repository.repository, page_size)))
+        except NotFound as exc:  # the registry's 404 speaks of an image; here it is the repository
+            said = exc.message.partition(" not found")[2]
+            raise NotFound(
+                f"repository {repository.name} not found{said}", hint="check the repository name (no tag)"
+            ) from None
 
 
 def resolve(ref: Reference, options: RemoteOptions) -> Digest:
