@@ -15,8 +15,9 @@ It starts a docker-registry on 127.0.0.1, pushes incompressible images (64 MiB i
 - a warm `cas pull -f` of 20 cached images (one process) vs 20 warm `skopeo copy` runs;
 - the other scripts here, as rows: bench_gc.py (du, prune, verify on 10,000 blobs),
   bench_import.py (`cas import` vs `skopeo copy docker-archive: oci:`, delta size),
-  bench_push.py (`cas push` vs skopeo), bench_mirror.py (hosts behind a pull-through mirror) and
-  bench_budget.py (a pull whose size budget evicts 1,000 small images, against the same pull without one).
+  bench_push.py (`cas push` vs skopeo), bench_mirror.py (hosts behind a pull-through mirror),
+  bench_budget.py (a pull whose size budget evicts 1,000 small images, against the same pull without one)
+  and bench_serve.py (`cas serve` vs docker-registry on the same blobs; its peer column is the registry).
 Peak RSS is GNU time's, the largest over cas's runs of that row. Wall-clock figures: run it on
 a quiet machine.
 """
@@ -38,7 +39,7 @@ from harness import ROOT, compile_cas
 
 from tests.support.registry import Registry
 
-GROUPS = ("pull", "capped", "export", "xfs", "version", "gc", "import", "push", "mirror", "budget", "set")
+GROUPS = ("pull", "capped", "export", "xfs", "version", "gc", "import", "push", "mirror", "budget", "serve", "set")
 
 
 def main() -> int:
@@ -86,6 +87,10 @@ def main() -> int:
             rows += cases.mirrors(ROOT, args.runs)
         if "budget" in only:
             rows += cases.budget(ROOT, args.runs)
+        if "serve" in only:
+            import bench_serve
+
+            rows += bench_serve.rows(args.runs, args.scale)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

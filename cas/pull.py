@@ -68,7 +68,9 @@ class PullResult:
     records: list[RefRecord] = field(default_factory=list)  # one per platform pulled
     # Blobs of the image, each digest once: index, manifests, config, layers (not cas's own OCI view).
     downloaded_blobs: int = 0
-    downloaded_bytes: int = 0
+    downloaded_bytes: int = 0  # that the stored blobs needed: bytes thrown away are counted apart
+    discarded_bytes: int = 0  # received, then dropped (wrong bytes from a mirror, a Range ignored, a split given up)
+    retries: int = 0  # requests, streams and ranges tried again
     reused_blobs: int = 0
     reused_bytes: int = 0
     manifest_requests: int = 0
@@ -79,12 +81,14 @@ class PullResult:
     mirrored: bool = False  # mirrors are configured for this reference
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def count(self, *, size: int, downloaded: bool, received: int = 0) -> None:
-        """One blob of the image: downloaded (``received`` bytes crossed the network) or reused (``size``)."""
+    def count(self, *, size: int, downloaded: bool, received: int = 0, discarded: int = 0) -> None:
+        """One blob of the image: downloaded (``received`` bytes crossed the network for it, ``discarded``
+        more were thrown away) or reused (``size``)."""
         with self._lock:
             if downloaded:
                 self.downloaded_blobs += 1
                 self.downloaded_bytes += received
+                self.discarded_bytes += discarded
             else:
                 self.reused_blobs += 1
                 self.reused_bytes += size
@@ -191,6 +195,7 @@ class _Remote:
                 timeout=self.options.timeout,
                 min_rate=self.options.min_rate,
                 ranges=RangePolicy(ConnectionBudget(self.options.connections)),
+                on_retry=self.options.observer.retrying,
             )
         return self._client
 
@@ -201,6 +206,7 @@ class _Remote:
             result.manifest_endpoint = served.manifest_endpoint
             result.endpoint_bytes = dict(served.bytes)
             result.fallbacks = list(served.fallbacks)
+            result.retries = served.retries
         result.mirrored = any(ep.mirror for ep in self.endpoints)
 
     def wrong_bytes(self, exc: IntegrityError, place: str) -> IntegrityError:
@@ -372,12 +378,15 @@ class _Mover:
         observer = self.observer
 
         received = 0  # bytes that crossed the network for this blob (not a resumed prefix)
+        kept_from = 0  # the resumed prefix that survived: the stored blob needed the rest from the network
 
         def on_bytes(n: int) -> None:
-            nonlocal received
+            nonlocal received, kept_from
             if cancelled.is_set():
                 raise Cancelled("pull cancelled after another blob failed")
             received += max(n, 0)
+            if n < 0:  # the sink dropped bytes (it did so before telling)
+                kept_from = min(kept_from, ing.offset)
             observer.blob_bytes(desc.digest, n)
 
         present = functools.partial(trust.unchanged, self.store, desc.digest)  # a changed file is replaced
@@ -386,8 +395,9 @@ class _Mover:
                 self.result.count(size=desc.size, downloaded=False)
                 observer.blob_done(desc.digest, False)
                 return
-            if ing.offset:
-                observer.blob_bytes(desc.digest, ing.offset)
+            kept_from = ing.offset
+            if kept_from:
+                observer.blob_bytes(desc.digest, kept_from)
             client = self.remote.client
             assert client.ranges is not None
             with client.ranges.budget.slot():  # this blob's own connection, out of the pull's total
@@ -397,7 +407,8 @@ class _Mover:
                     raise self.remote.wrong_bytes(exc, self.planned.place(desc.digest)) from exc
             assert ing.info is not None
             record_blob(self.store, ing.info, desc.media_type)
-        self.result.count(size=desc.size, downloaded=True, received=received)
+        needed = desc.size - kept_from
+        self.result.count(size=desc.size, downloaded=True, received=needed, discarded=max(0, received - needed))
         observer.blob_done(desc.digest, True)
 
 

@@ -319,6 +319,7 @@ class _Session:
             insecure=options.insecure,
             credentials=options.credentials,
             token_cache=store.index,
+            on_retry=options.observer.retrying,
         )
         self.uploader: Uploader = Uploader(self.client, dest.repository, mount_from=tuple(self.mounts.values()))
 

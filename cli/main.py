@@ -123,6 +123,7 @@ COMMANDS = {
     "config": ("config", "config"),
     "login": ("login", "login"),
     "logout": ("login", "logout"),
+    "serve": ("serve", "serve"),
     "version": ("version", "version"),
     "help": ("version", "help_"),
 }

@@ -189,9 +189,9 @@ Timeout = Annotated[
         min=0.1,
         metavar="SECONDS",
         callback=setting("timeout"),
-        help=f"Seconds to wait for a connection or an answer (default {DEFAULT_TIMEOUT:g}, or $CAS_TIMEOUT, or "
-        f"`timeout` in config.toml). A download moving slower than $CAS_MIN_RATE bytes/s (default {DEFAULT_MIN_RATE}) "
-        "for this long is aborted; the next pull resumes it.",
+        help=f"The longest to wait without progress, in total: connecting, answers, retries (default {DEFAULT_TIMEOUT:g}, "
+        f"or $CAS_TIMEOUT, or `timeout` in config.toml). A download moving slower than $CAS_MIN_RATE bytes/s (default "
+        f"{DEFAULT_MIN_RATE}) for this long is aborted; the next pull resumes it.",
     ),
 ]
 LockTimeout = Annotated[
@@ -301,11 +301,12 @@ def pull_options(
 
 
 def observer(quiet: bool, as_json: bool) -> QuietObserver:
-    """Bars for a person at a terminal; else only the lock-wait lines (pull, push, export --pull)."""
+    """Bars for a person at a terminal; else only the lock-wait lines and, unless quiet, the retry lines
+    (pull, push, export --pull)."""
     from cli import output
     from cli.progress import BarsObserver, QuietObserver
 
-    return BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver()
+    return BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver(quiet)
 
 
 def remote_options(

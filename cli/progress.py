@@ -14,7 +14,13 @@ from cli import output
 
 
 class QuietObserver(TransferObserver):
-    """No bars, but a process waiting on a lock still says why it is stuck."""
+    """No bars, but a process waiting on a lock still says why it is stuck, and a retry is
+    said as it happens unless ``quiet`` (-q; under -v the log says it)."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        import logging
+
+        self.quiet = quiet or logging.getLogger("cas").isEnabledFor(logging.DEBUG)
 
     def __enter__(self) -> QuietObserver:
         return self
@@ -25,9 +31,14 @@ class QuietObserver(TransferObserver):
     def waiting(self, message: str) -> None:
         output.notice(message)
 
+    def retrying(self, message: str) -> None:
+        if not self.quiet:
+            self.waiting(message)
+
 
 class BarsObserver(QuietObserver):
     def __init__(self) -> None:
+        super().__init__()
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._progress = Progress(

@@ -100,6 +100,9 @@ def summary(result: PullResult) -> str:
         f"downloaded {result.downloaded_blobs} blob(s), {size(result.downloaded_bytes)}; "
         f"reused {result.reused_blobs}, {size(result.reused_bytes)} saved ({result.seconds:.2f}s)"
     )
+    if result.retries or result.discarded_bytes:  # counted apart: neither is in the downloaded bytes
+        retries = f"{result.retries} {'retry' if result.retries == 1 else 'retries'}"
+        line += f"; {retries}, {size(result.discarded_bytes)} discarded"
     if result.mirrored:
         line += "\n" + endpoints_line(result)
     return line

@@ -56,7 +56,7 @@ def run_each(
             if one:
                 raise
             output.error(f"{where}: {exc.message}" if where else exc.message, exc.hint)
-            failed.append((src, exc))
+            failed.append((src, where, exc))
             continue
         done.append(result)
         if not (as_json or quiet):
@@ -65,11 +65,14 @@ def run_each(
         body.update(done[0].to_json())
     else:
         body["images"] = [r.to_json() for r in done]
-        body["failed"] = [{"ref": str(ref), "error": exc.message, "hint": exc.hint} for ref, exc in failed]
+        body["failed"] = [
+            {"ref": str(ref), "where": where or None, "error": exc.message, "hint": exc.hint}
+            for ref, where, exc in failed
+        ]
     if failed:
-        codes = {exc.exit_code for _, exc in failed}
+        codes = {exc.exit_code for _, _, exc in failed}
         raise SomeFailed(
-            f"{len(failed)} of {len(todo)} images failed to {command}: {', '.join(str(ref) for ref, _ in failed)}",
+            f"{len(failed)} of {len(todo)} images failed to {command}: {', '.join(str(ref) for ref, _, _ in failed)}",
             hint="see the error for each above" + (f"; the others were {_DONE[command]}" if done else ""),
             exit_code=codes.pop() if len(codes) == 1 else 1,
         )

@@ -1,6 +1,6 @@
 """How commands fail, as a user and a script meet it: JSON on failure, hints, and the small edges.
 
-Each test here failed before the behaviour it names was built (issue 20, items 3, 4 and 7).
+Each test here failed before the behaviour it names was built.
 """
 
 from __future__ import annotations

@@ -110,6 +110,7 @@ def test_copy_and_push_f_send_each_image_under_a_prefix(cas, registry, skopeo, t
     assert failed.returncode == 1
     body = json.loads(failed.stdout)  # one object, the failure in it
     assert [i["ref"] for i in body["images"]] == [base] and body["error"]["exit_code"] == 1
+    assert [(f["ref"], f["where"]) for f in body["failed"]] == [(f"{registry.host}/no/such:1", f"{listing}:1")]
     lines = failed.stderr.splitlines()
     assert lines[0].startswith(f"error: {listing}:1: image {registry.host}/no/such:1 not found")
     assert lines[-1] == "hint: see the error for each above; the others were copied"

@@ -190,7 +190,7 @@ def test_import_of_skopeo_docker_archive(cas_in, registry, test_images, skopeo, 
 
 
 def test_import_of_docker_save_counts_every_blob_it_stored(cas, cas_in, registry, test_images, clean_dockerd, tmp_path):
-    """Issue 20 item 6: the config and the manifest cas builds for a legacy image are stored blobs too."""
+    """The config and the manifest cas builds for a legacy image are stored blobs too."""
     app = test_images.ref(registry, "app")
     cas("pull", app)
     exported = tmp_path / "app.tar"

@@ -200,7 +200,7 @@ def test_a_delta_naming_a_blob_that_is_no_index_as_its_images_index(cas, cas_hom
 
 
 def test_a_delta_that_neither_carries_nor_requires_a_layer_is_refused(cas, cas_home, tmp_path):
-    """Issue 20 item 8: ``requires`` is the sender's word; the receiver still checks every layer."""
+    """``requires`` is the sender's word; the receiver still checks every layer."""
     image = images.Image([images.layer({"one.txt": "one\n"}), images.layer({"two.txt": "two\n"})])
     dropped = image.layers[1].blob(image.media)
     carried = [image.manifest_blob, image.config_blob, image.layers[0].blob(image.media)]
@@ -230,7 +230,7 @@ def test_a_delta_that_neither_carries_nor_requires_a_layer_is_refused(cas, cas_h
 
 
 def test_a_text_file_is_not_a_tar_archive_in_plain_words(cas, cas_home, tmp_path):
-    """Issue 20 item 4: no Python bytes repr of a header field."""
+    """No Python bytes repr of a header field."""
     text = tmp_path / "passwd"
     text.write_text("".join(f"user{i}:x:{i}:{i}:login\nsy:/home/u{i}:/bin/sh\n" for i in range(60)))
     for source in (text, Path("/etc/passwd")):
@@ -239,7 +239,7 @@ def test_a_text_file_is_not_a_tar_archive_in_plain_words(cas, cas_home, tmp_path
 
 
 def test_an_empty_stdin_says_it_was_empty(cas, cas_home):
-    """Issue 20 item 7: `: | cas import -` says nothing came, not what an image archive lacks."""
+    """`: | cas import -` says nothing came, not what an image archive lacks."""
     proc = cas("import", "-", input=b"", check=False)
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [

@@ -1,4 +1,4 @@
-"""An import cut short must not leave blobs typed by a guess (issue 20, item 9).
+"""An import cut short must not leave blobs typed by a guess.
 
 An import commits each blob as it arrives, before the archive's end (``index.json``) says
 what the blob is. Each reproduction below stops an import of real cas exports, from a real

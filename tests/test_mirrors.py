@@ -288,7 +288,7 @@ def test_configured_headers_are_sent_to_their_endpoint(cas, tmp_path, registry, 
 def test_connection_refused_with_no_endpoint_left_fails_fast(cas, monkeypatch):
     from cas.errors import Unreachable
     from cas.registry import RegistryClient
-    from cas.registry import client as client_module
+    from cas.registry import requester as client_module
 
     host = f"127.0.0.1:{free_port()}"
     slept: list[float] = []
@@ -305,7 +305,7 @@ def test_connection_refused_with_no_endpoint_left_fails_fast(cas, monkeypatch):
 
 def test_falling_back_from_a_refused_mirror_waits_for_nothing(monkeypatch, registry, test_images, cas_home):
     from cas.registry import RegistryClient, walk
-    from cas.registry import client as client_module
+    from cas.registry import requester as client_module
     from cas.registry.endpoints import Endpoint, upstream
 
     dead = f"http://127.0.0.1:{free_port()}"

@@ -1,5 +1,5 @@
 """Wrong bytes from a registry with no mirror configured: the error names the registry, the image
-and the blob's position in it, as the mirror path does (issue 20, item 4), and nothing is stored."""
+and the blob's position in it, as the mirror path does, and nothing is stored."""
 
 from __future__ import annotations
 

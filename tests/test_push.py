@@ -391,7 +391,7 @@ def test_one_child_of_an_index_pushes_by_its_digest_and_platforms_are_checked(
 
 
 def test_push_platform_finds_a_platform_whatever_record_is_newest(cas, registry, skopeo, test_images, tmp_path):
-    """Issue 20 item 11: an export of one platform imported back is the newest record of the tag,
+    """An export of one platform imported back is the newest record of the tag,
     and its top is that platform's manifest; every other cached platform still pushes."""
     ref = test_images.ref(registry, "multidocker")
     cas("pull", "--all-platforms", ref)

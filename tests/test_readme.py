@@ -17,6 +17,7 @@ To refresh the outputs after a change in what cas prints, run
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -261,3 +262,34 @@ def write(pages: list[Path]) -> None:
 
 if __name__ == "__main__":
     write([Path(p).resolve() for p in sys.argv[1:]])
+
+
+# What a comment may not lean on: files outside the repository, the issue tracker, another
+# project's bug numbers. A comment says what it means instead.
+OUTSIDE = re.compile(
+    r"\.\./shared|\b(?:TESTING|DESIGN|STYLE|TRACKS)\.md\b|\b[Ii]ssue \d|\b[\w.-]+/[\w.-]+#\d+\b|\b[\w-]+#\d{2,}\b"
+)
+
+
+def _sources() -> list[Path]:
+    return [p for d in ("cas", "cli", "tests", "benchmarks", "scripts") for p in (ROOT / d).rglob("*.py")]
+
+
+def test_no_comment_points_outside_the_repository():
+    found = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in _sources()
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if OUTSIDE.search(line) and path.name != "test_readme.py"
+    ]
+    assert not found, "comments that point outside the repository:\n" + "\n".join(found)
+
+
+def test_no_empty_type_checking_block():
+    empty = []
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                if all(isinstance(b, ast.Pass | ast.Expr) for b in node.body):
+                    empty.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not empty, "empty `if TYPE_CHECKING:` blocks: " + ", ".join(empty)

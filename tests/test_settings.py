@@ -88,7 +88,7 @@ def test_a_bad_config_file_is_one_line_naming_file_and_line_and_every_command_re
 
 
 def test_cas_jobs_abc_names_the_variable_in_plain_words(cas):
-    """Issue 20 item 7: not click's "'abc' is not a valid int range"."""
+    """Not click's "'abc' is not a valid int range"."""
     proc = cas("pull", "x", env={"CAS_JOBS": "abc"}, check=False)
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[0] == (

@@ -1,4 +1,4 @@
-"""Failure edges of the store (issue 20, items 5 and 8), each with real cas commands against the
+"""Failure edges of the store, each with real cas commands against the
 real registry: a clean failure leaves nothing verify calls damage, a killed split download is
 reported by what its recorded ranges hold, a byte changed with its mtime put back is still seen
 (ctime), and a blob that was only touched is never downloaded again.

@@ -1,4 +1,4 @@
-"""Plain `cas verify` while other processes pull and prune (issue 20, item 10): a download another
+"""Plain `cas verify` while other processes pull and prune: a download another
 process holds, is about to lock or is just removing is not stale, so no verify may report it.
 
 Three loops run for at least 60 s, each command its own process: one pulls, one prunes

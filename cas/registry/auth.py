@@ -303,6 +303,7 @@ class RegistryAuth:
         if not token or token == sent_token:  # no other thread fetched one meanwhile
             wanted = merge_scopes(scopes, params.get("scope"))
             token_request = self._token_request(realm, params.get("service"), wanted)
+            token_request.extensions["timeout"] = request.extensions.get("timeout", {})  # else it may wait forever
             token_response = yield token_request
             token_response.read()
             token, expires_in = self._token_from(token_response, repository)

@@ -132,7 +132,7 @@ def _describe(exc: BaseException, url: str = "", source: str = "") -> TransportF
         where = f", or set ca = in {source}" if _kind(source) == "hosts.toml" else ""
         return TransportFailure("tls", f"TLS error ({_first_line(tls or exc)})", TLS_CA_HINT + where, False)
     if isinstance(exc, httpx.TimeoutException):
-        hint = "check the network, or allow more time with --timeout (or $CAS_TIMEOUT)"
+        hint = "check the network and that the registry is up"  # the requester adds --timeout when it could help
         if isinstance(exc, httpx.ConnectTimeout):
             return TransportFailure("connect-timeout", "connection timed out", hint, True)
         return TransportFailure("timeout", "timed out", hint, True)

@@ -16,7 +16,8 @@ logic. So here the split is earned, blob by blob:
 - Every later range's answer is checked the same way. One odd answer stops the split: the
   ranges stop, the data beyond the hashed prefix is dropped, and the blob continues as one
   stream from the prefix (the caller's ordinary path).
-- A connection reset inside a range is retried from where that range stopped.
+- A connection reset inside a range is retried from where that range stopped, under the same
+  ``Patience`` as every other retry (``--timeout`` since the range last moved bounds it).
 - Bytes land at their offsets in the store's ingest entry (``cas.store.ranges``), which
   hashes the contiguous prefix as it grows and records completed ranges, so a kill at any
   moment resumes. The digest is checked at commit as for any download.
@@ -29,6 +30,7 @@ a slot given back goes at once to a blob with ranges still queued.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections import deque
@@ -38,9 +40,9 @@ from typing import Protocol
 
 import httpx
 
-from cas.registry.retry import backoff_delay
+from cas.registry.retry import Patience
 from cas.registry.wire import parse_content_range
-from cas.settings import DEFAULT_CONNECTIONS
+from cas.settings import DEFAULT_CONNECTIONS, DEFAULT_TIMEOUT
 
 CHUNK = 16 << 20  # bytes per range request: ~0.8 s at a 20 MB/s per-connection cap
 MIN_SIZE = 2 * CHUNK  # smaller blobs are one stream: a split would not pay for its requests
@@ -170,17 +172,21 @@ def fetch(
     *,
     retries: int,
     backoff: float,
+    timeout: float = DEFAULT_TIMEOUT,
+    on_retry: Callable[[float, str], None] | None = None,
 ) -> bool:
     """Fetch the rest of the blob in ranges; False when it must be one stream from ``sink.offset``.
 
     ``report(n)`` gets every chunk written (from several threads, serialized here) and a
     negative ``n`` for bytes of this call dropped when the split is abandoned. Raises what
     ``open_range`` raises (CasError), and the last ``httpx.TransportError`` of a range that
-    failed ``retries`` times in a row without progress; the ingest entry keeps every
-    completed range for the next attempt.
+    failed ``retries`` times in a row without progress, or stopped moving for ``timeout``
+    seconds; the ingest entry keeps every completed range for the next attempt.
+    ``on_retry(delay, why)`` hears of each range tried again.
     """
     assert sink.size is not None
-    split_ = _Split(open_range, sink.ranged(), sink.size, policy, report, retries, backoff)
+    patience = functools.partial(Patience, retries, backoff, timeout)
+    split_ = _Split(open_range, sink.ranged(), sink.size, policy, report, patience, on_retry)
     with policy.budget.hungry(split_.grow):
         return split_.run()
 
@@ -193,15 +199,15 @@ class _Split:
         size: int,
         policy: RangePolicy,
         report: Callable[[int], None],
-        retries: int,
-        backoff: float,
+        patience: Callable[..., Patience],
+        on_retry: Callable[[float, str], None] | None,
     ) -> None:
         self.open_range = open_range
         self.writer = writer
         self.size = size
         self.policy = policy
-        self.retries = retries
-        self.backoff = backoff
+        self.patience = patience  # a fresh one per range: patience(mark=start)
+        self.on_retry = on_retry or (lambda delay, why: None)
         self.todo: deque[Interval] = deque(split(writer.missing(), policy.chunk))
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -290,7 +296,7 @@ class _Split:
             self.stop.set()
 
     def _fetch_range(self, start: int, end: int, response: httpx.Response | None) -> None:
-        at, failures, mark = start, 0, start
+        at, patience = start, self.patience(mark=start)
         while at < end:
             if self.stop.is_set():
                 if response is not None:
@@ -313,13 +319,12 @@ class _Split:
                 else:
                     if at < end:
                         raise httpx.RemoteProtocolError(f"range {start}-{end - 1} ended after {at - start} bytes")
-            except httpx.TransportError:
-                if at > mark:  # progress since the last failure: count again from here
-                    failures, mark = 0, at
-                failures += 1
-                if failures > self.retries:
+            except httpx.TransportError as exc:
+                delay = patience.failed(at)
+                if delay is None:
                     raise
-                time.sleep(backoff_delay(failures - 1, self.backoff))
+                self.on_retry(delay, f"range {start}-{end - 1} stopped at byte {at} ({exc}); resuming it")
+                time.sleep(delay)
             finally:
                 if response is not None:
                     response.close()

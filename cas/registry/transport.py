@@ -17,10 +17,12 @@ made. A recv returns what is there, so small answers are not slowed down.
 
 Every request is logged on ``cas.registry.http`` at DEBUG (``cas -v``): method, URL
 without user info or query string (a CDN's signed query is a credential), status,
-body bytes and time, once the body is read or closed. Headers are never logged.
+body bytes and time, once the body is read or closed; a body cut short (a reset, a
+timeout) says so, with the error, instead of reading as a success. Headers are never logged.
 
-The read size is a private attribute: pyproject pins ``httpcore<1.1`` and
-tests/test_dependency_internals.py fails loudly when an upgrade drops it.
+The read size is a private attribute, so it is raised only where it exists: an httpcore
+without it is slower, not broken. httpcore is not pinned below a version for it;
+tests/test_dependency_internals.py fails loudly when an upgrade drops or stops reading it.
 """
 
 from __future__ import annotations
@@ -211,11 +213,18 @@ class _LoggedStream(httpx.SyncByteStream):
         self._started = started
         self._bytes = 0
         self._logged = False
+        self._end: str | None = None  # how the body ended, when not at its end: cut (an error) or left
 
     def __iter__(self) -> Iterator[bytes]:
-        for chunk in self._inner:
-            self._bytes += len(chunk)
-            yield chunk
+        self._end = "left unread"
+        try:
+            for chunk in self._inner:
+                self._bytes += len(chunk)
+                yield chunk
+        except Exception as exc:
+            self._end = f"cut: {exc}"
+            raise
+        self._end = None
 
     def close(self) -> None:
         try:
@@ -223,7 +232,11 @@ class _LoggedStream(httpx.SyncByteStream):
         finally:
             if not self._logged:
                 self._logged = True
-                log.debug("%s, %d bytes in %.3f s", self._line, self._bytes, time.monotonic() - self._started)
+                took = time.monotonic() - self._started
+                if self._end is None:
+                    log.debug("%s, %d bytes in %.3f s", self._line, self._bytes, took)
+                else:  # "cut: peer closed connection ...", or "left unread" (a stall, a failed sibling)
+                    log.debug("%s, %d bytes in %.3f s, then %s", self._line, self._bytes, took, self._end)
 
 
 def shown_url(url: httpx.URL) -> str:
@@ -238,5 +251,6 @@ def _netloc(url: httpx.URL) -> str:
 def _raise_read_size() -> None:
     import httpcore  # already imported by httpx's transports
 
-    if getattr(httpcore.HTTP11Connection, "READ_NUM_BYTES", READ_SIZE) < READ_SIZE:
-        httpcore.HTTP11Connection.READ_NUM_BYTES = READ_SIZE
+    connection = getattr(httpcore, "HTTP11Connection", None)
+    if connection is not None and getattr(connection, "READ_NUM_BYTES", READ_SIZE) < READ_SIZE:
+        connection.READ_NUM_BYTES = READ_SIZE

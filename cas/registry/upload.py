@@ -2,8 +2,8 @@
 monolithic or chunked blob upload, manifest PUT. It never opens the store: blob bytes
 come from a file object the caller opens.
 
-Every request goes through ``RegistryClient.push_request`` (the upstream, never a mirror), so auth, redirects and status
-mapping are the pull's: credentials go only to the registry's own origin (an upload
+Every request goes through the client's ``Requester`` to the upstream (never a mirror), so auth,
+redirects, retries and status mapping are the pull's: credentials go only to the registry's own origin (an upload
 ``Location`` on another origin gets none), and a bearer token is asked for
 ``repository:NAME:pull,push`` plus ``pull`` on every repository a blob may be mounted
 from, in one token. Requests without a body are retried one by one (429, 5xx, dropped
@@ -55,7 +55,8 @@ class Uploader:
     """Pushes blobs and manifests to one repository of one registry."""
 
     def __init__(self, client: RegistryClient, repository: str, *, mount_from: tuple[str, ...] = ()) -> None:
-        self.client = client
+        self.requester = client.requester
+        self.registry = client.registry
         self.repository = repository
         sources = sorted({r for r in mount_from if r != repository})
         self.scopes = (scope_for(repository, "pull,push"), *(scope_for(r) for r in sources))
@@ -119,10 +120,11 @@ class Uploader:
                 sent.rewind()
                 failures += 1
                 retry_after = exc.retry_after if isinstance(exc, Transient) else None
-                if failures > self.client.retries:
-                    raise _final(exc, self.client.registry, self._shown(digest)) from None
-                log.info("upload of %s failed (%s); starting it again", digest, exc)
-                time.sleep(backoff_delay(failures - 1, self.client.backoff, retry_after))
+                if failures > self.requester.retries:
+                    raise _final(exc, self.registry, self._shown(digest)) from None
+                delay = backoff_delay(failures - 1, self.requester.backoff, retry_after)
+                self.requester.retried(delay, f"upload of {digest} failed ({exc}); starting it again")
+                time.sleep(delay)
 
     def _put_whole(self, session: UploadSession, fh: BinaryIO, digest: Digest, size: int, sent: _Counter) -> None:
         url = session.location.copy_merge_params({"digest": str(digest)})
@@ -141,11 +143,11 @@ class Uploader:
             headers = {"Content-Type": OCTETS, "Content-Range": f"{offset}-{end}", "Content-Length": str(len(chunk))}
             response = self._send("PATCH", location, headers, chunk, ok=(202,), shown=self._shown(digest))
             response.close()
-            location = _location(response, self.client.registry)
+            location = _location(response, self.registry)
             stored = response.headers.get("Range", "")
             if stored and stored.rpartition("-")[2].strip() != str(end):
                 raise RegistryError(
-                    f"registry {self.client.registry} holds {stored} of {digest} after receiving bytes 0-{end}"
+                    f"registry {self.registry} holds {stored} of {digest} after receiving bytes 0-{end}"
                 )
             sent.add(len(chunk))
             offset = end + 1
@@ -181,7 +183,7 @@ class Uploader:
         response = self._call("PUT", url, ok=(201,), shown=shown, headers={"Content-Type": media_type}, content=data)
         said = response.headers.get("Docker-Content-Digest", "").strip()
         if said and said != str(digest):
-            raise RegistryError(f"registry {self.client.registry} stored {shown} as {said}, not {digest}")
+            raise RegistryError(f"registry {self.registry} stored {shown} as {said}, not {digest}")
 
     # plumbing --------------------------------------------------------------
     def _shown(self, digest: Digest) -> str:
@@ -207,7 +209,7 @@ class Uploader:
                 response.close()
             return response
 
-        return self.client.push_retrying(attempt)
+        return self.requester.retrying(self.requester.upstream, attempt)
 
     def _send(
         self,
@@ -219,14 +221,23 @@ class Uploader:
         ok: tuple[int, ...],
         shown: str,
     ) -> httpx.Response:
-        return self.client.push_request(
-            url, headers, self.repository, shown, ok=ok, method=method, content=content, scopes=self.scopes
+        return self.requester.open(
+            self.requester.upstream,
+            str(url),
+            headers,
+            self.repository,
+            shown,
+            kind="upload",
+            ok=ok,
+            method=method,
+            content=content,
+            scopes=self.scopes,
         )
 
     def _session(self, response: httpx.Response) -> UploadSession:
         chunk = response.headers.get(CHUNK_HEADER, "").strip()
         wanted = int(chunk) if chunk.isdigit() and int(chunk) > 0 else None
-        return UploadSession(_location(response, self.client.registry), max(wanted, MIN_CHUNK) if wanted else None)
+        return UploadSession(_location(response, self.registry), max(wanted, MIN_CHUNK) if wanted else None)
 
 
 class _Counter:

@@ -58,11 +58,13 @@ class Fallback:
 
 @dataclass
 class Served:
-    """What the endpoints of one client served: which answered the first manifest, bytes per endpoint, fallbacks."""
+    """What the endpoints of one client served: which answered the first manifest, bytes per endpoint,
+    fallbacks, retries."""
 
     manifest_endpoint: str | None = None
     bytes: dict[str, int] = field(default_factory=dict)
     fallbacks: list[Fallback] = field(default_factory=list)
+    retries: int = 0  # requests, streams and ranges tried again after a failure
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, endpoint: Endpoint, n: int) -> None:
@@ -75,6 +77,10 @@ class Served:
         with self._lock:
             if self.manifest_endpoint is None:
                 self.manifest_endpoint = url_for(endpoint, endpoint.url)
+
+    def retried(self) -> None:
+        with self._lock:
+            self.retries += 1
 
     def fell_back(self, endpoint: Endpoint, what: str, reason: str) -> None:
         log.info("%s: %s failed (%s); trying the next endpoint", endpoint.url, what, reason)

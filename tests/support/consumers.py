@@ -88,8 +88,9 @@ def _docker_client() -> str:
 class Dockerd:
     """A private dockerd (vfs, no iptables, own data-root/exec-root/socket): started by hand, since nothing here runs systemd."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *extra_args: str) -> None:
         self.workdir = Path(workdir)
+        self.extra_args = extra_args  # e.g. --registry-mirror=URL
         self.socket = self.workdir / "d.sock"
         self.log_path = self.workdir / "dockerd.log"
         self._proc: subprocess.Popen | None = None
@@ -116,6 +117,7 @@ class Dockerd:
                 f"--exec-root={self.workdir / 'exec'}",
                 f"--pidfile={self.workdir / 'dockerd.pid'}",
                 f"--host=unix://{self.socket}",
+                *self.extra_args,
             ],
             log=self.log_path,
         )

@@ -17,6 +17,13 @@ Knobs (settable while a test runs; ``reset()`` clears them and the counters):
 - ``corrupt_answers(pattern=..., times=None)``: blob and manifest GET answers (200/206) whose
   path matches the regex ``pattern`` have the first byte of their body flipped: a registry
   serving wrong bytes with the right headers.
+- ``later_range_start(times=1, after=0, by=1)``: after ``after`` ranged blob GETs left alone,
+  the next ``times`` go upstream asking ``by`` bytes later in the blob, so the answer (passed
+  on as the registry sent it) is a 206 whose ``Content-Range`` and body start late and end
+  where the client asked: right end, right size, wrong start.
+- ``throttle_range(bytes_per_second, after=0)``: slow only the body of the 206 blob answer
+  after ``after`` others, as a trickle (a twentieth of the rate every 50 ms): one slow range
+  in a split download whose other ranges arrive at full speed.
 - ``drop_after(nbytes, times=1)``: the next ``times`` blob GET responses (200/206) send their
   headers and ``nbytes`` of body, then the connection is cut (``times=None``: until reset).
 - ``fail_next(status, count=1, pattern=..., retry_after=...)``: answer the next ``count``
@@ -84,6 +91,11 @@ class _Knobs:
     corrupt_pattern: re.Pattern | None = None
     corrupt_left: int | None = 0  # None = every matching answer
     tag_page: int | None = None  # tags per page of a tag list
+    late_start_left: int = 0  # ranged blob GETs forwarded asking a later start
+    late_start_after: int = 0  # ranged blob GETs left alone before those
+    late_start_by: int = 1
+    slow_range_rate: int | None = None  # one 206 blob answer trickles at this rate
+    slow_range_after: int = 0  # 206 blob answers at full speed before it
 
 
 class FaultProxy:
@@ -195,6 +207,16 @@ class FaultProxy:
         with self._lock:
             self._knobs.tag_page = size
 
+    def later_range_start(self, times: int = 1, after: int = 0, by: int = 1) -> None:
+        """Ask upstream ``by`` bytes later for ``times`` ranged blob GETs, after ``after`` good ones."""
+        with self._lock:
+            self._knobs.late_start_left, self._knobs.late_start_after, self._knobs.late_start_by = times, after, by
+
+    def throttle_range(self, bytes_per_second: int, after: int = 0) -> None:
+        """Trickle the body of one 206 blob answer, the one after ``after`` others, at ``bytes_per_second``."""
+        with self._lock:
+            self._knobs.slow_range_rate, self._knobs.slow_range_after = bytes_per_second, after
+
     def reset(self) -> None:
         """Clear every knob and every counter (the origin's too)."""
         with self._lock:
@@ -249,6 +271,30 @@ class FaultProxy:
     def _take_corrupt(self, path: str) -> bool:
         pattern = self._knobs.corrupt_pattern
         return pattern is not None and pattern.search(path) is not None and self._take("corrupt_left")
+
+    def _take_late_start(self) -> int:
+        """Bytes to move this ranged blob GET's start by (0: leave it)."""
+        with self._lock:
+            knobs = self._knobs
+            if knobs.late_start_left <= 0:
+                return 0
+            if knobs.late_start_after > 0:
+                knobs.late_start_after -= 1
+                return 0
+            knobs.late_start_left -= 1
+            return knobs.late_start_by
+
+    def _take_slow_range(self) -> int | None:
+        """The trickle rate for this 206 blob answer, or None."""
+        with self._lock:
+            knobs = self._knobs
+            if knobs.slow_range_rate is None:
+                return None
+            if knobs.slow_range_after > 0:
+                knobs.slow_range_after -= 1
+                return None
+            rate, knobs.slow_range_rate = knobs.slow_range_rate, None
+            return rate
 
     def _take_drop(self) -> int | None:
         """Bytes after which to cut this blob response, or None."""

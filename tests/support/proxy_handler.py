@@ -176,6 +176,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
             ):
                 headers = {k: v for k, v in headers.items() if k.lower() != "range"}
                 rec.fault = "strip-range"
+            elif self.command == "GET" and rec.kind == "blob" and "range" in rec.headers:
+                late = proxy._take_late_start()
+                if late:
+                    headers = {k: _later(v, late) if k.lower() == "range" else v for k, v in headers.items()}
+                    rec.fault = "late-start"
             body = self._request_body()
             if rec.kind == "upload" and isinstance(body, _Limited):
                 body.rate = proxy._knobs.upload_rate
@@ -216,6 +221,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
         corrupt = is_content and proxy._take_corrupt(self.path)
         rate = proxy._knobs.rate if rec.kind == "blob" else None
         chunk = CHUNK if not rate else max(1024, min(CHUNK, rate // 20))
+        slow = proxy._take_slow_range() if is_blob_body and resp.status == 206 else None
+        if slow is not None:
+            rate, chunk, rec.fault = slow, max(1, slow // 20), "slow-range"
         started = time.monotonic()
         while True:
             data = resp.read1(chunk) if hasattr(resp, "read1") else resp.read(chunk)
@@ -321,6 +329,15 @@ def _shifted(content_range: str) -> str:
         return "bytes 1-1/1"
     start, end, total = match.groups()
     return f"bytes {int(start) + 1}-{int(end) + 1}/{total}"
+
+
+def _later(range_header: str, by: int) -> str:
+    """``bytes=100-199`` -> ``bytes=101-199`` (``by`` = 1): the same end, a later start."""
+    match = re.fullmatch(r"bytes=(\d+)-(\d*)", range_header.strip())
+    if not match:
+        return range_header
+    start, end = match.groups()
+    return f"bytes={int(start) + by}-{end}"
 
 
 class _Limited:
