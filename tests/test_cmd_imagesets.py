@@ -122,3 +122,15 @@ def test_export_f_names_the_format_option_when_given_a_format(cas, tmp_path):
         "error: -f names an image-set file; no file oci-archive",
         "hint: for the format, write --format oci-archive",
     ]
+
+
+def test_images_sharing_layers_wait_for_each_other_without_blaming_another_process(cas, proxy, registry, test_images):
+    test_images.push(registry)
+    proxy.throttle(400_000)  # busybox, the layer base and app share, takes seconds: both images want it at once
+    listing = f"{proxy.host}/base:latest\n{proxy.host}/app:latest\n"
+    out = cas("pull", "-f", "-", "--jobs", "2", input=listing)
+    assert "already under way in this cas command" in out.stderr
+    assert "another cas process" not in out.stderr
+    shared = [lay.digest for lay in test_images.base.layers]
+    gets = [r.path.rsplit("/", 1)[-1] for r in proxy.requests if r.method == "GET" and "/blobs/" in r.path]
+    assert sorted(d for d in gets if d in shared) == sorted(shared)  # each shared layer fetched once
