@@ -48,6 +48,8 @@ def copy(store: Store, source: Reference, dest: Reference, pulling: PullOptions,
             "cas copy takes one platform of an index, or all of them",
             hint="give one --platform, or --all-platforms to copy the index whole",
         )
+    if pulling.credentials is None and source.api_host == dest.api_host:
+        pulling = dataclasses.replace(pulling, credentials=pushing.credentials)  # -u names the one registry
     pulled = pull(store, source, pulling)
     first = pulled.records[0]
     if first.digest != first.manifest and not pulling.all_platforms:  # one platform of an index: its manifest

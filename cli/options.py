@@ -228,15 +228,20 @@ MaxSize = Annotated[
 ]
 
 
-def read_credentials(username: str | None, password_stdin: bool) -> Credentials | None:
-    """--username with --password-stdin, as docker login takes them; None means look in docker's config."""
+def read_credentials(
+    username: str | None,
+    password_stdin: bool,
+    flags: tuple[str, str] = ("--username", "--password-stdin"),
+    example: str = 'echo "$TOKEN" | cas pull -u USER --password-stdin REF',
+) -> Credentials | None:
+    """--username with --password-stdin, as docker login takes them; None means look in docker's config.
+    ``flags``: the two options' names as the command spells them (copy's --src-username, ...)."""
     from cas.errors import UsageError
 
     if username is None and not password_stdin:
         return None
-    example = 'echo "$TOKEN" | cas pull -u USER --password-stdin REF'
     if username is None or not password_stdin:
-        raise UsageError("--username and --password-stdin go together", hint=example)
+        raise UsageError(f"{flags[0]} and {flags[1]} go together", hint=example)
     from cas.registry import Credentials
 
     return Credentials(username=username, password=stdin_password(example))

@@ -114,3 +114,32 @@ def test_copy_and_push_f_send_each_image_under_a_prefix(cas, registry, skopeo, t
     lines = failed.stderr.splitlines()
     assert lines[0].startswith(f"error: {listing}:1: image {registry.host}/no/such:1 not found")
     assert lines[-1] == "hint: see the error for each above; the others were copied"
+
+
+def test_copy_takes_a_login_for_each_side(cas, cas_home, registry, basic_registry, skopeo, test_images):
+    user, password = basic_registry.username, basic_registry.password
+    creds = f"{user}:{password}"
+    src = test_images.ref(registry, "base")
+    guarded = f"{basic_registry.host}/{_repo('base')}:1"
+    refused = cas("copy", src, guarded, check=False)  # no saved login for DEST
+    assert refused.returncode == 1 and refused.stderr.startswith("error: ")
+    cas("copy", "-q", "-u", user, "--password-stdin", src, guarded, input=password)
+    assert skopeo.inspect(f"docker://{guarded}", creds=creds)["Digest"] == test_images.base.digest
+
+    within = f"{basic_registry.host}/{_repo('base')}:2"  # SRC on DEST's registry: -u serves both
+    fresh = {"CAS_HOME": str(cas_home / "within")}
+    cas("copy", "-q", "-u", user, "--password-stdin", guarded, within, input=password, env=fresh)
+    assert skopeo.inspect(f"docker://{within}", creds=creds)["Digest"] == test_images.base.digest
+
+    back = f"{registry.host}/{_repo('base')}:back"  # SRC needs the login, DEST (plain) none
+    fresh = {"CAS_HOME": str(cas_home / "back")}
+    out = cas(
+        "copy", "--json", "--src-username", user, "--src-password-stdin", guarded, back, input=password, env=fresh
+    )
+    assert json.loads(out.stdout)["pull"]["downloaded_blobs"] == len(test_images.base.blobs) + 1
+    assert skopeo.inspect(f"docker://{back}")["Digest"] == test_images.base.digest
+
+    both = cas("copy", "-u", user, "--password-stdin", "--src-password-stdin", guarded, back, check=False)
+    assert both.returncode == 2 and "both read stdin" in both.stderr
+    half = cas("copy", "--src-username", user, guarded, back, check=False)
+    assert half.returncode == 2 and "--src-username and --src-password-stdin go together" in half.stderr
