@@ -124,13 +124,18 @@ def test_export_f_names_the_format_option_when_given_a_format(cas, tmp_path):
     ]
 
 
-def test_images_sharing_layers_wait_for_each_other_without_blaming_another_process(cas, proxy, registry, test_images):
+def test_images_sharing_layers_wait_for_each_other_without_blaming_another_process(
+    cas, cas_home, proxy, registry, test_images
+):
     test_images.push(registry)
     proxy.throttle(400_000)  # busybox, the layer base and app share, takes seconds: both images want it at once
     listing = f"{proxy.host}/base:latest\n{proxy.host}/app:latest\n"
     out = cas("pull", "-f", "-", "--jobs", "2", input=listing)
-    assert "already under way in this cas command" in out.stderr
-    assert "another cas process" not in out.stderr
+    assert "waiting" not in out.stderr  # this command's own wait is no news
     shared = [lay.digest for lay in test_images.base.layers]
     gets = [r.path.rsplit("/", 1)[-1] for r in proxy.requests if r.method == "GET" and "/blobs/" in r.path]
     assert sorted(d for d in gets if d in shared) == sorted(shared)  # each shared layer fetched once
+
+    logged = cas("pull", "-v", "-f", "-", "--jobs", "2", input=listing, env={"CAS_HOME": str(cas_home / "v")})
+    assert "already under way in this cas command" in logged.stderr  # the wait happened, and -v says so
+    assert "another cas process" not in logged.stderr

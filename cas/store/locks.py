@@ -4,7 +4,8 @@ The store lock is shared for pulls and exports and exclusive for a prune's
 sweep. Per-digest ingest locks make a second downloader wait for the first.
 flock also makes two threads of one process wait for each other (each opens
 the file anew), so the locks this process holds are remembered: a wait on one
-of them is said as this command's own, not another process's.
+of them is this command's own work (images sharing a layer), logged under -v
+and never said as another process's.
 """
 
 from __future__ import annotations
@@ -70,12 +71,10 @@ class FileLock:
                     ) from None
                 if not announced:
                     log.debug("waiting to lock %s (%s) at %s", self.purpose, _kind(self.shared), self.path)
-                    if self.on_wait is not None:
-                        self.on_wait(
-                            f"waiting for {self.purpose}, already under way in this cas command..."
-                            if ours
-                            else f"waiting for another cas process to release {self.purpose}..."
-                        )
+                    if ours:  # not stuck: another image of this command is fetching the same blob
+                        log.debug("waiting for %s, already under way in this cas command", self.purpose)
+                    elif self.on_wait is not None:
+                        self.on_wait(f"waiting for another cas process to release {self.purpose}...")
                     announced = True
                 time.sleep(_POLL)
                 continue
