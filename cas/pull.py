@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from cas.index import Lease
     from cas.registry import Credentials, FetchedManifest, RegistryClient
     from cas.registry.endpoints import Sources
+    from cas.registry.shared import SharedClients
 
 
 MAX_NESTING = 4  # indexes naming indexes
@@ -60,6 +61,7 @@ class PullOptions:
     sources: Sources | None = None  # mirror configuration; None: the machine's (cas.registry.endpoints)
     timeout: float = DEFAULT_TIMEOUT  # connect, answer, and the stall window (cas.registry.stall)
     min_rate: int = DEFAULT_MIN_RATE  # bytes/s below which a transfer is stalled
+    shared: SharedClients | None = None  # httpx clients reused across the pulls of one command (a set)
 
 
 @dataclass
@@ -196,6 +198,7 @@ class _Remote:
                 min_rate=self.options.min_rate,
                 ranges=RangePolicy(ConnectionBudget(self.options.connections)),
                 on_retry=self.options.observer.retrying,
+                shared=self.options.shared,
             )
         return self._client
 

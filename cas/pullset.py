@@ -54,11 +54,15 @@ def pull_set(
             on_done(outcome)
         return outcome
 
-    if len(entries) == 1 or at_once == 1:
-        return [run(entry) for entry in entries]
-    with ThreadPoolExecutor(min(at_once, len(entries)), thread_name_prefix="cas-set") as pool:
-        futures = [pool.submit(run, entry) for entry in entries]
-        return [future.result() for future in futures]
+    from cas.registry.shared import SharedClients
+
+    with SharedClients() as shared:  # one connection per registry for the set, not one per image
+        options = dataclasses.replace(options, shared=shared)
+        if len(entries) == 1 or at_once == 1:
+            return [run(entry) for entry in entries]
+        with ThreadPoolExecutor(min(at_once, len(entries)), thread_name_prefix="cas-set") as pool:
+            futures = [pool.submit(run, entry) for entry in entries]
+            return [future.result() for future in futures]
 
 
 def _pull_one(store: Store, entry: Entry, options: PullOptions) -> Outcome:

@@ -139,3 +139,15 @@ def test_images_sharing_layers_wait_for_each_other_without_blaming_another_proce
     logged = cas("pull", "-v", "-f", "-", "--jobs", "2", input=listing, env={"CAS_HOME": str(cas_home / "v")})
     assert "already under way in this cas command" in logged.stderr  # the wait happened, and -v says so
     assert "another cas process" not in logged.stderr
+
+
+def test_a_set_reuses_one_connection_per_registry(cas, proxy, registry, test_images):
+    test_images.push(registry)
+    names = ("base", "app", "dockermedia")
+    listing = "".join(f"{proxy.host}/{name}:latest\n" for name in names)
+    cas("pull", "-q", "-f", "-", input=listing)
+    proxy.reset()
+    cas("pull", "-q", "-f", "-", "--jobs", "1", input=listing)  # warm: one manifest request an image
+    manifests = [r for r in proxy.requests if r.kind == "manifest"]
+    assert len(manifests) == len(names)
+    assert len({r.client_port for r in manifests}) == 1  # one connection for the set, not one per image

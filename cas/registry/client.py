@@ -34,6 +34,7 @@ from cas.registry.download import BlobDownloader, Sink
 from cas.registry.endpoints import PULL, RESOLVE, Endpoint, upstream
 from cas.registry.endpoints.model import with_query
 from cas.registry.requester import Requester
+from cas.registry.shared import SharedClients
 from cas.registry.walk import Served
 from cas.settings import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
 
@@ -61,13 +62,15 @@ class RegistryClient:
         min_rate: int = DEFAULT_MIN_RATE,
         ranges: ranged.RangePolicy | None = None,
         on_retry: Callable[[str], None] | None = None,
+        shared: SharedClients | None = None,
     ) -> None:
         """``endpoints``: where to fetch from, in order (``cas.registry.endpoints``);
         default: ``registry`` alone. ``timeout`` bounds the wait without progress (connecting,
         an answer, retries included) and a transfer's stall: fewer than ``min_rate`` bytes/s
         over ``timeout`` seconds aborts it (resumable). ``ranges``: how large blobs may
         be split into parallel Range requests (``cas.registry.ranged``); None: every blob is
-        one stream. ``on_retry(line)``: each retry, as it happens."""
+        one stream. ``on_retry(line)``: each retry, as it happens. ``shared``: httpx clients the
+        command's other clients may reuse (``cas.registry.shared``)."""
         self.registry = registry
         try:
             self.endpoints = list(endpoints) if endpoints else [upstream(registry, "", insecure=insecure)]
@@ -87,6 +90,7 @@ class RegistryClient:
             backoff=backoff,
             timeout=timeout,
             on_retry=on_retry,
+            shared=shared,
         )
         self._blobs = BlobDownloader(self.requester, ranges=ranges, min_rate=min_rate)
 

@@ -52,6 +52,7 @@ class ProxiedRequest:
     bytes_sent: int = 0  # response body bytes sent to the client
     fault: str | None = None  # "status", "drop", "redirect", "corrupt"... when a knob acted
     foreign: bool = False  # arrived under the foreign_uploads host name
+    client_port: int = 0  # the client's end of the connection it came on
 
 
 class ProxyHandler(BaseHTTPRequestHandler):
@@ -71,6 +72,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         rec = ProxiedRequest(self.command, self.path, kind, {k.lower(): v for k, v in self.headers.items()})
         foreign = proxy._knobs.foreign_host
         rec.foreign = foreign is not None and self.headers.get("Host", "").partition(":")[0] == foreign
+        rec.client_port = self.client_address[1]
         proxy._record(rec)
         try:
             failure = proxy._take_failure(self.command, self.path)
