@@ -2,7 +2,7 @@
 
 The store is built through the store API, as a pull would build it: every blob is a
 real file committed by ``BlobStore.put`` (verify, fsync, 0444, rename) and indexed by
-``Index.put_blob``; every image gets a real OCI manifest and config and the ref record
+``Metadata.put_blob``; every image gets a real OCI manifest and config and the ref record
 of CONTRIBUTING.md. By default: 1,000 images and 10,000 blobs, of which 50 base layers
 are shared by many images and about 5% are garbage no image references, plus a few
 stale ingest entries.
@@ -45,7 +45,7 @@ TARGET_SECONDS = 2.0
 def build(home: Path, n_images: int, n_blobs: int, seed: int = 1) -> dict:
     rng = random.Random(seed)
     store = Store(home)
-    index = store.index
+    index = store.metadata
     garbage = n_blobs // 20
     own_total = n_blobs - 2 * n_images - BASE_LAYERS - garbage
     if own_total < n_images:

@@ -2,7 +2,7 @@
 
 A blob's media type belongs to the descriptor that points to it, not to its bytes. An
 import commits each blob as it arrives, before the archive's end says what it is, so it
-records ``UNKNOWN``; the image recorded from it (``cas.recording.record_image``, where a
+records ``UNKNOWN``; the image recorded from it (``cas.record_image.record_image``, where a
 pull, an import and a delta all end) then writes the type its descriptors give over every
 unknown (``correct``). An import cut short leaves its blobs unknown, never wrong: the next
 pull or import that records them knows better. Stores written before this rule hold
@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from cas import manifest as mf
 from cas.digest import Digest
 from cas.errors import CasError
-from cas.index import Index
+from cas.metadata import Metadata
 from cas.records import BlobRecord, RefRecord
 
 UNKNOWN = ""  # recorded for a blob committed before anything said what it is
@@ -35,7 +35,7 @@ def known(media_type: str | None) -> bool:
     return bool(media_type) and media_type not in _GUESSES
 
 
-def correct(index: Index, typed: Iterable[tuple[Digest, str]]) -> None:
+def correct(index: Metadata, typed: Iterable[tuple[Digest, str]]) -> None:
     """Write each descriptor's type where its blob's record holds only a guess, in one transaction."""
     wanted = {digest: media_type for digest, media_type in typed if known(media_type)}
     with index.transact():

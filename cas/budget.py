@@ -1,7 +1,7 @@
 """The size budget, kept after every write: over ``max-size``, evict least-recently-used images.
 
 A command that committed blobs (pull, import, export --pull) calls ``keep`` when it is done. Knowing
-the store's size is one index read (the running total, cas.index), never a walk. Over the budget,
+the store's size is one index read (the running total, cas.metadata), never a walk. Over the budget,
 or with images unused for ``max-age``, it runs prune's eviction (its LRU, its safety and its lock)
 down to a low-water mark, LOW_WATER of the budget, so that the next pull does not evict again.
 
@@ -87,7 +87,7 @@ def keep(
     if not budget.set:
         return None
     spare = frozenset(spare)
-    total = store.index.blob_bytes()
+    total = store.metadata.blob_bytes()
     over = budget.max_size is not None and total > budget.max_size
     if not over and not _any_expired(store, budget, spare, now):
         return None
@@ -108,8 +108,8 @@ def keep(
         eviction = Eviction(budget, total, skipped=exc.message)
     else:
         per_image, _ = result.freed_by_image()
-        eviction = Eviction(budget, store.index.blob_bytes(), per_image, result.freed_bytes)
-        stats.count(store.index, evicted_images=len(per_image), evicted_bytes=result.freed_bytes)
+        eviction = Eviction(budget, store.metadata.blob_bytes(), per_image, result.freed_bytes)
+        stats.count(store.metadata, evicted_images=len(per_image), evicted_bytes=result.freed_bytes)
     eviction.seconds = time.monotonic() - started
     return _finish(store, budget, spare, eviction)
 
@@ -117,7 +117,7 @@ def keep(
 def _finish(store: Store, budget: Budget, spare: frozenset, eviction: Eviction) -> Eviction:
     """Name the spared images that alone exceed the budget, when the store is still over it."""
     if eviction.over:
-        mine = [Image.of(r) for r in store.index.refs(malformed=[]) if (r.ref, r.platform) in spare]
+        mine = [Image.of(r) for r in store.metadata.refs(malformed=[]) if (r.ref, r.platform) in spare]
         eviction.too_big = [i for i in mine if i.size > (budget.max_size or 0)]
     return eviction
 
@@ -127,7 +127,7 @@ def _any_expired(store: Store, budget: Budget, spare: frozenset, now: float | No
     if budget.max_age is None:
         return False
     cutoff = (time.time() if now is None else now) - budget.max_age
-    return any(r.used < cutoff and (r.ref, r.platform) not in spare for r in store.index.refs(malformed=[]))
+    return any(r.used < cutoff and (r.ref, r.platform) not in spare for r in store.metadata.refs(malformed=[]))
 
 
 def _low_water(max_size: int | None) -> int | None:

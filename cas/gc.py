@@ -228,7 +228,7 @@ def prune(
     if dry_run:
         return plan(snapshot(store), policy, now=now, dry_run=True)
     with store.ballast.released(), store.lock(shared=False, timeout=lock_timeout, on_wait=on_wait):
-        index = store.index
+        index = store.metadata
         snap = Snapshot()
         if walk:
             read_disk(store, snap)  # outside the transaction: no file changes under the exclusive lock

@@ -17,9 +17,9 @@ from cas.store import Store
 
 def record_of(store: Store, ref: Reference, platform: Platform | None = None) -> RefRecord:
     """The record of ``ref`` for ``platform``; without one, the only cached platform, else the host's."""
-    records = store.index.ref_records(str(ref))
+    records = store.metadata.ref_records(str(ref))
     if not records:
-        siblings = sorted({r.ref for r in store.index.refs([]) if _repository(r.ref) == ref.name})
+        siblings = sorted({r.ref for r in store.metadata.refs([]) if _repository(r.ref) == ref.name})
         hint = f"cached of {ref.name}: {', '.join(siblings)}; or " if siblings else ""
         raise NotCached.references([str(ref)], hint=f"{hint}run `cas pull {ref}` first")
     return choose(str(ref), records, platform)
@@ -36,7 +36,7 @@ def _repository(text: str) -> str | None:
 def list_images(store: Store, skipped: list[str] | None = None) -> list[dict]:
     """One row per cached (ref, platform); a malformed record is left out (its key's ref added to ``skipped``)."""
     malformed: list[str] = []
-    rows = [_row(record) for record in store.index.refs(malformed=malformed)]
+    rows = [_row(record) for record in store.metadata.refs(malformed=malformed)]
     if skipped is not None:
         skipped += [ref_of_key(key) for key in malformed]
     return sorted(rows, key=lambda row: (row["ref"], row["platform"] or ""))
@@ -141,7 +141,7 @@ def remove_images(store: Store, texts: Iterable[str], platform: Platform | None 
 
 
 def _remove_refs(store: Store, wanted: dict[str, str], platform: Platform | None) -> list[dict]:
-    index = store.index
+    index = store.metadata
     removed = []
     with index.transact():
         malformed: list[str] = []

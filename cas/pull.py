@@ -27,7 +27,7 @@ from cas import manifest as mf
 from cas.digest import Digest, verify_bytes
 from cas.errors import Cancelled, DigestMismatch, IntegrityError, PlatformMismatch, SizeMismatch, UnsupportedManifest
 from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
-from cas.recording import clear_marks, commit_bytes, platform_of_config, record_blob, record_image, unique
+from cas.record_image import clear_marks, commit_bytes, platform_of_config, record_blob, record_image, unique
 from cas.records import RefRecord
 from cas.reference import Reference
 from cas.settings import DEFAULT_CONNECTIONS, DEFAULT_JOBS, DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
@@ -36,7 +36,7 @@ from cas.stored_manifest import read_manifest
 from cas.transfer import TransferObserver, run_parallel
 
 if TYPE_CHECKING:
-    from cas.index import Lease
+    from cas.metadata import Lease
     from cas.registry import Credentials, FetchedManifest, RegistryClient
     from cas.registry.endpoints import Sources
     from cas.registry.shared import SharedClients
@@ -148,13 +148,13 @@ def pull(store: Store, reference: Reference, options: PullOptions | None = None)
     result = PullResult(str(reference))
     store.ballast.restore()  # a new store gets its ballast; a prune that could not put it back is made good
     with store.lock(shared=True, timeout=options.lock_timeout, on_wait=options.observer.waiting):
-        with store.index.lease() as lease, _Remote(store, reference, options) as remote:
+        with store.metadata.lease() as lease, _Remote(store, reference, options) as remote:
             planned = _Planner(store, lease, remote, options, result).plan()
             _Mover(store, planned, remote, options, result).run()
             _record(store, lease, planned, result)
             remote.report(result)
     stats.count(
-        store.index,
+        store.metadata,
         downloaded_bytes=result.downloaded_bytes,
         downloaded_blobs=result.downloaded_blobs,
         reused_bytes=result.reused_bytes,
@@ -193,7 +193,7 @@ class _Remote:
                 self.ref.api_host,
                 endpoints=self.endpoints,
                 credentials=self.options.credentials,
-                token_cache=self.store.index,
+                token_cache=self.store.metadata,
                 timeout=self.options.timeout,
                 min_rate=self.options.min_rate,
                 ranges=RangePolicy(ConnectionBudget(self.options.connections)),

@@ -40,7 +40,7 @@ from cas.errors import (
     UnsupportedManifest,
 )
 from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
-from cas.recording import unique
+from cas.record_image import unique
 from cas.records import RefRecord, matching
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
@@ -121,7 +121,7 @@ def push(store: Store, source: Reference, dest: Reference, options: PushOptions 
     options = options or PushOptions()
     started = time.monotonic()
     with store.lock(shared=True, timeout=options.lock_timeout, on_wait=options.observer.waiting):
-        with store.index.lease() as lease:
+        with store.metadata.lease() as lease:
             planned = plan(store, source, options.platform)
             lease.add([m.digest for m in planned.manifests] + [d.digest for d in planned.blobs])
             _check_destination(dest, planned)
@@ -129,7 +129,7 @@ def push(store: Store, source: Reference, dest: Reference, options: PushOptions 
             with _Session(store, dest, options, result, _mount_sources(store, source, dest)) as session:
                 session.run()
             _remember(store, dest, planned)
-    store.index.touch_refs(store.index.ref_records(str(source)))  # every platform the push read
+    store.metadata.touch_refs(store.metadata.ref_records(str(source)))  # every platform the push read
     result.seconds = time.monotonic() - started
     return result
 
@@ -140,7 +140,7 @@ def plan(store: Store, source: Reference, platform: Platform | None) -> PushPlan
     With ``platform``, every record of ``source`` is asked: a platform imported or pulled alone is
     a record of its own, whose top may be its manifest while another record's is the index.
     """
-    records = store.index.ref_records(str(source))
+    records = store.metadata.ref_records(str(source))
     fits = matching(records, platform) if platform is not None else []
     if fits:
         return _recorded_platform(store, source, max(fits, key=lambda r: r.pulled))
@@ -278,7 +278,7 @@ def _mount_sources(store: Store, source: Reference, dest: Reference) -> dict[Dig
 
 def _locations(store: Store, registry: str) -> Iterator[tuple[str, list[object]]]:
     """``(repository, blob digests)`` the store knows to be in ``registry``: pulled references, then pushes."""
-    for record in store.index.refs(malformed=[]):
+    for record in store.metadata.refs(malformed=[]):
         if record.registry != registry:
             continue
         try:
@@ -286,13 +286,13 @@ def _locations(store: Store, registry: str) -> Iterator[tuple[str, list[object]]
         except BadReference:
             continue
         yield repository, [str(digest) for digest in record.unique_blobs]
-    yield from store.index.pushed(registry)
+    yield from store.metadata.pushed(registry)
 
 
 def _remember(store: Store, dest: Reference, planned: PushPlan) -> None:
     """The destination holds every blob now: the next push to its registry may mount them from there."""
     try:
-        store.index.put_pushed(dest.registry, dest.repository, [d.digest for d in planned.blobs])
+        store.metadata.put_pushed(dest.registry, dest.repository, [d.digest for d in planned.blobs])
     except StoreError as exc:  # the push itself succeeded; only the shortcut for the next one is lost
         log.warning("could not remember the blobs pushed to %s: %s", dest.name, exc.message)
 
@@ -318,7 +318,7 @@ class _Session:
             endpoints=Sources.from_env().own_endpoints(dest, insecure=options.insecure),
             insecure=options.insecure,
             credentials=options.credentials,
-            token_cache=store.index,
+            token_cache=store.metadata,
             on_retry=options.observer.retrying,
         )
         self.uploader: Uploader = Uploader(self.client, dest.repository, mount_from=tuple(self.mounts.values()))

@@ -10,7 +10,7 @@ reference, platform) pair has its own key, ``ref:<canonical ref>|<platform>``
 (``|`` appears in neither a reference nor a platform). Stores written before
 platforms held one record per reference under ``ref:<canonical ref>``; the index
 moves those to their platform's key once, when it opens such a store
-(``cas.index``); ``legacy_key`` and ``is_legacy`` serve that move alone.
+(``cas.metadata``); ``legacy_key`` and ``is_legacy`` serve that move alone.
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ def snapshot(store: Store) -> Snapshot:
 
 def read_index(store: Store, snap: Snapshot) -> None:
     """Refs, blob records and live leases into ``snap``."""
-    index = store.index
+    index = store.metadata
     refs: list[tuple[str, object]] = []
     for key, value in index.scan(PREFIX, "blob:"):  # one pass over the index for both
         if key.startswith(PREFIX):

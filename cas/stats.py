@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from cas.errors import StoreError
-from cas.index import Index
+from cas.metadata import Metadata
 
 log = logging.getLogger("cas.stats")
 
@@ -29,7 +29,7 @@ FIELDS = (
 )
 
 
-def count(index: Index, **counts: int) -> None:
+def count(index: Metadata, **counts: int) -> None:
     """Add to the counters (names from FIELDS) in one write; nothing to add writes nothing.
 
     Best effort: an export may read a store it cannot write (read-only, or a full disk), and a
@@ -65,14 +65,14 @@ class Stats:
         }
 
 
-def read(index: Index) -> Stats:
+def read(index: Metadata) -> Stats:
     stored = index.counters()
     counters = {name: int(stored.get(name, 0)) for name in FIELDS}
     since = stored.get("since")
     return Stats(counters, since if isinstance(since, int | float) else None)
 
 
-def reset(index: Index) -> Stats:
+def reset(index: Metadata) -> Stats:
     """Start counting again from zero, now; returns what the counters held."""
     before = read(index)
     index.set_counters({"since": time.time()})

@@ -47,7 +47,7 @@ def read_manifest(store: Store, digest: Digest, declared: str | None = None) -> 
         return None
     data, actual = read_hashed(store, digest, mf.MAX_MANIFEST)
     if declared is None:
-        record = store.index.get_blob(digest)
+        record = store.metadata.get_blob(digest)
         declared = record["media_type"] if record else None
     media_type = mf.media_type_of(data, declared) if actual == digest else declared or ""
     return StoredManifest(digest, media_type, data, actual)

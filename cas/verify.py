@@ -149,7 +149,7 @@ def verify(
         if repair and report.findings:
             with store.ballast.released():  # room for the index transaction on a full disk, as rm and prune
                 _repair(store, snap, users, report)
-                store.index.set_blob_types({Digest.parse(d): right for d, (_, right) in wrong.items()})
+                store.metadata.set_blob_types({Digest.parse(d): right for d, (_, right) in wrong.items()})
             for f in report.findings:
                 if f.kind == "wrong-type":
                     f.repaired = f"recorded as {wrong[f.what][1]}"
@@ -246,8 +246,8 @@ def _unaccounted(store: Store, snap: Snapshot) -> list[str]:
     suspects = [d for d in snap.files if d not in snap.indexed and d not in snap.leased]
     if not suspects:
         return []
-    leased = store.index.leased_digests()
-    return [d for d in suspects if d not in leased and not store.index.has_blob_record(Digest.parse(d))]
+    leased = store.metadata.leased_digests()
+    return [d for d in suspects if d not in leased and not store.metadata.has_blob_record(Digest.parse(d))]
 
 
 def _check_refs(snap: Snapshot) -> list[Finding]:
@@ -267,7 +267,7 @@ def _check_refs(snap: Snapshot) -> list[Finding]:
 
 
 def _check_total(store: Store) -> list[Finding]:
-    total, counted = store.index.audit_blob_bytes()  # one transaction: a concurrent commit changes both or neither
+    total, counted = store.metadata.audit_blob_bytes()  # one transaction: a concurrent commit changes both or neither
     if total is None or total == counted:  # none yet (a store from before it): counted on first use
         return []
     return [
@@ -333,7 +333,7 @@ def _plan_repair(store: Store, snap: Snapshot, users: dict, report: Report, imag
 
 
 def _repair_index(store: Store, snap: Snapshot, mend: _Mend, images: dict) -> None:
-    index = store.index
+    index = store.metadata
     with index.transact():
         for digest in mend.bad:
             index.remove_blob(Digest.parse(digest))

@@ -17,8 +17,8 @@ def du(as_json: options.Json = False) -> None:
       cas du
       cas du --json | jq '.images[] | {ref, unique_bytes}'
     """
+    from cas.disk_usage import usage
     from cas.store import Store
-    from cas.usage import usage
 
     report = usage(Store())
     if as_json:

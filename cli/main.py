@@ -83,11 +83,11 @@ class _Command(typer.core.TyperCommand):
         try:
             return super().make_context(info_name, args, *rest, **extra)
         except typer.TyperException as exc:  # a usage mistake: only the words typed tell whether --json was asked
-            from cli import usage
+            from cli import usage_errors
 
             if "--json" in typed:
-                code = getattr(exc, "exit_code", usage.USAGE_EXIT)
-                output.emit_failure(self.name or "", *usage.describe(exc), code, {})
+                code = getattr(exc, "exit_code", usage_errors.USAGE_EXIT)
+                output.emit_failure(self.name or "", *usage_errors.describe(exc), code, {})
             raise
 
     def invoke(self, ctx: typer.Context) -> object:
@@ -177,10 +177,10 @@ def main() -> None:
 
 
 def _click_error(exc: Exception) -> int:
-    from cli import usage
+    from cli import usage_errors
 
-    output.error(*usage.describe(exc))
-    return getattr(exc, "exit_code", usage.USAGE_EXIT)
+    output.error(*usage_errors.describe(exc))
+    return getattr(exc, "exit_code", usage_errors.USAGE_EXIT)
 
 
 def _exit(code: object) -> None:

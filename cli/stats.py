@@ -29,7 +29,7 @@ def stats(
     from cas.store import Store
 
     store = Store()
-    shown = counters.reset(store.index) if reset else counters.read(store.index)
+    shown = counters.reset(store.metadata) if reset else counters.read(store.metadata)
     if as_json:
         output.emit_json("stats", {**shown.to_json(), "reset": reset})
         return

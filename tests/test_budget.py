@@ -124,9 +124,9 @@ def test_verify_catches_a_wrong_running_total_and_repair_recounts_it(cas, cas_ho
     ref = _push(registry, "counted", _image(10))
     cas("pull", "-q", ref)
     store = Store(cas_home)
-    right = store.index.blob_bytes()
+    right = store.metadata.blob_bytes()
     assert right == sum(p.stat().st_size for p in (cas_home / "v1" / "blobs").rglob("*") if p.is_file())
-    store.index._db.set("total:blob-bytes", right + 12345)  # a total that drifted from the files
+    store.metadata._db.set("total:blob-bytes", right + 12345)  # a total that drifted from the files
     store.close()
 
     found = cas("verify", "--json", check=False)
@@ -139,7 +139,7 @@ def test_verify_catches_a_wrong_running_total_and_repair_recounts_it(cas, cas_ho
     ]
     assert cas("verify").returncode == 0
     store = Store(cas_home)
-    assert store.index.blob_bytes() == right
+    assert store.metadata.blob_bytes() == right
     store.close()
 
 
@@ -152,7 +152,7 @@ def test_max_age_evicts_images_unused_for_that_long(cas, cas_home, registry):
     cas("pull", "-q", old)
     cas("pull", "-q", recent)
     store = Store(cas_home)
-    store.index.touch_refs(store.index.ref_records(old), when=time.time() - 8 * 86400)  # last used 8 days ago
+    store.metadata.touch_refs(store.metadata.ref_records(old), when=time.time() - 8 * 86400)  # last used 8 days ago
     store.close()
     body = json.loads(cas("pull", "--json", new, env={"CAS_MAX_AGE": "7d"}).stdout)["budget"]
     assert [image["ref"] for image in body["images"]] == [old] and body["max_age_seconds"] == 7 * 86400

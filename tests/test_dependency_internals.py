@@ -2,8 +2,8 @@
 
 - httpcore's ``HTTP11Connection.READ_NUM_BYTES`` (cas.registry.transport raises it to 1 MiB where
   it exists: 20-40 % faster blob streaming). httpcore has no upper pin: this test is why.
-- diskcache's ``Cache._sql`` and ``Disk.get/fetch`` (cas.index.Index.scan pages through the
-  table in one query per 1,000 rows), and the attributes ``Cache.__init__`` sets (cas.index
+- diskcache's ``Cache._sql`` and ``Disk.get/fetch`` (cas.metadata.Index.scan pages through the
+  table in one query per 1,000 rows), and the attributes ``Cache.__init__`` sets (cas.metadata
   opens an existing index without diskcache's writing ``__init__``). pyproject pins
   ``diskcache>=5.6,<5.7``.
 
@@ -21,7 +21,7 @@ import pytest
 from test_lifecycle_support import tiny_record
 
 from cas.digest import Digest
-from cas.index import Index
+from cas.metadata import Metadata
 from cas.registry import transport
 
 
@@ -42,11 +42,11 @@ def test_lazy_transport_raises_httpcore_read_size():
 
 def test_diskcache_internals_used_by_index_scan(tmp_path):
     assert isinstance(inspect.getattr_static(diskcache.Cache, "_sql", None), property), (
-        "diskcache.Cache._sql is gone: rewrite cas.index.Index.scan and update the diskcache pin in pyproject.toml"
+        "diskcache.Cache._sql is gone: rewrite cas.metadata.Index.scan and update the diskcache pin in pyproject.toml"
     )
     assert list(inspect.signature(diskcache.Disk.get).parameters) == ["self", "key", "raw"]
     assert list(inspect.signature(diskcache.Disk.fetch).parameters) == ["self", "mode", "filename", "value", "read"]
-    index = Index(tmp_path / "index")
+    index = Metadata(tmp_path / "index")
     try:
         digests = [Digest("sha256", f"{i:064x}") for i in range(3)]
         for i, digest in enumerate(digests):
@@ -60,8 +60,8 @@ def test_diskcache_internals_used_by_index_scan(tmp_path):
 
 
 def test_index_opened_without_writing_has_every_attribute_diskcache_init_sets(tmp_path):
-    """cas.indexdb._Attached sets by hand what diskcache.Cache.__init__ would (minus its writes)."""
-    from cas.indexdb import _LAST_CREATED, SETTINGS, _Attached
+    """cas.metadata_sqlite._Attached sets by hand what diskcache.Cache.__init__ would (minus its writes)."""
+    from cas.metadata_sqlite import _LAST_CREATED, SETTINGS, _Attached
 
     made = diskcache.Cache(str(tmp_path), disk=diskcache.JSONDisk, **SETTINGS)
     assert made._sql(_LAST_CREATED).fetchall(), "diskcache creates other schema objects now: update _LAST_CREATED"
@@ -70,7 +70,7 @@ def test_index_opened_without_writing_has_every_attribute_diskcache_init_sets(tm
         expected = {k: v for k, v in vars(made).items() if k != "_local"}
         got = {k: v for k, v in vars(attached).items() if k not in ("_local", "_immutable")}
         assert sorted(got) == sorted(expected), (
-            "diskcache.Cache.__init__ sets other attributes now: update cas.indexdb._Attached and the diskcache pin"
+            "diskcache.Cache.__init__ sets other attributes now: update cas.metadata_sqlite._Attached and the diskcache pin"
         )
         for key, value in expected.items():
             if key == "_disk":
@@ -88,7 +88,7 @@ def test_a_database_another_process_is_still_creating_is_not_attached(tmp_path):
     """Two first opens at once: the second must not attach to Settings without the Cache table."""
     import sqlite3
 
-    from cas.indexdb import SETTINGS, _Attached, _Uninitialized, open_database
+    from cas.metadata_sqlite import SETTINGS, _Attached, _Uninitialized, open_database
 
     made = diskcache.Cache(str(tmp_path), disk=diskcache.JSONDisk, **SETTINGS)
     made.close()

@@ -381,7 +381,7 @@ def test_both_tags_of_one_manifest_are_kept_by_prune_after_an_export(cas, cas_ho
     store = Store(cas_home)
     try:
         for ref in (one, latest):  # both pulled long ago, never used since
-            store.index.put_ref(only_record(store, ref).replace(pulled=1000.0, used=1000.0))
+            store.metadata.put_ref(only_record(store, ref).replace(pulled=1000.0, used=1000.0))
     finally:
         store.close()
 

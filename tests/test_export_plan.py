@@ -89,7 +89,7 @@ def put_image(
         pulled=1000.0,
         used=1000.0,
     )
-    store.index.put_ref(record)
+    store.metadata.put_ref(record)
     return record
 
 
@@ -137,7 +137,7 @@ def test_docker_archive_layout(store: Store, out_dir: Path) -> None:
 
 def test_names_are_as_given_and_one_manifest_gets_all_its_tags(store: Store, out_dir: Path) -> None:
     rec = put_image(store, "docker.io/library/alpine:latest", BASE_LAYERS)
-    store.index.put_ref(rec.replace(ref="docker.io/library/alpine:3", registry="docker.io"))
+    store.metadata.put_ref(rec.replace(ref="docker.io/library/alpine:3", registry="docker.io"))
     export(store, [parse("alpine"), parse("alpine:3")], out_dir / "a.tar")
     manifest = json.loads(_members(out_dir / "a.tar")["manifest.json"])
     assert manifest == [dict(manifest[0], RepoTags=["alpine:latest", "alpine:3"])]
@@ -184,7 +184,7 @@ def test_missing_blobs_are_all_named_and_nothing_is_written(store: Store, out_di
 def test_wrong_size_counts_as_missing(store: Store, out_dir: Path) -> None:
     rec = put_image(store, APP, APP_LAYERS)
     entry = rec.blobs[2]
-    store.index.put_ref(
+    store.metadata.put_ref(
         rec.replace(blobs=(*rec.blobs[:2], entry.__class__(entry.digest, entry.size + 1, ""), *rec.blobs[3:]))
     )
     # the manifest is the truth: a record that disagrees with it does not hide a bad blob,
@@ -299,7 +299,7 @@ def test_interrupted_export_leaves_nothing(store: Store, out_dir: Path, fmt: str
     with pytest.raises(expected):
         export(store, [parse(APP)], out_dir / "x", ExportOptions(format=fmt, on_blob=on_blob))
     assert os.listdir(out_dir) == []
-    assert store.index.leased_digests() == set()
+    assert store.metadata.leased_digests() == set()
 
 
 def test_lease_is_held_while_writing_and_used_time_is_updated(store: Store, out_dir: Path) -> None:
@@ -310,10 +310,10 @@ def test_lease_is_held_while_writing_and_used_time_is_updated(store: Store, out_
         store,
         [parse(APP)],
         out_dir / "x.tar",
-        ExportOptions(on_blob=lambda b: seen.append(store.index.leased_digests())),
+        ExportOptions(on_blob=lambda b: seen.append(store.metadata.leased_digests())),
     )
     assert seen and all(s == {str(b.digest) for b in rec.blobs} for s in seen)
-    assert store.index.leased_digests() == set()
+    assert store.metadata.leased_digests() == set()
     assert only_record(store, APP).used >= before
 
 
@@ -418,7 +418,7 @@ def test_sha512_blobs_are_exported_under_their_full_names(store: Store, tmp_path
 def test_every_exported_name_of_one_manifest_is_marked_used(store: Store, out_dir: Path) -> None:
     latest = "127.0.0.1:5000/app:latest"
     rec = put_image(store, APP, APP_LAYERS)
-    store.index.put_ref(rec.replace(ref=latest))  # app:1.0 and app:latest: one manifest, two records
+    store.metadata.put_ref(rec.replace(ref=latest))  # app:1.0 and app:latest: one manifest, two records
     other = put_image(store, BASE, BASE_LAYERS)
     before = time.time()
     result = export(store, [parse(APP), parse(latest)], out_dir / "x.tar")
@@ -464,7 +464,7 @@ def test_a_symlinked_blob_is_never_followed(
         export(store, [parse(APP)], out_dir / "x", ExportOptions(format=fmt))
     assert str(planted) in info.value.message and "cas verify --repair" in info.value.hint
     assert os.listdir(out_dir) == []  # no archive, no layout, no temp file
-    assert store.index.leased_digests() == set()
+    assert store.metadata.leased_digests() == set()
     assert only_record(store, APP).used == rec.used
 
 

@@ -103,15 +103,15 @@ def test_rm_and_prune_free_space_on_a_full_disk(cas, full_store, test_images):
 
 
 def test_opening_the_index_writes_nothing(tmp_path):
-    from cas.index import Index
+    from cas.metadata import Metadata
 
-    index = Index(tmp_path / "index")
+    index = Metadata(tmp_path / "index")
     index.put_ref(tiny_record("127.0.0.1:5000/app:1"))
     index.close()
     db = tmp_path / "index" / "cache.db"
     before = db.stat()
     for _ in range(3):
-        reader = Index(tmp_path / "index")
+        reader = Metadata(tmp_path / "index")
         assert reader.get_ref("127.0.0.1:5000/app:1", "linux/amd64") is not None
         assert reader.ref_records("127.0.0.1:5000/app:1")
         reader.close()

@@ -28,11 +28,11 @@ from test_lifecycle_support import (
 
 from cas import gc
 from cas.digest import Digest
+from cas.disk_usage import usage
 from cas.errors import LockTimeout, NotCached, StoreError
 from cas.images import remove_images
 from cas.store import Store
 from cas.store import ingest as blobs_module
-from cas.usage import usage
 from cas.verify import verify
 
 
@@ -95,13 +95,13 @@ def test_rm_unknown_ref_is_an_error_naming_it_and_removes_nothing(store, three):
 def test_dry_run_changes_nothing_and_predicts_the_real_prune(store, three):
     commit(store, b"garbage" * 300, "application/octet-stream")
     remove_images(store, [APP])
-    files, idx, refs = files_on_disk(store), indexed(store), sorted(r.key for r in store.index.refs())
+    files, idx, refs = files_on_disk(store), indexed(store), sorted(r.key for r in store.metadata.refs())
     layout = (store.root / "index.json").read_bytes()
     for policy in (gc.Policy(), gc.Policy(everything=True), gc.Policy(keep_storage=1), gc.Policy(older_than=1)):
         dry = gc.prune(store, policy, dry_run=True)
         assert dry.dry_run and dry.freed_bytes > 0
         assert files_on_disk(store) == files and indexed(store) == idx
-        assert sorted(r.key for r in store.index.refs()) == refs
+        assert sorted(r.key for r in store.metadata.refs()) == refs
         assert (store.root / "index.json").read_bytes() == layout
     dry = gc.prune(store, dry_run=True)
     real = gc.prune(store)
@@ -125,7 +125,9 @@ def test_keep_storage_evicts_least_recently_used_first_and_keeps_shared(store, t
 
 
 def test_keep_storage_order_follows_last_use_not_name(store, three):
-    store.index.touch_refs([only_record(store, BASE)], when=5000.0)  # base is now the most recently used; app the least
+    store.metadata.touch_refs(
+        [only_record(store, BASE)], when=5000.0
+    )  # base is now the most recently used; app the least
     total = sum(os.path.getsize(store.blobs.path(Digest.parse(d))) for d in files_on_disk(store))
     result = gc.prune(store, gc.Policy(keep_storage=total - 1))
     assert [i.ref for i in result.images] == [APP]
@@ -151,7 +153,7 @@ def test_all_empties_the_store(store, three, tmp_path):
     result = gc.prune(store, gc.Policy(everything=True))
     assert len(result.images) == 3 and len(result.ingests) == 1
     assert files_on_disk(store) == set() and indexed(store) == set()
-    assert list(store.index.refs()) == []
+    assert list(store.metadata.refs()) == []
     assert layout_refs(store) == []
     assert list(store.ingests.entries()) == []
     assert (
@@ -164,7 +166,7 @@ def test_all_empties_the_store(store, three, tmp_path):
 
 def test_leased_blobs_are_roots(store, three):
     data = b"being pulled right now" * 50
-    with store.index.lease() as lease:
+    with store.metadata.lease() as lease:
         digest = Digest.parse("sha256:" + __import__("hashlib").sha256(data).hexdigest())
         lease.add([digest])
         store.ingests.put(digest, data)  # committed; the ref is not written yet
@@ -185,13 +187,13 @@ def test_lease_of_a_dead_process_is_not_a_root(store, three):
         import sys
         from cas.store import Store
         s = Store({str(store.home)!r})
-        lease = s.index.lease([{str(digest)!r}])
+        lease = s.metadata.lease([{str(digest)!r}])
         lease.__enter__()
         import os; os._exit(0)   # dies holding the lease record
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True)
-    assert str(digest) not in store.index.leased_digests()
+    assert str(digest) not in store.metadata.leased_digests()
     gc.prune(store)
     assert not store.blobs.has(digest)
 
@@ -241,9 +243,9 @@ def test_prune_never_follows_a_symlink_out_of_the_store(store, three, tmp_path):
 def test_crash_after_index_commit_leaves_orphans_the_next_prune_removes(store, three):
     remove_images(store, [OTHER])
     victims = digests(three[OTHER])
-    with store.index.transact():  # what a prune killed after its index transaction leaves
+    with store.metadata.transact():  # what a prune killed after its index transaction leaves
         for d in victims:
-            store.index.remove_blob(Digest.parse(d))
+            store.metadata.remove_blob(Digest.parse(d))
     assert victims <= files_on_disk(store)
     result = gc.prune(store)
     assert {d for d, _, _ in result.blobs} == victims

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from cas.digest import Digest
-from cas.index import Index
+from cas.metadata import Metadata
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OCTETS = "application/octet-stream"  # the guess an import cut short left in the store
@@ -82,7 +82,7 @@ def _importer(cas_home: Path) -> subprocess.Popen:
 
 def _wait_recorded(cas_home: Path, digests: list[str], importer: subprocess.Popen) -> None:
     """Until the running import has committed every one of ``digests`` and written its index record."""
-    index = Index(cas_home / "v1" / "index")
+    index = Metadata(cas_home / "v1" / "index")
     try:
         deadline = time.monotonic() + 60
         while any(index.get_blob(Digest.parse(digest)) is None for digest in digests):
@@ -147,7 +147,7 @@ def test_verify_reports_and_repair_mends_a_type_an_older_import_guessed(cas, cas
     ref = test_images.ref(registry, "multidocker")
     cas("pull", "--all-platforms", ref)
     poisoned = [test_images.multidocker.digest, test_images.multidocker.for_platform("linux/arm64/v8").digest]
-    index = Index(cas_home / "v1" / "index")
+    index = Metadata(cas_home / "v1" / "index")
     try:
         for digest in map(Digest.parse, poisoned):  # as an import cut short by an older cas left them
             record = index.get_blob(digest)

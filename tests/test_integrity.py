@@ -35,7 +35,7 @@ def _records(home: Path) -> dict[str, dict]:
 
     store = Store(home)
     try:
-        return {str(d): r for d, r in store.index.blobs()}
+        return {str(d): r for d, r in store.metadata.blobs()}
     finally:
         store.close()
 
@@ -117,10 +117,10 @@ def test_records_from_before_fingerprints_keep_working_and_get_one(cas, cas_home
     ref, layer, path = app
     store = Store(cas_home)
     try:
-        for digest, record in list(store.index.blobs()):  # as a store made by an older cas
+        for digest, record in list(store.metadata.blobs()):  # as a store made by an older cas
             record.pop("stat")
-            store.index._db.set(f"blob:{digest}", record)
-        assert "stat" not in store.index.get_blob(Digest.parse(layer))
+            store.metadata._db.set(f"blob:{digest}", record)
+        assert "stat" not in store.metadata.get_blob(Digest.parse(layer))
     finally:
         store.close()
     mark = registry.mark()
@@ -148,7 +148,7 @@ def _trust_as_is(home: Path, digest: str) -> None:
     path = _blob_path(home, digest)
     store = Store(home)
     try:
-        store.index.set_blob_stats({Digest.parse(digest): stat_fingerprint(os.lstat(path))})
+        store.metadata.set_blob_stats({Digest.parse(digest): stat_fingerprint(os.lstat(path))})
     finally:
         store.close()
 

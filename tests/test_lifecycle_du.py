@@ -13,9 +13,9 @@ from support.tools import store_lock_held
 from test_lifecycle_support import APP, BASE, commit, store_three, write_raw
 
 from cas import gc
+from cas.disk_usage import usage
 from cas.images import remove_images
 from cas.store import Store
-from cas.usage import usage
 
 
 @pytest.fixture

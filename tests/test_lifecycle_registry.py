@@ -130,7 +130,7 @@ def test_older_than_evicts_images_not_used_recently(cas, cas_home, registry, tes
     from cas.store import Store
 
     store = Store(cas_home)  # two hours pass, for both images...
-    store.index.touch_refs([only_record(store, base), only_record(store, oci)], when=time.time() - 7200)
+    store.metadata.touch_refs([only_record(store, base), only_record(store, oci)], when=time.time() - 7200)
     store.close()
     cas("export", oci, "-o", cas_home.parent / "oci.tar")  # ...then an export uses one of them
     result = as_json(cas("prune", "--older-than", "1h", "--json"))

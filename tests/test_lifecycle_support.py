@@ -3,7 +3,7 @@
 Named ``test_*`` only to sit inside the lifecycle tests' file pattern; it holds no tests.
 Images come from ``support.images`` (real tar layers, configs and manifests), and their blobs
 are committed and indexed exactly as ``cas.pull`` does: ``BlobStore.put`` then
-``Index.put_blob``, then the ref record of CONTRIBUTING.md, then ``write_layout_index``.
+``Metadata.put_blob``, then the ref record of CONTRIBUTING.md, then ``write_layout_index``.
 The empty store itself is the ``store`` fixture of conftest.py.
 """
 
@@ -30,7 +30,7 @@ def commit(store: Store, data: bytes, media_type: str) -> Digest:
     digest = Digest.parse(_sha256(data))
     info = store.ingests.put(digest, data)
     if info is not None:
-        store.index.put_blob(digest, size=info.size, media_type=media_type, fingerprint=info.fingerprint)
+        store.metadata.put_blob(digest, size=info.size, media_type=media_type, fingerprint=info.fingerprint)
     return digest
 
 
@@ -60,7 +60,7 @@ def store_image(
         pulled=used,
         used=used,
     )
-    store.index.put_ref(record)
+    store.metadata.put_ref(record)
     if layout:
         store.write_layout_index()
     return record
@@ -95,7 +95,7 @@ def files_on_disk(store: Store) -> set[str]:
 
 
 def indexed(store: Store) -> set[str]:
-    return {str(d) for d, _ in store.index.blobs()}
+    return {str(d) for d, _ in store.metadata.blobs()}
 
 
 def flip_byte(path: Path, offset: int = 100) -> None:
@@ -111,7 +111,7 @@ def flip_byte(path: Path, offset: int = 100) -> None:
 
 def only_record(store: Store, ref: str) -> RefRecord | None:
     """The record of a reference cached for one platform (None when it is not cached)."""
-    records = store.index.ref_records(ref)
+    records = store.metadata.ref_records(ref)
     assert len(records) <= 1, [r.name for r in records]
     return records[0] if records else None
 
@@ -124,7 +124,7 @@ def write_raw(store: Store, key: str, value: object) -> None:
     """
     from cas.records import SEPARATOR, ref_of_key
 
-    store.index._db.set(key, value, tag=ref_of_key(key) if SEPARATOR in key else None)
+    store.metadata._db.set(key, value, tag=ref_of_key(key) if SEPARATOR in key else None)
 
 
 def tiny_record(ref: str, *, pad: int = 0, platform: str = "linux/amd64") -> RefRecord:

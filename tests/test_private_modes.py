@@ -46,7 +46,9 @@ def _tokens(home: Path) -> dict[str, str]:
 
     store = Store(home)
     try:
-        return {key: value for key, value in store.index.scan("token:") if isinstance(value, str) and len(value) > 20}
+        return {
+            key: value for key, value in store.metadata.scan("token:") if isinstance(value, str) and len(value) > 20
+        }
     finally:
         store.close()
 

@@ -11,8 +11,8 @@ from test_lifecycle_support import APP, BASE, images, store_image, write_raw
 from cas import gc
 from cas.errors import StoreError
 from cas.images import list_images
-from cas.index import Index
-from cas.indexdb import set_schema_version
+from cas.metadata import Metadata
+from cas.metadata_sqlite import set_schema_version
 from cas.records import RefRecord, key_of, legacy_key
 from cas.store import Store
 
@@ -25,8 +25,8 @@ def app(store: Store) -> RefRecord:
 def test_round_trip_and_key(store: Store, app: RefRecord) -> None:
     assert app.key == f"ref:{APP}|linux/amd64"
     assert RefRecord.from_json(json.loads(json.dumps(app.to_json())), app.key) == app
-    assert store.index.get_ref(APP, "linux/amd64") == app
-    assert store.index.get_ref(APP, "linux/arm64/v8") is None
+    assert store.metadata.get_ref(APP, "linux/amd64") == app
+    assert store.metadata.get_ref(APP, "linux/arm64/v8") is None
     assert app.size == sum(b.size for b in app.unique_blobs.values())
 
 
@@ -47,28 +47,28 @@ def test_damaged_record_is_a_store_error_naming_it(store: Store, app: RefRecord,
     change(value)
     write_raw(store, app.key, value)
     with pytest.raises(StoreError) as info:
-        store.index.get_ref(APP, "linux/amd64")
+        store.metadata.get_ref(APP, "linux/amd64")
     assert info.value.message.startswith(f"the index record of {APP} is malformed: ") and why in info.value.message
     assert info.value.hint == f"run `cas rm {APP}`, then `cas pull {APP}`"
     malformed: list[str] = []
-    assert list(store.index.refs(malformed)) == [] and malformed == [app.key]
+    assert list(store.metadata.refs(malformed)) == [] and malformed == [app.key]
     with pytest.raises(StoreError):
-        store.index.ref_records(APP)  # its own damage is its error...
+        store.metadata.ref_records(APP)  # its own damage is its error...
 
 
 def test_another_references_damage_is_not_this_ones_error(store: Store, app: RefRecord) -> None:
     write_raw(store, key_of(BASE, "linux/amd64"), {"nonsense": True})
-    assert store.index.ref_records(APP) == [app]  # ...another's is not
+    assert store.metadata.ref_records(APP) == [app]  # ...another's is not
     with pytest.raises(StoreError):
-        list(store.index.refs())
+        list(store.metadata.refs())
 
 
 def _as_before_platforms(store: Store, *records: RefRecord) -> None:
     """The index as an older cas left it: records under ``ref:<ref>``, layout version 0."""
     for record in records:
-        store.index.remove_ref(record)
+        store.metadata.remove_ref(record)
         write_raw(store, legacy_key(record.ref), record.to_json())
-    set_schema_version(store.index._db, 0)
+    set_schema_version(store.metadata._db, 0)
 
 
 def test_a_pre_platform_record_moves_to_its_platform_key_once_when_the_index_opens(
@@ -76,9 +76,9 @@ def test_a_pre_platform_record_moves_to_its_platform_key_once_when_the_index_ope
 ) -> None:
     base = store_image(store, BASE, images({"base": [1]})["base"])
     _as_before_platforms(store, app, base)
-    store.index.put_ref(base.replace(used=5000.0))  # a newer record of the same platform wins over the old one
+    store.metadata.put_ref(base.replace(used=5000.0))  # a newer record of the same platform wins over the old one
 
-    again = Index(store.index.path)
+    again = Metadata(store.metadata.path)
     try:
         assert sorted(key for key, _ in again.scan("ref:")) == sorted([app.key, base.key])
         assert again.get_ref(APP, "linux/amd64") == app and again.ref_records(APP) == [app]
@@ -88,15 +88,15 @@ def test_a_pre_platform_record_moves_to_its_platform_key_once_when_the_index_ope
         again.close()
     assert set(gc.snapshot(store).images) == {app.key, base.key}
     assert sorted(row["ref"] for row in list_images(store)) == sorted([APP, BASE])
-    store.index.put_ref(app.replace(platform="linux/arm64/v8"))
-    assert [r.platform for r in store.index.ref_records(APP)] == ["linux/amd64", "linux/arm64/v8"]
+    store.metadata.put_ref(app.replace(platform="linux/arm64/v8"))
+    assert [r.platform for r in store.metadata.ref_records(APP)] == ["linux/amd64", "linux/arm64/v8"]
 
 
 def test_a_damaged_pre_platform_record_stays_for_verify_to_report(store: Store, app: RefRecord) -> None:
-    store.index.remove_ref(app)
+    store.metadata.remove_ref(app)
     write_raw(store, legacy_key(APP), {"nonsense": True})
-    set_schema_version(store.index._db, 0)
-    again = Index(store.index.path)
+    set_schema_version(store.metadata._db, 0)
+    again = Metadata(store.metadata.path)
     try:
         malformed: list[str] = []
         assert list(again.refs(malformed)) == [] and malformed == [legacy_key(APP)]
@@ -105,7 +105,7 @@ def test_a_damaged_pre_platform_record_stays_for_verify_to_report(store: Store, 
 
 
 def test_two_platforms_are_two_images_to_gc(store: Store, app: RefRecord) -> None:
-    store.index.put_ref(app.replace(platform="linux/arm64/v8"))
+    store.metadata.put_ref(app.replace(platform="linux/arm64/v8"))
     snap = gc.snapshot(store)
     assert sorted(snap.images) == [app.key, key_of(APP, "linux/arm64/v8")]
     assert [(row["ref"], row["platform"]) for row in list_images(store)] == [

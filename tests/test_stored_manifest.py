@@ -8,7 +8,7 @@ import os
 
 from cas import manifest as mf
 from cas.digest import of_bytes
-from cas.recording import record_blob
+from cas.record_image import record_blob
 from cas.stored_manifest import read_manifest
 
 DOCKER = json.dumps({"schemaVersion": 2, "mediaType": mf.DOCKER_MANIFEST, "config": {}, "layers": []}).encode()

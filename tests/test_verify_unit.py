@@ -23,7 +23,7 @@ from test_lifecycle_support import (
 
 from cas import gc, snapshot
 from cas.digest import Digest, of_bytes
-from cas.recording import record_blob
+from cas.record_image import record_blob
 from cas.store import Store
 from cas.verify import verify
 
@@ -94,7 +94,7 @@ def test_flipped_byte_is_found_named_repaired_and_restored(store, two):
 
 def test_restoring_a_shared_blob_clears_the_mark_of_every_image_it_completes(store, two):
     """What a pull (or an import) does after committing blobs: every marked record made whole loses the mark."""
-    from cas.recording import clear_marks
+    from cas.record_image import clear_marks
 
     layer = two[BASE].blobs[-1]  # shared with app
     data = store.blobs.read(layer.digest)
@@ -144,7 +144,7 @@ def test_deep_rehashes_with_the_digests_own_algorithm(store):
     path.write_bytes(wrong)
     import blake3
 
-    store.index.put_blob(claimed, size=len(wrong), media_type="x", fingerprint=blake3.blake3(wrong).hexdigest())
+    store.metadata.put_blob(claimed, size=len(wrong), media_type="x", fingerprint=blake3.blake3(wrong).hexdigest())
     assert verify(store).ok
     deep = verify(store, deep=True)
     assert kinds(deep) == [("corrupt", str(claimed))]
@@ -194,19 +194,19 @@ def test_orphans_and_stale_ingests_are_reported_and_removed(store, two, tmp_path
 
 def test_unindexed_blob_a_ref_needs_is_reindexed(store, two):
     config = two[BASE].config
-    store.index.remove_blob(config)
+    store.metadata.remove_blob(config)
     report = verify(store)
     assert kinds(report) == [("unindexed", str(config))]
     repaired = verify(store, repair=True)
     assert repaired.findings[0].repaired == "content verified and re-indexed"
-    assert store.blobs.has(config) and store.index.get_blob(config)["media_type"].endswith("config.v1+json")
+    assert store.blobs.has(config) and store.metadata.get_blob(config)["media_type"].endswith("config.v1+json")
     assert verify(store, deep=True).ok
 
 
 def test_leased_unindexed_blob_is_a_pull_in_progress_not_an_orphan(store):
     data = b"just committed by a running pull"
     digest = of_bytes(data)
-    with store.index.lease([digest]):
+    with store.metadata.lease([digest]):
         store.ingests.put(digest, data)
         assert verify(store).ok
 
@@ -217,7 +217,7 @@ def test_a_pull_that_commits_between_the_index_read_and_the_disk_walk_is_no_orph
     pull may lease and commit a blob in between (seen once in the concurrent stress test)."""
     data = b"committed by a pull while verify was reading"
     digest = of_bytes(data)
-    held = store.index.lease()
+    held = store.metadata.lease()
     lease = held.__enter__()
     walk = snapshot.read_disk
 
@@ -282,7 +282,7 @@ def test_repair_reads_an_unindexed_blob_once_and_records_its_blake3(store, two, 
 
     config = two[APP].config
     path = store.blobs.path(config)
-    store.index.remove_blob(config)
+    store.metadata.remove_blob(config)
     opened: list[str] = []
     real_os_open, real_open = os.open, builtins.open
 
@@ -306,7 +306,7 @@ def test_repair_reads_an_unindexed_blob_once_and_records_its_blake3(store, two, 
     assert kinds(repaired) == [("unindexed", str(config))]
     assert repaired.findings[0].repaired == "content verified and re-indexed"
     assert len(opened) == 1, f"the blob was read {len(opened)} times: {opened}"
-    record = store.index.get_blob(config)
+    record = store.metadata.get_blob(config)
     assert record["blake3"] == blake3.blake3(path.read_bytes()).hexdigest()
     assert record["size"] == path.stat().st_size
     assert verify(store, deep=True).ok
@@ -314,10 +314,10 @@ def test_repair_reads_an_unindexed_blob_once_and_records_its_blake3(store, two, 
 
 def test_repair_deletes_an_unindexed_blob_whose_content_is_not_its_name(store, two):
     config = two[APP].config
-    store.index.remove_blob(config)
+    store.metadata.remove_blob(config)
     flip_byte(store.blobs.path(config), 5)
     repaired = verify(store, repair=True)
     assert kinds(repaired) == [("unindexed", str(config))]
     assert "content hashes to sha256:" in repaired.findings[0].detail
     assert repaired.findings[0].repaired.startswith("deleted") and repaired.needs_pull == [APP]
-    assert not store.blobs.has(config) and store.index.get_blob(config) is None
+    assert not store.blobs.has(config) and store.metadata.get_blob(config) is None

@@ -196,7 +196,7 @@ def export(
     made = [index.descriptor for index in checked.indexes]  # written as blobs too (OCI formats)
     result.blobs = len(blobs) + len(made)
     result.bytes = sum(b.size for b in (*blobs, *made))
-    stats.count(store.index, exports=1, exported_bytes=result.bytes)
+    stats.count(store.metadata, exports=1, exported_bytes=result.bytes)
     result.seconds = time.monotonic() - started
     return result
 
@@ -245,7 +245,7 @@ def _write(
                 result.copy_method = writer.method
             if recorded:
                 with contextlib.suppress(DiskFull):  # the archive is complete; only the LRU time is lost
-                    store.index.touch_refs(checked.records)
+                    store.metadata.touch_refs(checked.records)
     except CasError as exc:
         if writer is not None and is_stream(output):
             partial_stream(exc, writer.written)
@@ -256,10 +256,10 @@ def _write(
 def _lease(store: Store, checked: ExportPlan, held: contextlib.ExitStack) -> bool:
     """Lease the exported digests; False on a full disk, where the export goes on without a lease
     (and without updating "used" times): the shared store lock it holds already keeps prune out."""
-    if store.index.read_only:
+    if store.metadata.read_only:
         return False
     try:
-        held.enter_context(store.index.lease(b.digest for b in checked.blobs))
+        held.enter_context(store.metadata.lease(b.digest for b in checked.blobs))
     except DiskFull:
         log.info("the disk under the index is full: exporting without a lease")
         return False

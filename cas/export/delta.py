@@ -3,7 +3,7 @@
 A delta is not an image archive and must not look like one: no ``manifest.json``, no
 ``index.json``, no ``oci-layout``, so ``docker load``, podman and skopeo refuse it at once
 instead of half-loading it (an archive missing a layer that docker loads anyway). Its first member is
-``cas-delta.json`` (``cas.delta``); then ``blobs/<alg>/<hex>`` for every carried blob,
+``cas-delta.json`` (``cas.delta_format``); then ``blobs/<alg>/<hex>`` for every carried blob,
 written by the same functions as every other export. Manifests and configs are always
 carried, and so is the index a multi-platform reference resolved to, so the receiver records
 the same digest; a layer only when no base holds it. Every layer left out is listed in
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cas import manifest as mf
-from cas.delta import NAME, DeltaDescription, DeltaImage, Required
+from cas.delta_format import NAME, DeltaDescription, DeltaImage, Required
 from cas.digest import Digest
 from cas.errors import BadDigest, CasError, ChangedBlobs, NotCached, UsageError
 from cas.export import oci

@@ -230,13 +230,13 @@ def _index(by_set: dict[tuple[Digest, ...], IndexPlan], images: list[ImagePlan])
 
 def lookup(store: Store, reference: Reference) -> list[RefRecord]:
     """The cached platforms of a reference: by its canonical name, else (name@digest) by digest."""
-    records = store.index.ref_records(str(reference))
+    records = store.metadata.ref_records(str(reference))
     if records or reference.digest is None:
         return records
     wanted = reference.digest
     by_digest = [
         r
-        for r in store.index.refs(malformed=[])
+        for r in store.metadata.refs(malformed=[])
         if wanted in (r.digest, r.manifest) and parse_reference(r.ref).name == reference.name
     ]
     return [r for r in by_digest if r.ref == by_digest[0].ref] if by_digest else []

@@ -14,7 +14,7 @@ The same shape as ``cas.pull``: plan what is missing, move blobs, record.
      which of their blobs are neither in the archive nor in the store: any such
      blob fails the import (``IncompleteArchive``, every digest named) and no ref
      is recorded.
-  3. record: ``cas.recording.record_image``, as for a pull.
+  3. record: ``cas.record_image.record_image``, as for a pull.
 The store lock is held shared throughout and every digest is leased as it arrives,
 so a prune can neither run in between nor take what was just committed. A failed
 import leaves no ingest entry; blobs it verified and committed stay in the store
@@ -31,20 +31,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from cas import DEFAULT_LOCK_TIMEOUT
-from cas.delta import DeltaDescription
+from cas.delta_format import DeltaDescription
 from cas.digest import Digest
 from cas.errors import ArchiveError, IncompleteArchive, MissingRequirements, UsageError
 from cas.importer.layouts import ImageSource, find_images
 from cas.importer.receive import Receiver
 from cas.importer.sources import read_dir, read_tar
 from cas.importer.tarstream import BadTar
-from cas.recording import clear_marks, commit_bytes, record_image
+from cas.record_image import clear_marks, commit_bytes, record_image
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
 from cas.store import Store
 
 if TYPE_CHECKING:
-    from cas.index import Lease
+    from cas.metadata import Lease
 
 FORMATS = ("docker-archive", "oci-archive", "oci-dir")
 STDIN = "standard input"  # the label of `cas import -`
@@ -104,7 +104,7 @@ def import_archive(store: Store, source: Path | BinaryIO, options: ImportOptions
         )
     result = ImportResult(label)
     with store.lock(shared=True, timeout=options.lock_timeout, on_wait=options.on_wait):
-        with store.index.lease() as lease:
+        with store.metadata.lease() as lease:
             receiver = Receiver(
                 store, lease, on_delta=lambda d: _check_requirements(store, d), on_bytes=options.on_bytes
             )

@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, field
 
 from cas import manifest as mf
-from cas.delta import DeltaImage
+from cas.delta_format import DeltaImage
 from cas.digest import Digest, of_bytes
 from cas.errors import ArchiveError, BadReference, CasError
 from cas.importer.receive import Received

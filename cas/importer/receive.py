@@ -22,16 +22,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cas import delta
+from cas import delta_format
 from cas.blobtypes import UNKNOWN  # until the image recorded from it says what a blob is
 from cas.digest import Digest, of_bytes
 from cas.errors import ArchiveError, BadDigest, IntegrityError
 from cas.importer.tarstream import DIR, FILE, Member, UnsafeArchive
-from cas.recording import record_blob
+from cas.record_image import record_blob
 from cas.store import BlobInfo, Ingest, Store
 
 if TYPE_CHECKING:
-    from cas.index import Lease
+    from cas.metadata import Lease
     from cas.store.writer import Staging
 
 METADATA = ("manifest.json", "index.json", "oci-layout", "repositories")
@@ -56,7 +56,7 @@ class Received:
     heads: dict[Digest, bytes] = field(default_factory=dict)  # first bytes of blobs read here (compression)
     stored: dict[Digest, BlobInfo] = field(default_factory=dict)  # blobs this import committed
     reused: dict[Digest, int] = field(default_factory=dict)  # blobs the store already held
-    delta: delta.DeltaDescription | None = None
+    delta: delta_format.DeltaDescription | None = None
 
     def resolve(self, name: str) -> str:
         """Follow links (symlinks in a legacy archive) to the member holding the bytes."""
@@ -76,7 +76,7 @@ class Receiver:
         store: Store,
         lease: Lease,
         *,
-        on_delta: Callable[[delta.DeltaDescription], None],
+        on_delta: Callable[[delta_format.DeltaDescription], None],
         on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         self.store = store
@@ -99,10 +99,10 @@ class Receiver:
             return
         first, self._files = self._files == 0, self._files + 1
         name = member.name
-        if name == delta.NAME:
+        if name == delta_format.NAME:
             if not first:
-                raise UnsafeArchive(f"{delta.NAME} is not the first member: not a delta cas wrote")
-            got.delta = delta.DeltaDescription.parse(_read(member, chunks, delta.MAX_SIZE))
+                raise UnsafeArchive(f"{delta_format.NAME} is not the first member: not a delta cas wrote")
+            got.delta = delta_format.DeltaDescription.parse(_read(member, chunks, delta_format.MAX_SIZE))
             self.on_delta(got.delta)
             return
         blob = _BLOB.fullmatch(name)
@@ -127,7 +127,7 @@ class Receiver:
         assert self.received.delta is not None
         digest = _blob_digest(member.name, blob) if blob is not None else None
         if digest is None or self.received.delta.blobs.get(digest) != member.size:
-            raise UnsafeArchive(f"member {member.name!r} ({member.size} bytes) is not a blob {delta.NAME} lists")
+            raise UnsafeArchive(f"member {member.name!r} ({member.size} bytes) is not a blob {delta_format.NAME} lists")
         self._ingest(member, digest, chunks)
 
     def _ingest(self, member: Member, digest: Digest, chunks: Callable[[], Iterator[bytes]]) -> None:

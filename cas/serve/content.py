@@ -44,7 +44,7 @@ def parse_digest(text: str) -> Digest:
 
 def records_of(store: Store, name: Name) -> list[RefRecord]:
     """Every ref record of one repository."""
-    return [r for r in store.index.refs(malformed=[]) if _name_of(r.ref) == str(name)]
+    return [r for r in store.metadata.refs(malformed=[]) if _name_of(r.ref) == str(name)]
 
 
 def manifest(
@@ -104,7 +104,7 @@ def tags(store: Store, name: Name) -> list[str]:
 
 def catalog(store: Store) -> list[str]:
     """Every repository the store holds, as a client names it here (``registry/repository``)."""
-    return sorted({_name_of(r.ref) for r in store.index.refs(malformed=[])})
+    return sorted({_name_of(r.ref) for r in store.metadata.refs(malformed=[])})
 
 
 def page(items: list[str], n: int | None, last: str | None) -> tuple[list[str], bool]:
@@ -117,7 +117,7 @@ def page(items: list[str], n: int | None, last: str | None) -> tuple[list[str], 
 
 def _tagged(store: Store, name: Name, tag: str) -> list[RefRecord]:
     try:
-        records = store.index.ref_records(name.ref(tag))
+        records = store.metadata.ref_records(name.ref(tag))
     except CasError:
         records = []
     if not records:
@@ -127,7 +127,7 @@ def _tagged(store: Store, name: Name, tag: str) -> list[RefRecord]:
 
 def _stored_type(store: Store, name: Name, digest: Digest, reference: str) -> str:
     """The media type of a manifest committed by a pull still running (no record names it yet)."""
-    blob = store.index.get_blob(digest)
+    blob = store.metadata.get_blob(digest)
     media_type = blob.get("media_type") if isinstance(blob, dict) else None
     if media_type not in (*INDEX_TYPES, *MANIFEST_TYPES) or not store.blobs.has(digest):
         raise _unknown(store, name, reference)

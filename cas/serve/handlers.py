@@ -93,7 +93,7 @@ async def manifest(request: web.Request) -> web.Response:
         raise ServeError(
             "MANIFEST_UNKNOWN", f"{name.ref(reference)} lost blobs to a prune", {"missing": [str(d) for d in missing]}
         )
-    await asyncio.to_thread(service.store.index.touch_refs, found.records)  # a use, for prune's LRU
+    await asyncio.to_thread(service.store.metadata.touch_refs, found.records)  # a use, for prune's LRU
     headers = {"Docker-Content-Digest": str(found.digest), hdrs.ETAG: f'"{found.digest}"'}
     return web.Response(body=found.data, content_type=found.media_type, headers=headers)
 

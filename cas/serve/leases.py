@@ -6,7 +6,7 @@ pull's) naming every blob of its records. Each blob request renews the leases th
 a lease nobody renewed for ``ttl`` seconds is dropped. The lease is written under the store
 lock held shared, and the blobs checked after it: a prune either ran before (the check sees
 what it removed) or runs after and keeps them. Leases live in the index under this process's
-pid, so a killed server's leases are dropped by the next prune (``Index.leased_digests``).
+pid, so a killed server's leases are dropped by the next prune (``Metadata.leased_digests``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class LeaseBook:
                 held = self._held.get(manifest)
                 lease_id = held[0] if held else uuid.uuid4().hex
                 self._held[manifest] = (lease_id, wanted, time.monotonic() + self.ttl)
-            self.store.index.put_lease(lease_id, map(str, wanted))
+            self.store.metadata.put_lease(lease_id, map(str, wanted))
             missing = sorted((d for d in wanted if not self.store.blobs.has(d)), key=str)
         if missing:
             self._drop(manifest)
@@ -71,4 +71,4 @@ class LeaseBook:
         with self._lock:
             held = self._held.pop(manifest, None)
         if held is not None:
-            self.store.index.discard(f"lease:{held[0]}")
+            self.store.metadata.discard(f"lease:{held[0]}")

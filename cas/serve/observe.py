@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from cas import stats
-from cas.index import Index
+from cas.metadata import Metadata
 
 FORMATS = ("text", "json")
 CACHE = "cas.cache"  # request key: "hit" or "miss", set by the handlers that know
@@ -48,7 +48,7 @@ class Metrics:
             if cache:
                 self.cache[cache] += 1
 
-    def flush(self, index: Index) -> None:
+    def flush(self, index: Metadata) -> None:
         """Add the bytes served since the last flush to `cas stats` (one index write, not one per request)."""
         with self._lock:
             new, self._counted = self.bytes_served - self._counted, self.bytes_served

@@ -164,7 +164,7 @@ async def _serve(app: web.Application, options: ServeOptions, on_ready: Callable
         expiring.cancel()
     finally:
         await runner.cleanup()  # stops accepting; waits for requests in flight up to SHUTDOWN_GRACE
-        await asyncio.to_thread(app[observe.METRICS].flush, service.store.index)
+        await asyncio.to_thread(app[observe.METRICS].flush, service.store.metadata)
 
 
 async def _housekeeping(app: web.Application) -> None:
@@ -174,7 +174,7 @@ async def _housekeeping(app: web.Application) -> None:
         await asyncio.sleep(EXPIRE_EVERY)
         with contextlib.suppress(CasError, OSError):  # a busy index: the next sweep retries
             await asyncio.to_thread(service.leases.expire)
-            await asyncio.to_thread(app[observe.METRICS].flush, service.store.index)
+            await asyncio.to_thread(app[observe.METRICS].flush, service.store.metadata)
 
 
 def _url(runner: web.AppRunner, scheme: str) -> str:

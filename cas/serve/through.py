@@ -23,7 +23,7 @@ from cas.digest import Digest
 from cas.errors import CasError, NotFound, RegistryError
 from cas.manifest import Descriptor
 from cas.pull import PullOptions, pull
-from cas.recording import record_blob
+from cas.record_image import record_blob
 from cas.reference import Reference
 from cas.reference import parse as parse_reference
 from cas.registry import RegistryClient
@@ -128,7 +128,7 @@ class PullThrough:
     def _fetch(self, name: Name, digest: Digest, task: Task) -> None:
         """One blob into the store by the commit protocol (the ingest lock makes it the only download)."""
         try:
-            with self.store.lock(shared=True), self.store.index.lease([digest]):
+            with self.store.lock(shared=True), self.store.metadata.lease([digest]):
                 desc = self.known.get(digest)
                 with self.store.ingests.open(digest, desc.size if desc else None) as ingest:
                     task.ready.set()
@@ -151,7 +151,7 @@ class PullThrough:
             if client is None:
                 reference = parse_reference(f"{name}:latest")
                 endpoints = Sources.from_env().endpoints(reference)
-                client = RegistryClient(reference.api_host, endpoints=endpoints, token_cache=self.store.index)
+                client = RegistryClient(reference.api_host, endpoints=endpoints, token_cache=self.store.metadata)
                 self._clients[name.registry] = client
             return client
 

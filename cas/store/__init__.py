@@ -23,7 +23,7 @@ from cas.store.locks import FileLock
 from cas.store.writer import BlobInfo, Ingest
 
 if TYPE_CHECKING:
-    from cas.index import Index
+    from cas.metadata import Metadata
     from cas.records import RefRecord
 
 LAYOUT_VERSION = "v1"
@@ -68,15 +68,15 @@ class Store:
         self.blobs = BlobStore(self.root)
         self.ingests = Ingests(self.root, self.blobs)
         self.ballast = Ballast(self.root)
-        self._index: Index | None = None
+        self._metadata: Metadata | None = None
 
     @property
-    def index(self) -> Index:
-        if self._index is None:
-            from cas.index import Index  # diskcache costs ~40 ms to import; only pay when used
+    def metadata(self) -> Metadata:
+        if self._metadata is None:
+            from cas.metadata import Metadata  # diskcache costs ~40 ms to import; only pay when used
 
-            self._index = Index(self.root / "index")
-        return self._index
+            self._metadata = Metadata(self.root / "index")
+        return self._metadata
 
     def lock(
         self,
@@ -111,7 +111,7 @@ class Store:
 
     def _write_layout_index(self) -> None:
         entries = []
-        for record in sorted(self.index.refs(malformed=[]), key=lambda r: (r.ref, r.platform or "")):
+        for record in sorted(self.metadata.refs(malformed=[]), key=lambda r: (r.ref, r.platform or "")):
             manifest = record.entry(record.listed)
             if manifest is None:
                 continue
@@ -124,9 +124,9 @@ class Store:
         atomic_write(self.root / "index.json", layout_index(entries))
 
     def close(self) -> None:
-        if self._index is not None:
-            self._index.close()
-            self._index = None
+        if self._metadata is not None:
+            self._metadata.close()
+            self._metadata = None
 
 
 def _platform(text: str | None) -> Platform | None:

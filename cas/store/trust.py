@@ -82,7 +82,7 @@ def check_file(path: Path, digest: Digest, size: int | None, fingerprint: str | 
 def unchanged(store: Store, digest: Digest, record: dict | None = None) -> bool:
     """Whether the blob file's stat equals the fingerprint in its record: the cheap half of ``confirm``."""
     if record is None:
-        record = store.index.get_blob(digest)
+        record = store.metadata.get_blob(digest)
     try:
         st = os.lstat(store.blobs.path(digest))
     except FileNotFoundError:
@@ -97,7 +97,7 @@ def confirm(store: Store, digest: Digest, size: int, media_type: str) -> str | N
     new fingerprint (and a record is made for a file that had none). On a full disk the record
     stays as it was: the file is still good, and is re-hashed again next time.
     """
-    record = store.index.get_blob(digest)
+    record = store.metadata.get_blob(digest)
     if unchanged(store, digest, record) and record is not None and record.get("size") == size:
         return None
     recorded = record.get("blake3") if record is not None and isinstance(record.get("blake3"), str) else None
@@ -107,7 +107,7 @@ def confirm(store: Store, digest: Digest, size: int, media_type: str) -> str | N
         return checked.problem
     assert checked.fingerprint is not None and checked.stat is not None
     try:
-        store.index.refresh_blob(
+        store.metadata.refresh_blob(
             digest, size=size, media_type=media_type, fingerprint=checked.fingerprint, stat=checked.stat
         )
     except DiskFull:
@@ -121,7 +121,7 @@ def note_links(store: Store, digests: list[Digest]) -> None:
     is left alone: that file gets the full check next time. Best effort on a full disk."""
     moved: dict[Digest, dict] = {}
     for digest in digests:
-        record = store.index.get_blob(digest)
+        record = store.metadata.get_blob(digest)
         try:
             now = stat_fingerprint(os.lstat(store.blobs.path(digest)))
         except FileNotFoundError:
@@ -131,6 +131,6 @@ def note_links(store: Store, digests: list[Digest]) -> None:
             moved[digest] = now
     if moved:
         try:
-            store.index.set_blob_stats(moved)
+            store.metadata.set_blob_stats(moved)
         except DiskFull:
             log.info("no room to record the ctime of %d linked blob(s)", len(moved))

@@ -1,4 +1,4 @@
-"""The metadata index (diskcache): refs, blobs, leases and cached tokens.
+"""The metadata database (diskcache): refs, blobs, leases and cached tokens.
 
 Values are JSON, never pickles, and never blob bytes. Keys are namespaced:
 ``ref:<canonical ref>|<platform>`` (see cas.records; written with the reference as diskcache's tag),
@@ -6,10 +6,10 @@ Values are JSON, never pickles, and never blob bytes. Keys are namespaced:
 a push put there: mount sources for the next push), and two single keys: ``total:blob-bytes`` (the
 running total of blob bytes, changed in the transaction that records or removes a blob, so the size
 budget never walks the store) and ``stats:counters`` (cas.stats). Eviction is off: this is a database, not a
-cache that may forget. The layout's version is sqlite's ``user_version`` (see ``Index._migrate``).
+cache that may forget. The layout's version is sqlite's ``user_version`` (see ``Metadata._migrate``).
 
 diskcache is used through its public API here (``get``, ``set``, ``delete``, ``transact``); what
-needs its internals (opening without writing, the paged scan, the version) is ``cas.indexdb``.
+needs its internals (opening without writing, the paged scan, the version) is ``cas.metadata_sqlite``.
 """
 
 from __future__ import annotations
@@ -27,37 +27,37 @@ from typing import TypeVar
 
 from cas.digest import Digest
 from cas.errors import DiskFull, StoreError
-from cas.indexdb import open_database, scan, schema_version, set_schema_version, sqlite_errors
+from cas.metadata_sqlite import open_database, scan, schema_version, set_schema_version, sqlite_errors
 from cas.records import PREFIX, BlobRecord, RefRecord, blob_record, is_legacy, key_of, legacy_key, read_all
 
-SCHEMA = 2  # see Index._migrate
+SCHEMA = 2  # see Metadata._migrate
 LEASE_TTL = 6 * 3600.0
 TOTAL = "total:blob-bytes"
 STATS = "stats:counters"
 MAX_PUSHED = 20_000  # blobs remembered per pushed repository (newest first)
 _F = TypeVar("_F", bound=Callable)
-log = logging.getLogger("cas.index")
+log = logging.getLogger("cas.metadata")
 
 
 def _guarded(method: _F) -> _F:
     if inspect.isgeneratorfunction(method):
 
         @functools.wraps(method)
-        def generate(self: Index, *args: object, **kwargs: object) -> Iterator:
+        def generate(self: Metadata, *args: object, **kwargs: object) -> Iterator:
             with sqlite_errors(self.path, self.read_only):
                 yield from method(self, *args, **kwargs)
 
         return generate  # type: ignore[return-value]
 
     @functools.wraps(method)
-    def call(self: Index, *args: object, **kwargs: object) -> object:
+    def call(self: Metadata, *args: object, **kwargs: object) -> object:
         with sqlite_errors(self.path, self.read_only):
             return method(self, *args, **kwargs)
 
     return call  # type: ignore[return-value]
 
 
-class Index:
+class Metadata:
     """The index under ``path``, a private directory (0700, its files 0600: it holds bearer tokens).
 
     Opening it writes nothing (see ``_Attached``), so read-only commands work on a full disk;
@@ -91,7 +91,7 @@ class Index:
     def scan(self, *prefixes: str, page: int = 1000) -> Iterator[tuple[str, object]]:
         """Every live ``(key, value)`` whose key starts with one of ``prefixes``, in the order written.
 
-        One SQL query per ``page`` rows and no cursor held between pages (``cas.indexdb.scan``), so
+        One SQL query per ``page`` rows and no cursor held between pages (``cas.metadata_sqlite.scan``), so
         memory stays bounded and the caller may write to the index while it iterates. Used by gc,
         du and verify.
         """
@@ -351,8 +351,8 @@ class Index:
 
 
 class Lease:
-    def __init__(self, index: Index, lease_id: str) -> None:
-        self.index = index
+    def __init__(self, index: Metadata, lease_id: str) -> None:
+        self.metadata = index
         self.id = lease_id
         self.digests: set[str] = set()
 
@@ -361,7 +361,7 @@ class Lease:
         if not new and self.digests:
             return
         self.digests |= new
-        self.index.put_lease(self.id, self.digests)
+        self.metadata.put_lease(self.id, self.digests)
 
 
 def _size_of(record: object) -> int:

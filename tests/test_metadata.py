@@ -1,4 +1,4 @@
-"""cas.index on a real diskcache database: token expiry, paging, and every sqlite failure a user
+"""cas.metadata on a real diskcache database: token expiry, paging, and every sqlite failure a user
 can meet (locked, damaged, read-only, full) as one readable error."""
 
 from __future__ import annotations
@@ -15,19 +15,19 @@ import pytest
 from test_lifecycle_support import tiny_record
 
 from cas.errors import DiskFull, StoreError
-from cas.index import Index
+from cas.metadata import Metadata
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 def index(tmp_path):
-    idx = Index(tmp_path / "index")
+    idx = Metadata(tmp_path / "index")
     yield idx
     idx.close()
 
 
-def _expire_time(index: Index, key: str) -> tuple[float, float | None]:
+def _expire_time(index: Metadata, key: str) -> tuple[float, float | None]:
     """(store_time, expire_time) of one row, read with plain sqlite3."""
     db_key, raw = index._db._disk.put(key)  # JSONDisk stores keys encoded
     with contextlib.closing(sqlite3.connect(index.path / "cache.db")) as con:
@@ -53,7 +53,7 @@ def test_a_token_lives_until_it_expires_in_the_real_database(index, tmp_path, mo
     stored, expires = _expire_time(index, "token:127.0.0.1:5000|basic")
     assert expires - stored == pytest.approx(1.0)
 
-    again = Index(tmp_path / "index")  # another process's view: it is on disk
+    again = Metadata(tmp_path / "index")  # another process's view: it is on disk
     assert again.get_token("127.0.0.1:5000|repository:app:pull") == "tok-1"
     assert again.get_token("nobody") is None
     again.close()
@@ -127,7 +127,7 @@ def test_a_damaged_index_is_one_error_in_the_api_and_the_cli(tmp_path):
         wal.unlink()
 
     with pytest.raises(StoreError) as info:
-        Index(database.parent)
+        Metadata(database.parent)
     assert info.value.message == f"the cas index at {database.parent} cannot be used: file is not a database"
     assert "cas verify" in info.value.hint
 
@@ -141,13 +141,13 @@ def test_a_damaged_index_is_one_error_in_the_api_and_the_cli(tmp_path):
 
 def test_a_read_only_index_is_one_error(tmp_path):
     path = tmp_path / "index"
-    writable = Index(path)
+    writable = Metadata(path)
     writable.put_ref(tiny_record("127.0.0.1:5000/app:1"))
     writable.close()
     with _mounted("--bind", str(path), str(path)):
         subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
         try:
-            Index(path).put_ref(tiny_record("127.0.0.1:5000/app:2"))
+            Metadata(path).put_ref(tiny_record("127.0.0.1:5000/app:2"))
         except StoreError as exc:
             message, hint = exc.message, exc.hint
         else:
@@ -155,7 +155,7 @@ def test_a_read_only_index_is_one_error(tmp_path):
         gc.collect()  # the half-opened sqlite connection, so that the mount can go
     assert message == f"the cas index at {path} cannot be used: unable to open database file"
     assert "permissions" in hint
-    again = Index(path)
+    again = Metadata(path)
     assert (
         again.get_ref("127.0.0.1:5000/app:1", "linux/amd64") == tiny_record("127.0.0.1:5000/app:1")
         and again.get_ref("127.0.0.1:5000/app:2", "linux/amd64") is None
@@ -170,7 +170,7 @@ def test_a_full_disk_under_the_index_is_disk_full(tmp_path, value_size):
     mount = tmp_path / "small"
     mount.mkdir()
     with _mounted("-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)):
-        index = Index(mount / "index")
+        index = Metadata(mount / "index")
         with contextlib.suppress(OSError), open(mount / "filler", "wb") as filler:
             while True:  # until ENOSPC
                 filler.write(b"\0" * 65536)

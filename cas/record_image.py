@@ -23,7 +23,7 @@ from cas.records import BlobEntry, RefRecord
 from cas.store import BlobInfo, Store
 
 if TYPE_CHECKING:
-    from cas.index import Lease
+    from cas.metadata import Lease
 
 
 def commit_bytes(store: Store, lease: Lease, digest: Digest, data: bytes, media_type: str) -> bool:
@@ -36,7 +36,7 @@ def commit_bytes(store: Store, lease: Lease, digest: Digest, data: bytes, media_
 
 def record_blob(store: Store, info: BlobInfo, media_type: str) -> None:
     """Step 5 of the commit protocol: call it while the digest is still locked."""
-    store.index.put_blob(
+    store.metadata.put_blob(
         info.digest, size=info.size, media_type=media_type, fingerprint=info.fingerprint, stat=info.stat
     )
 
@@ -78,8 +78,8 @@ def record_image(
         used=now,
         layout_manifest=view[0] if view is not None else None,
     )
-    blobtypes.correct(store.index, ((blob.digest, blob.media_type) for blob in record.blobs))
-    store.index.put_ref(record)
+    blobtypes.correct(store.metadata, ((blob.digest, blob.media_type) for blob in record.blobs))
+    store.metadata.put_ref(record)
     if not store.layout_lists(record):  # a new manifest, or index.json left stale by a crash
         store.write_layout_index()
     return record
@@ -95,15 +95,15 @@ def clear_marks(store: Store, restored: set[Digest]) -> list[RefRecord]:
     if not restored:
         return []
     cleared = []
-    with store.index.transact():
-        for record in list(store.index.refs(malformed=[])):
+    with store.metadata.transact():
+        for record in list(store.metadata.refs(malformed=[])):
             blobs = record.unique_blobs
             if (
                 record.needs_pull
                 and not restored.isdisjoint(blobs)
                 and all(store.blobs.has(digest, blob.size) for digest, blob in blobs.items())
             ):
-                store.index.put_ref(record.replace(needs_pull=False))
+                store.metadata.put_ref(record.replace(needs_pull=False))
                 cleared.append(record)
     return cleared
 

@@ -1,6 +1,6 @@
-"""The index's sqlite database: opened safely (without writing, privately), read in pages, errors mapped.
+"""The metadata database's sqlite file: opened safely (without writing, privately), read in pages, errors mapped.
 
-The one module that leans on diskcache's internals, kept apart from cas.index (what the keys
+The one module that leans on diskcache's internals, kept apart from cas.metadata (what the keys
 mean): ``Cache._con`` and the Settings table, to open a database without diskcache's writing
 ``__init__`` (a full disk must not lock every command out), and ``Cache._sql`` with
 ``Disk.get/fetch``, to page through the table in the order rows were written (by tag, too), and
@@ -25,7 +25,7 @@ import diskcache
 
 from cas.errors import DiskFull, StoreError, disk_full
 
-log = logging.getLogger("cas.index")
+log = logging.getLogger("cas.metadata")
 
 
 @contextlib.contextmanager
