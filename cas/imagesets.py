@@ -132,7 +132,7 @@ def check_pins(store: Store, entries: list[Entry], source: str | None) -> None:
     for entry in entries:
         if entry.pinned is None:
             continue
-        cached = {r.digest for r in store.index.ref_records(str(entry.name))}
+        cached = {r.digest for r in store.metadata.ref_records(str(entry.name))}
         if entry.pinned not in cached:
             now = f"the store's is {', '.join(map(str, cached))}" if cached else "it is not cached"
             raise NotCached(

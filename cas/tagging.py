@@ -17,23 +17,25 @@ def tag(store: Store, source: Reference, new: Reference) -> list[RefRecord]:
     """Write NEW's records from SOURCE's; the records written, one per platform."""
     if new.digest is not None:
         raise UsageError(f"{new} names a digest: a new name needs a tag", hint=f"e.g. cas tag {source} {new.name}:1.0")
-    index = store.index
-    with index.transact():
+    metadata = store.metadata
+    with metadata.transact():
         records = _records_of(store, source)
-        for old in index.ref_records(str(new)):
-            index.remove_ref(old)
+        for old in metadata.ref_records(str(new)):
+            metadata.remove_ref(old)
         written = [r.replace(ref=str(new), registry=new.registry) for r in records]
         for record in written:
-            index.put_ref(record)
+            metadata.put_ref(record)
     store.write_layout_index()
     return written
 
 
 def _records_of(store: Store, source: Reference) -> list[RefRecord]:
     """SOURCE's records; for NAME@DIGEST also those of any cached name of that image."""
-    records = store.index.ref_records(str(source))
+    records = store.metadata.ref_records(str(source))
     if not records and source.digest is not None:
-        found = {r.platform: r for r in store.index.refs() if r.digest == source.digest or r.manifest == source.digest}
+        found = {
+            r.platform: r for r in store.metadata.refs() if r.digest == source.digest or r.manifest == source.digest
+        }
         records = list(found.values())
     if not records:
         raise NotCached.references([str(source)], hint=f"run `cas pull {source}` first")
