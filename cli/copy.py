@@ -75,6 +75,7 @@ def copy(
     from cas.push import PushOptions
     from cas.store import Store
 
+    options.one_stdin(file, password_stdin, src_password_stdin)
     todo = sets.pairs(source, dest, imagesets.read(file) if file is not None else None, "copy", cached=False)
     src_login, dest_login = logins(username, password_stdin, src_username, src_password_stdin)
     pulling = options.pull_options(

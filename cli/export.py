@@ -112,6 +112,7 @@ def export(
     from cas.export import ExportOptions
     from cas.manifest import Platform
 
+    options.one_stdin(file, password_stdin)
     entries = _entries(refs, file)
     to_stdout = out == "-"
     delta = _check_combinations(to_stdout, as_json, fmt, since, since_inventory)

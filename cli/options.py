@@ -247,6 +247,17 @@ def read_credentials(
     return Credentials(username=username, password=stdin_password(example))
 
 
+def one_stdin(file: str | None, *password_stdin: bool) -> None:
+    """`-f -` and a --password-stdin cannot share stdin: the list would swallow the password."""
+    if file == "-" and any(password_stdin):
+        from cas.errors import UsageError
+
+        raise UsageError(
+            "-f - and --password-stdin would both read stdin",
+            hint="write the image list to a file, or save the login first with `cas login HOST`",
+        )
+
+
 def stdin_password(example: str) -> str:
     """The first line of stdin, for --password-stdin: an empty one is said as what it is."""
     import sys

@@ -60,6 +60,7 @@ def pull(
     from cli.pull_set import report, tell
 
     body = ctx.meta.setdefault(output.PARTIAL, {"images": [], "failed": []})  # the --json object, on failure too
+    options.one_stdin(file, password_stdin)
     entries = imagesets.entries(refs, file)  # every reference is checked before any network call
     opts = options.pull_options(
         platform,

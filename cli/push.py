@@ -56,6 +56,7 @@ def push(
     from cas.push import push as run_push
     from cas.store import Store
 
+    options.one_stdin(file, password_stdin)
     entries = imagesets.read(file) if file is not None else None
     todo = sets.pairs(ref, dest, entries, "push", cached=True)
     opts = PushOptions(

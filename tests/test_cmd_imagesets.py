@@ -151,3 +151,16 @@ def test_a_set_reuses_one_connection_per_registry(cas, proxy, registry, test_ima
     manifests = [r for r in proxy.requests if r.kind == "manifest"]
     assert len(manifests) == len(names)
     assert len({r.client_port for r in manifests}) == 1  # one connection for the set, not one per image
+
+
+def test_a_list_on_stdin_and_a_password_on_stdin_are_refused(cas, registry, test_images):
+    base = test_images.ref(registry, "base")
+    for command in (
+        ["pull"],
+        ["push", f"{registry.host}/x"],
+        ["copy", f"{registry.host}/x"],
+        ["export", "-o", "x.tar"],
+    ):
+        out = cas(*command, "-f", "-", "-u", "ci", "--password-stdin", input=f"{base}\n", check=False)
+        assert out.returncode == 2, command
+        assert out.stderr.startswith("error: -f - and --password-stdin would both read stdin"), command
