@@ -11,17 +11,21 @@ LOCK_WAIT seconds: a long pull beside it keeps its shared lock, and then this co
 eviction to the next write rather than hold anyone up. A budget never fails a command: an image
 bigger than the budget alone is kept, with a warning.
 
-Checking ``max-age`` while nothing writes is for a long-running `cas serve`, once it exists.
+A long-running `cas serve` also keeps it every ``serve.budget-interval`` (``watch``): images age
+past ``max-age`` while nothing writes, and pull-through adds blobs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from cas import gc, stats
-from cas.errors import LockTimeout, StoreError
+from cas.errors import CasError, LockTimeout, StoreError
+from cas.settings import Value, current
+from cas.sizes import format_duration, format_size
 from cas.snapshot import Image
 from cas.store import Store
 
@@ -33,11 +37,30 @@ LOCK_WAIT = 10.0  # seconds an eviction waits for the store lock before leaving 
 class Budget:
     max_size: int | None = None  # bytes of blobs
     max_age: float | None = None  # seconds since an image was last pulled or exported
-    origin: str = ""  # where max-size came from: "--max-size", "$CAS_MAX_SIZE", "FILE:LINE"
+    size_from: str = ""  # where max-size came from: "--max-size", "$CAS_MAX_SIZE", "FILE:LINE"
+    age_from: str = ""  # where max-age came from: "--max-age", "$CAS_MAX_AGE", "FILE:LINE"
 
     @property
     def set(self) -> bool:
         return self.max_size is not None or self.max_age is not None
+
+    def __str__(self) -> str:
+        """``max-size 20.0 GiB (from FILE:LINE) and max-age 1w (from $CAS_MAX_AGE)``: what is set."""
+        limits = [f"max-size {format_size(self.max_size)} (from {self.size_from})"] if self.max_size is not None else []
+        if self.max_age is not None:
+            limits.append(f"max-age {format_duration(self.max_age)} (from {self.age_from})")
+        return " and ".join(limits) or "no budget"
+
+    @classmethod
+    def resolve(cls, max_size: int | None = None, max_age: float | None = None) -> Budget:
+        """Each limit from its flag (given here), else its variable, else config.toml (cas.settings)."""
+        settings = current()
+        size, age = settings.resolve("max-size", max_size), settings.resolve("max-age", max_age)
+        return cls(size.value, age.value, _origin(size), _origin(age))
+
+
+def _origin(value: Value) -> str:
+    return {"flag": f"--{value.key}", "env": f"${value.source}", "file": value.source}.get(value.origin, "")
 
 
 @dataclass
@@ -59,8 +82,9 @@ class Eviction:
     def to_json(self) -> dict:
         return {
             "max_size": self.budget.max_size,
-            "max_size_from": self.budget.origin or None,
+            "max_size_from": self.budget.size_from or None,
             "max_age_seconds": self.budget.max_age,
+            "max_age_from": self.budget.age_from or None,
             "low_water_bytes": _low_water(self.budget.max_size),
             "store_bytes": self.store_bytes,
             "over_budget": self.over,
@@ -73,6 +97,32 @@ class Eviction:
             "skipped": self.skipped,
             "seconds": round(self.seconds, 3),
         }
+
+    def lines(self) -> list[str]:
+        """What it evicted and why, a warning per spared image bigger than the budget, or why the store
+        is still over it."""
+        budget, size = self.budget, format_size
+        limit = f"{size(budget.max_size)} (max-size from {budget.size_from})" if budget.max_size is not None else ""
+        said = []
+        if self.images:
+            why = [f"to stay under {limit}"] if budget.max_size is not None else []
+            if budget.max_age is not None:
+                age = format_duration(budget.max_age)
+                why.append(f"as unused for longer than {age} (max-age from {budget.age_from})")
+            count = len(self.images)
+            names = ", ".join(image.ref for image, _ in self.images)
+            said.append(
+                f"evicted {count} image{'s' if count != 1 else ''} ({names}), {size(self.freed_bytes)}, {' and '.join(why)}"
+            )
+        for image in self.too_big:
+            said.append(
+                f"warning: {image.ref} ({image.platform or 'unknown platform'}) alone is {size(image.size)}, "
+                f"more than the budget of {limit}: it is kept"
+            )
+        if self.over and not self.too_big:
+            why = self.skipped or "what this command used, and what running commands hold, is kept"
+            said.append(f"warning: the store holds {size(self.store_bytes)}, over its budget of {limit}: {why}")
+        return said
 
 
 def keep(
@@ -132,3 +182,26 @@ def _any_expired(store: Store, budget: Budget, spare: frozenset, now: float | No
 
 def _low_water(max_size: int | None) -> int | None:
     return None if max_size is None else int(max_size * LOW_WATER)
+
+
+async def watch(store: Store, say: Callable[[str], None]) -> None:
+    """Keep the budget every ``serve.budget-interval`` seconds, for a process that runs for days (`cas serve`).
+
+    Nothing may be written for hours while images age past ``max-age``; a pull-through adds blobs
+    between checks. Each check is ``keep`` with nothing of its own to spare: what a client is being
+    served is leased, so it stays. Returns at once when no budget is set; never raises a store error.
+    """
+    budget = Budget.resolve()
+    if not budget.set:
+        return
+    every = current().value("serve.budget-interval")
+    say(f"keeping the store's budget, {budget}, every {format_duration(every)}")
+    while True:
+        await asyncio.sleep(every)
+        try:
+            eviction = await asyncio.to_thread(keep, store, budget, ())
+        except (CasError, OSError) as exc:  # busy or damaged metadata: said, and the next check tries again
+            say(f"warning: keeping the store's budget: {exc}")
+            continue
+        for line in eviction.lines() if eviction is not None else ():
+            say(line)

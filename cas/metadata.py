@@ -27,7 +27,7 @@ from typing import TypeVar
 
 from cas.digest import Digest
 from cas.errors import DiskFull, StoreError
-from cas.metadata_sqlite import open_database, scan, schema_version, set_schema_version, sqlite_errors
+from cas.metadata_sqlite import delete_many, open_database, scan, schema_version, set_schema_version, sqlite_errors
 from cas.records import PREFIX, BlobRecord, RefRecord, blob_record, is_legacy, key_of, legacy_key, read_all
 
 SCHEMA = 2  # see Metadata._migrate
@@ -135,6 +135,12 @@ class Metadata:
         return self._db.delete(record.key)
 
     @_guarded
+    def remove_refs(self, records: Iterable[RefRecord]) -> int:
+        """Forget many records in one transaction, a few statements in all (an eviction); how many there were."""
+        with self.transact():
+            return len(delete_many(self._db, [record.key for record in records]))
+
+    @_guarded
     def refs(self, malformed: list[str] | None = None) -> Iterator[RefRecord]:
         """Every ref record; a damaged one raises StoreError, or its key goes to ``malformed`` if given."""
         yield from read_all(self.scan(PREFIX), malformed)
@@ -236,8 +242,8 @@ class Metadata:
         total changed once; how many there were. Prune reads every record first, so this only deletes."""
         with self.transact():
             total = self.blob_bytes()
-            gone = [digest for digest in sizes if self._db.delete(f"blob:{digest}")]
-            self._db.set(TOTAL, total - sum(sizes[digest] for digest in gone))
+            gone = delete_many(self._db, [f"blob:{digest}" for digest in sizes])
+            self._db.set(TOTAL, total - sum(size for digest, size in sizes.items() if f"blob:{digest}" in gone))
             return len(gone)
 
     @_guarded
@@ -304,10 +310,11 @@ class Metadata:
                     self._db.delete(f"lease:{lease.id}")
 
     @_guarded
-    def leased_digests(self) -> set[str]:
-        """Digests held by live leases; leases of dead processes are dropped."""
+    def leased_digests(self, leases: Iterable[tuple[str, object]] | None = None) -> set[str]:
+        """Digests held by live leases; leases of dead processes are dropped. ``leases``: the ``lease:``
+        entries, when the caller's own scan read them already (cas.snapshot: one pass over the metadata)."""
         held: set[str] = set()
-        for key, record in list(self.scan("lease:")):
+        for key, record in list(self.scan("lease:") if leases is None else leases):
             if not isinstance(record, dict):
                 continue
             if not _pid_alive(record.get("pid", -1)):

@@ -4,6 +4,7 @@ The one module that leans on diskcache's internals, kept apart from cas.metadata
 mean): ``Cache._con`` and the Settings table, to open a database without diskcache's writing
 ``__init__`` (a full disk must not lock every command out), and ``Cache._sql`` with
 ``Disk.get/fetch``, to page through the table in the order rows were written (by tag, too), and
+``Disk.put`` with ``Cache._sql``, to delete many keys in a few statements (``delete_many``), and
 sqlite's ``user_version`` for the layout's version. Each is named by
 a test in tests/test_dependency_internals.py, which fails loudly when an upgrade moves it.
 """
@@ -18,7 +19,7 @@ import stat
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import diskcache
@@ -213,6 +214,33 @@ def scan(
                 yield name, disk.fetch(mode, filename, value, False)
             except OSError:  # a large value whose file a concurrent delete removed
                 continue
+
+
+def delete_many(db: diskcache.Cache, keys: Iterable[str], batch: int = 500) -> set[str]:
+    """Delete these keys' rows, ``batch`` at a time (one SELECT and one DELETE each); the keys that were there.
+
+    diskcache's ``delete`` costs a transaction and two statements per key: an eviction of a thousand
+    images forgets thousands of keys. Run it inside the caller's transaction. A row whose value lives
+    in a file of its own (over 32 KiB: no record of ours is) goes through ``delete``, which removes
+    the file once the transaction commits.
+    """
+    disk, now, gone = db._disk, time.time(), set()
+    encoded = {bytes(disk.put(key)[0]): key for key in keys}
+    names = list(encoded)
+    for start in range(0, len(names), batch):
+        chunk = names[start : start + batch]
+        rows = db._sql(
+            f"SELECT rowid, key, filename FROM Cache WHERE key IN ({', '.join('?' * len(chunk))}) AND raw = 1"
+            " AND (expire_time IS NULL OR expire_time > ?)",
+            (*chunk, now),
+        ).fetchall()
+        inline = [rowid for rowid, _, filename in rows if filename is None]
+        if inline:
+            db._sql(f"DELETE FROM Cache WHERE rowid IN ({', '.join('?' * len(inline))})", inline)
+        for _, key, filename in rows:
+            if filename is None or db.delete(encoded[bytes(key)]):
+                gone.add(encoded[bytes(key)])
+    return gone
 
 
 def schema_version(db: diskcache.Cache) -> int:

@@ -105,6 +105,8 @@ class PullResult:
             "platforms": [{"platform": r.platform, "manifest": str(r.manifest)} for r in self.records],
             "downloaded_blobs": self.downloaded_blobs,
             "downloaded_bytes": self.downloaded_bytes,
+            "discarded_bytes": self.discarded_bytes,  # received and thrown away: not in downloaded_bytes
+            "retry_count": self.retries,
             "reused_blobs": self.reused_blobs,
             "reused_bytes": self.reused_bytes,
             "manifest_requests": self.manifest_requests,

@@ -23,6 +23,7 @@ DEFAULT_JOBS = 4  # blobs transferred at once
 DEFAULT_CONNECTIONS = 8  # per pull in all, range requests included
 DEFAULT_TIMEOUT = 30.0  # seconds: connect, wait for an answer, stall window
 DEFAULT_MIN_RATE = 1024  # bytes per second below which a transfer is stalled
+DEFAULT_BUDGET_INTERVAL = 600.0  # seconds between a running `cas serve`'s checks of the budget
 
 
 def _number(kind: type, low: float, high: float | None, what: str) -> Callable[[object], object]:
@@ -68,6 +69,13 @@ def _duration(raw: object) -> float:
     return float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else parse_duration(str(raw))
 
 
+def _interval(raw: object) -> float:
+    seconds = _duration(raw)
+    if not seconds > 0:
+        raise ValueError(f"{raw!r} is not a duration longer than 0 (10m, 30s)")
+    return seconds
+
+
 def _platform(raw: object) -> str:
     """One platform, or several comma-separated (`cas pull` takes a list; export checks that it is one)."""
     from cas.errors import CasError
@@ -108,6 +116,7 @@ SETTINGS = {
         Setting("daemon-json", None, str, env=("CAS_DOCKER_DAEMON_JSON",)),
         Setting("serve.listen", None, _text),  # for `cas serve`, which reads them when it exists
         Setting("serve.upstreams", (), _texts),
+        Setting("serve.budget-interval", DEFAULT_BUDGET_INTERVAL, _interval),  # cas.budget.watch
     )
 }
 

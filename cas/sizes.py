@@ -75,6 +75,18 @@ def format_size(n: float) -> str:
     return f"{n:.1f} {unit}"
 
 
+def format_duration(seconds: float) -> str:
+    """A duration the way users type one: ``604800`` -> ``1w``, ``5400`` -> ``1h30m``, ``2.5`` -> ``2.5s``."""
+    parts, rest = [], seconds
+    for unit in ("w", "d", "h", "m"):
+        count, rest = divmod(rest, _DURATION_UNITS[unit])
+        if count:
+            parts.append(f"{count:.0f}{unit}")
+    if rest or not parts:
+        parts.append(f"{rest:g}s")
+    return "".join(parts)
+
+
 def format_rate(bytes_per_second: float) -> str:
     """A transfer speed in the same units: ``12.3 MiB/s``."""
     return f"{format_size(bytes_per_second)}/s"

@@ -113,9 +113,10 @@ def read_index(store: Store, snap: Snapshot) -> None:
     """Refs, blob records and live leases into ``snap``."""
     index = store.metadata
     refs: list[tuple[str, object]] = []
-    for key, value in index.scan(PREFIX, "blob:"):  # one pass over the index for both
-        if key.startswith(PREFIX):
-            refs.append((key, value))
+    leases: list[tuple[str, object]] = []
+    for key, value in index.scan(PREFIX, "blob:", "lease:"):  # one pass over the metadata for all three
+        if not key.startswith("blob:"):
+            (leases if key.startswith("lease:") else refs).append((key, value))
             continue
         try:
             digest = str(Digest.parse(key[5:]))
@@ -129,7 +130,7 @@ def read_index(store: Store, snap: Snapshot) -> None:
             snap.bad_keys.append(key)
     for record in read_all(refs, snap.bad_keys):
         snap.images[record.key] = Image.of(record)
-    snap.leased = index.leased_digests()
+    snap.leased = index.leased_digests(leases)
 
 
 def read_disk(store: Store, snap: Snapshot) -> None:

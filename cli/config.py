@@ -36,11 +36,15 @@ def config(as_json: options.Json = False) -> None:
 
 
 def _show(key: str, value: object) -> str:
-    """A value as a user would write it: sizes in IEC units, lists ':'-joined, unset as '-'."""
+    """A value as a user would write it: sizes in IEC units, durations in units, lists ','-joined, unset as '-'."""
+    from cas.sizes import format_duration
+
     if value is None or value == ():
         return "-"
     if key == "max-size":
         return f"{output.human_size(value)} ({value} bytes)"
+    if key in ("max-age", "serve.budget-interval"):
+        return f"{format_duration(value)} ({value:g} seconds)"
     if isinstance(value, tuple):
         return ", ".join(value)
     if isinstance(value, float):

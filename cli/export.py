@@ -89,6 +89,7 @@ def export(
     password_stdin: options.PasswordStdin = False,
     lock_timeout: options.LockTimeout = None,
     max_size: options.MaxSize = None,
+    max_age: options.MaxAge = None,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
     verbose: options.Verbose = False,
@@ -141,7 +142,7 @@ def export(
 
     if to_stdout:
         sys.stdout.flush()
-    result, eviction = _run(entries, file, 1 if to_stdout else Path(out), opts, max_size)
+    result, eviction = _run(entries, file, 1 if to_stdout else Path(out), opts, (max_size, max_age))
 
     if as_json:
         output.emit_json("export", {**result.to_json(), **budget.json_field(eviction)})
@@ -150,9 +151,7 @@ def export(
         output.notice(summary(result))
 
 
-def _run(
-    entries: list, file: str | None, target, opts: ExportOptions, max_size: int | None
-) -> tuple[ExportResult, object]:
+def _run(entries: list, file: str | None, target, opts: ExportOptions, limits: tuple) -> tuple[ExportResult, object]:
     """The export (a lock file's pinned lines first checked, or with --pull fetched), then the size
     budget when --pull added blobs (what was exported is kept)."""
     import contextlib
@@ -167,7 +166,7 @@ def _run(
             _locked(store, entries, file, opts.pull_options)
             result = run_export(store, [entry.name for entry in entries], target, opts)
         used = [(image.ref, image.platform) for image in result.images]
-        eviction = budget.keep(store, max_size, used, opts.lock_timeout, say=False) if result.pulled else None
+        eviction = budget.keep(store, limits, used, opts.lock_timeout, say=False) if result.pulled else None
     finally:
         store.close()
     return result, eviction

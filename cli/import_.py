@@ -50,6 +50,7 @@ def import_(
     tag: Tag = None,
     lock_timeout: options.LockTimeout = None,
     max_size: options.MaxSize = None,
+    max_age: options.MaxAge = None,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
 ) -> None:
@@ -89,7 +90,7 @@ def import_(
                 opts.on_bytes = bar.advance
             result = import_archive(store, source, opts)
         imported = [(ref, image.platform) for image in result.images for ref in image.refs]
-        eviction = budget.keep(store, max_size, imported, lock_timeout, say=False)
+        eviction = budget.keep(store, (max_size, max_age), imported, lock_timeout, say=False)
     finally:
         store.close()
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cas.settings import DEFAULT_CONNECTIONS, DEFAULT_JOBS, DEFAULT_LOCK_TIMEOUT, DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
+from cas.sizes import parse_duration, parse_size
 
 if TYPE_CHECKING:  # the commands that need them import them when they run: `cas images` needs neither
     from cas.pull import PullOptions
@@ -207,23 +208,36 @@ LockTimeout = Annotated[
 ]
 
 
-def _size(text: str) -> int:
-    from cas.sizes import parse_size
+def _limit(flag: str, parse: Callable[[str], object], metavar: str, help: str) -> typer.models.OptionInfo:
+    """A size-budget option (``--max-size``, ``--max-age``): ``parse``'s ValueError is a usage error."""
 
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    def parser(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+    return typer.Option(flag, parser=parser, metavar=metavar, help=help)
 
 
 MaxSize = Annotated[
     int | None,
-    typer.Option(
+    _limit(
         "--max-size",
-        parser=_size,
-        metavar="SIZE",
-        help="Keep the store under SIZE (10GB, 500MiB): after this command, least-recently-used images are "
+        parse_size,
+        "SIZE",
+        "Keep the store under SIZE (10GB, 500MiB): after this command, least-recently-used images are "
         "evicted to 90% of it (default: $CAS_MAX_SIZE, or `max-size` in config.toml, else no budget).",
+    ),
+]
+MaxAge = Annotated[
+    float | None,
+    _limit(
+        "--max-age",
+        parse_duration,
+        "DURATION",
+        "After this command, evict images not pulled or exported for DURATION (7d, 12h, 90m) "
+        "(default: $CAS_MAX_AGE, or `max-age` in config.toml, else none).",
     ),
 ]
 

@@ -12,6 +12,17 @@ if TYPE_CHECKING:
     from cas.pull import PullResult
 
 
+LockFile = Annotated[
+    str | None,
+    typer.Option(
+        "--lock",
+        metavar="LOCKFILE",
+        help="Write LOCKFILE: each image pinned to the digest it resolved to, with the platforms taken "
+        "(pull -f LOCKFILE later fetches exactly those).",
+    ),
+]
+
+
 def pull(
     ctx: typer.Context,
     refs: Annotated[
@@ -19,15 +30,7 @@ def pull(
         typer.Argument(metavar="REF...", help="Image references: alpine, host:5000/app:1.0, name@sha256:..."),
     ] = None,
     file: options.ImageSetFile = None,
-    lock: Annotated[
-        str | None,
-        typer.Option(
-            "--lock",
-            metavar="LOCKFILE",
-            help="Write LOCKFILE: each image pinned to the digest it resolved to, with the platforms taken "
-            "(pull -f LOCKFILE later fetches exactly those).",
-        ),
-    ] = None,
+    lock: LockFile = None,
     platform: options.PlatformsOpt = None,
     all_platforms: Annotated[
         bool, typer.Option("--all-platforms", help="Every platform of a multi-platform image (one record each).")
@@ -41,6 +44,7 @@ def pull(
     hosts_dir: options.HostsDir = None,
     timeout: options.Timeout = None,
     max_size: options.MaxSize = None,
+    max_age: options.MaxAge = None,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
     verbose: options.Verbose = False,
@@ -88,7 +92,9 @@ def pull(
         )
     if not (single and outcomes[0].error):
         pulled = budget.pulled([o.result for o in outcomes if o.result])
-        body.update(budget.json_field(budget.keep(store, max_size, pulled, lock_timeout, say=not (as_json or quiet))))
+        body.update(
+            budget.json_field(budget.keep(store, (max_size, max_age), pulled, lock_timeout, say=not (as_json or quiet)))
+        )
     report(body, outcomes, lock=lock, source=file or "the command line", as_json=as_json)
 
 

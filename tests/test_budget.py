@@ -172,3 +172,30 @@ def test_an_import_keeps_the_budget_too(cas, cas_home, registry, tmp_path):
     assert f"evicted 1 image ({refs[0]})" in imported.stderr
     assert _cached(cas) == {refs[1], refs[2]}
     assert _blobs_on_disk(cas_home) <= budget
+
+
+def test_import_and_export_pull_take_max_age_too(cas, cas_home, registry, tmp_path):
+    from cas.store import Store
+
+    aged, again, new, fetched = (
+        _push(registry, f"age-{name}", _image(seed))
+        for name, seed in (("aged", 17), ("again", 18), ("new", 19), ("fetched", 20))
+    )
+    archive = tmp_path / "new.tar"
+    elsewhere = {"CAS_HOME": str(tmp_path / "elsewhere")}
+    cas("pull", "-q", new, env=elsewhere)
+    cas("export", "-q", new, "-o", archive, env=elsewhere)
+
+    def age(ref: str) -> None:
+        cas("pull", "-q", ref)
+        store = Store(cas_home)
+        store.metadata.touch_refs(store.metadata.ref_records(ref), when=time.time() - 4 * 86400)
+        store.close()
+
+    age(aged)
+    imported = json.loads(cas("import", "--json", "--max-age", "3d", archive).stdout)["budget"]
+    assert [i["ref"] for i in imported["images"]] == [aged] and imported["max_age_from"] == "--max-age"
+    age(again)
+    exported = cas("export", "--pull", "--max-age", "3d", fetched, "-o", os.devnull)
+    assert f"evicted 1 image ({again}), " in exported.stderr and "(max-age from --max-age)" in exported.stderr
+    assert _cached(cas) == {new, fetched}

@@ -3,8 +3,10 @@
 - httpcore's ``HTTP11Connection.READ_NUM_BYTES`` (cas.registry.transport raises it to 1 MiB where
   it exists: 20-40 % faster blob streaming). httpcore has no upper pin: this test is why.
 - diskcache's ``Cache._sql`` and ``Disk.get/fetch`` (cas.metadata.Index.scan pages through the
-  table in one query per 1,000 rows), and the attributes ``Cache.__init__`` sets (cas.metadata
-  opens an existing index without diskcache's writing ``__init__``). pyproject pins
+  table in one query per 1,000 rows), the attributes ``Cache.__init__`` sets (cas.metadata
+  opens an existing index without diskcache's writing ``__init__``), and ``Disk.put`` with the
+  ``Cache`` table's columns (cas.metadata_sqlite.delete_many: an eviction forgets thousands of keys
+  in a few statements). pyproject pins
   ``diskcache>=5.6,<5.7``.
 
 When an upgrade removes or renames one, these tests fail and say what to change, instead of
@@ -104,5 +106,32 @@ def test_a_database_another_process_is_still_creating_is_not_attached(tmp_path):
         assert not read_only
         db.set("k", 1)
         assert db.get("k") == 1
+    finally:
+        db.close()
+
+
+def test_delete_many_deletes_what_diskcache_delete_would_in_a_few_statements(tmp_path):
+    """cas.metadata_sqlite.delete_many encodes keys with ``Disk.put`` and deletes rows by ``Cache._sql``: the keys that
+    were there go (a value kept in a file of its own too, its file removed), an expired or absent one is not
+    reported, and diskcache's own count stays right."""
+    import time
+
+    from cas.metadata_sqlite import SETTINGS, delete_many
+
+    db = diskcache.Cache(str(tmp_path), disk=diskcache.JSONDisk, **SETTINGS)
+    try:
+        for i in range(7):
+            db.set(f"blob:{i}", {"size": i})
+        db.set("ref:big", {"blobs": ["x" * 100] * 400})  # over 32 KiB: diskcache keeps it in a file
+        db.set("lease:old", {"pid": 1}, expire=0.01)
+        db.set("kept", 1)
+        assert list(tmp_path.rglob("*.val"))
+        time.sleep(0.05)  # the lease expires
+        wanted = [f"blob:{i}" for i in range(7)] + ["ref:big", "lease:old", "absent"]
+        with db.transact():
+            gone = delete_many(db, wanted, batch=3)  # batches of 3: several SELECTs and DELETEs
+        assert gone == {f"blob:{i}" for i in range(7)} | {"ref:big"}
+        assert not list(tmp_path.rglob("*.val"))  # the big value's file went with its row
+        assert sorted(db.iterkeys()) == ["kept", "lease:old"] and len(db) == 2
     finally:
         db.close()

@@ -231,6 +231,10 @@ def test_retries_of_a_busy_registry_are_said_as_they_happen_unless_quiet_and_cou
     proxy.fail_next(503, count=2, pattern="/manifests/")
     quiet = cas("pull", "-q", f"{proxy.host}/{REPO}:1", env=NO_MIRRORS)
     assert quiet.stderr == "" and proxy.count("manifest") == 3
+    proxy.reset()
+    proxy.fail_next(503, count=2, pattern="/manifests/")
+    body = json.loads(cas("pull", "--json", f"{proxy.host}/{REPO}:1", env=NO_MIRRORS).stdout)["images"][0]
+    assert (body["retry_count"], body["discarded_bytes"], body["downloaded_bytes"]) == (2, 0, 0)
 
 
 # --- item 2: a split download's stall -------------------------------------------------------------
@@ -295,6 +299,7 @@ def test_the_summary_counts_retries_and_discarded_bytes_apart(cas, proxy, layere
     elsewhere = {**NO_MIRRORS, "CAS_HOME": str(tmp_path / "another-home")}
     body = json.loads(cas("pull", "-j", "1", "--json", ref, env=elsewhere).stdout)["images"][0]
     assert body["downloaded_bytes"] == layered.size  # the blobs and the manifest; the 1 MB thrown away is not in it
+    assert (body["retry_count"], body["discarded_bytes"]) == (1, 1_000_000)  # counted apart, as the summary does
 
 
 # --- item 8: a Content-Range with only its start wrong ------------------------------------------

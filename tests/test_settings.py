@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -41,12 +42,54 @@ def test_the_same_budget_from_the_file_the_variable_and_the_flag(cas, registry, 
     assert shown["max-size"] == {"key": "max-size", "value": budget, "origin": "file", "source": f"{config}:3"}
     assert shown["jobs"]["origin"] == "file" and shown["jobs"]["value"] == 2
     assert shown["connections"] == {"key": "connections", "value": 8, "origin": "default", "source": None}
+    assert _config(cas, CAS_MAX_SIZE=str(budget))["max-size"] == {
+        "key": "max-size",
+        "value": budget,
+        "origin": "env",
+        "source": "CAS_MAX_SIZE",
+    }
     over = _config(cas, CAS_CONFIG=str(config), CAS_MAX_SIZE="1GiB")  # the variable beats the file
     assert over["max-size"]["value"] == 1 << 30 and over["max-size"]["source"] == "CAS_MAX_SIZE"
     text = cas("config", env={"CAS_CONFIG": str(config), "CAS_TIMEOUT": "5"}).stdout
     assert f"config file: {config}\n" in text
     assert any(line.split()[:2] == ["timeout", "5"] and line.endswith("$CAS_TIMEOUT") for line in text.splitlines())
     assert any(line.startswith("max-size") and line.endswith(f"{config}:3") for line in text.splitlines())
+
+
+def test_max_age_from_the_file_the_variable_and_the_flag_each_beating_the_next(cas, registry, tmp_path):
+    """An image last used four days ago goes under a max-age of 3d, whichever place says 3d; a 30d
+    that a higher place overrides does not keep it."""
+    from cas.store import Store
+
+    aged, new = (_push(registry, f"aging{seed}", _image(seed)) for seed in (24, 25))
+    three, thirty = tmp_path / "3d.toml", tmp_path / "30d.toml"
+    three.write_text('max-age = "3d"\n')
+    thirty.write_text('jobs = 2\nmax-age = "30d"\n')
+    cases = [
+        ({"CAS_CONFIG": str(three)}, [], f"{three}:1"),
+        ({"CAS_CONFIG": str(thirty), "CAS_MAX_AGE": "3d"}, [], "$CAS_MAX_AGE"),
+        ({"CAS_CONFIG": str(thirty), "CAS_MAX_AGE": "30d"}, ["--max-age", "3d"], "--max-age"),
+    ]
+    for n, (env, flag, origin) in enumerate(cases):
+        home = tmp_path / f"home{n}"
+        cas("pull", "-q", aged, env={"CAS_HOME": str(home)})
+        store = Store(home)
+        store.metadata.touch_refs(store.metadata.ref_records(aged), when=time.time() - 4 * 86400)
+        store.close()
+        kept = json.loads(cas("pull", "--json", *flag, new, env={**env, "CAS_HOME": str(home)}).stdout)["budget"]
+        assert [i["ref"] for i in kept["images"]] == [aged], origin
+        assert (kept["max_age_seconds"], kept["max_age_from"], kept["max_size"]) == (3 * 86400, origin, None)
+    said = cas("pull", "--max-age", "2d", aged, env={"CAS_HOME": str(tmp_path / "home0")}).stderr  # nothing that old
+    assert "evicted" not in said
+    shown = _config(cas, CAS_CONFIG=str(thirty), CAS_MAX_AGE="3d")["max-age"]
+    assert (shown["value"], shown["origin"], shown["source"]) == (3 * 86400, "env", "CAS_MAX_AGE")
+    text = cas("config", env={"CAS_CONFIG": str(thirty)}).stdout
+    assert any(line.split()[:2] == ["max-age", "4w2d"] and line.endswith(f"{thirty}:2") for line in text.splitlines())
+
+
+def test_a_bad_max_age_flag_is_a_usage_error(cas):
+    proc = cas("pull", "--max-age", "soon", "x", check=False)
+    assert proc.returncode == 2 and "invalid duration 'soon'" in proc.stderr
 
 
 def test_serve_settings_are_accepted_and_shown(cas, tmp_path):

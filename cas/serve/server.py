@@ -20,6 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from cas import budget
 from cas.errors import CasError, UsageError
 from cas.serve import archive, auth, observe
 from cas.serve.auth import Htpasswd
@@ -160,8 +161,10 @@ async def _serve(app: web.Application, options: ServeOptions, on_ready: Callable
         url = _url(runner, "https" if context else "http")
         on_ready(f"serving {service.store.root} on {url} (read-only, {mode}); Ctrl-C stops")
         expiring = asyncio.create_task(_housekeeping(app))
+        keeping = asyncio.create_task(budget.watch(service.store, on_ready))  # max-size and max-age, while idle
         await stop.wait()
         expiring.cancel()
+        keeping.cancel()
     finally:
         await runner.cleanup()  # stops accepting; waits for requests in flight up to SHUTDOWN_GRACE
         await asyncio.to_thread(app[observe.METRICS].flush, service.store.metadata)

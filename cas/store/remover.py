@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 from pathlib import Path
 
 from cas.digest import Digest
@@ -69,11 +68,10 @@ class Remover:
 
     def _unlink(self, dir_fd: int, name: str, errors: list[str], shown: str) -> bool:
         try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
+            try:
+                os.unlink(name, dir_fd=dir_fd)  # a file, or a symlink as a link: one call per blob
+            except IsADirectoryError:
                 shutil.rmtree(name, dir_fd=dir_fd)  # fd-based: never follows links inside
-            else:
-                os.unlink(name, dir_fd=dir_fd)  # a symlink goes as a link
             return True
         except FileNotFoundError:
             return False
