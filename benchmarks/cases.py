@@ -394,3 +394,32 @@ def mirrors(root: Path, runs: int) -> list[Row]:
             note=f"the upstream served {figures['upstream_copies']:.2f} copies of the image in all",
         )
     ]
+
+
+SET_SIZE = 20
+
+
+def image_set(runner: Runner, registry: Registry, work: Path, runs: int) -> Row:
+    """A build machine's warm re-pull: `cas pull -f` of 20 cached images (one process, tags resolved
+    in parallel, nothing downloaded) against 20 warm `skopeo copy` runs of the same images."""
+    refs = []
+    for n in range(SET_SIZE):
+        image = images.Image([images.random_layer(256 * 1024, seed=700 + n), images.random_layer(64 * 1024, seed=800)])
+        images.push(registry, f"bench/set{n}", "1", image)
+        refs.append(f"{registry.host}/bench/set{n}:1")
+    listing = work / "images.txt"
+    listing.write_text("".join(f"{ref}\n" for ref in refs))
+    home, layout = work / "home-set", work / "oci-set"
+    env = dict(os.environ, CAS_HOME=str(home))
+    subprocess.run([CAS, "pull", "-q", "-f", str(listing)], env=env, check=True)
+    copies = [[*runner.skopeo_pull(ref, layout)[:-1], f"oci:{layout}:set{n}"] for n, ref in enumerate(refs)]
+    for cmd in copies:
+        subprocess.run(cmd, check=True)
+    cas_times, skopeo_times = [], []
+    for _ in range(runs):
+        cas_times.append(runner.timed("pull -f", [CAS, "pull", "-q", "-f", str(listing)], env))
+        skopeo_times.append(sum(runner.timed("skopeo", cmd) for cmd in copies))
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(layout, ignore_errors=True)
+    case = f"warm pull -f of {SET_SIZE} cached images vs {SET_SIZE} skopeo copy runs"
+    return ratio_row(case, cas_times, skopeo_times, 0.3, runner.rss_mib("pull -f"))

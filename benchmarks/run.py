@@ -13,6 +13,7 @@ It starts a docker-registry on 127.0.0.1, pushes incompressible images (64 MiB i
   command exits 1: never a quiet skip;
 - `cas --version` vs `skopeo --version` (floor: the interpreter alone);
 - `cas images` on a store of 1,000 images (group images);
+- a warm `cas pull -f` of 20 cached images (one process) vs 20 warm `skopeo copy` runs;
 - the other scripts here, as rows: bench_gc.py (du, prune, verify on 10,000 blobs),
   bench_import.py (`cas import` vs `skopeo copy docker-archive: oci:`, delta size),
   bench_push.py (`cas push` vs skopeo), bench_mirror.py (hosts behind a pull-through mirror),
@@ -56,6 +57,7 @@ GROUPS = (
     "mirror",
     "budget",
     "serve",
+    "set",
 )
 
 
@@ -90,6 +92,9 @@ def main() -> int:
             rows.append(cases.version(runner, 7 * args.runs, baseline))
         if "images" in only:
             rows.append(cases.many_images(runner, work, args.runs, baseline))
+        if "set" in only:
+            with Registry(work / "registry-set") as registry:
+                rows.append(cases.image_set(runner, registry, work, args.runs))
         if only & {"pull", "capped", "export", "xfs"}:
             with Registry(work / "registry") as registry:
                 imgs = push_images(registry, only, args.scale)

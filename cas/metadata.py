@@ -373,8 +373,9 @@ class Metadata:
         try:
             yield lease
         finally:
-            with sqlite_errors(self.path, self.read_only):
-                self._db.delete(f"lease:{lease.id}")
+            if lease.digests:  # else it was never written
+                with sqlite_errors(self.path, self.read_only):
+                    self._db.delete(f"lease:{lease.id}")
 
     @_guarded
     def leased_digests(self, leases: Iterable[tuple[str, object]] | None = None) -> set[str]:
@@ -433,7 +434,7 @@ class Lease:
 
     def add(self, digests: Iterable[Digest | str]) -> None:
         new = {str(d) for d in digests} - self.digests
-        if not new and self.digests:
+        if not new:  # an empty lease holds nothing: not written
             return
         self.digests |= new
         self.metadata.put_lease(self.id, self.digests)
