@@ -16,13 +16,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import CAS, PYTHON
+from harness import CAS, PYTHON, ROOT
 
 from tests.support import images
 from tests.support.registry import Registry
 from tests.support.tools import require
 
 MiB = 1 << 20
+Env = dict[str, str] | None
+Baseline = tuple[str, Env] | None  # another checkout's cas, and the environment it runs in
+Times = list[float]
 CAP = 20_000_000  # bytes/s per connection for the capped-link cases
 
 
@@ -37,6 +40,8 @@ class Row:
     ok: bool | None = None
     rss_mib: float | None = None
     note: str = ""
+    baseline: float | None = None  # median seconds of the --baseline checkout's cas, timed in turn with this one
+    cpu_vs_baseline: float | None = None  # median CPU seconds (user + sys) of this cas over the baseline's
 
 
 @dataclass
@@ -72,28 +77,49 @@ def _random_layer(size: int, seed: int) -> images.Layer:
 
 
 class Runner:
-    """Times fresh processes; keeps the peak RSS of each command kind."""
+    """Times fresh processes; keeps the peak RSS and the CPU seconds of each command kind."""
 
     def __init__(self, scratch: Path) -> None:
         self.time = require("time", "time", prefer=["/usr/bin/time"])
         self.skopeo = require("skopeo", "skopeo")
         self.scratch = scratch
         self.rss: dict[str, int] = {}  # kind -> KiB
+        self.cpu: dict[str, list[float]] = {}  # kind -> user + sys seconds of each run
 
     def timed(self, kind: str, cmd: list[str], env: dict[str, str] | None = None, stdout=subprocess.DEVNULL) -> float:
         report = self.scratch / "rss.txt"
         started = time.perf_counter()
         proc = subprocess.run(
-            [self.time, "-f", "%M", "-o", str(report), *cmd], env=env, stdout=stdout, stderr=subprocess.PIPE
+            [self.time, "-f", "%M %U %S", "-o", str(report), *cmd], env=env, stdout=stdout, stderr=subprocess.PIPE
         )
         elapsed = time.perf_counter() - started
         if proc.returncode != 0:
             raise RuntimeError(f"`{' '.join(cmd)}` exited {proc.returncode}:\n{proc.stderr.decode(errors='replace')}")
-        self.rss[kind] = max(self.rss.get(kind, 0), int(report.read_text().split()[-1]))
+        rss, user, system = report.read_text().split()[-3:]
+        self.rss[kind] = max(self.rss.get(kind, 0), int(rss))
+        self.cpu.setdefault(kind, []).append(float(user) + float(system))
         return elapsed
 
     def rss_mib(self, kind: str) -> float:
         return self.rss.get(kind, 0) / 1024
+
+    def in_turn(
+        self, i: int, kind: str, args: list[str], env: Env, baseline: Baseline, mine: Times, theirs: Times
+    ) -> None:
+        """``cas ARGS`` and, given a ``baseline`` (its cas, its environment), that cas's ``ARGS``, one after
+        the other: the baseline first every other run, so that neither always follows the same command."""
+        turns = [(mine, kind, CAS, env)]
+        if baseline:
+            turns.append((theirs, f"baseline {kind}", *baseline))
+        for into, what, program, where in turns if i % 2 == 0 else turns[::-1]:
+            into.append(self.timed(what, [program, *args], where))
+
+    def against_baseline(self, row: Row, seconds: list[float], kind: str) -> None:
+        """Give ``row`` the baseline's median and the CPU ratio of ``kind`` to ``baseline KIND``."""
+        if seconds:
+            row.baseline = median(seconds)
+            theirs = median(self.cpu[f"baseline {kind}"])
+            row.cpu_vs_baseline = median(self.cpu[kind]) / theirs if theirs else None
 
     def skopeo_pull(self, ref: str, layout: Path) -> list[str]:
         return [self.skopeo, "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"oci:{layout}:bench"]
@@ -109,31 +135,68 @@ def ratio_row(case: str, cas: list[float], skopeo: list[float], limit: float, rs
     return row
 
 
-def pulls(runner: Runner, imgs: Images, work: Path, runs: int) -> list[Row]:
-    """Cold and warm pulls of the 64 MiB and the 640 MiB image, straight from the registry."""
+def pulls(runner: Runner, imgs: Images, work: Path, runs: int, baseline: str | None = None) -> list[Row]:
+    """Cold and warm pulls of the 64 MiB and the 640 MiB image, straight from the registry; with a
+    ``baseline`` cas, its warm pull and `cas images` in turn with this one's, each on a store of its own."""
     rows = []
     for name, cold_limit in (("small", 1.2), ("big", 0.9)):
         ref, kind = imgs.refs[name], f"pull {name}"
         home, layout = work / "home-pull", work / "oci-pull"
         env = dict(os.environ, CAS_HOME=str(home))
-        t: dict[str, list[float]] = {"cold": [], "skopeo cold": [], "warm": [], "skopeo warm": [], "images": []}
-        for _ in range(runs):
-            shutil.rmtree(home, ignore_errors=True)
-            shutil.rmtree(layout, ignore_errors=True)
+        base_env = dict(os.environ, CAS_HOME=str(work / "home-pull-baseline"))
+        t: dict[str, list[float]] = {k: [] for k in ("cold", "skopeo cold", "warm", "skopeo warm", "images")}
+        b: dict[str, list[float]] = {"warm": [], "images": []}
+        theirs = (baseline, base_env) if baseline else None
+        for i in range(runs):
+            for path in (home, layout, work / "home-pull-baseline"):
+                shutil.rmtree(path, ignore_errors=True)
             t["cold"].append(runner.timed(kind, [CAS, "pull", "-q", ref], env))
             t["skopeo cold"].append(runner.timed("skopeo", runner.skopeo_pull(ref, layout)))
-            t["warm"].append(runner.timed(kind + " warm", [CAS, "pull", "-q", ref], env))
+            if baseline:
+                runner.timed("baseline cold", [baseline, "pull", "-q", ref], base_env)
+            runner.in_turn(i, kind + " warm", ["pull", "-q", ref], env, theirs, t["warm"], b["warm"])
             t["skopeo warm"].append(runner.timed("skopeo", runner.skopeo_pull(ref, layout)))
-            t["images"].append(runner.timed("images", [CAS, "images"], env))
+            runner.in_turn(i, f"images {name}", ["images"], env, theirs, t["images"], b["images"])
         label = imgs.labels[name]
         rows.append(ratio_row(f"cold pull {label}", t["cold"], t["skopeo cold"], cold_limit, runner.rss_mib(kind)))
-        rows.append(
-            ratio_row(f"warm pull by tag {label}", t["warm"], t["skopeo warm"], 4, runner.rss_mib(kind + " warm"))
-        )
-        rows.append(Row(f"cas images (1 image, {label})", median(t["images"]), rss_mib=runner.rss_mib("images")))
+        warm = ratio_row(f"warm pull by tag {label}", t["warm"], t["skopeo warm"], 4, runner.rss_mib(kind + " warm"))
+        listed = Row(f"cas images (1 image, {label})", median(t["images"]), rss_mib=runner.rss_mib(f"images {name}"))
+        runner.against_baseline(warm, b["warm"], kind + " warm")
+        runner.against_baseline(listed, b["images"], f"images {name}")
+        rows += [warm, listed]
         shutil.rmtree(layout, ignore_errors=True)
     shutil.rmtree(work / "home-pull", ignore_errors=True)
+    shutil.rmtree(work / "home-pull-baseline", ignore_errors=True)
     return rows
+
+
+def many_images(runner: Runner, work: Path, runs: int, baseline: str | None = None) -> Row:
+    """`cas images` on bench_gc.py's store of 1,000 images (4,000 blobs). With a ``baseline`` cas, that
+    checkout's own bench_gc.py builds the store, so each cas reads a copy in the layout its code writes
+    (this one brings its copy up to date at an untimed first run), in turn."""
+    built = work / "many-built"
+    checkout = Path(baseline).parent.parent.parent if baseline else ROOT
+    build = "import sys; from pathlib import Path; from bench_gc import build; build(Path(sys.argv[1]), 1000, 4000)"
+    subprocess.run(
+        [str(checkout / ".venv" / "bin" / "python"), "-c", build, str(built)],
+        cwd=checkout / "benchmarks",
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    homes = {"cas": work / "many-cas", "baseline": work / "many-baseline"}
+    for home in homes.values():
+        shutil.copytree(built, home, symlinks=True)
+    env = {kind: dict(os.environ, CAS_HOME=str(home)) for kind, home in homes.items()}
+    runner.timed("images many, first", [CAS, "images"], env["cas"])  # an older layout is brought up to date
+    t: dict[str, list[float]] = {"cas": [], "baseline": []}
+    theirs = (baseline, env["baseline"]) if baseline else None
+    for i in range(runs):
+        runner.in_turn(i, "images many", ["images"], env["cas"], theirs, t["cas"], t["baseline"])
+    for path in (built, *homes.values()):
+        shutil.rmtree(path, ignore_errors=True)
+    row = Row("cas images (1,000 images)", median(t["cas"]), rss_mib=runner.rss_mib("images many"))
+    runner.against_baseline(row, t["baseline"], "images many")
+    return row
 
 
 def capped_pulls(runner: Runner, imgs: Images, work: Path, runs: int) -> list[Row]:
@@ -224,14 +287,15 @@ def export(runner: Runner, imgs: Images, place: Path, runs: int, label: str, *, 
     return row
 
 
-def version(runner: Runner, runs: int) -> Row:
-    cas, skopeo, floor = [], [], []
-    for _ in range(runs):
-        cas.append(runner.timed("version", [CAS, "--version"]))
+def version(runner: Runner, runs: int, baseline: str | None = None) -> Row:
+    cas, skopeo, floor, base = [], [], [], []
+    for i in range(runs):
+        runner.in_turn(i, "version", ["--version"], None, (baseline, None) if baseline else None, cas, base)
         skopeo.append(runner.timed("skopeo", [runner.skopeo, "--version"]))
         floor.append(runner.timed("python", [PYTHON, "-c", "pass"]))
     row = Row("cas --version", median(cas), median(skopeo), median(floor), "python -c pass", "<= 45 ms")
     row.rss_mib, row.ok = runner.rss_mib("version"), row.cas <= 0.045
+    runner.against_baseline(row, base, "version")
     return row
 
 
@@ -330,3 +394,32 @@ def mirrors(root: Path, runs: int) -> list[Row]:
             note=f"the upstream served {figures['upstream_copies']:.2f} copies of the image in all",
         )
     ]
+
+
+SET_SIZE = 20
+
+
+def image_set(runner: Runner, registry: Registry, work: Path, runs: int) -> Row:
+    """A build machine's warm re-pull: `cas pull -f` of 20 cached images (one process, tags resolved
+    in parallel, nothing downloaded) against 20 warm `skopeo copy` runs of the same images."""
+    refs = []
+    for n in range(SET_SIZE):
+        image = images.Image([images.random_layer(256 * 1024, seed=700 + n), images.random_layer(64 * 1024, seed=800)])
+        images.push(registry, f"bench/set{n}", "1", image)
+        refs.append(f"{registry.host}/bench/set{n}:1")
+    listing = work / "images.txt"
+    listing.write_text("".join(f"{ref}\n" for ref in refs))
+    home, layout = work / "home-set", work / "oci-set"
+    env = dict(os.environ, CAS_HOME=str(home))
+    subprocess.run([CAS, "pull", "-q", "-f", str(listing)], env=env, check=True)
+    copies = [[*runner.skopeo_pull(ref, layout)[:-1], f"oci:{layout}:set{n}"] for n, ref in enumerate(refs)]
+    for cmd in copies:
+        subprocess.run(cmd, check=True)
+    cas_times, skopeo_times = [], []
+    for _ in range(runs):
+        cas_times.append(runner.timed("pull -f", [CAS, "pull", "-q", "-f", str(listing)], env))
+        skopeo_times.append(sum(runner.timed("skopeo", cmd) for cmd in copies))
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(layout, ignore_errors=True)
+    case = f"warm pull -f of {SET_SIZE} cached images vs {SET_SIZE} skopeo copy runs"
+    return ratio_row(case, cas_times, skopeo_times, 0.3, runner.rss_mib("pull -f"))

@@ -19,10 +19,11 @@ CAS = str(VENV / "cas")
 PYTHON = str(VENV / "python")
 
 
-def compile_cas() -> None:
-    """Byte-compile cas once, so no timed run pays for compiling it (PYTHONDONTWRITEBYTECODE)."""
+def compile_cas(root: Path = ROOT) -> None:
+    """Byte-compile a checkout's cas once, so no timed run pays for compiling it (PYTHONDONTWRITEBYTECODE)."""
+    python = str(root / ".venv" / "bin" / "python")
     subprocess.run(
-        [PYTHON, "-m", "compileall", "-q", str(ROOT / "cas"), str(ROOT / "cli")], check=True, stdout=subprocess.DEVNULL
+        [python, "-m", "compileall", "-q", str(root / "cas"), str(root / "cli")], check=True, stdout=subprocess.DEVNULL
     )
 
 

@@ -1,6 +1,6 @@
 """Every benchmark, one command, one table: cas against skopeo on real local servers.
 
-    .venv/bin/python benchmarks/run.py [--runs 3] [--only pull,capped,...,mirror] [--json FILE]
+    .venv/bin/python benchmarks/run.py [--runs 3] [--only pull,capped,...,mirror] [--json FILE] [--baseline DIR]
 
 It starts a docker-registry on 127.0.0.1, pushes incompressible images (64 MiB in 2 layers,
 640 MiB in 10 layers, 256 MiB in 1 layer), and times, as medians of ``--runs`` fresh processes:
@@ -12,11 +12,17 @@ It starts a docker-registry on 127.0.0.1, pushes incompressible images (64 MiB i
   loop-mounts itself (root); when it cannot, the row says NOT MEASURED and why, and the
   command exits 1: never a quiet skip;
 - `cas --version` vs `skopeo --version` (floor: the interpreter alone);
+- `cas images` on a store of 1,000 images (group images);
+- a warm `cas pull -f` of 20 cached images (one process) vs 20 warm `skopeo copy` runs;
 - the other scripts here, as rows: bench_gc.py (du, prune, verify on 10,000 blobs),
   bench_import.py (`cas import` vs `skopeo copy docker-archive: oci:`, delta size),
   bench_push.py (`cas push` vs skopeo), bench_mirror.py (hosts behind a pull-through mirror),
   bench_budget.py (a pull whose size budget evicts 1,000 small images, against the same pull without one)
   and bench_serve.py (`cas serve` vs docker-registry on the same blobs; its peer column is the registry).
+With ``--baseline DIR`` (another checkout of cas, with its own .venv: an older commit), the
+start-up rows (--version, the warm pulls, `cas images`) also time that checkout's cas, in turn
+with this one's in the same run, and the table gives the ratios against it: wall time, and CPU
+time (user + sys, GNU time's), which a busy machine disturbs less.
 Peak RSS is GNU time's, the largest over cas's runs of that row. Wall-clock figures: run it on
 a quiet machine.
 """
@@ -38,7 +44,21 @@ from harness import ROOT, compile_cas
 
 from tests.support.registry import Registry
 
-GROUPS = ("pull", "capped", "export", "xfs", "version", "gc", "import", "push", "mirror", "budget", "serve")
+GROUPS = (
+    "pull",
+    "capped",
+    "export",
+    "xfs",
+    "version",
+    "images",
+    "gc",
+    "import",
+    "push",
+    "mirror",
+    "budget",
+    "serve",
+    "set",
+)
 
 
 def main() -> int:
@@ -49,24 +69,37 @@ def main() -> int:
     parser.add_argument(
         "--scale", type=float, default=1.0, help="multiply every image size (e.g. 0.1 to try the runner)"
     )
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout of cas (with its .venv) to time beside this one"
+    )
     args = parser.parse_args()
     only = set(args.only.split(","))
     if only - set(GROUPS):
         parser.error(f"unknown group(s): {', '.join(sorted(only - set(GROUPS)))}")
+    baseline = str(args.baseline.resolve() / ".venv" / "bin" / "cas") if args.baseline else None
+    if baseline and not Path(baseline).exists():
+        parser.error(f"--baseline: no {baseline}: run `bash scripts/install` in that checkout")
 
     compile_cas()
+    if args.baseline:
+        compile_cas(args.baseline.resolve())
     rows: list[Row] = []
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="cas-bench-"))
     try:
         runner = Runner(work)
         if "version" in only:
-            rows.append(cases.version(runner, 7 * args.runs))
+            rows.append(cases.version(runner, 7 * args.runs, baseline))
+        if "images" in only:
+            rows.append(cases.many_images(runner, work, args.runs, baseline))
+        if "set" in only:
+            with Registry(work / "registry-set") as registry:
+                rows.append(cases.image_set(runner, registry, work, args.runs))
         if only & {"pull", "capped", "export", "xfs"}:
             with Registry(work / "registry") as registry:
                 imgs = push_images(registry, only, args.scale)
                 if "pull" in only:
-                    rows += cases.pulls(runner, imgs, work, args.runs)
+                    rows += cases.pulls(runner, imgs, work, args.runs, baseline)
                 if "capped" in only:
                     rows += cases.capped_pulls(runner, imgs, work, args.runs)
                 if "export" in only:
@@ -122,7 +155,20 @@ def xfs_export(runner: Runner, imgs: Images, work: Path, runs: int) -> Row:
 
 
 def table(rows: list[Row]) -> str:
-    header = ("case", "cas", "skopeo", "ratio", "floor", "cas/floor", "peak RSS", "target", "")
+    header = (
+        "case",
+        "cas",
+        "skopeo",
+        "ratio",
+        "floor",
+        "cas/floor",
+        "baseline",
+        "cas/baseline",
+        "cpu/baseline",
+        "peak RSS",
+        "target",
+        "",
+    )
     lines = [header]
     for r in rows:
         lines.append(
@@ -130,9 +176,12 @@ def table(rows: list[Row]) -> str:
                 r.case,
                 _time(r.cas),
                 _time(r.skopeo),
-                f"{r.cas / r.skopeo:.2f}x" if r.cas and r.skopeo else "",
+                _ratio(r.cas, r.skopeo),
                 f"{_time(r.floor)} {r.floor_name}".strip() if r.floor else "",
-                f"{r.cas / r.floor:.2f}x" if r.cas and r.floor else "",
+                _ratio(r.cas, r.floor),
+                _time(r.baseline),
+                _ratio(r.cas, r.baseline),
+                f"{r.cpu_vs_baseline:.2f}x" if r.cpu_vs_baseline else "",
                 f"{r.rss_mib:.0f} MiB" if r.rss_mib else "",
                 r.target,
                 ("ok" if r.ok else "MISSED") if r.ok is not None else "",
@@ -143,6 +192,10 @@ def table(rows: list[Row]) -> str:
     out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     notes = [f"- {r.case}: {r.note}" for r in rows if r.note]
     return "\n".join(out + ([""] + notes if notes else []))
+
+
+def _ratio(value: float | None, against: float | None) -> str:
+    return f"{value / against:.2f}x" if value and against else ""
 
 
 def _time(seconds: float | None) -> str:

@@ -68,7 +68,6 @@ def inspect(store: Store, ref: Reference, platform: Platform | None = None) -> d
         config = None
     if not isinstance(config, dict):
         raise StoreError(f"the config {image.config.digest} of {ref} is not a JSON object", hint="run `cas verify`")
-    runtime = config.get("config") or {}
     return {
         "ref": record.ref,
         "digest": str(record.digest),
@@ -78,6 +77,14 @@ def inspect(store: Store, ref: Reference, platform: Platform | None = None) -> d
         "size": record.size,
         "pulled_at": timestamp(record.pulled),
         "used_at": timestamp(record.used),
+        **describe(image, config),
+    }
+
+
+def describe(image: mf.ImageManifest, config: dict) -> dict:
+    """An image's config and layers as inspect shows them, local (the store) or remote (cas.remote)."""
+    runtime = config.get("config") or {}
+    return {
         "config": {
             "digest": str(image.config.digest),
             "created_at": config.get("created"),  # as the image states it (RFC 3339 by the OCI spec)

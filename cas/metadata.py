@@ -1,15 +1,16 @@
 """The metadata database (diskcache): refs, blobs, leases and cached tokens.
 
 Values are JSON, never pickles, and never blob bytes. Keys are namespaced:
-``ref:<canonical ref>|<platform>`` (see cas.records; written with the reference as diskcache's tag),
-``blob:<alg>:<hex>``, ``lease:<id>``, ``token:<key>``, and ``pushed:<registry>|<repository>`` (blobs
+``ref:<canonical ref>|<platform>`` with ``platforms:<canonical ref>`` (the platforms cached, written
+in the same transaction: how one reference's records are found; see cas.records), ``blob:<alg>:<hex>``, ``lease:<id>``, ``token:<key>``, and ``pushed:<registry>|<repository>`` (blobs
 a push put there: mount sources for the next push), and two single keys: ``total:blob-bytes`` (the
 running total of blob bytes, changed in the transaction that records or removes a blob, so the size
 budget never walks the store) and ``stats:counters`` (cas.stats). Eviction is off: this is a database, not a
 cache that may forget. The layout's version is sqlite's ``user_version`` (see ``Metadata._migrate``).
 
-diskcache is used through its public API here (``get``, ``set``, ``delete``, ``transact``); what
-needs its internals (opening without writing, the paged scan, the version) is ``cas.metadata_sqlite``.
+diskcache is used through its public API here (``get``, ``set``, ``delete``, ``transact``), and no key
+uses diskcache's tag column; what needs its internals (opening without writing, the paged scan, the
+version) is ``cas.metadata_sqlite``.
 """
 
 from __future__ import annotations
@@ -28,9 +29,20 @@ from typing import TypeVar
 from cas.digest import Digest
 from cas.errors import DiskFull, StoreError
 from cas.metadata_sqlite import delete_many, open_database, scan, schema_version, set_schema_version, sqlite_errors
-from cas.records import PREFIX, BlobRecord, RefRecord, blob_record, is_legacy, key_of, legacy_key, read_all
+from cas.records import (
+    PREFIX,
+    BlobRecord,
+    RefRecord,
+    blob_record,
+    is_legacy,
+    key_of,
+    legacy_key,
+    platforms_key,
+    read_all,
+    split_key,
+)
 
-SCHEMA = 2  # see Metadata._migrate
+SCHEMA = 3  # see Metadata._migrate
 LEASE_TTL = 6 * 3600.0
 TOTAL = "total:blob-bytes"
 STATS = "stats:counters"
@@ -70,10 +82,11 @@ class Metadata:
         self.read_only = False
         with sqlite_errors(path):
             self._db, self.read_only = open_database(path)
-            current = schema_version(self._db) >= SCHEMA
-        if not current and not self.read_only:
+            self.current = schema_version(self._db) >= SCHEMA  # False: ref_records scans (see _migrate)
+        if not self.current and not self.read_only:
             try:
                 self._migrate()
+                self.current = True
             except DiskFull:  # no room to move anything: read what is where it belongs, move it next time
                 log.info("no room to bring the index at %s up to date", path)
 
@@ -100,7 +113,10 @@ class Metadata:
     @_guarded
     def discard(self, key: str) -> bool:
         """Delete one entry by its full key (``cas verify --repair`` drops malformed ones)."""
-        return self._db.delete(key)
+        with self.transact():
+            if key.startswith(PREFIX) and not is_legacy(key):
+                self._drop(self._unlist(*split_key(key)))
+            return self._db.delete(key)
 
     # refs ------------------------------------------------------------
     @_guarded
@@ -114,11 +130,15 @@ class Metadata:
     def ref_records(self, ref: str) -> list[RefRecord]:
         """Every cached platform of one reference, sorted by platform; StoreError if one is damaged.
 
-        Records are written with the reference as their diskcache tag, so this reads only their
-        rows (a full ``refs()`` scan decodes every key of the index: ~70 ms at 11,000 keys,
-        against ~1 ms).
+        The reference's ``platforms:`` entry names its keys, so this reads only those (a full
+        ``refs()`` scan decodes every key of the index: ~70 ms at 11,000 keys, against ~1 ms).
+        An index still in an older layout (a full disk kept ``_migrate`` from running) is scanned.
         """
-        entries = list(scan(self._db, (PREFIX,), 1000, tag=ref))
+        if self.current:
+            keys = [key_of(ref, platform) for platform in self._platforms(ref)]
+            entries = [(key, value) for key in keys if (value := self._db.get(key)) is not None]
+        else:
+            entries = [(k, v) for k, v in self.scan(PREFIX) if not is_legacy(k) and split_key(k)[0] == ref]
         stray = self._db.get(legacy_key(ref))
         if stray is not None:  # a pre-platform record _migrate could not move: damage, named as such
             entries.append((legacy_key(ref), stray))
@@ -126,19 +146,52 @@ class Metadata:
 
     @_guarded
     def put_ref(self, record: RefRecord) -> None:
-        """Write a record under its (ref, platform) key."""
-        self._db.set(record.key, record.to_json(), tag=record.ref)  # ref_records finds it by tag
+        """Write a record under its (ref, platform) key, and list its platform."""
+        with self.transact():
+            self._db.set(record.key, record.to_json())
+            platforms = self._platforms(record.ref)
+            if (record.platform or "") not in platforms:
+                self._db.set(platforms_key(record.ref), sorted([*platforms, record.platform or ""]))
 
     @_guarded
     def remove_ref(self, record: RefRecord) -> bool:
         """Forget one platform of one reference."""
-        return self._db.delete(record.key)
+        with self.transact():
+            self._drop(self._unlist(record.ref, record.platform or ""))
+            return self._db.delete(record.key)
 
     @_guarded
     def remove_refs(self, records: Iterable[RefRecord]) -> int:
-        """Forget many records in one transaction, a few statements in all (an eviction); how many there were."""
+        """Forget many records in one transaction, a few statements in all (an eviction), and unlist their
+        platforms; how many there were."""
+        records = list(records)
         with self.transact():
-            return len(delete_many(self._db, [record.key for record in records]))
+            gone = delete_many(self._db, [record.key for record in records])
+            by_ref: dict[str, set[str]] = {}
+            for record in records:
+                by_ref.setdefault(record.ref, set()).add(record.platform or "")
+            emptied = [self._unlist(ref, *platforms) for ref, platforms in by_ref.items()]
+            delete_many(self._db, [key for key in emptied if key is not None])
+            return len(gone)
+
+    def _platforms(self, ref: str) -> list[str]:
+        listed = self._db.get(platforms_key(ref))
+        return [p for p in listed if isinstance(p, str)] if isinstance(listed, list) else []
+
+    def _unlist(self, ref: str, *platforms: str) -> str | None:
+        """Take ``platforms`` off the reference's list (in the caller's transaction); the list's key when
+        that empties it, for the caller to delete."""
+        listed = self._platforms(ref)
+        left = [platform for platform in listed if platform not in platforms]
+        if listed and not left:
+            return platforms_key(ref)
+        if len(left) != len(listed):
+            self._db.set(platforms_key(ref), left)
+        return None
+
+    def _drop(self, key: str | None) -> None:
+        if key is not None:
+            self._db.delete(key)
 
     @_guarded
     def refs(self, malformed: list[str] | None = None) -> Iterator[RefRecord]:
@@ -160,22 +213,37 @@ class Metadata:
 
         Before 2, a record written before platforms (``ref:<ref>``) moves to its platform's key;
         a record already there wins, as readers preferred it. A damaged old record stays where it
-        is, for ``cas verify`` to report (and ``--repair`` to drop).
+        is, for ``cas verify`` to report (and ``--repair`` to drop). Before 3, records were found
+        through diskcache's tag column: each reference gets its ``platforms:`` list (damaged
+        records included, so that their reference still names them), and each record is written
+        again without its tag.
         """
         with self.transact():
             if schema_version(self._db) >= SCHEMA:  # another process did it first
                 return
+            listed: dict[str, set[str]] = {}
             for key, value in list(self.scan(PREFIX)):
-                if not is_legacy(key):
+                moved = self._move_legacy(key, value) if is_legacy(key) else key
+                if moved is None:
                     continue
-                try:
-                    record = RefRecord.from_json(value, key)
-                except StoreError:
-                    continue
-                if self._db.get(record.key) is None:
-                    self.put_ref(record)
-                self._db.delete(key)
+                if moved == key:
+                    self._db.set(key, value)  # the same entry, without the tag
+                ref, platform = split_key(moved)
+                listed.setdefault(ref, set()).add(platform)
+            for ref, platforms in listed.items():
+                self._db.set(platforms_key(ref), sorted(platforms))
             set_schema_version(self._db, SCHEMA)
+
+    def _move_legacy(self, key: str, value: object) -> str | None:
+        """Move a pre-platform record to its platform's key, which it returns; None: damaged, left as it is."""
+        try:
+            record = RefRecord.from_json(value, key)
+        except StoreError:
+            return None
+        if self._db.get(record.key) is None:
+            self._db.set(record.key, record.to_json())
+        self._db.delete(key)
+        return record.key
 
     # blobs -------------------------------------------------------------
     @_guarded
@@ -305,8 +373,9 @@ class Metadata:
         try:
             yield lease
         finally:
-            with sqlite_errors(self.path, self.read_only):
-                self._db.delete(f"lease:{lease.id}")
+            if lease.digests:  # else it was never written
+                with sqlite_errors(self.path, self.read_only):
+                    self._db.delete(f"lease:{lease.id}")
 
     @_guarded
     def leased_digests(self, leases: Iterable[tuple[str, object]] | None = None) -> set[str]:
@@ -365,7 +434,7 @@ class Lease:
 
     def add(self, digests: Iterable[Digest | str]) -> None:
         new = {str(d) for d in digests} - self.digests
-        if not new and self.digests:
+        if not new:  # an empty lease holds nothing: not written
             return
         self.digests |= new
         self.metadata.put_lease(self.id, self.digests)

@@ -3,7 +3,7 @@
 The one module that leans on diskcache's internals, kept apart from cas.metadata (what the keys
 mean): ``Cache._con`` and the Settings table, to open a database without diskcache's writing
 ``__init__`` (a full disk must not lock every command out), and ``Cache._sql`` with
-``Disk.get/fetch``, to page through the table in the order rows were written (by tag, too), and
+``Disk.get/fetch``, to page through the table in the order rows were written, and
 ``Disk.put`` with ``Cache._sql``, to delete many keys in a few statements (``delete_many``), and
 sqlite's ``user_version`` for the layout's version. Each is named by
 a test in tests/test_dependency_internals.py, which fails loudly when an upgrade moves it.
@@ -183,11 +183,8 @@ def open_database(path: Path) -> tuple[diskcache.Cache, bool]:
     return db, False
 
 
-def scan(
-    db: diskcache.Cache, prefixes: tuple[str, ...], page: int, tag: str | None = None
-) -> Iterator[tuple[str, object]]:
-    """Every live ``(key, value)`` whose key starts with one of ``prefixes`` (and, given ``tag``, was
-    written with that diskcache tag: SQLite filters those rows before Python decodes any), in rowid order.
+def scan(db: diskcache.Cache, prefixes: tuple[str, ...], page: int) -> Iterator[tuple[str, object]]:
+    """Every live ``(key, value)`` whose key starts with one of ``prefixes``, in rowid order (as written).
 
     One query per ``page`` rows, where diskcache's public ``iterkeys`` + ``get`` cost one per key,
     and no cursor held open between pages, so the caller may write while it iterates.
@@ -197,9 +194,8 @@ def scan(
     last = 0
     while True:
         rows = db._sql(
-            "SELECT rowid, key, raw, expire_time, mode, filename, value FROM Cache"
-            f" WHERE rowid > ?{' AND tag = ?' if tag is not None else ''} ORDER BY rowid LIMIT ?",
-            (last, tag, page) if tag is not None else (last, page),
+            "SELECT rowid, key, raw, expire_time, mode, filename, value FROM Cache WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (last, page),
         ).fetchall()
         if not rows:
             return

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from cas.metadata import Lease
     from cas.registry import Credentials, FetchedManifest, RegistryClient
     from cas.registry.endpoints import Sources
+    from cas.registry.shared import SharedClients
 
 
 MAX_NESTING = 4  # indexes naming indexes
@@ -63,6 +64,7 @@ class PullOptions:
     # The tag's manifest as the caller just fetched it from this registry (`cas serve` resolves a
     # tag itself): used instead of asking again, so a pull costs one manifest request per manifest.
     fetched_top: FetchedManifest | None = None
+    shared: SharedClients | None = None  # httpx clients reused across the pulls of one command (a set)
 
 
 @dataclass
@@ -201,6 +203,7 @@ class _Remote:
                 min_rate=self.options.min_rate,
                 ranges=RangePolicy(ConnectionBudget(self.options.connections)),
                 on_retry=self.options.observer.retrying,
+                shared=self.options.shared,
             )
         return self._client
 
@@ -293,7 +296,7 @@ class _Planner:
         config = image.config
         if self._present(config):
             return self.store.blobs.read(config.digest)
-        sink = _MemorySink()
+        sink = MemorySink()
 
         def check() -> None:  # wrong bytes from a mirror fall back to the next endpoint, as a blob's do
             data = bytes(sink.data)
@@ -453,8 +456,9 @@ def _check_image(image: ImageManifest, ref: Reference) -> None:
             raise UnsupportedManifest(f"{place} has unsupported media type {layer.media_type!r}")
 
 
-class _MemorySink:
-    """A blob small enough to check in memory before anything is stored (a plain manifest's config)."""
+class MemorySink:
+    """A blob small enough to check in memory before anything is stored (a plain manifest's config;
+    `cas inspect --remote`'s config)."""
 
     def __init__(self) -> None:
         self.data = bytearray()

@@ -10,7 +10,9 @@ reference, platform) pair has its own key, ``ref:<canonical ref>|<platform>``
 (``|`` appears in neither a reference nor a platform). Stores written before
 platforms held one record per reference under ``ref:<canonical ref>``; the index
 moves those to their platform's key once, when it opens such a store
-(``cas.metadata``); ``legacy_key`` and ``is_legacy`` serve that move alone.
+(``cas.metadata``); ``legacy_key`` and ``is_legacy`` serve that move alone. Beside its
+records, a reference has ``platforms:<canonical ref>``, the list of the platforms it is cached
+for: the secondary key that finds one reference's records without scanning the index.
 """
 
 from __future__ import annotations
@@ -26,11 +28,23 @@ from cas.manifest import Platform
 
 PREFIX = "ref:"
 SEPARATOR = "|"
+PLATFORMS = "platforms:"
 
 
 def key_of(ref: str, platform: str | None) -> str:
     """The index key of one reference's record for one platform."""
     return f"{PREFIX}{ref}{SEPARATOR}{platform or ''}"
+
+
+def platforms_key(ref: str) -> str:
+    """The key of the list of platforms ``ref`` is cached for (``""`` for a record with none)."""
+    return f"{PLATFORMS}{ref}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``(reference, platform)`` of a ``ref:`` key; the platform is ``""`` for a legacy key."""
+    ref, _, platform = key[len(PREFIX) :].partition(SEPARATOR)
+    return ref, platform
 
 
 def legacy_key(ref: str) -> str:
@@ -44,7 +58,7 @@ def is_legacy(key: str) -> bool:
 
 def ref_of_key(key: str) -> str:
     """The reference part of a ``ref:`` key, new or legacy."""
-    return key[len(PREFIX) :].partition(SEPARATOR)[0]
+    return split_key(key)[0]
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,11 @@ from cas.records import PREFIX, BlobRecord, RefRecord, blob_record, read_all
 from cas.store import IngestEntry, Store
 
 
+def _of_record(name: str) -> property:
+    """One field of an image's ref record, read through the image."""
+    return property(lambda image: getattr(image.record, name))
+
+
 @dataclass(frozen=True)
 class Image:
     """One reference cached for one platform, as gc, du and verify count it."""
@@ -30,25 +35,11 @@ class Image:
     def of(cls, record: RefRecord) -> Image:
         return cls(record, tuple((str(d), b.size) for d, b in record.unique_blobs.items()))
 
-    @property
-    def ref(self) -> str:
-        return self.record.ref
-
-    @property
-    def platform(self) -> str | None:
-        return self.record.platform
-
-    @property
-    def used(self) -> float:
-        return self.record.used
-
-    @property
-    def pulled(self) -> float:
-        return self.record.pulled
-
-    @property
-    def needs_pull(self) -> bool:
-        return self.record.needs_pull
+    ref = _of_record("ref")
+    platform = _of_record("platform")
+    used = _of_record("used")
+    pulled = _of_record("pulled")
+    needs_pull = _of_record("needs_pull")
 
     @property
     def size(self) -> int:

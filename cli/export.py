@@ -20,7 +20,7 @@ class Format(StrEnum):
 
 
 Refs = Annotated[
-    list[str],
+    list[str] | None,
     options.cached_ref("REF...", "Cached image references: alpine, host:5000/app:1.0, name@sha256:..."),
 ]
 Output = Annotated[
@@ -34,9 +34,7 @@ Output = Annotated[
 ]
 FormatOpt = Annotated[
     Format,
-    typer.Option(
-        "--format", "-f", metavar="FORMAT", help="docker-archive (docker/podman load), oci-archive, or oci-dir."
-    ),
+    typer.Option("--format", metavar="FORMAT", help="docker-archive (docker/podman load), oci-archive, or oci-dir."),
 ]
 Tag = Annotated[
     str | None,
@@ -76,14 +74,15 @@ SinceInventory = Annotated[
 
 
 def export(
-    refs: Refs,
     out: Output,
+    refs: Refs = None,
     fmt: FormatOpt = Format.docker_archive,
     tag: Tag = None,
     pull: Pull = False,
     verify: Verify = False,
     since: Since = None,
     since_inventory: SinceInventory = None,
+    file: options.ImageSetFile = None,
     platform: options.ExportPlatform = None,
     insecure: options.Insecure = False,
     username: options.Username = None,
@@ -105,6 +104,7 @@ def export(
       cas export alpine:3.20 127.0.0.1:5000/app:1.0 -o images.tar
       cas export app:1.0 -o - | docker load
       cas export --pull app:1.0 --format oci-dir -o app-layout/
+      cas export -f images.lock -o site.tar          # exactly the locked digests
     """
     import sys
     from pathlib import Path
@@ -113,7 +113,8 @@ def export(
     from cas.export import ExportOptions
     from cas.manifest import Platform
 
-    parsed = [reference.parse(text) for text in refs]
+    options.one_stdin(file, password_stdin)
+    entries = _entries(refs, file)
     to_stdout = out == "-"
     delta = _check_combinations(to_stdout, as_json, fmt, since, since_inventory)
     opts = ExportOptions(
@@ -141,7 +142,7 @@ def export(
 
     if to_stdout:
         sys.stdout.flush()
-    result, eviction = _run(parsed, 1 if to_stdout else Path(out), opts, (max_size, max_age))
+    result, eviction = _run(entries, file, 1 if to_stdout else Path(out), opts, (max_size, max_age))
 
     if as_json:
         output.emit_json("export", {**result.to_json(), **budget.json_field(eviction)})
@@ -150,8 +151,9 @@ def export(
         output.notice(summary(result))
 
 
-def _run(parsed: list, target, opts: ExportOptions, limits: tuple) -> tuple[ExportResult, object]:
-    """The export, then the size budget when --pull added blobs (what was exported is kept)."""
+def _run(entries: list, file: str | None, target, opts: ExportOptions, limits: tuple) -> tuple[ExportResult, object]:
+    """The export (a lock file's pinned lines first checked, or with --pull fetched), then the size
+    budget when --pull added blobs (what was exported is kept)."""
     import contextlib
 
     from cas.export import export as run_export
@@ -161,12 +163,39 @@ def _run(parsed: list, target, opts: ExportOptions, limits: tuple) -> tuple[Expo
     observer = opts.pull_options.observer if opts.pull_options is not None else contextlib.nullcontext()
     try:
         with observer:
-            result = run_export(store, parsed, target, opts)
+            _locked(store, entries, file, opts.pull_options)
+            result = run_export(store, [entry.name for entry in entries], target, opts)
         used = [(image.ref, image.platform) for image in result.images]
         eviction = budget.keep(store, limits, used, opts.lock_timeout, say=False) if result.pulled else None
     finally:
         store.close()
     return result, eviction
+
+
+def _entries(refs: list[str] | None, file: str | None) -> list:
+    """The arguments and the images of -f FILE; -f was --format's short form before it named a file."""
+    from pathlib import Path
+
+    from cas import imagesets
+    from cas.errors import UsageError
+
+    if file in list(Format) and not Path(file).exists():
+        raise UsageError(f"-f names an image-set file; no file {file}", hint=f"for the format, write --format {file}")
+    return imagesets.entries(refs, file)
+
+
+def _locked(store, entries: list, file: str | None, pull_options) -> None:
+    """Pinned lines (a lock file) are exported only as pinned: with --pull, pulled by digest first."""
+    from cas import imagesets
+
+    pinned = [entry for entry in entries if entry.pinned]
+    if pinned and pull_options is not None:
+        from cas.pullset import pull_set
+
+        failed = next((o.error for o in pull_set(store, pinned, pull_options) if o.error), None)
+        if failed is not None:
+            raise failed
+    imagesets.check_pins(store, entries, file)
 
 
 def _check_combinations(

@@ -21,6 +21,17 @@ def inspect(
     ] = False,
     config: Annotated[bool, typer.Option("--config", help="Print the image config blob exactly as stored.")] = False,
     platform: options.CachedPlatform = None,
+    remote: Annotated[
+        bool, typer.Option("--remote", help="Ask REF's registry, not the store (nothing is stored or changed).")
+    ] = False,
+    digest: Annotated[
+        bool, typer.Option("--digest", help="Print only the digest REF resolves to (with --platform: its manifest's).")
+    ] = False,
+    insecure: options.Insecure = False,
+    username: options.Username = None,
+    password_stdin: options.PasswordStdin = False,
+    hosts_dir: options.HostsDir = None,
+    timeout: options.Timeout = None,
     as_json: options.Json = False,
 ) -> None:
     """Show a cached image's manifest and config: platform, env, entrypoint, labels, layers.
@@ -31,6 +42,7 @@ def inspect(
       cas inspect alpine:3.20 --raw | sha256sum     # the digest `cas images --digests` shows
       cas inspect alpine:3.20 --config | jq .config.Env
       cas inspect --platform linux/arm64 alpine:3.20
+      cas inspect --remote --digest 127.0.0.1:5000/app:1.0   # as `crane digest`
     """
     from cas import images, reference
     from cas.errors import UsageError
@@ -39,8 +51,20 @@ def inspect(
 
     if sum((raw, config, as_json)) > 1:
         raise UsageError("--raw, --config and --json each print one thing", hint="choose one of them")
+    if digest and (raw or config or as_json):
+        raise UsageError("--digest prints the digest alone", hint="drop --raw, --config or --json")
     parsed = reference.parse(ref)
     picked = Platform.parse(platform) if platform else None
+    if remote:
+        from cli.inspect_remote import inspect_remote
+
+        what = "raw" if raw else "config" if config else "digest" if digest else "json" if as_json else "text"
+        creds = options.remote_options(insecure, username, password_stdin, hosts_dir, timeout)
+        return inspect_remote(parsed, picked, what, creds, render)
+    if digest:
+        record = images.record_of(Store(), parsed, picked)
+        print(record.manifest if picked else record.digest)
+        return
     if raw or config:
         data = images.raw(Store(), parsed, "config" if config else "manifest", picked)
         sys.stdout.buffer.write(data)  # the stored bytes, no newline added: they hash to the digest

@@ -108,10 +108,13 @@ class _Command(typer.core.TyperCommand):
 COMMANDS = {
     "pull": ("pull", "pull"),
     "push": ("push", "push"),
+    "copy": ("copy", "copy"),
     "export": ("export", "export"),
     "import": ("import_", "import_"),
+    "ls": ("ls", "ls"),
     "images": ("images", "images"),
     "inspect": ("inspect", "inspect"),
+    "tag": ("tag", "tag"),
     "rm": ("rm", "rm"),
     "du": ("du", "du"),
     "prune": ("prune", "prune"),
@@ -121,6 +124,8 @@ COMMANDS = {
     "login": ("login", "login"),
     "logout": ("login", "logout"),
     "serve": ("serve", "serve"),
+    "version": ("version", "version"),
+    "help": ("version", "help_"),
 }
 _registered: set[str] = set()
 
@@ -151,7 +156,7 @@ def main() -> None:
         _exit(completion.complete(register(), os.environ["_CAS_COMPLETE"]))
     args = sys.argv[1:] or ["--help"]  # plain `cas`: the help is the answer, exit 0 (click's no_args_is_help exits 2)
     named = next((arg for arg in args if not arg.startswith("-")), None)  # root options take no value
-    register(named if named in COMMANDS else None)
+    register(named if named in COMMANDS and named != "help" else None)  # help explains them all
     if args and args[-1] in ("--install-completion", "--show-completion"):
         args.append("")  # the shell is optional (typer has no optional option values): "" means $SHELL's
     try:

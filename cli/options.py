@@ -82,6 +82,16 @@ def _platform_setting(ctx, value: str | None) -> str | None:
     return check_platform(setting("platform")(ctx, value))
 
 
+ImageSetFile = Annotated[
+    str | None,
+    typer.Option(
+        "--file",
+        "-f",
+        metavar="FILE",
+        help="Read image references from FILE ('-': stdin): one a line, REF [PLATFORM,...], '#' comments; "
+        "a lock file's NAME:TAG@DIGEST lines are taken exactly.",
+    ),
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only: no progress bars, no summary.")]
 ExportPlatform = Annotated[
     str | None,
@@ -232,18 +242,34 @@ MaxAge = Annotated[
 ]
 
 
-def read_credentials(username: str | None, password_stdin: bool) -> Credentials | None:
-    """--username with --password-stdin, as docker login takes them; None means look in docker's config."""
+def read_credentials(
+    username: str | None,
+    password_stdin: bool,
+    flags: tuple[str, str] = ("--username", "--password-stdin"),
+    example: str = 'echo "$TOKEN" | cas pull -u USER --password-stdin REF',
+) -> Credentials | None:
+    """--username with --password-stdin, as docker login takes them; None means look in docker's config.
+    ``flags``: the two options' names as the command spells them (copy's --src-username, ...)."""
     from cas.errors import UsageError
 
     if username is None and not password_stdin:
         return None
-    example = 'echo "$TOKEN" | cas pull -u USER --password-stdin REF'
     if username is None or not password_stdin:
-        raise UsageError("--username and --password-stdin go together", hint=example)
+        raise UsageError(f"{flags[0]} and {flags[1]} go together", hint=example)
     from cas.registry import Credentials
 
     return Credentials(username=username, password=stdin_password(example))
+
+
+def one_stdin(file: str | None, *password_stdin: bool) -> None:
+    """`-f -` and a --password-stdin cannot share stdin: the list would swallow the password."""
+    if file == "-" and any(password_stdin):
+        from cas.errors import UsageError
+
+        raise UsageError(
+            "-f - and --password-stdin would both read stdin",
+            hint="write the image list to a file, or save the login first with `cas login HOST`",
+        )
 
 
 def stdin_password(example: str) -> str:
@@ -311,3 +337,19 @@ def observer(quiet: bool, as_json: bool) -> QuietObserver:
     from cli.progress import BarsObserver, QuietObserver
 
     return BarsObserver() if output.want_progress(quiet, as_json) else QuietObserver(quiet)
+
+
+def remote_options(
+    insecure: bool, username: str | None, password_stdin: bool, hosts_dirs: list[str] | None, timeout: float | None
+):
+    """The RemoteOptions of `cas ls` and `cas inspect --remote`: a pull's endpoints, logins and timeout."""
+    from cas.registry.endpoints import Sources
+    from cas.remote import RemoteOptions
+    from cas.settings import current
+
+    return RemoteOptions(
+        insecure=insecure,
+        credentials=read_credentials(username, password_stdin),
+        sources=Sources.from_env(hosts_dirs),
+        timeout=current().value("timeout", timeout),
+    )

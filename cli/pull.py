@@ -12,11 +12,25 @@ if TYPE_CHECKING:
     from cas.pull import PullResult
 
 
+LockFile = Annotated[
+    str | None,
+    typer.Option(
+        "--lock",
+        metavar="LOCKFILE",
+        help="Write LOCKFILE: each image pinned to the digest it resolved to, with the platforms taken "
+        "(pull -f LOCKFILE later fetches exactly those).",
+    ),
+]
+
+
 def pull(
     ctx: typer.Context,
     refs: Annotated[
-        list[str], typer.Argument(metavar="REF...", help="Image references: alpine, host:5000/app:1.0, name@sha256:...")
-    ],
+        list[str] | None,
+        typer.Argument(metavar="REF...", help="Image references: alpine, host:5000/app:1.0, name@sha256:..."),
+    ] = None,
+    file: options.ImageSetFile = None,
+    lock: LockFile = None,
     platform: options.PlatformsOpt = None,
     all_platforms: Annotated[
         bool, typer.Option("--all-platforms", help="Every platform of a multi-platform image (one record each).")
@@ -42,14 +56,16 @@ def pull(
       cas pull alpine:3.20 127.0.0.1:5000/team/app:1.4
       cas pull --platform linux/arm64 ghcr.io/org/tool:2
       echo "$TOKEN" | cas pull -u ci --password-stdin registry.example/app:1
+      cas pull -f images.txt --lock images.lock
     """
-    from cas import reference
-    from cas.errors import PER_REFERENCE, SomeFailed
-    from cas.pull import pull as run_pull
+    from cas import imagesets
+    from cas.pullset import pull_set
     from cas.store import Store
+    from cli.pull_set import report, tell
 
     body = ctx.meta.setdefault(output.PARTIAL, {"images": [], "failed": []})  # the --json object, on failure too
-    parsed = [reference.parse(text) for text in refs]  # every reference is checked before any network call
+    options.one_stdin(file, password_stdin)
+    entries = imagesets.entries(refs, file)  # every reference is checked before any network call
     opts = options.pull_options(
         platform,
         all_platforms=all_platforms,
@@ -59,39 +75,27 @@ def pull(
         username=username,
         password_stdin=password_stdin,
         lock_timeout=lock_timeout,
-        quiet=quiet,
+        quiet=quiet or bool(file),  # a set's images are pulled several at once: summaries, no bars
         as_json=as_json,
         hosts_dirs=hosts_dir,
         timeout=timeout,
     )
     store = Store()
-    results, failed = [], []
+    single = not file and len(entries) == 1
     with opts.observer:
-        for ref in parsed:
-            try:
-                result = run_pull(store, ref, opts)
-            except PER_REFERENCE as exc:  # said now; the other references are still pulled, as podman pull does
-                body["failed"].append({"ref": str(ref), "error": exc.message, "hint": exc.hint})
-                if len(parsed) == 1:
-                    raise
-                output.error(exc.message, exc.hint)
-                failed.append((ref, exc))
-                continue
-            results.append(result)
-            body["images"].append(result.to_json())
-            if not (as_json or quiet):
-                output.notice(summary(result))
-    eviction = budget.keep(store, (max_size, max_age), budget.pulled(results), lock_timeout, say=not (as_json or quiet))
-    body.update(budget.json_field(eviction))
-    if failed:
-        codes = {exc.exit_code for _, exc in failed}
-        raise SomeFailed(
-            f"{len(failed)} of {len(parsed)} references failed to pull: {', '.join(str(ref) for ref, _ in failed)}",
-            hint="see the error for each above; " + ("the others were pulled" if results else "none was pulled"),
-            exit_code=codes.pop() if len(codes) == 1 else 1,
+        outcomes = pull_set(
+            store,
+            entries,
+            opts,
+            at_once=opts.jobs if file else 1,
+            on_done=tell(summary, single=single, quiet=quiet or as_json),
         )
-    if as_json:
-        output.emit_json("pull", body)
+    if not (single and outcomes[0].error):
+        pulled = budget.pulled([o.result for o in outcomes if o.result])
+        body.update(
+            budget.json_field(budget.keep(store, (max_size, max_age), pulled, lock_timeout, say=not (as_json or quiet)))
+        )
+    report(body, outcomes, lock=lock, source=file or "the command line", as_json=as_json)
 
 
 def summary(result: PullResult) -> str:

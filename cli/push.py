@@ -6,20 +6,26 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli import options, output
+from cli import options, output, sets
 
 if TYPE_CHECKING:
     from cas.push import PushResult
 
 
 def push(
+    ctx: typer.Context,
     ref: Annotated[
-        str,
+        str | None,
         options.cached_ref("REF", "A cached image: alpine, host:5000/app:1.0, name@sha256:..."),
-    ],
+    ] = None,
     dest: Annotated[
-        str, typer.Argument(metavar="DEST", help="Where to push it: host:5000/team/app:1.0 (a tag or a digest).")
-    ],
+        str | None,
+        typer.Argument(
+            metavar="DEST",
+            help="Where to push it: host:5000/team/app:1.0 (a tag or a digest); with -f, a prefix: host:5000/mirror.",
+        ),
+    ] = None,
+    file: options.ImageSetFile = None,
     platform: Annotated[
         str | None,
         options.one_platform(
@@ -42,14 +48,17 @@ def push(
     Examples:
       cas push alpine:3.20 registry.example:5000/mirror/alpine:3.20
       cas push --platform linux/arm64 ghcr.io/org/tool:2 127.0.0.1:5000/tool:2
+      cas push -f images.lock registry.example:5000/mirror   # each as mirror/REPOSITORY:TAG
     """
-    from cas import reference
+    from cas import imagesets
     from cas.manifest import Platform
     from cas.push import PushOptions
     from cas.push import push as run_push
     from cas.store import Store
 
-    source, target = reference.parse(ref), reference.parse(dest)
+    options.one_stdin(file, password_stdin)
+    entries = imagesets.read(file) if file is not None else None
+    todo = sets.pairs(ref, dest, entries, "push", cached=True)
     opts = PushOptions(
         platform=Platform.parse(platform) if platform else None,
         jobs=jobs,
@@ -60,14 +69,20 @@ def push(
     )
     store = Store()
     try:
+        if entries is not None:
+            imagesets.check_pins(store, entries, file)
         with opts.observer:
-            result = run_push(store, source, target, opts)
+            sets.run_each(
+                todo,
+                lambda src, dst: run_push(store, src, dst, opts),
+                summary,
+                command="push",
+                quiet=quiet,
+                as_json=as_json,
+                body=ctx.meta.setdefault(output.PARTIAL, {}),
+            )
     finally:
         store.close()
-    if as_json:
-        output.emit_json("push", result.to_json())
-    elif not quiet:
-        output.notice(summary(result))
 
 
 def summary(result: PushResult) -> str:

@@ -38,7 +38,7 @@ def test_an_unknown_option_of_every_command_is_one_line_and_exit_2(cas, command)
         (["export", "x"], "missing option --output"),
         (["pull", "--jobs", "0", "x"], "invalid value for --jobs: 0 is not in the range 1<=x<=32"),
         (["pull", "--platform", "linux", "x"], "invalid value for --platform: invalid platform 'linux'"),
-        (["export", "-o", "x.tar", "-f", "zip", "x"], "invalid value for --format: 'zip' is not one of"),
+        (["export", "-o", "x.tar", "--format", "zip", "x"], "invalid value for --format: 'zip' is not one of"),
         (["prune", "--keep-storage", "10XB"], "invalid value for --keep-storage: invalid size '10XB'"),
         (["prune", "--older-than", "soon"], "invalid value for --older-than: invalid duration 'soon'"),
         (["verify", "--lock-timeout", "-1"], "invalid value for --lock-timeout"),

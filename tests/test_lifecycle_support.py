@@ -119,12 +119,17 @@ def only_record(store: Store, ref: str) -> RefRecord | None:
 def write_raw(store: Store, key: str, value: object) -> None:
     """Write an index entry as an older cas, or damage in place, could: bypassing RefRecord.
 
-    A ``ref:REF|PLATFORM`` entry keeps the diskcache tag ``put_ref`` gives it (damage changes the
-    value, not the row's tag); a legacy ``ref:REF`` entry never had one.
+    A ``ref:REF|PLATFORM`` entry stays listed in its reference's ``platforms:`` entry, as ``put_ref``
+    lists it (damage changes the value, not the list); a legacy ``ref:REF`` entry was never listed.
     """
-    from cas.records import SEPARATOR, ref_of_key
+    from cas.records import is_legacy, platforms_key, split_key
 
-    store.metadata._db.set(key, value, tag=ref_of_key(key) if SEPARATOR in key else None)
+    with store.metadata.transact():
+        store.metadata._db.set(key, value)
+        if key.startswith("ref:") and not is_legacy(key):
+            ref, platform = split_key(key)
+            listed = store.metadata._db.get(platforms_key(ref), [])
+            store.metadata._db.set(platforms_key(ref), sorted({*listed, platform}))
 
 
 def tiny_record(ref: str, *, pad: int = 0, platform: str = "linux/amd64") -> RefRecord:

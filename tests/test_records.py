@@ -4,16 +4,21 @@ moved once when the index opens."""
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from test_lifecycle_support import APP, BASE, images, store_image, write_raw
 
 from cas import gc
-from cas.errors import StoreError
+from cas.errors import DiskFull, StoreError
 from cas.images import list_images
 from cas.metadata import Metadata
-from cas.metadata_sqlite import set_schema_version
-from cas.records import RefRecord, key_of, legacy_key
+from cas.metadata_sqlite import schema_version, set_schema_version
+from cas.records import RefRecord, key_of, legacy_key, platforms_key
 from cas.store import Store
 
 
@@ -112,3 +117,80 @@ def test_two_platforms_are_two_images_to_gc(store: Store, app: RefRecord) -> Non
         (APP, "linux/amd64"),
         (APP, "linux/arm64/v8"),
     ]
+
+
+BROKEN = "127.0.0.1:5000/broken:1"
+
+
+def _as_tagged_by_reference(store: Store, *records: RefRecord) -> None:
+    """The index as cas left it at layout 2: each record found through diskcache's tag column (the
+    reference), no ``platforms:`` entries, and a damaged record of another reference, tagged too."""
+    for record in records:
+        store.metadata.remove_ref(record)
+    for record in records:
+        store.metadata._db.set(record.key, record.to_json(), tag=record.ref)
+    store.metadata._db.set(key_of(BROKEN, "linux/amd64"), {"nonsense": True}, tag=BROKEN)
+    set_schema_version(store.metadata._db, 2)
+    assert not any(key.startswith("platforms:") for key in store.metadata._db.iterkeys())
+
+
+def test_a_layout_2_index_lists_each_references_platforms_as_data_once_when_it_opens(
+    store: Store, app: RefRecord
+) -> None:
+    arm = app.replace(platform="linux/arm64/v8")
+    base = store_image(store, BASE, images({"base": [1]})["base"])
+    _as_tagged_by_reference(store, app, arm, base)
+
+    again = Metadata(store.metadata.path)
+    try:
+        assert schema_version(again._db) == 3
+        assert again._db.get(platforms_key(APP)) == ["linux/amd64", "linux/arm64/v8"]
+        assert again.ref_records(APP) == [app, arm] and again.ref_records(BASE) == [base]
+        with pytest.raises(StoreError):
+            again.ref_records(BROKEN)  # damage stays its reference's error, as it was with the tag
+    finally:
+        again.close()
+    with sqlite3.connect(store.metadata.path / "cache.db") as con:
+        assert con.execute("SELECT count(*) FROM Cache WHERE tag IS NOT NULL").fetchone() == (0,)
+
+    env = {**os.environ, "CAS_HOME": str(store.home)}
+    root = Path(__file__).resolve().parent.parent
+    shown = subprocess.run([sys.executable, "-m", "cli", "inspect", APP], env=env, cwd=root, capture_output=True)
+    assert shown.returncode == 0, shown.stderr
+    for ref in (APP, BROKEN):  # a record, and a damaged one (dropped by its key): each unlisted with it
+        removed = subprocess.run([sys.executable, "-m", "cli", "rm", ref], env=env, cwd=root, capture_output=True)
+        assert removed.returncode == 0, removed.stderr
+        assert store.metadata.ref_records(ref) == [] and store.metadata._db.get(platforms_key(ref)) is None
+
+
+def test_an_index_a_full_disk_left_in_layout_2_still_finds_a_references_records(
+    store: Store, app: RefRecord, monkeypatch
+) -> None:
+    _as_tagged_by_reference(store, app)
+
+    def no_room(self: Metadata) -> None:
+        raise DiskFull("no space left on device", hint="free disk space")
+
+    monkeypatch.setattr(Metadata, "_migrate", no_room)
+    stuck = Metadata(store.metadata.path)
+    try:
+        assert not stuck.current and stuck.ref_records(APP) == [app]  # found by a scan
+    finally:
+        stuck.close()
+    monkeypatch.undo()
+    again = Metadata(store.metadata.path)  # room again: moved at this open
+    try:
+        assert again.current and again.ref_records(APP) == [app]
+        assert again._db.get(platforms_key(APP)) == ["linux/amd64"]
+    finally:
+        again.close()
+
+
+def test_records_forgotten_together_leave_their_references_lists_right(store: Store, app: RefRecord) -> None:
+    arm = app.replace(platform="linux/arm64/v8")
+    store.metadata.put_ref(arm)
+    base = store_image(store, BASE, images({"base": [1]})["base"])
+    assert store.metadata.remove_refs([app, base]) == 2  # as an eviction forgets them
+    assert store.metadata._db.get(platforms_key(APP)) == ["linux/arm64/v8"]
+    assert store.metadata._db.get(platforms_key(BASE)) is None
+    assert store.metadata.ref_records(APP) == [arm] and store.metadata.ref_records(BASE) == []

@@ -80,16 +80,46 @@ def test_disk_full_is_a_clear_error():
 
 
 def test_lock_timeout_is_actionable(tmp_path):
-    held = FileLock(tmp_path / "lock")
+    holder = subprocess.Popen(  # another process holds the lock
+        [sys.executable, "-c", _HOLD, str(tmp_path / "lock")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        waits = []
+        with pytest.raises(LockTimeout) as info:
+            FileLock(tmp_path / "lock", shared=True, timeout=0.2, on_wait=waits.append).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "timed out" in info.value.message and "--lock-timeout" in info.value.hint
+    assert info.value.hint.startswith("another cas process")
+    assert waits == ["waiting for another cas process to release the cas store..."]
+
+
+def test_a_lock_this_process_holds_is_not_blamed_on_another_process(tmp_path):
+    held = FileLock(tmp_path / "lock", purpose="the download of sha256:abc")
     held.acquire()
     waits = []
     try:
         with pytest.raises(LockTimeout) as info:
-            FileLock(tmp_path / "lock", shared=True, timeout=0.2, on_wait=waits.append).acquire()
+            FileLock(
+                tmp_path / "lock", timeout=0.2, purpose="the download of sha256:abc", on_wait=waits.append
+            ).acquire()
     finally:
         held.release()
-    assert "timed out" in info.value.message and "--lock-timeout" in info.value.hint
-    assert len(waits) == 1
+    assert waits == [] and info.value.hint.startswith("another part of this cas command holds it")
+    with FileLock(tmp_path / "lock", timeout=0.2, on_wait=waits.append):  # released: no wait at all
+        pass
+    assert waits == []
+
+
+_HOLD = """
+import fcntl, sys, time
+lock = open(sys.argv[1], "w")
+fcntl.flock(lock, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(60)
+"""
 
 
 def test_linker_falls_back_to_copy_once(tmp_path, monkeypatch):

@@ -27,12 +27,14 @@ import httpx
 from cas.digest import Digest, of_bytes, verify_bytes
 from cas.errors import BadDigest, ManifestError, RegistryError
 from cas.manifest import ACCEPT, MAX_MANIFEST, media_type_of
-from cas.registry import insecure, ranged
+from cas.registry import insecure, ranged, wire
 from cas.registry.auth import TokenCache
 from cas.registry.credentials import Credentials
-from cas.registry.download import BlobDownloader, Sink
+from cas.registry.download import BlobDownloader
 from cas.registry.endpoints import PULL, RESOLVE, Endpoint, upstream
+from cas.registry.endpoints.model import with_query
 from cas.registry.requester import Requester
+from cas.registry.shared import SharedClients
 from cas.registry.walk import Served
 from cas.settings import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
 
@@ -60,13 +62,15 @@ class RegistryClient:
         min_rate: int = DEFAULT_MIN_RATE,
         ranges: ranged.RangePolicy | None = None,
         on_retry: Callable[[str], None] | None = None,
+        shared: SharedClients | None = None,
     ) -> None:
         """``endpoints``: where to fetch from, in order (``cas.registry.endpoints``);
         default: ``registry`` alone. ``timeout`` bounds the wait without progress (connecting,
         an answer, retries included) and a transfer's stall: fewer than ``min_rate`` bytes/s
         over ``timeout`` seconds aborts it (resumable). ``ranges``: how large blobs may
         be split into parallel Range requests (``cas.registry.ranged``); None: every blob is
-        one stream. ``on_retry(line)``: each retry, as it happens."""
+        one stream. ``on_retry(line)``: each retry, as it happens. ``shared``: httpx clients the
+        command's other clients may reuse (``cas.registry.shared``)."""
         self.registry = registry
         try:
             self.endpoints = list(endpoints) if endpoints else [upstream(registry, "", insecure=insecure)]
@@ -86,8 +90,10 @@ class RegistryClient:
             backoff=backoff,
             timeout=timeout,
             on_retry=on_retry,
+            shared=shared,
         )
-        self._blobs = BlobDownloader(self.requester, ranges=ranges, min_rate=min_rate)
+        # blobs: streamed into a Sink from the first ``pull`` endpoint that serves them (BlobDownloader.download)
+        self.download_blob = BlobDownloader(self.requester, ranges=ranges, min_rate=min_rate).download
 
     @property
     def served(self) -> Served:
@@ -149,6 +155,38 @@ class RegistryClient:
             data, media_type_of(data, headers.get("Content-Type")), digest, insecure.url_for(ep, ep.url)
         )
 
+    def list_tags(self, repository: str, page_size: int | None = None) -> list[str]:
+        """Every tag of ``repository`` (``GET /v2/NAME/tags/list``), following the ``Link`` of each page,
+        from the first ``resolve`` endpoint that answers; ``page_size`` asks for pages of ``n``."""
+        return self.requester.walk(
+            RESOLVE,
+            f"tags of {self.registry}/{repository}",
+            lambda ep, has_next: self._tags_from(ep, has_next, repository, page_size),
+        )
+
+    def _tags_from(self, ep: Endpoint, has_next: bool, repository: str, page_size: int | None) -> list[str]:
+        repository = ep.repository or repository
+        shown = f"{ep.host}/{repository}"
+        url: str | None = ep.resource(repository, "tags", "list")
+        if page_size:
+            url = with_query(url, "n", str(page_size))
+        tags: list[str] = []
+        while url is not None:
+            data, response = self.requester.retrying(
+                ep, lambda page=url: self._tag_page(ep, page, repository, shown), has_next
+            )
+            self.served.add(ep, len(data))
+            tags += wire.tag_page(data, shown)
+            url = wire.next_link(response.headers.get("Link"), str(response.url))
+        return tags
+
+    def _tag_page(self, ep: Endpoint, url: str, repository: str, shown: str) -> tuple[bytes, httpx.Response]:
+        response = self.requester.open(ep, url, {}, repository, shown, kind="tags", ok=(200,))
+        try:
+            return _read_limited(response, MAX_MANIFEST, shown), response
+        finally:
+            response.close()
+
     def check_login(self) -> None:
         """GET /v2/ with the credentials, as `docker login` checks them; AuthError when they are refused."""
 
@@ -160,7 +198,6 @@ class RegistryClient:
 
         self.requester.retrying(own, attempt)
 
-    # blobs -----------------------------------------------------------------
     def blob_size(self, repository: str, digest: Digest) -> int | None:
         """The blob's size as a HEAD at the first ``pull`` endpoint that has it says; None when it does not say."""
 
@@ -177,17 +214,6 @@ class RegistryClient:
             return self.requester.retrying(ep, attempt, has_next)
 
         return self.requester.walk(PULL, f"blob {digest}", from_endpoint)
-
-    def download_blob(
-        self,
-        repository: str,
-        digest: Digest,
-        sink: Sink,
-        on_bytes: Callable[[int], None] | None = None,
-        commit: Callable[[], object] | None = None,
-    ) -> None:
-        """Stream a blob into ``sink`` from the first ``pull`` endpoint that serves it (``BlobDownloader.download``)."""
-        self._blobs.download(repository, digest, sink, on_bytes, commit)
 
 
 def _header_digest(value: str | None) -> Digest | None:

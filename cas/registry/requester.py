@@ -18,6 +18,7 @@ composes one session into its downloaders) and use only its public methods. It o
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -34,6 +35,7 @@ from cas.registry.credentials import Credentials
 from cas.registry.endpoints import TLS, Endpoint
 from cas.registry.failures import describe_transport_error, status_error
 from cas.registry.retry import MAX_RETRY_AFTER, Patience, Transient
+from cas.registry.shared import SharedClients
 from cas.registry.transport import LazyTLSTransport
 from cas.registry.walk import Served, walk
 from cas.settings import DEFAULT_TIMEOUT
@@ -61,9 +63,11 @@ class Requester:
         backoff: float = 0.5,
         timeout: float = DEFAULT_TIMEOUT,
         on_retry: Callable[[str], None] | None = None,
+        shared: SharedClients | None = None,
     ) -> None:
         """``endpoints``: mirrors first, the upstream last. ``timeout``: the longest an operation waits
-        without progress, retries included. ``on_retry(line)``: told of each retry as it happens."""
+        without progress, retries included. ``on_retry(line)``: told of each retry as it happens.
+        ``shared``: where the httpx client comes from when other requesters of the command may reuse it."""
         self.registry = registry
         self.endpoints = endpoints
         self.upstream = endpoints[-1]
@@ -76,6 +80,7 @@ class Requester:
         self._token_cache = token_cache
         self._auths: dict[str, RegistryAuth] = {}
         self._http: httpx.Client | None = None
+        self._shared = shared
         self._lock = threading.Lock()
         self._current = threading.local()  # the Patience of the operation this thread is retrying
 
@@ -89,20 +94,26 @@ class Requester:
                     for ep in self.endpoints
                     if ep.scheme == "https" and ep.tls != TLS()
                 }
-                self._http = httpx.Client(
-                    transport=LazyTLSTransport(tls),
-                    timeout=httpx.Timeout(self.timeout),
-                    follow_redirects=False,
-                    trust_env=False,  # no .netrc; proxies are chosen by the transport
-                    headers={"User-Agent": f"cas/{__version__}"},
-                )
+                key = (tuple(sorted(tls.items())), self.timeout)
+                make = functools.partial(self._client, tls)
+                self._http = make() if self._shared is None else self._shared.get(key, make)
             return self._http
 
+    def _client(self, tls: dict[str, TLS]) -> httpx.Client:
+        return httpx.Client(
+            transport=LazyTLSTransport(tls),
+            timeout=httpx.Timeout(self.timeout),
+            follow_redirects=False,
+            trust_env=False,  # no .netrc; proxies are chosen by the transport
+            headers={"User-Agent": f"cas/{__version__}"},
+        )
+
     def close(self) -> None:
+        """Closes the client unless it is shared (its owner closes it)."""
         with self._lock:
-            if self._http is not None:
+            if self._http is not None and self._shared is None:
                 self._http.close()
-                self._http = None
+            self._http = None
 
     # endpoints and retries ----------------------------------------------------
     def walk(self, capability: str, what: str, attempt: Callable[[Endpoint, bool], _T]) -> _T:

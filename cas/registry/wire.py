@@ -66,3 +66,29 @@ def parse_content_range(value: str | None) -> tuple[int | None, int | None, int 
         int(end) if end is not None else None,
         int(total) if total != "*" else None,
     )
+
+
+_LINK_NEXT = re.compile(r'<([^>]*)>\s*;[^,]*rel="?next"?', re.IGNORECASE)
+
+
+def next_link(header: str | None, current: str) -> str | None:
+    """The next page of a paged listing (RFC 5988 ``Link: </v2/r/tags/list?last=x&n=2>; rel="next"``),
+    resolved against the page's own URL; None on the last page."""
+    from urllib.parse import urljoin
+
+    match = _LINK_NEXT.search(header or "")
+    return urljoin(current, match.group(1)) if match else None
+
+
+def tag_page(data: bytes, shown: str) -> list[str]:
+    """The ``tags`` of one page of ``/tags/list`` (null for a repository without tags)."""
+    from cas.errors import RegistryError
+
+    try:
+        body = json.loads(data)
+        tags = body.get("tags") or []
+    except (ValueError, AttributeError):
+        tags = None
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise RegistryError(f"the tag list of {shown} is not a JSON object with a list of tags")
+    return tags

@@ -2,6 +2,10 @@
 
 The store lock is shared for pulls and exports and exclusive for a prune's
 sweep. Per-digest ingest locks make a second downloader wait for the first.
+flock also makes two threads of one process wait for each other (each opens
+the file anew), so the locks this process holds are remembered: a wait on one
+of them is this command's own work (images sharing a layer), logged under -v
+and never said as another process's.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +23,8 @@ from cas.store.fs import storage_errors
 
 _POLL = 0.05
 log = logging.getLogger("cas.store.locks")  # `cas -v` shows every wait, not only the first notice
+_held_here: dict[str, int] = {}  # lock path -> how many FileLocks of this process hold it
+_held_lock = threading.Lock()
 
 
 class FileLock:
@@ -53,15 +60,20 @@ class FileLock:
                 fcntl.flock(fd, mode | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
+                ours = _holds(self.path)
                 if deadline is not None and time.monotonic() >= deadline:
+                    holder = (
+                        "another part of this cas command" if ours else "another cas process (a prune, pull or export)"
+                    )
                     raise LockTimeout(
                         f"timed out after {self.timeout:g}s waiting for a {_kind(self.shared)} lock on {self.purpose} ({self.path})",
-                        hint="another cas process (a prune, pull or export) holds it; wait for it to finish, "
-                        "or raise --lock-timeout",
+                        hint=f"{holder} holds it; wait for it to finish, or raise --lock-timeout",
                     ) from None
                 if not announced:
                     log.debug("waiting to lock %s (%s) at %s", self.purpose, _kind(self.shared), self.path)
-                    if self.on_wait is not None:
+                    if ours:  # not stuck: another image of this command is fetching the same blob
+                        log.debug("waiting for %s, already under way in this cas command", self.purpose)
+                    elif self.on_wait is not None:
                         self.on_wait(f"waiting for another cas process to release {self.purpose}...")
                     announced = True
                 time.sleep(_POLL)
@@ -74,6 +86,7 @@ class FileLock:
                 same = False
             if same:
                 self._fd = fd
+                _count(self.path, 1)
                 if announced:
                     log.debug(
                         "locked %s (%s) after %.2f s",
@@ -95,6 +108,7 @@ class FileLock:
 
     def release(self) -> None:
         if self._fd is not None:
+            _count(self.path, -1)
             os.close(self._fd)
             self._fd = None
 
@@ -104,6 +118,22 @@ class FileLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _count(path: Path, change: int) -> None:
+    key = os.path.abspath(path)
+    with _held_lock:
+        left = _held_here.get(key, 0) + change
+        if left:
+            _held_here[key] = left
+        else:
+            _held_here.pop(key, None)
+
+
+def _holds(path: Path) -> bool:
+    """True when a FileLock of this process holds ``path`` (a thread of this command is the holder)."""
+    with _held_lock:
+        return os.path.abspath(path) in _held_here
 
 
 def _kind(shared: bool) -> str:

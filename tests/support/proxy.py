@@ -38,6 +38,9 @@ Knobs (settable while a test runs; ``reset()`` clears them and the counters):
   upload URL on a storage host). Requests that arrive under that name are recorded with
   ``ProxiedRequest.foreign`` set, and are forwarded with the upstream's own credentials (the
   signed URL's stand-in), so a client must send none there.
+- ``page_tags(size)``: tag list GETs are answered ``size`` tags a page, sorted, each page with a
+  ``Link: <...?n=SIZE&last=TAG>; rel="next"`` to the next, as distribution 3 and Docker Hub page
+  them (distribution 2.8 ignores ``n`` and answers every tag at once).
 - ``redirect_blobs(times=None)``: blob GETs that the upstream would answer 200 get a 307 to
   ``self.origin``, a second server on another port that serves the same bytes (from the
   registry's storage) and records the Authorization header it received (``origin.requests``),
@@ -87,6 +90,7 @@ class _Knobs:
     wrong_range_after: int = 0  # 206 blob answers left alone before those
     corrupt_pattern: re.Pattern | None = None
     corrupt_left: int | None = 0  # None = every matching answer
+    tag_page: int | None = None  # tags per page of a tag list
     late_start_left: int = 0  # ranged blob GETs forwarded asking a later start
     late_start_after: int = 0  # ranged blob GETs left alone before those
     late_start_by: int = 1
@@ -198,6 +202,10 @@ class FaultProxy:
         (None: every one)."""
         with self._lock:
             self._knobs.corrupt_pattern, self._knobs.corrupt_left = re.compile(pattern), times
+
+    def page_tags(self, size: int | None) -> None:
+        with self._lock:
+            self._knobs.tag_page = size
 
     def later_range_start(self, times: int = 1, after: int = 0, by: int = 1) -> None:
         """Ask upstream ``by`` bytes later for ``times`` ranged blob GETs, after ``after`` good ones."""

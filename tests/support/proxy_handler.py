@@ -52,6 +52,7 @@ class ProxiedRequest:
     bytes_sent: int = 0  # response body bytes sent to the client
     fault: str | None = None  # "status", "drop", "redirect", "corrupt"... when a knob acted
     foreign: bool = False  # arrived under the foreign_uploads host name
+    client_port: int = 0  # the client's end of the connection it came on
 
 
 class ProxyHandler(BaseHTTPRequestHandler):
@@ -71,6 +72,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         rec = ProxiedRequest(self.command, self.path, kind, {k.lower(): v for k, v in self.headers.items()})
         foreign = proxy._knobs.foreign_host
         rec.foreign = foreign is not None and self.headers.get("Host", "").partition(":")[0] == foreign
+        rec.client_port = self.client_address[1]
         proxy._record(rec)
         try:
             failure = proxy._take_failure(self.command, self.path)
@@ -78,6 +80,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
                 self._drain_body()
                 rec.fault = "status"
                 self._send_error(rec, failure)
+                return
+            if self.command == "GET" and kind == "tags" and proxy._knobs.tag_page:
+                self._tag_page(proxy, rec, proxy._knobs.tag_page)
                 return
             if self.command == "GET" and kind == "blob" and proxy._take("redirect_left"):
                 if self._redirect(proxy, rec):
@@ -130,6 +135,36 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.end_headers()
         rec.status, rec.fault = 307, "redirect"
         return True
+
+    def _tag_page(self, proxy: FaultProxy, rec: ProxiedRequest, size: int) -> None:
+        """One page of the upstream's whole tag list: ``size`` tags after ``last``, and a Link to the next."""
+        path, _, query = self.path.partition("?")
+        params = dict(pair.partition("=")[::2] for pair in query.split("&") if pair)
+        conn = self._upstream(proxy)
+        try:
+            conn.request("GET", path, headers=self._forward_headers(proxy))
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        headers = {"Content-Type": "application/json"}
+        if resp.status == 200:
+            body = json.loads(data)
+            tags = sorted(body.get("tags") or [])
+            tags = [t for t in tags if t > params.get("last", "")]
+            n = min(size, int(params.get("n") or size))
+            body["tags"], rest = tags[:n], tags[n:]
+            if rest:
+                headers["Link"] = f'<{path}?n={n}&last={body["tags"][-1]}>; rel="next"'
+            data = json.dumps(body).encode()
+        else:
+            headers.update({k: v for k, v in resp.getheaders() if k.lower() == "www-authenticate"})
+        self.send_response_only(resp.status)
+        for name, value in {**headers, "Content-Length": str(len(data))}.items():
+            self.send_header(name, value)
+        rec.status, rec.bytes_sent = resp.status, len(data)
+        self.end_headers()
+        self.wfile.write(data)
 
     def _forward(self, proxy: FaultProxy, rec: ProxiedRequest) -> None:
         conn = self._upstream(proxy)
