@@ -17,7 +17,6 @@ past ``max-age`` while nothing writes, and pull-through adds blobs.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -191,6 +190,8 @@ async def watch(store: Store, say: Callable[[str], None]) -> None:
     between checks. Each check is ``keep`` with nothing of its own to spare: what a client is being
     served is leased, so it stays. Returns at once when no budget is set; never raises a store error.
     """
+    import asyncio  # ~25 ms to import; only the server's loop needs it, not every pull
+
     budget = Budget.resolve()
     if not budget.set:
         return

@@ -1,41 +1,54 @@
-"""httpx clients shared by the requesters of one command: a set of images from one registry
-reuses one pooled connection (and, over https, one TLS handshake) instead of one per image.
+"""A pool of closeable things made once per key and closed together.
 
-Requesters with the same TLS settings and timeout share a client; each keeps its own auth
-state and ``served`` figures, so an image's summary stays its own.
+Two users, one shape: a set of images from one registry reuses one httpx client (one pooled
+connection and, over https, one TLS handshake) instead of one per image (``SharedClients``,
+keyed by TLS settings and timeout; each requester keeps its own auth state and ``served``
+figures, so an image's summary stays its own); and a transport keeps one connection pool per
+https host, whose certificates may differ (``cas.registry.transport``).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:  # httpx is imported by the first requester that needs the network
-    import httpx
+    pass
 
 
-class SharedClients:
+class _Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+T = TypeVar("T", bound=_Closeable)
+
+
+class KeyedPool(Generic[T]):
     def __init__(self) -> None:
-        self._clients: dict[Hashable, httpx.Client] = {}
+        self._items: dict[Hashable, T] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, make: Callable[[], httpx.Client]) -> httpx.Client:
-        """The client for ``key``, made by ``make`` on first use."""
+    def get(self, key: Hashable, make: Callable[[], T]) -> T:
+        """The item for ``key``, made by ``make`` on first use."""
         with self._lock:
-            client = self._clients.get(key)
-            if client is None:
-                client = self._clients[key] = make()
-            return client
+            item = self._items.get(key)
+            if item is None:
+                item = self._items[key] = make()
+            return item
 
     def close(self) -> None:
         with self._lock:
-            clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            client.close()
+            items, self._items = list(self._items.values()), {}
+        for item in items:
+            item.close()
 
-    def __enter__(self) -> SharedClients:
+    def __enter__(self) -> KeyedPool[T]:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SharedClients(KeyedPool["httpx.Client"]):
+    """The httpx clients one command's requesters share."""

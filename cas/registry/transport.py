@@ -41,6 +41,7 @@ import httpx
 
 from cas.errors import RegistryError
 from cas.registry.endpoints.model import TLS
+from cas.registry.shared import KeyedPool
 from cas.registry.wire import is_loopback
 
 READ_SIZE = 1 << 20
@@ -174,22 +175,19 @@ class LazyTLSTransport(httpx.BaseTransport):
         """``tls``: per host[:port], TLS settings on top of docker's trust (from hosts.toml)."""
         _raise_read_size()
         self._tls = tls or {}
-        self._lock = threading.Lock()
-        self._pools: dict[tuple[str, str, str | None], httpx.HTTPTransport] = {}  # https: one per host (its certs.d)
+        self._pools: KeyedPool[httpx.HTTPTransport] = KeyedPool()  # https: one per host (its certs.d)
 
     def _pool(self, url: httpx.URL) -> httpx.HTTPTransport:
         key = (url.scheme, _netloc(url) if url.scheme == "https" else "", proxy_for(url))
-        with self._lock:
-            pool = self._pools.get(key)
-            if pool is None:
-                context = (
-                    tls_context(_netloc(url), self._tls.get(_netloc(url)))
-                    if url.scheme == "https" or key[2]
-                    else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                )
-                pool = httpx.HTTPTransport(verify=context, proxy=key[2], trust_env=False)
-                self._pools[key] = pool
-            return pool
+        return self._pools.get(key, lambda: self._make_pool(url, key[2]))
+
+    def _make_pool(self, url: httpx.URL, proxy: str | None) -> httpx.HTTPTransport:
+        context = (
+            tls_context(_netloc(url), self._tls.get(_netloc(url)))
+            if url.scheme == "https" or proxy
+            else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        )
+        return httpx.HTTPTransport(verify=context, proxy=proxy, trust_env=False)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if not log.isEnabledFor(logging.DEBUG):
@@ -204,10 +202,7 @@ class LazyTLSTransport(httpx.BaseTransport):
         return response
 
     def close(self) -> None:
-        with self._lock:
-            pools, self._pools = list(self._pools.values()), {}
-        for pool in pools:
-            pool.close()
+        self._pools.close()
 
 
 class _LoggedStream(httpx.SyncByteStream):
