@@ -36,10 +36,12 @@ from cas.stored_manifest import read_manifest
 from cas.transfer import TransferObserver, run_parallel
 
 if TYPE_CHECKING:
+    import httpx
+
     from cas.metadata import Lease
     from cas.registry import Credentials, FetchedManifest, RegistryClient
     from cas.registry.endpoints import Sources
-    from cas.registry.shared import SharedClients
+    from cas.registry.shared import KeyedPool
 
 
 MAX_NESTING = 4  # indexes naming indexes
@@ -61,7 +63,7 @@ class PullOptions:
     sources: Sources | None = None  # mirror configuration; None: the machine's (cas.registry.endpoints)
     timeout: float = DEFAULT_TIMEOUT  # connect, answer, and the stall window (cas.registry.stall)
     min_rate: int = DEFAULT_MIN_RATE  # bytes/s below which a transfer is stalled
-    shared: SharedClients | None = None  # httpx clients reused across the pulls of one command (a set)
+    shared: KeyedPool[httpx.Client] | None = None  # httpx clients reused across the pulls of one command (a set)
 
 
 @dataclass
