@@ -36,10 +36,12 @@ from cas.stored_manifest import read_manifest
 from cas.transfer import TransferObserver, run_parallel
 
 if TYPE_CHECKING:
+    import httpx
+
     from cas.metadata import Lease
     from cas.registry import Credentials, FetchedManifest, RegistryClient
     from cas.registry.endpoints import Sources
-    from cas.registry.shared import SharedClients
+    from cas.registry.shared import KeyedPool
 
 
 MAX_NESTING = 4  # indexes naming indexes
@@ -64,7 +66,7 @@ class PullOptions:
     # The tag's manifest as the caller just fetched it from this registry (`cas serve` resolves a
     # tag itself): used instead of asking again, so a pull costs one manifest request per manifest.
     fetched_top: FetchedManifest | None = None
-    shared: SharedClients | None = None  # httpx clients reused across the pulls of one command (a set)
+    shared: KeyedPool[httpx.Client] | None = None  # httpx clients reused across the pulls of one command (a set)
 
 
 @dataclass

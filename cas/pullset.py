@@ -54,9 +54,9 @@ def pull_set(
             on_done(outcome)
         return outcome
 
-    from cas.registry.shared import SharedClients
+    from cas.registry.shared import KeyedPool
 
-    with SharedClients() as shared:  # one connection per registry for the set, not one per image
+    with KeyedPool() as shared:  # one connection per registry for the set, not one per image
         options = dataclasses.replace(options, shared=shared)
         if len(entries) == 1 or at_once == 1:
             return [run(entry) for entry in entries]

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli import options, output, sets
+from cli import budget, options, output, sets
 
 Source = Annotated[str | None, options.cached_ref("SRC", "The image to copy: host:5000/app:1.0, name@sha256:...")]
 Dest = Annotated[
@@ -52,6 +52,8 @@ def copy(
     src_username: SrcUsername = None,
     src_password_stdin: SrcPasswordStdin = False,
     lock_timeout: options.LockTimeout = None,
+    max_size: options.MaxSize = None,
+    max_age: options.MaxAge = None,
     hosts_dir: options.HostsDir = None,
     timeout: options.Timeout = None,
     quiet: options.Quiet = False,
@@ -110,6 +112,15 @@ def copy(
             quiet=quiet,
             as_json=as_json,
             body=ctx.meta.setdefault(output.PARTIAL, {}),
+            finish=lambda done: budget.json_field(
+                budget.keep(
+                    store,
+                    (max_size, max_age),
+                    budget.pulled(result.pulled for result in done),
+                    lock_timeout,
+                    say=not (as_json or quiet),
+                )
+            ),
         )
 
 

@@ -42,9 +42,11 @@ def run_each(
     quiet: bool,
     as_json: bool,
     body: dict,
+    finish: Callable[[list], dict] | None = None,
 ) -> None:
     """``action(src, dest)`` for each pair; a summary line each (unless quiet), one JSON object at the end:
-    ``body``, which cli.main prints with the error when the command fails."""
+    ``body``, which cli.main prints with the error when the command fails. ``finish`` runs once on the
+    results that succeeded (the size budget after a copy), its fields added to ``body``."""
     from cas.errors import PER_REFERENCE, SomeFailed
 
     done, failed = [], []
@@ -69,6 +71,8 @@ def run_each(
             {"ref": str(ref), "where": where or None, "error": exc.message, "hint": exc.hint}
             for ref, where, exc in failed
         ]
+    if finish is not None and done:
+        body.update(finish(done))
     if failed:
         codes = {exc.exit_code for _, _, exc in failed}
         raise SomeFailed(

@@ -199,3 +199,13 @@ def test_import_and_export_pull_take_max_age_too(cas, cas_home, registry, tmp_pa
     exported = cas("export", "--pull", "--max-age", "3d", fetched, "-o", os.devnull)
     assert f"evicted 1 image ({again}), " in exported.stderr and "(max-age from --max-age)" in exported.stderr
     assert _cached(cas) == {new, fetched}
+
+
+def test_a_copy_keeps_the_budget_and_spares_what_it_copied(cas, cas_home, registry):
+    a, b = (_push(registry, name, _image(seed)) for name, seed in (("ca", 5), ("cb", 6)))
+    budget = int(max(_image(seed).size for seed in (5, 6)) * 1.5)  # room for one image, not two
+    cas("pull", "-q", a)
+    copied = json.loads(cas("copy", "--json", "--max-size", budget, b, f"{registry.host}/budget/copied:1").stdout)
+    assert [image["ref"] for image in copied["budget"]["images"]] == [a]
+    assert _cached(cas) == {b}
+    assert _blobs_on_disk(cas_home) <= budget

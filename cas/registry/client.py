@@ -34,7 +34,7 @@ from cas.registry.download import BlobDownloader
 from cas.registry.endpoints import PULL, RESOLVE, Endpoint, upstream
 from cas.registry.endpoints.model import with_query
 from cas.registry.requester import Requester
-from cas.registry.shared import SharedClients
+from cas.registry.shared import KeyedPool
 from cas.registry.walk import Served
 from cas.settings import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
 
@@ -62,7 +62,7 @@ class RegistryClient:
         min_rate: int = DEFAULT_MIN_RATE,
         ranges: ranged.RangePolicy | None = None,
         on_retry: Callable[[str], None] | None = None,
-        shared: SharedClients | None = None,
+        shared: KeyedPool[httpx.Client] | None = None,
     ) -> None:
         """``endpoints``: where to fetch from, in order (``cas.registry.endpoints``);
         default: ``registry`` alone. ``timeout`` bounds the wait without progress (connecting,

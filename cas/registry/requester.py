@@ -35,7 +35,7 @@ from cas.registry.credentials import Credentials
 from cas.registry.endpoints import TLS, Endpoint
 from cas.registry.failures import describe_transport_error, status_error
 from cas.registry.retry import MAX_RETRY_AFTER, Patience, Transient
-from cas.registry.shared import SharedClients
+from cas.registry.shared import KeyedPool
 from cas.registry.transport import LazyTLSTransport
 from cas.registry.walk import Served, walk
 from cas.settings import DEFAULT_TIMEOUT
@@ -63,7 +63,7 @@ class Requester:
         backoff: float = 0.5,
         timeout: float = DEFAULT_TIMEOUT,
         on_retry: Callable[[str], None] | None = None,
-        shared: SharedClients | None = None,
+        shared: KeyedPool[httpx.Client] | None = None,
     ) -> None:
         """``endpoints``: mirrors first, the upstream last. ``timeout``: the longest an operation waits
         without progress, retries included. ``on_retry(line)``: told of each retry as it happens.

@@ -1,20 +1,17 @@
 """A pool of closeable things made once per key and closed together.
 
 Two users, one shape: a set of images from one registry reuses one httpx client (one pooled
-connection and, over https, one TLS handshake) instead of one per image (``SharedClients``,
-keyed by TLS settings and timeout; each requester keeps its own auth state and ``served``
-figures, so an image's summary stays its own); and a transport keeps one connection pool per
-https host, whose certificates may differ (``cas.registry.transport``).
+connection and, over https, one TLS handshake) instead of one per image, keyed by TLS settings
+and timeout (each requester keeps its own auth state and ``served`` figures, so an image's
+summary stays its own); and a transport keeps one connection pool per https host, whose
+certificates may differ (``cas.registry.transport``).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
-
-if TYPE_CHECKING:  # httpx is imported by the first requester that needs the network
-    pass
+from typing import Generic, Protocol, TypeVar
 
 
 class _Closeable(Protocol):
@@ -48,7 +45,3 @@ class KeyedPool(Generic[T]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class SharedClients(KeyedPool["httpx.Client"]):
-    """The httpx clients one command's requesters share."""
