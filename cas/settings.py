@@ -23,6 +23,7 @@ DEFAULT_JOBS = 4  # blobs transferred at once
 DEFAULT_CONNECTIONS = 8  # per pull in all, range requests included
 DEFAULT_TIMEOUT = 30.0  # seconds: connect, wait for an answer, stall window
 DEFAULT_MIN_RATE = 1024  # bytes per second below which a transfer is stalled
+DEFAULT_LISTEN = "127.0.0.1:5050"  # loopback: a pull-through server must not be open to the network by default
 DEFAULT_SERVE_CONNECTIONS = 512  # connections `cas serve` holds open at once
 DEFAULT_BUDGET_INTERVAL = 600.0  # seconds between a running `cas serve`'s checks of the budget
 
@@ -115,7 +116,7 @@ SETTINGS = {
         Setting("hosts-dir", None, _texts, env=("CAS_HOSTS_DIR",)),
         Setting("registries-conf", None, str, env=("CAS_REGISTRIES_CONF",)),
         Setting("daemon-json", None, str, env=("CAS_DOCKER_DAEMON_JSON",)),
-        Setting("serve.listen", None, _text),  # for `cas serve`, which reads them when it exists
+        Setting("serve.listen", DEFAULT_LISTEN, _text),
         Setting("serve.upstreams", (), _texts),
         Setting(
             "serve.max-connections",

@@ -13,14 +13,20 @@ def _option(flag: str, help_text: str, metavar: str | None = None, **extra: obje
 
 
 Listen = Annotated[
-    str,
-    _option("--listen", "Address to listen on. A non-loopback one needs --htpasswd or --allow-anonymous.", "HOST:PORT"),
+    str | None,
+    _option(
+        "--listen",
+        "Address to listen on (default: `listen` under [serve] in config.toml, else 127.0.0.1:5050). "
+        "A non-loopback one needs --htpasswd or --allow-anonymous.",
+        "HOST:PORT",
+    ),
 ]
 Upstream = Annotated[
     list[str] | None,
     _option(
         "--upstream",
-        "Name an upstream by a first path component: with lab=127.0.0.1:5000, /v2/lab/app means 127.0.0.1:5000/app. Repeatable.",
+        "Name an upstream by a first path component: with lab=127.0.0.1:5000, /v2/lab/app means 127.0.0.1:5000/app. "
+        "Repeatable; replaces `upstreams` under [serve] in config.toml.",
         "ALIAS=HOST[:PORT]",
     ),
 ]
@@ -52,7 +58,7 @@ TagTtl = Annotated[
 
 
 def serve(
-    listen: Listen = "127.0.0.1:5050",
+    listen: Listen = None,
     upstream: Upstream = None,
     allow_anonymous: AllowAnonymous = False,
     offline: Offline = False,
@@ -77,7 +83,6 @@ def serve(
       cas serve --listen 127.0.0.1:5050 --upstream lab=127.0.0.1:5000
       curl -fsS http://127.0.0.1:5050/archive/library/alpine:3.20 | docker load
     """
-    from cas.errors import UsageError
     from cas.serve import ServeOptions, parse_listen
     from cas.serve import serve as run_serve
     from cas.serve.names import parse_upstreams
@@ -85,11 +90,11 @@ def serve(
     from cas.store import Store
     from cli import output
 
-    host, port = parse_listen(listen)
-    try:
-        aliases = parse_upstreams(upstream or [])
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    settings = current()
+    host, port = _checked(settings.resolve("serve.listen", listen), "--listen", parse_listen)
+    aliases = _checked(
+        settings.resolve("serve.upstreams", upstream), "--upstream", lambda given: parse_upstreams(list(given))
+    )
     options = ServeOptions(
         host=host,
         port=port,
@@ -102,7 +107,20 @@ def serve(
         tls_cert=tls_cert,
         tls_key=tls_key,
         client_timeout=client_timeout,
-        max_connections=current().resolve("serve.max-connections", max_connections).value,
+        max_connections=settings.value("serve.max-connections", max_connections),
     )
     run_serve(Store(), options, output.notice)
     output.notice("stopped")
+
+
+def _checked(setting, flag: str, parse):
+    """``parse(setting.value)``; a bad value is blamed on where it came from: the flag, or config.toml's line."""
+    from cas.errors import CasError, ConfigError, UsageError
+
+    try:
+        return parse(setting.value)
+    except (CasError, ValueError) as exc:
+        message = exc.message if isinstance(exc, CasError) else str(exc)
+        if setting.origin == "file":
+            raise ConfigError(f"{setting.source}: {setting.key}: {message}", hint="fix that line of the file") from None
+        raise UsageError(f"{flag} {message}", hint=getattr(exc, "hint", None)) from None

@@ -180,3 +180,32 @@ def test_past_max_connections_a_new_connection_gets_a_503_and_the_server_lives_o
             for conn in idle:
                 conn.close()
     assert "Traceback" not in server.output()
+
+
+def test_listen_and_upstreams_from_config_toml_and_a_flag_over_them(cas, cas_home, registry, test_images, tmp_path):
+    config = tmp_path / "config.toml"
+    server = CasServer(cas_home, env={"CAS_CONFIG": str(config)}, listen_flag=False)
+    config.write_text(f'[serve]\nlisten = "{server.host}"\nupstreams = ["lab={registry.host}"]\n')
+    with server:  # no --listen, no --upstream: both from the file
+        got = httpx.get(f"{server.url}/v2/lab/app/manifests/latest", headers={"Accept": ALL}, timeout=60)
+        assert got.status_code == 200 and got.headers["docker-content-digest"] == test_images.app.digest
+    shown = {
+        row["key"]: row
+        for row in json.loads(cas("config", "--json", env={"CAS_CONFIG": str(config)}).stdout)["settings"]
+    }
+    assert shown["serve.listen"]["value"] == server.host and shown["serve.listen"]["source"] == f"{config}:2"
+    assert shown["serve.upstreams"]["value"] == [f"lab={registry.host}"]
+    flagged = CasServer(cas_home, "--upstream", f"other={registry.host}", env={"CAS_CONFIG": str(config)})
+    with flagged:  # a flag replaces the file's list, as for every other setting
+        assert httpx.get(f"{flagged.url}/v2/other/app/manifests/latest", headers={"Accept": ALL}).status_code == 200
+        lab = httpx.get(f"{flagged.url}/v2/lab/app/manifests/latest", headers={"Accept": ALL}, timeout=60)
+        assert lab.status_code != 200 and "docker.io" in lab.text  # no alias now: lab/app is Docker Hub's
+
+
+def test_a_bad_listen_or_upstream_in_config_toml_is_blamed_on_its_line(cas, tmp_path):
+    config = tmp_path / "config.toml"
+    for body, line in (('[serve]\nlisten = "nowhere"\n', 2), ('jobs = 2\n[serve]\nupstreams = ["lab"]\n', 3)):
+        config.write_text(body)
+        refused = cas("serve", check=False, timeout=30, env={"CAS_CONFIG": str(config)})
+        assert refused.returncode != 0 and f"{config}:{line}: serve." in refused.stderr, refused.stderr
+        assert "--listen" not in refused.stderr.split("\n")[0] and "Traceback" not in refused.stderr

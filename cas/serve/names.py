@@ -66,15 +66,16 @@ def checked(registry: str, repository: str, path: str = "") -> Name:
 
 
 def parse_upstreams(pairs: list[str]) -> dict[str, str]:
-    """``--upstream ALIAS=HOST[:PORT]`` values as a dict; ValueError saying which one is wrong."""
+    """``ALIAS=HOST[:PORT]`` values (``--upstream``, or ``upstreams`` in config.toml) as a dict;
+    ValueError saying which one is wrong."""
     aliases: dict[str, str] = {}
     for pair in pairs:
         alias, sep, host = pair.partition("=")
         if not sep or not alias or "/" in alias or not host:
-            raise ValueError(f"--upstream {pair!r}: expected ALIAS=HOST[:PORT], e.g. lab=127.0.0.1:5000")
+            raise ValueError(f"{pair!r}: expected ALIAS=HOST[:PORT], e.g. lab=127.0.0.1:5000")
         try:
             checked(host, "probe")
         except ServeError as exc:
-            raise ValueError(f"--upstream {pair!r}: {exc.message}") from None
+            raise ValueError(f"{pair!r}: {exc.message}") from None
         aliases[alias] = host
     return aliases

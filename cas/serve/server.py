@@ -27,10 +27,9 @@ from cas.serve import archive, auth, observe, pool
 from cas.serve.auth import Htpasswd
 from cas.serve.handlers import SERVICE, Service, api_version, routes, spec_errors, unknown
 from cas.serve.through import DEFAULT_TAG_TTL, PullThrough
-from cas.settings import DEFAULT_SERVE_CONNECTIONS
+from cas.settings import DEFAULT_LISTEN, DEFAULT_SERVE_CONNECTIONS
 from cas.store import Store
 
-DEFAULT_LISTEN = "127.0.0.1:5050"
 SHUTDOWN_GRACE = 10.0
 EXPIRE_EVERY = 10.0  # seconds between sweeps of leases nobody renewed
 CLIENT_TIMEOUT = 60.0  # seconds a client may take no byte before it is dropped
@@ -59,7 +58,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise UsageError(f"--listen {text!r}: expected HOST:PORT", hint=f"e.g. --listen {DEFAULT_LISTEN}")
+        raise UsageError(f"{text!r} is not HOST:PORT", hint=f"e.g. {DEFAULT_LISTEN}")
     return host, int(port)
 
 

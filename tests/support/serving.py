@@ -16,18 +16,18 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 class CasServer:
     """``cas serve --listen 127.0.0.1:PORT ARGS`` with ``CAS_HOME=home``; its stderr is ``log``."""
 
-    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None, listen_flag: bool = True) -> None:
         self.home = Path(home)
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"
         self.log = self.home.parent / f"serve-{self.port}.log"
-        self.args = args
+        self.args = ("--listen", self.host, *args) if listen_flag else args  # else config.toml names the port
         self.env = {**os.environ, "CAS_HOME": str(self.home), **(env or {})}
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30) -> CasServer:
-        cmd = [sys.executable, "-m", "cli", "serve", "--listen", self.host, *self.args]
+        cmd = [sys.executable, "-m", "cli", "serve", *self.args]
         self.proc = spawn(cmd, log=self.log, env=self.env, cwd=REPO_ROOT)
 
         def up() -> bool:
