@@ -67,3 +67,19 @@ def test_a_running_serve_evicts_by_max_age_without_any_write_and_keeps_what_it_s
     for seed, gone in ((41, True), (42, False), (43, True)):
         assert all((blobs / b.digest.split(":")[1]).exists() != gone for b in _image(seed).blobs), seed
     assert cas("verify").returncode == 0
+
+
+def test_a_pull_through_keeps_the_budget_at_once_and_spares_what_it_pulled(cas, cas_home, registry):
+    first, second = (_push(registry, name, _image(seed)) for name, seed in (("first", 44), ("second", 45)))
+    budget = int(max(_image(seed).size for seed in (44, 45)) * 1.5)  # one image fits, not two
+    server = CasServer(cas_home, "--upstream", f"lab={registry.host}", env={"CAS_MAX_SIZE": str(budget)})
+    with server, httpx.Client(base_url=server.url, timeout=60, trust_env=False) as http:
+        assert "every 10m" in server.output()  # the periodic check is far off: the eviction below is the write's
+        for name, ref in (("first", first), ("second", second)):
+            assert http.get(f"/v2/lab/budget/{name}/manifests/1", headers=ACCEPT).status_code == 200
+            wait_until(lambda ref=ref: f"pulled through {ref}" in server.output(), timeout=60, what=f"{ref} pulled")
+        wait_until(lambda: f"evicted 1 image ({first})" in server.output(), timeout=60, what="the eviction")
+        assert _cached(cas) == {second}
+        log = server.output()
+    assert "to stay under" in log and "max-size from $CAS_MAX_SIZE" in log, log
+    assert cas("verify").returncode == 0

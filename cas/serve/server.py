@@ -131,7 +131,7 @@ def serve(store: Store, options: ServeOptions, say: Callable[[str], None]) -> No
         raise UsageError(f"--log-format {options.log_format!r}: choose text or json")
     htpasswd = Htpasswd.read(options.htpasswd) if options.htpasswd is not None else None
     pool.reserve_descriptors(options.max_connections)
-    through = None if options.offline else PullThrough(store, options.tag_ttl, say)
+    through = None if options.offline else PullThrough(store, options.tag_ttl, say, budget.Budget.resolve())
     _warm(store, pull_through=through is not None)
     service = Service(store, dict(options.aliases), offline=options.offline, through=through)
     try:

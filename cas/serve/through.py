@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cas import budget
+from cas.budget import Budget
 from cas.digest import Digest
 from cas.errors import CasError, NotFound, RegistryError
 from cas.manifest import Descriptor
@@ -62,10 +64,17 @@ class _Resolved(TransferObserver):
 
 
 class PullThrough:
-    def __init__(self, store: Store, tag_ttl: float = DEFAULT_TAG_TTL, say: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        store: Store,
+        tag_ttl: float = DEFAULT_TAG_TTL,
+        say: Callable[[str], None] = print,
+        limits: Budget | None = None,
+    ) -> None:
         self.store = store
         self.tag_ttl = tag_ttl
         self.say = say
+        self.limits = limits  # the size budget, kept after each image pulled through
         self.known: dict[Digest, Descriptor] = {}  # blobs of manifests fetched through: size and media type
         self._sizes: dict[Digest, int] = {}  # blobs asked for before any manifest listing them: the upstream's size
         self.fetched: dict[str, int] = {}  # bytes fetched per upstream registry
@@ -144,6 +153,7 @@ class PullThrough:
 
     def _run_pull(self, reference: Reference, fetched: FetchedManifest | None, task: Task) -> None:
         options = PullOptions(all_platforms=True, observer=_Resolved(task, self.known), fetched_top=fetched)
+        result = None
         try:
             result = pull(self.store, reference, options)
             self._count(reference.registry, result.downloaded_bytes)
@@ -154,6 +164,15 @@ class PullThrough:
         finally:
             task.ready.set()
             task.done.set()
+        if result is not None and result.downloaded_blobs and self.limits is not None:
+            self._keep_budget([(record.ref, record.platform) for record in result.records])
+
+    def _keep_budget(self, pulled: list[tuple[str, str | None]]) -> None:
+        """New blobs were committed: back under the budget now, as after `cas pull` (what was just
+        pulled, and what any client is being served, is spared); never fails the pull."""
+        eviction = budget.keep(self.store, self.limits, pulled)
+        for line in eviction.lines() if eviction is not None else ():
+            self.say(line)
 
     def _fetch(self, name: Name, digest: Digest, task: Task) -> None:
         """One blob into the store by the commit protocol (the ingest lock makes it the only download)."""
