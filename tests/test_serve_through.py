@@ -31,7 +31,9 @@ def test_skopeo_through_an_empty_store_records_the_image(cas, cas_home, registry
         registry.mark()
         skopeo.copy(f"docker://{server.host}/lab/app:latest", f"dir:{tmp_path / 'app'}")
         skopeo.copy(f"docker://{server.host}/lab/multi:latest", f"dir:{tmp_path / 'multi'}", all=True)
-        wait_until(lambda: "pulled through" in server.output(), timeout=30, what="the background pull's record")
+        for name in ("app", "multi"):  # each background pull records its image when it ends
+            done = f"pulled through {test_images.ref(registry, name)}"
+            wait_until(lambda done=done: done in server.output(), timeout=60, what=f"the record of {name}")
     assert all(n == 1 for n in blob_downloads(registry).values()), blob_downloads(registry)
     assert set(blob_downloads(registry)) >= {b.digest for b in test_images.app.blobs}
     # One upstream request per manifest: the tag the server resolved is not asked again by its pull.
