@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from support.tools import wait_until
 
+from cas.store import ranges
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ("pull", "export", "images", "inspect", "rm", "du", "prune", "verify")
 
@@ -50,8 +52,11 @@ def test_ctrl_c_and_sigterm_say_interrupted_and_exit_130(cas_home, proxy, regist
         )
 
         def layer_partials(ingest=ingest) -> dict[str, int]:
+            """Bytes a resume would keep, per layer: a split download's recorded ranges, not its file's size
+            (its file is sized up front, and ranges not yet recorded are dropped on an interrupt)."""
             found = {p.parent.name.split("-", 1)[1]: p for p in ingest.glob("*/data")}
-            return {hexpart: path.stat().st_size for hexpart, path in found.items() if hexpart in layers}
+            held = {hexpart: (path.parent, path.stat().st_size) for hexpart, path in found.items() if hexpart in layers}
+            return {hexpart: _held(*entry) for hexpart, entry in held.items()}
 
         wait_until(lambda: any(layer_partials().values()), timeout=30, what="a layer download in progress")
         proc.send_signal(sig)
@@ -101,3 +106,8 @@ def test_a_read_only_or_misplaced_store_is_a_one_line_error(cas, cas_home, tmp_p
         and proc.stderr.startswith("error: cannot use the store")
         and "Not a directory" in proc.stderr
     )
+
+
+def _held(directory: Path, size: int) -> int:
+    recorded = ranges.held_bytes(directory, size)
+    return size if recorded is None else recorded
