@@ -20,13 +20,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from cas import gc, stats
+from cas import stats
 from cas.errors import CasError, LockTimeout, StoreError
 from cas.settings import Value, current
 from cas.sizes import format_duration, format_size
-from cas.snapshot import Image
 from cas.store import Store
+
+if TYPE_CHECKING:  # what eviction needs is imported when a budget is exceeded, not by every pull
+    from cas.snapshot import Image
 
 LOW_WATER = 0.9  # evict down to this share of max-size
 LOCK_WAIT = 10.0  # seconds an eviction waits for the store lock before leaving it to the next write
@@ -140,6 +143,8 @@ def keep(
     over = budget.max_size is not None and total > budget.max_size
     if not over and not _any_expired(store, budget, spare, now):
         return None
+    from cas import gc
+
     policy = gc.Policy(
         keep_storage=_low_water(budget.max_size) if over else None,
         older_than=budget.max_age,
@@ -166,6 +171,8 @@ def keep(
 def _finish(store: Store, budget: Budget, spare: frozenset, eviction: Eviction) -> Eviction:
     """Name the spared images that alone exceed the budget, when the store is still over it."""
     if eviction.over:
+        from cas.snapshot import Image
+
         mine = [Image.of(r) for r in store.metadata.refs(malformed=[]) if (r.ref, r.platform) in spare]
         eviction.too_big = [i for i in mine if i.size > (budget.max_size or 0)]
     return eviction
