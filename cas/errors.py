@@ -53,6 +53,7 @@ This module imports nothing from cas so every other module can use it.
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterable
 
 
 class CasError(Exception):
@@ -295,9 +296,10 @@ class Cancelled(CasError):
 class SomeFailed(CasError):
     """A command over several references that went on past the ones that failed (each said already)."""
 
-    def __init__(self, message: str, *, hint: str, exit_code: int) -> None:
+    def __init__(self, message: str, *, hint: str, errors: Iterable[CasError]) -> None:
         super().__init__(message, hint=hint)
-        self.exit_code = exit_code
+        codes = {error.exit_code for error in errors}
+        self.exit_code = codes.pop() if len(codes) == 1 else 1  # one kind of failure keeps its code
 
 
 # Failures that belong to one reference: a command over several goes on with the others. Anything

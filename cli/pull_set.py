@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cli import output
+from cli.sets import failed_row
 
 
 def tell(summary: Callable[[object], str], *, single: bool, quiet: bool) -> Callable[[object], None]:
@@ -39,10 +40,7 @@ def report(body: dict, outcomes: list, *, lock: str | None, source: str, as_json
 
     failed = [o for o in outcomes if o.error is not None]
     body["images"] = [o.result.to_json() for o in outcomes if o.result]
-    body["failed"] = [
-        {"ref": str(o.entry.ref), "where": o.entry.where or None, "error": o.error.message, "hint": o.error.hint}
-        for o in failed
-    ]
+    body["failed"] = [failed_row(o.entry.ref, o.entry.where, o.error) for o in failed]
     body["moved"] = [
         {"ref": str(o.entry.name), "locked": str(o.entry.pinned), "current": str(o.moved_to)}
         for o in outcomes
@@ -55,13 +53,12 @@ def report(body: dict, outcomes: list, *, lock: str | None, source: str, as_json
     if len(outcomes) == 1 and failed and not outcomes[0].entry.where:
         raise failed[0].error  # a lone reference's error is the command's own
     if failed:
-        codes = {o.error.exit_code for o in failed}
         names = ", ".join(str(o.entry.ref) for o in failed)
         others = "the others were pulled" if len(failed) < len(outcomes) else "none was pulled"
         raise SomeFailed(
             f"{len(failed)} of {len(outcomes)} references failed to pull: {names}",
             hint=f"see the error for each above; {others}" + ("; the lock file was not written" if lock else ""),
-            exit_code=codes.pop() if len(codes) == 1 else 1,
+            errors=[o.error for o in failed],
         )
     if as_json:
         output.emit_json("pull", body)

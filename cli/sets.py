@@ -67,21 +67,22 @@ def run_each(
         body.update(done[0].to_json())
     else:
         body["images"] = [r.to_json() for r in done]
-        body["failed"] = [
-            {"ref": str(ref), "where": where or None, "error": exc.message, "hint": exc.hint}
-            for ref, where, exc in failed
-        ]
+        body["failed"] = [failed_row(ref, where, exc) for ref, where, exc in failed]
     if finish is not None and done:
         body.update(finish(done))
     if failed:
-        codes = {exc.exit_code for _, _, exc in failed}
         raise SomeFailed(
             f"{len(failed)} of {len(todo)} images failed to {command}: {', '.join(str(ref) for ref, _, _ in failed)}",
             hint="see the error for each above" + (f"; the others were {_DONE[command]}" if done else ""),
-            exit_code=codes.pop() if len(codes) == 1 else 1,
+            errors=[exc for _, _, exc in failed],
         )
     if as_json:
         output.emit_json(command, body)
+
+
+def failed_row(ref: object, where: str, exc) -> dict:
+    """One image that failed, in a command's --json ``failed`` list: `-f` FILE:LINE in ``where``."""
+    return {"ref": str(ref), "where": where or None, "error": exc.message, "hint": exc.hint}
 
 
 _DONE = {"copy": "copied", "push": "pushed"}
