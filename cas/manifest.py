@@ -110,6 +110,16 @@ def _normalize(os_: str, arch: str, variant: str | None) -> tuple[str, str, str 
     return os_, arch, variant
 
 
+def platform_of_config(data: bytes) -> str | None:
+    """The platform an image config names (``linux/arm64/v8``); None when it names none."""
+    try:
+        config = json.loads(data)
+    except ValueError as exc:
+        raise ManifestError(f"broken image config: not valid JSON ({exc})") from exc
+    platform = Platform.from_json(config)
+    return str(platform) if platform is not None else None
+
+
 @dataclass(frozen=True)
 class Descriptor:
     media_type: str

@@ -26,8 +26,8 @@ from cas import DEFAULT_LOCK_TIMEOUT, stats
 from cas import manifest as mf
 from cas.digest import Digest, verify_bytes
 from cas.errors import Cancelled, DigestMismatch, IntegrityError, PlatformMismatch, SizeMismatch, UnsupportedManifest
-from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform
-from cas.record_image import clear_marks, commit_bytes, platform_of_config, record_blob, record_image, unique
+from cas.manifest import Descriptor, ImageIndex, ImageManifest, Platform, platform_of_config
+from cas.record_image import clear_marks, commit_bytes, record_blob, record_image, unique
 from cas.records import RefRecord
 from cas.reference import Reference
 from cas.settings import DEFAULT_CONNECTIONS, DEFAULT_JOBS, DEFAULT_MIN_RATE, DEFAULT_TIMEOUT

@@ -10,15 +10,13 @@ so a pulled and an imported image are recorded the same way.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING
 
 from cas import blobtypes
 from cas import manifest as mf
 from cas.digest import Digest, of_bytes
-from cas.errors import ManifestError
-from cas.manifest import Descriptor, ImageManifest, Platform
+from cas.manifest import Descriptor, ImageManifest, platform_of_config
 from cas.records import BlobEntry, RefRecord
 from cas.store import BlobInfo, Store
 
@@ -116,15 +114,6 @@ def _commit_oci_view(store: Store, lease: Lease, image: ImageManifest, manifest:
     digest = of_bytes(view)
     commit_bytes(store, lease, digest, view, mf.OCI_MANIFEST)
     return digest, mf.OCI_MANIFEST
-
-
-def platform_of_config(data: bytes) -> str | None:
-    try:
-        config = json.loads(data)
-    except ValueError as exc:
-        raise ManifestError(f"broken image config: not valid JSON ({exc})") from exc
-    platform = Platform.from_json(config)
-    return str(platform) if platform is not None else None
 
 
 def unique(descs: list[Descriptor]) -> list[Descriptor]:

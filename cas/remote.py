@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from cas import manifest as mf
 from cas.digest import Digest, verify_bytes
 from cas.errors import ManifestError, UsageError
-from cas.manifest import ImageIndex, ImageManifest, Platform
+from cas.manifest import ImageIndex, ImageManifest, Platform, platform_of_config
 from cas.reference import Reference
 from cas.settings import DEFAULT_TIMEOUT
 
@@ -104,8 +104,8 @@ class RemoteImage:
             ]
         if self.image is None:
             return body
+        platform = platform_of_config(self.config)  # a config that is not JSON is a ManifestError here
         config = json.loads(self.config)
-        platform = _platform_of(config)
         size = len(self.manifest_data) + sum(d.size for d in self.image.blobs)
         manifest = {"manifest": str(self.manifest), "manifest_media_type": self.image.media_type}
         return {**body, **manifest, "platform": platform, "size": size, **describe(self.image, config)}
@@ -151,14 +151,9 @@ def _pick(index: ImageIndex, platform: Platform | None, *, needed: bool):
 def _check_platform(ref: Reference, config: bytes, wanted: Platform) -> None:
     from cas.errors import PlatformMismatch
 
-    platform = _platform_of(json.loads(config))
+    platform = platform_of_config(config)
     if platform is None or not wanted.matches(Platform.parse(platform)):
         raise PlatformMismatch(str(ref), platform, [str(wanted)])
-
-
-def _platform_of(config: dict) -> str | None:
-    platform = Platform.from_json(config)
-    return str(platform) if platform is not None else None
 
 
 def _blob(client: RegistryClient, ref: Reference, desc) -> bytes:
