@@ -1,10 +1,11 @@
 """A pool of closeable things made once per key and closed together.
 
-Two users, one shape: a set of images from one registry reuses one httpx client (one pooled
-connection and, over https, one TLS handshake) instead of one per image, keyed by TLS settings
-and timeout (each requester keeps its own auth state and ``served`` figures, so an image's
-summary stays its own); and a transport keeps one connection pool per https host, whose
-certificates may differ (``cas.registry.transport``).
+One shape for three users: a set of images from one registry reuses one httpx client (one
+pooled connection and, over https, one TLS handshake) instead of one per image, keyed by TLS
+settings and timeout (each requester keeps its own auth state and ``served`` figures, so an
+image's summary stays its own); a transport keeps one connection pool per https host, whose
+certificates may differ (``cas.registry.transport``); and `cas serve` keeps one registry client
+per upstream repository (``cas.serve.through``).
 """
 
 from __future__ import annotations

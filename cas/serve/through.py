@@ -30,6 +30,7 @@ from cas.reference import Reference
 from cas.reference import parse as parse_reference
 from cas.registry import FetchedManifest, RegistryClient
 from cas.registry.endpoints import Sources
+from cas.registry.shared import KeyedPool
 from cas.serve.errcode import ServeError
 from cas.serve.names import Name
 from cas.store import Store
@@ -81,7 +82,7 @@ class PullThrough:
         self._checked: dict[str, tuple[float, Digest]] = {}  # tag reference -> when the upstream resolved it, to what
         self._pulls: dict[str, Task] = {}
         self._fetches: dict[Digest, Task] = {}
-        self._clients: dict[str, RegistryClient] = {}  # by repository
+        self._clients: KeyedPool[RegistryClient] = KeyedPool()  # by repository
         self._lock = threading.Lock()
 
     def resolve(self, name: Name, tag: str, cached: Digest | None) -> Digest | None:
@@ -196,22 +197,19 @@ class PullThrough:
 
     def _client(self, name: Name) -> RegistryClient:
         """One client per repository: its endpoints name the repository (a mirror may map it)."""
-        with self._lock:
-            client = self._clients.get(str(name))
-            if client is None:
-                reference = parse_reference(f"{name}:latest")
-                endpoints = Sources.from_env().endpoints(reference)
-                client = RegistryClient(reference.api_host, endpoints=endpoints, token_cache=self.store.metadata)
-                self._clients[str(name)] = client
-            return client
+        return self._clients.get(str(name), lambda: self._make_client(name))
+
+    def _make_client(self, name: Name) -> RegistryClient:
+        reference = parse_reference(f"{name}:latest")
+        endpoints = Sources.from_env().endpoints(reference)
+        return RegistryClient(reference.api_host, endpoints=endpoints, token_cache=self.store.metadata)
 
     def _count(self, registry: str, n: int) -> None:
         with self._lock:
             self.fetched[registry] = self.fetched.get(registry, 0) + n
 
     def close(self) -> None:
-        for client in self._clients.values():
-            client.close()
+        self._clients.close()
 
 
 def _failed(task: Task | None) -> bool:
