@@ -70,7 +70,7 @@ def _guarded(method: _F) -> _F:
 
 
 class Metadata:
-    """The index under ``path``, a private directory (0700, its files 0600: it holds bearer tokens).
+    """The metadata database under ``path``, a private directory (0700, its files 0600: it holds bearer tokens).
 
     Opening it writes nothing (see ``_Attached``), so read-only commands work on a full disk;
     when a full disk leaves sqlite no room even to read, ``read_only`` is set and every write
@@ -105,7 +105,7 @@ class Metadata:
         """Every live ``(key, value)`` whose key starts with one of ``prefixes``, in the order written.
 
         One SQL query per ``page`` rows and no cursor held between pages (``cas.metadata_sqlite.scan``), so
-        memory stays bounded and the caller may write to the index while it iterates. Used by gc,
+        memory stays bounded and the caller may write to the database while it iterates. Used by gc,
         du and verify.
         """
         yield from scan(self._db, prefixes, page)
@@ -131,8 +131,8 @@ class Metadata:
         """Every cached platform of one reference, sorted by platform; StoreError if one is damaged.
 
         The reference's ``platforms:`` entry names its keys, so this reads only those (a full
-        ``refs()`` scan decodes every key of the index: ~70 ms at 11,000 keys, against ~1 ms).
-        An index still in an older layout (a full disk kept ``_migrate`` from running) is scanned.
+        ``refs()`` scan decodes every key of the database: ~70 ms at 11,000 keys, against ~1 ms).
+        A database still in an older layout (a full disk kept ``_migrate`` from running) is scanned.
         """
         if self.current:
             keys = [key_of(ref, platform) for platform in self._platforms(ref)]
@@ -253,7 +253,7 @@ class Metadata:
 
     @_guarded
     def has_blob_record(self, digest: Digest) -> bool:
-        """Whether the index holds an entry for the blob, damaged or not (verify tells the two apart)."""
+        """Whether the database holds an entry for the blob, damaged or not (verify tells the two apart)."""
         return f"blob:{digest}" in self._db
 
     @_guarded
@@ -427,8 +427,8 @@ class Metadata:
 
 
 class Lease:
-    def __init__(self, index: Metadata, lease_id: str) -> None:
-        self.metadata = index
+    def __init__(self, metadata: Metadata, lease_id: str) -> None:
+        self.metadata = metadata
         self.id = lease_id
         self.digests: set[str] = set()
 
