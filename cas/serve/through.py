@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cas import budget
-from cas.budget import Budget
 from cas.digest import Digest
 from cas.errors import CasError, NotFound, RegistryError
 from cas.manifest import Descriptor
@@ -70,7 +69,7 @@ class PullThrough:
         store: Store,
         tag_ttl: float = DEFAULT_TAG_TTL,
         say: Callable[[str], None] = print,
-        limits: Budget | None = None,
+        limits: budget.Budget | None = None,
     ) -> None:
         self.store = store
         self.tag_ttl = tag_ttl
